@@ -13,6 +13,18 @@ import { fileURLToPath } from 'node:url';
 // oidc-provider prints "NOTICE" lines with console.info (i.e. stdout). Route every
 // console method to stderr *before* loading it so stdout stays machine-readable.
 for (const m of ['log', 'info', 'debug']) console[m] = (...a) => console.error(...a);
+
+// Installed first so a signal that arrives during startup also ends the process.
+let server;
+function shutdown(signal) {
+  // Nothing to flush (in-memory state): stop accepting, drop keep-alive sockets, exit.
+  console.error(`[oidc] ${signal}, shutting down`);
+  server?.close();
+  server?.closeAllConnections();
+  process.exit(0);
+}
+process.on('SIGTERM', () => shutdown('SIGTERM'));
+process.on('SIGINT', () => shutdown('SIGINT'));
 const { default: Provider, errors, interactionPolicy } = await import('oidc-provider');
 
 // ---------------------------------------------------------------- config
@@ -24,6 +36,7 @@ const audience = cfg.audience;
 const tenantId = cfg.tenant_id;
 const apiScopes = String(cfg.scope || '').split(' ').filter(Boolean);
 const users = cfg.users || {}; // optional: { "<login>": { "roles": [...], "name": "..." } }
+const userInfo = (login) => (Object.hasOwn(users, login) ? users[login] : {});
 const autoConsent = cfg.auto_consent !== false; // default: never show the consent page
 const accessTokenTyp = cfg.access_token_typ || 'JWT'; // Entra uses "JWT"; RFC 9068 says "at+jwt"
 const accessTokenTtl = Number(cfg.access_token_ttl || 3600);
@@ -124,10 +137,10 @@ async function entraCustomizer(ctx, token, jwt) {
     p.idtyp = 'user';
     p.oid = oid;
     p.sub = oid;
-    p.name = users[accountId]?.name || accountId;
+    p.name = userInfo(accountId).name || accountId;
     p.preferred_username = accountId;
     if (scp.length) p.scp = scp.join(' ');
-    const roles = users[accountId]?.roles || [];
+    const roles = userInfo(accountId).roles || [];
     if (roles.length) p.roles = roles;
   }
   delete p.scope;
@@ -154,7 +167,7 @@ const policy = interactionPolicy.base();
 if (autoConsent) policy.get('consent').checks.remove('native_client_prompt');
 
 // ---------------------------------------------------------------- server + provider
-const server = http.createServer();
+server = http.createServer();
 await new Promise((resolve, reject) => {
   server.once('error', reject);
   server.listen(port, '127.0.0.1', resolve);
@@ -178,7 +191,7 @@ const provider = new Provider(issuer, {
       async claims() {
         return {
           sub,
-          name: users[sub]?.name || sub,
+          name: userInfo(sub).name || sub,
           preferred_username: sub,
           email: sub.includes('@') ? sub : `${sub}@example.test`,
           email_verified: true,
@@ -247,11 +260,3 @@ server.on('request', provider.callback());
 process.stdout.write(`${JSON.stringify({ ready: true, issuer })}\n`);
 console.error(`[oidc] listening at ${issuer} (config ${configPath})`);
 
-function shutdown(signal) {
-  console.error(`[oidc] ${signal}, shutting down`);
-  server.close(() => process.exit(0));
-  server.closeAllConnections();
-  setTimeout(() => process.exit(0), 2000).unref();
-}
-process.on('SIGTERM', () => shutdown('SIGTERM'));
-process.on('SIGINT', () => shutdown('SIGINT'));

@@ -148,6 +148,7 @@ pkce_login() {
       "$ISSUER"/interaction/*)
         uid="${loc##*/interaction/}"
         local page; page="$(curl -fsS -c "$jar" -b "$jar" "$loc")"
+        if grep -q googleapis <<<"$page"; then echo "login page still references the internet" >&2; return 1; fi
         if grep -q 'name="prompt" value="login"' <<<"$page"; then
           form=(-d prompt=login --data-urlencode "login=$login" -d password=anything)
         elif grep -q 'name="prompt" value="consent"' <<<"$page"; then

@@ -1,1 +1,13 @@
+//! Domain types and traits of the Influxion keyserver.
+//!
+//! This crate does no I/O. Everything above it (token validation, key backends, the
+//! store, the HTTP layer) speaks in these types, so that a value validated once at the
+//! edge cannot be confused with another afterwards.
 
+pub mod backend;
+pub mod key;
+pub mod principal;
+
+pub use backend::{BackendError, GeneratedKey, KeyBackend};
+pub use key::{Digest, KeyName, KeyStatus, KeyType, ParseError, SignAlgorithm};
+pub use principal::{CallerKind, Principal};

@@ -163,8 +163,10 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, StoreError> {
     })
 }
 
-pub(crate) fn now_rfc3339() -> String {
+/// The current time as an RFC 3339 UTC timestamp.
+pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
+

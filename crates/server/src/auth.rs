@@ -1,0 +1,53 @@
+//! The extractor that turns a bearer token into a `Principal`: the only way a handler
+//! learns who is calling.
+
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::header;
+use influxion_auth::AuthError;
+use influxion_core::Principal;
+use influxion_store::{AuditEvent, Outcome};
+
+use crate::{ApiError, AppState};
+
+pub struct Authenticated(pub Principal);
+
+fn bearer(parts: &Parts) -> Result<&str, AuthError> {
+    let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
+    let value = value.to_str().map_err(|_| AuthError::Malformed("authorization header is not ASCII"))?;
+    let (scheme, token) = value
+        .split_once(' ')
+        .ok_or(AuthError::Malformed("authorization header is not 'Bearer <token>'"))?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(AuthError::Missing);
+    }
+    let token = token.trim();
+    if token.is_empty() {
+        return Err(AuthError::Missing);
+    }
+    Ok(token)
+}
+
+impl FromRequestParts<AppState> for Authenticated {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+        let result = match bearer(parts) {
+            Ok(token) => state.validator.validate(token).await,
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(p) => Ok(Authenticated(p)),
+            Err(e) => {
+                // Refusals are audited too; the token itself never is.
+                let event = AuditEvent::new("anonymous", "authenticate", Outcome::Refused)
+                    .target(parts.uri.path().to_owned())
+                    .detail(serde_json::json!({"method": parts.method.as_str(), "reason": e.slug()}));
+                if let Err(err) = state.store.audit(event).await {
+                    tracing::error!(error = %err, "could not audit a refused request");
+                }
+                Err(ApiError::Auth(e))
+            }
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! RFC 9457 problem documents: the one place errors become HTTP responses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use influxion_auth::AuthError;
+use influxion_core::{BackendError, ParseError};
+use influxion_store::StoreError;
+use serde::Serialize;
+
+/// Base of every problem `type`; each slug is described in `docs/problems.md`.
+pub const PROBLEM_BASE: &str = "https://influxion.dev/problems/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Auth(#[from] AuthError),
+    #[error("{0}")]
+    Forbidden(String),
+    #[error(transparent)]
+    Parse(#[from] ParseError),
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("requests must be JSON (Content-Type: application/json)")]
+    UnsupportedMediaType,
+    #[error("no key named {0}")]
+    UnknownKey(String),
+    #[error("key {0} is disabled")]
+    KeyDisabled(String),
+    #[error("key {key} ({key_type}) cannot sign with {algorithm}")]
+    AlgorithmNotAllowed {
+        key: String,
+        key_type: String,
+        algorithm: String,
+    },
+    #[error("a key named {0} already exists")]
+    KeyExists(String),
+    #[error("no such resource")]
+    NotFound,
+    #[error(transparent)]
+    Store(StoreError),
+    #[error(transparent)]
+    Backend(#[from] BackendError),
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::DuplicateKey(k) => ApiError::KeyExists(k),
+            StoreError::NoSuchKey(k) => ApiError::UnknownKey(k),
+            e => ApiError::Store(e),
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: String,
+    title: &'a str,
+    status: u16,
+    detail: String,
+}
+
+impl ApiError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::Auth(AuthError::InsufficientScope(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::Unavailable | AuthError::Config(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::Parse(_) | ApiError::InvalidRequest(_) | ApiError::AlgorithmNotAllowed { .. } => {
+                StatusCode::BAD_REQUEST
+            }
+            ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            ApiError::UnknownKey(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::KeyDisabled(_) | ApiError::KeyExists(_) => StatusCode::CONFLICT,
+            ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// Stable, machine-readable name of the problem (the last part of its `type`).
+    pub fn slug(&self) -> &'static str {
+        match self {
+            ApiError::Auth(e) => e.slug(),
+            ApiError::Forbidden(_) => "forbidden",
+            ApiError::Parse(ParseError::DigestLength { .. }) => "digest-length",
+            ApiError::Parse(ParseError::DigestEncoding) => "digest-encoding",
+            ApiError::Parse(ParseError::Algorithm(_)) => "unsupported-algorithm",
+            ApiError::Parse(ParseError::KeyName) => "invalid-key-name",
+            ApiError::Parse(_) => "invalid-request",
+            ApiError::InvalidRequest(_) => "invalid-request",
+            ApiError::BodyTooLarge(_) => "body-too-large",
+            ApiError::UnsupportedMediaType => "unsupported-media-type",
+            ApiError::UnknownKey(_) => "unknown-key",
+            ApiError::KeyDisabled(_) => "key-disabled",
+            ApiError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
+            ApiError::KeyExists(_) => "key-exists",
+            ApiError::NotFound => "not-found",
+            ApiError::Store(_) | ApiError::Backend(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self.status() {
+            StatusCode::UNAUTHORIZED => "Invalid bearer token",
+            StatusCode::FORBIDDEN => "Not allowed",
+            StatusCode::BAD_REQUEST => "Bad request",
+            StatusCode::PAYLOAD_TOO_LARGE => "Request body too large",
+            StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
+            StatusCode::NOT_FOUND => "Not found",
+            StatusCode::CONFLICT => "Conflict",
+            StatusCode::SERVICE_UNAVAILABLE => "Temporarily unavailable",
+            _ => "Internal error",
+        }
+    }
+
+    fn detail(&self) -> String {
+        match self {
+            // Database and crypto error text stays in the log.
+            ApiError::Store(_) | ApiError::Backend(_) => "the keyserver could not complete the operation".into(),
+            e => e.to_string(),
+        }
+    }
+
+    /// RFC 6750 section 3: the challenge sent with 401 and 403 for bearer tokens.
+    fn challenge(&self) -> Option<String> {
+        match self {
+            ApiError::Auth(AuthError::InsufficientScope(_)) => Some(
+                r#"Bearer realm="influxion", error="insufficient_scope", error_description="the token lacks the required scope or app role""#
+                    .into(),
+            ),
+            ApiError::Auth(AuthError::Unavailable | AuthError::Config(_)) => None,
+            ApiError::Auth(e) => Some(format!(
+                r#"Bearer realm="influxion", error="invalid_token", error_description="{}""#,
+                e.slug()
+            )),
+            _ => None,
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if status.is_server_error() {
+            tracing::error!(error = %self, "request failed");
+        }
+        let body = Problem {
+            kind: format!("{PROBLEM_BASE}{}", self.slug()),
+            title: self.title(),
+            status: status.as_u16(),
+            detail: self.detail(),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut resp = (status, json).into_response();
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
+        if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, c);
+        }
+        resp
+    }
+}

@@ -1,0 +1,144 @@
+//! Signing and verification of digests.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use influxion_core::{Digest, KeyStatus, SignAlgorithm};
+use influxion_keystore::public;
+use influxion_store::{AuditEvent, KeyRecord, Outcome};
+use serde::{Deserialize, Serialize};
+
+use super::keys::lookup;
+use super::refused;
+use crate::{ApiError, AppState, Authenticated};
+
+/// Unwrap a JSON body, turning the extractor's rejection into the right problem.
+pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
+    match body {
+        Ok(Json(v)) => Ok(v),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES)),
+        Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+        Err(r) => Err(ApiError::InvalidRequest(r.body_text())),
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignRequest {
+    /// Hex-encoded digest of the data, computed by the client.
+    digest: String,
+    /// Defaults to the key's default algorithm.
+    algorithm: Option<String>,
+}
+
+#[derive(Serialize)]
+pub struct SignResponse {
+    key: String,
+    algorithm: SignAlgorithm,
+    digest: String,
+    /// Base64 (standard) signature: DER for ECDSA, raw for RSA and Ed25519.
+    signature: String,
+    /// Sequence number of the audit record of this signature.
+    audit_seq: u64,
+}
+
+fn parse_digest(key: &KeyRecord, algorithm: Option<&str>, hex_digest: &str) -> Result<Digest, ApiError> {
+    let alg = match algorithm {
+        Some(a) => a.parse::<SignAlgorithm>()?,
+        None => key.key_type.default_algorithm(),
+    };
+    if !key.key_type.allows(alg) {
+        return Err(ApiError::AlgorithmNotAllowed {
+            key: key.name.to_string(),
+            key_type: key.key_type.to_string(),
+            algorithm: alg.to_string(),
+        });
+    }
+    if hex_digest.len() > 256 {
+        return Err(influxion_core::ParseError::DigestEncoding.into());
+    }
+    let bytes = hex::decode(hex_digest).map_err(|_| influxion_core::ParseError::DigestEncoding)?;
+    Ok(Digest::new(alg, bytes)?)
+}
+
+#[tracing::instrument(skip_all, fields(key = %name))]
+pub async fn sign(
+    State(st): State<AppState>,
+    Authenticated(p): Authenticated,
+    Path(name): Path<String>,
+    body: Result<Json<SignRequest>, JsonRejection>,
+) -> Result<Json<SignResponse>, ApiError> {
+    let result = async {
+        let req = json_body(body)?;
+        let key = lookup(&st, &name).await?;
+        if key.status != KeyStatus::Active {
+            return Err(ApiError::KeyDisabled(key.name.to_string()));
+        }
+        let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
+        let signature = st.backend.sign(&key.id, key.key_type, &key.handle, &digest).await?;
+        // The signature is returned only after its audit record is durable.
+        let event = AuditEvent::new(p.audit_id(), "sign", Outcome::Ok)
+            .target(key.name.to_string())
+            .detail(serde_json::json!({
+                "algorithm": digest.algorithm().as_str(),
+                "digest": digest.to_hex(),
+                "app_id": p.app_id,
+            }));
+        let audit_seq = st.store.audit(event).await?;
+        Ok(SignResponse {
+            key: key.name.to_string(),
+            algorithm: digest.algorithm(),
+            digest: digest.to_hex(),
+            signature: B64.encode(signature),
+            audit_seq,
+        })
+    }
+    .await;
+    match result {
+        Ok(r) => Ok(Json(r)),
+        Err(e) => {
+            refused(&st, &p, "sign", &name, &e).await;
+            Err(e)
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VerifyRequest {
+    digest: String,
+    algorithm: Option<String>,
+    /// Base64 (standard) signature.
+    signature: String,
+}
+
+#[derive(Serialize)]
+pub struct VerifyResponse {
+    key: String,
+    algorithm: SignAlgorithm,
+    valid: bool,
+}
+
+pub async fn verify(
+    State(st): State<AppState>,
+    Authenticated(_p): Authenticated,
+    Path(name): Path<String>,
+    body: Result<Json<VerifyRequest>, JsonRejection>,
+) -> Result<Json<VerifyResponse>, ApiError> {
+    let req = json_body(body)?;
+    let key = lookup(&st, &name).await?;
+    let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
+    let sig = B64
+        .decode(req.signature.as_bytes())
+        .map_err(|_| ApiError::InvalidRequest("signature must be base64".into()))?;
+    let valid = public::verify(key.key_type, &key.public_key, &digest, &sig)
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    Ok(Json(VerifyResponse {
+        key: key.name.to_string(),
+        algorithm: digest.algorithm(),
+        valid,
+    }))
+}

@@ -1,1 +1,134 @@
-fn main() {}
+//! `influxion`: the keyserver, its development mode, and the client CLI.
+
+mod client;
+mod commands;
+mod config;
+mod server;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "influxion", version, about = "Influxion keyserver: firmware signing and device certificates")]
+struct Cli {
+    /// TOML configuration file (also INFLUXION_CONFIG).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Read this file instead of ./.env.
+    #[arg(long, global = true)]
+    env_file: Option<PathBuf>,
+    #[command(flatten)]
+    client: ClientArgs,
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// How the CLI reaches the keyserver and obtains a token.
+#[derive(clap::Args)]
+struct ClientArgs {
+    /// Keyserver base URL (INFLUXION_SERVER).
+    #[arg(long, global = true)]
+    server: Option<String>,
+    /// OpenID Connect metadata document URL (INFLUXION_OIDC_METADATA_URL).
+    #[arg(long, global = true)]
+    metadata_url: Option<String>,
+    /// OAuth client id for client credentials (INFLUXION_AZURE_CLIENT_ID).
+    #[arg(long, global = true)]
+    client_id: Option<String>,
+    /// OAuth client secret (INFLUXION_AZURE_CLIENT_SECRET); prefer the environment.
+    #[arg(long, global = true)]
+    client_secret: Option<String>,
+    /// Scope to request (INFLUXION_AZURE_DEFAULT_SCOPE), e.g. api://<api-client-id>/.default.
+    #[arg(long, global = true)]
+    scope: Option<String>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the keyserver with the configured identity provider and keystore.
+    Serve,
+    /// Run keyserver and a development OIDC issuer on loopback, with embedded defaults.
+    Dev {
+        /// Where the database, keystore and development secrets live.
+        #[arg(long, default_value = ".influxion/dev")]
+        data_dir: PathBuf,
+        /// Keyserver port; the development issuer listens on the next port.
+        #[arg(long, default_value_t = 8400)]
+        port: u16,
+    },
+    /// Manage keys.
+    #[command(subcommand)]
+    Keys(commands::KeysCommand),
+    /// Sign a file: it is hashed here, and only the digest is sent.
+    Sign(commands::SignArgs),
+    /// Verify a file's signature.
+    Verify(commands::VerifyArgs),
+    /// Audit log tools.
+    #[command(subcommand)]
+    Audit(commands::AuditCommand),
+    /// Configuration tools.
+    #[command(subcommand)]
+    Config(ConfigCommand),
+}
+
+#[derive(Subcommand)]
+enum ConfigCommand {
+    /// Print the effective server configuration with secrets redacted, or the first error.
+    Check,
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("INFLUXION_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    let file = config::load_file(cli.config.as_deref(), cli.env_file.as_deref())?;
+    let client_cfg = || {
+        config::ClientConfig::resolve(
+            &file,
+            config::ClientFlags {
+                server: cli.client.server.clone(),
+                metadata_url: cli.client.metadata_url.clone(),
+                client_id: cli.client.client_id.clone(),
+                client_secret: cli.client.client_secret.clone(),
+                scope: cli.client.scope.clone(),
+            },
+        )
+    };
+    match cli.command {
+        Command::Serve => {
+            init_tracing();
+            server::serve(config::ServerConfig::resolve(&file)?).await?;
+        }
+        Command::Dev { data_dir, port } => {
+            init_tracing();
+            server::dev(&data_dir, port).await?;
+        }
+        Command::Config(ConfigCommand::Check) => {
+            let cfg = config::ServerConfig::resolve(&file)?;
+            cfg.kek.load()?;
+            print!("{}", cfg.describe());
+        }
+        Command::Keys(cmd) => return commands::keys(client::Client::new(client_cfg()?)?, cmd).await,
+        Command::Sign(args) => return commands::sign(client::Client::new(client_cfg()?)?, args).await,
+        Command::Verify(args) => return commands::verify(client_cfg()?, args).await,
+        Command::Audit(cmd) => return commands::audit(&file, cmd).await,
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,296 @@
+//! Client commands: keys, sign, verify, audit.
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{bail, Context, Result};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use clap::{Args, Subcommand};
+use influxion_core::key::HashAlg;
+use influxion_core::{Digest, KeyType, SignAlgorithm};
+use influxion_keystore::public;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Deserialize;
+use sha2::Digest as _;
+
+use crate::client::Client;
+use crate::config::{ClientConfig, FileConfig, ServerConfig};
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// List keys.
+    List,
+    /// Show one key.
+    Show { name: String },
+    /// Export a public key (PEM by default).
+    Public {
+        name: String,
+        #[arg(long, default_value = "pem", value_parser = ["pem", "jwk"])]
+        format: String,
+        /// Write here instead of standard output.
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+    },
+    /// Create a key (needs the admin app role).
+    Create {
+        name: String,
+        /// ec-p256, ec-p384, ed25519, rsa-3072 or rsa-4096.
+        #[arg(long = "type", default_value = "ec-p256")]
+        key_type: String,
+    },
+    /// Disable a key: it can no longer sign (needs the admin app role).
+    Disable { name: String },
+}
+
+#[derive(Args)]
+pub struct SignArgs {
+    /// Key to sign with.
+    #[arg(long)]
+    key: String,
+    /// File to sign.
+    file: PathBuf,
+    /// Where to write the signature (default: FILE.sig).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Signing algorithm (default: the key's default).
+    #[arg(long)]
+    algorithm: Option<String>,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    /// Key whose public key to use (fetched from the keyserver unless --public-key is given).
+    #[arg(long)]
+    key: Option<String>,
+    /// Public key PEM file, for verifying offline.
+    #[arg(long)]
+    public_key: Option<PathBuf>,
+    file: PathBuf,
+    /// Signature file (default: FILE.sig).
+    #[arg(long)]
+    signature: Option<PathBuf>,
+    #[arg(long)]
+    algorithm: Option<String>,
+}
+
+#[derive(Subcommand)]
+pub enum AuditCommand {
+    /// Prove the audit chain unbroken, or report the first broken record.
+    Verify {
+        /// Data directory of the keyserver (default from configuration).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Database URL (overrides --data-dir).
+        #[arg(long)]
+        database_url: Option<String>,
+    },
+}
+
+#[derive(Deserialize)]
+struct KeyInfo {
+    name: String,
+    key_type: KeyType,
+    default_algorithm: String,
+    status: String,
+    backend: String,
+    created_at: String,
+    public_key_pem: String,
+}
+
+#[derive(Deserialize)]
+struct KeyList {
+    keys: Vec<KeyInfo>,
+}
+
+#[derive(Deserialize)]
+struct Signed {
+    algorithm: String,
+    digest: String,
+    signature: String,
+    audit_seq: u64,
+}
+
+pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
+    match cmd {
+        KeysCommand::List => {
+            let l: KeyList = c.get("/v1/keys").await?;
+            println!("{:<24} {:<10} {:<8} {:<9} {:<9} CREATED", "NAME", "TYPE", "ALG", "STATUS", "BACKEND");
+            for k in l.keys {
+                println!(
+                    "{:<24} {:<10} {:<8} {:<9} {:<9} {}",
+                    k.name, k.key_type, k.default_algorithm, k.status, k.backend, k.created_at
+                );
+            }
+        }
+        KeysCommand::Show { name } => {
+            let v: serde_json::Value = c.get(&format!("/v1/keys/{name}")).await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        KeysCommand::Public { name, format, output } => {
+            let text = c.get_text(&format!("/v1/keys/{name}/public?format={format}")).await?;
+            match output {
+                Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
+                None => print!("{text}"),
+            }
+        }
+        KeysCommand::Create { name, key_type } => {
+            let v: serde_json::Value = c
+                .post("/v1/keys", &serde_json::json!({"name": name, "key_type": key_type}))
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        KeysCommand::Disable { name } => {
+            let _: serde_json::Value = c.post(&format!("/v1/keys/{name}/disable"), &serde_json::json!({})).await?;
+            eprintln!("key {name} disabled");
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn quiet() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || !std::io::stderr().is_terminal()
+}
+
+/// Hash a file in fixed-size chunks (constant memory), with a progress bar for large files.
+pub fn hash_file(path: &Path, hash: HashAlg) -> Result<Vec<u8>> {
+    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let bar = if len >= 16 * 1024 * 1024 && !quiet() {
+        let b = ProgressBar::new(len);
+        b.set_style(
+            ProgressStyle::with_template("hashing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
+                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        b
+    } else {
+        ProgressBar::hidden()
+    };
+    let mut buf = vec![0u8; 1 << 20];
+    let mut s256 = sha2::Sha256::new();
+    let mut s384 = sha2::Sha384::new();
+    let mut s512 = sha2::Sha512::new();
+    loop {
+        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        match hash {
+            HashAlg::Sha256 => s256.update(&buf[..n]),
+            HashAlg::Sha384 => s384.update(&buf[..n]),
+            HashAlg::Sha512 => s512.update(&buf[..n]),
+        }
+        bar.inc(n as u64);
+    }
+    bar.finish_and_clear();
+    Ok(match hash {
+        HashAlg::Sha256 => s256.finalize().to_vec(),
+        HashAlg::Sha384 => s384.finalize().to_vec(),
+        HashAlg::Sha512 => s512.finalize().to_vec(),
+    })
+}
+
+fn sig_path(file: &Path) -> PathBuf {
+    let mut s = file.as_os_str().to_owned();
+    s.push(".sig");
+    PathBuf::from(s)
+}
+
+pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
+    let key: KeyInfo = c.get(&format!("/v1/keys/{}", args.key)).await?;
+    let alg: SignAlgorithm = args
+        .algorithm
+        .as_deref()
+        .unwrap_or(&key.default_algorithm)
+        .parse()?;
+    if !key.key_type.allows(alg) {
+        bail!("key {} ({}) cannot sign with {alg}", key.name, key.key_type);
+    }
+    let digest = hash_file(&args.file, alg.hash())?;
+    let signed: Signed = c
+        .post(
+            &format!("/v1/keys/{}/sign", args.key),
+            &serde_json::json!({"digest": hex::encode(&digest), "algorithm": alg.as_str()}),
+        )
+        .await?;
+    let sig = B64.decode(signed.signature).context("the signature is not base64")?;
+    // Check before writing: a signature that does not verify is never handed on.
+    let spki = public::from_pem(&key.public_key_pem)?;
+    if !public::verify(key.key_type, &spki, &Digest::new(alg, digest)?, &sig)? {
+        bail!("the keyserver returned a signature that does not verify; nothing written");
+    }
+    let out = args.output.unwrap_or_else(|| sig_path(&args.file));
+    std::fs::write(&out, &sig).with_context(|| format!("writing {}", out.display()))?;
+    eprintln!(
+        "signed {} with {} ({}), {} {}, audit record {}, signature in {}",
+        args.file.display(),
+        key.name,
+        signed.algorithm,
+        alg.hash().as_str(),
+        signed.digest,
+        signed.audit_seq,
+        out.display()
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
+    let (key_type, spki, default_alg) = match (&args.public_key, &args.key) {
+        (Some(p), _) => {
+            let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let spki = public::from_pem(&pem)?;
+            let kt = public::detect_key_type(&spki).context("unsupported public key type")?;
+            (kt, spki, kt.default_algorithm())
+        }
+        (None, Some(name)) => {
+            let mut c = Client::new(cfg)?;
+            let key: KeyInfo = c.get(&format!("/v1/keys/{name}")).await?;
+            let spki = public::from_pem(&key.public_key_pem)?;
+            (key.key_type, spki, key.default_algorithm.parse()?)
+        }
+        (None, None) => bail!("give --key NAME or --public-key FILE"),
+    };
+    let alg: SignAlgorithm = match &args.algorithm {
+        Some(a) => a.parse()?,
+        None => default_alg,
+    };
+    let sig_file = args.signature.clone().unwrap_or_else(|| sig_path(&args.file));
+    let sig = std::fs::read(&sig_file).with_context(|| format!("reading {}", sig_file.display()))?;
+    let digest = Digest::new(alg, hash_file(&args.file, alg.hash())?)?;
+    if public::verify(key_type, &spki, &digest, &sig)? {
+        eprintln!("signature OK ({alg}, {})", args.file.display());
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("signature INVALID for {}", args.file.display());
+        Ok(ExitCode::FAILURE)
+    }
+}
+
+pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify { data_dir, database_url } => {
+            let url = match (database_url, data_dir) {
+                (Some(u), _) => u,
+                (None, Some(d)) => format!("sqlite://{}/influxion.db", d.display()),
+                (None, None) => ServerConfig::resolve(file)?.database_url,
+            };
+            if let Some(path) = url.strip_prefix("sqlite://") {
+                if !Path::new(path.split('?').next().unwrap_or(path)).exists() {
+                    bail!("no database at {path}");
+                }
+            }
+            let store = influxion_store::Store::open(&url).await?;
+            match store.verify_audit_chain().await? {
+                influxion_store::ChainReport::Intact { records, head } => {
+                    println!("audit chain intact: {records} records, head {head}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                influxion_store::ChainReport::Broken { seq, reason } => {
+                    println!("audit chain BROKEN at record {seq}: {reason}");
+                    Ok(ExitCode::from(2))
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,442 @@
+//! Configuration: defaults < TOML file < `.env` < environment < flags.
+//!
+//! `.env` is read into the environment without overriding variables that are already
+//! set, which gives the environment precedence over it. Every setting is validated at
+//! start, and an error names the setting in both its TOML and environment spelling.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use influxion_auth::AuthConfig;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {message}")]
+pub struct ConfigError {
+    pub setting: &'static str,
+    pub message: String,
+}
+
+fn err(setting: &'static str, message: impl Into<String>) -> ConfigError {
+    ConfigError {
+        setting,
+        message: message.into(),
+    }
+}
+
+/// The TOML file, every field optional. Unknown fields are an error, so typos surface.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub listen: Option<String>,
+    pub data_dir: Option<PathBuf>,
+    pub database_url: Option<String>,
+    #[serde(default)]
+    pub auth: FileAuth,
+    #[serde(default)]
+    pub keystore: FileKeystore,
+    #[serde(default)]
+    pub vault: FileVault,
+    #[serde(default)]
+    pub client: FileClient,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileAuth {
+    pub tenant_id: Option<String>,
+    pub api_client_id: Option<String>,
+    pub audience: Option<String>,
+    pub metadata_url: Option<String>,
+    pub required_scope: Option<String>,
+    pub app_role: Option<String>,
+    pub admin_role: Option<String>,
+    pub allowed_tenants: Option<Vec<String>>,
+    pub accepted_versions: Option<Vec<String>>,
+    pub clock_skew_secs: Option<u64>,
+    pub jwks_refresh_secs: Option<u64>,
+    pub jwks_min_refresh_secs: Option<u64>,
+    pub allow_insecure_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileKeystore {
+    pub kek_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileVault {
+    pub url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileClient {
+    pub server: Option<String>,
+    pub client_id: Option<String>,
+    pub default_scope: Option<String>,
+}
+
+/// Read the environment, treating empty values as unset.
+pub fn env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+}
+
+fn env_list(name: &str) -> Option<Vec<String>> {
+    env(name).map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+}
+
+fn env_u64(name: &'static str) -> Result<Option<u64>, ConfigError> {
+    env(name)
+        .map(|v| v.parse().map_err(|_| err(name, format!("{v:?} is not a whole number"))))
+        .transpose()
+}
+
+/// Load `.env` (if present) and the TOML file (if given or found).
+pub fn load_file(path: Option<&Path>, env_file: Option<&Path>) -> Result<FileConfig, ConfigError> {
+    match env_file {
+        Some(p) => {
+            dotenvy::from_path(p).map_err(|e| err("--env-file", format!("{}: {e}", p.display())))?;
+        }
+        None => {
+            // A missing .env is normal; a malformed one is not.
+            if let Err(e) = dotenvy::dotenv() {
+                if !e.not_found() {
+                    return Err(err(".env", e.to_string()));
+                }
+            }
+        }
+    }
+    let path = path.map(Path::to_path_buf).or_else(|| env("INFLUXION_CONFIG").map(PathBuf::from));
+    let Some(path) = path else {
+        return Ok(FileConfig::default());
+    };
+    let text = std::fs::read_to_string(&path).map_err(|e| err("--config", format!("{}: {e}", path.display())))?;
+    toml::from_str(&text).map_err(|e| err("--config", format!("{}: {e}", path.display())))
+}
+
+/// The validated configuration of `influxion serve`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub auth: AuthConfig,
+    pub admin_role: String,
+    pub sign_role: String,
+    pub kek: KekSource,
+    pub vault_url: Option<String>,
+}
+
+#[derive(Clone)]
+pub enum KekSource {
+    Env,
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KekSource::Env => f.write_str("INFLUXION_KEK ([redacted])"),
+            KekSource::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+impl KekSource {
+    pub fn load(&self) -> Result<influxion_keystore::Kek, ConfigError> {
+        let text = match self {
+            KekSource::Env => zeroize::Zeroizing::new(env("INFLUXION_KEK").unwrap_or_default()),
+            KekSource::File(p) => zeroize::Zeroizing::new(
+                std::fs::read_to_string(p).map_err(|e| err("keystore.kek_file", format!("{}: {e}", p.display())))?,
+            ),
+        };
+        influxion_keystore::Kek::from_text(&text).map_err(|e| err("INFLUXION_KEK / keystore.kek_file", e.to_string()))
+    }
+}
+
+/// Entra's metadata document for a tenant (v2.0 endpoint).
+pub fn entra_metadata_url(tenant: &str) -> String {
+    format!("https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration")
+}
+
+/// The scope name the API requires in `scp`, derived from a client-side scope such as
+/// `api://influxion/access_as_user` (but not `.default`, which names no scope).
+fn scope_name(default_scope: &str) -> Option<String> {
+    let last = default_scope.rsplit('/').next()?;
+    (!last.is_empty() && last != ".default").then(|| last.to_owned())
+}
+
+fn is_guid_like(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+impl ServerConfig {
+    pub fn resolve(file: &FileConfig) -> Result<Self, ConfigError> {
+        let a = &file.auth;
+        let listen_text = env("INFLUXION_LISTEN")
+            .or_else(|| file.listen.clone())
+            .unwrap_or_else(|| "127.0.0.1:8400".into());
+        let listen = listen_text
+            .parse()
+            .map_err(|_| err("listen / INFLUXION_LISTEN", format!("{listen_text:?} is not an address:port")))?;
+        let data_dir = env("INFLUXION_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let database_url = env("INFLUXION_DATABASE_URL")
+            .or_else(|| file.database_url.clone())
+            .unwrap_or_else(|| format!("sqlite://{}/influxion.db", data_dir.display()));
+        if !database_url.starts_with("sqlite:") {
+            return Err(err(
+                "database_url / INFLUXION_DATABASE_URL",
+                "only sqlite: URLs are supported in this version",
+            ));
+        }
+
+        let tenant_id = env("INFLUXION_AZURE_TENANT_ID").or_else(|| a.tenant_id.clone());
+        if let Some(t) = &tenant_id {
+            if !is_guid_like(t) {
+                return Err(err("auth.tenant_id / INFLUXION_AZURE_TENANT_ID", format!("{t:?} is not a tenant id")));
+            }
+        }
+        // `common`/`organizations` are not tenants: tokens then come from many tenants,
+        // and the issuer is a template checked against each token's `tid`.
+        let single_tenant = tenant_id
+            .clone()
+            .filter(|t| !matches!(t.as_str(), "common" | "organizations" | "consumers"));
+        let metadata_url = env("INFLUXION_OIDC_METADATA_URL")
+            .or_else(|| a.metadata_url.clone())
+            .or_else(|| tenant_id.as_deref().map(entra_metadata_url))
+            .ok_or_else(|| {
+                err(
+                    "auth.metadata_url / INFLUXION_OIDC_METADATA_URL",
+                    "set it, or set INFLUXION_AZURE_TENANT_ID to use Entra ID's metadata document",
+                )
+            })?;
+        let api_client_id = env("INFLUXION_AZURE_API_CLIENT_ID").or_else(|| a.api_client_id.clone());
+        let audience = env("INFLUXION_AZURE_AUDIENCE").or_else(|| a.audience.clone());
+        let mut audiences = Vec::new();
+        if let Some(id) = &api_client_id {
+            audiences.push(id.clone());
+            if audience.is_none() {
+                audiences.push(format!("api://{id}"));
+            }
+        }
+        audiences.extend(audience.clone());
+        if audiences.is_empty() {
+            return Err(err(
+                "auth.api_client_id / INFLUXION_AZURE_API_CLIENT_ID",
+                "set the API's client id (v2 tokens) or INFLUXION_AZURE_AUDIENCE (v1 tokens)",
+            ));
+        }
+        let default_scope = env("INFLUXION_AZURE_DEFAULT_SCOPE").or_else(|| file.client.default_scope.clone());
+        let required_scope = env("INFLUXION_REQUIRED_SCOPE")
+            .or_else(|| a.required_scope.clone())
+            .or_else(|| default_scope.as_deref().and_then(scope_name))
+            .unwrap_or_else(|| "access_as_user".into());
+        let sign_role = env("INFLUXION_APP_ROLE")
+            .or_else(|| a.app_role.clone())
+            .unwrap_or_else(|| "Influxion.Sign".into());
+        let admin_role = env("INFLUXION_ADMIN_ROLE")
+            .or_else(|| a.admin_role.clone())
+            .unwrap_or_else(|| "Influxion.Admin".into());
+        let skew = env_u64("INFLUXION_CLOCK_SKEW_SECS")?.or(a.clock_skew_secs).unwrap_or(300);
+        if skew > 600 {
+            return Err(err("auth.clock_skew_secs / INFLUXION_CLOCK_SKEW_SECS", "at most 600 seconds"));
+        }
+        let refresh = env_u64("INFLUXION_JWKS_REFRESH_SECS")?.or(a.jwks_refresh_secs).unwrap_or(3600);
+        let min_refresh = env_u64("INFLUXION_JWKS_MIN_REFRESH_SECS")?.or(a.jwks_min_refresh_secs).unwrap_or(300);
+        if refresh == 0 {
+            return Err(err("auth.jwks_refresh_secs / INFLUXION_JWKS_REFRESH_SECS", "must be positive"));
+        }
+        let mut extra_issuers = Vec::new();
+        if metadata_url.starts_with("https://login.microsoftonline.com/") {
+            // Entra v1 access tokens carry the sts.windows.net issuer.
+            extra_issuers.push("https://sts.windows.net/{tenantid}/".to_owned());
+        }
+        let allow_insecure_http = env("INFLUXION_ALLOW_INSECURE_HTTP")
+            .map(|v| v == "true" || v == "1")
+            .or(a.allow_insecure_http)
+            .unwrap_or(false);
+        let auth = AuthConfig {
+            metadata_url,
+            audiences,
+            tenant_id: single_tenant,
+            allowed_tenants: env_list("INFLUXION_ALLOWED_TENANTS")
+                .or_else(|| a.allowed_tenants.clone())
+                .unwrap_or_default(),
+            extra_issuers,
+            required_scope,
+            app_roles: vec![sign_role.clone(), admin_role.clone()],
+            accepted_versions: env_list("INFLUXION_TOKEN_VERSIONS")
+                .or_else(|| a.accepted_versions.clone())
+                .unwrap_or_default(),
+            algorithms: AuthConfig::DEFAULT_ALGORITHMS.to_vec(),
+            clock_skew: Duration::from_secs(skew),
+            jwks_refresh_interval: Duration::from_secs(refresh),
+            jwks_min_refresh_interval: Duration::from_secs(min_refresh),
+            jwks_max_age: Duration::from_secs(24 * 3600),
+            max_token_bytes: 16 * 1024,
+            allow_insecure_http,
+        };
+        let kek = if env("INFLUXION_KEK").is_some() {
+            KekSource::Env
+        } else {
+            let p = env("INFLUXION_KEK_FILE")
+                .map(PathBuf::from)
+                .or_else(|| file.keystore.kek_file.clone())
+                .ok_or_else(|| {
+                    err(
+                        "keystore.kek_file / INFLUXION_KEK_FILE",
+                        "set a key-encryption key file, or INFLUXION_KEK (32 bytes, base64 or hex)",
+                    )
+                })?;
+            KekSource::File(p)
+        };
+        let vault_url = env("INFLUXION_VAULT_URL").or_else(|| file.vault.url.clone());
+        if let Some(v) = &vault_url {
+            if !v.starts_with("https://") {
+                return Err(err("vault.url / INFLUXION_VAULT_URL", "must be an https:// URL"));
+            }
+        }
+        Ok(Self {
+            listen,
+            data_dir,
+            database_url,
+            auth,
+            admin_role,
+            sign_role,
+            kek,
+            vault_url,
+        })
+    }
+
+    /// The effective configuration as TOML-like text, with secrets redacted.
+    pub fn describe(&self) -> String {
+        let a = &self.auth;
+        format!(
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n",
+            self.listen.to_string(),
+            self.data_dir.display().to_string(),
+            self.database_url,
+            a.metadata_url,
+            a.audiences,
+            a.tenant_id.as_deref().unwrap_or(""),
+            a.allowed_tenants,
+            a.extra_issuers,
+            a.required_scope,
+            self.sign_role,
+            self.admin_role,
+            a.accepted_versions,
+            a.algorithms,
+            a.clock_skew.as_secs(),
+            a.jwks_refresh_interval.as_secs(),
+            a.jwks_min_refresh_interval.as_secs(),
+            a.jwks_max_age.as_secs(),
+            a.allow_insecure_http,
+            format!("{:?}", self.kek),
+            self.vault_url.as_deref().unwrap_or(""),
+        )
+    }
+}
+
+/// Settings of the client side of the CLI.
+#[derive(Clone)]
+pub struct ClientConfig {
+    pub server: String,
+    pub metadata_url: String,
+    pub client_id: Option<String>,
+    pub client_secret: Option<zeroize::Zeroizing<String>>,
+    pub scope: String,
+}
+
+impl std::fmt::Debug for ClientConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClientConfig")
+            .field("server", &self.server)
+            .field("metadata_url", &self.metadata_url)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field("scope", &self.scope)
+            .finish()
+    }
+}
+
+/// Development defaults, matching what `influxion dev` starts.
+pub const DEV_SERVER: &str = "http://127.0.0.1:8400";
+pub const DEV_ISSUER: &str = "http://127.0.0.1:8401";
+pub const DEV_AUDIENCE: &str = "api://influxion-dev";
+
+pub struct ClientFlags {
+    pub server: Option<String>,
+    pub metadata_url: Option<String>,
+    pub client_id: Option<String>,
+    pub client_secret: Option<String>,
+    pub scope: Option<String>,
+}
+
+impl ClientConfig {
+    pub fn resolve(file: &FileConfig, flags: ClientFlags) -> Result<Self, ConfigError> {
+        let server = flags
+            .server
+            .or_else(|| env("INFLUXION_SERVER"))
+            .or_else(|| file.client.server.clone())
+            .unwrap_or_else(|| DEV_SERVER.into());
+        url::Url::parse(&server).map_err(|_| err("--server / INFLUXION_SERVER", format!("{server:?} is not a URL")))?;
+        let tenant = env("INFLUXION_AZURE_TENANT_ID").or_else(|| file.auth.tenant_id.clone());
+        let metadata_url = flags
+            .metadata_url
+            .or_else(|| env("INFLUXION_OIDC_METADATA_URL"))
+            .or_else(|| file.auth.metadata_url.clone())
+            .or_else(|| tenant.as_deref().map(entra_metadata_url))
+            .unwrap_or_else(|| format!("{DEV_ISSUER}/.well-known/openid-configuration"));
+        let client_secret = match flags.client_secret.or_else(|| env("INFLUXION_AZURE_CLIENT_SECRET")) {
+            Some(s) => Some(s),
+            None => env("INFLUXION_AZURE_CLIENT_SECRET_FILE")
+                .map(|p| {
+                    std::fs::read_to_string(&p)
+                        .map(|s| s.trim().to_owned())
+                        .map_err(|e| err("INFLUXION_AZURE_CLIENT_SECRET_FILE", format!("{p}: {e}")))
+                })
+                .transpose()?,
+        };
+        let api = env("INFLUXION_AZURE_API_CLIENT_ID").or_else(|| file.auth.api_client_id.clone());
+        let scope = flags
+            .scope
+            .or_else(|| env("INFLUXION_AZURE_DEFAULT_SCOPE"))
+            .or_else(|| file.client.default_scope.clone())
+            .or_else(|| api.map(|id| format!("api://{id}/.default")))
+            .unwrap_or_else(|| format!("{DEV_AUDIENCE}/.default"));
+        Ok(Self {
+            server: server.trim_end_matches('/').to_owned(),
+            metadata_url,
+            client_id: flags
+                .client_id
+                .or_else(|| env("INFLUXION_AZURE_CLIENT_ID"))
+                .or_else(|| file.client.client_id.clone()),
+            client_secret: client_secret.map(zeroize::Zeroizing::new),
+            scope,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn scope_names() {
+        assert_eq!(scope_name("api://x/access_as_user").as_deref(), Some("access_as_user"));
+        assert_eq!(scope_name("api://x/.default"), None);
+        assert_eq!(scope_name("keyserver").as_deref(), Some("keyserver"));
+    }
+
+    #[test]
+    fn unknown_toml_fields_are_refused() {
+        let r: Result<FileConfig, _> = toml::from_str("[auth]\ntenant = \"x\"\n");
+        assert!(r.is_err());
+    }
+}

@@ -39,9 +39,6 @@ impl UnverifiedToken {
         if h.is_empty() || p.is_empty() {
             return Err(AuthError::Malformed("empty header or payload"));
         }
-        if s.is_empty() {
-            return Err(AuthError::Signature);
-        }
         if h.len() > MAX_HEADER_BYTES {
             return Err(AuthError::Malformed("header too large"));
         }
@@ -70,6 +67,10 @@ impl UnverifiedToken {
         let alg: Algorithm = header.alg.parse().map_err(|_| AuthError::Algorithm)?;
         if !allowed.contains(&alg) {
             return Err(AuthError::Algorithm);
+        }
+        // A stripped signature is refused before any key is looked up.
+        if s.is_empty() {
+            return Err(AuthError::Signature);
         }
         let kid = header
             .kid

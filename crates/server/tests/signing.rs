@@ -1,0 +1,315 @@
+//! The signing API against the real router, store and software keystore: good paths,
+//! and each bad input with its exact problem and audit record.
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use serde_json::{json, Value};
+use sha2::Digest as _;
+
+struct Ctx {
+    _idp: TestIdp,
+    h: Harness,
+    signer: String,
+    admin: String,
+}
+
+async fn setup() -> Ctx {
+    let k = keys();
+    let idp = TestIdp::start("", &[&k.rsa1]).await;
+    let h = Harness::new(auth_config(&idp)).await;
+    let signer = token(&k.rsa1, &app_claims(&idp.issuer));
+    let mut a = app_claims(&idp.issuer);
+    a["roles"] = json!([ADMIN_ROLE]);
+    a["azp"] = json!("key-admin");
+    a["oid"] = json!("cccccccc-0000-4000-8000-000000000003");
+    let admin = token(&k.rsa1, &a);
+    let r = h.create_key(&admin, "fw", "ec-p256").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    Ctx { _idp: idp, h, signer, admin }
+}
+
+fn sha256_hex(data: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(data))
+}
+
+async fn assert_refusal_audited(h: &Harness, action: &str, target: &str, slug: &str) {
+    let a = h.last_audit().await;
+    assert_eq!(a.action, action);
+    assert_eq!(a.outcome, "refused");
+    assert_eq!(a.target.as_deref(), Some(target));
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert_eq!(d["reason"], slug, "{}", a.detail);
+}
+
+#[tokio::test]
+async fn sign_and_verify_round_trip_with_audit() {
+    let c = setup().await;
+    let digest = sha256_hex(b"firmware image");
+    let r = c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": digest}))).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["algorithm"], "ES256");
+    let sig = r.json["signature"].as_str().unwrap().to_owned();
+    assert!(B64.decode(&sig).is_ok());
+    let seq = r.json["audit_seq"].as_u64().unwrap();
+    let a = c.h.last_audit().await;
+    assert_eq!((a.seq as u64, a.action.as_str(), a.outcome.as_str()), (seq, "sign", "ok"));
+    assert!(a.detail.contains(&digest));
+    assert!(a.actor.starts_with("app:"), "{}", a.actor);
+
+    let v = c
+        .h
+        .call("POST", "/v1/keys/fw/verify", Some(&c.signer), Some(json!({"digest": digest, "signature": sig})))
+        .await;
+    assert_eq!(v.json["valid"], true, "{}", v.text);
+    let other = sha256_hex(b"other image");
+    let v = c
+        .h
+        .call("POST", "/v1/keys/fw/verify", Some(&c.signer), Some(json!({"digest": other, "signature": sig})))
+        .await;
+    assert_eq!(v.json["valid"], false);
+}
+
+#[tokio::test]
+async fn every_key_type_signs() {
+    let c = setup().await;
+    for (name, kt, alg, hash_len) in [
+        ("p384", "ec-p384", "ES384", 48),
+        ("ed", "ed25519", "EdDSA", 32),
+        ("rsa", "rsa-3072", "PS256", 32),
+        ("rsa4k", "rsa-4096", "RS512", 64),
+    ] {
+        let r = c.h.create_key(&c.admin, name, kt).await;
+        assert_eq!(r.status, 201, "{}", r.text);
+        assert_eq!(r.json["key_type"], kt);
+        assert!(r.json["public_key_pem"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        let digest = hex::encode(vec![7u8; hash_len]);
+        let s = c
+            .h
+            .call("POST", &format!("/v1/keys/{name}/sign"), Some(&c.signer), Some(json!({"digest": digest, "algorithm": alg})))
+            .await;
+        assert_eq!(s.status, 200, "{kt}: {}", s.text);
+        let v = c
+            .h
+            .call(
+                "POST",
+                &format!("/v1/keys/{name}/verify"),
+                Some(&c.signer),
+                Some(json!({"digest": digest, "algorithm": alg, "signature": s.json["signature"]})),
+            )
+            .await;
+        assert_eq!(v.json["valid"], true, "{kt}");
+    }
+}
+
+#[tokio::test]
+async fn unknown_key() {
+    let c = setup().await;
+    let r = c
+        .h
+        .call("POST", "/v1/keys/nope/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x")})))
+        .await;
+    r.assert_problem(404, "unknown-key");
+    assert_refusal_audited(&c.h, "sign", "nope", "unknown-key").await;
+}
+
+#[tokio::test]
+async fn invalid_key_name() {
+    let c = setup().await;
+    let r = c
+        .h
+        .call("POST", "/v1/keys/..%2Fetc/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x")})))
+        .await;
+    r.assert_problem(400, "invalid-key-name");
+}
+
+#[tokio::test]
+async fn disabled_key() {
+    let c = setup().await;
+    let r = c.h.call("POST", "/v1/keys/fw/disable", Some(&c.admin), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "disabled");
+    let a = c.h.last_audit().await;
+    assert_eq!((a.action.as_str(), a.outcome.as_str()), ("key.disable", "ok"));
+    let r = c
+        .h
+        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x")})))
+        .await;
+    r.assert_problem(409, "key-disabled");
+    assert_refusal_audited(&c.h, "sign", "fw", "key-disabled").await;
+}
+
+#[tokio::test]
+async fn wrong_digest_length() {
+    let c = setup().await;
+    let r = c
+        .h
+        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": hex::encode([1u8; 20])})))
+        .await;
+    r.assert_problem(400, "digest-length");
+    assert!(r.json["detail"].as_str().unwrap().contains("32-byte"));
+    assert_refusal_audited(&c.h, "sign", "fw", "digest-length").await;
+}
+
+#[tokio::test]
+async fn digest_not_hex() {
+    let c = setup().await;
+    let r = c
+        .h
+        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": "zz".repeat(32)})))
+        .await;
+    r.assert_problem(400, "digest-encoding");
+    assert_refusal_audited(&c.h, "sign", "fw", "digest-encoding").await;
+}
+
+#[tokio::test]
+async fn algorithm_not_allowed_for_key_type() {
+    let c = setup().await;
+    for alg in ["ES384", "RS256", "EdDSA"] {
+        let r = c
+            .h
+            .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x"), "algorithm": alg})))
+            .await;
+        r.assert_problem(400, "algorithm-not-allowed");
+        assert_refusal_audited(&c.h, "sign", "fw", "algorithm-not-allowed").await;
+    }
+}
+
+#[tokio::test]
+async fn unknown_algorithm() {
+    let c = setup().await;
+    for alg in ["none", "HS256", "es256"] {
+        let r = c
+            .h
+            .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x"), "algorithm": alg})))
+            .await;
+        r.assert_problem(400, "unsupported-algorithm");
+    }
+}
+
+#[tokio::test]
+async fn oversized_body() {
+    let c = setup().await;
+    let r = c
+        .h
+        .call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": sha256_hex(b"x"), "pad": "x".repeat(64 * 1024)})),
+        )
+        .await;
+    r.assert_problem(413, "body-too-large");
+    assert_refusal_audited(&c.h, "sign", "fw", "body-too-large").await;
+}
+
+#[tokio::test]
+async fn malformed_bodies() {
+    let c = setup().await;
+    // Unknown field.
+    let r = c
+        .h
+        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x"), "file": "/etc/passwd"})))
+        .await;
+    r.assert_problem(400, "invalid-request");
+    // Missing digest.
+    let r = c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({}))).await;
+    r.assert_problem(400, "invalid-request");
+    // Not JSON at all.
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/keys/fw/sign")
+        .header("authorization", format!("Bearer {}", c.signer))
+        .header("content-type", "application/json")
+        .body(axum::body::Body::from("{not json"))
+        .unwrap();
+    c.h.send(req).await.assert_problem(400, "invalid-request");
+    // No content type.
+    let req = axum::http::Request::builder()
+        .method("POST")
+        .uri("/v1/keys/fw/sign")
+        .header("authorization", format!("Bearer {}", c.signer))
+        .body(axum::body::Body::from(json!({"digest": sha256_hex(b"x")}).to_string()))
+        .unwrap();
+    c.h.send(req).await.assert_problem(415, "unsupported-media-type");
+}
+
+#[tokio::test]
+async fn key_administration_needs_the_admin_role() {
+    let c = setup().await;
+    let r = c.h.create_key(&c.signer, "sneaky", "ec-p256").await;
+    r.assert_problem(403, "forbidden");
+    assert_refusal_audited(&c.h, "key.create", "keys", "forbidden").await;
+    let r = c.h.call("POST", "/v1/keys/fw/disable", Some(&c.signer), None).await;
+    r.assert_problem(403, "forbidden");
+    let r = c.h.call("GET", "/v1/audit", Some(&c.signer), None).await;
+    r.assert_problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn key_creation_rules() {
+    let c = setup().await;
+    c.h.create_key(&c.admin, "fw", "ec-p256").await.assert_problem(409, "key-exists");
+    c.h.create_key(&c.admin, "Bad Name", "ec-p256").await.assert_problem(400, "invalid-key-name");
+    c.h.create_key(&c.admin, "weak", "rsa-1024").await.assert_problem(400, "invalid-request");
+    let a = c.h.last_audit().await;
+    assert_eq!((a.action.as_str(), a.outcome.as_str()), ("key.create", "refused"));
+}
+
+#[tokio::test]
+async fn key_listing_and_export() {
+    let c = setup().await;
+    let r = c.h.call("GET", "/v1/keys", Some(&c.signer), None).await;
+    assert_eq!(r.json["keys"][0]["name"], "fw");
+    // Never any private material.
+    assert!(!r.text.contains("handle") && !r.text.contains("PRIVATE"));
+    let r = c.h.call("GET", "/v1/keys/fw/public?format=jwk", Some(&c.signer), None).await;
+    assert_eq!(r.json["kty"], "EC");
+    assert_eq!(r.json["crv"], "P-256");
+    assert_eq!(r.json["kid"], "fw");
+    let r = c.h.call("GET", "/v1/keys/fw/public", Some(&c.signer), None).await;
+    assert!(r.text.starts_with("-----BEGIN PUBLIC KEY-----"));
+    c.h.call("GET", "/v1/keys/fw/public?format=der", Some(&c.signer), None)
+        .await
+        .assert_problem(400, "invalid-request");
+}
+
+#[tokio::test]
+async fn audit_endpoint_reports_an_intact_chain() {
+    let c = setup().await;
+    c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"a")}))).await;
+    let r = c.h.call("GET", "/v1/audit?limit=10", Some(&c.admin), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.json["chain"]["Intact"].is_object(), "{}", r.text);
+    assert!(r.json["records"].as_array().unwrap().len() >= 2);
+}
+
+#[tokio::test]
+async fn unknown_routes_are_problems() {
+    let c = setup().await;
+    c.h.call("GET", "/v2/nothing", None, None).await.assert_problem(404, "not-found");
+}
+
+#[tokio::test]
+async fn openapi_documents_every_route() {
+    let c = setup().await;
+    let r = c.h.call("GET", "/openapi.json", None, None).await;
+    assert_eq!(r.status, 200);
+    let paths = r.json["paths"].as_object().expect("paths");
+    for p in [
+        "/healthz",
+        "/openapi.json",
+        "/v1/me",
+        "/v1/keys",
+        "/v1/keys/{name}",
+        "/v1/keys/{name}/public",
+        "/v1/keys/{name}/disable",
+        "/v1/keys/{name}/sign",
+        "/v1/keys/{name}/verify",
+        "/v1/audit",
+    ] {
+        assert!(paths.contains_key(p), "{p} missing from openapi.json");
+    }
+}

@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh Debian machine with the Rust toolchain.
+# Installs what the tests need (Debian packages, the npm packages of the test OIDC
+# provider), then runs formatting, lints, unit, property, integration and end-to-end
+# tests. Every server the tests need is started and stopped by the tests themselves,
+# on 127.0.0.1 only.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+missing=()
+for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3; do
+  command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
+done
+if ((${#missing[@]})); then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "openssl: $(openssl version)"
+echo "node: $(node --version), npm: $(npm --version)"
+
+step "test OIDC provider (npm ci)"
+npm ci --prefix tests/oidc-provider --no-audit --no-fund --loglevel=error
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+
+step "cargo clippy -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+
+step "cargo test (unit, property, integration, end-to-end)"
+# Under CI=true, tests whose external components are missing fail instead of skipping.
+cargo test --workspace
+
+step "oidc-provider smoke test"
+tests/oidc-provider/smoke.sh
+
+echo
+echo "all tests passed"

@@ -48,7 +48,12 @@ impl Claims {
             .scp
             .as_deref()
             .or(self.scope.as_deref())
-            .map(|s| s.split(' ').filter(|x| !x.is_empty()).map(str::to_owned).collect())
+            .map(|s| {
+                s.split(' ')
+                    .filter(|x| !x.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
             .unwrap_or_default();
         // Entra marks app-only tokens with `idtyp: app` when the optional claim is on;
         // otherwise an app-only token is one without any delegated scope.
@@ -70,10 +75,17 @@ impl Claims {
             object_id,
             app_id: self.azp.clone().or_else(|| self.appid.clone()),
             kind,
-            scopes: if kind == CallerKind::User { scopes } else { Vec::new() },
+            scopes: if kind == CallerKind::User {
+                scopes
+            } else {
+                Vec::new()
+            },
             roles: self.roles.clone().unwrap_or_default(),
             groups: self.groups.clone().unwrap_or_default(),
-            display_name: self.name.clone().or_else(|| self.preferred_username.clone()),
+            display_name: self
+                .name
+                .clone()
+                .or_else(|| self.preferred_username.clone()),
         })
     }
 }

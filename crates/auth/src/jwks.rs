@@ -107,7 +107,11 @@ impl JwksCache {
     }
 
     /// The key for `kid`, fetching the key set if we have none or do not know the kid.
-    pub(crate) async fn key_for(&self, kid: &str, alg: Algorithm) -> Result<Arc<VerifyKey>, AuthError> {
+    pub(crate) async fn key_for(
+        &self,
+        kid: &str,
+        alg: Algorithm,
+    ) -> Result<Arc<VerifyKey>, AuthError> {
         let found = match self.current() {
             Some(set) => set.keys.get(kid).cloned(),
             None => {
@@ -192,7 +196,9 @@ impl JwksCache {
         let set: JwkSet = self.get_json(&meta.jwks_uri).await?;
         let mut keys = HashMap::new();
         for jwk in set.keys {
-            let Some(kid) = jwk.common.key_id.clone() else { continue };
+            let Some(kid) = jwk.common.key_id.clone() else {
+                continue;
+            };
             if matches!(jwk.common.public_key_use, Some(PublicKeyUse::Encryption)) {
                 continue;
             }

@@ -139,7 +139,10 @@ impl Validator {
             return self.admit(p);
         }
         let unverified = UnverifiedToken::parse(token, &self.cfg.algorithms)?;
-        let key = self.jwks.key_for(unverified.kid(), unverified.alg()).await?;
+        let key = self
+            .jwks
+            .key_for(unverified.kid(), unverified.alg())
+            .await?;
         let mut validation = Validation::new(unverified.alg());
         validation.leeway = self.cfg.clock_skew.as_secs();
         validation.validate_exp = true;
@@ -147,7 +150,8 @@ impl Validator {
         // Issuer and audience need Entra-aware rules; they are checked below.
         validation.validate_aud = false;
         validation.set_required_spec_claims(&["exp", "iss", "aud"]);
-        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation).map_err(AuthError::from_jwt)?;
+        let data = jsonwebtoken::decode::<Claims>(token, &key.decoding, &validation)
+            .map_err(AuthError::from_jwt)?;
         let claims = data.claims;
         let principal = self.check_claims(&claims)?;
         self.remember(fingerprint, &principal, claims.exp);
@@ -173,14 +177,23 @@ impl Validator {
                 return Err(AuthError::Tenant);
             }
         }
-        if !self.cfg.allowed_tenants.is_empty() && !tid.is_some_and(|t| self.cfg.allowed_tenants.iter().any(|a| a == t)) {
+        if !self.cfg.allowed_tenants.is_empty()
+            && !tid.is_some_and(|t| self.cfg.allowed_tenants.iter().any(|a| a == t))
+        {
             return Err(AuthError::Tenant);
         }
-        if !c.audiences().iter().any(|a| self.cfg.audiences.iter().any(|x| x == a)) {
+        if !c
+            .audiences()
+            .iter()
+            .any(|a| self.cfg.audiences.iter().any(|x| x == a))
+        {
             return Err(AuthError::Audience);
         }
         if !self.cfg.accepted_versions.is_empty()
-            && !c.ver.as_deref().is_some_and(|v| self.cfg.accepted_versions.iter().any(|x| x == v))
+            && !c
+                .ver
+                .as_deref()
+                .is_some_and(|v| self.cfg.accepted_versions.iter().any(|x| x == v))
         {
             return Err(AuthError::Version);
         }
@@ -212,7 +225,9 @@ impl Validator {
     fn cached(&self, fp: &[u8; 32]) -> Option<Principal> {
         let mut entries = self.cache.entries.lock().ok()?;
         match entries.get(fp) {
-            Some((p, exp)) if *exp + self.cfg.clock_skew.as_secs() as i64 > now() => Some(p.clone()),
+            Some((p, exp)) if *exp + self.cfg.clock_skew.as_secs() as i64 > now() => {
+                Some(p.clone())
+            }
             Some(_) => {
                 entries.remove(fp);
                 None
@@ -236,7 +251,9 @@ impl Validator {
 fn issuer_matches(template: &str, iss: &str, tid: Option<&str>) -> bool {
     if template.contains("{tenantid}") {
         match tid {
-            Some(t) if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            Some(t)
+                if !t.is_empty() && t.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
                 template.replace("{tenantid}", t) == iss
             }
             _ => false,
@@ -253,10 +270,26 @@ mod tests {
     #[test]
     fn issuer_templates() {
         let t = "https://login.microsoftonline.com/{tenantid}/v2.0";
-        assert!(issuer_matches(t, "https://login.microsoftonline.com/abc-1/v2.0", Some("abc-1")));
-        assert!(!issuer_matches(t, "https://login.microsoftonline.com/abc-1/v2.0", Some("abc-2")));
-        assert!(!issuer_matches(t, "https://login.microsoftonline.com/abc-1/v2.0", None));
-        assert!(!issuer_matches(t, "https://login.microsoftonline.com/a/b/v2.0", Some("a/b")));
+        assert!(issuer_matches(
+            t,
+            "https://login.microsoftonline.com/abc-1/v2.0",
+            Some("abc-1")
+        ));
+        assert!(!issuer_matches(
+            t,
+            "https://login.microsoftonline.com/abc-1/v2.0",
+            Some("abc-2")
+        ));
+        assert!(!issuer_matches(
+            t,
+            "https://login.microsoftonline.com/abc-1/v2.0",
+            None
+        ));
+        assert!(!issuer_matches(
+            t,
+            "https://login.microsoftonline.com/a/b/v2.0",
+            Some("a/b")
+        ));
         assert!(issuer_matches("https://x", "https://x", None));
         assert!(!issuer_matches("https://x", "https://x/", None));
     }

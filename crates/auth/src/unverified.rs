@@ -33,7 +33,9 @@ const MAX_HEADER_BYTES: usize = 2048;
 impl UnverifiedToken {
     pub fn parse(token: &str, allowed: &[Algorithm]) -> Result<Self, AuthError> {
         let mut parts = token.split('.');
-        let (Some(h), Some(p), Some(s), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
+        let (Some(h), Some(p), Some(s), None) =
+            (parts.next(), parts.next(), parts.next(), parts.next())
+        else {
             return Err(AuthError::Malformed("a JWT has three dot-separated parts"));
         };
         if h.is_empty() || p.is_empty() {
@@ -45,8 +47,8 @@ impl UnverifiedToken {
         let bytes = URL_SAFE_NO_PAD
             .decode(h)
             .map_err(|_| AuthError::Malformed("bad base64url encoding"))?;
-        let header: RawHeader =
-            serde_json::from_slice(&bytes).map_err(|_| AuthError::Malformed("header is not a JSON object"))?;
+        let header: RawHeader = serde_json::from_slice(&bytes)
+            .map_err(|_| AuthError::Malformed("header is not a JSON object"))?;
         // Microsoft Graph tokens carry a `nonce` header and are not meant to be
         // validated by anyone but Graph.
         if header.nonce.is_some() {
@@ -103,14 +105,42 @@ mod tests {
     fn header_rules() {
         let tok = |h: &str| format!("{}.{}.c2ln", enc(h), enc("{}"));
         assert!(UnverifiedToken::parse(&tok(r#"{"alg":"RS256","kid":"k"}"#), &ALLOWED).is_ok());
-        assert_eq!(UnverifiedToken::parse(&tok(r#"{"alg":"none","kid":"k"}"#), &ALLOWED).unwrap_err(), AuthError::Algorithm);
-        assert_eq!(UnverifiedToken::parse(&tok(r#"{"alg":"HS256","kid":"k"}"#), &ALLOWED).unwrap_err(), AuthError::Algorithm);
-        assert_eq!(UnverifiedToken::parse(&tok(r#"{"alg":"RS256"}"#), &ALLOWED).unwrap_err(), AuthError::Malformed("header has no key id"));
-        assert_eq!(UnverifiedToken::parse(&tok(r#"{"alg":"RS256","kid":"k","nonce":"x"}"#), &ALLOWED).unwrap_err(), AuthError::Audience);
-        assert!(matches!(UnverifiedToken::parse(&tok(r#"{"alg":"RS256","kid":"k","crit":["b64"]}"#), &ALLOWED), Err(AuthError::Malformed(_))));
-        assert!(matches!(UnverifiedToken::parse("a.b", &ALLOWED), Err(AuthError::Malformed(_))));
-        assert!(matches!(UnverifiedToken::parse("a.b.c.d", &ALLOWED), Err(AuthError::Malformed(_))));
-        assert!(matches!(UnverifiedToken::parse("!!.b.c", &ALLOWED), Err(AuthError::Malformed(_))));
+        assert_eq!(
+            UnverifiedToken::parse(&tok(r#"{"alg":"none","kid":"k"}"#), &ALLOWED).unwrap_err(),
+            AuthError::Algorithm
+        );
+        assert_eq!(
+            UnverifiedToken::parse(&tok(r#"{"alg":"HS256","kid":"k"}"#), &ALLOWED).unwrap_err(),
+            AuthError::Algorithm
+        );
+        assert_eq!(
+            UnverifiedToken::parse(&tok(r#"{"alg":"RS256"}"#), &ALLOWED).unwrap_err(),
+            AuthError::Malformed("header has no key id")
+        );
+        assert_eq!(
+            UnverifiedToken::parse(&tok(r#"{"alg":"RS256","kid":"k","nonce":"x"}"#), &ALLOWED)
+                .unwrap_err(),
+            AuthError::Audience
+        );
+        assert!(matches!(
+            UnverifiedToken::parse(
+                &tok(r#"{"alg":"RS256","kid":"k","crit":["b64"]}"#),
+                &ALLOWED
+            ),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            UnverifiedToken::parse("a.b", &ALLOWED),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            UnverifiedToken::parse("a.b.c.d", &ALLOWED),
+            Err(AuthError::Malformed(_))
+        ));
+        assert!(matches!(
+            UnverifiedToken::parse("!!.b.c", &ALLOWED),
+            Err(AuthError::Malformed(_))
+        ));
     }
 
     proptest! {

@@ -14,7 +14,9 @@ pub struct GeneratedKey {
 
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
-    #[error("the key handle could not be unwrapped (wrong key-encryption key or corrupted record)")]
+    #[error(
+        "the key handle could not be unwrapped (wrong key-encryption key or corrupted record)"
+    )]
     Unwrap,
     #[error("key type {0} is not supported by this backend")]
     Unsupported(KeyType),
@@ -35,7 +37,8 @@ pub trait KeyBackend: Send + Sync {
 
     /// Create a new private key. `key_id` is a stable identifier the backend may bind
     /// into the handle (for example as authenticated data).
-    async fn generate(&self, key_id: &str, key_type: KeyType) -> Result<GeneratedKey, BackendError>;
+    async fn generate(&self, key_id: &str, key_type: KeyType)
+        -> Result<GeneratedKey, BackendError>;
 
     /// Sign a digest with the key behind `handle`.
     async fn sign(

@@ -176,7 +176,7 @@ pub enum HashAlg {
 }
 
 impl HashAlg {
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
@@ -230,7 +230,7 @@ impl SignAlgorithm {
     }
 
     pub fn digest_len(self) -> usize {
-        self.hash().len()
+        self.hash().output_len()
     }
 }
 

@@ -83,12 +83,16 @@ struct Issuer {
 
 /// Build the issuer's router. `issuer` is its externally visible base URL.
 pub fn router(issuer: &str, state: DevIdpState) -> Result<Router, DevIdpError> {
-    let secret = p256::SecretKey::from_pkcs8_pem(&state.signing_key_pem).map_err(|e| DevIdpError::Key(e.to_string()))?;
-    let der = secret.to_pkcs8_der().map_err(|e| DevIdpError::Key(e.to_string()))?;
+    let secret = p256::SecretKey::from_pkcs8_pem(&state.signing_key_pem)
+        .map_err(|e| DevIdpError::Key(e.to_string()))?;
+    let der = secret
+        .to_pkcs8_der()
+        .map_err(|e| DevIdpError::Key(e.to_string()))?;
     let encoding = EncodingKey::from_ec_der(der.as_bytes());
     let public_jwk = secret.public_key().to_jwk_string();
     let kid = hex_prefix(public_jwk.as_bytes());
-    let mut jwk: serde_json::Value = serde_json::from_str(&public_jwk).map_err(|e| DevIdpError::Key(e.to_string()))?;
+    let mut jwk: serde_json::Value =
+        serde_json::from_str(&public_jwk).map_err(|e| DevIdpError::Key(e.to_string()))?;
     if let Some(o) = jwk.as_object_mut() {
         o.insert("kid".into(), kid.clone().into());
         o.insert("use".into(), "sig".into());
@@ -109,7 +113,10 @@ pub fn router(issuer: &str, state: DevIdpState) -> Result<Router, DevIdpError> {
 }
 
 fn hex_prefix(b: &[u8]) -> String {
-    Sha256::digest(b)[..8].iter().map(|x| format!("{x:02x}")).collect()
+    Sha256::digest(b)[..8]
+        .iter()
+        .map(|x| format!("{x:02x}"))
+        .collect()
 }
 
 async fn discovery(State(i): State<Arc<Issuer>>) -> Json<serde_json::Value> {
@@ -140,10 +147,16 @@ struct TokenRequest {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response {
-    let mut r = (status, Json(serde_json::json!({"error": error, "error_description": description}))).into_response();
+    let mut r = (
+        status,
+        Json(serde_json::json!({"error": error, "error_description": description})),
+    )
+        .into_response();
     if status == StatusCode::UNAUTHORIZED {
-        r.headers_mut()
-            .insert(header::WWW_AUTHENTICATE, header::HeaderValue::from_static("Basic realm=\"influxion-dev\""));
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            header::HeaderValue::from_static("Basic realm=\"influxion-dev\""),
+        );
     }
     r
 }
@@ -164,11 +177,16 @@ fn basic_credentials(headers: &HeaderMap) -> Option<(String, String)> {
 
 fn url_decode(s: &str) -> Option<String> {
     let pair = format!("x={s}");
-    url::form_urlencoded::parse(pair.as_bytes()).next().map(|(_, v)| v.into_owned())
+    url::form_urlencoded::parse(pair.as_bytes())
+        .next()
+        .map(|(_, v)| v.into_owned())
 }
 
 fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
 }
 
 #[derive(Serialize)]
@@ -187,19 +205,42 @@ struct AccessClaims<'a> {
     exp: u64,
 }
 
-async fn token(State(i): State<Arc<Issuer>>, headers: HeaderMap, Form(req): Form<TokenRequest>) -> Response {
+async fn token(
+    State(i): State<Arc<Issuer>>,
+    headers: HeaderMap,
+    Form(req): Form<TokenRequest>,
+) -> Response {
     if req.grant_type != "client_credentials" {
-        return oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "only client_credentials is supported");
+        return oauth_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only client_credentials is supported",
+        );
     }
-    let (id, secret) = match (basic_credentials(&headers), req.client_id, req.client_secret) {
+    let (id, secret) = match (
+        basic_credentials(&headers),
+        req.client_id,
+        req.client_secret,
+    ) {
         (Some(c), _, _) => c,
         (None, Some(id), Some(secret)) => (id, secret),
-        _ => return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "client authentication required"),
+        _ => {
+            return oauth_error(
+                StatusCode::UNAUTHORIZED,
+                "invalid_client",
+                "client authentication required",
+            )
+        }
     };
     let client = i.state.clients.iter().find(|c| c.client_id == id);
-    let ok = client.is_some_and(|c| bool::from(c.client_secret.as_bytes().ct_eq(secret.as_bytes())));
+    let ok =
+        client.is_some_and(|c| bool::from(c.client_secret.as_bytes().ct_eq(secret.as_bytes())));
     let Some(client) = client.filter(|_| ok) else {
-        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "unknown client or wrong secret");
+        return oauth_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown client or wrong secret",
+        );
     };
     let now = now();
     let oid = uuid_like(&client.client_id);
@@ -221,10 +262,17 @@ async fn token(State(i): State<Arc<Issuer>>, headers: HeaderMap, Form(req): Form
     header.kid = Some(i.kid.clone());
     header.typ = Some("JWT".into());
     match jsonwebtoken::encode(&header, &claims, &i.encoding) {
-        Ok(t) => Json(serde_json::json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600})).into_response(),
+        Ok(t) => {
+            Json(serde_json::json!({"access_token": t, "token_type": "Bearer", "expires_in": 3600}))
+                .into_response()
+        }
         Err(e) => {
             tracing::error!(error = %e, "development issuer could not sign a token");
-            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", "signing failed")
+            oauth_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "server_error",
+                "signing failed",
+            )
         }
     }
 }

@@ -39,7 +39,11 @@ impl Client {
             .timeout(Duration::from_secs(120))
             .build()
             .context("building the HTTP client")?;
-        Ok(Self { http, cfg, token: None })
+        Ok(Self {
+            http,
+            cfg,
+            token: None,
+        })
     }
 
     /// An access token by the client credentials grant (RFC 6749 4.4).
@@ -47,24 +51,30 @@ impl Client {
         if let Some(t) = &self.token {
             return Ok(t.clone());
         }
-        let id = self
-            .cfg
-            .client_id
-            .clone()
-            .ok_or_else(|| anyhow!("no client id: set INFLUXION_AZURE_CLIENT_ID or pass --client-id"))?;
-        let secret = self
-            .cfg
-            .client_secret
-            .clone()
-            .ok_or_else(|| anyhow!("no client secret: set INFLUXION_AZURE_CLIENT_SECRET or pass --client-secret"))?;
+        let id = self.cfg.client_id.clone().ok_or_else(|| {
+            anyhow!("no client id: set INFLUXION_AZURE_CLIENT_ID or pass --client-id")
+        })?;
+        let secret = self.cfg.client_secret.clone().ok_or_else(|| {
+            anyhow!("no client secret: set INFLUXION_AZURE_CLIENT_SECRET or pass --client-secret")
+        })?;
         let disc: Discovery = self
             .http
             .get(&self.cfg.metadata_url)
             .send()
             .await
-            .with_context(|| format!("fetching the OpenID Connect metadata from {}", self.cfg.metadata_url))?
+            .with_context(|| {
+                format!(
+                    "fetching the OpenID Connect metadata from {}",
+                    self.cfg.metadata_url
+                )
+            })?
             .error_for_status()
-            .with_context(|| format!("fetching the OpenID Connect metadata from {}", self.cfg.metadata_url))?
+            .with_context(|| {
+                format!(
+                    "fetching the OpenID Connect metadata from {}",
+                    self.cfg.metadata_url
+                )
+            })?
             .json()
             .await
             .context("the OpenID Connect metadata document does not parse")?;
@@ -89,7 +99,10 @@ impl Client {
                 body["error_description"].as_str().unwrap_or("")
             );
         }
-        let t: TokenResponse = resp.json().await.context("the token response does not parse")?;
+        let t: TokenResponse = resp
+            .json()
+            .await
+            .context("the token response does not parse")?;
         let t = Zeroizing::new(t.access_token);
         self.token = Some(t.clone());
         Ok(t)
@@ -122,7 +135,11 @@ impl Client {
         Ok(resp.text().await?)
     }
 
-    pub async fn post<T: DeserializeOwned>(&mut self, path: &str, body: &serde_json::Value) -> Result<T> {
+    pub async fn post<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
         let token = self.token().await?;
         let resp = self
             .http
@@ -140,7 +157,9 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
     if !resp.status().is_success() {
         return Err(problem(resp).await);
     }
-    resp.json().await.context("the keyserver's response does not parse")
+    resp.json()
+        .await
+        .context("the keyserver's response does not parse")
 }
 
 /// Turn a problem document into a readable error.

@@ -8,10 +8,10 @@ use anyhow::{bail, Context, Result};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
 use influxion_core::key::HashAlg;
 use influxion_core::{Digest, KeyType, SignAlgorithm};
 use influxion_keystore::public;
-use indicatif::{ProgressBar, ProgressStyle};
 use serde::Deserialize;
 use sha2::Digest as _;
 
@@ -116,7 +116,10 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
     match cmd {
         KeysCommand::List => {
             let l: KeyList = c.get("/v1/keys").await?;
-            println!("{:<24} {:<10} {:<8} {:<9} {:<9} CREATED", "NAME", "TYPE", "ALG", "STATUS", "BACKEND");
+            println!(
+                "{:<24} {:<10} {:<8} {:<9} {:<9} CREATED",
+                "NAME", "TYPE", "ALG", "STATUS", "BACKEND"
+            );
             for k in l.keys {
                 println!(
                     "{:<24} {:<10} {:<8} {:<9} {:<9} {}",
@@ -128,21 +131,34 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             let v: serde_json::Value = c.get(&format!("/v1/keys/{name}")).await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
-        KeysCommand::Public { name, format, output } => {
-            let text = c.get_text(&format!("/v1/keys/{name}/public?format={format}")).await?;
+        KeysCommand::Public {
+            name,
+            format,
+            output,
+        } => {
+            let text = c
+                .get_text(&format!("/v1/keys/{name}/public?format={format}"))
+                .await?;
             match output {
-                Some(p) => std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?,
+                Some(p) => {
+                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?
+                }
                 None => print!("{text}"),
             }
         }
         KeysCommand::Create { name, key_type } => {
             let v: serde_json::Value = c
-                .post("/v1/keys", &serde_json::json!({"name": name, "key_type": key_type}))
+                .post(
+                    "/v1/keys",
+                    &serde_json::json!({"name": name, "key_type": key_type}),
+                )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         KeysCommand::Disable { name } => {
-            let _: serde_json::Value = c.post(&format!("/v1/keys/{name}/disable"), &serde_json::json!({})).await?;
+            let _: serde_json::Value = c
+                .post(&format!("/v1/keys/{name}/disable"), &serde_json::json!({}))
+                .await?;
             eprintln!("key {name} disabled");
         }
     }
@@ -160,8 +176,10 @@ pub fn hash_file(path: &Path, hash: HashAlg) -> Result<Vec<u8>> {
     let bar = if len >= 16 * 1024 * 1024 && !quiet() {
         let b = ProgressBar::new(len);
         b.set_style(
-            ProgressStyle::with_template("hashing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}")
-                .unwrap_or_else(|_| ProgressStyle::default_bar()),
+            ProgressStyle::with_template(
+                "hashing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
         );
         b
     } else {
@@ -172,7 +190,9 @@ pub fn hash_file(path: &Path, hash: HashAlg) -> Result<Vec<u8>> {
     let mut s384 = sha2::Sha384::new();
     let mut s512 = sha2::Sha512::new();
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("reading {}", path.display()))?;
+        let n = f
+            .read(&mut buf)
+            .with_context(|| format!("reading {}", path.display()))?;
         if n == 0 {
             break;
         }
@@ -214,7 +234,9 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             &serde_json::json!({"digest": hex::encode(&digest), "algorithm": alg.as_str()}),
         )
         .await?;
-    let sig = B64.decode(signed.signature).context("the signature is not base64")?;
+    let sig = B64
+        .decode(signed.signature)
+        .context("the signature is not base64")?;
     // Check before writing: a signature that does not verify is never handed on.
     let spki = public::from_pem(&key.public_key_pem)?;
     if !public::verify(key.key_type, &spki, &Digest::new(alg, digest)?, &sig)? {
@@ -238,7 +260,8 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
 pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
     let (key_type, spki, default_alg) = match (&args.public_key, &args.key) {
         (Some(p), _) => {
-            let pem = std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let pem =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
             let spki = public::from_pem(&pem)?;
             let kt = public::detect_key_type(&spki).context("unsupported public key type")?;
             (kt, spki, kt.default_algorithm())
@@ -255,8 +278,12 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
         Some(a) => a.parse()?,
         None => default_alg,
     };
-    let sig_file = args.signature.clone().unwrap_or_else(|| sig_path(&args.file));
-    let sig = std::fs::read(&sig_file).with_context(|| format!("reading {}", sig_file.display()))?;
+    let sig_file = args
+        .signature
+        .clone()
+        .unwrap_or_else(|| sig_path(&args.file));
+    let sig =
+        std::fs::read(&sig_file).with_context(|| format!("reading {}", sig_file.display()))?;
     let digest = Digest::new(alg, hash_file(&args.file, alg.hash())?)?;
     if public::verify(key_type, &spki, &digest, &sig)? {
         eprintln!("signature OK ({alg}, {})", args.file.display());
@@ -269,7 +296,10 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
 
 pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify { data_dir, database_url } => {
+        AuditCommand::Verify {
+            data_dir,
+            database_url,
+        } => {
             let url = match (database_url, data_dir) {
                 (Some(u), _) => u,
                 (None, Some(d)) => format!("sqlite://{}/influxion.db", d.display()),

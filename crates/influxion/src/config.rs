@@ -85,12 +85,20 @@ pub fn env(name: &str) -> Option<String> {
 }
 
 fn env_list(name: &str) -> Option<Vec<String>> {
-    env(name).map(|v| v.split(',').map(|s| s.trim().to_owned()).filter(|s| !s.is_empty()).collect())
+    env(name).map(|v| {
+        v.split(',')
+            .map(|s| s.trim().to_owned())
+            .filter(|s| !s.is_empty())
+            .collect()
+    })
 }
 
 fn env_u64(name: &'static str) -> Result<Option<u64>, ConfigError> {
     env(name)
-        .map(|v| v.parse().map_err(|_| err(name, format!("{v:?} is not a whole number"))))
+        .map(|v| {
+            v.parse()
+                .map_err(|_| err(name, format!("{v:?} is not a whole number")))
+        })
         .transpose()
 }
 
@@ -98,7 +106,8 @@ fn env_u64(name: &'static str) -> Result<Option<u64>, ConfigError> {
 pub fn load_file(path: Option<&Path>, env_file: Option<&Path>) -> Result<FileConfig, ConfigError> {
     match env_file {
         Some(p) => {
-            dotenvy::from_path(p).map_err(|e| err("--env-file", format!("{}: {e}", p.display())))?;
+            dotenvy::from_path(p)
+                .map_err(|e| err("--env-file", format!("{}: {e}", p.display())))?;
         }
         None => {
             // A missing .env is normal; a malformed one is not.
@@ -109,11 +118,14 @@ pub fn load_file(path: Option<&Path>, env_file: Option<&Path>) -> Result<FileCon
             }
         }
     }
-    let path = path.map(Path::to_path_buf).or_else(|| env("INFLUXION_CONFIG").map(PathBuf::from));
+    let path = path
+        .map(Path::to_path_buf)
+        .or_else(|| env("INFLUXION_CONFIG").map(PathBuf::from));
     let Some(path) = path else {
         return Ok(FileConfig::default());
     };
-    let text = std::fs::read_to_string(&path).map_err(|e| err("--config", format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(&path)
+        .map_err(|e| err("--config", format!("{}: {e}", path.display())))?;
     toml::from_str(&text).map_err(|e| err("--config", format!("{}: {e}", path.display())))
 }
 
@@ -150,10 +162,12 @@ impl KekSource {
         let text = match self {
             KekSource::Env => zeroize::Zeroizing::new(env("INFLUXION_KEK").unwrap_or_default()),
             KekSource::File(p) => zeroize::Zeroizing::new(
-                std::fs::read_to_string(p).map_err(|e| err("keystore.kek_file", format!("{}: {e}", p.display())))?,
+                std::fs::read_to_string(p)
+                    .map_err(|e| err("keystore.kek_file", format!("{}: {e}", p.display())))?,
             ),
         };
-        influxion_keystore::Kek::from_text(&text).map_err(|e| err("INFLUXION_KEK / keystore.kek_file", e.to_string()))
+        influxion_keystore::Kek::from_text(&text)
+            .map_err(|e| err("INFLUXION_KEK / keystore.kek_file", e.to_string()))
     }
 }
 
@@ -170,7 +184,10 @@ fn scope_name(default_scope: &str) -> Option<String> {
 }
 
 fn is_guid_like(s: &str) -> bool {
-    !s.is_empty() && s.len() <= 64 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 impl ServerConfig {
@@ -179,9 +196,12 @@ impl ServerConfig {
         let listen_text = env("INFLUXION_LISTEN")
             .or_else(|| file.listen.clone())
             .unwrap_or_else(|| "127.0.0.1:8400".into());
-        let listen = listen_text
-            .parse()
-            .map_err(|_| err("listen / INFLUXION_LISTEN", format!("{listen_text:?} is not an address:port")))?;
+        let listen = listen_text.parse().map_err(|_| {
+            err(
+                "listen / INFLUXION_LISTEN",
+                format!("{listen_text:?} is not an address:port"),
+            )
+        })?;
         let data_dir = env("INFLUXION_DATA_DIR")
             .map(PathBuf::from)
             .or_else(|| file.data_dir.clone())
@@ -199,7 +219,10 @@ impl ServerConfig {
         let tenant_id = env("INFLUXION_AZURE_TENANT_ID").or_else(|| a.tenant_id.clone());
         if let Some(t) = &tenant_id {
             if !is_guid_like(t) {
-                return Err(err("auth.tenant_id / INFLUXION_AZURE_TENANT_ID", format!("{t:?} is not a tenant id")));
+                return Err(err(
+                    "auth.tenant_id / INFLUXION_AZURE_TENANT_ID",
+                    format!("{t:?} is not a tenant id"),
+                ));
             }
         }
         // `common`/`organizations` are not tenants: tokens then come from many tenants,
@@ -216,7 +239,8 @@ impl ServerConfig {
                     "set it, or set INFLUXION_AZURE_TENANT_ID to use Entra ID's metadata document",
                 )
             })?;
-        let api_client_id = env("INFLUXION_AZURE_API_CLIENT_ID").or_else(|| a.api_client_id.clone());
+        let api_client_id =
+            env("INFLUXION_AZURE_API_CLIENT_ID").or_else(|| a.api_client_id.clone());
         let audience = env("INFLUXION_AZURE_AUDIENCE").or_else(|| a.audience.clone());
         let mut audiences = Vec::new();
         if let Some(id) = &api_client_id {
@@ -232,7 +256,8 @@ impl ServerConfig {
                 "set the API's client id (v2 tokens) or INFLUXION_AZURE_AUDIENCE (v1 tokens)",
             ));
         }
-        let default_scope = env("INFLUXION_AZURE_DEFAULT_SCOPE").or_else(|| file.client.default_scope.clone());
+        let default_scope =
+            env("INFLUXION_AZURE_DEFAULT_SCOPE").or_else(|| file.client.default_scope.clone());
         let required_scope = env("INFLUXION_REQUIRED_SCOPE")
             .or_else(|| a.required_scope.clone())
             .or_else(|| default_scope.as_deref().and_then(scope_name))
@@ -243,14 +268,26 @@ impl ServerConfig {
         let admin_role = env("INFLUXION_ADMIN_ROLE")
             .or_else(|| a.admin_role.clone())
             .unwrap_or_else(|| "Influxion.Admin".into());
-        let skew = env_u64("INFLUXION_CLOCK_SKEW_SECS")?.or(a.clock_skew_secs).unwrap_or(300);
+        let skew = env_u64("INFLUXION_CLOCK_SKEW_SECS")?
+            .or(a.clock_skew_secs)
+            .unwrap_or(300);
         if skew > 600 {
-            return Err(err("auth.clock_skew_secs / INFLUXION_CLOCK_SKEW_SECS", "at most 600 seconds"));
+            return Err(err(
+                "auth.clock_skew_secs / INFLUXION_CLOCK_SKEW_SECS",
+                "at most 600 seconds",
+            ));
         }
-        let refresh = env_u64("INFLUXION_JWKS_REFRESH_SECS")?.or(a.jwks_refresh_secs).unwrap_or(3600);
-        let min_refresh = env_u64("INFLUXION_JWKS_MIN_REFRESH_SECS")?.or(a.jwks_min_refresh_secs).unwrap_or(300);
+        let refresh = env_u64("INFLUXION_JWKS_REFRESH_SECS")?
+            .or(a.jwks_refresh_secs)
+            .unwrap_or(3600);
+        let min_refresh = env_u64("INFLUXION_JWKS_MIN_REFRESH_SECS")?
+            .or(a.jwks_min_refresh_secs)
+            .unwrap_or(300);
         if refresh == 0 {
-            return Err(err("auth.jwks_refresh_secs / INFLUXION_JWKS_REFRESH_SECS", "must be positive"));
+            return Err(err(
+                "auth.jwks_refresh_secs / INFLUXION_JWKS_REFRESH_SECS",
+                "must be positive",
+            ));
         }
         let mut extra_issuers = Vec::new();
         if metadata_url.starts_with("https://login.microsoftonline.com/") {
@@ -299,7 +336,10 @@ impl ServerConfig {
         let vault_url = env("INFLUXION_VAULT_URL").or_else(|| file.vault.url.clone());
         if let Some(v) = &vault_url {
             if !v.starts_with("https://") {
-                return Err(err("vault.url / INFLUXION_VAULT_URL", "must be an https:// URL"));
+                return Err(err(
+                    "vault.url / INFLUXION_VAULT_URL",
+                    "must be an https:// URL",
+                ));
             }
         }
         Ok(Self {
@@ -359,7 +399,10 @@ impl std::fmt::Debug for ClientConfig {
             .field("server", &self.server)
             .field("metadata_url", &self.metadata_url)
             .field("client_id", &self.client_id)
-            .field("client_secret", &self.client_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "client_secret",
+                &self.client_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("scope", &self.scope)
             .finish()
     }
@@ -385,7 +428,12 @@ impl ClientConfig {
             .or_else(|| env("INFLUXION_SERVER"))
             .or_else(|| file.client.server.clone())
             .unwrap_or_else(|| DEV_SERVER.into());
-        url::Url::parse(&server).map_err(|_| err("--server / INFLUXION_SERVER", format!("{server:?} is not a URL")))?;
+        url::Url::parse(&server).map_err(|_| {
+            err(
+                "--server / INFLUXION_SERVER",
+                format!("{server:?} is not a URL"),
+            )
+        })?;
         let tenant = env("INFLUXION_AZURE_TENANT_ID").or_else(|| file.auth.tenant_id.clone());
         let metadata_url = flags
             .metadata_url
@@ -393,7 +441,10 @@ impl ClientConfig {
             .or_else(|| file.auth.metadata_url.clone())
             .or_else(|| tenant.as_deref().map(entra_metadata_url))
             .unwrap_or_else(|| format!("{DEV_ISSUER}/.well-known/openid-configuration"));
-        let client_secret = match flags.client_secret.or_else(|| env("INFLUXION_AZURE_CLIENT_SECRET")) {
+        let client_secret = match flags
+            .client_secret
+            .or_else(|| env("INFLUXION_AZURE_CLIENT_SECRET"))
+        {
             Some(s) => Some(s),
             None => env("INFLUXION_AZURE_CLIENT_SECRET_FILE")
                 .map(|p| {
@@ -429,7 +480,10 @@ mod tests {
 
     #[test]
     fn scope_names() {
-        assert_eq!(scope_name("api://x/access_as_user").as_deref(), Some("access_as_user"));
+        assert_eq!(
+            scope_name("api://x/access_as_user").as_deref(),
+            Some("access_as_user")
+        );
         assert_eq!(scope_name("api://x/.default"), None);
         assert_eq!(scope_name("keyserver").as_deref(), Some("keyserver"));
     }

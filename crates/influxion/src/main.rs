@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "influxion", version, about = "Influxion keyserver: firmware signing and device certificates")]
+#[command(
+    name = "influxion",
+    version,
+    about = "Influxion keyserver: firmware signing and device certificates"
+)]
 struct Cli {
     /// TOML configuration file (also INFLUXION_CONFIG).
     #[arg(long, global = true)]
@@ -82,7 +86,10 @@ enum ConfigCommand {
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INFLUXION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
 }
 
 #[tokio::main]
@@ -125,8 +132,12 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             cfg.kek.load()?;
             print!("{}", cfg.describe());
         }
-        Command::Keys(cmd) => return commands::keys(client::Client::new(client_cfg()?)?, cmd).await,
-        Command::Sign(args) => return commands::sign(client::Client::new(client_cfg()?)?, args).await,
+        Command::Keys(cmd) => {
+            return commands::keys(client::Client::new(client_cfg()?)?, cmd).await
+        }
+        Command::Sign(args) => {
+            return commands::sign(client::Client::new(client_cfg()?)?, args).await
+        }
         Command::Verify(args) => return commands::verify(client_cfg()?, args).await,
         Command::Audit(cmd) => return commands::audit(&file, cmd).await,
     }

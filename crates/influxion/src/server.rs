@@ -44,7 +44,8 @@ async fn shutdown_signal() {
     };
     #[cfg(unix)]
     let term = async {
-        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        if let Ok(mut s) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
             s.recv().await;
         }
     };
@@ -123,7 +124,11 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     let api_listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("binding the keyserver on 127.0.0.1:{port}"))?;
-    let secret = idp.clients.first().map(|c| c.client_secret.clone()).unwrap_or_default();
+    let secret = idp
+        .clients
+        .first()
+        .map(|c| c.client_secret.clone())
+        .unwrap_or_default();
     let idp_router = influxion_devidp::router(&issuer, idp)?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(idp_listener, idp_router).await {

@@ -5,6 +5,8 @@
 //! These tests need node (with `npm ci --prefix tests/oidc-provider` done) and openssl.
 //! Run by hand without them, they say so and skip; under `CI=true` they fail instead.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
 use std::io::{BufRead, BufReader};
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -16,7 +18,10 @@ const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 const AUDIENCE: &str = "api://influxion-test";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..").canonicalize().unwrap()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
 }
 
 /// Whether the external tools are here; under CI their absence is a failure.
@@ -27,7 +32,9 @@ fn prerequisites() -> bool {
         missing.push("tests/oidc-provider/node_modules (run: npm ci --prefix tests/oidc-provider)");
     }
     for tool in ["node", "openssl"] {
-        if Command::new(tool).arg("--version").output().is_err() && Command::new(tool).arg("version").output().is_err() {
+        if Command::new(tool).arg("--version").output().is_err()
+            && Command::new(tool).arg("version").output().is_err()
+        {
             missing.push(tool);
         }
     }
@@ -46,7 +53,10 @@ struct Proc(Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.0.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
         let deadline = Instant::now() + Duration::from_secs(5);
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.0.try_wait() {
@@ -89,7 +99,8 @@ fn start_provider(dir: &Path) -> Provider {
     let stdout = child.stdout.take().unwrap();
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line).unwrap();
-    let ready: serde_json::Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
+    let ready: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
     Provider {
         _proc: Proc(child),
         issuer: ready["issuer"].as_str().unwrap().to_owned(),
@@ -97,13 +108,20 @@ fn start_provider(dir: &Path) -> Provider {
 }
 
 fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
 
 fn wait_healthy(url: &str) {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
-        if let Ok(out) = Command::new("curl").args(["-fsS", &format!("{url}/healthz")]).output() {
+        if let Ok(out) = Command::new("curl")
+            .args(["-fsS", &format!("{url}/healthz")])
+            .output()
+        {
             if out.status.success() {
                 return;
             }
@@ -123,13 +141,19 @@ struct Keyserver {
 fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("INFLUXION_OIDC_METADATA_URL", format!("{issuer}/.well-known/openid-configuration"))
+        .env(
+            "INFLUXION_OIDC_METADATA_URL",
+            format!("{issuer}/.well-known/openid-configuration"),
+        )
         .env("INFLUXION_AZURE_TENANT_ID", TENANT)
         .env("INFLUXION_AZURE_AUDIENCE", AUDIENCE)
         .env("INFLUXION_TOKEN_VERSIONS", "2.0")
         .env("INFLUXION_LISTEN", format!("127.0.0.1:{port}"))
         .env("INFLUXION_DATA_DIR", data)
-        .env("INFLUXION_KEK", "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=")
+        .env(
+            "INFLUXION_KEK",
+            "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
+        )
         .env("INFLUXION_LOG", "warn");
 }
 
@@ -160,10 +184,16 @@ impl Keyserver {
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CI", "true")
             .env("INFLUXION_SERVER", &self.url)
-            .env("INFLUXION_OIDC_METADATA_URL", format!("{}/.well-known/openid-configuration", self.issuer))
+            .env(
+                "INFLUXION_OIDC_METADATA_URL",
+                format!("{}/.well-known/openid-configuration", self.issuer),
+            )
             .env("INFLUXION_AZURE_CLIENT_ID", id)
             .env("INFLUXION_AZURE_CLIENT_SECRET", secret)
-            .env("INFLUXION_AZURE_DEFAULT_SCOPE", format!("{AUDIENCE}/.default"))
+            .env(
+                "INFLUXION_AZURE_DEFAULT_SCOPE",
+                format!("{AUDIENCE}/.default"),
+            )
             .output()
             .unwrap()
     }
@@ -194,7 +224,11 @@ fn ok(o: &Output) -> String {
 }
 
 fn openssl(args: &[&str], cwd: &Path) -> Output {
-    Command::new("openssl").args(args).current_dir(cwd).output().unwrap()
+    Command::new("openssl")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
 }
 
 fn write_firmware(dir: &Path, name: &str, len: usize) {
@@ -221,38 +255,158 @@ fn sign_with_client_credentials_from_oidc_provider_and_verify_with_openssl() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("forbidden"));
 
     // ECDSA P-256: sign, verify with the CLI and with openssl.
-    ok(&ks.signer(&["sign", "--key", "fw", "firmware.bin", "-o", "firmware.sig"], d));
-    ok(&ks.signer(&["verify", "--key", "fw", "firmware.bin", "--signature", "firmware.sig"], d));
+    ok(&ks.signer(
+        &["sign", "--key", "fw", "firmware.bin", "-o", "firmware.sig"],
+        d,
+    ));
+    ok(&ks.signer(
+        &[
+            "verify",
+            "--key",
+            "fw",
+            "firmware.bin",
+            "--signature",
+            "firmware.sig",
+        ],
+        d,
+    ));
     ok(&ks.signer(&["keys", "public", "fw", "-o", "pub.pem"], d));
-    let v = openssl(&["dgst", "-sha256", "-verify", "pub.pem", "-signature", "firmware.sig", "firmware.bin"], d);
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "firmware.sig",
+            "firmware.bin",
+        ],
+        d,
+    );
     assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
     // Offline verification with the PEM file, and a tampered file fails.
-    ok(&ks.signer(&["verify", "--public-key", "pub.pem", "firmware.bin", "--signature", "firmware.sig"], d));
+    ok(&ks.signer(
+        &[
+            "verify",
+            "--public-key",
+            "pub.pem",
+            "firmware.bin",
+            "--signature",
+            "firmware.sig",
+        ],
+        d,
+    ));
     write_firmware(d, "tampered.bin", 3 * 1024 * 1024 + 18);
-    let bad = ks.signer(&["verify", "--public-key", "pub.pem", "tampered.bin", "--signature", "firmware.sig"], d);
+    let bad = ks.signer(
+        &[
+            "verify",
+            "--public-key",
+            "pub.pem",
+            "tampered.bin",
+            "--signature",
+            "firmware.sig",
+        ],
+        d,
+    );
     assert!(!bad.status.success());
-    let v = openssl(&["dgst", "-sha256", "-verify", "pub.pem", "-signature", "firmware.sig", "tampered.bin"], d);
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "firmware.sig",
+            "tampered.bin",
+        ],
+        d,
+    );
     assert!(!v.status.success());
 
     // RSA-3072 with PSS and with PKCS#1 v1.5.
     ok(&ks.signer(&["keys", "public", "rel", "-o", "rel.pem"], d));
-    ok(&ks.signer(&["sign", "--key", "rel", "--algorithm", "PS256", "firmware.bin", "-o", "pss.sig"], d));
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "rel",
+            "--algorithm",
+            "PS256",
+            "firmware.bin",
+            "-o",
+            "pss.sig",
+        ],
+        d,
+    ));
     let v = openssl(
-        &["dgst", "-sha256", "-sigopt", "rsa_padding_mode:pss", "-sigopt", "rsa_pss_saltlen:-1", "-verify", "rel.pem", "-signature", "pss.sig", "firmware.bin"],
+        &[
+            "dgst",
+            "-sha256",
+            "-sigopt",
+            "rsa_padding_mode:pss",
+            "-sigopt",
+            "rsa_pss_saltlen:-1",
+            "-verify",
+            "rel.pem",
+            "-signature",
+            "pss.sig",
+            "firmware.bin",
+        ],
         d,
     );
-    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK", "{}", String::from_utf8_lossy(&v.stderr));
-    ok(&ks.signer(&["sign", "--key", "rel", "--algorithm", "RS384", "firmware.bin", "-o", "v15.sig"], d));
-    let v = openssl(&["dgst", "-sha384", "-verify", "rel.pem", "-signature", "v15.sig", "firmware.bin"], d);
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        "Verified OK",
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "rel",
+            "--algorithm",
+            "RS384",
+            "firmware.bin",
+            "-o",
+            "v15.sig",
+        ],
+        d,
+    ));
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "rel.pem",
+            "-signature",
+            "v15.sig",
+            "firmware.bin",
+        ],
+        d,
+    );
     assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
 
     // A token without the app role is refused with 403.
-    let r = ks.cli("no-role", "no-role-secret-1234567890", &["sign", "--key", "fw", "firmware.bin"], d);
+    let r = ks.cli(
+        "no-role",
+        "no-role-secret-1234567890",
+        &["sign", "--key", "fw", "firmware.bin"],
+        d,
+    );
     assert!(!r.status.success());
     let err = String::from_utf8_lossy(&r.stderr);
-    assert!(err.contains("403") && err.contains("insufficient-scope"), "{err}");
+    assert!(
+        err.contains("403") && err.contains("insufficient-scope"),
+        "{err}"
+    );
     // A wrong client secret is refused by the provider.
-    let r = ks.cli("ci-signer", "wrong", &["sign", "--key", "fw", "firmware.bin"], d);
+    let r = ks.cli(
+        "ci-signer",
+        "wrong",
+        &["sign", "--key", "fw", "firmware.bin"],
+        d,
+    );
     assert!(!r.status.success());
     assert!(String::from_utf8_lossy(&r.stderr).contains("refused the client credentials"));
 }
@@ -273,7 +427,11 @@ fn audit_verify_pinpoints_altered_and_deleted_records() {
     }
     ks.stop();
     let data = ks.data.clone();
-    let out = ok(&Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(&data).output().unwrap());
+    let out = ok(&Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap());
     assert!(out.contains("audit chain intact: 5 records"), "{out}");
 
     let tamper = |sql: &str| {
@@ -289,15 +447,29 @@ fn audit_verify_pinpoints_altered_and_deleted_records() {
             let store = influxion_store::Store::open(&url).await.unwrap();
             sqlx::query(sql).execute(store.pool()).await.unwrap();
         });
-        let o = Command::new(BIN).args(["audit", "verify", "--data-dir"]).arg(copy.path()).output().unwrap();
-        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned())
+        let o = Command::new(BIN)
+            .args(["audit", "verify", "--data-dir"])
+            .arg(copy.path())
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+        )
     };
-    let (code, out) = tamper("UPDATE audit_log SET detail = replace(detail, 'ES256', 'ES384') WHERE seq = 3");
+    let (code, out) =
+        tamper("UPDATE audit_log SET detail = replace(detail, 'ES256', 'ES384') WHERE seq = 3");
     assert_eq!(code, Some(2));
-    assert!(out.contains("BROKEN at record 3") && out.contains("altered"), "{out}");
+    assert!(
+        out.contains("BROKEN at record 3") && out.contains("altered"),
+        "{out}"
+    );
     let (code, out) = tamper("DELETE FROM audit_log WHERE seq = 4");
     assert_eq!(code, Some(2));
-    assert!(out.contains("BROKEN at record 4") && out.contains("missing"), "{out}");
+    assert!(
+        out.contains("BROKEN at record 4") && out.contains("missing"),
+        "{out}"
+    );
     let (code, out) = tamper("DELETE FROM audit_log WHERE seq = 5");
     assert_eq!(code, Some(2));
     assert!(out.contains("BROKEN at record 5"), "{out}");
@@ -313,20 +485,36 @@ fn invalid_configuration_names_the_setting() {
             c.env(k, v);
         }
         let o = c.output().unwrap();
-        (o.status.success(), String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+        (
+            o.status.success(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
     };
     let base = [
         ("INFLUXION_AZURE_TENANT_ID", TENANT),
-        ("INFLUXION_AZURE_API_CLIENT_ID", "6f1c9a52-0000-4000-8000-00000000a91d"),
-        ("INFLUXION_KEK", "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE="),
+        (
+            "INFLUXION_AZURE_API_CLIENT_ID",
+            "6f1c9a52-0000-4000-8000-00000000a91d",
+        ),
+        (
+            "INFLUXION_KEK",
+            "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
+        ),
         ("INFLUXION_AZURE_CLIENT_SECRET", "do-not-print-me"),
     ];
     let (okk, out, err) = run(&base, &["config", "check"]);
     assert!(okk, "{err}");
     assert!(out.contains("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0/.well-known/openid-configuration"), "{out}");
-    assert!(out.contains("api://6f1c9a52-0000-4000-8000-00000000a91d"), "{out}");
+    assert!(
+        out.contains("api://6f1c9a52-0000-4000-8000-00000000a91d"),
+        "{out}"
+    );
     assert!(out.contains("[redacted]"));
-    assert!(!out.contains("qNyQ3e3") && !out.contains("do-not-print-me"), "secrets printed: {out}");
+    assert!(
+        !out.contains("qNyQ3e3") && !out.contains("do-not-print-me"),
+        "secrets printed: {out}"
+    );
 
     let mut bad = base.to_vec();
     bad.push(("INFLUXION_CLOCK_SKEW_SECS", "lots"));
@@ -346,7 +534,11 @@ fn invalid_configuration_names_the_setting() {
     assert!(!okk && err.contains("tennant_id"), "{err}");
 
     // .env is read, and the environment wins over it.
-    std::fs::write(dir.path().join(".env"), "INFLUXION_REQUIRED_SCOPE=from-dotenv\nINFLUXION_APP_ROLE=Dotenv.Role\n").unwrap();
+    std::fs::write(
+        dir.path().join(".env"),
+        "INFLUXION_REQUIRED_SCOPE=from-dotenv\nINFLUXION_APP_ROLE=Dotenv.Role\n",
+    )
+    .unwrap();
     let mut env = base.to_vec();
     env.push(("INFLUXION_APP_ROLE", "Env.Role"));
     let (okk, out, err) = run(&env, &["config", "check"]);
@@ -378,24 +570,53 @@ fn dev_mode_quick_start() {
     let env_file = std::fs::read_to_string(d.join("devdata/dev.env")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     for f in ["dev.env", "kek", "dev-oidc.json"] {
-        let mode = std::fs::metadata(d.join("devdata").join(f)).unwrap().permissions().mode();
+        let mode = std::fs::metadata(d.join("devdata").join(f))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o077, 0, "{f} is readable by others");
     }
     let mut cmd = Command::new(BIN);
-    cmd.current_dir(d).env_clear().env("PATH", std::env::var("PATH").unwrap_or_default());
+    cmd.current_dir(d)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
     for line in env_file.lines() {
         let (k, v) = line.trim_start_matches("export ").split_once('=').unwrap();
         cmd.env(k, v);
     }
     write_firmware(d, "firmware.bin", 20 * 1024 * 1024);
-    ok(&cmd.args(["sign", "--key", "demo", "firmware.bin", "-o", "firmware.sig"]).output().unwrap());
+    ok(&cmd
+        .args([
+            "sign",
+            "--key",
+            "demo",
+            "firmware.bin",
+            "-o",
+            "firmware.sig",
+        ])
+        .output()
+        .unwrap());
     let mut cmd2 = Command::new(BIN);
     cmd2.current_dir(d).env_clear();
     for line in env_file.lines() {
         let (k, v) = line.trim_start_matches("export ").split_once('=').unwrap();
         cmd2.env(k, v);
     }
-    ok(&cmd2.args(["keys", "public", "demo", "-o", "pub.pem"]).output().unwrap());
-    let v = openssl(&["dgst", "-sha256", "-verify", "pub.pem", "-signature", "firmware.sig", "firmware.bin"], d);
+    ok(&cmd2
+        .args(["keys", "public", "demo", "-o", "pub.pem"])
+        .output()
+        .unwrap());
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "pub.pem",
+            "-signature",
+            "firmware.sig",
+            "firmware.bin",
+        ],
+        d,
+    );
     assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
 }

@@ -56,8 +56,13 @@ impl Kek {
                 .or_else(|| B64.decode(t.as_bytes()).ok())
                 .unwrap_or_default(),
         );
-        let arr: [u8; 32] = bytes.as_slice().try_into().map_err(|_| KekError::Length(bytes.len()))?;
-        Ok(Self { key: Zeroizing::new(arr) })
+        let arr: [u8; 32] = bytes
+            .as_slice()
+            .try_into()
+            .map_err(|_| KekError::Length(bytes.len()))?;
+        Ok(Self {
+            key: Zeroizing::new(arr),
+        })
     }
 
     /// The KEK as base64 text, for writing a freshly generated development KEK to a file.
@@ -114,7 +119,13 @@ fn seal_with(key: &[u8], aad: &str, plaintext: &[u8]) -> Result<Vec<u8>, KekErro
     let mut nonce = [0u8; 12];
     rand::rngs::OsRng.fill_bytes(&mut nonce);
     let ct = cipher
-        .encrypt(&Nonce::from(nonce), Payload { msg: plaintext, aad: aad.as_bytes() })
+        .encrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: plaintext,
+                aad: aad.as_bytes(),
+            },
+        )
         .map_err(|_| KekError::Corrupt)?;
     let mut out = nonce.to_vec();
     out.extend_from_slice(&ct);
@@ -129,7 +140,13 @@ fn open_with(key: &[u8], aad: &str, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>,
     let nonce: [u8; 12] = nonce.try_into().map_err(|_| KekError::Corrupt)?;
     let cipher = Aes256Gcm::new_from_slice(key).map_err(|_| KekError::Corrupt)?;
     cipher
-        .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: aad.as_bytes() })
+        .decrypt(
+            &Nonce::from(nonce),
+            Payload {
+                msg: ct,
+                aad: aad.as_bytes(),
+            },
+        )
         .map(Zeroizing::new)
         .map_err(|_| KekError::Corrupt)
 }
@@ -148,7 +165,10 @@ mod tests {
         let mut k = B64.decode(&env.key).unwrap();
         k[20] ^= 1;
         env.key = B64.encode(k);
-        assert!(matches!(kek.open("id", &serde_json::to_vec(&env).unwrap()), Err(KekError::Corrupt)));
+        assert!(matches!(
+            kek.open("id", &serde_json::to_vec(&env).unwrap()),
+            Err(KekError::Corrupt)
+        ));
     }
 
     #[test]
@@ -157,7 +177,10 @@ mod tests {
         let again = Kek::from_text(&k.to_base64()).unwrap();
         assert_eq!(k.id(), again.id());
         assert!(Kek::from_text(&"ab".repeat(32)).is_ok());
-        assert!(matches!(Kek::from_text("c2hvcnQ="), Err(KekError::Length(5))));
+        assert!(matches!(
+            Kek::from_text("c2hvcnQ="),
+            Err(KekError::Length(5))
+        ));
         assert_eq!(format!("{k:?}"), "Kek([redacted])");
     }
 }

@@ -34,25 +34,33 @@ impl PrivateKey {
         Ok(match key_type {
             KeyType::EcP256 => PrivateKey::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
             KeyType::EcP384 => PrivateKey::P384(p384::ecdsa::SigningKey::random(&mut OsRng)),
-            KeyType::Ed25519 => PrivateKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng)),
-            KeyType::Rsa3072 => {
-                PrivateKey::Rsa(Box::new(rsa::RsaPrivateKey::new(&mut OsRng, 3072).map_err(crypto)?))
+            KeyType::Ed25519 => {
+                PrivateKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
             }
-            KeyType::Rsa4096 => {
-                PrivateKey::Rsa(Box::new(rsa::RsaPrivateKey::new(&mut OsRng, 4096).map_err(crypto)?))
-            }
+            KeyType::Rsa3072 => PrivateKey::Rsa(Box::new(
+                rsa::RsaPrivateKey::new(&mut OsRng, 3072).map_err(crypto)?,
+            )),
+            KeyType::Rsa4096 => PrivateKey::Rsa(Box::new(
+                rsa::RsaPrivateKey::new(&mut OsRng, 4096).map_err(crypto)?,
+            )),
         })
     }
 
     fn from_pkcs8(key_type: KeyType, der: &[u8]) -> Result<Self, BackendError> {
         let bad = |_| BackendError::Unwrap;
         Ok(match key_type {
-            KeyType::EcP256 => PrivateKey::P256(p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(bad)?),
-            KeyType::EcP384 => PrivateKey::P384(p384::ecdsa::SigningKey::from_pkcs8_der(der).map_err(bad)?),
-            KeyType::Ed25519 => PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(bad)?),
-            KeyType::Rsa3072 | KeyType::Rsa4096 => {
-                PrivateKey::Rsa(Box::new(rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(bad)?))
+            KeyType::EcP256 => {
+                PrivateKey::P256(p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(bad)?)
             }
+            KeyType::EcP384 => {
+                PrivateKey::P384(p384::ecdsa::SigningKey::from_pkcs8_der(der).map_err(bad)?)
+            }
+            KeyType::Ed25519 => {
+                PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(bad)?)
+            }
+            KeyType::Rsa3072 | KeyType::Rsa4096 => PrivateKey::Rsa(Box::new(
+                rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(bad)?,
+            )),
         })
     }
 
@@ -99,7 +107,11 @@ impl PrivateKey {
     }
 }
 
-fn rsa_sign(key: &rsa::RsaPrivateKey, alg: SignAlgorithm, d: &[u8]) -> Result<Vec<u8>, BackendError> {
+fn rsa_sign(
+    key: &rsa::RsaPrivateKey,
+    alg: SignAlgorithm,
+    d: &[u8],
+) -> Result<Vec<u8>, BackendError> {
     use rsa::{Pkcs1v15Sign, Pss};
     use sha2::{Sha256, Sha384, Sha512};
     let r = match alg {
@@ -133,11 +145,19 @@ impl SoftwareKeystore {
         self.cache.read().ok()?.get(key_id).cloned()
     }
 
-    fn unwrap_key(&self, key_id: &str, key_type: KeyType, handle: &[u8]) -> Result<Arc<PrivateKey>, BackendError> {
+    fn unwrap_key(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+    ) -> Result<Arc<PrivateKey>, BackendError> {
         if let Some(k) = self.cached(key_id) {
             return Ok(k);
         }
-        let der = self.kek.open(key_id, handle).map_err(|_| BackendError::Unwrap)?;
+        let der = self
+            .kek
+            .open(key_id, handle)
+            .map_err(|_| BackendError::Unwrap)?;
         let key = Arc::new(PrivateKey::from_pkcs8(key_type, &der)?);
         if let Ok(mut cache) = self.cache.write() {
             cache.insert(key_id.to_owned(), key.clone());
@@ -170,13 +190,20 @@ impl KeyBackend for SoftwareKeystore {
         "software"
     }
 
-    async fn generate(&self, key_id: &str, key_type: KeyType) -> Result<GeneratedKey, BackendError> {
+    async fn generate(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+    ) -> Result<GeneratedKey, BackendError> {
         // RSA generation takes seconds: keep it off the async workers.
         let key = tokio::task::spawn_blocking(move || PrivateKey::generate(key_type))
             .await
             .map_err(|e| BackendError::Crypto(e.to_string()))??;
         let der = key.to_pkcs8()?;
-        let handle = self.kek.seal(key_id, &der).map_err(|e| BackendError::Crypto(e.to_string()))?;
+        let handle = self
+            .kek
+            .seal(key_id, &der)
+            .map_err(|e| BackendError::Crypto(e.to_string()))?;
         Ok(GeneratedKey {
             handle,
             public_key_der: key.public_key_der()?,
@@ -220,15 +247,26 @@ mod tests {
     #[tokio::test]
     async fn every_key_type_signs_and_verifies() {
         let ks = SoftwareKeystore::new(Kek::generate());
-        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Ed25519, KeyType::Rsa3072] {
+        for kt in [
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Ed25519,
+            KeyType::Rsa3072,
+        ] {
             let g = ks.generate("k1", kt).await.unwrap();
             ks.evict("k1");
             for &alg in kt.algorithms() {
                 let d = digest_for(alg, b"firmware");
                 let sig = ks.sign("k1", kt, &g.handle, &d).await.unwrap();
-                assert!(public::verify(kt, &g.public_key_der, &d, &sig).unwrap(), "{kt} {alg}");
+                assert!(
+                    public::verify(kt, &g.public_key_der, &d, &sig).unwrap(),
+                    "{kt} {alg}"
+                );
                 let other = digest_for(alg, b"tampered");
-                assert!(!public::verify(kt, &g.public_key_der, &other, &sig).unwrap(), "{kt} {alg}");
+                assert!(
+                    !public::verify(kt, &g.public_key_der, &other, &sig).unwrap(),
+                    "{kt} {alg}"
+                );
             }
             ks.evict("k1");
         }

@@ -17,7 +17,12 @@ pub enum PublicKeyError {
 }
 
 /// Verify a signature over a digest. `Ok(false)` means the signature is wrong.
-pub fn verify(key_type: KeyType, spki: &[u8], digest: &Digest, sig: &[u8]) -> Result<bool, PublicKeyError> {
+pub fn verify(
+    key_type: KeyType,
+    spki: &[u8],
+    digest: &Digest,
+    sig: &[u8],
+) -> Result<bool, PublicKeyError> {
     use signature::hazmat::PrehashVerifier;
     use signature::Verifier;
     let parse = |_| PublicKeyError::Parse(key_type);
@@ -64,7 +69,8 @@ pub fn to_pem(spki: &[u8]) -> Result<String, PublicKeyError> {
 
 /// Parse a `PUBLIC KEY` PEM block back to DER.
 pub fn from_pem(pem: &str) -> Result<Vec<u8>, PublicKeyError> {
-    let (label, der) = p256::pkcs8::der::pem::decode_vec(pem.trim().as_bytes()).map_err(|_| PublicKeyError::Pem)?;
+    let (label, der) = p256::pkcs8::der::pem::decode_vec(pem.trim().as_bytes())
+        .map_err(|_| PublicKeyError::Pem)?;
     if label != "PUBLIC KEY" {
         return Err(PublicKeyError::Pem);
     }

@@ -2,8 +2,8 @@
 //! learns who is calling.
 
 use axum::extract::FromRequestParts;
-use axum::http::request::Parts;
 use axum::http::header;
+use axum::http::request::Parts;
 use influxion_auth::AuthError;
 use influxion_core::Principal;
 use influxion_store::{AuditEvent, Outcome};
@@ -13,11 +13,16 @@ use crate::{ApiError, AppState};
 pub struct Authenticated(pub Principal);
 
 fn bearer(parts: &Parts) -> Result<&str, AuthError> {
-    let value = parts.headers.get(header::AUTHORIZATION).ok_or(AuthError::Missing)?;
-    let value = value.to_str().map_err(|_| AuthError::Malformed("authorization header is not ASCII"))?;
-    let (scheme, token) = value
-        .split_once(' ')
-        .ok_or(AuthError::Malformed("authorization header is not 'Bearer <token>'"))?;
+    let value = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .ok_or(AuthError::Missing)?;
+    let value = value
+        .to_str()
+        .map_err(|_| AuthError::Malformed("authorization header is not ASCII"))?;
+    let (scheme, token) = value.split_once(' ').ok_or(AuthError::Malformed(
+        "authorization header is not 'Bearer <token>'",
+    ))?;
     if !scheme.eq_ignore_ascii_case("bearer") {
         return Err(AuthError::Missing);
     }
@@ -31,7 +36,10 @@ fn bearer(parts: &Parts) -> Result<&str, AuthError> {
 impl FromRequestParts<AppState> for Authenticated {
     type Rejection = ApiError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> Result<Self, Self::Rejection> {
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
         let result = match bearer(parts) {
             Ok(token) => state.validator.validate(token).await,
             Err(e) => Err(e),
@@ -42,7 +50,9 @@ impl FromRequestParts<AppState> for Authenticated {
                 // Refusals are audited too; the token itself never is.
                 let event = AuditEvent::new("anonymous", "authenticate", Outcome::Refused)
                     .target(parts.uri.path().to_owned())
-                    .detail(serde_json::json!({"method": parts.method.as_str(), "reason": e.slug()}));
+                    .detail(
+                        serde_json::json!({"method": parts.method.as_str(), "reason": e.slug()}),
+                    );
                 if let Err(err) = state.store.audit(event).await {
                     tracing::error!(error = %err, "could not audit a refused request");
                 }

@@ -48,7 +48,10 @@ pub fn app(state: AppState) -> Router {
         .route("/healthz", get(routes::healthz))
         .route("/openapi.json", get(routes::openapi))
         .route("/v1/me", get(routes::me))
-        .route("/v1/keys", get(routes::keys::list).post(routes::keys::create))
+        .route(
+            "/v1/keys",
+            get(routes::keys::list).post(routes::keys::create),
+        )
         .route("/v1/keys/{name}", get(routes::keys::show))
         .route("/v1/keys/{name}/public", get(routes::keys::public))
         .route("/v1/keys/{name}/disable", post(routes::keys::disable))

@@ -67,12 +67,14 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Auth(AuthError::InsufficientScope(_)) => StatusCode::FORBIDDEN,
-            ApiError::Auth(AuthError::Unavailable | AuthError::Config(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Auth(AuthError::Unavailable | AuthError::Config(_)) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
-            ApiError::Parse(_) | ApiError::InvalidRequest(_) | ApiError::AlgorithmNotAllowed { .. } => {
-                StatusCode::BAD_REQUEST
-            }
+            ApiError::Parse(_)
+            | ApiError::InvalidRequest(_)
+            | ApiError::AlgorithmNotAllowed { .. } => StatusCode::BAD_REQUEST,
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownKey(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
@@ -122,7 +124,9 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             // Database and crypto error text stays in the log.
-            ApiError::Store(_) | ApiError::Backend(_) => "the keyserver could not complete the operation".into(),
+            ApiError::Store(_) | ApiError::Backend(_) => {
+                "the keyserver could not complete the operation".into()
+            }
             e => e.to_string(),
         }
     }
@@ -159,8 +163,14 @@ impl IntoResponse for ApiError {
         let json = serde_json::to_vec(&body).unwrap_or_default();
         let mut resp = (status, json).into_response();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/problem+json"));
-        if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        if let Some(c) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
         resp

@@ -1,6 +1,8 @@
 //! The signing API against the real router, store and software keystore: good paths,
 //! and each bad input with its exact problem and audit record.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
 mod common;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -28,7 +30,12 @@ async fn setup() -> Ctx {
     let admin = token(&k.rsa1, &a);
     let r = h.create_key(&admin, "fw", "ec-p256").await;
     assert_eq!(r.status, 201, "{}", r.text);
-    Ctx { _idp: idp, h, signer, admin }
+    Ctx {
+        _idp: idp,
+        h,
+        signer,
+        admin,
+    }
 }
 
 fn sha256_hex(data: &[u8]) -> String {
@@ -48,26 +55,44 @@ async fn assert_refusal_audited(h: &Harness, action: &str, target: &str, slug: &
 async fn sign_and_verify_round_trip_with_audit() {
     let c = setup().await;
     let digest = sha256_hex(b"firmware image");
-    let r = c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": digest}))).await;
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": digest})),
+        )
+        .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["algorithm"], "ES256");
     let sig = r.json["signature"].as_str().unwrap().to_owned();
     assert!(B64.decode(&sig).is_ok());
     let seq = r.json["audit_seq"].as_u64().unwrap();
     let a = c.h.last_audit().await;
-    assert_eq!((a.seq as u64, a.action.as_str(), a.outcome.as_str()), (seq, "sign", "ok"));
+    assert_eq!(
+        (a.seq as u64, a.action.as_str(), a.outcome.as_str()),
+        (seq, "sign", "ok")
+    );
     assert!(a.detail.contains(&digest));
     assert!(a.actor.starts_with("app:"), "{}", a.actor);
 
-    let v = c
-        .h
-        .call("POST", "/v1/keys/fw/verify", Some(&c.signer), Some(json!({"digest": digest, "signature": sig})))
+    let v =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/verify",
+            Some(&c.signer),
+            Some(json!({"digest": digest, "signature": sig})),
+        )
         .await;
     assert_eq!(v.json["valid"], true, "{}", v.text);
     let other = sha256_hex(b"other image");
-    let v = c
-        .h
-        .call("POST", "/v1/keys/fw/verify", Some(&c.signer), Some(json!({"digest": other, "signature": sig})))
+    let v =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/verify",
+            Some(&c.signer),
+            Some(json!({"digest": other, "signature": sig})),
+        )
         .await;
     assert_eq!(v.json["valid"], false);
 }
@@ -84,16 +109,22 @@ async fn every_key_type_signs() {
         let r = c.h.create_key(&c.admin, name, kt).await;
         assert_eq!(r.status, 201, "{}", r.text);
         assert_eq!(r.json["key_type"], kt);
-        assert!(r.json["public_key_pem"].as_str().unwrap().starts_with("-----BEGIN PUBLIC KEY-----"));
+        assert!(r.json["public_key_pem"]
+            .as_str()
+            .unwrap()
+            .starts_with("-----BEGIN PUBLIC KEY-----"));
         let digest = hex::encode(vec![7u8; hash_len]);
-        let s = c
-            .h
-            .call("POST", &format!("/v1/keys/{name}/sign"), Some(&c.signer), Some(json!({"digest": digest, "algorithm": alg})))
+        let s =
+            c.h.call(
+                "POST",
+                &format!("/v1/keys/{name}/sign"),
+                Some(&c.signer),
+                Some(json!({"digest": digest, "algorithm": alg})),
+            )
             .await;
         assert_eq!(s.status, 200, "{kt}: {}", s.text);
-        let v = c
-            .h
-            .call(
+        let v =
+            c.h.call(
                 "POST",
                 &format!("/v1/keys/{name}/verify"),
                 Some(&c.signer),
@@ -107,9 +138,13 @@ async fn every_key_type_signs() {
 #[tokio::test]
 async fn unknown_key() {
     let c = setup().await;
-    let r = c
-        .h
-        .call("POST", "/v1/keys/nope/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x")})))
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/nope/sign",
+            Some(&c.signer),
+            Some(json!({"digest": sha256_hex(b"x")})),
+        )
         .await;
     r.assert_problem(404, "unknown-key");
     assert_refusal_audited(&c.h, "sign", "nope", "unknown-key").await;
@@ -118,9 +153,13 @@ async fn unknown_key() {
 #[tokio::test]
 async fn invalid_key_name() {
     let c = setup().await;
-    let r = c
-        .h
-        .call("POST", "/v1/keys/..%2Fetc/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x")})))
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/..%2Fetc/sign",
+            Some(&c.signer),
+            Some(json!({"digest": sha256_hex(b"x")})),
+        )
         .await;
     r.assert_problem(400, "invalid-key-name");
 }
@@ -128,14 +167,23 @@ async fn invalid_key_name() {
 #[tokio::test]
 async fn disabled_key() {
     let c = setup().await;
-    let r = c.h.call("POST", "/v1/keys/fw/disable", Some(&c.admin), None).await;
+    let r =
+        c.h.call("POST", "/v1/keys/fw/disable", Some(&c.admin), None)
+            .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["status"], "disabled");
     let a = c.h.last_audit().await;
-    assert_eq!((a.action.as_str(), a.outcome.as_str()), ("key.disable", "ok"));
-    let r = c
-        .h
-        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x")})))
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str()),
+        ("key.disable", "ok")
+    );
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": sha256_hex(b"x")})),
+        )
         .await;
     r.assert_problem(409, "key-disabled");
     assert_refusal_audited(&c.h, "sign", "fw", "key-disabled").await;
@@ -144,9 +192,13 @@ async fn disabled_key() {
 #[tokio::test]
 async fn wrong_digest_length() {
     let c = setup().await;
-    let r = c
-        .h
-        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": hex::encode([1u8; 20])})))
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": hex::encode([1u8; 20])})),
+        )
         .await;
     r.assert_problem(400, "digest-length");
     assert!(r.json["detail"].as_str().unwrap().contains("32-byte"));
@@ -156,9 +208,13 @@ async fn wrong_digest_length() {
 #[tokio::test]
 async fn digest_not_hex() {
     let c = setup().await;
-    let r = c
-        .h
-        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": "zz".repeat(32)})))
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": "zz".repeat(32)})),
+        )
         .await;
     r.assert_problem(400, "digest-encoding");
     assert_refusal_audited(&c.h, "sign", "fw", "digest-encoding").await;
@@ -168,9 +224,13 @@ async fn digest_not_hex() {
 async fn algorithm_not_allowed_for_key_type() {
     let c = setup().await;
     for alg in ["ES384", "RS256", "EdDSA"] {
-        let r = c
-            .h
-            .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x"), "algorithm": alg})))
+        let r =
+            c.h.call(
+                "POST",
+                "/v1/keys/fw/sign",
+                Some(&c.signer),
+                Some(json!({"digest": sha256_hex(b"x"), "algorithm": alg})),
+            )
             .await;
         r.assert_problem(400, "algorithm-not-allowed");
         assert_refusal_audited(&c.h, "sign", "fw", "algorithm-not-allowed").await;
@@ -181,9 +241,13 @@ async fn algorithm_not_allowed_for_key_type() {
 async fn unknown_algorithm() {
     let c = setup().await;
     for alg in ["none", "HS256", "es256"] {
-        let r = c
-            .h
-            .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x"), "algorithm": alg})))
+        let r =
+            c.h.call(
+                "POST",
+                "/v1/keys/fw/sign",
+                Some(&c.signer),
+                Some(json!({"digest": sha256_hex(b"x"), "algorithm": alg})),
+            )
             .await;
         r.assert_problem(400, "unsupported-algorithm");
     }
@@ -192,9 +256,8 @@ async fn unknown_algorithm() {
 #[tokio::test]
 async fn oversized_body() {
     let c = setup().await;
-    let r = c
-        .h
-        .call(
+    let r =
+        c.h.call(
             "POST",
             "/v1/keys/fw/sign",
             Some(&c.signer),
@@ -209,13 +272,19 @@ async fn oversized_body() {
 async fn malformed_bodies() {
     let c = setup().await;
     // Unknown field.
-    let r = c
-        .h
-        .call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"x"), "file": "/etc/passwd"})))
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": sha256_hex(b"x"), "file": "/etc/passwd"})),
+        )
         .await;
     r.assert_problem(400, "invalid-request");
     // Missing digest.
-    let r = c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({}))).await;
+    let r =
+        c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({})))
+            .await;
     r.assert_problem(400, "invalid-request");
     // Not JSON at all.
     let req = axum::http::Request::builder()
@@ -231,9 +300,13 @@ async fn malformed_bodies() {
         .method("POST")
         .uri("/v1/keys/fw/sign")
         .header("authorization", format!("Bearer {}", c.signer))
-        .body(axum::body::Body::from(json!({"digest": sha256_hex(b"x")}).to_string()))
+        .body(axum::body::Body::from(
+            json!({"digest": sha256_hex(b"x")}).to_string(),
+        ))
         .unwrap();
-    c.h.send(req).await.assert_problem(415, "unsupported-media-type");
+    c.h.send(req)
+        .await
+        .assert_problem(415, "unsupported-media-type");
 }
 
 #[tokio::test]
@@ -242,7 +315,9 @@ async fn key_administration_needs_the_admin_role() {
     let r = c.h.create_key(&c.signer, "sneaky", "ec-p256").await;
     r.assert_problem(403, "forbidden");
     assert_refusal_audited(&c.h, "key.create", "keys", "forbidden").await;
-    let r = c.h.call("POST", "/v1/keys/fw/disable", Some(&c.signer), None).await;
+    let r =
+        c.h.call("POST", "/v1/keys/fw/disable", Some(&c.signer), None)
+            .await;
     r.assert_problem(403, "forbidden");
     let r = c.h.call("GET", "/v1/audit", Some(&c.signer), None).await;
     r.assert_problem(403, "forbidden");
@@ -251,11 +326,20 @@ async fn key_administration_needs_the_admin_role() {
 #[tokio::test]
 async fn key_creation_rules() {
     let c = setup().await;
-    c.h.create_key(&c.admin, "fw", "ec-p256").await.assert_problem(409, "key-exists");
-    c.h.create_key(&c.admin, "Bad Name", "ec-p256").await.assert_problem(400, "invalid-key-name");
-    c.h.create_key(&c.admin, "weak", "rsa-1024").await.assert_problem(400, "invalid-request");
+    c.h.create_key(&c.admin, "fw", "ec-p256")
+        .await
+        .assert_problem(409, "key-exists");
+    c.h.create_key(&c.admin, "Bad Name", "ec-p256")
+        .await
+        .assert_problem(400, "invalid-key-name");
+    c.h.create_key(&c.admin, "weak", "rsa-1024")
+        .await
+        .assert_problem(400, "invalid-request");
     let a = c.h.last_audit().await;
-    assert_eq!((a.action.as_str(), a.outcome.as_str()), ("key.create", "refused"));
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str()),
+        ("key.create", "refused")
+    );
 }
 
 #[tokio::test]
@@ -265,22 +349,44 @@ async fn key_listing_and_export() {
     assert_eq!(r.json["keys"][0]["name"], "fw");
     // Never any private material.
     assert!(!r.text.contains("handle") && !r.text.contains("PRIVATE"));
-    let r = c.h.call("GET", "/v1/keys/fw/public?format=jwk", Some(&c.signer), None).await;
+    let r =
+        c.h.call(
+            "GET",
+            "/v1/keys/fw/public?format=jwk",
+            Some(&c.signer),
+            None,
+        )
+        .await;
     assert_eq!(r.json["kty"], "EC");
     assert_eq!(r.json["crv"], "P-256");
     assert_eq!(r.json["kid"], "fw");
-    let r = c.h.call("GET", "/v1/keys/fw/public", Some(&c.signer), None).await;
+    let r =
+        c.h.call("GET", "/v1/keys/fw/public", Some(&c.signer), None)
+            .await;
     assert!(r.text.starts_with("-----BEGIN PUBLIC KEY-----"));
-    c.h.call("GET", "/v1/keys/fw/public?format=der", Some(&c.signer), None)
-        .await
-        .assert_problem(400, "invalid-request");
+    c.h.call(
+        "GET",
+        "/v1/keys/fw/public?format=der",
+        Some(&c.signer),
+        None,
+    )
+    .await
+    .assert_problem(400, "invalid-request");
 }
 
 #[tokio::test]
 async fn audit_endpoint_reports_an_intact_chain() {
     let c = setup().await;
-    c.h.call("POST", "/v1/keys/fw/sign", Some(&c.signer), Some(json!({"digest": sha256_hex(b"a")}))).await;
-    let r = c.h.call("GET", "/v1/audit?limit=10", Some(&c.admin), None).await;
+    c.h.call(
+        "POST",
+        "/v1/keys/fw/sign",
+        Some(&c.signer),
+        Some(json!({"digest": sha256_hex(b"a")})),
+    )
+    .await;
+    let r =
+        c.h.call("GET", "/v1/audit?limit=10", Some(&c.admin), None)
+            .await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert!(r.json["chain"]["Intact"].is_object(), "{}", r.text);
     assert!(r.json["records"].as_array().unwrap().len() >= 2);
@@ -289,7 +395,9 @@ async fn audit_endpoint_reports_an_intact_chain() {
 #[tokio::test]
 async fn unknown_routes_are_problems() {
     let c = setup().await;
-    c.h.call("GET", "/v2/nothing", None, None).await.assert_problem(404, "not-found");
+    c.h.call("GET", "/v2/nothing", None, None)
+        .await
+        .assert_problem(404, "not-found");
 }
 
 #[tokio::test]

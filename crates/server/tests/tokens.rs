@@ -1,6 +1,8 @@
 //! Bad-token cases against the real router, a real SQLite store, and a loopback
 //! identity provider: each asserts the exact status, problem type and challenge.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
 mod common;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
@@ -42,19 +44,38 @@ async fn valid_app_and_user_tokens_are_accepted() {
     assert_eq!(r.json["principal"]["kind"], "user");
     assert_eq!(r.json["principal"]["display_name"], "Alice Approver");
     // v2 tokens carry the API's client id as audience.
-    let r = me(&h, &token(&keys().rsa1, &with(app_claims(&idp.issuer), "aud", json!(API_CLIENT_ID)))).await;
+    let r = me(
+        &h,
+        &token(
+            &keys().rsa1,
+            &with(app_claims(&idp.issuer), "aud", json!(API_CLIENT_ID)),
+        ),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
     // Expired a minute ago is within Microsoft's default five-minute skew.
-    let r = me(&h, &token(&keys().rsa1, &with(app_claims(&idp.issuer), "exp", json!(now() - 60)))).await;
+    let r = me(
+        &h,
+        &token(
+            &keys().rsa1,
+            &with(app_claims(&idp.issuer), "exp", json!(now() - 60)),
+        ),
+    )
+    .await;
     assert_eq!(r.status, 200, "{}", r.text);
 }
 
 #[tokio::test]
 async fn no_token() {
     let (_idp, h) = setup().await;
-    h.call("GET", "/v1/me", None, None).await.assert_invalid_token("token-missing");
+    h.call("GET", "/v1/me", None, None)
+        .await
+        .assert_invalid_token("token-missing");
     let a = h.state.store.recent_audit(1).await.unwrap().remove(0);
-    assert_eq!((a.action.as_str(), a.outcome.as_str()), ("authenticate", "refused"));
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str()),
+        ("authenticate", "refused")
+    );
     assert!(a.detail.contains("token-missing"));
 }
 
@@ -84,22 +105,36 @@ async fn malformed_tokens() {
 #[tokio::test]
 async fn bad_base64() {
     let (idp, h) = setup().await;
-    me(&h, "@@@@.e30.c2ln").await.assert_invalid_token("token-malformed");
+    me(&h, "@@@@.e30.c2ln")
+        .await
+        .assert_invalid_token("token-malformed");
     // Valid header, payload that is not base64url: the signature is checked before the
     // payload is decoded, so an unauthenticated payload is never parsed.
     let good = token(&keys().rsa1, &app_claims(&idp.issuer));
     let parts: Vec<&str> = good.split('.').collect();
-    me(&h, &format!("{}.%%%%.{}", parts[0], parts[2])).await.assert_invalid_token("token-signature");
+    me(&h, &format!("{}.%%%%.{}", parts[0], parts[2]))
+        .await
+        .assert_invalid_token("token-signature");
     // Signature part that is not base64url.
-    me(&h, &format!("{}.{}.%%%%", parts[0], parts[1])).await.assert_invalid_token("token-malformed");
+    me(&h, &format!("{}.{}.%%%%", parts[0], parts[1]))
+        .await
+        .assert_invalid_token("token-malformed");
 }
 
 #[tokio::test]
 async fn alg_none() {
     let (idp, h) = setup().await;
-    let t = raw_token(&json!({"alg": "none", "kid": "rsa-1"}), &app_claims(&idp.issuer), |_| String::new());
+    let t = raw_token(
+        &json!({"alg": "none", "kid": "rsa-1"}),
+        &app_claims(&idp.issuer),
+        |_| String::new(),
+    );
     me(&h, &t).await.assert_invalid_token("token-algorithm");
-    let t = raw_token(&json!({"alg": "None", "kid": "rsa-1", "typ": "JWT"}), &app_claims(&idp.issuer), |_| "x".into());
+    let t = raw_token(
+        &json!({"alg": "None", "kid": "rsa-1", "typ": "JWT"}),
+        &app_claims(&idp.issuer),
+        |_| "x".into(),
+    );
     me(&h, &t).await.assert_invalid_token("token-algorithm");
 }
 
@@ -115,17 +150,30 @@ async fn hs256_signed_with_the_public_key() {
         &jsonwebtoken::EncodingKey::from_secret(k.rsa1.public_pem.as_bytes()),
     )
     .unwrap();
-    me(&h, &forged).await.assert_invalid_token("token-algorithm");
+    me(&h, &forged)
+        .await
+        .assert_invalid_token("token-algorithm");
 }
 
 #[tokio::test]
 async fn unknown_kid_after_refresh() {
     let (idp, h) = setup().await;
     // Prime the cache.
-    assert_eq!(me(&h, &token(&keys().rsa1, &app_claims(&idp.issuer))).await.status, 200);
+    assert_eq!(
+        me(&h, &token(&keys().rsa1, &app_claims(&idp.issuer)))
+            .await
+            .status,
+        200
+    );
     let before = idp.jwks_fetches();
-    me(&h, &token(&keys().rsa2, &app_claims(&idp.issuer))).await.assert_invalid_token("token-unknown-key");
-    assert_eq!(idp.jwks_fetches(), before + 1, "an unknown kid triggers exactly one refresh");
+    me(&h, &token(&keys().rsa2, &app_claims(&idp.issuer)))
+        .await
+        .assert_invalid_token("token-unknown-key");
+    assert_eq!(
+        idp.jwks_fetches(),
+        before + 1,
+        "an unknown kid triggers exactly one refresh"
+    );
 }
 
 #[tokio::test]
@@ -135,13 +183,23 @@ async fn unknown_kid_refresh_is_rate_limited() {
     let mut cfg = auth_config(&idp);
     cfg.jwks_min_refresh_interval = std::time::Duration::from_secs(300);
     let h = Harness::new(cfg).await;
-    assert_eq!(me(&h, &token(&k.rsa1, &app_claims(&idp.issuer))).await.status, 200);
+    assert_eq!(
+        me(&h, &token(&k.rsa1, &app_claims(&idp.issuer)))
+            .await
+            .status,
+        200
+    );
     let before = idp.jwks_fetches();
     for i in 0..20 {
         let t = token(&k.rsa2, &with(app_claims(&idp.issuer), "jti", json!(i)));
         me(&h, &t).await.assert_invalid_token("token-unknown-key");
     }
-    assert!(idp.jwks_fetches() <= before + 1, "fetches: {} -> {}", before, idp.jwks_fetches());
+    assert!(
+        idp.jwks_fetches() <= before + 1,
+        "fetches: {} -> {}",
+        before,
+        idp.jwks_fetches()
+    );
 }
 
 #[tokio::test]
@@ -172,49 +230,71 @@ async fn jku_x5u_jwk_headers_are_ignored() {
 
 /// RS256 over an arbitrary signing input, to build tokens with custom headers.
 fn sign_rs256(key: &TestKey, input: &str) -> String {
-    jsonwebtoken::crypto::sign(input.as_bytes(), &key.encoding, jsonwebtoken::Algorithm::RS256).unwrap()
+    jsonwebtoken::crypto::sign(
+        input.as_bytes(),
+        &key.encoding,
+        jsonwebtoken::Algorithm::RS256,
+    )
+    .unwrap()
 }
 
 #[tokio::test]
 async fn expired() {
     let (idp, h) = setup().await;
     let c = with(app_claims(&idp.issuer), "exp", json!(now() - 3600));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-expired");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-expired");
 }
 
 #[tokio::test]
 async fn missing_exp() {
     let (idp, h) = setup().await;
     let c = without(app_claims(&idp.issuer), "exp");
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-malformed");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-malformed");
 }
 
 #[tokio::test]
 async fn nbf_in_the_future() {
     let (idp, h) = setup().await;
     let c = with(app_claims(&idp.issuer), "nbf", json!(now() + 3600));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-not-yet-valid");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-not-yet-valid");
 }
 
 #[tokio::test]
 async fn iat_in_the_future() {
     let (idp, h) = setup().await;
     let c = with(app_claims(&idp.issuer), "iat", json!(now() + 3600));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-not-yet-valid");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-not-yet-valid");
 }
 
 #[tokio::test]
 async fn wrong_issuer() {
     let (_idp, h) = setup().await;
-    let c = app_claims("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0");
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-issuer");
+    let c =
+        app_claims("https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/v2.0");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-issuer");
 }
 
 #[tokio::test]
 async fn wrong_tenant_single_tenant() {
     let (idp, h) = setup().await;
-    let c = with(app_claims(&idp.issuer), "tid", json!("99999999-2222-3333-4444-555555555555"));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-tenant");
+    let c = with(
+        app_claims(&idp.issuer),
+        "tid",
+        json!("99999999-2222-3333-4444-555555555555"),
+    );
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-tenant");
 }
 
 #[tokio::test]
@@ -230,29 +310,51 @@ async fn multi_tenant_issuer_template() {
     let ok = app_claims(&iss_for(TENANT));
     assert_eq!(me(&h, &token(&k.rsa1, &ok)).await.status, 200);
     // Issuer names one tenant, tid another: refused.
-    let c = with(app_claims(&iss_for(TENANT)), "tid", json!("22222222-2222-3333-4444-555555555555"));
-    me(&h, &token(&k.rsa1, &c)).await.assert_invalid_token("token-issuer");
+    let c = with(
+        app_claims(&iss_for(TENANT)),
+        "tid",
+        json!("22222222-2222-3333-4444-555555555555"),
+    );
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-issuer");
     // Consistent but not an allowed tenant.
     let other = "33333333-2222-3333-4444-555555555555";
     let c = with(app_claims(&iss_for(other)), "tid", json!(other));
-    me(&h, &token(&k.rsa1, &c)).await.assert_invalid_token("token-tenant");
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-tenant");
     // No tid at all under a template.
     let c = without(app_claims(&iss_for(TENANT)), "tid");
-    me(&h, &token(&k.rsa1, &c)).await.assert_invalid_token("token-issuer");
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-issuer");
 }
 
 #[tokio::test]
 async fn wrong_audience() {
     let (idp, h) = setup().await;
-    let c = with(app_claims(&idp.issuer), "aud", json!("api://something-else"));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-audience");
+    let c = with(
+        app_claims(&idp.issuer),
+        "aud",
+        json!("api://something-else"),
+    );
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-audience");
 }
 
 #[tokio::test]
 async fn token_for_microsoft_graph() {
     let (idp, h) = setup().await;
-    let c = with(app_claims(&idp.issuer), "aud", json!("00000003-0000-0000-c000-000000000000"));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-audience");
+    let c = with(
+        app_claims(&idp.issuer),
+        "aud",
+        json!("00000003-0000-0000-c000-000000000000"),
+    );
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-audience");
     // Graph tokens also carry a nonce header; refused before the signature is checked.
     let t = raw_token(
         &json!({"alg": "RS256", "kid": "rsa-1", "typ": "JWT", "nonce": "abc"}),
@@ -265,15 +367,23 @@ async fn token_for_microsoft_graph() {
 #[tokio::test]
 async fn token_for_another_application() {
     let (idp, h) = setup().await;
-    let c = with(app_claims(&idp.issuer), "aud", json!(["api://payroll", "7d0f0000-0000-4000-8000-000000000000"]));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-audience");
+    let c = with(
+        app_claims(&idp.issuer),
+        "aud",
+        json!(["api://payroll", "7d0f0000-0000-4000-8000-000000000000"]),
+    );
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-audience");
 }
 
 #[tokio::test]
 async fn wrong_version() {
     let (idp, h) = setup().await;
     let c = with(app_claims(&idp.issuer), "ver", json!("1.0"));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-version");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-version");
 }
 
 #[tokio::test]
@@ -282,7 +392,10 @@ async fn missing_scope() {
     let c = with(user_claims(&idp.issuer), "scp", json!("User.Read openid"));
     let r = me(&h, &token(&keys().rsa1, &c)).await;
     r.assert_problem(403, "insufficient-scope");
-    assert!(r.www_authenticate.unwrap().contains(r#"error="insufficient_scope""#));
+    assert!(r
+        .www_authenticate
+        .unwrap()
+        .contains(r#"error="insufficient_scope""#));
 }
 
 #[tokio::test]
@@ -291,10 +404,15 @@ async fn missing_app_role() {
     let c = with(app_claims(&idp.issuer), "roles", json!(["Some.Other.Role"]));
     let r = me(&h, &token(&keys().rsa1, &c)).await;
     r.assert_problem(403, "insufficient-scope");
-    assert!(r.www_authenticate.unwrap().contains(r#"error="insufficient_scope""#));
+    assert!(r
+        .www_authenticate
+        .unwrap()
+        .contains(r#"error="insufficient_scope""#));
     // Entra omits `roles` when none are assigned.
     let c = without(app_claims(&idp.issuer), "roles");
-    me(&h, &token(&keys().rsa1, &c)).await.assert_problem(403, "insufficient-scope");
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_problem(403, "insufficient-scope");
 }
 
 #[tokio::test]
@@ -302,7 +420,9 @@ async fn signature_stripped() {
     let (idp, h) = setup().await;
     let t = token(&keys().rsa1, &app_claims(&idp.issuer));
     let stripped = format!("{}.", t.rsplit_once('.').unwrap().0);
-    me(&h, &stripped).await.assert_invalid_token("token-signature");
+    me(&h, &stripped)
+        .await
+        .assert_invalid_token("token-signature");
 }
 
 #[tokio::test]
@@ -310,9 +430,20 @@ async fn payload_tampered() {
     let (idp, h) = setup().await;
     let t = token(&keys().rsa1, &app_claims(&idp.issuer));
     let parts: Vec<&str> = t.split('.').collect();
-    let evil = with(app_claims(&idp.issuer), "roles", json!([SIGN_ROLE, ADMIN_ROLE]));
-    let forged = format!("{}.{}.{}", parts[0], B64URL.encode(evil.to_string()), parts[2]);
-    me(&h, &forged).await.assert_invalid_token("token-signature");
+    let evil = with(
+        app_claims(&idp.issuer),
+        "roles",
+        json!([SIGN_ROLE, ADMIN_ROLE]),
+    );
+    let forged = format!(
+        "{}.{}.{}",
+        parts[0],
+        B64URL.encode(evil.to_string()),
+        parts[2]
+    );
+    me(&h, &forged)
+        .await
+        .assert_invalid_token("token-signature");
 }
 
 #[tokio::test]
@@ -327,7 +458,11 @@ async fn signed_by_an_unpublished_key_with_a_published_kid() {
 async fn algorithm_does_not_fit_the_key() {
     let (idp, h) = setup().await;
     // ES256 header naming an RSA key.
-    let t = raw_token(&json!({"alg": "ES256", "kid": "rsa-1"}), &app_claims(&idp.issuer), |_| "AAAA".into());
+    let t = raw_token(
+        &json!({"alg": "ES256", "kid": "rsa-1"}),
+        &app_claims(&idp.issuer),
+        |_| "AAAA".into(),
+    );
     me(&h, &t).await.assert_invalid_token("token-algorithm");
 }
 
@@ -351,8 +486,14 @@ async fn critical_header_and_bad_typ() {
 #[tokio::test]
 async fn oversized_token() {
     let (idp, h) = setup().await;
-    let c = with(app_claims(&idp.issuer), "padding", json!("x".repeat(20_000)));
-    me(&h, &token(&keys().rsa1, &c)).await.assert_invalid_token("token-too-large");
+    let c = with(
+        app_claims(&idp.issuer),
+        "padding",
+        json!("x".repeat(20_000)),
+    );
+    me(&h, &token(&keys().rsa1, &c))
+        .await
+        .assert_invalid_token("token-too-large");
 }
 
 #[tokio::test]
@@ -364,7 +505,12 @@ async fn symmetric_keys_in_the_jwks_are_never_used() {
     idp.publish_raw(jwks);
     let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256);
     header.kid = Some("hmac-1".into());
-    let t = jsonwebtoken::encode(&header, &app_claims(&idp.issuer), &jsonwebtoken::EncodingKey::from_secret(secret)).unwrap();
+    let t = jsonwebtoken::encode(
+        &header,
+        &app_claims(&idp.issuer),
+        &jsonwebtoken::EncodingKey::from_secret(secret),
+    )
+    .unwrap();
     me(&h, &t).await.assert_invalid_token("token-algorithm");
 }
 
@@ -378,11 +524,17 @@ async fn key_rotation() {
     // The provider rotates: publishes the new key and withdraws the old one.
     idp.publish(&[&k.rsa2]);
     let new = token(&k.rsa2, &app_claims(&idp.issuer));
-    assert_eq!(me(&h, &new).await.status, 200, "new key accepted after rotation");
+    assert_eq!(
+        me(&h, &new).await.status,
+        200,
+        "new key accepted after rotation"
+    );
     // The old key is gone; even a token already seen is refused now.
     me(&h, &old).await.assert_invalid_token("token-unknown-key");
     let fresh_old = token(&k.rsa1, &with(app_claims(&idp.issuer), "jti", json!("x")));
-    me(&h, &fresh_old).await.assert_invalid_token("token-unknown-key");
+    me(&h, &fresh_old)
+        .await
+        .assert_invalid_token("token-unknown-key");
 }
 
 #[tokio::test]
@@ -390,13 +542,27 @@ async fn cached_keys_survive_an_unreachable_provider() {
     let k = keys();
     let mut idp = TestIdp::start("", &[&k.rsa1]).await;
     let h = Harness::new(auth_config(&idp)).await;
-    assert_eq!(me(&h, &token(&k.rsa1, &app_claims(&idp.issuer))).await.status, 200);
+    assert_eq!(
+        me(&h, &token(&k.rsa1, &app_claims(&idp.issuer)))
+            .await
+            .status,
+        200
+    );
     idp.stop();
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    let t = token(&k.rsa1, &with(app_claims(&idp.issuer), "jti", json!("after-outage")));
-    assert_eq!(me(&h, &t).await.status, 200, "validation continues with cached keys");
+    let t = token(
+        &k.rsa1,
+        &with(app_claims(&idp.issuer), "jti", json!("after-outage")),
+    );
+    assert_eq!(
+        me(&h, &t).await.status,
+        200,
+        "validation continues with cached keys"
+    );
     // An unknown kid cannot be resolved while the provider is down.
-    me(&h, &token(&k.rsa2, &app_claims(&idp.issuer))).await.assert_invalid_token("token-unknown-key");
+    me(&h, &token(&k.rsa2, &app_claims(&idp.issuer)))
+        .await
+        .assert_invalid_token("token-unknown-key");
 }
 
 #[tokio::test]

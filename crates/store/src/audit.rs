@@ -180,7 +180,10 @@ pub(crate) async fn append(
     })
 }
 
-pub(crate) async fn set_head(conn: &mut SqliteConnection, tip: &ChainTip) -> Result<(), StoreError> {
+pub(crate) async fn set_head(
+    conn: &mut SqliteConnection,
+    tip: &ChainTip,
+) -> Result<(), StoreError> {
     if tip.seq == 0 {
         return Ok(());
     }
@@ -235,7 +238,10 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> Result<ChainReport, Store
         if r.seq != expected_seq {
             return Ok(ChainReport::Broken {
                 seq: expected_seq,
-                reason: format!("record {expected_seq} is missing (next present is {})", r.seq),
+                reason: format!(
+                    "record {expected_seq} is missing (next present is {})",
+                    r.seq
+                ),
             });
         }
         if r.prev_hash != prev {
@@ -273,7 +279,10 @@ pub(crate) async fn verify_chain(pool: &SqlitePool) -> Result<ChainReport, Store
             reason: "the chain head is missing".into(),
         });
     }
-    Ok(ChainReport::Intact { records, head: prev })
+    Ok(ChainReport::Intact {
+        records,
+        head: prev,
+    })
 }
 
 #[cfg(test)]
@@ -296,7 +305,10 @@ mod tests {
     #[tokio::test]
     async fn intact_chain_verifies() {
         let (_d, s) = store_with(5).await;
-        assert!(matches!(s.verify_audit_chain().await.unwrap(), ChainReport::Intact { records: 5, .. }));
+        assert!(matches!(
+            s.verify_audit_chain().await.unwrap(),
+            ChainReport::Intact { records: 5, .. }
+        ));
     }
 
     #[tokio::test]
@@ -306,7 +318,8 @@ mod tests {
         for i in 0..200 {
             let s = s.clone();
             tasks.push(tokio::spawn(async move {
-                s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string())).await
+                s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string()))
+                    .await
             }));
         }
         let mut seqs = Vec::new();
@@ -315,7 +328,10 @@ mod tests {
         }
         seqs.sort();
         assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        assert!(matches!(s.verify_audit_chain().await.unwrap(), ChainReport::Intact { records: 200, .. }));
+        assert!(matches!(
+            s.verify_audit_chain().await.unwrap(),
+            ChainReport::Intact { records: 200, .. }
+        ));
     }
 
     #[tokio::test]
@@ -334,7 +350,10 @@ mod tests {
     #[tokio::test]
     async fn deleted_record_is_pinpointed() {
         let (_d, s) = store_with(5).await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 2").execute(s.pool()).await.unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq = 2")
+            .execute(s.pool())
+            .await
+            .unwrap();
         match s.verify_audit_chain().await.unwrap() {
             ChainReport::Broken { seq, reason } => {
                 assert_eq!(seq, 2);
@@ -347,7 +366,10 @@ mod tests {
     #[tokio::test]
     async fn deleted_tail_is_detected() {
         let (_d, s) = store_with(5).await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 5").execute(s.pool()).await.unwrap();
+        sqlx::query("DELETE FROM audit_log WHERE seq = 5")
+            .execute(s.pool())
+            .await
+            .unwrap();
         match s.verify_audit_chain().await.unwrap() {
             ChainReport::Broken { seq, .. } => assert_eq!(seq, 5),
             other => panic!("{other:?}"),

@@ -105,7 +105,8 @@ impl Store {
         status: KeyStatus,
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
-        self.submit(Op::SetKeyStatus(name.clone(), status), event).await
+        self.submit(Op::SetKeyStatus(name.clone(), status), event)
+            .await
     }
 
     pub async fn get_key(&self, name: &KeyName) -> Result<Option<KeyRecord>, StoreError> {
@@ -169,4 +170,3 @@ pub fn now_rfc3339() -> String {
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
 }
-

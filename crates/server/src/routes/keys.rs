@@ -29,7 +29,8 @@ pub struct KeyView {
 
 impl KeyView {
     pub(crate) fn from_record(k: &KeyRecord) -> Result<Self, ApiError> {
-        let corrupt = |_| ApiError::Store(influxion_store::StoreError::Corrupt("public key".into()));
+        let corrupt =
+            |_| ApiError::Store(influxion_store::StoreError::Corrupt("public key".into()));
         let mut jwk = public::to_jwk(k.key_type, &k.public_key).map_err(corrupt)?;
         if let Some(o) = jwk.as_object_mut() {
             o.insert("kid".into(), k.name.as_str().into());
@@ -56,7 +57,10 @@ pub struct KeyList {
     keys: Vec<KeyView>,
 }
 
-pub async fn list(State(st): State<AppState>, Authenticated(_p): Authenticated) -> Result<Json<KeyList>, ApiError> {
+pub async fn list(
+    State(st): State<AppState>,
+    Authenticated(_p): Authenticated,
+) -> Result<Json<KeyList>, ApiError> {
     let keys = st
         .store
         .list_keys()
@@ -96,9 +100,19 @@ pub async fn public(
 ) -> Result<Response, ApiError> {
     let view = KeyView::from_record(&lookup(&st, &name).await?)?;
     match q.format.as_deref().unwrap_or("pem") {
-        "pem" => Ok(([(header::CONTENT_TYPE, "application/x-pem-file")], view.public_key_pem).into_response()),
-        "jwk" => Ok(([(header::CONTENT_TYPE, "application/jwk+json")], Json(view.public_key_jwk)).into_response()),
-        other => Err(ApiError::InvalidRequest(format!("format must be pem or jwk, not {other:?}"))),
+        "pem" => Ok((
+            [(header::CONTENT_TYPE, "application/x-pem-file")],
+            view.public_key_pem,
+        )
+            .into_response()),
+        "jwk" => Ok((
+            [(header::CONTENT_TYPE, "application/jwk+json")],
+            Json(view.public_key_jwk),
+        )
+            .into_response()),
+        other => Err(ApiError::InvalidRequest(format!(
+            "format must be pem or jwk, not {other:?}"
+        ))),
     }
 }
 
@@ -159,8 +173,11 @@ pub async fn disable(
     require_admin(&st, &p, "key.disable", &name).await?;
     let result = async {
         let key = lookup(&st, &name).await?;
-        let event = AuditEvent::new(p.audit_id(), "key.disable", Outcome::Ok).target(key.name.to_string());
-        st.store.set_key_status(&key.name, KeyStatus::Disabled, event).await?;
+        let event =
+            AuditEvent::new(p.audit_id(), "key.disable", Outcome::Ok).target(key.name.to_string());
+        st.store
+            .set_key_status(&key.name, KeyStatus::Disabled, event)
+            .await?;
         KeyView::from_record(&KeyRecord {
             status: KeyStatus::Disabled,
             ..key

@@ -15,7 +15,10 @@ pub async fn healthz() -> &'static str {
 }
 
 pub async fn openapi() -> impl IntoResponse {
-    ([(header::CONTENT_TYPE, "application/json")], crate::OPENAPI_JSON)
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::OPENAPI_JSON,
+    )
 }
 
 pub async fn not_found() -> ApiError {
@@ -30,21 +33,38 @@ pub struct Me {
 
 pub async fn me(State(st): State<AppState>, Authenticated(p): Authenticated) -> Json<Me> {
     let admin = p.has_role(&st.policy.admin_role);
-    Json(Me { principal: p, admin })
+    Json(Me {
+        principal: p,
+        admin,
+    })
 }
 
 /// Refuse callers without the admin role, recording the refusal.
-pub(crate) async fn require_admin(st: &AppState, p: &influxion_core::Principal, action: &str, target: &str) -> Result<(), ApiError> {
+pub(crate) async fn require_admin(
+    st: &AppState,
+    p: &influxion_core::Principal,
+    action: &str,
+    target: &str,
+) -> Result<(), ApiError> {
     if p.has_role(&st.policy.admin_role) {
         return Ok(());
     }
-    let e = ApiError::Forbidden(format!("{action} needs the {} app role", st.policy.admin_role));
+    let e = ApiError::Forbidden(format!(
+        "{action} needs the {} app role",
+        st.policy.admin_role
+    ));
     refused(st, p, action, target, &e).await;
     Err(e)
 }
 
 /// Append a refusal to the audit log.
-pub(crate) async fn refused(st: &AppState, p: &influxion_core::Principal, action: &str, target: &str, e: &ApiError) {
+pub(crate) async fn refused(
+    st: &AppState,
+    p: &influxion_core::Principal,
+    action: &str,
+    target: &str,
+    e: &ApiError,
+) {
     let event = AuditEvent::new(p.audit_id(), action, Outcome::Refused)
         .target(target)
         .detail(serde_json::json!({"reason": e.slug(), "status": e.status().as_u16()}));

@@ -19,7 +19,9 @@ use crate::{ApiError, AppState, Authenticated};
 pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
     match body {
         Ok(Json(v)) => Ok(v),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES)),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES))
+        }
         Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
         Err(r) => Err(ApiError::InvalidRequest(r.body_text())),
     }
@@ -45,7 +47,11 @@ pub struct SignResponse {
     audit_seq: u64,
 }
 
-fn parse_digest(key: &KeyRecord, algorithm: Option<&str>, hex_digest: &str) -> Result<Digest, ApiError> {
+fn parse_digest(
+    key: &KeyRecord,
+    algorithm: Option<&str>,
+    hex_digest: &str,
+) -> Result<Digest, ApiError> {
     let alg = match algorithm {
         Some(a) => a.parse::<SignAlgorithm>()?,
         None => key.key_type.default_algorithm(),
@@ -78,7 +84,10 @@ pub async fn sign(
             return Err(ApiError::KeyDisabled(key.name.to_string()));
         }
         let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
-        let signature = st.backend.sign(&key.id, key.key_type, &key.handle, &digest).await?;
+        let signature = st
+            .backend
+            .sign(&key.id, key.key_type, &key.handle, &digest)
+            .await?;
         // The signature is returned only after its audit record is durable.
         let event = AuditEvent::new(p.audit_id(), "sign", Outcome::Ok)
             .target(key.name.to_string())

@@ -1,6 +1,7 @@
 //! Test harness: a loopback identity provider whose keys the test controls, and the
 //! keyserver router over a real SQLite store and software keystore.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -114,7 +115,9 @@ impl TestIdp {
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
         let issuer = format!("{base}{issuer_path}");
-        let jwks = Arc::new(RwLock::new(published.iter().map(|k| k.jwk.clone()).collect()));
+        let jwks = Arc::new(RwLock::new(
+            published.iter().map(|k| k.jwk.clone()).collect(),
+        ));
         let fetches = Arc::new(AtomicUsize::new(0));
         let state = IdpState {
             base: base.clone(),
@@ -180,7 +183,10 @@ impl TestIdp {
 }
 
 pub fn now() -> i64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs() as i64
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
 }
 
 /// Claims of a valid app-only token, shaped like Entra ID v2.
@@ -258,7 +264,9 @@ pub struct Harness {
 impl Harness {
     pub async fn new(cfg: AuthConfig) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display())).await.unwrap();
+        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+            .await
+            .unwrap();
         let state = AppState {
             store,
             backend: Arc::new(SoftwareKeystore::new(Kek::generate())),
@@ -274,13 +282,21 @@ impl Harness {
         }
     }
 
-    pub async fn call(&self, method: &str, path: &str, token: Option<&str>, body: Option<Value>) -> Resp {
+    pub async fn call(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> Resp {
         let mut req = Request::builder().method(method).uri(path);
         if let Some(t) = token {
             req = req.header("authorization", format!("Bearer {t}"));
         }
         let req = match body {
-            Some(b) => req.header("content-type", "application/json").body(Body::from(b.to_string())),
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
             None => req.body(Body::empty()),
         }
         .unwrap();
@@ -295,8 +311,12 @@ impl Harness {
         let json = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
         Resp {
             status,
-            www_authenticate: headers.get("www-authenticate").map(|v| v.to_str().unwrap().to_owned()),
-            content_type: headers.get("content-type").map(|v| v.to_str().unwrap().to_owned()),
+            www_authenticate: headers
+                .get("www-authenticate")
+                .map(|v| v.to_str().unwrap().to_owned()),
+            content_type: headers
+                .get("content-type")
+                .map(|v| v.to_str().unwrap().to_owned()),
             json,
             text: String::from_utf8_lossy(&bytes).into_owned(),
         }
@@ -304,8 +324,13 @@ impl Harness {
 
     /// Create a key directly (as an admin would).
     pub async fn create_key(&self, admin_token: &str, name: &str, key_type: &str) -> Resp {
-        self.call("POST", "/v1/keys", Some(admin_token), Some(json!({"name": name, "key_type": key_type})))
-            .await
+        self.call(
+            "POST",
+            "/v1/keys",
+            Some(admin_token),
+            Some(json!({"name": name, "key_type": key_type})),
+        )
+        .await
     }
 
     pub async fn last_audit(&self) -> influxion_store::AuditRecord {
@@ -331,15 +356,26 @@ impl Resp {
     #[track_caller]
     pub fn assert_problem(&self, status: u16, slug: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
-        assert_eq!(self.problem_type(), format!("https://influxion.dev/problems/{slug}"), "body: {}", self.text);
-        assert_eq!(self.content_type.as_deref(), Some("application/problem+json"));
+        assert_eq!(
+            self.problem_type(),
+            format!("https://influxion.dev/problems/{slug}"),
+            "body: {}",
+            self.text
+        );
+        assert_eq!(
+            self.content_type.as_deref(),
+            Some("application/problem+json")
+        );
         assert_eq!(self.json["status"].as_u64(), Some(status as u64));
     }
 
     #[track_caller]
     pub fn assert_invalid_token(&self, slug: &str) {
         self.assert_problem(401, slug);
-        let h = self.www_authenticate.as_deref().expect("401 must carry WWW-Authenticate");
+        let h = self
+            .www_authenticate
+            .as_deref()
+            .expect("401 must carry WWW-Authenticate");
         assert!(h.starts_with("Bearer "), "{h}");
         assert!(h.contains(r#"error="invalid_token""#), "{h}");
     }

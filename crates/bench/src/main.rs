@@ -1,0 +1,222 @@
+//! `influxion-bench`: how fast does the keyserver sign, end to end, compared with the
+//! raw signing rate of the same key measured in the same run?
+//!
+//! 1. Starts the real `influxion dev` binary (keyserver + development issuer, SQLite,
+//!    software keystore) in a fresh data directory.
+//! 2. Raw baseline: unwraps the `demo` key from that data directory and signs digests
+//!    in-process on every core for the given duration.
+//! 3. End to end: obtains a token by client credentials, then drives `POST
+//!    /v1/keys/demo/sign` at the given concurrency for the given duration. Every
+//!    response is returned only after its audit record is committed with
+//!    `synchronous=FULL` (group commit).
+//! 4. Prints requests/s, p50/p99 latency, the keyserver's peak RSS, and the ratio.
+
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::Parser;
+use influxion_core::{Digest, KeyName, SignAlgorithm};
+use influxion_keystore::{Kek, SoftwareKeystore};
+use rand::RngCore;
+
+#[derive(Parser)]
+struct Args {
+    /// The influxion binary to benchmark.
+    #[arg(long, default_value = "target/release/influxion")]
+    influxion: PathBuf,
+    /// Concurrent in-flight requests.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds of measurement for each phase.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[arg(long, default_value_t = 18400)]
+    port: u16,
+}
+
+struct Guard(Child);
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        let _ = Command::new("kill").arg(self.0.id().to_string()).status();
+        let _ = self.0.wait();
+    }
+}
+
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+fn random_digest() -> Vec<u8> {
+    let mut d = vec![0u8; 32];
+    rand::thread_rng().fill_bytes(&mut d);
+    d
+}
+
+/// Raw in-process signing with the same key on all cores.
+async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
+    let kek = Kek::from_text(&std::fs::read_to_string(data.join("kek"))?)?;
+    let store = influxion_store::Store::open(&format!("sqlite://{}/influxion.db", data.display())).await?;
+    let name: KeyName = "demo".parse()?;
+    let key = store.get_key(&name).await?.context("demo key missing")?;
+    let ks = Arc::new(SoftwareKeystore::new(kek));
+    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|_| {
+            let (ks, key, stop, count) = (ks.clone(), key.clone(), stop.clone(), count.clone());
+            std::thread::spawn(move || {
+                let digest = Digest::new(SignAlgorithm::Es256, random_digest()).map_err(|e| e.to_string())?;
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    ks.sign_blocking(&key.id, key.key_type, &key.handle, &digest)
+                        .map_err(|e| e.to_string())?;
+                    n += 1;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+                Ok::<(), String>(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join().map_err(|_| anyhow::anyhow!("raw thread panicked"))?.map_err(anyhow::Error::msg)?;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+}
+
+fn percentile(sorted: &[u32], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
+    sorted[i] as f64 / 1000.0
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let args = Args::parse();
+    let dir = std::env::temp_dir().join(format!("influxion-bench-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let server = Guard(
+        Command::new(&args.influxion)
+            .args(["dev", "--data-dir"])
+            .arg(&dir)
+            .args(["--port", &args.port.to_string()])
+            .env("INFLUXION_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .with_context(|| format!("starting {}", args.influxion.display()))?,
+    );
+    let base = format!("http://127.0.0.1:{}", args.port);
+    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while http.get(format!("{base}/healthz")).send().await.is_err() {
+        if Instant::now() > deadline {
+            bail!("the keyserver did not start");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let env = std::fs::read_to_string(dir.join("dev.env"))?;
+    let get = |k: &str| {
+        env.lines()
+            .find_map(|l| l.strip_prefix(&format!("export {k}=")).map(str::to_owned))
+            .unwrap_or_default()
+    };
+    let tok: serde_json::Value = http
+        .post(format!("http://127.0.0.1:{}/token", args.port + 1))
+        .basic_auth(get("INFLUXION_AZURE_CLIENT_ID"), Some(get("INFLUXION_AZURE_CLIENT_SECRET")))
+        .form(&[("grant_type", "client_credentials"), ("scope", &get("INFLUXION_AZURE_DEFAULT_SCOPE"))])
+        .send()
+        .await?
+        .json()
+        .await?;
+    let token = Arc::new(tok["access_token"].as_str().context("no token")?.to_owned());
+
+    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    eprintln!("raw: signing with the demo key on {cpus} threads for {}s", args.seconds);
+    let raw = raw_rate(&dir, args.seconds).await?;
+
+    eprintln!("end to end: concurrency {} for {}s (after 2s warm-up)", args.concurrency, args.seconds);
+    let url = Arc::new(format!("{base}/v1/keys/demo/sign"));
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (http, url, token, stop, measuring, errors) =
+            (http.clone(), url.clone(), token.clone(), stop.clone(), measuring.clone(), errors.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            while !stop.load(Ordering::Relaxed) {
+                let body = format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()));
+                let t = Instant::now();
+                let r = http
+                    .post(url.as_str())
+                    .bearer_auth(token.as_str())
+                    .header("content-type", "application/json")
+                    .body(body)
+                    .send()
+                    .await;
+                let ok = match r {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    lat.sort_unstable();
+    let rps = lat.len() as f64 / elapsed;
+    let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
+    let audit = Command::new(&args.influxion)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&dir)
+        .output()?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(&dir);
+
+    println!("raw ECDSA P-256 signing, same key, {cpus} threads: {raw:.0} signatures/s");
+    println!(
+        "end-to-end sign over HTTP, concurrency {}: {rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        args.concurrency,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99),
+        errors.load(Ordering::Relaxed)
+    );
+    println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!("ratio end-to-end / raw: {:.3}", rps / raw);
+    println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
+    Ok(())
+}

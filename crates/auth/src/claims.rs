@@ -16,6 +16,8 @@ pub(crate) struct Claims {
     pub oid: Option<String>,
     pub azp: Option<String>,
     pub appid: Option<String>,
+    /// RFC 9068: the client the token was issued to.
+    pub client_id: Option<String>,
     pub idtyp: Option<String>,
     pub ver: Option<String>,
     /// Entra: space-separated delegated scopes.
@@ -56,11 +58,16 @@ impl Claims {
             })
             .unwrap_or_default();
         // Entra marks app-only tokens with `idtyp: app` when the optional claim is on;
-        // otherwise an app-only token is one without any delegated scope.
+        // otherwise an Entra app-only token is one without `scp`. For RFC 9068 providers
+        // (`scope` claim), a client-credentials token has the client as its subject.
+        let client = self.client_id.as_deref().or(self.azp.as_deref());
         let kind = match self.idtyp.as_deref() {
             Some("app") => CallerKind::App,
             Some("user") => CallerKind::User,
-            _ if self.scp.is_some() || self.scope.is_some() => CallerKind::User,
+            _ if self.scp.is_some() => CallerKind::User,
+            _ if self.scope.is_some() && (self.sub.is_none() || self.sub.as_deref() != client) => {
+                CallerKind::User
+            }
             _ => CallerKind::App,
         };
         let object_id = self
@@ -73,7 +80,11 @@ impl Claims {
             issuer: self.iss.clone(),
             tenant_id: self.tid.clone(),
             object_id,
-            app_id: self.azp.clone().or_else(|| self.appid.clone()),
+            app_id: self
+                .azp
+                .clone()
+                .or_else(|| self.appid.clone())
+                .or_else(|| self.client_id.clone()),
             kind,
             scopes: if kind == CallerKind::User {
                 scopes
@@ -87,5 +98,59 @@ impl Claims {
                 .clone()
                 .or_else(|| self.preferred_username.clone()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn claims(v: serde_json::Value) -> Claims {
+        let mut base = serde_json::json!({"iss": "i", "aud": "a", "exp": 1, "sub": "s"});
+        for (k, x) in v.as_object().unwrap() {
+            base[k] = x.clone();
+        }
+        serde_json::from_value(base).unwrap()
+    }
+
+    #[test]
+    fn caller_kind() {
+        // Entra app-only: no scp.
+        assert_eq!(
+            claims(serde_json::json!({"roles": ["r"]}))
+                .to_principal()
+                .unwrap()
+                .kind,
+            CallerKind::App
+        );
+        // Entra delegated.
+        assert_eq!(
+            claims(serde_json::json!({"scp": "x"}))
+                .to_principal()
+                .unwrap()
+                .kind,
+            CallerKind::User
+        );
+        // idtyp wins.
+        assert_eq!(
+            claims(serde_json::json!({"scp": "x", "idtyp": "app"}))
+                .to_principal()
+                .unwrap()
+                .kind,
+            CallerKind::App
+        );
+        // RFC 9068 client credentials: scope, and the client is the subject.
+        let c = claims(serde_json::json!({"scope": "x", "sub": "ci", "client_id": "ci"}));
+        assert_eq!(c.to_principal().unwrap().kind, CallerKind::App);
+        // RFC 9068 delegated: the subject is a person.
+        let c = claims(serde_json::json!({"scope": "x", "sub": "alice", "client_id": "ci"}));
+        assert_eq!(c.to_principal().unwrap().kind, CallerKind::User);
+    }
+
+    #[test]
+    fn no_subject_is_malformed() {
+        let c: Claims =
+            serde_json::from_value(serde_json::json!({"iss": "i", "aud": "a", "exp": 1})).unwrap();
+        assert!(matches!(c.to_principal(), Err(AuthError::Malformed(_))));
     }
 }

@@ -66,11 +66,14 @@ fn random_digest() -> Vec<u8> {
 /// Raw in-process signing with the same key on all cores.
 async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
     let kek = Kek::from_text(&std::fs::read_to_string(data.join("kek"))?)?;
-    let store = influxion_store::Store::open(&format!("sqlite://{}/influxion.db", data.display())).await?;
+    let store =
+        influxion_store::Store::open(&format!("sqlite://{}/influxion.db", data.display())).await?;
     let name: KeyName = "demo".parse()?;
     let key = store.get_key(&name).await?.context("demo key missing")?;
     let ks = Arc::new(SoftwareKeystore::new(kek));
-    let threads = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
     let stop = Arc::new(AtomicBool::new(false));
     let count = Arc::new(AtomicU64::new(0));
     let start = Instant::now();
@@ -78,7 +81,8 @@ async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
         .map(|_| {
             let (ks, key, stop, count) = (ks.clone(), key.clone(), stop.clone(), count.clone());
             std::thread::spawn(move || {
-                let digest = Digest::new(SignAlgorithm::Es256, random_digest()).map_err(|e| e.to_string())?;
+                let digest = Digest::new(SignAlgorithm::Es256, random_digest())
+                    .map_err(|e| e.to_string())?;
                 let mut n = 0u64;
                 while !stop.load(Ordering::Relaxed) {
                     ks.sign_blocking(&key.id, key.key_type, &key.handle, &digest)
@@ -93,7 +97,9 @@ async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
     for h in handles {
-        h.join().map_err(|_| anyhow::anyhow!("raw thread panicked"))?.map_err(anyhow::Error::msg)?;
+        h.join()
+            .map_err(|_| anyhow::anyhow!("raw thread panicked"))?
+            .map_err(anyhow::Error::msg)?;
     }
     Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
@@ -122,7 +128,9 @@ async fn main() -> Result<()> {
             .with_context(|| format!("starting {}", args.influxion.display()))?,
     );
     let base = format!("http://127.0.0.1:{}", args.port);
-    let http = reqwest::Client::builder().pool_max_idle_per_host(args.concurrency).build()?;
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
     let deadline = Instant::now() + Duration::from_secs(30);
     while http.get(format!("{base}/healthz")).send().await.is_err() {
         if Instant::now() > deadline {
@@ -138,27 +146,47 @@ async fn main() -> Result<()> {
     };
     let tok: serde_json::Value = http
         .post(format!("http://127.0.0.1:{}/token", args.port + 1))
-        .basic_auth(get("INFLUXION_AZURE_CLIENT_ID"), Some(get("INFLUXION_AZURE_CLIENT_SECRET")))
-        .form(&[("grant_type", "client_credentials"), ("scope", &get("INFLUXION_AZURE_DEFAULT_SCOPE"))])
+        .basic_auth(
+            get("INFLUXION_AZURE_CLIENT_ID"),
+            Some(get("INFLUXION_AZURE_CLIENT_SECRET")),
+        )
+        .form(&[
+            ("grant_type", "client_credentials"),
+            ("scope", &get("INFLUXION_AZURE_DEFAULT_SCOPE")),
+        ])
         .send()
         .await?
         .json()
         .await?;
     let token = Arc::new(tok["access_token"].as_str().context("no token")?.to_owned());
 
-    let cpus = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    eprintln!("raw: signing with the demo key on {cpus} threads for {}s", args.seconds);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    eprintln!(
+        "raw: signing with the demo key on {cpus} threads for {}s",
+        args.seconds
+    );
     let raw = raw_rate(&dir, args.seconds).await?;
 
-    eprintln!("end to end: concurrency {} for {}s (after 2s warm-up)", args.concurrency, args.seconds);
+    eprintln!(
+        "end to end: concurrency {} for {}s (after 2s warm-up)",
+        args.concurrency, args.seconds
+    );
     let url = Arc::new(format!("{base}/v1/keys/demo/sign"));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (http, url, token, stop, measuring, errors) =
-            (http.clone(), url.clone(), token.clone(), stop.clone(), measuring.clone(), errors.clone());
+        let (http, url, token, stop, measuring, errors) = (
+            http.clone(),
+            url.clone(),
+            token.clone(),
+            stop.clone(),
+            measuring.clone(),
+            errors.clone(),
+        );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             while !stop.load(Ordering::Relaxed) {

@@ -14,7 +14,7 @@ pub enum ParseError {
     KeyType(String),
     #[error("unknown signing algorithm {0:?}")]
     Algorithm(String),
-    #[error("digest must be hex or base64 encoded")]
+    #[error("digest must be hex encoded")]
     DigestEncoding,
     #[error("algorithm {algorithm} needs a {expected}-byte digest, got {actual} bytes")]
     DigestLength {

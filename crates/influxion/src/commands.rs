@@ -16,7 +16,7 @@ use serde::Deserialize;
 use sha2::Digest as _;
 
 use crate::client::Client;
-use crate::config::{ClientConfig, FileConfig, ServerConfig};
+use crate::config::{ClientConfig, FileConfig};
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -303,15 +303,21 @@ pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
             let url = match (database_url, data_dir) {
                 (Some(u), _) => u,
                 (None, Some(d)) => format!("sqlite://{}/influxion.db", d.display()),
-                (None, None) => ServerConfig::resolve(file)?.database_url,
+                // Only the database location is needed, not the whole server configuration.
+                (None, None) => crate::config::env("INFLUXION_DATABASE_URL")
+                    .or_else(|| file.database_url.clone())
+                    .unwrap_or_else(|| {
+                        let dir = crate::config::env("INFLUXION_DATA_DIR")
+                            .map(PathBuf::from)
+                            .or_else(|| file.data_dir.clone())
+                            .unwrap_or_else(|| PathBuf::from("./data"));
+                        format!("sqlite://{}/influxion.db", dir.display())
+                    }),
             };
-            if let Some(path) = url.strip_prefix("sqlite://") {
-                if !Path::new(path.split('?').next().unwrap_or(path)).exists() {
-                    bail!("no database at {path}");
-                }
-            }
-            let store = influxion_store::Store::open(&url).await?;
-            match store.verify_audit_chain().await? {
+            let report = influxion_store::Store::verify_database(&url)
+                .await
+                .with_context(|| format!("opening {url} read-only"))?;
+            match report {
                 influxion_store::ChainReport::Intact { records, head } => {
                     println!("audit chain intact: {records} records, head {head}");
                     Ok(ExitCode::SUCCESS)

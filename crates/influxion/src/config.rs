@@ -110,8 +110,9 @@ pub fn load_file(path: Option<&Path>, env_file: Option<&Path>) -> Result<FileCon
                 .map_err(|e| err("--env-file", format!("{}: {e}", p.display())))?;
         }
         None => {
-            // A missing .env is normal; a malformed one is not.
-            if let Err(e) = dotenvy::dotenv() {
+            // Only ./.env (dotenvy::dotenv would also search parent directories, which
+            // a service must not do). A missing .env is normal; a malformed one is not.
+            if let Err(e) = dotenvy::from_path(".env") {
                 if !e.not_found() {
                     return Err(err(".env", e.to_string()));
                 }
@@ -183,6 +184,17 @@ fn scope_name(default_scope: &str) -> Option<String> {
     (!last.is_empty() && last != ".default").then(|| last.to_owned())
 }
 
+fn is_guid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
 fn is_guid_like(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
@@ -209,6 +221,12 @@ impl ServerConfig {
         let database_url = env("INFLUXION_DATABASE_URL")
             .or_else(|| file.database_url.clone())
             .unwrap_or_else(|| format!("sqlite://{}/influxion.db", data_dir.display()));
+        if database_url.contains(":memory:") || database_url.contains("mode=memory") {
+            return Err(err(
+                "database_url / INFLUXION_DATABASE_URL",
+                "an in-memory database would lose the audit log",
+            ));
+        }
         if !database_url.starts_with("sqlite:") {
             return Err(err(
                 "database_url / INFLUXION_DATABASE_URL",
@@ -225,11 +243,10 @@ impl ServerConfig {
                 ));
             }
         }
-        // `common`/`organizations` are not tenants: tokens then come from many tenants,
-        // and the issuer is a template checked against each token's `tid`.
-        let single_tenant = tenant_id
-            .clone()
-            .filter(|t| !matches!(t.as_str(), "common" | "organizations" | "consumers"));
+        // `tid` is always the tenant's GUID. A domain name (contoso.onmicrosoft.com) or
+        // `common`/`organizations` only selects the metadata document; then the issuer
+        // is checked (a template for multi-tenant apps) but `tid` is not pinned.
+        let single_tenant = tenant_id.clone().filter(|t| is_guid(t));
         let metadata_url = env("INFLUXION_OIDC_METADATA_URL")
             .or_else(|| a.metadata_url.clone())
             .or_else(|| tenant_id.as_deref().map(entra_metadata_url))
@@ -283,6 +300,12 @@ impl ServerConfig {
         let min_refresh = env_u64("INFLUXION_JWKS_MIN_REFRESH_SECS")?
             .or(a.jwks_min_refresh_secs)
             .unwrap_or(300);
+        if min_refresh == 0 {
+            return Err(err(
+                "auth.jwks_min_refresh_secs / INFLUXION_JWKS_MIN_REFRESH_SECS",
+                "must be at least 1 second, or every unknown kid would reach the provider",
+            ));
+        }
         if refresh == 0 {
             return Err(err(
                 "auth.jwks_refresh_secs / INFLUXION_JWKS_REFRESH_SECS",
@@ -477,6 +500,13 @@ impl ClientConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn guids() {
+        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
+        assert!(!is_guid("contoso.onmicrosoft.com"));
+        assert!(!is_guid("common"));
+    }
 
     #[test]
     fn scope_names() {

@@ -26,11 +26,25 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
     let store = Store::open(&cfg.database_url)
         .await
         .with_context(|| format!("opening {}", cfg.database_url))?;
+    let keystore = SoftwareKeystore::new(kek);
+    if let Some(k) = store
+        .list_keys()
+        .await?
+        .iter()
+        .find(|k| k.backend == "software")
+    {
+        keystore.check(&k.id, k.key_type, &k.handle).with_context(|| {
+            format!(
+                "the key-encryption key does not open stored key {} (wrong INFLUXION_KEK / keystore.kek_file?)",
+                k.name
+            )
+        })?;
+    }
     let validator = Validator::new(cfg.auth.clone())?;
     validator.start_background_refresh();
     Ok(AppState {
         store,
-        backend: Arc::new(SoftwareKeystore::new(kek)),
+        backend: Arc::new(keystore),
         validator,
         policy: Arc::new(AccessPolicy {
             admin_role: cfg.admin_role.clone(),

@@ -165,6 +165,17 @@ impl SoftwareKeystore {
         Ok(key)
     }
 
+    /// Prove the key-encryption key opens a stored key: run at start so a wrong KEK
+    /// fails loudly there rather than as an error on the first signature.
+    pub fn check(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+    ) -> Result<(), BackendError> {
+        self.unwrap_key(key_id, key_type, handle).map(|_| ())
+    }
+
     /// Forget a decrypted key, for example when it is disabled.
     pub fn evict(&self, key_id: &str) {
         if let Ok(mut cache) = self.cache.write() {

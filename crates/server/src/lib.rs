@@ -59,6 +59,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{name}/verify", post(routes::sign::verify))
         .route("/v1/audit", get(routes::audit))
         .fallback(routes::not_found)
+        .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(TraceLayer::new_for_http())
         .with_state(state)

@@ -38,6 +38,8 @@ pub enum ApiError {
     KeyExists(String),
     #[error("no such resource")]
     NotFound,
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -78,6 +80,7 @@ impl ApiError {
             ApiError::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownKey(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::KeyDisabled(_) | ApiError::KeyExists(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -103,6 +106,8 @@ impl ApiError {
             ApiError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
             ApiError::KeyExists(_) => "key-exists",
             ApiError::NotFound => "not-found",
+            ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",
         }
     }
@@ -115,6 +120,7 @@ impl ApiError {
             StatusCode::PAYLOAD_TOO_LARGE => "Request body too large",
             StatusCode::UNSUPPORTED_MEDIA_TYPE => "Unsupported media type",
             StatusCode::NOT_FOUND => "Not found",
+            StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::SERVICE_UNAVAILABLE => "Temporarily unavailable",
             _ => "Internal error",

@@ -388,8 +388,24 @@ async fn audit_endpoint_reports_an_intact_chain() {
         c.h.call("GET", "/v1/audit?limit=10", Some(&c.admin), None)
             .await;
     assert_eq!(r.status, 200, "{}", r.text);
-    assert!(r.json["chain"]["Intact"].is_object(), "{}", r.text);
+    assert_eq!(r.json["chain"]["status"], "intact", "{}", r.text);
     assert!(r.json["records"].as_array().unwrap().len() >= 2);
+    assert_eq!(
+        r.json["records"][0]["detail"]["algorithm"], "ES256",
+        "{}",
+        r.text
+    );
+    c.h.call("GET", "/v1/audit?limit=lots", Some(&c.admin), None)
+        .await
+        .assert_problem(400, "invalid-request");
+}
+
+#[tokio::test]
+async fn wrong_method_is_a_problem() {
+    let c = setup().await;
+    c.h.call("DELETE", "/v1/keys/fw", Some(&c.admin), None)
+        .await
+        .assert_problem(405, "method-not-allowed");
 }
 
 #[tokio::test]

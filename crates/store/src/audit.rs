@@ -76,9 +76,18 @@ pub struct AuditRecord {
     pub action: String,
     pub target: Option<String>,
     pub outcome: String,
+    /// The detail exactly as hashed (JSON text); the API shows it parsed.
+    #[serde(serialize_with = "detail_as_json")]
     pub detail: String,
     pub prev_hash: String,
     pub hash: String,
+}
+
+fn detail_as_json<S: serde::Serializer>(detail: &str, s: S) -> Result<S::Ok, S::Error> {
+    match serde_json::from_str::<serde_json::Value>(detail) {
+        Ok(v) => v.serialize(s),
+        Err(_) => s.serialize_str(detail),
+    }
 }
 
 /// The fields that are hashed, in a fixed order.
@@ -222,6 +231,7 @@ pub(crate) async fn recent(pool: &SqlitePool, limit: u32) -> Result<Vec<AuditRec
 
 /// The outcome of walking the chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(tag = "status", rename_all = "lowercase")]
 pub enum ChainReport {
     /// Every record links to the one before, and the last matches the head.
     Intact { records: u64, head: String },

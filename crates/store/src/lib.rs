@@ -134,6 +134,21 @@ impl Store {
         audit::verify_chain(&self.pool).await
     }
 
+    /// Verify the audit chain of a database without changing it: opened read-only,
+    /// not created, no migrations. For `influxion audit verify` on a copy or backup.
+    pub async fn verify_database(url: &str) -> Result<ChainReport, StoreError> {
+        let opts = SqliteConnectOptions::from_str(url)?
+            .read_only(true)
+            .create_if_missing(false);
+        let pool = SqlitePoolOptions::new()
+            .max_connections(1)
+            .connect_with(opts)
+            .await?;
+        let report = audit::verify_chain(&pool).await;
+        pool.close().await;
+        report
+    }
+
     /// Direct pool access for tests that tamper with rows.
     pub fn pool(&self) -> &SqlitePool {
         &self.pool

@@ -25,6 +25,10 @@ pub async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
+pub async fn method_not_allowed() -> ApiError {
+    ApiError::MethodNotAllowed
+}
+
 #[derive(Serialize)]
 pub struct Me {
     principal: influxion_core::Principal,
@@ -87,9 +91,10 @@ pub struct AuditPage {
 pub async fn audit(
     State(st): State<AppState>,
     Authenticated(p): Authenticated,
-    Query(q): Query<AuditQuery>,
+    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
     require_admin(&st, &p, "audit.read", "audit").await?;
+    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let records = st.store.recent_audit(limit).await?;
     let chain = st.store.verify_audit_chain().await?;

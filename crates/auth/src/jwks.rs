@@ -50,6 +50,29 @@ struct Metadata {
     jwks_uri: String,
 }
 
+/// Why a refresh is wanted; each trigger has its own limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Trigger {
+    /// The background timer.
+    Periodic,
+    /// No usable key set at all (first use, or older than the maximum age).
+    Missing,
+    /// A token names a kid we do not know.
+    UnknownKid,
+}
+
+#[derive(Default)]
+struct RefreshTimes {
+    /// When the last fetch finished, successfully or not.
+    completed: Option<Instant>,
+    last_failure: Option<Instant>,
+    last_unknown_kid: Option<Instant>,
+}
+
+/// After a failed fetch, requests that find no key set wait this long before the
+/// provider is asked again, so an outage is not turned into a request storm.
+const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
+
 pub struct JwksCache {
     metadata_url: String,
     http: reqwest::Client,
@@ -58,7 +81,7 @@ pub struct JwksCache {
     max_age: Duration,
     current: RwLock<Option<Arc<KeySet>>>,
     /// Serialises fetches so that a burst of unknown-kid tokens causes one request.
-    refresh: tokio::sync::Mutex<Option<Instant>>,
+    refresh: tokio::sync::Mutex<RefreshTimes>,
     generation: AtomicU64,
 }
 
@@ -87,7 +110,7 @@ impl JwksCache {
             min_refresh: cfg.jwks_min_refresh_interval,
             max_age: cfg.jwks_max_age,
             current: RwLock::new(None),
-            refresh: tokio::sync::Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(RefreshTimes::default()),
             generation: AtomicU64::new(0),
         })
     }
@@ -115,7 +138,7 @@ impl JwksCache {
         let found = match self.current() {
             Some(set) => set.keys.get(kid).cloned(),
             None => {
-                self.refresh_now(true).await?;
+                self.refresh_now(Trigger::Missing).await?;
                 self.current().and_then(|s| s.keys.get(kid).cloned())
             }
         };
@@ -124,7 +147,7 @@ impl JwksCache {
             None => {
                 // An unknown kid may mean the provider rotated keys; look again, but
                 // not more often than min_refresh, whatever attackers send.
-                if let Err(e) = self.refresh_now(false).await {
+                if let Err(e) = self.refresh_now(Trigger::UnknownKid).await {
                     tracing::warn!(error = %e, "JWKS refresh on unknown kid failed");
                 }
                 self.current()
@@ -142,23 +165,48 @@ impl JwksCache {
     }
 
     pub(crate) async fn refresh_periodic(&self) -> Result<(), AuthError> {
-        self.refresh_now(true).await
+        self.refresh_now(Trigger::Periodic).await
     }
 
-    async fn refresh_now(&self, force: bool) -> Result<(), AuthError> {
+    async fn refresh_now(&self, trigger: Trigger) -> Result<(), AuthError> {
         let started = Instant::now();
-        let mut last = self.refresh.lock().await;
-        if let Some(t) = *last {
-            // Someone refreshed while we waited for the lock: single flight.
-            if t >= started {
-                return Ok(());
+        let mut times = self.refresh.lock().await;
+        // Someone fetched while we waited for the lock: single flight.
+        if times.completed.is_some_and(|t| t >= started) {
+            return match times.last_failure {
+                Some(f) if f >= started => Err(AuthError::Unavailable),
+                _ => Ok(()),
+            };
+        }
+        match trigger {
+            Trigger::Periodic => {}
+            Trigger::Missing => {
+                if times
+                    .last_failure
+                    .is_some_and(|f| f.elapsed() < FAILURE_BACKOFF)
+                {
+                    return Err(AuthError::Unavailable);
+                }
             }
-            if !force && t.elapsed() < self.min_refresh {
-                return Ok(());
+            Trigger::UnknownKid => {
+                if times
+                    .last_unknown_kid
+                    .is_some_and(|t| t.elapsed() < self.min_refresh)
+                {
+                    return Ok(());
+                }
+                times.last_unknown_kid = Some(Instant::now());
             }
         }
-        *last = Some(Instant::now());
-        let set = self.fetch().await?;
+        let fetched = self.fetch().await;
+        times.completed = Some(Instant::now());
+        let set = match fetched {
+            Ok(set) => set,
+            Err(e) => {
+                times.last_failure = times.completed;
+                return Err(e);
+            }
+        };
         tracing::info!(keys = set.keys.len(), issuer = %set.issuer, "installed provider signing keys");
         if let Ok(mut cur) = self.current.write() {
             *cur = Some(Arc::new(set));

@@ -154,7 +154,9 @@ impl Validator {
             .map_err(AuthError::from_jwt)?;
         let claims = data.claims;
         let principal = self.check_claims(&claims)?;
-        self.remember(fingerprint, &principal, claims.exp);
+        if self.jwks.generation() == generation {
+            self.remember(fingerprint, &principal, claims.exp);
+        }
         self.admit(principal)
     }
 
@@ -166,19 +168,33 @@ impl Validator {
         }
         let issuer = self.jwks.issuer().ok_or(AuthError::Unavailable)?;
         let tid = c.tid.as_deref();
-        let issuer_ok = std::iter::once(issuer.as_str())
+        let matched = std::iter::once(issuer.as_str())
             .chain(self.cfg.extra_issuers.iter().map(String::as_str))
-            .any(|template| issuer_matches(template, &c.iss, tid));
-        if !issuer_ok {
+            .find(|template| issuer_matches(template, &c.iss, tid));
+        let Some(matched) = matched else {
             return Err(AuthError::Issuer);
+        };
+        // A `{tenantid}` issuer matches every tenant's tokens: refuse them unless the
+        // tenant is pinned or allow-listed, so a multi-tenant app is never open to
+        // whoever creates a tenant (fail closed).
+        if matched.contains("{tenantid}")
+            && self.cfg.tenant_id.is_none()
+            && self.cfg.allowed_tenants.is_empty()
+        {
+            return Err(AuthError::Tenant);
         }
         if let Some(expected) = &self.cfg.tenant_id {
-            if tid != Some(expected.as_str()) {
+            if !tid.is_some_and(|t| t.eq_ignore_ascii_case(expected)) {
                 return Err(AuthError::Tenant);
             }
         }
         if !self.cfg.allowed_tenants.is_empty()
-            && !tid.is_some_and(|t| self.cfg.allowed_tenants.iter().any(|a| a == t))
+            && !tid.is_some_and(|t| {
+                self.cfg
+                    .allowed_tenants
+                    .iter()
+                    .any(|a| a.eq_ignore_ascii_case(t))
+            })
         {
             return Err(AuthError::Tenant);
         }

@@ -315,7 +315,10 @@ impl ServerConfig {
         let mut extra_issuers = Vec::new();
         if metadata_url.starts_with("https://login.microsoftonline.com/") {
             // Entra v1 access tokens carry the sts.windows.net issuer.
-            extra_issuers.push("https://sts.windows.net/{tenantid}/".to_owned());
+            extra_issuers.push(match &single_tenant {
+                Some(t) => format!("https://sts.windows.net/{t}/"),
+                None => "https://sts.windows.net/{tenantid}/".to_owned(),
+            });
         }
         let allow_insecure_http = env("INFLUXION_ALLOW_INSECURE_HTTP")
             .map(|v| v == "true" || v == "1")

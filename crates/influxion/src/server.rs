@@ -48,7 +48,9 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
         validator,
         policy: Arc::new(AccessPolicy {
             admin_role: cfg.admin_role.clone(),
+            sign_role: cfg.sign_role.clone(),
         }),
+        refusals: Default::default(),
     })
 }
 

@@ -115,9 +115,11 @@ fn rsa_sign(
     use rsa::{Pkcs1v15Sign, Pss};
     use sha2::{Sha256, Sha384, Sha512};
     let r = match alg {
-        SignAlgorithm::Rs256 => key.sign(Pkcs1v15Sign::new::<Sha256>(), d),
-        SignAlgorithm::Rs384 => key.sign(Pkcs1v15Sign::new::<Sha384>(), d),
-        SignAlgorithm::Rs512 => key.sign(Pkcs1v15Sign::new::<Sha512>(), d),
+        // sign_with_rng blinds the private operation (the plain `sign` does not), which
+        // matters when callers choose the digest.
+        SignAlgorithm::Rs256 => key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha256>(), d),
+        SignAlgorithm::Rs384 => key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha384>(), d),
+        SignAlgorithm::Rs512 => key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha512>(), d),
         // Salt length equals the digest length: what openssl and JOSE expect.
         SignAlgorithm::Ps256 => key.sign_with_rng(&mut OsRng, Pss::new::<Sha256>(), d),
         SignAlgorithm::Ps384 => key.sign_with_rng(&mut OsRng, Pss::new::<Sha384>(), d),

@@ -12,6 +12,17 @@ use crate::{ApiError, AppState};
 
 pub struct Authenticated(pub Principal);
 
+/// Longest request path kept in an audit record.
+const MAX_AUDIT_TARGET: usize = 256;
+
+fn truncate(s: &str, max: usize) -> String {
+    let mut end = s.len().min(max);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
+}
+
 fn bearer(parts: &Parts) -> Result<&str, AuthError> {
     let value = parts
         .headers
@@ -47,14 +58,24 @@ impl FromRequestParts<AppState> for Authenticated {
         match result {
             Ok(p) => Ok(Authenticated(p)),
             Err(e) => {
-                // Refusals are audited too; the token itself never is.
-                let event = AuditEvent::new("anonymous", "authenticate", Outcome::Refused)
-                    .target(parts.uri.path().to_owned())
-                    .detail(
-                        serde_json::json!({"method": parts.method.as_str(), "reason": e.slug()}),
-                    );
-                if let Err(err) = state.store.audit(event).await {
-                    tracing::error!(error = %err, "could not audit a refused request");
+                // Refusals are audited too (rate-limited); the token itself never is.
+                match state.refusals.admit() {
+                    Some(suppressed) => {
+                        let event = AuditEvent::new("anonymous", "authenticate", Outcome::Refused)
+                            .target(truncate(parts.uri.path(), MAX_AUDIT_TARGET))
+                            .detail(serde_json::json!({
+                                "method": parts.method.as_str(),
+                                "reason": e.slug(),
+                                "suppressed_before": suppressed,
+                            }));
+                        if let Err(err) = state.store.audit(event).await {
+                            tracing::error!(error = %err, "could not audit a refused request");
+                        }
+                    }
+                    None => tracing::warn!(
+                        reason = e.slug(),
+                        "refused request not audited (rate limit)"
+                    ),
                 }
                 Err(ApiError::Auth(e))
             }

@@ -324,6 +324,47 @@ async fn key_administration_needs_the_admin_role() {
 }
 
 #[tokio::test]
+async fn signing_needs_the_sign_role() {
+    let c = setup().await;
+    let r =
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.admin),
+            Some(json!({"digest": sha256_hex(b"x")})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+    assert_refusal_audited(&c.h, "sign", "fw", "forbidden").await;
+}
+
+#[tokio::test]
+async fn anonymous_refusals_are_rate_limited_and_counted() {
+    let c = setup().await;
+    let before = c.h.last_audit().await.seq;
+    for _ in 0..(influxion_server::RefusalLimiter::PER_SECOND + 20) {
+        c.h.call("GET", "/v1/keys", None, None)
+            .await
+            .assert_invalid_token("token-missing");
+    }
+    let after = c.h.last_audit().await.seq;
+    assert!(
+        after - before <= influxion_server::RefusalLimiter::PER_SECOND as i64,
+        "{before} -> {after}"
+    );
+    // A long path is truncated in the record.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    let long = format!("/v1/keys/{}", "a".repeat(5000));
+    c.h.call("GET", &long, None, None)
+        .await
+        .assert_invalid_token("token-missing");
+    let a = c.h.last_audit().await;
+    assert!(a.target.unwrap().len() <= 256);
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert!(d["suppressed_before"].as_u64().unwrap() >= 20, "{d}");
+}
+
+#[tokio::test]
 async fn key_creation_rules() {
     let c = setup().await;
     c.h.create_key(&c.admin, "fw", "ec-p256")

@@ -324,6 +324,14 @@ async fn multi_tenant_issuer_template() {
     me(&h, &token(&k.rsa1, &c))
         .await
         .assert_invalid_token("token-tenant");
+    // A template with neither a pinned tenant nor an allow-list accepts no one.
+    let mut open = auth_config(&idp);
+    open.tenant_id = None;
+    open.allowed_tenants = vec![];
+    let h2 = Harness::new(open).await;
+    me(&h2, &token(&k.rsa1, &ok))
+        .await
+        .assert_invalid_token("token-tenant");
     // No tid at all under a template.
     let c = without(app_claims(&iss_for(TENANT)), "tid");
     me(&h, &token(&k.rsa1, &c))

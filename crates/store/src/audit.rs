@@ -137,6 +137,26 @@ pub(crate) async fn tip(conn: &mut SqliteConnection) -> Result<ChainTip, StoreEr
     let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
         .fetch_optional(&mut *conn)
         .await?;
+    let head = sqlx::query("SELECT seq, hash FROM audit_head WHERE id = 1")
+        .fetch_optional(&mut *conn)
+        .await?;
+    // Appending after deleted newest records would rewrite the head and hide the
+    // deletion; stop instead.
+    let last = row
+        .as_ref()
+        .map(|r| r.try_get::<String, _>("hash"))
+        .transpose()?;
+    let head_hash = head
+        .as_ref()
+        .map(|h| h.try_get::<String, _>("hash"))
+        .transpose()?;
+    if last != head_hash {
+        return Err(StoreError::ChainHeadMismatch(format!(
+            "head {} vs last record {}",
+            head_hash.as_deref().unwrap_or("none"),
+            last.as_deref().unwrap_or("none")
+        )));
+    }
     Ok(match row {
         Some(r) => ChainTip {
             seq: r.try_get::<i64, _>("seq")? as u64,
@@ -369,6 +389,63 @@ mod tests {
                 assert_eq!(seq, 2);
                 assert!(reason.contains("missing"), "{reason}");
             }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn key_use_of_a_disabled_key_writes_nothing() {
+        use influxion_core::{KeyStatus, KeyType};
+        let (_d, s) = store_with(0).await;
+        let key = crate::KeyRecord {
+            id: "k1".into(),
+            name: "fw".parse().unwrap(),
+            key_type: KeyType::EcP256,
+            backend: "software".into(),
+            status: KeyStatus::Active,
+            public_key: vec![1],
+            handle: vec![2],
+            created_at: crate::now_rfc3339(),
+            created_by: "t".into(),
+        };
+        s.insert_key(key, AuditEvent::new("t", "key.create", Outcome::Ok))
+            .await
+            .unwrap();
+        assert_eq!(
+            s.audit_key_use("k1", AuditEvent::new("t", "sign", Outcome::Ok))
+                .await
+                .unwrap(),
+            2
+        );
+        let name = "fw".parse().unwrap();
+        s.set_key_status(
+            &name,
+            KeyStatus::Disabled,
+            AuditEvent::new("t", "key.disable", Outcome::Ok),
+        )
+        .await
+        .unwrap();
+        let r = s
+            .audit_key_use("k1", AuditEvent::new("t", "sign", Outcome::Ok))
+            .await;
+        assert!(
+            matches!(r, Err(crate::StoreError::KeyNotActive(_))),
+            "{r:?}"
+        );
+        assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.disable");
+    }
+
+    #[tokio::test]
+    async fn writes_stop_after_the_tail_was_deleted() {
+        let (_d, s) = store_with(3).await;
+        sqlx::query("DELETE FROM audit_log WHERE seq = 3")
+            .execute(s.pool())
+            .await
+            .unwrap();
+        let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
+        assert!(r.is_err(), "{r:?}");
+        match s.verify_audit_chain().await.unwrap() {
+            ChainReport::Broken { seq, .. } => assert_eq!(seq, 3),
             other => panic!("{other:?}"),
         }
     }

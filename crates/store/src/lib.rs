@@ -29,6 +29,12 @@ pub enum StoreError {
     DuplicateKey(String),
     #[error("no key named {0}")]
     NoSuchKey(String),
+    #[error("key {0} is not active")]
+    KeyNotActive(String),
+    #[error("the audit chain head disagrees with the log ({0}); refusing to write until an operator investigates")]
+    ChainHeadMismatch(String),
+    #[error("the transaction failed to commit: {0}")]
+    Commit(String),
     #[error("the store writer has stopped")]
     Closed,
     #[error("stored data is invalid: {0}")]
@@ -91,6 +97,12 @@ impl Store {
     /// number once it is durable.
     pub async fn audit(&self, event: AuditEvent) -> Result<u64, StoreError> {
         self.submit(Op::None, event).await
+    }
+
+    /// Record a use of key `key_id` (a signature); fails, writing nothing, if the key
+    /// is no longer active when the record commits.
+    pub async fn audit_key_use(&self, key_id: &str, event: AuditEvent) -> Result<u64, StoreError> {
+        self.submit(Op::KeyUse(key_id.to_owned()), event).await
     }
 
     /// Insert a key and its audit record in one transaction.

@@ -12,6 +12,9 @@ const MAX_BATCH: usize = 512;
 
 pub(crate) enum Op {
     None,
+    /// A key was used: commit only if the key is still active at commit time, so a
+    /// signature made while a `key.disable` committed is never handed out.
+    KeyUse(String),
     InsertKey(Box<KeyRecord>),
     SetKeyStatus(KeyName, KeyStatus),
 }
@@ -35,8 +38,14 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>)
             Err(e) => {
                 tracing::error!(error = %e, "audit batch failed to commit");
                 let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                let chain = matches!(e, StoreError::ChainHeadMismatch(_));
                 for job in jobs {
-                    let _ = job.done.send(Err(StoreError::Closed));
+                    let err = if chain {
+                        StoreError::ChainHeadMismatch(e.to_string())
+                    } else {
+                        StoreError::Commit(e.to_string())
+                    };
+                    let _ = job.done.send(Err(err));
                 }
             }
         }
@@ -82,6 +91,15 @@ async fn apply(
 ) -> Result<ChainTip, StoreError> {
     match op {
         Op::None => {}
+        Op::KeyUse(key_id) => {
+            let status: Option<String> = sqlx::query_scalar("SELECT status FROM keys WHERE id = ?")
+                .bind(key_id)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if status.as_deref() != Some("active") {
+                return Err(StoreError::KeyNotActive(key_id.clone()));
+            }
+        }
         Op::InsertKey(k) => {
             let r = sqlx::query(
                 "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by)

@@ -69,7 +69,12 @@ pub(crate) async fn refused(
     target: &str,
     e: &ApiError,
 ) {
-    let event = AuditEvent::new(p.audit_id(), action, Outcome::Refused)
+    let outcome = if e.status().is_server_error() {
+        Outcome::Error
+    } else {
+        Outcome::Refused
+    };
+    let event = AuditEvent::new(p.audit_id(), action, outcome)
         .target(target)
         .detail(serde_json::json!({"reason": e.slug(), "status": e.status().as_u16()}));
     if let Err(err) = st.store.audit(event).await {

@@ -78,6 +78,12 @@ pub async fn sign(
     body: Result<Json<SignRequest>, JsonRejection>,
 ) -> Result<Json<SignResponse>, ApiError> {
     let result = async {
+        if !p.has_role(&st.policy.sign_role) {
+            return Err(ApiError::Forbidden(format!(
+                "signing needs the {} app role",
+                st.policy.sign_role
+            )));
+        }
         let req = json_body(body)?;
         let key = lookup(&st, &name).await?;
         if key.status != KeyStatus::Active {
@@ -96,7 +102,14 @@ pub async fn sign(
                 "digest": digest.to_hex(),
                 "app_id": p.app_id,
             }));
-        let audit_seq = st.store.audit(event).await?;
+        let audit_seq = match st.store.audit_key_use(&key.id, event).await {
+            Ok(seq) => seq,
+            // Disabled while we signed: the signature is dropped, never returned.
+            Err(influxion_store::StoreError::KeyNotActive(_)) => {
+                return Err(ApiError::KeyDisabled(key.name.to_string()))
+            }
+            Err(e) => return Err(e.into()),
+        };
         Ok(SignResponse {
             key: key.name.to_string(),
             algorithm: digest.algorithm(),

@@ -273,7 +273,9 @@ impl Harness {
             validator: Validator::new(cfg).unwrap(),
             policy: Arc::new(AccessPolicy {
                 admin_role: ADMIN_ROLE.into(),
+                sign_role: SIGN_ROLE.into(),
             }),
+            refusals: Default::default(),
         };
         Self {
             router: influxion_server::app(state.clone()),

@@ -4,10 +4,12 @@
 //! store, the HTTP layer) speaks in these types, so that a value validated once at the
 //! edge cannot be confused with another afterwards.
 
+pub mod access;
 pub mod backend;
 pub mod key;
 pub mod principal;
 
+pub use access::{Grant, Permissions, Role, SubjectRules};
 pub use backend::{BackendError, GeneratedKey, KeyBackend};
 pub use key::{Digest, KeyName, KeyStatus, KeyType, ParseError, SignAlgorithm};
 pub use principal::{CallerKind, Principal};

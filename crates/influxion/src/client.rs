@@ -135,6 +135,15 @@ impl Client {
         Ok(resp.text().await?)
     }
 
+    pub async fn put<T: DeserializeOwned>(
+        &mut self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> Result<T> {
+        let (_, v) = self.call(reqwest::Method::PUT, path, Some(body)).await?;
+        serde_json::from_value(v).context("the keyserver's response does not parse")
+    }
+
     pub async fn post<T: DeserializeOwned>(
         &mut self,
         path: &str,
@@ -150,6 +159,41 @@ impl Client {
             .await
             .with_context(|| format!("calling {}", self.cfg.server))?;
         decode(resp).await
+    }
+}
+
+impl Client {
+    /// Any method; returns the status and the JSON body (null when empty). Problem
+    /// responses become errors.
+    pub async fn call(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        let token = self.token().await?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.cfg.server))
+            .bearer_auth(token.as_str());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.cfg.server))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(problem(resp).await);
+        }
+        let bytes = resp.bytes().await?;
+        let v = if bytes.is_empty() {
+            serde_json::Value::Null
+        } else {
+            serde_json::from_slice(&bytes).context("the keyserver's response does not parse")?
+        };
+        Ok((status, v))
     }
 }
 

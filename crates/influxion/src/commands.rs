@@ -33,15 +33,28 @@ pub enum KeysCommand {
         #[arg(short, long)]
         output: Option<PathBuf>,
     },
-    /// Create a key (needs the admin app role).
+    /// Create a key (key-admin).
     Create {
         name: String,
         /// ec-p256, ec-p384, ed25519, rsa-3072 or rsa-4096.
         #[arg(long = "type", default_value = "ec-p256")]
         key_type: String,
     },
-    /// Disable a key: it can no longer sign (needs the admin app role).
+    /// Disable a key: it can no longer sign (key-admin).
     Disable { name: String },
+    /// Set a key's approval policy (key-admin).
+    Policy {
+        name: String,
+        /// Approvals needed before a signature is made; 0 turns approval off.
+        #[arg(long)]
+        approvals: u32,
+        /// Seconds a request waits before it expires.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u32,
+        /// Subject allowed to approve (repeatable); none = any approver of the key.
+        #[arg(long = "approver")]
+        approvers: Vec<String>,
+    },
 }
 
 #[derive(Args)]
@@ -57,6 +70,18 @@ pub struct SignArgs {
     /// Signing algorithm (default: the key's default).
     #[arg(long)]
     algorithm: Option<String>,
+    /// Why: shown to approvers and kept in the audit log (required for keys that need approval).
+    #[arg(long)]
+    reason: Option<String>,
+    /// Extra facts for approvers, as KEY=VALUE (repeatable); file name and size are added.
+    #[arg(long = "meta")]
+    meta: Vec<String>,
+    /// For keys that need approval: print the request id and return at once.
+    #[arg(long)]
+    no_wait: bool,
+    /// Give up waiting for approval after this many seconds.
+    #[arg(long, default_value_t = 86_400)]
+    timeout: u64,
 }
 
 #[derive(Args)]
@@ -104,14 +129,6 @@ struct KeyList {
     keys: Vec<KeyInfo>,
 }
 
-#[derive(Deserialize)]
-struct Signed {
-    algorithm: String,
-    digest: String,
-    signature: String,
-    audit_seq: u64,
-}
-
 pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
     match cmd {
         KeysCommand::List => {
@@ -154,6 +171,20 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                 )
                 .await?;
             println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        KeysCommand::Policy {
+            name,
+            approvals,
+            ttl,
+            approvers,
+        } => {
+            let v: serde_json::Value = c
+                .put(
+                    &format!("/v1/keys/{name}/policy"),
+                    &serde_json::json!({"approvals_required": approvals, "approval_ttl_secs": ttl, "approvers": approvers}),
+                )
+                .await?;
+            println!("{}", serde_json::to_string_pretty(&v["policy"])?);
         }
         KeysCommand::Disable { name } => {
             let _: serde_json::Value = c
@@ -217,6 +248,10 @@ fn sig_path(file: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// Exit code when a signing request ends without a signature (rejected, cancelled,
+/// expired) or waiting timed out.
+pub const EXIT_NOT_SIGNED: u8 = 3;
+
 pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     let key: KeyInfo = c.get(&format!("/v1/keys/{}", args.key)).await?;
     let alg: SignAlgorithm = args
@@ -228,33 +263,155 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
         bail!("key {} ({}) cannot sign with {alg}", key.name, key.key_type);
     }
     let digest = hash_file(&args.file, alg.hash())?;
-    let signed: Signed = c
-        .post(
+    let mut meta = serde_json::Map::new();
+    if let Some(n) = args.file.file_name() {
+        meta.insert("file".into(), n.to_string_lossy().into());
+    }
+    if let Ok(m) = std::fs::metadata(&args.file) {
+        meta.insert("size".into(), m.len().into());
+    }
+    for kv in &args.meta {
+        let (k, v) = kv
+            .split_once('=')
+            .with_context(|| format!("--meta {kv:?} is not KEY=VALUE"))?;
+        meta.insert(k.to_owned(), v.into());
+    }
+    let mut body = serde_json::json!({"digest": hex::encode(&digest), "algorithm": alg.as_str(), "metadata": meta});
+    if let Some(r) = &args.reason {
+        body["reason"] = r.clone().into();
+    }
+    let (status, v) = c
+        .call(
+            reqwest::Method::POST,
             &format!("/v1/keys/{}/sign", args.key),
-            &serde_json::json!({"digest": hex::encode(&digest), "algorithm": alg.as_str()}),
+            Some(&body),
         )
         .await?;
-    let sig = B64
-        .decode(signed.signature)
-        .context("the signature is not base64")?;
+    let (sig_b64, summary) = if status == reqwest::StatusCode::ACCEPTED {
+        let id = v["request_id"]
+            .as_str()
+            .context("202 without a request id")?
+            .to_owned();
+        eprintln!(
+            "key {} needs {} approval(s): signing request {id}",
+            key.name,
+            v["quorum"].as_u64().unwrap_or(0)
+        );
+        if args.no_wait {
+            println!("{id}");
+            return Ok(ExitCode::SUCCESS);
+        }
+        match wait_for(&mut c, &id, args.timeout).await? {
+            Waited::Signed(r) => (
+                r["signature"]
+                    .as_str()
+                    .context("signed request without signature")?
+                    .to_owned(),
+                format!("request {id}, approved by {}", approvers(&r)),
+            ),
+            Waited::Ended(status) => {
+                eprintln!("signing request {id} was {status}; no signature");
+                return Ok(ExitCode::from(EXIT_NOT_SIGNED));
+            }
+            Waited::TimedOut => {
+                eprintln!("gave up waiting for signing request {id} (still pending; see `influxion approvals show {id}`)");
+                return Ok(ExitCode::from(EXIT_NOT_SIGNED));
+            }
+        }
+    } else {
+        (
+            v["signature"]
+                .as_str()
+                .context("no signature in the response")?
+                .to_owned(),
+            format!("audit record {}", v["audit_seq"]),
+        )
+    };
+    let sig = B64.decode(sig_b64).context("the signature is not base64")?;
     // Check before writing: a signature that does not verify is never handed on.
     let spki = public::from_pem(&key.public_key_pem)?;
-    if !public::verify(key.key_type, &spki, &Digest::new(alg, digest)?, &sig)? {
+    if !public::verify(
+        key.key_type,
+        &spki,
+        &Digest::new(alg, digest.clone())?,
+        &sig,
+    )? {
         bail!("the keyserver returned a signature that does not verify; nothing written");
     }
     let out = args.output.unwrap_or_else(|| sig_path(&args.file));
     std::fs::write(&out, &sig).with_context(|| format!("writing {}", out.display()))?;
     eprintln!(
-        "signed {} with {} ({}), {} {}, audit record {}, signature in {}",
+        "signed {} with {} ({alg}), {} {}, {summary}, signature in {}",
         args.file.display(),
         key.name,
-        signed.algorithm,
         alg.hash().as_str(),
-        signed.digest,
-        signed.audit_seq,
+        hex::encode(&digest),
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+fn approvers(r: &serde_json::Value) -> String {
+    r["approvals"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|a| a["decision"] == "approve")
+        .filter_map(|a| a["approver"].as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+enum Waited {
+    Signed(serde_json::Value),
+    Ended(String),
+    TimedOut,
+}
+
+/// Poll a signing request until it ends, with a spinner on a terminal.
+async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
+    let spinner = if quiet() {
+        ProgressBar::hidden()
+    } else {
+        let s = ProgressBar::new_spinner();
+        s.set_style(
+            ProgressStyle::with_template("{spinner} {msg} ({elapsed})")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        s.enable_steady_tick(std::time::Duration::from_millis(120));
+        s
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    loop {
+        let (_, r) = c
+            .call(
+                reqwest::Method::GET,
+                &format!("/v1/signing-requests/{id}"),
+                None,
+            )
+            .await?;
+        let status = r["status"].as_str().unwrap_or("").to_owned();
+        spinner.set_message(format!(
+            "waiting for approval of {id}: {}/{} approvals",
+            r["approvals_count"], r["quorum"]
+        ));
+        match status.as_str() {
+            "signed" => {
+                spinner.finish_and_clear();
+                return Ok(Waited::Signed(r));
+            }
+            "pending" => {}
+            _ => {
+                spinner.finish_and_clear();
+                return Ok(Waited::Ended(status));
+            }
+        }
+        if std::time::Instant::now() >= deadline {
+            spinner.finish_and_clear();
+            return Ok(Waited::TimedOut);
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    }
 }
 
 pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {

@@ -39,6 +39,38 @@ pub struct FileConfig {
     pub vault: FileVault,
     #[serde(default)]
     pub client: FileClient,
+    #[serde(default)]
+    pub bootstrap: FileBootstrap,
+}
+
+/// The first admin subject, created when the database has no subjects yet.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileBootstrap {
+    pub admin: Option<influxion_core::SubjectRules>,
+}
+
+/// Parse `app_id=…,tenant_id=…` (the form of `INFLUXION_BOOTSTRAP_ADMIN`).
+pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigError> {
+    let setting = "bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN";
+    let mut r = influxion_core::SubjectRules::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| err(setting, format!("{part:?} is not key=value")))?;
+        let v = Some(v.trim().to_owned());
+        match k.trim() {
+            "issuer" => r.issuer = v,
+            "tenant_id" => r.tenant_id = v,
+            "object_id" => r.object_id = v,
+            "app_id" => r.app_id = v,
+            "app_role" => r.app_role = v,
+            "group_id" => r.group_id = v,
+            other => return Err(err(setting, format!("unknown rule {other:?}"))),
+        }
+    }
+    r.validate().map_err(|e| err(setting, e.to_string()))?;
+    Ok(r)
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -141,6 +173,7 @@ pub struct ServerConfig {
     pub sign_role: String,
     pub kek: KekSource,
     pub vault_url: Option<String>,
+    pub bootstrap_admin: Option<influxion_core::SubjectRules>,
 }
 
 #[derive(Clone)]
@@ -368,6 +401,19 @@ impl ServerConfig {
                 ));
             }
         }
+        let mut bootstrap_admin = match env("INFLUXION_BOOTSTRAP_ADMIN") {
+            Some(t) => Some(parse_rules(&t)?),
+            None => file.bootstrap.admin.clone(),
+        };
+        if let Some(r) = bootstrap_admin.as_mut() {
+            r.validate()
+                .map_err(|e| err("bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN", e.to_string()))?;
+            // Pin the bootstrap admin to our tenant, so an app id alone never matches
+            // a principal of another tenant.
+            if r.tenant_id.is_none() {
+                r.tenant_id = auth.tenant_id.clone();
+            }
+        }
         Ok(Self {
             listen,
             data_dir,
@@ -377,6 +423,7 @@ impl ServerConfig {
             sign_role,
             kek,
             vault_url,
+            bootstrap_admin,
         })
     }
 
@@ -384,7 +431,7 @@ impl ServerConfig {
     pub fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n",
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.database_url,
@@ -405,6 +452,10 @@ impl ServerConfig {
             a.allow_insecure_http,
             format!("{:?}", self.kek),
             self.vault_url.as_deref().unwrap_or(""),
+            self.bootstrap_admin
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok())
+                .unwrap_or_else(|| "\"\"".into()),
         )
     }
 }

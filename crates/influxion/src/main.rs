@@ -1,5 +1,6 @@
 //! `influxion`: the keyserver, its development mode, and the client CLI.
 
+mod access_cmds;
 mod client;
 mod commands;
 mod config;
@@ -72,6 +73,17 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(commands::AuditCommand),
+    /// Who the keyserver thinks you are, and what you may do.
+    Whoami,
+    /// Manage subjects: who is who, by rules over the token (admin).
+    #[command(subcommand)]
+    Subjects(access_cmds::SubjectsCommand),
+    /// Manage the roles subjects hold (admin).
+    #[command(subcommand)]
+    Grants(access_cmds::GrantsCommand),
+    /// Signing requests waiting for approval: list, show, approve, reject, cancel.
+    #[command(subcommand)]
+    Approvals(access_cmds::ApprovalsCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -140,6 +152,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Verify(args) => return commands::verify(client_cfg()?, args).await,
         Command::Audit(cmd) => return commands::audit(&file, cmd).await,
+        Command::Whoami => return access_cmds::whoami(client::Client::new(client_cfg()?)?).await,
+        Command::Subjects(cmd) => {
+            return access_cmds::subjects(client::Client::new(client_cfg()?)?, cmd).await
+        }
+        Command::Grants(cmd) => {
+            return access_cmds::grants(client::Client::new(client_cfg()?)?, cmd).await
+        }
+        Command::Approvals(cmd) => {
+            return access_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -7,11 +7,12 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use influxion_auth::{AuthConfig, Validator};
+use influxion_core::{Grant, Role, SubjectRules};
 use influxion_core::{KeyName, KeyStatus, KeyType};
 use influxion_devidp::{DevClient, DevIdpState};
 use influxion_keystore::{Kek, SoftwareKeystore};
-use influxion_server::{AccessPolicy, AppState};
-use influxion_store::{AuditEvent, KeyRecord, Outcome, Store};
+use influxion_server::AppState;
+use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome, Store, SubjectRecord};
 use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, DEV_AUDIENCE};
@@ -40,18 +41,44 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
             )
         })?;
     }
+    if let Some(rules) = &cfg.bootstrap_admin {
+        bootstrap_admin(&store, rules.clone()).await?;
+    }
     let validator = Validator::new(cfg.auth.clone())?;
     validator.start_background_refresh();
     Ok(AppState {
         store,
         backend: Arc::new(keystore),
         validator,
-        policy: Arc::new(AccessPolicy {
-            admin_role: cfg.admin_role.clone(),
-            sign_role: cfg.sign_role.clone(),
-        }),
         refusals: Default::default(),
     })
+}
+
+/// Create the first admin subject from configuration, once: only while there are no
+/// subjects at all, so a deployment is usable and later changes go through the API.
+async fn bootstrap_admin(store: &Store, rules: influxion_core::SubjectRules) -> Result<()> {
+    if !store.subjects().await?.is_empty() {
+        return Ok(());
+    }
+    let s = SubjectRecord {
+        id: uuid::Uuid::new_v4().to_string(),
+        name: "bootstrap-admin".into(),
+        description: "first admin, from configuration".into(),
+        rules,
+        grants: vec![Grant {
+            id: uuid::Uuid::new_v4().to_string(),
+            role: Role::Admin,
+            pattern: "*".into(),
+        }],
+        created_at: influxion_store::now_rfc3339(),
+        created_by: "system:bootstrap".into(),
+    };
+    let event = AuditEvent::new("system:bootstrap", "subject.create", Outcome::Ok)
+        .target(s.name.clone())
+        .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
+    store.create_subject(s, event).await?;
+    tracing::info!("created the bootstrap admin subject");
+    Ok(())
 }
 
 async fn shutdown_signal() {
@@ -119,14 +146,14 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     }
     let idp_path = data_dir.join("dev-oidc.json");
     if !idp_path.exists() {
-        let state = DevIdpState::generate(
-            DEV_AUDIENCE,
-            vec![DevClient {
-                client_id: DEV_CLIENT_ID.into(),
-                client_secret: random_secret(),
-                roles: vec!["Influxion.Sign".into(), "Influxion.Admin".into()],
-            }],
-        )?;
+        let client = |id: &str| DevClient {
+            client_id: id.into(),
+            client_secret: random_secret(),
+            roles: vec!["Influxion.Sign".into()],
+        };
+        let mut clients = vec![client(DEV_CLIENT_ID)];
+        clients.extend(DEV_APPROVERS.iter().map(|a| client(a)));
+        let state = DevIdpState::generate(DEV_AUDIENCE, clients)?;
         write_private(&idp_path, &serde_json::to_vec_pretty(&state)?)?;
     }
     let idp: DevIdpState = serde_json::from_slice(&std::fs::read(&idp_path)?)
@@ -140,11 +167,15 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     let api_listener = TcpListener::bind(("127.0.0.1", port))
         .await
         .with_context(|| format!("binding the keyserver on 127.0.0.1:{port}"))?;
-    let secret = idp
-        .clients
-        .first()
-        .map(|c| c.client_secret.clone())
-        .unwrap_or_default();
+    let secret_of = |id: &str| {
+        idp.clients
+            .iter()
+            .find(|c| c.client_id == id)
+            .map(|c| c.client_secret.clone())
+            .unwrap_or_default()
+    };
+    let secret = secret_of(DEV_CLIENT_ID);
+    let approver_secrets: Vec<String> = DEV_APPROVERS.iter().map(|a| secret_of(a)).collect();
     let idp_router = influxion_devidp::router(&issuer, idp)?;
     tokio::spawn(async move {
         if let Err(e) = axum::serve(idp_listener, idp_router).await {
@@ -177,9 +208,12 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         sign_role: "Influxion.Sign".into(),
         kek: crate::config::KekSource::File(kek_path),
         vault_url: None,
+        bootstrap_admin: None,
     };
     let state = build_state(&cfg, cfg.kek.load()?).await?;
-    ensure_demo_key(&state).await?;
+    ensure_dev_subjects(&state.store).await?;
+    ensure_key(&state, "demo", 0).await?;
+    ensure_key(&state, "demo-release", 2).await?;
 
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -194,12 +228,26 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     );
     let _ = std::fs::remove_file(&env_path);
     write_private(&env_path, exports.as_bytes())?;
+    for (i, (a, s)) in DEV_APPROVERS.iter().zip(&approver_secrets).enumerate() {
+        let p = data_dir.join(format!("approver{}.env", i + 1));
+        let text = exports
+            .replace(
+                &format!("CLIENT_ID={DEV_CLIENT_ID}"),
+                &format!("CLIENT_ID={a}"),
+            )
+            .replace(
+                &format!("CLIENT_SECRET={secret}"),
+                &format!("CLIENT_SECRET={s}"),
+            );
+        let _ = std::fs::remove_file(&p);
+        write_private(&p, text.as_bytes())?;
+    }
     println!(
         "\nInfluxion development mode — loopback only, NOT for production.\n\n  \
          keyserver API   http://127.0.0.1:{port}   (OpenAPI: http://127.0.0.1:{port}/openapi.json)\n  \
          dev OIDC issuer {issuer}   DEVELOPMENT-ONLY token issuer\n  \
          data directory  {dir}   (SQLite, software keystore, key-encryption key)\n  \
-         demo key        demo (ECDSA P-256)\n\n\
+         keys            demo (ECDSA P-256), demo-release (needs 2 approvals)\n\n\
          Try, in another shell (the client credentials are in {env}):\n\n  \
          source {env}\n  \
          head -c 64M /dev/urandom > firmware.bin\n  \
@@ -209,6 +257,10 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
          openssl dgst -sha256 -verify pub.pem -signature firmware.sig firmware.bin\n  \
          {exe} keys create release --type rsa-3072\n  \
          {exe} audit verify --data-dir {dir}\n\n\
+         Four-eyes signing (demo-release needs two approvers):\n\n  \
+         {exe} sign --key demo-release firmware.bin --reason \"release 2.1\" -o release.sig   # waits\n  \
+         (source {dir}/approver1.env; {exe} approvals list; {exe} approvals approve <request-id> --comment ok)\n  \
+         (source {dir}/approver2.env; {exe} approvals approve <request-id> --comment ok)\n\n\
          Press Ctrl-C to stop.\n",
         dir = data_dir.display(),
         env = env_path.display(),
@@ -219,16 +271,51 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     Ok(())
 }
 
-async fn ensure_demo_key(state: &AppState) -> Result<()> {
-    let name: KeyName = "demo".parse()?;
-    if state.store.get_key(&name).await?.is_some() {
+pub const DEV_APPROVERS: [&str; 2] = ["influxion-dev-approver-1", "influxion-dev-approver-2"];
+
+/// The development subjects: the CI client is admin; two approver clients.
+async fn ensure_dev_subjects(store: &Store) -> Result<()> {
+    if !store.subjects().await?.is_empty() {
+        return Ok(());
+    }
+    let subjects = [
+        ("dev-ci", DEV_CLIENT_ID, Role::Admin),
+        ("dev-approver-1", DEV_APPROVERS[0], Role::Approver),
+        ("dev-approver-2", DEV_APPROVERS[1], Role::Approver),
+    ];
+    for (name, app, role) in subjects {
+        let s = SubjectRecord {
+            id: uuid::Uuid::new_v4().to_string(),
+            name: name.into(),
+            description: "development mode".into(),
+            rules: SubjectRules {
+                app_id: Some(app.into()),
+                ..Default::default()
+            },
+            grants: vec![Grant {
+                id: uuid::Uuid::new_v4().to_string(),
+                role,
+                pattern: "*".into(),
+            }],
+            created_at: influxion_store::now_rfc3339(),
+            created_by: "system:dev".into(),
+        };
+        let event = AuditEvent::new("system:dev", "subject.create", Outcome::Ok).target(name);
+        store.create_subject(s, event).await?;
+    }
+    Ok(())
+}
+
+async fn ensure_key(state: &AppState, name: &str, approvals: u32) -> Result<()> {
+    let key_name: KeyName = name.parse()?;
+    if state.store.get_key(&key_name).await?.is_some() {
         return Ok(());
     }
     let id = uuid::Uuid::new_v4().to_string();
     let g = state.backend.generate(&id, KeyType::EcP256).await?;
     let record = KeyRecord {
-        id,
-        name: name.clone(),
+        id: id.clone(),
+        name: key_name,
         key_type: KeyType::EcP256,
         backend: state.backend.name().into(),
         status: KeyStatus::Active,
@@ -236,10 +323,21 @@ async fn ensure_demo_key(state: &AppState) -> Result<()> {
         handle: g.handle,
         created_at: influxion_store::now_rfc3339(),
         created_by: "system:dev".into(),
+        policy: KeyPolicy::default(),
     };
     let event = AuditEvent::new("system:dev", "key.create", Outcome::Ok)
-        .target("demo")
+        .target(name)
         .detail(serde_json::json!({"key_type": "ec-p256", "backend": "software"}));
     state.store.insert_key(record, event).await?;
+    if approvals > 0 {
+        let policy = KeyPolicy {
+            approvals_required: approvals,
+            ..Default::default()
+        };
+        let event = AuditEvent::new("system:dev", "key.policy", Outcome::Ok)
+            .target(name)
+            .detail(serde_json::to_value(&policy)?);
+        state.store.set_key_policy(&id, policy, event).await?;
+    }
     Ok(())
 }

@@ -97,12 +97,22 @@ fn start_provider(dir: &Path) -> Provider {
         .spawn()
         .expect("starting node");
     let stdout = child.stdout.take().unwrap();
-    let mut line = String::new();
-    BufReader::new(stdout).read_line(&mut line).unwrap();
+    // Read the ready line on a thread so a provider that never starts fails the test
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let child = Proc(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("the OIDC provider did not report ready within 60 s");
     let ready: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
     Provider {
-        _proc: Proc(child),
+        _proc: child,
         issuer: ready["issuer"].as_str().unwrap().to_owned(),
     }
 }
@@ -154,6 +164,7 @@ fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
             "INFLUXION_KEK",
             "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
         )
+        .env("INFLUXION_BOOTSTRAP_ADMIN", "app_id=ci-admin")
         .env("INFLUXION_LOG", "warn");
 }
 
@@ -166,12 +177,26 @@ fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
     let child = cmd.stdout(Stdio::null()).spawn().unwrap();
     let url = format!("http://127.0.0.1:{port}");
     wait_healthy(&url);
-    Keyserver {
+    let ks = Keyserver {
         proc: Some(Proc(child)),
         url,
         data,
         issuer: issuer.to_owned(),
-    }
+    };
+    // The bootstrap admin makes the CI client a signer.
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "ci",
+            "--app-id",
+            "ci-signer",
+            "--grant",
+            "signer",
+        ],
+        dir,
+    ));
+    ks
 }
 
 impl Keyserver {
@@ -432,7 +457,8 @@ fn audit_verify_pinpoints_altered_and_deleted_records() {
         .arg(&data)
         .output()
         .unwrap());
-    assert!(out.contains("audit chain intact: 5 records"), "{out}");
+    // bootstrap subject, subject ci, key.create, four signatures.
+    assert!(out.contains("audit chain intact: 7 records"), "{out}");
 
     let tamper = |sql: &str| {
         let copy = tempfile::tempdir().unwrap();
@@ -458,21 +484,21 @@ fn audit_verify_pinpoints_altered_and_deleted_records() {
         )
     };
     let (code, out) =
-        tamper("UPDATE audit_log SET detail = replace(detail, 'ES256', 'ES384') WHERE seq = 3");
+        tamper("UPDATE audit_log SET detail = replace(detail, 'ES256', 'ES384') WHERE seq = 4");
     assert_eq!(code, Some(2));
     assert!(
-        out.contains("BROKEN at record 3") && out.contains("altered"),
-        "{out}"
-    );
-    let (code, out) = tamper("DELETE FROM audit_log WHERE seq = 4");
-    assert_eq!(code, Some(2));
-    assert!(
-        out.contains("BROKEN at record 4") && out.contains("missing"),
+        out.contains("BROKEN at record 4") && out.contains("altered"),
         "{out}"
     );
     let (code, out) = tamper("DELETE FROM audit_log WHERE seq = 5");
     assert_eq!(code, Some(2));
-    assert!(out.contains("BROKEN at record 5"), "{out}");
+    assert!(
+        out.contains("BROKEN at record 5") && out.contains("missing"),
+        "{out}"
+    );
+    let (code, out) = tamper("DELETE FROM audit_log WHERE seq = 7");
+    assert_eq!(code, Some(2));
+    assert!(out.contains("BROKEN at record 7"), "{out}");
 }
 
 #[test]

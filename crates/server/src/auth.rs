@@ -12,6 +12,25 @@ use crate::{ApiError, AppState};
 
 pub struct Authenticated(pub Principal);
 
+/// An authenticated caller together with what its matched subjects allow.
+pub struct Caller {
+    pub principal: Principal,
+    pub perms: influxion_core::Permissions,
+}
+
+impl FromRequestParts<AppState> for Caller {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        state: &AppState,
+    ) -> Result<Self, Self::Rejection> {
+        let Authenticated(principal) = Authenticated::from_request_parts(parts, state).await?;
+        let perms = state.store.permissions(&principal).await?;
+        Ok(Caller { principal, perms })
+    }
+}
+
 /// Longest request path kept in an audit record.
 const MAX_AUDIT_TARGET: usize = 256;
 

@@ -18,7 +18,7 @@ use influxion_core::KeyBackend;
 use influxion_store::Store;
 use tower_http::trace::TraceLayer;
 
-pub use auth::Authenticated;
+pub use auth::{Authenticated, Caller};
 pub use problem::ApiError;
 
 /// Largest request body accepted anywhere in the API. Signing requests carry a digest,
@@ -28,22 +28,11 @@ pub const MAX_BODY_BYTES: usize = 16 * 1024;
 /// The OpenAPI document, served at `/openapi.json`.
 pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 
-/// Who may do what, until subjects and grants arrive. Roles are Entra app roles, which
-/// may be assigned to applications and to users alike.
-#[derive(Debug, Clone)]
-pub struct AccessPolicy {
-    /// Role (in `roles`) that allows creating and disabling keys and reading the audit log.
-    pub admin_role: String,
-    /// Role (in `roles`) that allows signing.
-    pub sign_role: String,
-}
-
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
     pub backend: Arc<dyn KeyBackend>,
     pub validator: Arc<Validator>,
-    pub policy: Arc<AccessPolicy>,
     pub refusals: Arc<RefusalLimiter>,
 }
 
@@ -96,7 +85,43 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{name}/disable", post(routes::keys::disable))
         .route("/v1/keys/{name}/sign", post(routes::sign::sign))
         .route("/v1/keys/{name}/verify", post(routes::sign::verify))
+        .route(
+            "/v1/keys/{name}/policy",
+            axum::routing::put(routes::keys::set_policy),
+        )
         .route("/v1/audit", get(routes::audit))
+        .route(
+            "/v1/subjects",
+            get(routes::subjects::list).post(routes::subjects::create),
+        )
+        .route(
+            "/v1/subjects/{name}",
+            get(routes::subjects::show)
+                .put(routes::subjects::update)
+                .delete(routes::subjects::delete),
+        )
+        .route(
+            "/v1/subjects/{name}/grants",
+            post(routes::subjects::add_grant),
+        )
+        .route(
+            "/v1/subjects/{name}/grants/{id}",
+            axum::routing::delete(routes::subjects::remove_grant),
+        )
+        .route("/v1/signing-requests", get(routes::requests::list))
+        .route("/v1/signing-requests/{id}", get(routes::requests::show))
+        .route(
+            "/v1/signing-requests/{id}/approve",
+            post(routes::requests::approve),
+        )
+        .route(
+            "/v1/signing-requests/{id}/reject",
+            post(routes::requests::reject),
+        )
+        .route(
+            "/v1/signing-requests/{id}/cancel",
+            post(routes::requests::cancel),
+        )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

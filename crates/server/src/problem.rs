@@ -40,6 +40,26 @@ pub enum ApiError {
     NotFound,
     #[error("this method is not allowed on this resource")]
     MethodNotAllowed,
+    #[error("no signing request {0}")]
+    UnknownRequest(String),
+    #[error("the signing request is {0}; it can no longer change")]
+    RequestClosed(String),
+    #[error("the signing request has expired")]
+    RequestExpired,
+    #[error("the requester cannot approve or reject their own request")]
+    SelfApproval,
+    #[error("you have already decided on this request; one approver counts once")]
+    AlreadyDecided,
+    #[error("only the requester can cancel a request")]
+    NotRequester,
+    #[error("no subject {0}")]
+    UnknownSubject(String),
+    #[error("a subject named {0} already exists")]
+    SubjectExists(String),
+    #[error("{0}")]
+    GrantConflict(String),
+    #[error("this would remove the last admin grant; add another admin first")]
+    LastAdmin,
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -51,6 +71,21 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::DuplicateKey(k) => ApiError::KeyExists(k),
             StoreError::NoSuchKey(k) => ApiError::UnknownKey(k),
+            StoreError::NoSuchRequest(r) => ApiError::UnknownRequest(r),
+            StoreError::RequestClosed(s) if s == "expired" => ApiError::RequestExpired,
+            StoreError::RequestClosed(s) => ApiError::RequestClosed(s),
+            StoreError::SelfApproval => ApiError::SelfApproval,
+            StoreError::AlreadyDecided => ApiError::AlreadyDecided,
+            StoreError::NotRequester => ApiError::NotRequester,
+            StoreError::NoSuchSubject(s) => ApiError::UnknownSubject(s),
+            StoreError::DuplicateSubject(s) => ApiError::SubjectExists(s),
+            StoreError::DuplicateGrant(g) => {
+                ApiError::GrantConflict(format!("the subject already has {g}"))
+            }
+            StoreError::NoSuchGrant(g) => {
+                ApiError::GrantConflict(format!("no grant {g} on this subject"))
+            }
+            StoreError::KeyNotActive(k) => ApiError::KeyDisabled(k),
             e => ApiError::Store(e),
         }
     }
@@ -81,6 +116,14 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownKey(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::UnknownRequest(_) | ApiError::UnknownSubject(_) => StatusCode::NOT_FOUND,
+            ApiError::SelfApproval | ApiError::NotRequester => StatusCode::FORBIDDEN,
+            ApiError::RequestClosed(_)
+            | ApiError::RequestExpired
+            | ApiError::AlreadyDecided
+            | ApiError::SubjectExists(_)
+            | ApiError::GrantConflict(_)
+            | ApiError::LastAdmin => StatusCode::CONFLICT,
             ApiError::KeyDisabled(_) | ApiError::KeyExists(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -107,6 +150,16 @@ impl ApiError {
             ApiError::KeyExists(_) => "key-exists",
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
+            ApiError::UnknownRequest(_) => "unknown-request",
+            ApiError::RequestClosed(_) => "request-closed",
+            ApiError::RequestExpired => "request-expired",
+            ApiError::SelfApproval => "self-approval",
+            ApiError::AlreadyDecided => "already-decided",
+            ApiError::NotRequester => "not-requester",
+            ApiError::UnknownSubject(_) => "unknown-subject",
+            ApiError::SubjectExists(_) => "subject-exists",
+            ApiError::GrantConflict(_) => "grant-conflict",
+            ApiError::LastAdmin => "last-admin",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",
         }

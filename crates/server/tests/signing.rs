@@ -324,18 +324,35 @@ async fn key_administration_needs_the_admin_role() {
 }
 
 #[tokio::test]
-async fn signing_needs_the_sign_role() {
+async fn a_caller_matching_no_subject_can_only_ask_who_it_is() {
     let c = setup().await;
+    let mut claims = app_claims(&c._idp.issuer);
+    claims["azp"] = json!("stranger");
+    let stranger = token(&keys().rsa1, &claims);
     let r =
         c.h.call(
             "POST",
             "/v1/keys/fw/sign",
-            Some(&c.admin),
+            Some(&stranger),
             Some(json!({"digest": sha256_hex(b"x")})),
         )
         .await;
     r.assert_problem(403, "forbidden");
+    assert!(
+        r.json["detail"]
+            .as_str()
+            .unwrap()
+            .contains("matches no subject"),
+        "{}",
+        r.text
+    );
     assert_refusal_audited(&c.h, "sign", "fw", "forbidden").await;
+    c.h.call("GET", "/v1/keys", Some(&stranger), None)
+        .await
+        .assert_problem(403, "forbidden");
+    let me = c.h.call("GET", "/v1/me", Some(&stranger), None).await;
+    assert_eq!(me.status, 200);
+    assert_eq!(me.json["subjects"], json!([]));
 }
 
 #[tokio::test]

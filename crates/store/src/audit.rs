@@ -407,6 +407,7 @@ mod tests {
             handle: vec![2],
             created_at: crate::now_rfc3339(),
             created_by: "t".into(),
+            policy: Default::default(),
         };
         s.insert_key(key, AuditEvent::new("t", "key.create", Outcome::Ok))
             .await

@@ -5,18 +5,25 @@
 //! together, the commit is durable (`synchronous = FULL`) before any caller is told
 //! it succeeded, and the hash chain is extended by exactly one writer, in order.
 
+pub mod access;
 pub mod audit;
 mod writer;
 
 use std::str::FromStr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use influxion_core::{KeyName, KeyStatus, KeyType};
+use influxion_core::{Grant, KeyName, KeyStatus, KeyType, Permissions, Principal};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::{Row, SqlitePool};
 use tokio::sync::{mpsc, oneshot};
 
+pub use access::{
+    ApprovalRecord, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord,
+};
 pub use audit::{AuditEvent, AuditRecord, ChainReport, Outcome};
+pub use writer::Applied;
 use writer::{Job, Op};
 
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +40,26 @@ pub enum StoreError {
     KeyNotActive(String),
     #[error("the audit chain head disagrees with the log ({0}); refusing to write until an operator investigates")]
     ChainHeadMismatch(String),
+    #[error("a subject named {0} already exists")]
+    DuplicateSubject(String),
+    #[error("no subject {0}")]
+    NoSuchSubject(String),
+    #[error("the subject already has the grant {0}")]
+    DuplicateGrant(String),
+    #[error("no grant {0}")]
+    NoSuchGrant(String),
+    #[error("no signing request {0}")]
+    NoSuchRequest(String),
+    #[error("the signing request is no longer pending (it is {0})")]
+    RequestClosed(String),
+    #[error("the requester cannot approve their own request")]
+    SelfApproval,
+    #[error("this approver has already decided on the request")]
+    AlreadyDecided,
+    #[error("only the requester can cancel a request")]
+    NotRequester,
+    #[error("this vote completes the quorum; it must carry the signature")]
+    NeedSignature,
     #[error("the transaction failed to commit: {0}")]
     Commit(String),
     #[error("the store writer has stopped")]
@@ -53,12 +80,20 @@ pub struct KeyRecord {
     pub handle: Vec<u8>,
     pub created_at: String,
     pub created_by: String,
+    pub policy: KeyPolicy,
 }
+
+type SubjectCache = Arc<RwLock<Option<(u64, Arc<Vec<SubjectRecord>>)>>>;
 
 #[derive(Clone)]
 pub struct Store {
     pool: SqlitePool,
     writer: mpsc::Sender<Job>,
+    /// Bumped by the writer whenever subjects or grants change; the cache below is
+    /// reloaded when it differs. (One process per SQLite file; PostgreSQL replicas
+    /// will need a shared signal.)
+    subjects_gen: Arc<AtomicU64>,
+    subjects: SubjectCache,
 }
 
 impl Store {
@@ -80,17 +115,159 @@ impl Store {
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
         let conn = sqlx::ConnectOptions::connect(&opts).await?;
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer::run(conn, rx));
-        Ok(Self { pool, writer: tx })
+        let subjects_gen = Arc::new(AtomicU64::new(1));
+        tokio::spawn(writer::run(conn, rx, subjects_gen.clone()));
+        Ok(Self {
+            pool,
+            writer: tx,
+            subjects_gen,
+            subjects: Arc::new(RwLock::new(None)),
+        })
     }
 
-    async fn submit(&self, op: Op, audit: AuditEvent) -> Result<u64, StoreError> {
+    async fn submit_op(&self, op: Op, audit: AuditEvent) -> Result<Applied, StoreError> {
         let (done, wait) = oneshot::channel();
         self.writer
             .send(Job { op, audit, done })
             .await
             .map_err(|_| StoreError::Closed)?;
         wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn submit(&self, op: Op, audit: AuditEvent) -> Result<u64, StoreError> {
+        self.submit_op(op, audit).await.map(|a| a.seq)
+    }
+
+    /// Every subject with its grants (cached until the next change).
+    pub async fn subjects(&self) -> Result<Arc<Vec<SubjectRecord>>, StoreError> {
+        let generation = self.subjects_gen.load(Ordering::Acquire);
+        if let Ok(c) = self.subjects.read() {
+            if let Some((g, s)) = c.as_ref() {
+                if *g == generation {
+                    return Ok(s.clone());
+                }
+            }
+        }
+        let loaded = Arc::new(access::load_subjects(&self.pool).await?);
+        if let Ok(mut c) = self.subjects.write() {
+            *c = Some((generation, loaded.clone()));
+        }
+        Ok(loaded)
+    }
+
+    /// The subjects `p` matches and their grants, added up.
+    pub async fn permissions(&self, p: &Principal) -> Result<Permissions, StoreError> {
+        let mut perms = Permissions::default();
+        for s in self.subjects().await?.iter().filter(|s| s.rules.matches(p)) {
+            perms.subjects.push(s.name.clone());
+            perms.grants.extend(s.grants.iter().cloned());
+        }
+        Ok(perms)
+    }
+
+    pub async fn get_subject(&self, name: &str) -> Result<Option<SubjectRecord>, StoreError> {
+        Ok(self
+            .subjects()
+            .await?
+            .iter()
+            .find(|s| s.name == name)
+            .cloned())
+    }
+
+    pub async fn create_subject(
+        &self,
+        s: SubjectRecord,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::CreateSubject(Box::new(s)), event).await
+    }
+
+    pub async fn update_subject(
+        &self,
+        s: SubjectRecord,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::UpdateSubject(Box::new(s)), event).await
+    }
+
+    pub async fn delete_subject(&self, id: &str, event: AuditEvent) -> Result<u64, StoreError> {
+        self.submit(Op::DeleteSubject(id.to_owned()), event).await
+    }
+
+    pub async fn add_grant(
+        &self,
+        subject_id: &str,
+        grant: Grant,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::AddGrant(subject_id.to_owned(), grant), event)
+            .await
+    }
+
+    pub async fn remove_grant(
+        &self,
+        subject_id: &str,
+        grant_id: &str,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(
+            Op::RemoveGrant(subject_id.to_owned(), grant_id.to_owned()),
+            event,
+        )
+        .await
+    }
+
+    pub async fn set_key_policy(
+        &self,
+        key_id: &str,
+        policy: KeyPolicy,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::SetKeyPolicy(key_id.to_owned(), policy), event)
+            .await
+    }
+
+    pub async fn create_request(
+        &self,
+        r: SigningRequest,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::CreateRequest(Box::new(r)), event).await
+    }
+
+    /// Approve or reject; see [`Decision`].
+    pub async fn decide(&self, d: Decision, event: AuditEvent) -> Result<Applied, StoreError> {
+        self.submit_op(Op::Decide(Box::new(d)), event).await
+    }
+
+    pub async fn cancel_request(
+        &self,
+        id: &str,
+        requester: &str,
+        now: i64,
+        event: AuditEvent,
+    ) -> Result<Applied, StoreError> {
+        self.submit_op(
+            Op::Cancel {
+                request_id: id.to_owned(),
+                requester: requester.to_owned(),
+                now,
+            },
+            event,
+        )
+        .await
+    }
+
+    pub async fn get_request(&self, id: &str) -> Result<Option<SigningRequest>, StoreError> {
+        access::get_request(&self.pool, id).await
+    }
+
+    pub async fn list_requests(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SigningRequest>, StoreError> {
+        access::list_requests(&self.pool, status, limit).await
     }
 
     /// Append an audit record on its own (a signature, a refusal). Returns its sequence
@@ -188,6 +365,12 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, StoreError> {
         handle: r.try_get("handle")?,
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
+        policy: KeyPolicy {
+            approvals_required: r.try_get::<i64, _>("approvals_required")? as u32,
+            approval_ttl_secs: r.try_get::<i64, _>("approval_ttl_secs")? as u32,
+            approver_subjects: serde_json::from_str(&r.try_get::<String, _>("approver_subjects")?)
+                .map_err(|_| corrupt("approver subjects"))?,
+        },
     })
 }
 

@@ -1,10 +1,14 @@
 //! The single writer: group commit of operations with their audit records.
 
-use influxion_core::{KeyName, KeyStatus};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use influxion_core::{Grant, KeyName, KeyStatus};
 use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
-use crate::audit::{self, AuditEvent, ChainTip};
+use crate::access::{self, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord};
+use crate::audit::{self, AuditEvent, ChainTip, Outcome};
 use crate::{KeyRecord, StoreError};
 
 /// Most operations gathered into one transaction.
@@ -17,20 +21,61 @@ pub(crate) enum Op {
     KeyUse(String),
     InsertKey(Box<KeyRecord>),
     SetKeyStatus(KeyName, KeyStatus),
+    SetKeyPolicy(String, KeyPolicy),
+    CreateSubject(Box<SubjectRecord>),
+    UpdateSubject(Box<SubjectRecord>),
+    DeleteSubject(String),
+    AddGrant(String, Grant),
+    RemoveGrant(String, String),
+    CreateRequest(Box<SigningRequest>),
+    Decide(Box<Decision>),
+    Cancel {
+        request_id: String,
+        requester: String,
+        now: i64,
+    },
+}
+
+impl Op {
+    fn changes_subjects(&self) -> bool {
+        matches!(
+            self,
+            Op::CreateSubject(_)
+                | Op::UpdateSubject(_)
+                | Op::DeleteSubject(_)
+                | Op::AddGrant(..)
+                | Op::RemoveGrant(..)
+        )
+    }
+}
+
+/// What a committed job did.
+#[derive(Debug, Clone, Copy)]
+pub struct Applied {
+    /// Sequence number of the job's (last) audit record.
+    pub seq: u64,
+    pub outcome: Option<RequestOutcome>,
 }
 
 pub(crate) struct Job {
     pub op: Op,
     pub audit: AuditEvent,
-    pub done: oneshot::Sender<Result<u64, StoreError>>,
+    pub done: oneshot::Sender<Result<Applied, StoreError>>,
 }
 
-pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>) {
+pub(crate) async fn run(
+    mut conn: SqliteConnection,
+    mut rx: mpsc::Receiver<Job>,
+    subjects_gen: Arc<AtomicU64>,
+) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         match commit_batch(&mut conn, &jobs).await {
             Ok(results) => {
+                if jobs.iter().any(|j| j.op.changes_subjects()) {
+                    subjects_gen.fetch_add(1, Ordering::AcqRel);
+                }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(result);
                 }
@@ -57,7 +102,7 @@ pub(crate) async fn run(mut conn: SqliteConnection, mut rx: mpsc::Receiver<Job>)
 async fn commit_batch(
     conn: &mut SqliteConnection,
     jobs: &[Job],
-) -> Result<Vec<Result<u64, StoreError>>, StoreError> {
+) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     // IMMEDIATE takes the write lock up front, so the chain tip read below cannot be
     // stale (another process writing the same file waits on busy_timeout).
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
@@ -66,9 +111,12 @@ async fn commit_batch(
     for job in jobs {
         sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
         match apply(&mut *conn, &job.op, &job.audit, &tip).await {
-            Ok(next) => {
+            Ok((next, outcome)) => {
                 sqlx::query("RELEASE job").execute(&mut *conn).await?;
-                results.push(Ok(next.seq));
+                results.push(Ok(Applied {
+                    seq: next.seq,
+                    outcome,
+                }));
                 tip = next;
             }
             Err(e) => {
@@ -83,12 +131,19 @@ async fn commit_batch(
     Ok(results)
 }
 
+fn unique<T>(r: Result<T, sqlx::Error>, dup: impl FnOnce() -> StoreError) -> Result<T, StoreError> {
+    match r {
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(dup()),
+        r => Ok(r?),
+    }
+}
+
 async fn apply(
     conn: &mut SqliteConnection,
     op: &Op,
     event: &AuditEvent,
     tip: &ChainTip,
-) -> Result<ChainTip, StoreError> {
+) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
     match op {
         Op::None => {}
         Op::KeyUse(key_id) => {
@@ -116,14 +171,7 @@ async fn apply(
             .bind(&k.created_by)
             .execute(&mut *conn)
             .await;
-            match r {
-                Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-                    return Err(StoreError::DuplicateKey(k.name.to_string()))
-                }
-                r => {
-                    r?;
-                }
-            }
+            unique(r, || StoreError::DuplicateKey(k.name.to_string()))?;
         }
         Op::SetKeyStatus(name, status) => {
             let r = sqlx::query("UPDATE keys SET status = ? WHERE name = ?")
@@ -135,6 +183,234 @@ async fn apply(
                 return Err(StoreError::NoSuchKey(name.to_string()));
             }
         }
+        Op::SetKeyPolicy(key_id, p) => {
+            let r = sqlx::query(
+                "UPDATE keys SET approvals_required = ?, approval_ttl_secs = ?, approver_subjects = ? WHERE id = ?",
+            )
+            .bind(p.approvals_required as i64)
+            .bind(p.approval_ttl_secs as i64)
+            .bind(serde_json::to_string(&p.approver_subjects).unwrap_or_else(|_| "[]".into()))
+            .bind(key_id)
+            .execute(&mut *conn)
+            .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NoSuchKey(key_id.clone()));
+            }
+        }
+        Op::CreateSubject(s) => {
+            let r = sqlx::query(
+                "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, created_at, created_by)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            )
+            .bind(&s.id)
+            .bind(&s.name)
+            .bind(&s.description)
+            .bind(&s.rules.issuer)
+            .bind(&s.rules.tenant_id)
+            .bind(&s.rules.object_id)
+            .bind(&s.rules.app_id)
+            .bind(&s.rules.app_role)
+            .bind(&s.rules.group_id)
+            .bind(&s.created_at)
+            .bind(&s.created_by)
+            .execute(&mut *conn)
+            .await;
+            unique(r, || StoreError::DuplicateSubject(s.name.clone()))?;
+            for g in &s.grants {
+                insert_grant(conn, &s.id, g).await?;
+            }
+        }
+        Op::UpdateSubject(s) => {
+            let r = sqlx::query(
+                "UPDATE subjects SET description = ?, issuer = ?, tenant_id = ?, object_id = ?, app_id = ?, app_role = ?, group_id = ?
+                 WHERE id = ?",
+            )
+            .bind(&s.description)
+            .bind(&s.rules.issuer)
+            .bind(&s.rules.tenant_id)
+            .bind(&s.rules.object_id)
+            .bind(&s.rules.app_id)
+            .bind(&s.rules.app_role)
+            .bind(&s.rules.group_id)
+            .bind(&s.id)
+            .execute(&mut *conn)
+            .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NoSuchSubject(s.name.clone()));
+            }
+        }
+        Op::DeleteSubject(id) => {
+            sqlx::query("DELETE FROM grants WHERE subject_id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            let r = sqlx::query("DELETE FROM subjects WHERE id = ?")
+                .bind(id)
+                .execute(&mut *conn)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NoSuchSubject(id.clone()));
+            }
+        }
+        Op::AddGrant(subject_id, g) => insert_grant(conn, subject_id, g).await?,
+        Op::RemoveGrant(subject_id, grant_id) => {
+            let r = sqlx::query("DELETE FROM grants WHERE id = ? AND subject_id = ?")
+                .bind(grant_id)
+                .bind(subject_id)
+                .execute(&mut *conn)
+                .await?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::NoSuchGrant(grant_id.clone()));
+            }
+        }
+        Op::CreateRequest(r) => access::insert_request(conn, r).await?,
+        Op::Decide(d) => return decide(conn, d, event, tip).await,
+        Op::Cancel {
+            request_id,
+            requester,
+            now,
+        } => {
+            let open = access::open_request(conn, request_id).await?;
+            if open.status != "pending" {
+                return Err(StoreError::RequestClosed(open.status));
+            }
+            if *now > open.expires_at {
+                return expire(conn, request_id, &open.key_name, tip).await;
+            }
+            if open.requester != *requester {
+                return Err(StoreError::NotRequester);
+            }
+            access::finish(conn, request_id, "cancelled").await?;
+            let next = audit::append(conn, event, tip).await?;
+            return Ok((next, Some(RequestOutcome::Cancelled)));
+        }
     }
-    audit::append(conn, event, tip).await
+    Ok((audit::append(conn, event, tip).await?, None))
+}
+
+async fn insert_grant(
+    conn: &mut SqliteConnection,
+    subject_id: &str,
+    g: &Grant,
+) -> Result<(), StoreError> {
+    let r = sqlx::query("INSERT INTO grants (id, subject_id, role, pattern, created_at, created_by) VALUES (?, ?, ?, ?, ?, '')")
+        .bind(&g.id)
+        .bind(subject_id)
+        .bind(g.role.as_str())
+        .bind(&g.pattern)
+        .bind(crate::now_rfc3339())
+        .execute(&mut *conn)
+        .await;
+    match r {
+        Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => {
+            Err(StoreError::NoSuchSubject(subject_id.into()))
+        }
+        r => unique(r, || {
+            StoreError::DuplicateGrant(format!("{} on {}", g.role, g.pattern))
+        })
+        .map(|_| ()),
+    }
+}
+
+/// Mark an overdue request expired, with its own audit record.
+async fn expire(
+    conn: &mut SqliteConnection,
+    id: &str,
+    key_name: &str,
+    tip: &ChainTip,
+) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
+    access::finish(conn, id, "expired").await?;
+    let e = AuditEvent::new("system:expiry", "signing_request.expire", Outcome::Ok)
+        .target(id.to_owned())
+        .detail(serde_json::json!({"key": key_name}));
+    Ok((
+        audit::append(conn, &e, tip).await?,
+        Some(RequestOutcome::Expired),
+    ))
+}
+
+/// Record an approval or rejection. The single writer serialises decisions, so exactly
+/// one vote can see the quorum reached while the request is still pending.
+async fn decide(
+    conn: &mut SqliteConnection,
+    d: &Decision,
+    event: &AuditEvent,
+    tip: &ChainTip,
+) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
+    let open = access::open_request(conn, &d.request_id).await?;
+    if open.status != "pending" {
+        return Err(StoreError::RequestClosed(open.status));
+    }
+    if d.now > open.expires_at {
+        return expire(conn, &d.request_id, &open.key_name, tip).await;
+    }
+    if open.requester == d.approver {
+        return Err(StoreError::SelfApproval);
+    }
+    let r = sqlx::query("INSERT INTO approvals (request_id, approver, decision, comment, at) VALUES (?, ?, ?, ?, ?)")
+        .bind(&d.request_id)
+        .bind(&d.approver)
+        .bind(if d.approve { "approve" } else { "reject" })
+        .bind(&d.comment)
+        .bind(crate::now_rfc3339())
+        .execute(&mut *conn)
+        .await;
+    unique(r, || StoreError::AlreadyDecided)?;
+    if !d.approve {
+        access::finish(conn, &d.request_id, "rejected").await?;
+        return Ok((
+            audit::append(conn, event, tip).await?,
+            Some(RequestOutcome::Rejected),
+        ));
+    }
+    let tip = audit::append(conn, event, tip).await?;
+    let approvals: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM approvals WHERE request_id = ? AND decision = 'approve'",
+    )
+    .bind(&d.request_id)
+    .fetch_one(&mut *conn)
+    .await?;
+    let approvals = approvals as u32;
+    if approvals < open.quorum {
+        return Ok((
+            tip,
+            Some(RequestOutcome::Approved {
+                approvals,
+                quorum: open.quorum,
+            }),
+        ));
+    }
+    let Some(signature) = &d.signature else {
+        return Err(StoreError::NeedSignature);
+    };
+    let status: Option<String> = sqlx::query_scalar("SELECT status FROM keys WHERE id = ?")
+        .bind(&open.key_id)
+        .fetch_optional(&mut *conn)
+        .await?;
+    if status.as_deref() != Some("active") {
+        return Err(StoreError::KeyNotActive(open.key_name));
+    }
+    let r = sqlx::query(
+        "UPDATE signing_requests SET status = 'signed', signature = ?, finished_at = ? WHERE id = ? AND status = 'pending'",
+    )
+    .bind(signature)
+    .bind(crate::now_rfc3339())
+    .bind(&d.request_id)
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() != 1 {
+        return Err(StoreError::RequestClosed("signed".into()));
+    }
+    let signed = AuditEvent::new("system:quorum", "sign", Outcome::Ok)
+        .target(open.key_name.clone())
+        .detail(serde_json::json!({
+            "request": d.request_id,
+            "requester": open.requester,
+            "approvals": approvals,
+            "quorum": open.quorum,
+        }));
+    Ok((
+        audit::append(conn, &signed, &tip).await?,
+        Some(RequestOutcome::Signed),
+    ))
 }

@@ -1,17 +1,18 @@
-//! Key management: list, show, export, create, disable.
+//! Key management: list, show, export, create, disable, policy.
 
+use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use influxion_core::{KeyName, KeyStatus, KeyType};
+use influxion_core::{KeyName, KeyStatus, KeyType, Role};
 use influxion_keystore::public;
-use influxion_store::{AuditEvent, KeyRecord, Outcome};
+use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome};
 use serde::{Deserialize, Serialize};
 
-use super::{refused, require_admin};
+use super::{audited, require, require_any};
 use crate::routes::sign::json_body;
-use crate::{ApiError, AppState, Authenticated};
+use crate::{ApiError, AppState, Caller};
 
 #[derive(Serialize)]
 pub struct KeyView {
@@ -23,6 +24,7 @@ pub struct KeyView {
     status: KeyStatus,
     created_at: String,
     created_by: String,
+    policy: KeyPolicy,
     public_key_pem: String,
     public_key_jwk: serde_json::Value,
 }
@@ -46,6 +48,7 @@ impl KeyView {
             status: k.status,
             created_at: k.created_at.clone(),
             created_by: k.created_by.clone(),
+            policy: k.policy.clone(),
             public_key_pem: public::to_pem(&k.public_key).map_err(corrupt)?,
             public_key_jwk: jwk,
         })
@@ -57,10 +60,8 @@ pub struct KeyList {
     keys: Vec<KeyView>,
 }
 
-pub async fn list(
-    State(st): State<AppState>,
-    Authenticated(_p): Authenticated,
-) -> Result<Json<KeyList>, ApiError> {
+pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<KeyList>, ApiError> {
+    require_any(&c)?;
     let keys = st
         .store
         .list_keys()
@@ -81,9 +82,10 @@ pub(crate) async fn lookup(st: &AppState, name: &str) -> Result<KeyRecord, ApiEr
 
 pub async fn show(
     State(st): State<AppState>,
-    Authenticated(_p): Authenticated,
+    c: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
+    require_any(&c)?;
     Ok(Json(KeyView::from_record(&lookup(&st, &name).await?)?))
 }
 
@@ -94,10 +96,11 @@ pub struct PublicQuery {
 
 pub async fn public(
     State(st): State<AppState>,
-    Authenticated(_p): Authenticated,
+    c: Caller,
     Path(name): Path<String>,
     Query(q): Query<PublicQuery>,
 ) -> Result<Response, ApiError> {
+    require_any(&c)?;
     let view = KeyView::from_record(&lookup(&st, &name).await?)?;
     match q.format.as_deref().unwrap_or("pem") {
         "pem" => Ok((
@@ -125,18 +128,24 @@ pub struct CreateKey {
 
 pub async fn create(
     State(st): State<AppState>,
-    Authenticated(p): Authenticated,
-    body: Result<Json<CreateKey>, axum::extract::rejection::JsonRejection>,
+    c: Caller,
+    body: Result<Json<CreateKey>, JsonRejection>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
-    require_admin(&st, &p, "key.create", "keys").await?;
-    let result = async {
+    let p = &c.principal;
+    audited(&st, p, "key.create", "keys", async {
         let req = json_body(body)?;
         let name: KeyName = req.name.parse()?;
         let key_type: KeyType = req.key_type.parse()?;
-        let id = uuid::Uuid::new_v4().to_string();
+        if !c.perms.allows(Role::KeyAdmin, name.as_str()) {
+            return Err(super::forbidden(
+                &c.perms,
+                &format!("creating key {name} needs the key-admin role"),
+            ));
+        }
         if st.store.get_key(&name).await?.is_some() {
             return Err(ApiError::KeyExists(name.to_string()));
         }
+        let id = uuid::Uuid::new_v4().to_string();
         let generated = st.backend.generate(&id, key_type).await?;
         let record = KeyRecord {
             id,
@@ -148,30 +157,25 @@ pub async fn create(
             handle: generated.handle,
             created_at: influxion_store::now_rfc3339(),
             created_by: p.audit_id(),
+            policy: KeyPolicy::default(),
         };
         let event = AuditEvent::new(p.audit_id(), "key.create", Outcome::Ok)
             .target(name.to_string())
             .detail(serde_json::json!({"key_type": key_type.as_str(), "backend": record.backend}));
         st.store.insert_key(record.clone(), event).await?;
-        KeyView::from_record(&record)
-    }
-    .await;
-    match result {
-        Ok(v) => Ok((StatusCode::CREATED, Json(v))),
-        Err(e) => {
-            refused(&st, &p, "key.create", "keys", &e).await;
-            Err(e)
-        }
-    }
+        Ok((StatusCode::CREATED, Json(KeyView::from_record(&record)?)))
+    })
+    .await
 }
 
 pub async fn disable(
     State(st): State<AppState>,
-    Authenticated(p): Authenticated,
+    c: Caller,
     Path(name): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
-    require_admin(&st, &p, "key.disable", &name).await?;
-    let result = async {
+    require(&st, &c, Role::KeyAdmin, &name, "key.disable").await?;
+    let p = &c.principal;
+    audited(&st, p, "key.disable", &name, async {
         let key = lookup(&st, &name).await?;
         let event =
             AuditEvent::new(p.audit_id(), "key.disable", Outcome::Ok).target(key.name.to_string());
@@ -182,13 +186,73 @@ pub async fn disable(
             status: KeyStatus::Disabled,
             ..key
         })
-    }
-    .await;
-    match result {
-        Ok(v) => Ok(Json(v)),
-        Err(e) => {
-            refused(&st, &p, "key.disable", &name, &e).await;
-            Err(e)
+        .map(Json)
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// Approvals needed (M); 0 turns approval off.
+    approvals_required: u32,
+    /// Seconds a request waits before it expires (default 1 day, at most 30 days).
+    approval_ttl_secs: Option<u32>,
+    /// Subjects allowed to approve; empty = any subject with the approver role on the key.
+    #[serde(default)]
+    approvers: Vec<String>,
+}
+
+pub async fn set_policy(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<PolicyRequest>, JsonRejection>,
+) -> Result<Json<KeyView>, ApiError> {
+    require(&st, &c, Role::KeyAdmin, &name, "key.policy").await?;
+    let p = &c.principal;
+    audited(&st, p, "key.policy", &name, async {
+        let req = json_body(body)?;
+        let key = lookup(&st, &name).await?;
+        if req.approvals_required > 16 {
+            return Err(ApiError::InvalidRequest(
+                "approvals_required is at most 16".into(),
+            ));
         }
-    }
+        let ttl = req.approval_ttl_secs.unwrap_or(86_400);
+        if !(60..=30 * 86_400).contains(&ttl) {
+            return Err(ApiError::InvalidRequest(
+                "approval_ttl_secs must be between 60 and 2592000".into(),
+            ));
+        }
+        if req.approvers.len() > 64 {
+            return Err(ApiError::InvalidRequest(
+                "at most 64 approver subjects".into(),
+            ));
+        }
+        for a in &req.approvers {
+            if st.store.get_subject(a).await?.is_none() {
+                return Err(ApiError::InvalidRequest(format!("no subject {a}")));
+            }
+        }
+        if !req.approvers.is_empty() && (req.approvers.len() as u32) < req.approvals_required {
+            return Err(ApiError::InvalidRequest(
+                "fewer approver subjects than approvals required: no request could ever be signed"
+                    .into(),
+            ));
+        }
+        let policy = KeyPolicy {
+            approvals_required: req.approvals_required,
+            approval_ttl_secs: ttl,
+            approver_subjects: req.approvers,
+        };
+        let event = AuditEvent::new(p.audit_id(), "key.policy", Outcome::Ok)
+            .target(key.name.to_string())
+            .detail(serde_json::to_value(&policy).unwrap_or_default());
+        st.store
+            .set_key_policy(&key.id, policy.clone(), event)
+            .await?;
+        KeyView::from_record(&KeyRecord { policy, ..key }).map(Json)
+    })
+    .await
 }

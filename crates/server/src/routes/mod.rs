@@ -1,14 +1,17 @@
 pub mod keys;
+pub mod requests;
 pub mod sign;
+pub mod subjects;
 
 use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
+use influxion_core::{Permissions, Principal, Role};
 use influxion_store::{AuditEvent, AuditRecord, ChainReport, Outcome};
 use serde::{Deserialize, Serialize};
 
-use crate::{ApiError, AppState, Authenticated};
+use crate::{ApiError, AppState, Caller};
 
 pub async fn healthz() -> &'static str {
     "ok"
@@ -29,42 +32,77 @@ pub async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
+/// Who Influxion thinks the caller is, and what it may do. The one endpoint open to a
+/// valid token that matches no subject.
 #[derive(Serialize)]
 pub struct Me {
-    principal: influxion_core::Principal,
-    admin: bool,
+    principal: Principal,
+    principal_id: String,
+    subjects: Vec<String>,
+    grants: Vec<influxion_core::Grant>,
+    /// Roles held on at least one name, for clients that hide what the caller may not do.
+    roles: Vec<Role>,
 }
 
-pub async fn me(State(st): State<AppState>, Authenticated(p): Authenticated) -> Json<Me> {
-    let admin = p.has_role(&st.policy.admin_role);
+pub async fn me(c: Caller) -> Json<Me> {
+    let roles = Role::ALL
+        .into_iter()
+        .filter(|r| c.perms.has_role(*r))
+        .collect();
     Json(Me {
-        principal: p,
-        admin,
+        principal_id: c.principal.audit_id(),
+        principal: c.principal,
+        subjects: c.perms.subjects,
+        grants: c.perms.grants,
+        roles,
     })
 }
 
-/// Refuse callers without the admin role, recording the refusal.
-pub(crate) async fn require_admin(
+/// Refuse unless the caller holds `role` on `name`, recording the refusal.
+pub(crate) async fn require(
     st: &AppState,
-    p: &influxion_core::Principal,
+    c: &Caller,
+    role: Role,
+    name: &str,
     action: &str,
-    target: &str,
 ) -> Result<(), ApiError> {
-    if p.has_role(&st.policy.admin_role) {
+    if c.perms.allows(role, name) {
         return Ok(());
     }
-    let e = ApiError::Forbidden(format!(
-        "{action} needs the {} app role",
-        st.policy.admin_role
-    ));
-    refused(st, p, action, target, &e).await;
+    let e = forbidden(
+        &c.perms,
+        &format!("{action} on {name} needs the {role} role"),
+    );
+    refused(st, &c.principal, action, name, &e).await;
     Err(e)
+}
+
+/// Refuse callers that matched no subject with any grant (deny by default).
+pub(crate) fn require_any(c: &Caller) -> Result<(), ApiError> {
+    if c.perms.any() {
+        Ok(())
+    } else {
+        Err(forbidden(&c.perms, "this needs a role"))
+    }
+}
+
+pub(crate) fn forbidden(perms: &Permissions, what: &str) -> ApiError {
+    if perms.subjects.is_empty() {
+        ApiError::Forbidden(format!(
+            "{what}; the caller matches no subject (see GET /v1/me)"
+        ))
+    } else {
+        ApiError::Forbidden(format!(
+            "{what}; subjects matched: {}",
+            perms.subjects.join(", ")
+        ))
+    }
 }
 
 /// Append a refusal to the audit log.
 pub(crate) async fn refused(
     st: &AppState,
-    p: &influxion_core::Principal,
+    p: &Principal,
     action: &str,
     target: &str,
     e: &ApiError,
@@ -82,6 +120,21 @@ pub(crate) async fn refused(
     }
 }
 
+/// Run `f`; if it fails, audit the refusal before returning the error.
+pub(crate) async fn audited<T>(
+    st: &AppState,
+    p: &Principal,
+    action: &str,
+    target: &str,
+    f: impl std::future::Future<Output = Result<T, ApiError>>,
+) -> Result<T, ApiError> {
+    let r = f.await;
+    if let Err(e) = &r {
+        refused(st, p, action, target, e).await;
+    }
+    r
+}
+
 #[derive(Deserialize)]
 pub struct AuditQuery {
     limit: Option<u32>,
@@ -95,16 +148,27 @@ pub struct AuditPage {
 
 pub async fn audit(
     State(st): State<AppState>,
-    Authenticated(p): Authenticated,
+    c: Caller,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<AuditPage>, ApiError> {
-    require_admin(&st, &p, "audit.read", "audit").await?;
+    require(&st, &c, Role::Auditor, "audit", "audit.read").await?;
     let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(100).clamp(1, 1000);
     let records = st.store.recent_audit(limit).await?;
     let chain = st.store.verify_audit_chain().await?;
     st.store
-        .audit(AuditEvent::new(p.audit_id(), "audit.read", Outcome::Ok).target("audit"))
+        .audit(AuditEvent::new(c.principal.audit_id(), "audit.read", Outcome::Ok).target("audit"))
         .await?;
     Ok(Json(AuditPage { chain, records }))
+}
+
+pub(crate) fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+pub(crate) fn new_id() -> String {
+    uuid::Uuid::new_v4().to_string()
 }

@@ -2,18 +2,19 @@
 
 use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
-use axum::http::StatusCode;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-use influxion_core::{Digest, KeyStatus, SignAlgorithm};
+use influxion_core::{Digest, KeyStatus, Role, SignAlgorithm};
 use influxion_keystore::public;
 use influxion_store::{AuditEvent, KeyRecord, Outcome};
 use serde::{Deserialize, Serialize};
 
 use super::keys::lookup;
-use super::refused;
-use crate::{ApiError, AppState, Authenticated};
+use super::{audited, require_any};
+use crate::{ApiError, AppState, Caller};
 
 /// Unwrap a JSON body, turning the extractor's rejection into the right problem.
 pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
@@ -34,6 +35,10 @@ pub struct SignRequest {
     digest: String,
     /// Defaults to the key's default algorithm.
     algorithm: Option<String>,
+    /// Why this is being signed; required when the key needs approval.
+    reason: Option<String>,
+    /// What approvers see about the file: name, version, size and the like.
+    metadata: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 #[derive(Serialize)]
@@ -45,6 +50,33 @@ pub struct SignResponse {
     signature: String,
     /// Sequence number of the audit record of this signature.
     audit_seq: u64,
+}
+
+/// Answer to a sign call on a key that needs approval.
+#[derive(Serialize)]
+pub struct PendingResponse {
+    pub(crate) request_id: String,
+    pub(crate) status: &'static str,
+    pub(crate) location: String,
+    pub(crate) quorum: u32,
+    pub(crate) expires_at: i64,
+}
+
+pub enum SignOutcome {
+    Signed(SignResponse),
+    Pending(PendingResponse),
+}
+
+impl IntoResponse for SignOutcome {
+    fn into_response(self) -> Response {
+        match self {
+            SignOutcome::Signed(r) => Json(r).into_response(),
+            SignOutcome::Pending(r) => {
+                let loc = r.location.clone();
+                (StatusCode::ACCEPTED, [(header::LOCATION, loc)], Json(r)).into_response()
+            }
+        }
+    }
 }
 
 fn parse_digest(
@@ -70,19 +102,43 @@ fn parse_digest(
     Ok(Digest::new(alg, bytes)?)
 }
 
+/// Metadata is shown to approvers: keep it small and flat.
+fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), ApiError> {
+    if m.len() > 16 {
+        return Err(ApiError::InvalidRequest(
+            "metadata has at most 16 fields".into(),
+        ));
+    }
+    for (k, v) in m {
+        let flat = matches!(
+            v,
+            serde_json::Value::String(_)
+                | serde_json::Value::Number(_)
+                | serde_json::Value::Bool(_)
+        );
+        if k.len() > 64 || !flat || v.to_string().len() > 512 {
+            return Err(ApiError::InvalidRequest(format!(
+                "metadata field {k:?} must be a short string, number or boolean"
+            )));
+        }
+    }
+    Ok(())
+}
+
 #[tracing::instrument(skip_all, fields(key = %name))]
 pub async fn sign(
     State(st): State<AppState>,
-    Authenticated(p): Authenticated,
+    c: Caller,
     Path(name): Path<String>,
     body: Result<Json<SignRequest>, JsonRejection>,
-) -> Result<Json<SignResponse>, ApiError> {
-    let result = async {
-        if !p.has_role(&st.policy.sign_role) {
-            return Err(ApiError::Forbidden(format!(
-                "signing needs the {} app role",
-                st.policy.sign_role
-            )));
+) -> Result<SignOutcome, ApiError> {
+    let p = &c.principal;
+    audited(&st, p, "sign", &name, async {
+        if !c.perms.allows(Role::Signer, &name) {
+            return Err(super::forbidden(
+                &c.perms,
+                &format!("signing with {name} needs the signer role"),
+            ));
         }
         let req = json_body(body)?;
         let key = lookup(&st, &name).await?;
@@ -90,18 +146,41 @@ pub async fn sign(
             return Err(ApiError::KeyDisabled(key.name.to_string()));
         }
         let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
+        let metadata = req.metadata.unwrap_or_default();
+        check_metadata(&metadata)?;
+        let reason = req.reason.unwrap_or_default();
+        if reason.len() > 1000 {
+            return Err(ApiError::InvalidRequest(
+                "reason is at most 1000 characters".into(),
+            ));
+        }
+        if key.policy.approvals_required > 0 {
+            if reason.trim().is_empty() {
+                return Err(ApiError::InvalidRequest(format!(
+                    "key {} needs approval: give a reason for the approvers",
+                    key.name
+                )));
+            }
+            return super::requests::create(&st, p, &key, &digest, reason, metadata)
+                .await
+                .map(SignOutcome::Pending);
+        }
         let signature = st
             .backend
             .sign(&key.id, key.key_type, &key.handle, &digest)
             .await?;
         // The signature is returned only after its audit record is durable.
+        let mut detail = serde_json::json!({
+            "algorithm": digest.algorithm().as_str(),
+            "digest": digest.to_hex(),
+            "app_id": p.app_id,
+        });
+        if !reason.is_empty() {
+            detail["reason"] = reason.into();
+        }
         let event = AuditEvent::new(p.audit_id(), "sign", Outcome::Ok)
             .target(key.name.to_string())
-            .detail(serde_json::json!({
-                "algorithm": digest.algorithm().as_str(),
-                "digest": digest.to_hex(),
-                "app_id": p.app_id,
-            }));
+            .detail(detail);
         let audit_seq = match st.store.audit_key_use(&key.id, event).await {
             Ok(seq) => seq,
             // Disabled while we signed: the signature is dropped, never returned.
@@ -110,22 +189,15 @@ pub async fn sign(
             }
             Err(e) => return Err(e.into()),
         };
-        Ok(SignResponse {
+        Ok(SignOutcome::Signed(SignResponse {
             key: key.name.to_string(),
             algorithm: digest.algorithm(),
             digest: digest.to_hex(),
             signature: B64.encode(signature),
             audit_seq,
-        })
-    }
-    .await;
-    match result {
-        Ok(r) => Ok(Json(r)),
-        Err(e) => {
-            refused(&st, &p, "sign", &name, &e).await;
-            Err(e)
-        }
-    }
+        }))
+    })
+    .await
 }
 
 #[derive(Deserialize)]
@@ -146,10 +218,11 @@ pub struct VerifyResponse {
 
 pub async fn verify(
     State(st): State<AppState>,
-    Authenticated(_p): Authenticated,
+    c: Caller,
     Path(name): Path<String>,
     body: Result<Json<VerifyRequest>, JsonRejection>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
+    require_any(&c)?;
     let req = json_body(body)?;
     let key = lookup(&st, &name).await?;
     let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;

@@ -18,8 +18,9 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use http_body_util::BodyExt;
 use influxion_auth::{AuthConfig, Validator};
+use influxion_core::{Grant, Role, SubjectRules};
 use influxion_keystore::{Kek, SoftwareKeystore};
-use influxion_server::{AccessPolicy, AppState};
+use influxion_server::AppState;
 use influxion_store::Store;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use rsa::pkcs1::EncodeRsaPrivateKey;
@@ -271,17 +272,66 @@ impl Harness {
             store,
             backend: Arc::new(SoftwareKeystore::new(Kek::generate())),
             validator: Validator::new(cfg).unwrap(),
-            policy: Arc::new(AccessPolicy {
-                admin_role: ADMIN_ROLE.into(),
-                sign_role: SIGN_ROLE.into(),
-            }),
             refusals: Default::default(),
         };
-        Self {
+        let h = Self {
             router: influxion_server::app(state.clone()),
             state,
             _dir: dir,
-        }
+        };
+        // The callers most tests use: an admin application and a CI signer.
+        h.add_subject(
+            "admins",
+            SubjectRules {
+                app_id: Some("key-admin".into()),
+                ..Default::default()
+            },
+            &[(Role::Admin, "*")],
+        )
+        .await;
+        h.add_subject(
+            "ci",
+            SubjectRules {
+                app_id: Some("ci-signer".into()),
+                ..Default::default()
+            },
+            &[(Role::Signer, "*")],
+        )
+        .await;
+        h
+    }
+
+    /// Create a subject directly in the store (as the bootstrap does).
+    pub async fn add_subject(&self, name: &str, rules: SubjectRules, grants: &[(Role, &str)]) {
+        let s = influxion_store::SubjectRecord {
+            id: format!("sub-{name}"),
+            name: name.into(),
+            description: String::new(),
+            rules,
+            grants: grants
+                .iter()
+                .enumerate()
+                .map(|(i, (role, pattern))| Grant {
+                    id: format!("g-{name}-{i}"),
+                    role: *role,
+                    pattern: (*pattern).into(),
+                })
+                .collect(),
+            created_at: influxion_store::now_rfc3339(),
+            created_by: "test".into(),
+        };
+        self.state
+            .store
+            .create_subject(
+                s,
+                influxion_store::AuditEvent::new(
+                    "test",
+                    "subject.create",
+                    influxion_store::Outcome::Ok,
+                ),
+            )
+            .await
+            .unwrap();
     }
 
     pub async fn call(

@@ -1,0 +1,317 @@
+//! Signing requests on keys that need approval: create, list, show, approve, reject,
+//! cancel. The quorum and its exactly-once signature are enforced by the store.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use influxion_core::{Digest, Principal, Role, SignAlgorithm};
+use influxion_store::{
+    AuditEvent, Decision, KeyRecord, Outcome, RequestOutcome, SigningRequest, StoreError,
+};
+use serde::{Deserialize, Serialize};
+
+use super::keys::lookup;
+use super::sign::{json_body, PendingResponse};
+use super::{audited, now_unix};
+use crate::{ApiError, AppState, Caller};
+
+pub(crate) async fn create(
+    st: &AppState,
+    p: &Principal,
+    key: &KeyRecord,
+    digest: &Digest,
+    reason: String,
+    metadata: serde_json::Map<String, serde_json::Value>,
+) -> Result<PendingResponse, ApiError> {
+    let id = super::new_id();
+    let expires_at = now_unix() + key.policy.approval_ttl_secs as i64;
+    let quorum = key.policy.approvals_required;
+    let r = SigningRequest {
+        id: id.clone(),
+        key_id: key.id.clone(),
+        key_name: key.name.to_string(),
+        algorithm: digest.algorithm().as_str().to_owned(),
+        digest: digest.to_hex(),
+        requester: p.audit_id(),
+        requester_name: p.display_name.clone().or_else(|| p.app_id.clone()),
+        reason: reason.clone(),
+        metadata: serde_json::Value::Object(metadata.clone()),
+        quorum,
+        approver_subjects: key.policy.approver_subjects.clone(),
+        status: "pending".into(),
+        signature: None,
+        created_at: influxion_store::now_rfc3339(),
+        expires_at,
+        finished_at: None,
+        approvals: Vec::new(),
+    };
+    let event = AuditEvent::new(p.audit_id(), "signing_request.create", Outcome::Ok)
+        .target(id.clone())
+        .detail(serde_json::json!({
+            "key": key.name.as_str(),
+            "algorithm": digest.algorithm().as_str(),
+            "digest": digest.to_hex(),
+            "reason": reason,
+            "metadata": metadata,
+            "quorum": quorum,
+        }));
+    st.store.create_request(r, event).await?;
+    Ok(PendingResponse {
+        location: format!("/v1/signing-requests/{id}"),
+        request_id: id,
+        status: "pending",
+        quorum,
+        expires_at,
+    })
+}
+
+/// A request as one caller sees it.
+#[derive(Serialize)]
+pub struct RequestView {
+    #[serde(flatten)]
+    request: SigningRequest,
+    approvals_count: u32,
+    /// Whether this caller may approve or reject it now.
+    can_decide: bool,
+    /// Whether this caller is the requester (and may cancel it while pending).
+    is_requester: bool,
+    /// Base64 signature, once signed.
+    signature: Option<String>,
+}
+
+fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
+    let me = c.principal.audit_id();
+    if r.status == "pending" && now_unix() > r.expires_at {
+        // Shown as it will be recorded at the next attempt to change it.
+        r.status = "expired".into();
+    }
+    let decided = r.approvals.iter().any(|a| a.approver == me);
+    let can_decide = r.status == "pending" && r.requester != me && !decided && may_approve(c, &r);
+    RequestView {
+        approvals_count: r.approvals_count(),
+        is_requester: r.requester == me,
+        signature: r.signature.as_ref().map(|s| B64.encode(s)),
+        can_decide,
+        request: r,
+    }
+}
+
+fn may_approve(c: &Caller, r: &SigningRequest) -> bool {
+    c.perms.allows(Role::Approver, &r.key_name)
+        && (r.approver_subjects.is_empty()
+            || c.perms.is_admin()
+            || r.approver_subjects
+                .iter()
+                .any(|s| c.perms.subjects.contains(s)))
+}
+
+fn may_see(c: &Caller, r: &SigningRequest) -> bool {
+    r.requester == c.principal.audit_id() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub struct RequestList {
+    requests: Vec<RequestView>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<RequestList>, ApiError> {
+    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let status = q.status.as_deref();
+    if let Some(s) = status {
+        if !matches!(
+            s,
+            "pending" | "signed" | "rejected" | "cancelled" | "expired"
+        ) {
+            return Err(ApiError::InvalidRequest(format!("unknown status {s:?}")));
+        }
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let requests = st
+        .store
+        .list_requests(status, limit)
+        .await?
+        .into_iter()
+        .filter(|r| may_see(&c, r))
+        .map(|r| view(&c, r))
+        .collect();
+    Ok(Json(RequestList { requests }))
+}
+
+async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<SigningRequest, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
+    }
+    match st.store.get_request(id).await? {
+        Some(r) if may_see(c, &r) => Ok(r),
+        // Requests the caller may not see are indistinguishable from missing ones.
+        _ => Err(ApiError::UnknownRequest(id.to_owned())),
+    }
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let r = visible(&st, &c, &id).await?;
+    Ok(Json(view(&c, r)))
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct DecisionBody {
+    #[serde(default)]
+    comment: String,
+}
+
+async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError> {
+    let key = lookup(st, &r.key_name).await?;
+    let alg: SignAlgorithm = r.algorithm.parse()?;
+    let bytes = hex::decode(&r.digest).map_err(|_| StoreError::Corrupt("request digest".into()))?;
+    let digest = Digest::new(alg, bytes)?;
+    Ok(st
+        .backend
+        .sign(&key.id, key.key_type, &key.handle, &digest)
+        .await?)
+}
+
+async fn decide(
+    st: &AppState,
+    c: &Caller,
+    id: &str,
+    approve: bool,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<RequestView>, ApiError> {
+    let action = if approve {
+        "signing_request.approve"
+    } else {
+        "signing_request.reject"
+    };
+    let p = &c.principal;
+    audited(st, p, action, id, async {
+        let body = json_body(body)?;
+        if body.comment.len() > 1000 {
+            return Err(ApiError::InvalidRequest(
+                "comment is at most 1000 characters".into(),
+            ));
+        }
+        if !approve && body.comment.trim().is_empty() {
+            return Err(ApiError::InvalidRequest(
+                "a rejection needs a comment".into(),
+            ));
+        }
+        let r = visible(st, c, id).await?;
+        if r.requester == p.audit_id() {
+            return Err(ApiError::SelfApproval);
+        }
+        if !may_approve(c, &r) {
+            return Err(ApiError::Forbidden(format!(
+                "deciding on requests for {} needs the approver role{}",
+                r.key_name,
+                if r.approver_subjects.is_empty() {
+                    String::new()
+                } else {
+                    format!(" as one of {}", r.approver_subjects.join(", "))
+                }
+            )));
+        }
+        // Sign ahead only when this vote may complete the quorum; the store decides.
+        let mut signature =
+            if approve && r.status == "pending" && r.approvals_count() + 1 >= r.quorum {
+                Some(sign_for(st, &r).await?)
+            } else {
+                None
+            };
+        let event = || {
+            AuditEvent::new(p.audit_id(), action, Outcome::Ok)
+                .target(id.to_owned())
+                .detail(serde_json::json!({"key": r.key_name, "comment": body.comment}))
+        };
+        let mut attempt = 0;
+        let applied = loop {
+            let d = Decision {
+                request_id: id.to_owned(),
+                approver: p.audit_id(),
+                approve,
+                comment: body.comment.clone(),
+                now: now_unix(),
+                signature: signature.clone(),
+            };
+            match st.store.decide(d, event()).await {
+                Err(StoreError::NeedSignature) if attempt == 0 => {
+                    attempt += 1;
+                    signature = Some(sign_for(st, &r).await?);
+                }
+                other => break other?,
+            }
+        };
+        if applied.outcome == Some(RequestOutcome::Expired) {
+            return Err(ApiError::RequestExpired);
+        }
+        let r = st
+            .store
+            .get_request(id)
+            .await?
+            .ok_or_else(|| ApiError::UnknownRequest(id.to_owned()))?;
+        Ok(Json(view(c, r)))
+    })
+    .await
+}
+
+pub async fn approve(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<RequestView>, ApiError> {
+    decide(&st, &c, &id, true, body).await
+}
+
+pub async fn reject(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<RequestView>, ApiError> {
+    decide(&st, &c, &id, false, body).await
+}
+
+pub async fn cancel(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<RequestView>, ApiError> {
+    let p = &c.principal;
+    audited(&st, p, "signing_request.cancel", &id, async {
+        let r = visible(&st, &c, &id).await?;
+        let event = AuditEvent::new(p.audit_id(), "signing_request.cancel", Outcome::Ok)
+            .target(id.clone())
+            .detail(serde_json::json!({"key": r.key_name}));
+        let applied = st
+            .store
+            .cancel_request(&id, &p.audit_id(), now_unix(), event)
+            .await?;
+        if applied.outcome == Some(RequestOutcome::Expired) {
+            return Err(ApiError::RequestExpired);
+        }
+        let r = st
+            .store
+            .get_request(&id)
+            .await?
+            .ok_or_else(|| ApiError::UnknownRequest(id.clone()))?;
+        Ok(Json(view(&c, r)))
+    })
+    .await
+}

@@ -1,0 +1,258 @@
+//! Subjects and grants: managed by admins, every change audited with who made it.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use axum::Json;
+use influxion_core::access::{validate_pattern, validate_subject_name};
+use influxion_core::{Grant, Role, SubjectRules};
+use influxion_store::{AuditEvent, Outcome, SubjectRecord};
+use serde::{Deserialize, Serialize};
+
+use super::sign::json_body;
+use super::{audited, new_id, require};
+use crate::{ApiError, AppState, Caller};
+
+#[derive(Serialize)]
+pub struct SubjectList {
+    subjects: Vec<SubjectRecord>,
+}
+
+/// Reading subjects is for admins and auditors.
+async fn require_read(st: &AppState, c: &Caller) -> Result<(), ApiError> {
+    if c.perms.has_role(Role::Auditor) {
+        return Ok(());
+    }
+    require(st, c, Role::Admin, "subjects", "subject.read").await
+}
+
+pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<SubjectList>, ApiError> {
+    require_read(&st, &c).await?;
+    Ok(Json(SubjectList {
+        subjects: st.store.subjects().await?.as_ref().clone(),
+    }))
+}
+
+async fn find(st: &AppState, name: &str) -> Result<SubjectRecord, ApiError> {
+    st.store
+        .get_subject(name)
+        .await?
+        .ok_or_else(|| ApiError::UnknownSubject(name.chars().take(64).collect()))
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<SubjectRecord>, ApiError> {
+    require_read(&st, &c).await?;
+    Ok(Json(find(&st, &name).await?))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GrantBody {
+    role: String,
+    /// Key (or profile) name pattern with `*` wildcards; default `*`.
+    pattern: Option<String>,
+}
+
+impl GrantBody {
+    fn to_grant(&self) -> Result<Grant, ApiError> {
+        let role: Role = self
+            .role
+            .parse()
+            .map_err(|e: influxion_core::access::AccessError| {
+                ApiError::InvalidRequest(e.to_string())
+            })?;
+        let pattern = self.pattern.clone().unwrap_or_else(|| "*".into());
+        validate_pattern(&pattern).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        Ok(Grant {
+            id: new_id(),
+            role,
+            pattern,
+        })
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubjectBody {
+    name: String,
+    #[serde(default)]
+    description: String,
+    #[serde(flatten)]
+    rules: SubjectRules,
+    #[serde(default)]
+    grants: Vec<GrantBody>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateBody {
+    #[serde(default)]
+    description: String,
+    #[serde(flatten)]
+    rules: SubjectRules,
+}
+
+fn check_rules(rules: &SubjectRules, description: &str) -> Result<(), ApiError> {
+    rules
+        .validate()
+        .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    if description.len() > 500 {
+        return Err(ApiError::InvalidRequest(
+            "description is at most 500 characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+pub async fn create(
+    State(st): State<AppState>,
+    c: Caller,
+    body: Result<Json<SubjectBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<SubjectRecord>), ApiError> {
+    require(&st, &c, Role::Admin, "subjects", "subject.create").await?;
+    let p = &c.principal;
+    audited(&st, p, "subject.create", "subjects", async {
+        let b = json_body(body)?;
+        validate_subject_name(&b.name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        check_rules(&b.rules, &b.description)?;
+        if b.grants.len() > 32 {
+            return Err(ApiError::InvalidRequest(
+                "at most 32 grants per request".into(),
+            ));
+        }
+        let grants = b
+            .grants
+            .iter()
+            .map(GrantBody::to_grant)
+            .collect::<Result<Vec<_>, _>>()?;
+        let s = SubjectRecord {
+            id: new_id(),
+            name: b.name.clone(),
+            description: b.description,
+            rules: b.rules,
+            grants,
+            created_at: influxion_store::now_rfc3339(),
+            created_by: p.audit_id(),
+        };
+        let event = AuditEvent::new(p.audit_id(), "subject.create", Outcome::Ok)
+            .target(s.name.clone())
+            .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
+        st.store.create_subject(s.clone(), event).await?;
+        Ok((StatusCode::CREATED, Json(s)))
+    })
+    .await
+}
+
+pub async fn update(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<UpdateBody>, JsonRejection>,
+) -> Result<Json<SubjectRecord>, ApiError> {
+    require(&st, &c, Role::Admin, &name, "subject.update").await?;
+    let p = &c.principal;
+    audited(&st, p, "subject.update", &name, async {
+        let b = json_body(body)?;
+        check_rules(&b.rules, &b.description)?;
+        let old = find(&st, &name).await?;
+        let s = SubjectRecord {
+            description: b.description,
+            rules: b.rules,
+            ..old.clone()
+        };
+        let event = AuditEvent::new(p.audit_id(), "subject.update", Outcome::Ok)
+            .target(name.clone())
+            .detail(serde_json::json!({"before": old.rules, "after": s.rules}));
+        st.store.update_subject(s.clone(), event).await?;
+        Ok(Json(s))
+    })
+    .await
+}
+
+/// Whether removing `grants_removed` from subject `subject_id` leaves no admin at all.
+async fn would_remove_last_admin(
+    st: &AppState,
+    subject_id: &str,
+    grants_removed: &[String],
+) -> Result<bool, ApiError> {
+    let subjects = st.store.subjects().await?;
+    let remaining = subjects.iter().flat_map(|s| {
+        s.grants
+            .iter()
+            .filter(move |g| !(s.id == subject_id && grants_removed.contains(&g.id)))
+    });
+    Ok(!remaining.into_iter().any(|g| g.role == Role::Admin))
+}
+
+pub async fn delete(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    require(&st, &c, Role::Admin, &name, "subject.delete").await?;
+    let p = &c.principal;
+    audited(&st, p, "subject.delete", &name, async {
+        let s = find(&st, &name).await?;
+        let all: Vec<String> = s.grants.iter().map(|g| g.id.clone()).collect();
+        if would_remove_last_admin(&st, &s.id, &all).await? {
+            return Err(ApiError::LastAdmin);
+        }
+        let event = AuditEvent::new(p.audit_id(), "subject.delete", Outcome::Ok)
+            .target(name.clone())
+            .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
+        st.store.delete_subject(&s.id, event).await?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}
+
+pub async fn add_grant(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<GrantBody>, JsonRejection>,
+) -> Result<(StatusCode, Json<Grant>), ApiError> {
+    require(&st, &c, Role::Admin, &name, "grant.add").await?;
+    let p = &c.principal;
+    audited(&st, p, "grant.add", &name, async {
+        let g = json_body(body)?.to_grant()?;
+        let s = find(&st, &name).await?;
+        let event = AuditEvent::new(p.audit_id(), "grant.add", Outcome::Ok)
+            .target(name.clone())
+            .detail(serde_json::json!({"role": g.role, "pattern": g.pattern, "id": g.id}));
+        st.store.add_grant(&s.id, g.clone(), event).await?;
+        Ok((StatusCode::CREATED, Json(g)))
+    })
+    .await
+}
+
+pub async fn remove_grant(
+    State(st): State<AppState>,
+    c: Caller,
+    Path((name, id)): Path<(String, String)>,
+) -> Result<StatusCode, ApiError> {
+    require(&st, &c, Role::Admin, &name, "grant.remove").await?;
+    let p = &c.principal;
+    audited(&st, p, "grant.remove", &name, async {
+        let s = find(&st, &name).await?;
+        let g = s.grants.iter().find(|g| g.id == id).ok_or_else(|| {
+            ApiError::GrantConflict(format!(
+                "no grant {} on {name}",
+                id.chars().take(64).collect::<String>()
+            ))
+        })?;
+        if would_remove_last_admin(&st, &s.id, std::slice::from_ref(&g.id)).await? {
+            return Err(ApiError::LastAdmin);
+        }
+        let event = AuditEvent::new(p.audit_id(), "grant.remove", Outcome::Ok)
+            .target(name.clone())
+            .detail(serde_json::json!({"role": g.role, "pattern": g.pattern, "id": g.id}));
+        st.store.remove_grant(&s.id, &g.id, event).await?;
+        Ok(StatusCode::NO_CONTENT)
+    })
+    .await
+}

@@ -1,0 +1,329 @@
+//! Subjects, grants, key policies and signing requests.
+
+use influxion_core::{Grant, Role, SubjectRules};
+use serde::Serialize;
+use sqlx::{Row, SqliteConnection, SqlitePool};
+
+use crate::StoreError;
+
+/// A subject with its match rules and grants.
+#[derive(Debug, Clone, Serialize)]
+pub struct SubjectRecord {
+    pub id: String,
+    pub name: String,
+    pub description: String,
+    pub rules: SubjectRules,
+    pub grants: Vec<Grant>,
+    pub created_at: String,
+    pub created_by: String,
+}
+
+/// How signing with a key is governed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct KeyPolicy {
+    /// Approvals needed before a signature is made (M of the eligible approvers); 0 = none.
+    pub approvals_required: u32,
+    /// How long a signing request waits before it expires.
+    pub approval_ttl_secs: u32,
+    /// Subjects allowed to approve; empty means any subject with the approver role on the key.
+    pub approver_subjects: Vec<String>,
+}
+
+impl Default for KeyPolicy {
+    fn default() -> Self {
+        Self {
+            approvals_required: 0,
+            approval_ttl_secs: 86_400,
+            approver_subjects: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ApprovalRecord {
+    pub approver: String,
+    pub decision: String,
+    pub comment: String,
+    pub at: String,
+}
+
+/// A signing request on a key whose policy needs approval.
+#[derive(Debug, Clone, Serialize)]
+pub struct SigningRequest {
+    pub id: String,
+    pub key_id: String,
+    pub key_name: String,
+    pub algorithm: String,
+    /// Hex digest to be signed.
+    pub digest: String,
+    /// The requester's principal id (`kind:tenant/object`).
+    pub requester: String,
+    pub requester_name: Option<String>,
+    pub reason: String,
+    pub metadata: serde_json::Value,
+    pub quorum: u32,
+    pub approver_subjects: Vec<String>,
+    pub status: String,
+    #[serde(skip)]
+    pub signature: Option<Vec<u8>>,
+    pub created_at: String,
+    /// Unix seconds.
+    pub expires_at: i64,
+    pub finished_at: Option<String>,
+    pub approvals: Vec<ApprovalRecord>,
+}
+
+impl SigningRequest {
+    pub fn approvals_count(&self) -> u32 {
+        self.approvals
+            .iter()
+            .filter(|a| a.decision == "approve")
+            .count() as u32
+    }
+}
+
+/// An approver's decision on a request.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub request_id: String,
+    pub approver: String,
+    pub approve: bool,
+    pub comment: String,
+    /// Unix seconds, for the expiry check.
+    pub now: i64,
+    /// The signature, made in advance by an approver whose vote may complete the
+    /// quorum. Without it, a completing vote fails with `NeedSignature`.
+    pub signature: Option<Vec<u8>>,
+}
+
+/// What an approval, rejection or cancellation did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RequestOutcome {
+    /// The vote counted; more are needed.
+    Approved {
+        approvals: u32,
+        quorum: u32,
+    },
+    /// This vote completed the quorum and the signature was stored.
+    Signed,
+    Rejected,
+    Cancelled,
+    /// The request had expired; it is now marked so and nothing else happened.
+    Expired,
+}
+
+pub(crate) fn subject_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SubjectRecord, sqlx::Error> {
+    Ok(SubjectRecord {
+        id: r.try_get("id")?,
+        name: r.try_get("name")?,
+        description: r.try_get("description")?,
+        rules: SubjectRules {
+            issuer: r.try_get("issuer")?,
+            tenant_id: r.try_get("tenant_id")?,
+            object_id: r.try_get("object_id")?,
+            app_id: r.try_get("app_id")?,
+            app_role: r.try_get("app_role")?,
+            group_id: r.try_get("group_id")?,
+        },
+        grants: Vec::new(),
+        created_at: r.try_get("created_at")?,
+        created_by: r.try_get("created_by")?,
+    })
+}
+
+/// Every subject with its grants.
+pub(crate) async fn load_subjects(pool: &SqlitePool) -> Result<Vec<SubjectRecord>, StoreError> {
+    let rows = sqlx::query("SELECT * FROM subjects ORDER BY name")
+        .fetch_all(pool)
+        .await?;
+    let mut subjects = rows
+        .iter()
+        .map(subject_from_row)
+        .collect::<Result<Vec<_>, _>>()?;
+    let grants =
+        sqlx::query("SELECT id, subject_id, role, pattern FROM grants ORDER BY role, pattern")
+            .fetch_all(pool)
+            .await?;
+    for g in grants {
+        let subject_id: String = g.try_get("subject_id")?;
+        let role: Role = g
+            .try_get::<String, _>("role")?
+            .parse()
+            .map_err(|_| StoreError::Corrupt("grant role".into()))?;
+        if let Some(s) = subjects.iter_mut().find(|s| s.id == subject_id) {
+            s.grants.push(Grant {
+                id: g.try_get("id")?,
+                role,
+                pattern: g.try_get("pattern")?,
+            });
+        }
+    }
+    Ok(subjects)
+}
+
+fn request_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SigningRequest, StoreError> {
+    let json = |col: &str| -> Result<serde_json::Value, StoreError> {
+        let s: String = r.try_get(col)?;
+        serde_json::from_str(&s).map_err(|_| StoreError::Corrupt(col.to_owned()))
+    };
+    let approvers: Vec<String> = serde_json::from_value(json("approver_subjects")?)
+        .map_err(|_| StoreError::Corrupt("approver_subjects".into()))?;
+    Ok(SigningRequest {
+        id: r.try_get("id")?,
+        key_id: r.try_get("key_id")?,
+        key_name: r.try_get("key_name")?,
+        algorithm: r.try_get("algorithm")?,
+        digest: r.try_get("digest")?,
+        requester: r.try_get("requester")?,
+        requester_name: r.try_get("requester_name")?,
+        reason: r.try_get("reason")?,
+        metadata: json("metadata")?,
+        quorum: r.try_get::<i64, _>("quorum")? as u32,
+        approver_subjects: approvers,
+        status: r.try_get("status")?,
+        signature: r.try_get("signature")?,
+        created_at: r.try_get("created_at")?,
+        expires_at: r.try_get("expires_at")?,
+        finished_at: r.try_get("finished_at")?,
+        approvals: Vec::new(),
+    })
+}
+
+async fn approvals_of(pool: &SqlitePool, id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
+    let rows = sqlx::query(
+        "SELECT approver, decision, comment, at FROM approvals WHERE request_id = ? ORDER BY at",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await?;
+    rows.iter()
+        .map(|a| {
+            Ok(ApprovalRecord {
+                approver: a.try_get("approver")?,
+                decision: a.try_get("decision")?,
+                comment: a.try_get("comment")?,
+                at: a.try_get("at")?,
+            })
+        })
+        .collect()
+}
+
+pub(crate) async fn get_request(
+    pool: &SqlitePool,
+    id: &str,
+) -> Result<Option<SigningRequest>, StoreError> {
+    let Some(row) = sqlx::query("SELECT * FROM signing_requests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(pool)
+        .await?
+    else {
+        return Ok(None);
+    };
+    let mut r = request_from_row(&row)?;
+    r.approvals = approvals_of(pool, id).await?;
+    Ok(Some(r))
+}
+
+pub(crate) async fn list_requests(
+    pool: &SqlitePool,
+    status: Option<&str>,
+    limit: u32,
+) -> Result<Vec<SigningRequest>, StoreError> {
+    let rows =
+        match status {
+            Some(s) => sqlx::query(
+                "SELECT * FROM signing_requests WHERE status = ? ORDER BY created_at DESC LIMIT ?",
+            )
+            .bind(s)
+            .bind(limit as i64)
+            .fetch_all(pool)
+            .await?,
+            None => {
+                sqlx::query("SELECT * FROM signing_requests ORDER BY created_at DESC LIMIT ?")
+                    .bind(limit as i64)
+                    .fetch_all(pool)
+                    .await?
+            }
+        };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in &rows {
+        let mut r = request_from_row(row)?;
+        r.approvals = approvals_of(pool, &r.id).await?;
+        out.push(r);
+    }
+    Ok(out)
+}
+
+pub(crate) async fn insert_request(
+    conn: &mut SqliteConnection,
+    r: &SigningRequest,
+) -> Result<(), StoreError> {
+    sqlx::query(
+        "INSERT INTO signing_requests (id, key_id, key_name, algorithm, digest, requester, requester_name, reason,
+             metadata, quorum, approver_subjects, status, signature, created_at, expires_at, finished_at)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, NULL)",
+    )
+    .bind(&r.id)
+    .bind(&r.key_id)
+    .bind(&r.key_name)
+    .bind(&r.algorithm)
+    .bind(&r.digest)
+    .bind(&r.requester)
+    .bind(&r.requester_name)
+    .bind(&r.reason)
+    .bind(r.metadata.to_string())
+    .bind(r.quorum as i64)
+    .bind(serde_json::to_string(&r.approver_subjects).unwrap_or_else(|_| "[]".into()))
+    .bind(&r.created_at)
+    .bind(r.expires_at)
+    .execute(&mut *conn)
+    .await?;
+    Ok(())
+}
+
+/// The state a decision needs, read inside the writer's transaction.
+pub(crate) struct OpenRequest {
+    pub status: String,
+    pub expires_at: i64,
+    pub quorum: u32,
+    pub requester: String,
+    pub key_id: String,
+    pub key_name: String,
+}
+
+pub(crate) async fn open_request(
+    conn: &mut SqliteConnection,
+    id: &str,
+) -> Result<OpenRequest, StoreError> {
+    let r = sqlx::query("SELECT status, expires_at, quorum, requester, key_id, key_name FROM signing_requests WHERE id = ?")
+        .bind(id)
+        .fetch_optional(&mut *conn)
+        .await?
+        .ok_or_else(|| StoreError::NoSuchRequest(id.to_owned()))?;
+    Ok(OpenRequest {
+        status: r.try_get("status")?,
+        expires_at: r.try_get("expires_at")?,
+        quorum: r.try_get::<i64, _>("quorum")? as u32,
+        requester: r.try_get("requester")?,
+        key_id: r.try_get("key_id")?,
+        key_name: r.try_get("key_name")?,
+    })
+}
+
+pub(crate) async fn finish(
+    conn: &mut SqliteConnection,
+    id: &str,
+    status: &str,
+) -> Result<(), StoreError> {
+    let r = sqlx::query("UPDATE signing_requests SET status = ?, finished_at = ? WHERE id = ? AND status = 'pending'")
+        .bind(status)
+        .bind(crate::now_rfc3339())
+        .bind(id)
+        .execute(&mut *conn)
+        .await?;
+    if r.rows_affected() != 1 {
+        return Err(StoreError::RequestClosed(id.to_owned()));
+    }
+    Ok(())
+}

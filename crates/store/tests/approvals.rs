@@ -1,0 +1,257 @@
+//! The approval workflow's invariants, enforced by the store: quorum, one vote per
+//! approver, no self-approval, terminal states, and exactly one signature under races.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use influxion_core::{KeyStatus, KeyType};
+use influxion_store::{
+    AuditEvent, Decision, KeyPolicy, KeyRecord, Outcome, RequestOutcome, SigningRequest, Store,
+    StoreError,
+};
+
+async fn store() -> (tempfile::TempDir, Store) {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+        .await
+        .unwrap();
+    let key = KeyRecord {
+        id: "k1".into(),
+        name: "prod".parse().unwrap(),
+        key_type: KeyType::EcP256,
+        backend: "software".into(),
+        status: KeyStatus::Active,
+        public_key: vec![1],
+        handle: vec![2],
+        created_at: influxion_store::now_rfc3339(),
+        created_by: "t".into(),
+        policy: KeyPolicy::default(),
+    };
+    s.insert_key(key, ev("key.create")).await.unwrap();
+    (dir, s)
+}
+
+fn ev(action: &str) -> AuditEvent {
+    AuditEvent::new("tester", action, Outcome::Ok)
+}
+
+async fn request(s: &Store, id: &str, quorum: u32, expires_at: i64) {
+    let r = SigningRequest {
+        id: id.into(),
+        key_id: "k1".into(),
+        key_name: "prod".into(),
+        algorithm: "ES256".into(),
+        digest: "00".repeat(32),
+        requester: "app:t/requester".into(),
+        requester_name: None,
+        reason: "release 2.1".into(),
+        metadata: serde_json::json!({"file": "fw.bin"}),
+        quorum,
+        approver_subjects: vec![],
+        status: "pending".into(),
+        signature: None,
+        created_at: influxion_store::now_rfc3339(),
+        expires_at,
+        finished_at: None,
+        approvals: vec![],
+    };
+    s.create_request(r, ev("signing_request.create"))
+        .await
+        .unwrap();
+}
+
+const FUTURE: i64 = i64::MAX / 2;
+
+fn vote(id: &str, approver: &str, approve: bool, sig: bool) -> Decision {
+    Decision {
+        request_id: id.into(),
+        approver: approver.into(),
+        approve,
+        comment: "ok".into(),
+        now: 1000,
+        signature: sig.then(|| vec![0xAA; 70]),
+    }
+}
+
+async fn signed_records(s: &Store) -> usize {
+    s.recent_audit(10_000)
+        .await
+        .unwrap()
+        .iter()
+        .filter(|a| a.action == "sign")
+        .count()
+}
+
+#[tokio::test]
+async fn two_of_n_and_three_of_n() {
+    let (_d, s) = store().await;
+    for quorum in [2u32, 3] {
+        let id = format!("r{quorum}");
+        request(&s, &id, quorum, FUTURE).await;
+        for i in 1..quorum {
+            let a = s
+                .decide(
+                    vote(&id, &format!("app:t/a{i}"), true, false),
+                    ev("approve"),
+                )
+                .await
+                .unwrap();
+            assert_eq!(
+                a.outcome,
+                Some(RequestOutcome::Approved {
+                    approvals: i,
+                    quorum
+                })
+            );
+        }
+        // The completing vote must carry the signature.
+        let e = s
+            .decide(vote(&id, "app:t/last", true, false), ev("approve"))
+            .await
+            .unwrap_err();
+        assert!(matches!(e, StoreError::NeedSignature));
+        let a = s
+            .decide(vote(&id, "app:t/last", true, true), ev("approve"))
+            .await
+            .unwrap();
+        assert_eq!(a.outcome, Some(RequestOutcome::Signed));
+        let r = s.get_request(&id).await.unwrap().unwrap();
+        assert_eq!(r.status, "signed");
+        assert_eq!(r.approvals_count(), quorum);
+        assert!(r.signature.is_some());
+    }
+    assert_eq!(signed_records(&s).await, 2);
+    assert!(matches!(
+        s.verify_audit_chain().await.unwrap(),
+        influxion_store::ChainReport::Intact { .. }
+    ));
+}
+
+#[tokio::test]
+async fn self_approval_is_refused() {
+    let (_d, s) = store().await;
+    request(&s, "r", 1, FUTURE).await;
+    let e = s
+        .decide(vote("r", "app:t/requester", true, true), ev("approve"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::SelfApproval));
+    assert_eq!(s.get_request("r").await.unwrap().unwrap().status, "pending");
+}
+
+#[tokio::test]
+async fn one_approver_counts_once() {
+    let (_d, s) = store().await;
+    request(&s, "r", 2, FUTURE).await;
+    s.decide(vote("r", "app:t/a", true, false), ev("approve"))
+        .await
+        .unwrap();
+    let e = s
+        .decide(vote("r", "app:t/a", true, true), ev("approve"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::AlreadyDecided));
+    let r = s.get_request("r").await.unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.approvals_count()), ("pending", 1));
+}
+
+#[tokio::test]
+async fn nothing_after_reject_cancel_or_expiry() {
+    let (_d, s) = store().await;
+    request(&s, "rej", 2, FUTURE).await;
+    let a = s
+        .decide(vote("rej", "app:t/a", false, false), ev("reject"))
+        .await
+        .unwrap();
+    assert_eq!(a.outcome, Some(RequestOutcome::Rejected));
+    assert!(matches!(
+        s.decide(vote("rej", "app:t/b", true, true), ev("approve")).await,
+        Err(StoreError::RequestClosed(st)) if st == "rejected"
+    ));
+
+    request(&s, "can", 1, FUTURE).await;
+    assert!(matches!(
+        s.cancel_request("can", "app:t/someone-else", 1000, ev("cancel"))
+            .await,
+        Err(StoreError::NotRequester)
+    ));
+    let a = s
+        .cancel_request("can", "app:t/requester", 1000, ev("cancel"))
+        .await
+        .unwrap();
+    assert_eq!(a.outcome, Some(RequestOutcome::Cancelled));
+    assert!(matches!(
+        s.decide(vote("can", "app:t/b", true, true), ev("approve")).await,
+        Err(StoreError::RequestClosed(st)) if st == "cancelled"
+    ));
+
+    request(&s, "old", 1, 999).await;
+    let a = s
+        .decide(vote("old", "app:t/b", true, true), ev("approve"))
+        .await
+        .unwrap();
+    assert_eq!(a.outcome, Some(RequestOutcome::Expired));
+    let r = s.get_request("old").await.unwrap().unwrap();
+    assert_eq!(r.status, "expired");
+    assert!(r.signature.is_none());
+    assert!(matches!(
+        s.decide(vote("old", "app:t/c", true, true), ev("approve")).await,
+        Err(StoreError::RequestClosed(st)) if st == "expired"
+    ));
+    assert_eq!(signed_records(&s).await, 0);
+}
+
+#[tokio::test]
+async fn racing_last_votes_sign_exactly_once() {
+    let (_d, s) = store().await;
+    request(&s, "r", 3, FUTURE).await;
+    s.decide(vote("r", "app:t/a1", true, false), ev("approve"))
+        .await
+        .unwrap();
+    s.decide(vote("r", "app:t/a2", true, false), ev("approve"))
+        .await
+        .unwrap();
+    // 32 approvers all believe theirs is the last vote, each with a signature.
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            s.decide(
+                vote("r", &format!("app:t/racer{i}"), true, true),
+                ev("approve"),
+            )
+            .await
+        }));
+    }
+    let mut signed = 0;
+    let mut closed = 0;
+    for t in tasks {
+        match t.await.unwrap() {
+            Ok(a) if a.outcome == Some(RequestOutcome::Signed) => signed += 1,
+            Err(StoreError::RequestClosed(_)) => closed += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!((signed, closed), (1, 31));
+    assert_eq!(signed_records(&s).await, 1);
+    let r = s.get_request("r").await.unwrap().unwrap();
+    assert_eq!((r.status.as_str(), r.approvals_count()), ("signed", 3));
+}
+
+#[tokio::test]
+async fn disabled_key_never_signs_through_approval() {
+    let (_d, s) = store().await;
+    request(&s, "r", 1, FUTURE).await;
+    s.set_key_status(
+        &"prod".parse().unwrap(),
+        KeyStatus::Disabled,
+        ev("key.disable"),
+    )
+    .await
+    .unwrap();
+    let e = s
+        .decide(vote("r", "app:t/a", true, true), ev("approve"))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, StoreError::KeyNotActive(_)));
+    assert_eq!(s.get_request("r").await.unwrap().unwrap().status, "pending");
+}

@@ -22,6 +22,9 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+/// The tenant id the development issuer puts in `tid`.
+pub const DEV_TENANT_ID: &str = "00000000-0000-0000-0000-00000000de50";
+
 /// A client allowed to use the client credentials grant.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct DevClient {
@@ -60,7 +63,7 @@ impl DevIdpState {
             .map_err(|e| DevIdpError::Key(e.to_string()))?;
         Ok(Self {
             signing_key_pem: pem.to_string(),
-            tenant_id: "00000000-0000-0000-0000-00000000de50".into(),
+            tenant_id: DEV_TENANT_ID.into(),
             audience: audience.into(),
             clients,
         })

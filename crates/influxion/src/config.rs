@@ -413,6 +413,12 @@ impl ServerConfig {
             if r.tenant_id.is_none() {
                 r.tenant_id = auth.tenant_id.clone();
             }
+            if r.tenant_id.is_none() {
+                return Err(err(
+                    "bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN",
+                    "name the tenant_id: tokens may come from several tenants",
+                ));
+            }
         }
         Ok(Self {
             listen,

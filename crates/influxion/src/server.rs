@@ -190,7 +190,8 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         auth: AuthConfig {
             metadata_url: format!("{issuer}/.well-known/openid-configuration"),
             audiences: vec![DEV_AUDIENCE.into()],
-            tenant_id: None,
+            // The development issuer's tenant: pinned like a single-tenant deployment.
+            tenant_id: Some(influxion_devidp::DEV_TENANT_ID.into()),
             allowed_tenants: vec![],
             extra_issuers: vec![],
             required_scope: "access_as_user".into(),

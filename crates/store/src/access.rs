@@ -12,6 +12,7 @@ pub struct SubjectRecord {
     pub id: String,
     pub name: String,
     pub description: String,
+    #[serde(flatten)]
     pub rules: SubjectRules,
     pub grants: Vec<Grant>,
     pub created_at: String,

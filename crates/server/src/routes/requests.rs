@@ -127,6 +127,7 @@ pub async fn list(
     c: Caller,
     q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RequestList>, ApiError> {
+    super::require_any(&c)?;
     let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
     let status = q.status.as_deref();
     if let Some(s) = status {
@@ -149,6 +150,16 @@ pub async fn list(
     Ok(Json(RequestList { requests }))
 }
 
+async fn fetch(st: &AppState, id: &str) -> Result<SigningRequest, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
+    }
+    st.store
+        .get_request(id)
+        .await?
+        .ok_or_else(|| ApiError::UnknownRequest(id.to_owned()))
+}
+
 async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<SigningRequest, ApiError> {
     if id.len() > 64 {
         return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
@@ -165,6 +176,7 @@ pub async fn show(
     c: Caller,
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
+    super::require_any(&c)?;
     let r = visible(&st, &c, &id).await?;
     Ok(Json(view(&c, r)))
 }
@@ -212,7 +224,7 @@ async fn decide(
                 "a rejection needs a comment".into(),
             ));
         }
-        let r = visible(st, c, id).await?;
+        let r = fetch(st, id).await?;
         if r.requester == p.audit_id() {
             return Err(ApiError::SelfApproval);
         }

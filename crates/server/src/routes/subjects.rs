@@ -96,10 +96,17 @@ pub struct UpdateBody {
     rules: SubjectRules,
 }
 
-fn check_rules(rules: &SubjectRules, description: &str) -> Result<(), ApiError> {
+fn check_rules(st: &AppState, rules: &SubjectRules, description: &str) -> Result<(), ApiError> {
     rules
         .validate()
         .map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+    // When tokens may come from several tenants, an app id or role alone would match
+    // the same-named principal of every tenant: require the tenant.
+    if st.validator.config().tenant_id.is_none() && rules.tenant_id.is_none() {
+        return Err(ApiError::InvalidRequest(
+            "this keyserver accepts several tenants: a subject must name its tenant_id".into(),
+        ));
+    }
     if description.len() > 500 {
         return Err(ApiError::InvalidRequest(
             "description is at most 500 characters".into(),
@@ -118,7 +125,7 @@ pub async fn create(
     audited(&st, p, "subject.create", "subjects", async {
         let b = json_body(body)?;
         validate_subject_name(&b.name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
-        check_rules(&b.rules, &b.description)?;
+        check_rules(&st, &b.rules, &b.description)?;
         if b.grants.len() > 32 {
             return Err(ApiError::InvalidRequest(
                 "at most 32 grants per request".into(),
@@ -157,7 +164,7 @@ pub async fn update(
     let p = &c.principal;
     audited(&st, p, "subject.update", &name, async {
         let b = json_body(body)?;
-        check_rules(&b.rules, &b.description)?;
+        check_rules(&st, &b.rules, &b.description)?;
         let old = find(&st, &name).await?;
         let s = SubjectRecord {
             description: b.description,

@@ -1,0 +1,590 @@
+//! Subjects, roles and the approval workflow over HTTP, against the real router and
+//! store: every role allows exactly what it should.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
+mod common;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use influxion_core::{Role, SubjectRules};
+use serde_json::{json, Value};
+
+fn digest() -> String {
+    "ab".repeat(32)
+}
+
+fn app_token(idp: &TestIdp, app: &str) -> String {
+    let mut c = app_claims(&idp.issuer);
+    c["azp"] = json!(app);
+    c["oid"] = json!(format!(
+        "00000000-0000-4000-8000-{:0>12}",
+        app.len() * 1000 + app.bytes().map(|b| b as usize).sum::<usize>()
+    ));
+    token(&keys().rsa1, &c)
+}
+
+struct World {
+    idp: TestIdp,
+    h: Harness,
+    admin: String,
+    signer: String,
+}
+
+async fn world() -> World {
+    let k = keys();
+    let idp = TestIdp::start("", &[&k.rsa1]).await;
+    let h = Harness::new(auth_config(&idp)).await;
+    let admin = token(&k.rsa1, &{
+        let mut a = app_claims(&idp.issuer);
+        a["azp"] = json!("key-admin");
+        a["oid"] = json!("cccccccc-0000-4000-8000-000000000003");
+        a
+    });
+    let signer = token(&k.rsa1, &app_claims(&idp.issuer));
+    assert_eq!(h.create_key(&admin, "fw", "ec-p256").await.status, 201);
+    assert_eq!(
+        h.create_key(&admin, "fw-approval", "ec-p256").await.status,
+        201
+    );
+    let r = h
+        .call(
+            "PUT",
+            "/v1/keys/fw-approval/policy",
+            Some(&admin),
+            Some(json!({"approvals_required": 2})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    World {
+        idp,
+        h,
+        admin,
+        signer,
+    }
+}
+
+async fn pending_request(w: &World) -> String {
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw-approval/sign",
+            Some(&w.signer),
+            Some(json!({"digest": digest(), "reason": "release"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    r.json["request_id"].as_str().unwrap().to_owned()
+}
+
+#[tokio::test]
+async fn every_role_allows_exactly_what_it_should() {
+    let w = world().await;
+    // One caller per role (and one with none), each matched by its own subject.
+    let roles: Vec<(&str, Option<Role>)> = vec![
+        ("admin", Some(Role::Admin)),
+        ("key-admin", Some(Role::KeyAdmin)),
+        ("signer", Some(Role::Signer)),
+        ("approver", Some(Role::Approver)),
+        ("provisioner", Some(Role::Provisioner)),
+        ("auditor", Some(Role::Auditor)),
+        ("none", None),
+    ];
+    for (name, role) in &roles {
+        let grants: Vec<(Role, &str)> = role.iter().map(|r| (*r, "*")).collect();
+        let app = format!("caller-{name}");
+        w.h.add_subject(
+            &format!("s-{name}"),
+            SubjectRules {
+                app_id: Some(app),
+                ..Default::default()
+            },
+            &grants,
+        )
+        .await;
+    }
+    use Role::*;
+    // endpoint label, roles that succeed
+    let table: Vec<(&str, Vec<Role>)> = vec![
+        (
+            "GET /v1/keys",
+            vec![Admin, KeyAdmin, Signer, Approver, Provisioner, Auditor],
+        ),
+        (
+            "GET /v1/keys/fw",
+            vec![Admin, KeyAdmin, Signer, Approver, Provisioner, Auditor],
+        ),
+        ("POST /v1/keys", vec![Admin, KeyAdmin]),
+        ("PUT /v1/keys/fw/policy", vec![Admin, KeyAdmin]),
+        ("POST /v1/keys/{own}/disable", vec![Admin, KeyAdmin]),
+        ("POST /v1/keys/fw/sign", vec![Admin, Signer]),
+        ("POST /v1/keys/fw-approval/sign", vec![Admin, Signer]),
+        (
+            "GET /v1/signing-requests",
+            vec![Admin, KeyAdmin, Signer, Approver, Provisioner, Auditor],
+        ),
+        (
+            "POST /v1/signing-requests/{id}/approve",
+            vec![Admin, Approver],
+        ),
+        ("GET /v1/audit", vec![Admin, Auditor]),
+        ("GET /v1/subjects", vec![Admin, Auditor]),
+        ("POST /v1/subjects", vec![Admin]),
+        ("POST /v1/subjects/{s}/grants", vec![Admin]),
+    ];
+    for (name, role) in &roles {
+        let t = app_token(&w.idp, &format!("caller-{name}"));
+        // /v1/me works for everyone with a valid token.
+        assert_eq!(w.h.call("GET", "/v1/me", Some(&t), None).await.status, 200);
+        for (endpoint, allowed) in &table {
+            // Fixtures each call needs, made by the admin.
+            let own_key = format!("own-{name}");
+            let (method, path, body) = match *endpoint {
+                "GET /v1/keys" => ("GET", "/v1/keys".to_owned(), None),
+                "GET /v1/keys/fw" => ("GET", "/v1/keys/fw".to_owned(), None),
+                "POST /v1/keys" => (
+                    "POST",
+                    "/v1/keys".to_owned(),
+                    Some(json!({"name": format!("new-{name}"), "key_type": "ec-p256"})),
+                ),
+                "PUT /v1/keys/fw/policy" => (
+                    "PUT",
+                    "/v1/keys/fw/policy".to_owned(),
+                    Some(json!({"approvals_required": 0})),
+                ),
+                "POST /v1/keys/{own}/disable" => {
+                    assert_eq!(
+                        w.h.create_key(&w.admin, &own_key, "ec-p256").await.status,
+                        201
+                    );
+                    ("POST", format!("/v1/keys/{own_key}/disable"), None)
+                }
+                "POST /v1/keys/fw/sign" => (
+                    "POST",
+                    "/v1/keys/fw/sign".to_owned(),
+                    Some(json!({"digest": digest()})),
+                ),
+                "POST /v1/keys/fw-approval/sign" => (
+                    "POST",
+                    "/v1/keys/fw-approval/sign".to_owned(),
+                    Some(json!({"digest": digest(), "reason": "table"})),
+                ),
+                "GET /v1/signing-requests" => ("GET", "/v1/signing-requests".to_owned(), None),
+                "POST /v1/signing-requests/{id}/approve" => {
+                    let id = pending_request(&w).await;
+                    (
+                        "POST",
+                        format!("/v1/signing-requests/{id}/approve"),
+                        Some(json!({"comment": "ok"})),
+                    )
+                }
+                "GET /v1/audit" => ("GET", "/v1/audit".to_owned(), None),
+                "GET /v1/subjects" => ("GET", "/v1/subjects".to_owned(), None),
+                "POST /v1/subjects" => (
+                    "POST",
+                    "/v1/subjects".to_owned(),
+                    Some(json!({"name": format!("made-by-{name}"), "app_id": "x"})),
+                ),
+                "POST /v1/subjects/{s}/grants" => (
+                    "POST",
+                    "/v1/subjects/ci/grants".to_owned(),
+                    Some(json!({"role": "auditor", "pattern": format!("p-{name}")})),
+                ),
+                other => panic!("{other}"),
+            };
+            let r = w.h.call(method, &path, Some(&t), body).await;
+            let ok = role.is_some_and(|r| allowed.contains(&r));
+            if ok {
+                assert!(
+                    matches!(r.status.as_u16(), 200 | 201 | 202),
+                    "{name} on {endpoint} should succeed: {} {}",
+                    r.status,
+                    r.text
+                );
+            } else {
+                r.assert_problem(403, "forbidden");
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn grants_are_scoped_by_pattern() {
+    let w = world().await;
+    w.h.add_subject(
+        "fw-signer",
+        SubjectRules {
+            app_id: Some("pattern-app".into()),
+            ..Default::default()
+        },
+        &[(Role::Signer, "fw"), (Role::Approver, "other-*")],
+    )
+    .await;
+    let t = app_token(&w.idp, "pattern-app");
+    let ok =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&t),
+            Some(json!({"digest": digest()})),
+        )
+        .await;
+    assert_eq!(ok.status, 200, "{}", ok.text);
+    let no =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw-approval/sign",
+            Some(&t),
+            Some(json!({"digest": digest(), "reason": "x"})),
+        )
+        .await;
+    no.assert_problem(403, "forbidden");
+    let id = pending_request(&w).await;
+    w.h.call(
+        "POST",
+        &format!("/v1/signing-requests/{id}/approve"),
+        Some(&t),
+        Some(json!({})),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    let me = w.h.call("GET", "/v1/me", Some(&t), None).await;
+    assert_eq!(me.json["subjects"], json!(["fw-signer"]));
+    assert_eq!(me.json["roles"], json!(["signer", "approver"]));
+}
+
+#[tokio::test]
+async fn two_approvers_sign_once_and_the_requester_gets_the_signature() {
+    let w = world().await;
+    for i in 1..=2 {
+        w.h.add_subject(
+            &format!("approver-{i}"),
+            SubjectRules {
+                app_id: Some(format!("approver-app-{i}")),
+                ..Default::default()
+            },
+            &[(Role::Approver, "fw-*")],
+        )
+        .await;
+    }
+    let a1 = app_token(&w.idp, "approver-app-1");
+    let a2 = app_token(&w.idp, "approver-app-2");
+    let r = w
+        .h
+        .call(
+            "POST",
+            "/v1/keys/fw-approval/sign",
+            Some(&w.signer),
+            Some(json!({"digest": digest(), "reason": "release 2.1", "metadata": {"file": "fw.bin", "version": "2.1"}})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.json["request_id"].as_str().unwrap().to_owned();
+    assert_eq!(r.json["location"], format!("/v1/signing-requests/{id}"));
+    // A reason is required on approval keys.
+    w.h.call(
+        "POST",
+        "/v1/keys/fw-approval/sign",
+        Some(&w.signer),
+        Some(json!({"digest": digest()})),
+    )
+    .await
+    .assert_problem(400, "invalid-request");
+
+    // Approvers see what they decide on.
+    let list =
+        w.h.call(
+            "GET",
+            "/v1/signing-requests?status=pending",
+            Some(&a1),
+            None,
+        )
+        .await;
+    let item = &list.json["requests"][0];
+    assert_eq!(item["id"], id.as_str());
+    assert_eq!(item["reason"], "release 2.1");
+    assert_eq!(item["metadata"]["version"], "2.1");
+    assert_eq!(item["digest"], digest());
+    assert_eq!(item["can_decide"], true);
+
+    let path = format!("/v1/signing-requests/{id}/approve");
+    let approve = |t: String| {
+        let (h, path) = (&w.h, path.clone());
+        async move {
+            h.call("POST", &path, Some(&t), Some(json!({"comment": "checked"})))
+                .await
+        }
+    };
+    let r = approve(a1.clone()).await;
+    assert_eq!(
+        (r.status.as_u16(), r.json["status"].as_str()),
+        (200, Some("pending")),
+        "{}",
+        r.text
+    );
+    // One approver counts once.
+    approve(a1.clone())
+        .await
+        .assert_problem(409, "already-decided");
+    // The requester can never approve, whatever subjects it matches.
+    w.h.add_subject(
+        "ci-also-approver",
+        SubjectRules {
+            app_id: Some("ci-signer".into()),
+            ..Default::default()
+        },
+        &[(Role::Approver, "*")],
+    )
+    .await;
+    approve(w.signer.clone())
+        .await
+        .assert_problem(403, "self-approval");
+    let r = approve(a2.clone()).await;
+    assert_eq!(r.json["status"], "signed", "{}", r.text);
+    // Signed exactly once; the requester fetches a signature that verifies.
+    approve(app_token(&w.idp, "key-admin"))
+        .await
+        .assert_problem(409, "request-closed");
+    let got =
+        w.h.call(
+            "GET",
+            &format!("/v1/signing-requests/{id}"),
+            Some(&w.signer),
+            None,
+        )
+        .await;
+    let sig = got.json["signature"].as_str().unwrap();
+    let v =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw-approval/verify",
+            Some(&w.signer),
+            Some(json!({"digest": digest(), "signature": sig})),
+        )
+        .await;
+    assert_eq!(v.json["valid"], true);
+    assert!(B64.decode(sig).is_ok());
+    let audit = w.h.state.store.recent_audit(100).await.unwrap();
+    let signed: Vec<_> = audit
+        .iter()
+        .filter(|a| a.action == "sign" && a.detail.contains(&id))
+        .collect();
+    assert_eq!(signed.len(), 1);
+    for action in ["signing_request.create", "signing_request.approve"] {
+        assert!(
+            audit
+                .iter()
+                .any(|a| a.action == action && a.outcome == "ok"),
+            "{action}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn reject_and_cancel_end_requests_without_signatures() {
+    let w = world().await;
+    let admin = w.admin.clone();
+    let id = pending_request(&w).await;
+    w.h.call(
+        "POST",
+        &format!("/v1/signing-requests/{id}/reject"),
+        Some(&admin),
+        Some(json!({"comment": " "})),
+    )
+    .await
+    .assert_problem(400, "invalid-request");
+    let r =
+        w.h.call(
+            "POST",
+            &format!("/v1/signing-requests/{id}/reject"),
+            Some(&admin),
+            Some(json!({"comment": "wrong build"})),
+        )
+        .await;
+    assert_eq!(r.json["status"], "rejected", "{}", r.text);
+    w.h.call(
+        "POST",
+        &format!("/v1/signing-requests/{id}/approve"),
+        Some(&admin),
+        Some(json!({})),
+    )
+    .await
+    .assert_problem(409, "request-closed");
+
+    let id = pending_request(&w).await;
+    w.h.call(
+        "POST",
+        &format!("/v1/signing-requests/{id}/cancel"),
+        Some(&admin),
+        None,
+    )
+    .await
+    .assert_problem(403, "not-requester");
+    let r =
+        w.h.call(
+            "POST",
+            &format!("/v1/signing-requests/{id}/cancel"),
+            Some(&w.signer),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "cancelled", "{}", r.text);
+    w.h.call(
+        "POST",
+        &format!("/v1/signing-requests/{id}/approve"),
+        Some(&admin),
+        Some(json!({})),
+    )
+    .await
+    .assert_problem(409, "request-closed");
+    let got =
+        w.h.call(
+            "GET",
+            &format!("/v1/signing-requests/{id}"),
+            Some(&w.signer),
+            None,
+        )
+        .await;
+    assert!(got.json["signature"].is_null());
+    w.h.call(
+        "GET",
+        "/v1/signing-requests/does-not-exist",
+        Some(&admin),
+        None,
+    )
+    .await
+    .assert_problem(404, "unknown-request");
+}
+
+#[tokio::test]
+async fn workload_identity_app_role_is_matched_only_in_its_tenant() {
+    let k = keys();
+    let other = "99999999-2222-3333-4444-555555555555";
+    let idp = TestIdp::start("/{tenantid}/v2.0", &[&k.rsa1]).await;
+    let mut cfg = auth_config(&idp);
+    cfg.tenant_id = None;
+    cfg.allowed_tenants = vec![TENANT.into(), other.into()];
+    let h = Harness::new(cfg).await;
+    // Azure DevOps workload identity: app-only token whose `roles` carry the app role.
+    h.add_subject(
+        "pipelines",
+        SubjectRules {
+            tenant_id: Some(TENANT.into()),
+            app_role: Some(SIGN_ROLE.into()),
+            ..Default::default()
+        },
+        &[(Role::Signer, "*")],
+    )
+    .await;
+    h.add_subject(
+        "tenant-admins",
+        SubjectRules {
+            tenant_id: Some(TENANT.into()),
+            app_id: Some("tenant-admin".into()),
+            ..Default::default()
+        },
+        &[(Role::Admin, "*")],
+    )
+    .await;
+    let claims_for = |tid: &str, azp: &str| {
+        let mut c = app_claims(&format!("{}/{tid}/v2.0", idp.base));
+        c["tid"] = json!(tid);
+        c["azp"] = json!(azp);
+        c
+    };
+    let admin = token(&k.rsa1, &claims_for(TENANT, "tenant-admin"));
+    assert_eq!(h.create_key(&admin, "fw", "ec-p256").await.status, 201);
+    let pipeline = token(&k.rsa1, &claims_for(TENANT, "ado-pipeline"));
+    let r = h
+        .call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&pipeline),
+            Some(json!({"digest": digest()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let me: Value = h.call("GET", "/v1/me", Some(&pipeline), None).await.json;
+    assert_eq!(me["subjects"], json!(["pipelines"]));
+    // Same role, same app, another (allowed) tenant: valid token, but no subject.
+    let foreign = token(&k.rsa1, &claims_for(other, "ado-pipeline"));
+    let r = h
+        .call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&foreign),
+            Some(json!({"digest": digest()})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+    // The admin's app id from another tenant is not the admin either.
+    let foreign_admin = token(&k.rsa1, &claims_for(other, "tenant-admin"));
+    h.create_key(&foreign_admin, "evil", "ec-p256")
+        .await
+        .assert_problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn subject_management_is_audited_and_keeps_an_admin() {
+    let w = world().await;
+    let r = w
+        .h
+        .call(
+            "POST",
+            "/v1/subjects",
+            Some(&w.admin),
+            Some(json!({"name": "release-team", "group_id": "g-123", "grants": [{"role": "approver", "pattern": "fw-*"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let a = w.h.last_audit().await;
+    assert_eq!(
+        (a.action.as_str(), a.target.as_deref()),
+        ("subject.create", Some("release-team"))
+    );
+    assert!(a.actor.contains("cccccccc-0000-4000-8000-000000000003"));
+    // Too broad: issuer alone matches everyone.
+    w.h.call(
+        "POST",
+        "/v1/subjects",
+        Some(&w.admin),
+        Some(json!({"name": "everyone", "issuer": w.idp.issuer})),
+    )
+    .await
+    .assert_problem(400, "invalid-request");
+    w.h.call(
+        "POST",
+        "/v1/subjects",
+        Some(&w.admin),
+        Some(json!({"name": "release-team", "app_id": "x"})),
+    )
+    .await
+    .assert_problem(409, "subject-exists");
+    w.h.call(
+        "POST",
+        "/v1/subjects/release-team/grants",
+        Some(&w.admin),
+        Some(json!({"role": "superuser"})),
+    )
+    .await
+    .assert_problem(400, "invalid-request");
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/subjects/release-team",
+            Some(&w.admin),
+            Some(json!({"group_id": "g-456"})),
+        )
+        .await;
+    assert_eq!(r.json["group_id"], "g-456", "{}", r.text);
+    // The last admin cannot remove itself.
+    w.h.call("DELETE", "/v1/subjects/admins", Some(&w.admin), None)
+        .await
+        .assert_problem(409, "last-admin");
+    let r =
+        w.h.call("DELETE", "/v1/subjects/release-team", Some(&w.admin), None)
+            .await;
+    assert_eq!(r.status, 204);
+    assert_eq!(w.h.last_audit().await.action, "subject.delete");
+}

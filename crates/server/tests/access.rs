@@ -197,7 +197,7 @@ async fn every_role_allows_exactly_what_it_should() {
             let ok = role.is_some_and(|r| allowed.contains(&r));
             if ok {
                 assert!(
-                    matches!(r.status.as_u16(), 200 | 201 | 202),
+                    matches!(r.status.as_u16(), 200..=202),
                     "{name} on {endpoint} should succeed: {} {}",
                     r.status,
                     r.text

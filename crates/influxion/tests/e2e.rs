@@ -82,7 +82,9 @@ fn start_provider(dir: &Path) -> Provider {
         "clients": [
             {"client_id": "ci-signer", "client_secret": "s3cret-value-1234567890", "roles": ["Influxion.Sign"]},
             {"client_id": "ci-admin", "client_secret": "admin-secret-1234567890", "roles": ["Influxion.Admin"]},
-            {"client_id": "no-role", "client_secret": "no-role-secret-1234567890", "roles": []}
+            {"client_id": "no-role", "client_secret": "no-role-secret-1234567890", "roles": []},
+            {"client_id": "approver-1", "client_secret": "approver-1-secret-123456", "roles": ["Influxion.Sign"]},
+            {"client_id": "approver-2", "client_secret": "approver-2-secret-123456", "roles": ["Influxion.Sign"]}
         ],
         "signing_keys": null
     });
@@ -229,6 +231,31 @@ impl Keyserver {
 
     fn admin(&self, args: &[&str], cwd: &Path) -> Output {
         self.cli("ci-admin", "admin-secret-1234567890", args, cwd)
+    }
+
+    /// The CLI as a child process (for `sign`, which waits for approvals).
+    fn spawn_signer(&self, args: &[&str], cwd: &Path) -> Child {
+        Command::new(BIN)
+            .args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CI", "true")
+            .env("INFLUXION_SERVER", &self.url)
+            .env(
+                "INFLUXION_OIDC_METADATA_URL",
+                format!("{}/.well-known/openid-configuration", self.issuer),
+            )
+            .env("INFLUXION_AZURE_CLIENT_ID", "ci-signer")
+            .env("INFLUXION_AZURE_CLIENT_SECRET", "s3cret-value-1234567890")
+            .env(
+                "INFLUXION_AZURE_DEFAULT_SCOPE",
+                format!("{AUDIENCE}/.default"),
+            )
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
     }
 
     fn stop(&mut self) {
@@ -645,4 +672,166 @@ fn dev_mode_quick_start() {
         d,
     );
     assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+}
+
+/// The pending request id of key `key`, as approver 1 sees it, waiting for it to appear.
+fn pending_id(ks: &Keyserver, d: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ok(&ks.cli(
+            "approver-1",
+            "approver-1-secret-123456",
+            &["approvals", "list"],
+            d,
+        ));
+        if let Some(line) = out.lines().nth(1) {
+            return line.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no pending request appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn two_approver_flow_from_the_cli() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    write_firmware(d, "fw.bin", 200_000);
+    ok(&ks.admin(&["keys", "create", "rel-prod"], d));
+    for i in ["1", "2"] {
+        ok(&ks.admin(
+            &[
+                "subjects",
+                "create",
+                &format!("approver-{i}"),
+                "--app-id",
+                &format!("approver-{i}"),
+                "--grant",
+                "approver:rel-*",
+            ],
+            d,
+        ));
+    }
+    ok(&ks.admin(
+        &[
+            "keys",
+            "policy",
+            "rel-prod",
+            "--approvals",
+            "2",
+            "--approver",
+            "approver-1",
+            "--approver",
+            "approver-2",
+        ],
+        d,
+    ));
+    let a = |n: &str, args: &[&str]| {
+        ks.cli(
+            &format!("approver-{n}"),
+            &format!("approver-{n}-secret-123456"),
+            args,
+            d,
+        )
+    };
+
+    // Approved: the waiting CLI writes a signature openssl accepts.
+    let signer = ks.spawn_signer(
+        &[
+            "sign",
+            "--key",
+            "rel-prod",
+            "fw.bin",
+            "--reason",
+            "release 2.1",
+            "--meta",
+            "version=2.1",
+            "-o",
+            "rel.sig",
+        ],
+        d,
+    );
+    let id = pending_id(&ks, d);
+    let shown = ok(&a("1", &["approvals", "show", &id]));
+    assert!(
+        shown.contains("release 2.1")
+            && shown.contains("version")
+            && shown.contains("approvals  0/2"),
+        "{shown}"
+    );
+    ok(&a(
+        "1",
+        &["approvals", "approve", &id, "--comment", "checked"],
+    ));
+    let again = a("1", &["approvals", "approve", &id]);
+    assert!(
+        !again.status.success()
+            && String::from_utf8_lossy(&again.stderr).contains("already-decided")
+    );
+    let own = ks.signer(&["approvals", "approve", &id], d);
+    assert!(!own.status.success());
+    ok(&a("2", &["approvals", "approve", &id, "--comment", "lgtm"]));
+    let out = signer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&ks.signer(&["keys", "public", "rel-prod", "-o", "rel.pem"], d));
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "rel.pem",
+            "-signature",
+            "rel.sig",
+            "fw.bin",
+        ],
+        d,
+    );
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+
+    // Rejected: the waiting CLI exits 3 and writes nothing.
+    let signer = ks.spawn_signer(
+        &[
+            "sign", "--key", "rel-prod", "fw.bin", "--reason", "hotfix", "-o", "rej.sig",
+        ],
+        d,
+    );
+    let id = pending_id(&ks, d);
+    ok(&a(
+        "2",
+        &["approvals", "reject", &id, "--comment", "not this build"],
+    ));
+    let out = signer.wait_with_output().unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!d.join("rej.sig").exists());
+
+    // --no-wait prints the id; the requester cancels.
+    let id = ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "rel-prod",
+            "fw.bin",
+            "--reason",
+            "test",
+            "--no-wait",
+        ],
+        d,
+    ));
+    ok(&ks.signer(&["approvals", "cancel", id.trim()], d));
+    let shown = ok(&ks.signer(&["approvals", "show", id.trim()], d));
+    assert!(shown.contains("cancelled"), "{shown}");
 }

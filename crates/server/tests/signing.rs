@@ -491,6 +491,16 @@ async fn openapi_documents_every_route() {
         "/v1/keys/{name}/sign",
         "/v1/keys/{name}/verify",
         "/v1/audit",
+        "/v1/keys/{name}/policy",
+        "/v1/subjects",
+        "/v1/subjects/{name}",
+        "/v1/subjects/{name}/grants",
+        "/v1/subjects/{name}/grants/{id}",
+        "/v1/signing-requests",
+        "/v1/signing-requests/{id}",
+        "/v1/signing-requests/{id}/approve",
+        "/v1/signing-requests/{id}/reject",
+        "/v1/signing-requests/{id}/cancel",
     ] {
         assert!(paths.contains_key(p), "{p} missing from openapi.json");
     }

@@ -835,3 +835,49 @@ fn two_approver_flow_from_the_cli() {
     let shown = ok(&ks.signer(&["approvals", "show", id.trim()], d));
     assert!(shown.contains("cancelled"), "{shown}");
 }
+
+#[test]
+fn subjects_grants_and_whoami_from_the_cli() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    write_firmware(d, "fw.bin", 1000);
+    ok(&ks.admin(&["keys", "create", "fw-a"], d));
+    // The no-role client passes no door; the signer's whoami shows its subject.
+    let me = ok(&ks.signer(&["whoami"], d));
+    assert!(me.contains("\"ci\"") && me.contains("\"signer\""), "{me}");
+    let list = ok(&ks.admin(&["subjects", "list"], d));
+    assert!(
+        list.contains("bootstrap-admin") && list.contains("app_id     ci-signer"),
+        "{list}"
+    );
+    // Narrow the CI subject to fw-b*: signing with fw-a is now refused.
+    let shown = ok(&ks.admin(&["grants", "list", "ci"], d));
+    let grant_id = shown
+        .lines()
+        .find(|l| l.contains("grant") && l.contains("signer"))
+        .and_then(|l| l.rsplit('(').next())
+        .map(|s| s.trim_end_matches(')').to_owned())
+        .unwrap();
+    ok(&ks.admin(&["grants", "remove", "ci", &grant_id], d));
+    ok(&ks.admin(&["grants", "add", "ci", "signer", "--pattern", "fw-b*"], d));
+    let r = ks.signer(&["sign", "--key", "fw-a", "fw.bin"], d);
+    assert!(!r.status.success() && String::from_utf8_lossy(&r.stderr).contains("forbidden"));
+    // Rules are replaced by update; a subject that no longer matches grants nothing.
+    ok(&ks.admin(&["subjects", "update", "ci", "--app-id", "someone-else"], d));
+    let me = ok(&ks.signer(&["whoami"], d));
+    assert!(me.contains("\"subjects\": []"), "{me}");
+    ok(&ks.admin(&["subjects", "delete", "ci"], d));
+    let last = ks.admin(&["subjects", "delete", "bootstrap-admin"], d);
+    assert!(!last.status.success() && String::from_utf8_lossy(&last.stderr).contains("last-admin"));
+    let audit = ok(&Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&ks.data)
+        .output()
+        .unwrap());
+    assert!(audit.contains("intact"), "{audit}");
+}

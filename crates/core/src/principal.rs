@@ -29,6 +29,16 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// Who this is, independent of how the token was obtained: `tenant/object`. Used
+    /// for "is this the requester?" so the same identity cannot approve its own
+    /// request by presenting a token of another kind.
+    pub fn identity(&self) -> String {
+        match &self.tenant_id {
+            Some(t) => format!("{}/{}", t.to_ascii_lowercase(), self.object_id),
+            None => self.object_id.clone(),
+        }
+    }
+
     /// A short, stable identifier for audit records: `kind:tenant/object`.
     pub fn audit_id(&self) -> String {
         let kind = match self.kind {

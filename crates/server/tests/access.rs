@@ -561,6 +561,15 @@ async fn subject_management_is_audited_and_keeps_an_admin() {
     )
     .await
     .assert_problem(409, "subject-exists");
+    // Admin is all-or-nothing: a pattern would suggest a scope it does not have.
+    w.h.call(
+        "POST",
+        "/v1/subjects/release-team/grants",
+        Some(&w.admin),
+        Some(json!({"role": "admin", "pattern": "fw-*"})),
+    )
+    .await
+    .assert_problem(400, "invalid-request");
     w.h.call(
         "POST",
         "/v1/subjects/release-team/grants",

@@ -34,7 +34,7 @@ pub(crate) async fn create(
         key_name: key.name.to_string(),
         algorithm: digest.algorithm().as_str().to_owned(),
         digest: digest.to_hex(),
-        requester: p.audit_id(),
+        requester: p.identity(),
         requester_name: p.display_name.clone().or_else(|| p.app_id.clone()),
         reason: reason.clone(),
         metadata: serde_json::Value::Object(metadata.clone()),
@@ -82,7 +82,7 @@ pub struct RequestView {
 }
 
 fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
-    let me = c.principal.audit_id();
+    let me = c.principal.identity();
     if r.status == "pending" && now_unix() > r.expires_at {
         // Shown as it will be recorded at the next attempt to change it.
         r.status = "expired".into();
@@ -101,14 +101,13 @@ fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
 fn may_approve(c: &Caller, r: &SigningRequest) -> bool {
     c.perms.allows(Role::Approver, &r.key_name)
         && (r.approver_subjects.is_empty()
-            || c.perms.is_admin()
             || r.approver_subjects
                 .iter()
                 .any(|s| c.perms.subjects.contains(s)))
 }
 
 fn may_see(c: &Caller, r: &SigningRequest) -> bool {
-    r.requester == c.principal.audit_id() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
+    r.requester == c.principal.identity() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
 }
 
 #[derive(Deserialize)]
@@ -190,6 +189,11 @@ pub struct DecisionBody {
 
 async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError> {
     let key = lookup(st, &r.key_name).await?;
+    // Keys are never renamed or deleted, but check identity and state anyway: nothing
+    // is signed for a request whose key is not the one it was made for, or disabled.
+    if key.id != r.key_id || key.status != influxion_core::KeyStatus::Active {
+        return Err(ApiError::KeyDisabled(r.key_name.clone()));
+    }
     let alg: SignAlgorithm = r.algorithm.parse()?;
     let bytes = hex::decode(&r.digest).map_err(|_| StoreError::Corrupt("request digest".into()))?;
     let digest = Digest::new(alg, bytes)?;
@@ -224,28 +228,29 @@ async fn decide(
                 "a rejection needs a comment".into(),
             ));
         }
+        super::require_any(c)?;
         let r = fetch(st, id).await?;
-        if r.requester == p.audit_id() {
+        let me = p.identity();
+        if r.requester == me {
             return Err(ApiError::SelfApproval);
         }
         if !may_approve(c, &r) {
-            return Err(ApiError::Forbidden(format!(
-                "deciding on requests for {} needs the approver role{}",
-                r.key_name,
-                if r.approver_subjects.is_empty() {
-                    String::new()
-                } else {
-                    format!(" as one of {}", r.approver_subjects.join(", "))
-                }
-            )));
+            return Err(super::forbidden(
+                &c.perms,
+                "deciding on this request needs the approver role on its key",
+            ));
         }
-        // Sign ahead only when this vote may complete the quorum; the store decides.
-        let mut signature =
-            if approve && r.status == "pending" && r.approvals_count() + 1 >= r.quorum {
-                Some(sign_for(st, &r).await?)
-            } else {
-                None
-            };
+        if r.status == "pending" && r.approvals.iter().any(|a| a.approver == me) {
+            return Err(ApiError::AlreadyDecided);
+        }
+        // Sign ahead only when this vote may complete the quorum of a live request;
+        // the store still decides, and discards the signature if another vote won.
+        let live = r.status == "pending" && now_unix() <= r.expires_at;
+        let mut signature = if approve && live && r.approvals_count() + 1 >= r.quorum {
+            Some(sign_for(st, &r).await?)
+        } else {
+            None
+        };
         let event = || {
             AuditEvent::new(p.audit_id(), action, Outcome::Ok)
                 .target(id.to_owned())
@@ -255,7 +260,7 @@ async fn decide(
         let applied = loop {
             let d = Decision {
                 request_id: id.to_owned(),
-                approver: p.audit_id(),
+                approver: p.identity(),
                 approve,
                 comment: body.comment.clone(),
                 now: now_unix(),
@@ -313,7 +318,7 @@ pub async fn cancel(
             .detail(serde_json::json!({"key": r.key_name}));
         let applied = st
             .store
-            .cancel_request(&id, &p.audit_id(), now_unix(), event)
+            .cancel_request(&id, &p.identity(), now_unix(), event)
             .await?;
         if applied.outcome == Some(RequestOutcome::Expired) {
             return Err(ApiError::RequestExpired);

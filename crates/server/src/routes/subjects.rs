@@ -67,6 +67,12 @@ impl GrantBody {
             })?;
         let pattern = self.pattern.clone().unwrap_or_else(|| "*".into());
         validate_pattern(&pattern).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
+        // Admin implies every role on every name, so a narrower pattern would mislead.
+        if role == Role::Admin && pattern != "*" {
+            return Err(ApiError::InvalidRequest(
+                "the admin role is granted on \"*\" only".into(),
+            ));
+        }
         Ok(Grant {
             id: new_id(),
             role,

@@ -203,9 +203,10 @@ fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
 
 impl Keyserver {
     /// Run the CLI as client `id`.
-    fn cli(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Output {
-        Command::new(BIN)
-            .args(args)
+    /// The CLI as client `id`, configured only through the environment.
+    fn command(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
             .current_dir(cwd)
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -220,9 +221,13 @@ impl Keyserver {
             .env(
                 "INFLUXION_AZURE_DEFAULT_SCOPE",
                 format!("{AUDIENCE}/.default"),
-            )
-            .output()
-            .unwrap()
+            );
+        c
+    }
+
+    /// Run the CLI as client `id`.
+    fn cli(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Output {
+        self.command(id, secret, args, cwd).output().unwrap()
     }
 
     fn signer(&self, args: &[&str], cwd: &Path) -> Output {
@@ -235,23 +240,7 @@ impl Keyserver {
 
     /// The CLI as a child process (for `sign`, which waits for approvals).
     fn spawn_signer(&self, args: &[&str], cwd: &Path) -> Child {
-        Command::new(BIN)
-            .args(args)
-            .current_dir(cwd)
-            .env_clear()
-            .env("PATH", std::env::var("PATH").unwrap_or_default())
-            .env("CI", "true")
-            .env("INFLUXION_SERVER", &self.url)
-            .env(
-                "INFLUXION_OIDC_METADATA_URL",
-                format!("{}/.well-known/openid-configuration", self.issuer),
-            )
-            .env("INFLUXION_AZURE_CLIENT_ID", "ci-signer")
-            .env("INFLUXION_AZURE_CLIENT_SECRET", "s3cret-value-1234567890")
-            .env(
-                "INFLUXION_AZURE_DEFAULT_SCOPE",
-                format!("{AUDIENCE}/.default"),
-            )
+        self.command("ci-signer", "s3cret-value-1234567890", args, cwd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .spawn()

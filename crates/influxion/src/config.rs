@@ -41,6 +41,18 @@ pub struct FileConfig {
     pub client: FileClient,
     #[serde(default)]
     pub bootstrap: FileBootstrap,
+    #[serde(default)]
+    pub pki: FilePki,
+}
+
+/// The device certificate authority.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilePki {
+    /// Public base URL of the keyserver; CRL distribution points are built from it.
+    pub public_url: Option<String>,
+    /// Profile for EST requests without a label.
+    pub est_profile: Option<String>,
 }
 
 /// The first admin subject, created when the database has no subjects yet.
@@ -174,6 +186,8 @@ pub struct ServerConfig {
     pub kek: KekSource,
     pub vault_url: Option<String>,
     pub bootstrap_admin: Option<influxion_core::SubjectRules>,
+    pub public_url: Option<String>,
+    pub est_profile: Option<String>,
 }
 
 #[derive(Clone)]
@@ -420,6 +434,20 @@ impl ServerConfig {
                 ));
             }
         }
+        let public_url = env("INFLUXION_PUBLIC_URL")
+            .or_else(|| file.pki.public_url.clone())
+            .map(|u| u.trim_end_matches('/').to_owned());
+        if let Some(u) = &public_url {
+            let ok = url::Url::parse(u)
+                .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+            if !ok {
+                return Err(err(
+                    "pki.public_url / INFLUXION_PUBLIC_URL",
+                    "must be an http:// or https:// URL",
+                ));
+            }
+        }
+        let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
         Ok(Self {
             listen,
             data_dir,
@@ -430,6 +458,8 @@ impl ServerConfig {
             kek,
             vault_url,
             bootstrap_admin,
+            public_url,
+            est_profile,
         })
     }
 
@@ -437,7 +467,7 @@ impl ServerConfig {
     pub fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n",
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.database_url,
@@ -462,6 +492,8 @@ impl ServerConfig {
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok())
                 .unwrap_or_else(|| "\"\"".into()),
+            self.public_url.as_deref().unwrap_or(""),
+            self.est_profile.as_deref().unwrap_or(""),
         )
     }
 }

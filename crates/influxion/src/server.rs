@@ -51,6 +51,10 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
         backend: Arc::new(keystore),
         validator,
         refusals: Default::default(),
+        pki: Arc::new(influxion_server::PkiSettings {
+            public_url: cfg.public_url.clone(),
+            est_profile: cfg.est_profile.clone(),
+        }),
     })
 }
 
@@ -209,6 +213,8 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         sign_role: "Influxion.Sign".into(),
         kek: crate::config::KekSource::File(kek_path),
         vault_url: None,
+        public_url: Some(format!("http://127.0.0.1:{port}")),
+        est_profile: Some("device".into()),
         bootstrap_admin: None,
     };
     let state = build_state(&cfg, cfg.kek.load()?).await?;
@@ -325,6 +331,7 @@ async fn ensure_key(state: &AppState, name: &str, approvals: u32) -> Result<()> 
         created_at: influxion_store::now_rfc3339(),
         created_by: "system:dev".into(),
         policy: KeyPolicy::default(),
+        purpose: Default::default(),
     };
     let event = AuditEvent::new("system:dev", "key.create", Outcome::Ok)
         .target(name)

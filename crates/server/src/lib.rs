@@ -20,6 +20,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticated, Caller};
 pub use problem::ApiError;
+pub use routes::pki::PkiSettings;
 
 /// Largest request body accepted anywhere in the API. Signing requests carry a digest,
 /// never the file, so a few KiB is plenty.
@@ -34,6 +35,7 @@ pub struct AppState {
     pub backend: Arc<dyn KeyBackend>,
     pub validator: Arc<Validator>,
     pub refusals: Arc<RefusalLimiter>,
+    pub pki: Arc<PkiSettings>,
 }
 
 /// Bounds how many unauthenticated refusals are written to the audit log per second,
@@ -121,6 +123,55 @@ pub fn app(state: AppState) -> Router {
         .route(
             "/v1/signing-requests/{id}/cancel",
             post(routes::requests::cancel),
+        )
+        .route(
+            "/v1/cas",
+            get(routes::pki::list_cas).post(routes::pki::create_ca),
+        )
+        .route("/v1/cas/{name}", get(routes::pki::show_ca))
+        .route(
+            "/v1/cas/{name}/certificate",
+            axum::routing::put(routes::pki::import_ca_certificate),
+        )
+        .route("/v1/cas/{name}/chain", get(routes::pki::ca_chain))
+        .route("/v1/cas/{name}/crl", post(routes::pki::refresh_crl))
+        .route("/crl/{file}", get(routes::pki::crl))
+        .route("/v1/profiles", get(routes::pki::list_profiles))
+        .route(
+            "/v1/profiles/{name}",
+            get(routes::pki::show_profile)
+                .put(routes::pki::put_profile)
+                .delete(routes::pki::delete_profile),
+        )
+        .route(
+            "/v1/profiles/{name}/certificates",
+            post(routes::pki::issue_from_csr),
+        )
+        .route(
+            "/v1/profiles/{name}/keys",
+            post(routes::pki::issue_with_new_key),
+        )
+        .route("/v1/certificates", get(routes::pki::search))
+        .route(
+            "/v1/certificates/{serial}",
+            get(routes::pki::show_certificate),
+        )
+        .route(
+            "/v1/certificates/{serial}/revoke",
+            post(routes::pki::revoke),
+        )
+        .route("/.well-known/est/cacerts", get(routes::pki::est_cacerts))
+        .route(
+            "/.well-known/est/simpleenroll",
+            post(routes::pki::est_simpleenroll),
+        )
+        .route(
+            "/.well-known/est/{label}/cacerts",
+            get(routes::pki::est_cacerts_label),
+        )
+        .route(
+            "/.well-known/est/{label}/simpleenroll",
+            post(routes::pki::est_simpleenroll_label),
         )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

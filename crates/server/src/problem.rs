@@ -61,6 +61,34 @@ pub enum ApiError {
     #[error("this would remove the last admin grant; add another admin first")]
     LastAdmin,
     #[error(transparent)]
+    Csr(#[from] influxion_pki::CsrError),
+    #[error(transparent)]
+    Policy(#[from] influxion_pki::PolicyError),
+    #[error("{0}")]
+    DeviceQuota(String),
+    #[error("{0}")]
+    BadPassword(String),
+    #[error("{0}")]
+    InvalidProfile(String),
+    #[error("{0}")]
+    BadCaCertificate(String),
+    #[error("no CA named {0}")]
+    UnknownCa(String),
+    #[error("no profile named {0}")]
+    UnknownProfile(String),
+    #[error("no certificate with serial {0}")]
+    UnknownCertificate(String),
+    #[error("a CA named {0} already exists")]
+    CaExists(String),
+    #[error("a profile named {0} already exists")]
+    ProfileExists(String),
+    #[error("{0}")]
+    CaNotActive(String),
+    #[error("certificate {0} is already revoked")]
+    AlreadyRevoked(String),
+    #[error("key {0} belongs to a certificate authority and signs only its certificates and CRLs")]
+    CaKey(String),
+    #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
     Backend(#[from] BackendError),
@@ -86,6 +114,13 @@ impl From<StoreError> for ApiError {
                 ApiError::GrantConflict(format!("no grant {g} on this subject"))
             }
             StoreError::KeyNotActive(k) => ApiError::KeyDisabled(k),
+            StoreError::DuplicateCa(n) => ApiError::CaExists(n),
+            StoreError::CaState(m) => ApiError::CaNotActive(m),
+            StoreError::DuplicateProfile(n) => ApiError::ProfileExists(n),
+            StoreError::NoSuchProfile(n) => ApiError::UnknownProfile(n),
+            e @ StoreError::DeviceQuota { .. } => ApiError::DeviceQuota(e.to_string()),
+            StoreError::AlreadyRevoked(s) => ApiError::AlreadyRevoked(s),
+            StoreError::NoSuchCertificate(s) => ApiError::UnknownCertificate(s),
             e => ApiError::Store(e),
         }
     }
@@ -125,6 +160,21 @@ impl ApiError {
             | ApiError::GrantConflict(_)
             | ApiError::LastAdmin => StatusCode::CONFLICT,
             ApiError::KeyDisabled(_) | ApiError::KeyExists(_) => StatusCode::CONFLICT,
+            ApiError::Csr(influxion_pki::CsrError::TooLarge) => StatusCode::BAD_REQUEST,
+            ApiError::Csr(_)
+            | ApiError::Policy(_)
+            | ApiError::DeviceQuota(_)
+            | ApiError::BadPassword(_)
+            | ApiError::InvalidProfile(_)
+            | ApiError::BadCaCertificate(_) => StatusCode::BAD_REQUEST,
+            ApiError::UnknownCa(_)
+            | ApiError::UnknownProfile(_)
+            | ApiError::UnknownCertificate(_) => StatusCode::NOT_FOUND,
+            ApiError::CaExists(_)
+            | ApiError::ProfileExists(_)
+            | ApiError::CaNotActive(_)
+            | ApiError::AlreadyRevoked(_)
+            | ApiError::CaKey(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -160,6 +210,26 @@ impl ApiError {
             ApiError::SubjectExists(_) => "subject-exists",
             ApiError::GrantConflict(_) => "grant-conflict",
             ApiError::LastAdmin => "last-admin",
+            ApiError::Csr(influxion_pki::CsrError::TooLarge) => "csr-too-large",
+            ApiError::Csr(influxion_pki::CsrError::Malformed(_)) => "csr-malformed",
+            ApiError::Csr(influxion_pki::CsrError::BadSignature(_)) => "csr-bad-signature",
+            ApiError::Csr(influxion_pki::CsrError::KeyNotAllowed(_)) => "csr-key-not-allowed",
+            ApiError::Policy(influxion_pki::PolicyError::DeviceId(_)) => "invalid-device-id",
+            ApiError::Policy(influxion_pki::PolicyError::KeyType(..)) => "csr-key-not-allowed",
+            ApiError::Policy(influxion_pki::PolicyError::Extension(_)) => "csr-extension-forbidden",
+            ApiError::Policy(influxion_pki::PolicyError::Subject(_)) => "csr-subject-not-allowed",
+            ApiError::DeviceQuota(_) => "device-quota-exceeded",
+            ApiError::BadPassword(_) => "bad-password",
+            ApiError::InvalidProfile(_) => "invalid-profile",
+            ApiError::BadCaCertificate(_) => "bad-ca-certificate",
+            ApiError::UnknownCa(_) => "unknown-ca",
+            ApiError::UnknownProfile(_) => "unknown-profile",
+            ApiError::UnknownCertificate(_) => "unknown-certificate",
+            ApiError::CaExists(_) => "ca-exists",
+            ApiError::ProfileExists(_) => "profile-exists",
+            ApiError::CaNotActive(_) => "ca-not-active",
+            ApiError::AlreadyRevoked(_) => "already-revoked",
+            ApiError::CaKey(_) => "ca-key",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",
         }

@@ -408,6 +408,7 @@ mod tests {
             created_at: crate::now_rfc3339(),
             created_by: "t".into(),
             policy: Default::default(),
+            purpose: Default::default(),
         };
         s.insert_key(key, AuditEvent::new("t", "key.create", Outcome::Ok))
             .await

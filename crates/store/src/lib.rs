@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod audit;
+pub mod pki;
 mod writer;
 
 use std::str::FromStr;
@@ -64,6 +65,22 @@ pub enum StoreError {
     Commit(String),
     #[error("the store writer has stopped")]
     Closed,
+    #[error("a CA named {0} already exists")]
+    DuplicateCa(String),
+    #[error("{0}")]
+    CaState(String),
+    #[error("a profile named {0} already exists")]
+    DuplicateProfile(String),
+    #[error("no profile named {0}")]
+    NoSuchProfile(String),
+    #[error("device {device_id} already has {max} valid certificate(s) from this profile")]
+    DeviceQuota { device_id: String, max: u32 },
+    #[error("serial {0} is already taken")]
+    DuplicateCertificate(String),
+    #[error("certificate {0} is already revoked")]
+    AlreadyRevoked(String),
+    #[error("no certificate with serial {0}")]
+    NoSuchCertificate(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
@@ -81,6 +98,25 @@ pub struct KeyRecord {
     pub created_at: String,
     pub created_by: String,
     pub policy: KeyPolicy,
+    /// `Sign` keys sign digests over the API; `Ca` keys only their CA's certificates.
+    pub purpose: KeyPurpose,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyPurpose {
+    #[default]
+    Sign,
+    Ca,
+}
+
+impl KeyPurpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            KeyPurpose::Sign => "sign",
+            KeyPurpose::Ca => "ca",
+        }
+    }
 }
 
 type SubjectCache = Arc<RwLock<Option<(u64, Arc<Vec<SubjectRecord>>)>>>;
@@ -370,6 +406,11 @@ fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, StoreError> {
             approval_ttl_secs: r.try_get::<i64, _>("approval_ttl_secs")? as u32,
             approver_subjects: serde_json::from_str(&r.try_get::<String, _>("approver_subjects")?)
                 .map_err(|_| corrupt("approver subjects"))?,
+        },
+        purpose: match r.try_get::<String, _>("purpose")?.as_str() {
+            "sign" => KeyPurpose::Sign,
+            "ca" => KeyPurpose::Ca,
+            _ => return Err(corrupt("key purpose")),
         },
     })
 }

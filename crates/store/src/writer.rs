@@ -20,6 +20,7 @@ pub(crate) enum Op {
     /// signature made while a `key.disable` committed is never handed out.
     KeyUse(String),
     InsertKey(Box<KeyRecord>),
+    Pki(Box<crate::pki::PkiOp>),
     SetKeyStatus(KeyName, KeyStatus),
     SetKeyPolicy(String, KeyPolicy),
     CreateSubject(Box<SubjectRecord>),
@@ -131,7 +132,34 @@ async fn commit_batch(
     Ok(results)
 }
 
-fn unique<T>(r: Result<T, sqlx::Error>, dup: impl FnOnce() -> StoreError) -> Result<T, StoreError> {
+pub(crate) async fn insert_key(
+    conn: &mut SqliteConnection,
+    k: &KeyRecord,
+) -> Result<(), StoreError> {
+    let r = sqlx::query(
+        "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by, purpose)
+         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+    )
+    .bind(&k.id)
+    .bind(k.name.as_str())
+    .bind(k.key_type.as_str())
+    .bind(&k.backend)
+    .bind(k.status.as_str())
+    .bind(&k.public_key)
+    .bind(&k.handle)
+    .bind(&k.created_at)
+    .bind(&k.created_by)
+    .bind(k.purpose.as_str())
+    .execute(&mut *conn)
+    .await;
+    unique(r, || StoreError::DuplicateKey(k.name.to_string()))?;
+    Ok(())
+}
+
+pub(crate) fn unique<T>(
+    r: Result<T, sqlx::Error>,
+    dup: impl FnOnce() -> StoreError,
+) -> Result<T, StoreError> {
     match r {
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Err(dup()),
         r => Ok(r?),
@@ -155,24 +183,8 @@ async fn apply(
                 return Err(StoreError::KeyNotActive(key_id.clone()));
             }
         }
-        Op::InsertKey(k) => {
-            let r = sqlx::query(
-                "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            )
-            .bind(&k.id)
-            .bind(k.name.as_str())
-            .bind(k.key_type.as_str())
-            .bind(&k.backend)
-            .bind(k.status.as_str())
-            .bind(&k.public_key)
-            .bind(&k.handle)
-            .bind(&k.created_at)
-            .bind(&k.created_by)
-            .execute(&mut *conn)
-            .await;
-            unique(r, || StoreError::DuplicateKey(k.name.to_string()))?;
-        }
+        Op::InsertKey(k) => insert_key(conn, k).await?,
+        Op::Pki(op) => crate::pki::apply(conn, op).await?,
         Op::SetKeyStatus(name, status) => {
             let r = sqlx::query("UPDATE keys SET status = ? WHERE name = ?")
                 .bind(status.as_str())

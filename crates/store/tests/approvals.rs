@@ -25,6 +25,7 @@ async fn store() -> (tempfile::TempDir, Store) {
         created_at: influxion_store::now_rfc3339(),
         created_by: "t".into(),
         policy: KeyPolicy::default(),
+        purpose: Default::default(),
     };
     s.insert_key(key, ev("key.create")).await.unwrap();
     (dir, s)

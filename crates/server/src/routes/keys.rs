@@ -22,6 +22,7 @@ pub struct KeyView {
     default_algorithm: &'static str,
     backend: String,
     status: KeyStatus,
+    purpose: influxion_store::KeyPurpose,
     created_at: String,
     created_by: String,
     policy: KeyPolicy,
@@ -46,6 +47,7 @@ impl KeyView {
             default_algorithm: k.key_type.default_algorithm().as_str(),
             backend: k.backend.clone(),
             status: k.status,
+            purpose: k.purpose,
             created_at: k.created_at.clone(),
             created_by: k.created_by.clone(),
             policy: k.policy.clone(),
@@ -158,6 +160,7 @@ pub async fn create(
             created_at: influxion_store::now_rfc3339(),
             created_by: p.audit_id(),
             policy: KeyPolicy::default(),
+            purpose: Default::default(),
         };
         let event = AuditEvent::new(p.audit_id(), "key.create", Outcome::Ok)
             .target(name.to_string())

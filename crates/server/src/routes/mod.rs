@@ -1,4 +1,5 @@
 pub mod keys;
+pub mod pki;
 pub mod requests;
 pub mod sign;
 pub mod subjects;

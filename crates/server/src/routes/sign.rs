@@ -145,6 +145,9 @@ pub async fn sign(
         if key.status != KeyStatus::Active {
             return Err(ApiError::KeyDisabled(key.name.to_string()));
         }
+        if key.purpose != influxion_store::KeyPurpose::Sign {
+            return Err(ApiError::CaKey(key.name.to_string()));
+        }
         let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
         let metadata = req.metadata.unwrap_or_default();
         check_metadata(&metadata)?;

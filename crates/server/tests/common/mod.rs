@@ -273,6 +273,10 @@ impl Harness {
             backend: Arc::new(SoftwareKeystore::new(Kek::generate())),
             validator: Validator::new(cfg).unwrap(),
             refusals: Default::default(),
+            pki: Arc::new(influxion_server::PkiSettings {
+                public_url: Some("http://keys.test".into()),
+                est_profile: Some("device".into()),
+            }),
         };
         let h = Self {
             router: influxion_server::app(state.clone()),

@@ -1,0 +1,546 @@
+//! The device CA over HTTP against the real router, store and software keystore. CSRs
+//! are made by the openssl command line, an independent implementation.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
+mod common;
+
+use std::process::Command;
+
+use axum::body::Body;
+use axum::http::Request;
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use common::*;
+use influxion_core::{Role, SubjectRules};
+use serde_json::{json, Value};
+
+fn openssl(args: &[&str], dir: &std::path::Path) -> Vec<u8> {
+    let out = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl must be installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
+/// A CSR made by openssl: `key` is an openssl -newkey argument, `subj` the subject,
+/// `ext` optional -addext values.
+fn csr(key: &str, subj: &str, ext: &[&str]) -> String {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = vec!["req", "-new", "-nodes", "-keyout", "k.pem", "-subj", subj];
+    let opts: Vec<&str> = key.split(' ').collect();
+    args.extend(opts);
+    for e in ext {
+        args.push("-addext");
+        args.push(e);
+    }
+    String::from_utf8(openssl(&args, dir.path())).unwrap()
+}
+
+fn p256_csr(cn: &str) -> String {
+    csr(
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256",
+        &format!("/CN={cn}"),
+        &[],
+    )
+}
+
+fn app_token(idp: &TestIdp, app: &str, oid_suffix: u32) -> String {
+    let mut c = app_claims(&idp.issuer);
+    c["azp"] = json!(app);
+    c["oid"] = json!(format!("00000000-0000-4000-8000-{oid_suffix:012}"));
+    token(&keys().rsa1, &c)
+}
+
+struct World {
+    _idp: TestIdp,
+    h: Harness,
+    admin: String,
+    signer: String,
+    line: String,
+}
+
+async fn world() -> World {
+    let idp = TestIdp::start("", &[&keys().rsa1]).await;
+    let h = Harness::new(auth_config(&idp)).await;
+    h.add_subject(
+        "line-1",
+        SubjectRules {
+            app_id: Some("line-1".into()),
+            ..Default::default()
+        },
+        &[(Role::Provisioner, "device*")],
+    )
+    .await;
+    let admin = app_token(&idp, "key-admin", 3);
+    let signer = app_token(&idp, "ci-signer", 1);
+    let line = app_token(&idp, "line-1", 7);
+    let r = h
+        .call(
+            "POST",
+            "/v1/cas",
+            Some(&admin),
+            Some(json!({"name": "devices", "key_type": "ec-p256",
+                        "subject": {"common_name": "Acme Device CA", "organization": "Acme", "country": "DE"}})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r = h
+        .call(
+            "PUT",
+            "/v1/profiles/device",
+            Some(&admin),
+            Some(json!({
+                "ca": "devices",
+                "subject": {"common_name": "{device_id}", "organization": "Acme"},
+                "san_dns": ["{device_id}.devices.acme.test"],
+                "max_per_device": 1,
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    World {
+        _idp: idp,
+        h,
+        admin,
+        signer,
+        line,
+    }
+}
+
+async fn issue(w: &World, body: Value) -> Resp {
+    w.h.call(
+        "POST",
+        "/v1/profiles/device/certificates",
+        Some(&w.line),
+        Some(body),
+    )
+    .await
+}
+
+#[tokio::test]
+async fn issues_a_certificate_from_a_csr_and_records_it() {
+    let w = world().await;
+    let r = issue(&w, json!({"csr": p256_csr("dev-1")})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let serial = r.json["serial"].as_str().unwrap().to_owned();
+    assert_eq!(serial.len(), 32, "16-byte serial");
+    assert_eq!(r.json["device_id"], "dev-1");
+    assert_eq!(r.json["subject"], "O=Acme, CN=dev-1");
+    assert!(r.json["certificate_pem"]
+        .as_str()
+        .unwrap()
+        .starts_with("-----BEGIN CERTIFICATE-----"));
+    let audit = w.h.last_audit().await;
+    assert_eq!(audit.action, "cert.issue");
+    assert!(audit.detail.contains(&serial), "{}", audit.detail);
+
+    // Found by device id, serial and subject.
+    for q in [
+        "device_id=dev-1",
+        &format!("serial={serial}"),
+        "subject=CN%3Ddev-1",
+    ] {
+        let r =
+            w.h.call("GET", &format!("/v1/certificates?{q}"), Some(&w.line), None)
+                .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+        assert_eq!(r.json["certificates"].as_array().unwrap().len(), 1, "{q}");
+    }
+    // A signer sees nothing of the CA's records.
+    let r =
+        w.h.call("GET", "/v1/certificates", Some(&w.signer), None)
+            .await;
+    r.assert_problem(403, "forbidden");
+}
+
+#[tokio::test]
+async fn bad_csrs_are_refused_with_a_clear_problem() {
+    let w = world().await;
+    let good = p256_csr("dev-2");
+    let der = pem_body(&good);
+    // Change one byte of the common name: the request still parses, the signature fails.
+    let mut tampered = der.clone();
+    let pos = tampered.windows(5).position(|x| x == b"dev-2").unwrap();
+    tampered[pos + 4] = b'3';
+    let tampered = to_pem(&tampered);
+
+    let cases: Vec<(&str, Value, &str)> = vec![
+        (
+            "malformed PEM",
+            json!({"csr": "-----BEGIN CERTIFICATE REQUEST-----\n!!!\n-----END CERTIFICATE REQUEST-----\n"}),
+            "csr-malformed",
+        ),
+        (
+            "malformed DER",
+            json!({"csr": to_pem(b"\x30\x03\x02\x01\x01")}),
+            "csr-malformed",
+        ),
+        ("not a CSR at all", json!({"csr": "hello"}), "csr-malformed"),
+        (
+            "bad self-signature",
+            json!({"csr": tampered}),
+            "csr-bad-signature",
+        ),
+        (
+            "RSA 1024",
+            json!({"csr": csr("-newkey rsa:1024", "/CN=dev-2", &[])}),
+            "csr-key-not-allowed",
+        ),
+        (
+            "unsupported curve",
+            json!({"csr": csr("-newkey ec -pkeyopt ec_paramgen_curve:secp256k1", "/CN=dev-2", &[])}),
+            "csr-key-not-allowed",
+        ),
+        (
+            "key type the profile forbids",
+            json!({"csr": csr("-newkey ed25519", "/CN=dev-2", &[])}),
+            "csr-key-not-allowed",
+        ),
+        (
+            "oversized",
+            json!({"csr": format!("{good}{}", "A".repeat(9000))}),
+            "csr-too-large",
+        ),
+        (
+            "CA extension",
+            json!({"csr": csr("-newkey ec -pkeyopt ec_paramgen_curve:P-256", "/CN=dev-2", &["basicConstraints=critical,CA:TRUE"])}),
+            "csr-extension-forbidden",
+        ),
+        (
+            "foreign SAN",
+            json!({"csr": csr("-newkey ec -pkeyopt ec_paramgen_curve:P-256", "/CN=dev-2", &["subjectAltName=DNS:evil.example"])}),
+            "csr-extension-forbidden",
+        ),
+        (
+            "unknown extension",
+            json!({"csr": csr("-newkey ec -pkeyopt ec_paramgen_curve:P-256", "/CN=dev-2", &["1.2.3.4=ASN1:UTF8String:x"])}),
+            "csr-extension-forbidden",
+        ),
+        (
+            "injected organisation",
+            json!({"csr": csr("-newkey ec -pkeyopt ec_paramgen_curve:P-256", "/CN=dev-2/O=Evil Corp", &[])}),
+            "csr-subject-not-allowed",
+        ),
+        (
+            "multi-valued RDN",
+            json!({"csr": csr("-newkey ec -pkeyopt ec_paramgen_curve:P-256 -multivalue-rdn", "/CN=dev-2+O=Acme", &[])}),
+            "csr-subject-not-allowed",
+        ),
+        (
+            "injected name in the CN",
+            json!({"csr": p256_csr("dev-2, O=Evil")}),
+            "invalid-device-id",
+        ),
+        (
+            "CN differs from the device id",
+            json!({"csr": good.clone(), "device_id": "dev-9"}),
+            "csr-subject-not-allowed",
+        ),
+        (
+            "unknown field",
+            json!({"csr": good.clone(), "extensions": []}),
+            "invalid-request",
+        ),
+    ];
+    for (what, body, slug) in cases {
+        let r = issue(&w, body).await;
+        assert_eq!(r.status.as_u16(), 400, "{what}: {}", r.text);
+        r.assert_problem(400, slug);
+        let audit = w.h.last_audit().await;
+        assert_eq!(audit.action, "cert.issue", "{what}");
+        assert_eq!(audit.outcome, "refused", "{what}");
+    }
+    // Nothing was issued by any of them.
+    let r =
+        w.h.call("GET", "/v1/certificates", Some(&w.line), None)
+            .await;
+    assert_eq!(r.json["certificates"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn device_quota_and_idempotent_retries() {
+    let w = world().await;
+    let body = json!({"csr": p256_csr("dev-3"), "request_key": "run-1:dev-3"});
+    let first = issue(&w, body.clone()).await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    // The same request again (a retry after a lost response) returns the same certificate.
+    let again = issue(&w, body).await;
+    assert_eq!(again.status, 200, "{}", again.text);
+    assert_eq!(again.json["serial"], first.json["serial"]);
+    // A new request for the same device is over its quota of one.
+    let r = issue(&w, json!({"csr": p256_csr("dev-3")})).await;
+    r.assert_problem(400, "device-quota-exceeded");
+    // After revocation the device may have a new one.
+    let serial = first.json["serial"].as_str().unwrap();
+    let r =
+        w.h.call(
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(&w.line),
+            Some(json!({"reason": "key_compromise"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "revoked");
+    let r =
+        w.h.call(
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(&w.line),
+            Some(json!({})),
+        )
+        .await;
+    r.assert_problem(409, "already-revoked");
+    let r = issue(&w, json!({"csr": p256_csr("dev-3")})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+}
+
+#[tokio::test]
+async fn revocation_is_in_the_crl() {
+    let w = world().await;
+    let r = issue(&w, json!({"csr": p256_csr("dev-4")})).await;
+    let serial = r.json["serial"].as_str().unwrap().to_owned();
+    let r =
+        w.h.call(
+            "POST",
+            &format!("/v1/certificates/{serial}/revoke"),
+            Some(&w.admin),
+            Some(json!({"reason": "superseded"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let req = Request::get("/crl/devices.crl")
+        .body(Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(w.h.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "application/pkix-crl");
+    let der = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("c.crl"), &der).unwrap();
+    let text = String::from_utf8(openssl(
+        &["crl", "-inform", "DER", "-in", "c.crl", "-noout", "-text"],
+        dir.path(),
+    ))
+    .unwrap();
+    assert!(
+        text.to_uppercase().contains(&serial.to_uppercase()),
+        "{text}"
+    );
+    assert!(text.contains("Superseded"), "{text}");
+    assert!(text.contains("X509v3 CRL Number"), "{text}");
+    let audit = w.h.last_audit().await;
+    assert_eq!(audit.action, "crl.issue");
+}
+
+#[tokio::test]
+async fn server_side_keys_and_passwords() {
+    let w = world().await;
+    let call = |body: Value| {
+        w.h.call(
+            "POST",
+            "/v1/profiles/device/keys",
+            Some(&w.line),
+            Some(body),
+        )
+    };
+    call(json!({"device_id": "dev-5", "password": "short"}))
+        .await
+        .assert_problem(400, "bad-password");
+    call(json!({"device_id": "dev-5"}))
+        .await
+        .assert_problem(400, "bad-password");
+    call(json!({"device_id": "dev-5", "password": "line\nbreak-password"}))
+        .await
+        .assert_problem(400, "bad-password");
+    call(json!({"device_id": "dev 5", "password": "long enough pw"}))
+        .await
+        .assert_problem(400, "invalid-device-id");
+    let r = call(json!({"device_id": "dev-5", "password": "long enough pw"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let p12 = B64
+        .decode(r.json["pkcs12_base64"].as_str().unwrap())
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("d.p12"), p12).unwrap();
+    let out = openssl(
+        &[
+            "pkcs12",
+            "-in",
+            "d.p12",
+            "-passin",
+            "pass:long enough pw",
+            "-nodes",
+        ],
+        dir.path(),
+    );
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        text.contains("PRIVATE KEY") && text.contains("CN=dev-5"),
+        "{text}"
+    );
+    // The wrong password does not open it.
+    let bad = Command::new("openssl")
+        .args([
+            "pkcs12",
+            "-in",
+            "d.p12",
+            "-passin",
+            "pass:wrong password",
+            "-nodes",
+        ])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    // The key is not kept: the record says it was generated, and nothing else has it.
+    let serial = r.json["serial"].as_str().unwrap();
+    let rec =
+        w.h.call(
+            "GET",
+            &format!("/v1/certificates/{serial}"),
+            Some(&w.line),
+            None,
+        )
+        .await;
+    assert_eq!(rec.json["key_generated"], true);
+    assert!(rec.json.get("private_key_pem").is_none());
+}
+
+#[tokio::test]
+async fn roles_and_ca_keys() {
+    let w = world().await;
+    // A signer can neither issue nor create CAs or profiles.
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/profiles/device/certificates",
+            Some(&w.signer),
+            Some(json!({"csr": p256_csr("dev-6")})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/other",
+            Some(&w.line),
+            Some(json!({"ca": "devices"})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/cas",
+            Some(&w.line),
+            Some(json!({"name": "x", "subject": {"common_name": "x"}})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+    // The CA key is listed but cannot sign digests, even for an admin.
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/keys/ca.devices/sign",
+            Some(&w.admin),
+            Some(json!({"digest": "ab".repeat(32)})),
+        )
+        .await;
+    r.assert_problem(409, "ca-key");
+    // Profiles are checked before they are stored.
+    for (body, what) in [
+        (json!({"ca": "nope"}), "unknown CA"),
+        (
+            json!({"ca": "devices", "key_usage": ["key_encipherment"]}),
+            "RSA usage on EC",
+        ),
+        (
+            json!({"ca": "devices", "validity_days": 0}),
+            "zero validity",
+        ),
+        (
+            json!({"ca": "devices", "san_dns": ["{device_id}..x"]}),
+            "bad SAN template",
+        ),
+        (
+            json!({"ca": "devices", "subject": {"common_name": "{serial}"}}),
+            "unknown placeholder",
+        ),
+    ] {
+        let r =
+            w.h.call("PUT", "/v1/profiles/p2", Some(&w.admin), Some(body))
+                .await;
+        assert_eq!(r.status, 400, "{what}: {}", r.text);
+        r.assert_problem(400, "invalid-profile");
+    }
+}
+
+#[tokio::test]
+async fn est_enrolment_with_base64_pkcs10() {
+    let w = world().await;
+    let r =
+        w.h.call("GET", "/.well-known/est/cacerts", None, None)
+            .await;
+    assert_eq!(r.status, 200);
+    assert!(r
+        .content_type
+        .unwrap()
+        .starts_with("application/pkcs7-mime"));
+    let p7 = B64.decode(r.text.replace("\r\n", "")).unwrap();
+    assert!(!p7.is_empty());
+
+    let der = pem_body(&p256_csr("dev-7"));
+    let enroll = |ct: &str, body: String, tok: &str| {
+        Request::post("/.well-known/est/simpleenroll")
+            .header("content-type", ct)
+            .header("authorization", format!("Bearer {tok}"))
+            .body(Body::from(body))
+            .unwrap()
+    };
+    let r =
+        w.h.send(enroll("application/pkcs10", B64.encode(&der), &w.line))
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.content_type.unwrap().contains("smime-type=certs-only"));
+    let r =
+        w.h.send(enroll("application/json", B64.encode(&der), &w.line))
+            .await;
+    r.assert_problem(400, "invalid-request");
+    let r =
+        w.h.send(enroll("application/pkcs10", "%%%".into(), &w.line))
+            .await;
+    r.assert_problem(400, "csr-malformed");
+    let r =
+        w.h.send(enroll("application/pkcs10", B64.encode(&der), &w.signer))
+            .await;
+    r.assert_problem(403, "forbidden");
+    let r =
+        w.h.call("POST", "/.well-known/est/simpleenroll", None, None)
+            .await;
+    assert_eq!(r.status, 401);
+}
+
+fn pem_body(pem: &str) -> Vec<u8> {
+    let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+    B64.decode(b64).unwrap()
+}
+
+fn to_pem(der: &[u8]) -> String {
+    format!(
+        "-----BEGIN CERTIFICATE REQUEST-----\n{}\n-----END CERTIFICATE REQUEST-----\n",
+        B64.encode(der)
+    )
+}

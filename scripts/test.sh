@@ -11,9 +11,13 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
 missing=()
-for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3; do
+for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
+# pkilint (the independent X.509 linter) lives in a virtualenv.
+if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
+  missing+=(python3-venv)
+fi
 if ((${#missing[@]})); then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
@@ -25,6 +29,14 @@ echo "node: $(node --version), npm: $(npm --version)"
 
 step "test OIDC provider (npm ci)"
 npm ci --prefix tests/oidc-provider --no-audit --no-fund --loglevel=error
+
+step "X.509 linter (pkilint from PyPI)"
+if [ ! -x target/pkilint/bin/lint_pkix_cert ]; then
+  mkdir -p target
+  python3 -m venv target/pkilint
+  target/pkilint/bin/pip install --quiet --disable-pip-version-check pkilint==0.13.3
+fi
+target/pkilint/bin/lint_pkix_cert --help >/dev/null
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

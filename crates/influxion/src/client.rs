@@ -9,6 +9,7 @@ use zeroize::Zeroizing;
 
 use crate::config::ClientConfig;
 
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     cfg: ClientConfig,
@@ -163,6 +164,43 @@ impl Client {
 }
 
 impl Client {
+    /// Obtain the token now, so clones made for parallel requests share it.
+    pub async fn prefetch_token(&mut self) -> Result<()> {
+        self.token().await.map(drop)
+    }
+
+    /// Forget the cached token (after a 401, a long run's token has expired).
+    pub fn reset_token(&mut self) {
+        self.token = None;
+    }
+
+    /// Any method, without turning problems into errors: the status and raw body.
+    /// Transport failures are errors.
+    pub async fn call_raw(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<&serde_json::Value>,
+    ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
+        let token = self.token().await?;
+        let mut req = self
+            .http
+            .request(method, format!("{}{path}", self.cfg.server))
+            .bearer_auth(token.as_str());
+        if let Some(b) = body {
+            req = req.json(b);
+        }
+        let resp = req
+            .send()
+            .await
+            .with_context(|| format!("calling {}", self.cfg.server))?;
+        let status = resp.status();
+        if !status.is_success() {
+            return Err(problem(resp).await.context(ApiStatus(status)));
+        }
+        Ok((status, resp.bytes().await?.to_vec()))
+    }
+
     /// Any method; returns the status and the JSON body (null when empty). Problem
     /// responses become errors.
     pub async fn call(
@@ -194,6 +232,16 @@ impl Client {
             serde_json::from_slice(&bytes).context("the keyserver's response does not parse")?
         };
         Ok((status, v))
+    }
+}
+
+/// The HTTP status of a failed call, attached to its error for callers that retry.
+#[derive(Debug, Clone, Copy)]
+pub struct ApiStatus(pub reqwest::StatusCode);
+
+impl std::fmt::Display for ApiStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {}", self.0)
     }
 }
 

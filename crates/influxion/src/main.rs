@@ -4,6 +4,7 @@ mod access_cmds;
 mod client;
 mod commands;
 mod config;
+mod pki_cmds;
 mod server;
 
 use std::path::PathBuf;
@@ -84,6 +85,15 @@ enum Command {
     /// Signing requests waiting for approval: list, show, approve, reject, cancel.
     #[command(subcommand)]
     Approvals(access_cmds::ApprovalsCommand),
+    /// Certificate authorities for device certificates.
+    #[command(subcommand)]
+    Ca(pki_cmds::CaCommand),
+    /// Certificate profiles: what device certificates contain.
+    #[command(subcommand)]
+    Profiles(pki_cmds::ProfilesCommand),
+    /// Device certificates: issue, generate, revoke, search, bulk runs.
+    #[command(subcommand)]
+    Cert(pki_cmds::CertCommand),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -161,6 +171,13 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Approvals(cmd) => {
             return access_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
+        }
+        Command::Ca(cmd) => return pki_cmds::ca(client::Client::new(client_cfg()?)?, cmd).await,
+        Command::Profiles(cmd) => {
+            return pki_cmds::profiles(client::Client::new(client_cfg()?)?, cmd).await
+        }
+        Command::Cert(cmd) => {
+            return pki_cmds::cert(client::Client::new(client_cfg()?)?, cmd).await
         }
     }
     Ok(ExitCode::SUCCESS)

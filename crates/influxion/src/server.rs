@@ -221,6 +221,7 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     ensure_dev_subjects(&state.store).await?;
     ensure_key(&state, "demo", 0).await?;
     ensure_key(&state, "demo-release", 2).await?;
+    influxion_server::ensure_dev_ca(&state).await?;
 
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
@@ -254,7 +255,8 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
          keyserver API   http://127.0.0.1:{port}   (OpenAPI: http://127.0.0.1:{port}/openapi.json)\n  \
          dev OIDC issuer {issuer}   DEVELOPMENT-ONLY token issuer\n  \
          data directory  {dir}   (SQLite, software keystore, key-encryption key)\n  \
-         keys            demo (ECDSA P-256), demo-release (needs 2 approvals)\n\n\
+         keys            demo (ECDSA P-256), demo-release (needs 2 approvals)\n  \
+         device CA       dev-device-ca, profile device (EST: http://127.0.0.1:{port}/.well-known/est/)\n\n\
          Try, in another shell (the client credentials are in {env}):\n\n  \
          source {env}\n  \
          head -c 64M /dev/urandom > firmware.bin\n  \
@@ -268,6 +270,10 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
          {exe} sign --key demo-release firmware.bin --reason \"release 2.1\" -o release.sig   # waits\n  \
          (source {dir}/approver1.env; {exe} approvals list; {exe} approvals approve <request-id> --comment ok)\n  \
          (source {dir}/approver2.env; {exe} approvals approve <request-id> --comment ok)\n\n\
+         Device certificates:\n\n  \
+         openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout dev.key -subj /CN=device-0001 -out dev.csr\n  \
+         {exe} cert issue --profile device --csr dev.csr -o dev.pem\n  \
+         {exe} ca chain dev-device-ca -o ca.pem && openssl verify -CAfile ca.pem dev.pem\n\n\
          Press Ctrl-C to stop.\n",
         dir = data_dir.display(),
         env = env_path.display(),

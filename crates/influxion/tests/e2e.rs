@@ -31,7 +31,10 @@ fn prerequisites() -> bool {
     if !node_modules.exists() {
         missing.push("tests/oidc-provider/node_modules (run: npm ci --prefix tests/oidc-provider)");
     }
-    for tool in ["node", "openssl"] {
+    if !pkilint("lint_pkix_cert").exists() {
+        missing.push("pkilint (scripts/test.sh installs it into target/pkilint)");
+    }
+    for tool in ["node", "openssl", "curl"] {
         if Command::new(tool).arg("--version").output().is_err()
             && Command::new(tool).arg("version").output().is_err()
         {
@@ -46,6 +49,15 @@ fn prerequisites() -> bool {
     }
     eprintln!("SKIPPING: missing {missing:?} (this would fail under CI=true)");
     false
+}
+
+/// A pkilint command: from `PKILINT_BIN` if set, else the virtualenv scripts/test.sh
+/// makes in target/pkilint.
+fn pkilint(cmd: &str) -> PathBuf {
+    std::env::var_os("PKILINT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/pkilint/bin"))
+        .join(cmd)
 }
 
 /// A child process killed when the test ends, however it ends.
@@ -167,6 +179,8 @@ fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
             "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
         )
         .env("INFLUXION_BOOTSTRAP_ADMIN", "app_id=ci-admin")
+        .env("INFLUXION_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("INFLUXION_EST_PROFILE", "device")
         .env("INFLUXION_LOG", "warn");
 }
 
@@ -863,6 +877,670 @@ fn subjects_grants_and_whoami_from_the_cli() {
     ok(&ks.admin(&["subjects", "delete", "ci"], d));
     let last = ks.admin(&["subjects", "delete", "bootstrap-admin"], d);
     assert!(!last.status.success() && String::from_utf8_lossy(&last.stderr).contains("last-admin"));
+    let audit = ok(&Command::new(BIN)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(&ks.data)
+        .output()
+        .unwrap());
+    assert!(audit.contains("intact"), "{audit}");
+}
+
+/// Lint a certificate (or CRL) with pkilint, an independent X.509 linter; any finding
+/// at WARNING or above fails.
+#[track_caller]
+fn lint_clean(args: &[&str], file: &Path) {
+    let (cmd, rest) = args.split_first().unwrap();
+    let out = Command::new(pkilint(cmd))
+        .args(rest)
+        .args(["-s", "WARNING"])
+        .arg(file)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace),
+        "pkilint {cmd} {}: {}{}",
+        file.display(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn x509_text(file: &str, d: &Path) -> String {
+    String::from_utf8(ok_openssl(&["x509", "-in", file, "-noout", "-text"], d)).unwrap()
+}
+
+#[track_caller]
+fn ok_openssl(args: &[&str], d: &Path) -> Vec<u8> {
+    let o = openssl(args, d);
+    assert!(
+        o.status.success(),
+        "openssl {args:?}: {}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    o.stdout
+}
+
+/// The value on the line after `label` in `openssl x509 -text` output.
+fn field_after(text: &str, label: &str) -> String {
+    let mut lines = text.lines();
+    while let Some(l) = lines.next() {
+        if l.contains(label) {
+            return lines.next().unwrap_or("").trim().to_owned();
+        }
+    }
+    panic!("{label} not in {text}");
+}
+
+fn first_pem(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap();
+    let end = text.find("-----END CERTIFICATE-----").unwrap() + "-----END CERTIFICATE-----\n".len();
+    text[..end].to_owned()
+}
+
+fn access_token(ks: &Keyserver, id: &str, secret: &str) -> String {
+    let disc = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("{}/.well-known/openid-configuration", ks.issuer),
+        ])
+        .output()
+        .unwrap();
+    let disc: serde_json::Value = serde_json::from_slice(&disc.stdout).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-u",
+            &format!("{id}:{secret}"),
+            "-d",
+            "grant_type=client_credentials",
+        ])
+        .args(["-d", &format!("scope={AUDIENCE}/.default")])
+        .arg(disc["token_endpoint"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn device_certificates_chains_lint_crl_est_and_bulk() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+
+    // A root and an intermediate held here.
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "root",
+            "--cn",
+            "Acme Root CA",
+            "--org",
+            "Acme",
+            "--country",
+            "DE",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "devices-ica",
+            "--cn",
+            "Acme Device CA",
+            "--org",
+            "Acme",
+            "--parent",
+            "root",
+            "--key-type",
+            "ec-p256",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "device",
+            "--ca",
+            "devices-ica",
+            "--cn",
+            "{device_id}",
+            "--org",
+            "Acme",
+            "--ou",
+            "Devices",
+            "--san-dns",
+            "{device_id}.devices.acme.test",
+            "--max-per-device",
+            "1",
+            "--key-types",
+            "ec-p256,ec-p384",
+            "--validity-days",
+            "730",
+        ],
+        d,
+    ));
+    let list = ok(&ks.admin(&["ca", "list"], d));
+    assert!(
+        list.contains("root") && list.contains("devices-ica") && list.contains("active"),
+        "{list}"
+    );
+
+    // A device key and CSR made by openssl; the certificate chains to the root.
+    ok_openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "dev.key",
+            "-subj",
+            "/CN=dev-0001",
+            "-out",
+            "dev.csr",
+        ],
+        d,
+    );
+    ok(&ks.admin(
+        &[
+            "cert",
+            "issue",
+            "--profile",
+            "device",
+            "--csr",
+            "dev.csr",
+            "-o",
+            "dev.pem",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["ca", "chain", "root", "-o", "root.pem"], d));
+    ok(&ks.admin(&["ca", "chain", "devices-ica", "-o", "ica-chain.pem"], d));
+    std::fs::write(d.join("ica.pem"), first_pem(&d.join("ica-chain.pem"))).unwrap();
+    std::fs::write(d.join("leaf.pem"), first_pem(&d.join("dev.pem"))).unwrap();
+    let v = ok_openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "ica.pem",
+            "leaf.pem",
+        ],
+        d,
+    );
+    assert!(String::from_utf8_lossy(&v).contains("leaf.pem: OK"));
+
+    // The fields, read by openssl.
+    let leaf = x509_text("leaf.pem", d);
+    let ica = x509_text("ica.pem", d);
+    assert!(
+        leaf.contains("Subject: C")
+            || leaf.contains("Subject: O = Acme, OU = Devices, CN = dev-0001"),
+        "{leaf}"
+    );
+    assert!(
+        leaf.contains("X509v3 Key Usage: critical")
+            && field_after(&leaf, "X509v3 Key Usage") == "Digital Signature",
+        "{leaf}"
+    );
+    assert_eq!(
+        field_after(&leaf, "X509v3 Extended Key Usage"),
+        "TLS Web Client Authentication"
+    );
+    assert_eq!(
+        field_after(&leaf, "X509v3 Subject Alternative Name"),
+        "DNS:dev-0001.devices.acme.test"
+    );
+    assert!(leaf.contains("CA:FALSE"), "{leaf}");
+    assert_eq!(
+        field_after(&leaf, "X509v3 Authority Key Identifier").trim_start_matches("keyid:"),
+        field_after(&ica, "X509v3 Subject Key Identifier"),
+        "AKI of the leaf is the SKI of the intermediate"
+    );
+    assert!(leaf.contains("X509v3 Subject Key Identifier"));
+    let cdp = format!("URI:{}/crl/devices-ica.crl", ks.url);
+    assert!(leaf.contains(&cdp), "{leaf}");
+    let serial = field_after(&leaf, "Serial Number:").replace(':', "");
+    assert_eq!(serial.len(), 32, "128-bit serial: {serial}");
+    assert!(
+        ica.contains("CA:TRUE, pathlen:0") && ica.contains("Certificate Sign, CRL Sign"),
+        "{ica}"
+    );
+    let dates = String::from_utf8(ok_openssl(
+        &[
+            "x509",
+            "-in",
+            "leaf.pem",
+            "-noout",
+            "-startdate",
+            "-enddate",
+        ],
+        d,
+    ))
+    .unwrap();
+    let year = |s: &str| {
+        s.split_whitespace()
+            .rev()
+            .nth(1)
+            .unwrap()
+            .parse::<i32>()
+            .unwrap()
+    };
+    let lines: Vec<&str> = dates.lines().collect();
+    assert_eq!(year(lines[1]) - year(lines[0]), 2, "730 days: {dates}");
+
+    // An independent linter finds nothing at WARNING or above.
+    for f in ["leaf.pem", "ica.pem", "root.pem"] {
+        lint_clean(&["lint_pkix_cert", "lint"], &d.join(f));
+    }
+
+    // An intermediate signed by an offline root (openssl), then imported.
+    ok_openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-384",
+            "-nodes",
+            "-keyout",
+            "offline.key",
+            "-subj",
+            "/O=Acme/CN=Acme Offline Root",
+            "-days",
+            "3650",
+            "-out",
+            "offline.pem",
+        ],
+        d,
+    );
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "ext-ica",
+            "--cn",
+            "Acme External ICA",
+            "--org",
+            "Acme",
+            "--external",
+            "--key-type",
+            "ec-p256",
+            "--csr-out",
+            "ext.csr",
+        ],
+        d,
+    ));
+    let pending = ok(&ks.admin(&["ca", "list"], d));
+    assert!(pending.contains("pending"), "{pending}");
+    std::fs::write(
+        d.join("ica.ext"),
+        "basicConstraints=critical,CA:TRUE,pathlen:0\nkeyUsage=critical,keyCertSign,cRLSign\nsubjectKeyIdentifier=hash\nauthorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    ok_openssl(
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "ext.csr",
+            "-CA",
+            "offline.pem",
+            "-CAkey",
+            "offline.key",
+            "-CAcreateserial",
+            "-days",
+            "1825",
+            "-extfile",
+            "ica.ext",
+            "-out",
+            "ext.pem",
+        ],
+        d,
+    );
+    // The wrong chain is refused; the right one activates the CA.
+    let wrong = ks.admin(
+        &[
+            "ca",
+            "import",
+            "ext-ica",
+            "--certificate",
+            "ext.pem",
+            "--chain",
+            "root.pem",
+        ],
+        d,
+    );
+    assert!(
+        String::from_utf8_lossy(&wrong.stderr).contains("bad-ca-certificate"),
+        "{wrong:?}"
+    );
+    ok(&ks.admin(
+        &[
+            "ca",
+            "import",
+            "ext-ica",
+            "--certificate",
+            "ext.pem",
+            "--chain",
+            "offline.pem",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "ext-device",
+            "--ca",
+            "ext-ica",
+            "--org",
+            "Acme",
+        ],
+        d,
+    ));
+    ok_openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "dev2.key",
+            "-subj",
+            "/CN=dev-0002",
+            "-out",
+            "dev2.csr",
+        ],
+        d,
+    );
+    ok(&ks.admin(
+        &[
+            "cert",
+            "issue",
+            "--profile",
+            "ext-device",
+            "--csr",
+            "dev2.csr",
+            "-o",
+            "dev2.pem",
+        ],
+        d,
+    ));
+    let v = ok_openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "offline.pem",
+            "-untrusted",
+            "ext.pem",
+            "dev2.pem",
+        ],
+        d,
+    );
+    assert!(String::from_utf8_lossy(&v).contains("OK"));
+    std::fs::write(d.join("dev2-leaf.pem"), first_pem(&d.join("dev2.pem"))).unwrap();
+    lint_clean(&["lint_pkix_cert", "lint"], &d.join("dev2-leaf.pem"));
+
+    // Server-side key generation: a PKCS#12 that openssl opens with the password.
+    let mut new = ks.command(
+        "ci-admin",
+        "admin-secret-1234567890",
+        &[
+            "cert",
+            "new",
+            "--profile",
+            "device",
+            "--device-id",
+            "1234",
+            "-o",
+            "dev.p12",
+        ],
+        d,
+    );
+    ok(&new
+        .env("INFLUXION_P12_PASSWORD", "production line 7")
+        .output()
+        .unwrap());
+    ok_openssl(
+        &[
+            "pkcs12",
+            "-in",
+            "dev.p12",
+            "-passin",
+            "pass:production line 7",
+            "-nodes",
+            "-out",
+            "p12.pem",
+        ],
+        d,
+    );
+    let p12 = std::fs::read_to_string(d.join("p12.pem")).unwrap();
+    assert!(
+        p12.contains("PRIVATE KEY") && p12.contains("CN = 1234"),
+        "{p12}"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(d.join("dev.p12"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+    }
+
+    // Revocation: the CRL at the certificate's distribution point lists it, and
+    // openssl's CRL check rejects the certificate.
+    ok(&ks.admin(
+        &[
+            "cert",
+            "revoke",
+            &serial.to_lowercase(),
+            "--reason",
+            "key_compromise",
+        ],
+        d,
+    ));
+    let crl = Command::new("curl")
+        .args(["-sf", "-o", "crl.der", &cdp[4..]])
+        .current_dir(d)
+        .status()
+        .unwrap();
+    assert!(crl.success());
+    ok_openssl(
+        &["crl", "-inform", "DER", "-in", "crl.der", "-out", "crl.pem"],
+        d,
+    );
+    lint_clean(
+        &["lint_crl", "lint", "-t", "CRL", "-p", "PKIX"],
+        &d.join("crl.der"),
+    );
+    let o = openssl(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "ica.pem",
+            "-CRLfile",
+            "crl.pem",
+            "leaf.pem",
+        ],
+        d,
+    );
+    assert!(!o.status.success());
+    assert!(
+        String::from_utf8_lossy(&o.stdout).contains("certificate revoked")
+            || String::from_utf8_lossy(&o.stderr).contains("certificate revoked"),
+        "{o:?}"
+    );
+    let o = openssl(
+        &[
+            "verify",
+            "-crl_check",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "ica.pem",
+            "-CRLfile",
+            "crl.pem",
+            "p12.pem",
+        ],
+        d,
+    );
+    assert!(
+        o.status.success(),
+        "the other certificate still verifies: {o:?}"
+    );
+
+    // EST (RFC 7030) with curl and openssl, as provisioning equipment would.
+    let est = format!("{}/.well-known/est", ks.url);
+    let sh = |script: &str| {
+        let o = Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    let cacerts = sh(&format!(
+        "curl -sf {est}/cacerts | openssl base64 -d | openssl pkcs7 -inform DER -print_certs"
+    ));
+    assert!(
+        cacerts.contains("Acme Device CA") && cacerts.contains("Acme Root CA"),
+        "{cacerts}"
+    );
+    let token = access_token(&ks, "ci-admin", "admin-secret-1234567890");
+    std::fs::write(d.join("token"), format!("Authorization: Bearer {token}\n")).unwrap();
+    let enrolled = sh(&format!(
+        "openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout est.key \
+           -subj /CN=est-0001 -outform DER \
+         | openssl base64 \
+         | curl -sf -H @token -H 'Content-Type: application/pkcs10' --data-binary @- {est}/simpleenroll \
+         | openssl base64 -d | openssl pkcs7 -inform DER -print_certs -out est.pem && cat est.pem"
+    ));
+    assert!(
+        enrolled.contains("CN = est-0001") || enrolled.contains("CN=est-0001"),
+        "{enrolled}"
+    );
+    let v = ok_openssl(
+        &[
+            "verify",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "ica.pem",
+            "est.pem",
+        ],
+        d,
+    );
+    assert!(String::from_utf8_lossy(&v).contains("OK"));
+    // Without a token, enrolment is refused.
+    let refused = Command::new("sh")
+        .arg("-c")
+        .arg(format!("curl -s -o /dev/null -w '%{{http_code}}' -H 'Content-Type: application/pkcs10' --data-binary x {est}/simpleenroll"))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&refused.stdout), "401");
+
+    // Bulk: five devices, keys made here; a second run does nothing; an interrupted
+    // run (journal line and certificate lost) resumes without a duplicate.
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "device-bulk",
+            "--ca",
+            "devices-ica",
+            "--max-per-device",
+            "1",
+        ],
+        d,
+    ));
+    std::fs::write(d.join("ids.txt"), "b-1\nb-2\nb-3\nb-4\nb-5\n").unwrap();
+    let run = || {
+        ks.cli(
+            "ci-admin",
+            "admin-secret-1234567890",
+            &[
+                "cert",
+                "bulk",
+                "--profile",
+                "device-bulk",
+                "--device-ids",
+                "ids.txt",
+                "--out-dir",
+                "out",
+                "--concurrency",
+                "3",
+            ],
+            d,
+        )
+    };
+    let first = run();
+    ok(&first);
+    assert!(
+        String::from_utf8_lossy(&first.stderr).contains("issued 5, already done 0, failed 0"),
+        "{first:?}"
+    );
+    for i in 1..=5 {
+        let v = ok_openssl(
+            &[
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "ica.pem",
+                &format!("out/b-{i}.pem"),
+            ],
+            d,
+        );
+        assert!(String::from_utf8_lossy(&v).contains("OK"));
+    }
+    let again = run();
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("issued 0, already done 5"),
+        "{again:?}"
+    );
+    let journal = d.join("out/influxion-journal.jsonl");
+    let text = std::fs::read_to_string(&journal).unwrap();
+    let kept: Vec<&str> = text.lines().filter(|l| !l.contains("\"b-3\"")).collect();
+    std::fs::write(&journal, kept.join("\n") + "\n").unwrap();
+    std::fs::remove_file(d.join("out/b-3.pem")).unwrap();
+    let resumed = run();
+    assert!(
+        String::from_utf8_lossy(&resumed.stderr).contains("issued 1, already done 4, failed 0"),
+        "{resumed:?}"
+    );
+    let listed = ok(&ks.admin(&["cert", "list", "--profile", "device-bulk"], d));
+    assert_eq!(listed.lines().count(), 5, "no duplicates: {listed}");
+
+    // Every CA key use is in the audit chain, which is intact.
     let audit = ok(&Command::new(BIN)
         .args(["audit", "verify", "--data-dir"])
         .arg(&ks.data)

@@ -199,6 +199,14 @@ fn dn(attrs: &[(String, String)]) -> Result<DistinguishedName, BuildError> {
     Ok(dn)
 }
 
+/// RFC 7093 section 2 method 1: the leftmost 160 bits of the SHA-256 hash of the
+/// subjectPublicKey BIT STRING value (what linters and other CAs recognise).
+pub fn key_id(spki_der: &[u8]) -> Result<Vec<u8>, BuildError> {
+    let (_, spki) = x509_parser::x509::SubjectPublicKeyInfo::from_der(spki_der)
+        .map_err(|e| BuildError::Encode(format!("public key: {e}")))?;
+    Ok(sha2::Sha256::digest(&spki.subject_public_key.data)[..20].to_vec())
+}
+
 /// A positive random serial of 127 bits (RFC 5280 allows 20 octets; CA/B asks for
 /// at least 64 bits of entropy).
 pub fn random_serial() -> [u8; 16] {
@@ -210,6 +218,7 @@ pub fn random_serial() -> [u8; 16] {
 
 fn ca_params(
     subject: &CaSubject,
+    spki_der: &[u8],
     not_before: OffsetDateTime,
     validity_days: u32,
     path_len: Option<u8>,
@@ -224,7 +233,7 @@ fn ca_params(
         None => BasicConstraints::Unconstrained,
     });
     p.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-    p.key_identifier_method = KeyIdMethod::Sha256;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(spki_der)?);
     Ok(p)
 }
 
@@ -235,7 +244,13 @@ pub fn root_certificate(
     key: &CaKey<'_>,
 ) -> Result<Vec<u8>, BuildError> {
     let now = OffsetDateTime::now_utc();
-    let p = ca_params(subject, now - Duration::minutes(5), validity_days, None)?;
+    let p = ca_params(
+        subject,
+        key.spki_der(),
+        now - Duration::minutes(5),
+        validity_days,
+        None,
+    )?;
     Ok(p.self_signed(key)?.der().to_vec())
 }
 
@@ -258,7 +273,13 @@ pub fn intermediate_certificate(
 ) -> Result<Vec<u8>, BuildError> {
     let now = OffsetDateTime::now_utc();
     let parent_not_after = not_after(parent_cert_der)?;
-    let mut p = ca_params(subject, now - Duration::minutes(5), validity_days, Some(0))?;
+    let mut p = ca_params(
+        subject,
+        child_spki_der,
+        now - Duration::minutes(5),
+        validity_days,
+        Some(0),
+    )?;
     p.not_after = p.not_after.min(parent_not_after);
     p.use_authority_key_identifier_extension = true;
     let issuer = Issuer::from_ca_cert_der(&parent_cert_der.into(), parent_key)?;
@@ -300,6 +321,19 @@ pub fn facts(cert_der: &[u8]) -> Result<CertFacts, BuildError> {
         is_ca,
         self_signed: c.subject() == c.issuer(),
     })
+}
+
+fn ski(cert_der: &[u8]) -> Result<Option<Vec<u8>>, BuildError> {
+    let (_, c) = X509Certificate::from_der(cert_der)
+        .map_err(|e| BuildError::BadCaCertificate(e.to_string()))?;
+    for ext in c.extensions() {
+        if let x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) =
+            ext.parsed_extension()
+        {
+            return Ok(Some(id.0.to_vec()));
+        }
+    }
+    Ok(None)
 }
 
 fn not_after(cert_der: &[u8]) -> Result<OffsetDateTime, BuildError> {
@@ -367,7 +401,7 @@ pub fn device_certificate(
         (now + Duration::days(i64::from(spec.validity_days))).min(not_after(ca_cert_der)?);
     p.is_ca = IsCa::ExplicitNoCa;
     p.use_authority_key_identifier_extension = true;
-    p.key_identifier_method = KeyIdMethod::Sha256;
+    p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&spec.spki_der)?);
     p.key_usages = spec
         .key_usage
         .iter()
@@ -499,7 +533,12 @@ pub fn crl(
                 invalidity_date: None,
             })
             .collect(),
-        key_identifier_method: KeyIdMethod::Sha256,
+        // The CRL's authorityKeyIdentifier must equal the CA certificate's SKI, however
+        // that was computed (an external root may have used SHA-1).
+        key_identifier_method: KeyIdMethod::PreSpecified(match ski(ca_cert_der)? {
+            Some(id) => id,
+            None => key_id(ca_key.spki_der())?,
+        }),
     };
     let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), ca_key)?;
     Ok(params.signed_by(&issuer)?.der().to_vec())

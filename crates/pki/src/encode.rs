@@ -136,6 +136,36 @@ pub fn generate_device_key(kt: DeviceKeyType) -> Result<DeviceKey, EncodeError> 
     })
 }
 
+/// A key made on the provisioning station and a CSR for it, for devices that take a
+/// key file (the private key never crosses the network). EC and Ed25519 only: RSA key
+/// generation belongs to the device or the server.
+pub fn local_key_and_csr(
+    kt: DeviceKeyType,
+    common_name: &str,
+) -> Result<(Zeroizing<String>, String), EncodeError> {
+    let alg = match kt {
+        DeviceKeyType::EcP256 => &rcgen::PKCS_ECDSA_P256_SHA256,
+        DeviceKeyType::EcP384 => &rcgen::PKCS_ECDSA_P384_SHA384,
+        DeviceKeyType::Ed25519 => &rcgen::PKCS_ED25519,
+        other => {
+            return Err(EncodeError::KeyGen(format!(
+                "{other} keys are not generated locally; use ec-p256, ec-p384 or ed25519"
+            )))
+        }
+    };
+    let key = rcgen::KeyPair::generate_for(alg).map_err(|e| EncodeError::KeyGen(e.to_string()))?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, common_name);
+    let csr = params
+        .serialize_request(&key)
+        .and_then(|c| c.pem())
+        .map_err(|e| EncodeError::Der(e.to_string()))?;
+    Ok((Zeroizing::new(key.serialize_pem()), csr))
+}
+
 /// PKCS#12 passwords: 8 to 128 characters, no control characters (they do not survive
 /// the tools that read the file).
 pub fn check_password(password: &str) -> Result<(), EncodeError> {

@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticated, Caller};
 pub use problem::ApiError;
-pub use routes::pki::PkiSettings;
+pub use routes::pki::{ensure_dev_ca, PkiSettings};
 
 /// Largest request body accepted anywhere in the API. Signing requests carry a digest,
 /// never the file, so a few KiB is plenty.

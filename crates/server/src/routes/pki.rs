@@ -269,7 +269,6 @@ pub async fn create_ca(
     let p = &c.principal;
     audited(&st, p, "ca.create", "cas", async {
         let req = json_body(body)?;
-        // CA names appear in URLs and key names: the key-name rules apply.
         let name: KeyName = req.name.parse()?;
         if !c.perms.allows(Role::Admin, name.as_str()) {
             return Err(forbidden(
@@ -277,6 +276,19 @@ pub async fn create_ca(
                 &format!("creating CA {name} needs the admin role"),
             ));
         }
+        let name = create_ca_record(&st, &p.audit_id(), req).await?;
+        let ca = lookup_ca(&st, &name).await?;
+        Ok((StatusCode::CREATED, Json(ca_view(&st, &ca).await?)))
+    })
+    .await
+}
+
+/// Create a CA as `actor` (the handler has checked permissions); returns its name.
+async fn create_ca_record(st: &AppState, actor: &str, req: CreateCa) -> Result<String, ApiError> {
+    {
+        let st = st.clone();
+        // CA names appear in URLs and key names: the key-name rules apply.
+        let name: KeyName = req.name.parse()?;
         let key_type: KeyType = req.key_type.parse()?;
         if ca_alg(key_type).is_none() {
             return Err(ApiError::InvalidRequest(format!(
@@ -325,7 +337,7 @@ pub async fn create_ca(
             public_key: generated.public_key_der,
             handle: generated.handle,
             created_at: influxion_store::now_rfc3339(),
-            created_by: p.audit_id(),
+            created_by: actor.to_owned(),
             policy: KeyPolicy::default(),
             purpose: KeyPurpose::Ca,
         };
@@ -381,9 +393,9 @@ pub async fn create_ca(
             crl: None,
             crl_next_update: None,
             created_at: influxion_store::now_rfc3339(),
-            created_by: p.audit_id(),
+            created_by: actor.to_owned(),
         };
-        let event = AuditEvent::new(p.audit_id(), "ca.create", Outcome::Ok)
+        let event = AuditEvent::new(actor.to_owned(), "ca.create", Outcome::Ok)
             .target(name.to_string())
             .detail(serde_json::json!({
                 "mode": mode,
@@ -394,12 +406,55 @@ pub async fn create_ca(
             }));
         st.store.create_ca(key, record.clone(), event).await?;
         if record.status == CaStatus::Active {
-            regenerate_crl(&st, &name.to_string(), &p.audit_id()).await?;
+            regenerate_crl(&st, name.as_str(), actor).await?;
         }
-        let ca = lookup_ca(&st, name.as_str()).await?;
-        Ok((StatusCode::CREATED, Json(ca_view(&st, &ca).await?)))
-    })
-    .await
+        Ok(name.to_string())
+    }
+}
+
+/// Development mode: a root CA `dev-device-ca` and a profile `device` for it, once.
+pub async fn ensure_dev_ca(st: &AppState) -> Result<(), ApiError> {
+    let actor = "system:dev";
+    if st.store.get_ca("dev-device-ca").await?.is_none() {
+        let req = CreateCa {
+            name: "dev-device-ca".into(),
+            key_type: "ec-p256".into(),
+            subject: CaSubject {
+                common_name: "Influxion Development Device CA".into(),
+                organization: Some("Influxion development".into()),
+                organizational_unit: None,
+                country: None,
+            },
+            validity_days: Some(3650),
+            parent: None,
+            external: false,
+        };
+        create_ca_record(st, actor, req).await?;
+    }
+    if st.store.get_profile("device").await?.is_none() {
+        let spec: ProfileSpec = serde_json::from_value(serde_json::json!({
+            "ca": "dev-device-ca",
+            "validity_days": 365,
+            "key_types": ["ec-p256", "ec-p384", "ed25519"],
+            "subject": {"common_name": "{device_id}", "organization": "Influxion development"},
+            "san_dns": ["{device_id}.devices.influxion.test"],
+            "max_per_device": 0,
+        }))
+        .map_err(|e| ApiError::InvalidProfile(e.to_string()))?;
+        let now = influxion_store::now_rfc3339();
+        let record = ProfileRecord {
+            name: "device".into(),
+            ca: spec.ca.clone(),
+            spec: serde_json::to_string(&spec).map_err(|_| corrupt("profile"))?,
+            created_at: now.clone(),
+            updated_at: now,
+        };
+        let event = AuditEvent::new(actor, "profile.create", Outcome::Ok)
+            .target("device")
+            .detail(serde_json::to_value(&spec).unwrap_or_default());
+        st.store.put_profile(record, true, event).await?;
+    }
+    Ok(())
 }
 
 #[derive(Deserialize)]

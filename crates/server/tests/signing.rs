@@ -501,6 +501,23 @@ async fn openapi_documents_every_route() {
         "/v1/signing-requests/{id}/approve",
         "/v1/signing-requests/{id}/reject",
         "/v1/signing-requests/{id}/cancel",
+        "/v1/cas",
+        "/v1/cas/{name}",
+        "/v1/cas/{name}/certificate",
+        "/v1/cas/{name}/chain",
+        "/v1/cas/{name}/crl",
+        "/crl/{file}",
+        "/v1/profiles",
+        "/v1/profiles/{name}",
+        "/v1/profiles/{name}/certificates",
+        "/v1/profiles/{name}/keys",
+        "/v1/certificates",
+        "/v1/certificates/{serial}",
+        "/v1/certificates/{serial}/revoke",
+        "/.well-known/est/cacerts",
+        "/.well-known/est/simpleenroll",
+        "/.well-known/est/{label}/cacerts",
+        "/.well-known/est/{label}/simpleenroll",
     ] {
         assert!(paths.contains_key(p), "{p} missing from openapi.json");
     }

@@ -10,6 +10,12 @@
 //!    response is returned only after its audit record is committed with
 //!    `synchronous=FULL` (group commit).
 //! 4. Prints requests/s, p50/p99 latency, the keyserver's peak RSS, and the ratio.
+//!
+//! With `--mode certs` the same is done for device certificates: the raw baseline is
+//! in-process issuance (CSR parse and proof-of-possession check, profile, certificate
+//! built and signed by the development device CA's software key), the end-to-end
+//! figure is `POST /v1/profiles/device/certificates` with P-256 CSRs, each answered
+//! after the certificate's record and audit record are committed.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -36,6 +42,114 @@ struct Args {
     seconds: u64,
     #[arg(long, default_value_t = 18400)]
     port: u16,
+    /// `sign`: digests with the demo key; `certs`: device certificates from P-256 CSRs
+    /// with the development device CA (software CA key).
+    #[arg(long, default_value = "sign")]
+    mode: String,
+}
+
+/// A pool of P-256 CSRs, made before measuring.
+fn csr_pool(n: usize) -> Result<Vec<String>> {
+    (0..n)
+        .map(|i| {
+            influxion_pki::encode::local_key_and_csr(
+                influxion_pki::DeviceKeyType::EcP256,
+                &format!("bench-{i:05}"),
+            )
+            .map(|(_, csr)| csr)
+            .map_err(anyhow::Error::from)
+        })
+        .collect()
+}
+
+/// Raw in-process issuance on every core: parse and verify the CSR, check it against
+/// the profile, build and sign the certificate with the CA key (no HTTP, no token, no
+/// database).
+async fn raw_cert_rate(
+    data: &std::path::Path,
+    seconds: u64,
+    csrs: Arc<Vec<String>>,
+) -> Result<f64> {
+    let kek = Kek::from_text(&std::fs::read_to_string(data.join("kek"))?)?;
+    let store =
+        influxion_store::Store::open(&format!("sqlite://{}/influxion.db", data.display())).await?;
+    let profile: influxion_pki::ProfileSpec = serde_json::from_str(
+        &store
+            .get_profile("device")
+            .await?
+            .context("device profile missing")?
+            .spec,
+    )?;
+    let ca = store.get_ca(&profile.ca).await?.context("CA missing")?;
+    let ca_cert = ca.certificate.context("CA certificate missing")?;
+    let key = store
+        .list_keys()
+        .await?
+        .into_iter()
+        .find(|k| k.id == ca.key_id)
+        .context("CA key missing")?;
+    let ks = Arc::new(SoftwareKeystore::new(kek));
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let stop = Arc::new(AtomicBool::new(false));
+    let count = Arc::new(AtomicU64::new(0));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let (ks, key, stop, count, csrs, profile, ca_cert) = (
+                ks.clone(),
+                key.clone(),
+                stop.clone(),
+                count.clone(),
+                csrs.clone(),
+                profile.clone(),
+                ca_cert.clone(),
+            );
+            std::thread::spawn(move || -> Result<(), String> {
+                let signer = |digest: &[u8]| {
+                    let d = Digest::new(SignAlgorithm::Es256, digest.to_vec())
+                        .map_err(|e| e.to_string())?;
+                    ks.sign_blocking(&key.id, key.key_type, &key.handle, &d)
+                        .map_err(|e| e.to_string())
+                };
+                let ca_key = influxion_pki::CaKey::new(
+                    influxion_pki::CaKeyAlg::EcdsaP256Sha256,
+                    &key.public_key,
+                    signer,
+                )
+                .map_err(|e| e.to_string())?;
+                let mut n = 0u64;
+                let mut i = t;
+                while !stop.load(Ordering::Relaxed) {
+                    let csr = influxion_pki::csr::parse(csrs[i % csrs.len()].as_bytes())
+                        .map_err(|e| e.to_string())?;
+                    let spec = profile.enforce(&csr, None).map_err(|e| e.to_string())?;
+                    let serial = influxion_pki::build::random_serial();
+                    influxion_pki::build::device_certificate(
+                        &spec,
+                        &serial,
+                        &ca_cert,
+                        &ca_key,
+                        Some("http://x/crl"),
+                    )
+                    .map_err(|e| e.to_string())?;
+                    n += 1;
+                    i += threads;
+                }
+                count.fetch_add(n, Ordering::Relaxed);
+                Ok(())
+            })
+        })
+        .collect();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    stop.store(true, Ordering::Relaxed);
+    for h in handles {
+        h.join()
+            .map_err(|_| anyhow::anyhow!("raw thread panicked"))?
+            .map_err(anyhow::Error::msg)?;
+    }
+    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
 }
 
 struct Guard(Child);
@@ -163,34 +277,56 @@ async fn main() -> Result<()> {
     let cpus = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1);
-    eprintln!(
-        "raw: signing with the demo key on {cpus} threads for {}s",
-        args.seconds
-    );
-    let raw = raw_rate(&dir, args.seconds).await?;
+    let certs = args.mode == "certs";
+    let csrs = Arc::new(if certs { csr_pool(512)? } else { Vec::new() });
+    let raw = if certs {
+        eprintln!(
+            "raw: issuing certificates in-process on {cpus} threads for {}s",
+            args.seconds
+        );
+        raw_cert_rate(&dir, args.seconds, csrs.clone()).await?
+    } else {
+        eprintln!(
+            "raw: signing with the demo key on {cpus} threads for {}s",
+            args.seconds
+        );
+        raw_rate(&dir, args.seconds).await?
+    };
 
     eprintln!(
         "end to end: concurrency {} for {}s (after 2s warm-up)",
         args.concurrency, args.seconds
     );
-    let url = Arc::new(format!("{base}/v1/keys/demo/sign"));
+    let url = Arc::new(if certs {
+        format!("{base}/v1/profiles/device/certificates")
+    } else {
+        format!("{base}/v1/keys/demo/sign")
+    });
+    let next = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..args.concurrency {
-        let (http, url, token, stop, measuring, errors) = (
+        let (http, url, token, stop, measuring, errors, csrs, next) = (
             http.clone(),
             url.clone(),
             token.clone(),
             stop.clone(),
             measuring.clone(),
             errors.clone(),
+            csrs.clone(),
+            next.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
             while !stop.load(Ordering::Relaxed) {
-                let body = format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()));
+                let body = if csrs.is_empty() {
+                    format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()))
+                } else {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize % csrs.len();
+                    serde_json::json!({"csr": csrs[i]}).to_string()
+                };
                 let t = Instant::now();
                 let r = http
                     .post(url.as_str())
@@ -235,9 +371,14 @@ async fn main() -> Result<()> {
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 
-    println!("raw ECDSA P-256 signing, same key, {cpus} threads: {raw:.0} signatures/s");
+    if certs {
+        println!("raw in-process issuance (CSR verify + profile + P-256 CA signature), {cpus} threads: {raw:.0} certificates/s");
+    } else {
+        println!("raw ECDSA P-256 signing, same key, {cpus} threads: {raw:.0} signatures/s");
+    }
     println!(
-        "end-to-end sign over HTTP, concurrency {}: {rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        "end-to-end {} over HTTP, concurrency {}: {rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {}",
+        if certs { "certificate issuance" } else { "sign" },
         args.concurrency,
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),

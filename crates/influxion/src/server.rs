@@ -55,6 +55,7 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
             public_url: cfg.public_url.clone(),
             est_profile: cfg.est_profile.clone(),
         }),
+        pki_cache: Default::default(),
     })
 }
 

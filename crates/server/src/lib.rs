@@ -20,7 +20,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticated, Caller};
 pub use problem::ApiError;
-pub use routes::pki::{ensure_dev_ca, PkiSettings};
+pub use routes::pki::{ensure_dev_ca, PkiCache, PkiSettings};
 
 /// Largest request body accepted anywhere in the API. Signing requests carry a digest,
 /// never the file, so a few KiB is plenty.
@@ -36,6 +36,7 @@ pub struct AppState {
     pub validator: Arc<Validator>,
     pub refusals: Arc<RefusalLimiter>,
     pub pki: Arc<PkiSettings>,
+    pub pki_cache: Arc<routes::pki::PkiCache>,
 }
 
 /// Bounds how many unauthenticated refusals are written to the audit log per second,

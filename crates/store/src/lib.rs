@@ -130,6 +130,9 @@ pub struct Store {
     /// will need a shared signal.)
     subjects_gen: Arc<AtomicU64>,
     subjects: SubjectCache,
+    /// Bumped by the writer whenever CAs, profiles, certificates' CRLs or key status
+    /// change, so callers may cache what issuance reads.
+    pki_gen: Arc<AtomicU64>,
 }
 
 impl Store {
@@ -152,13 +155,21 @@ impl Store {
         let conn = sqlx::ConnectOptions::connect(&opts).await?;
         let (tx, rx) = mpsc::channel(4096);
         let subjects_gen = Arc::new(AtomicU64::new(1));
-        tokio::spawn(writer::run(conn, rx, subjects_gen.clone()));
+        let pki_gen = Arc::new(AtomicU64::new(1));
+        tokio::spawn(writer::run(conn, rx, subjects_gen.clone(), pki_gen.clone()));
         Ok(Self {
             pool,
             writer: tx,
             subjects_gen,
             subjects: Arc::new(RwLock::new(None)),
+            pki_gen,
         })
+    }
+
+    /// Generation of CA, profile and key-status data; changes after every commit that
+    /// touches them.
+    pub fn pki_generation(&self) -> u64 {
+        self.pki_gen.load(Ordering::Acquire)
     }
 
     async fn submit_op(&self, op: Op, audit: AuditEvent) -> Result<Applied, StoreError> {
@@ -337,6 +348,14 @@ impl Store {
     pub async fn get_key(&self, name: &KeyName) -> Result<Option<KeyRecord>, StoreError> {
         let row = sqlx::query("SELECT * FROM keys WHERE name = ?")
             .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.map(|r| key_from_row(&r)).transpose()
+    }
+
+    pub async fn get_key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
+        let row = sqlx::query("SELECT * FROM keys WHERE id = ?")
+            .bind(id)
             .fetch_optional(&self.pool)
             .await?;
         row.map(|r| key_from_row(&r)).transpose()

@@ -38,6 +38,17 @@ pub(crate) enum Op {
 }
 
 impl Op {
+    /// Issuance caches CA, profile and key records; certificates themselves (Issue,
+    /// Revoke) do not change them.
+    fn changes_pki(&self) -> bool {
+        use crate::pki::PkiOp;
+        match self {
+            Op::SetKeyStatus(..) => true,
+            Op::Pki(op) => !matches!(**op, PkiOp::Issue { .. } | PkiOp::Revoke { .. }),
+            _ => false,
+        }
+    }
+
     fn changes_subjects(&self) -> bool {
         matches!(
             self,
@@ -68,6 +79,7 @@ pub(crate) async fn run(
     mut conn: SqliteConnection,
     mut rx: mpsc::Receiver<Job>,
     subjects_gen: Arc<AtomicU64>,
+    pki_gen: Arc<AtomicU64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -76,6 +88,9 @@ pub(crate) async fn run(
             Ok(results) => {
                 if jobs.iter().any(|j| j.op.changes_subjects()) {
                     subjects_gen.fetch_add(1, Ordering::AcqRel);
+                }
+                if jobs.iter().any(|j| j.op.changes_pki()) {
+                    pki_gen.fetch_add(1, Ordering::AcqRel);
                 }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(result);

@@ -101,10 +101,61 @@ async fn with_ca_key<T: Send + 'static>(
 }
 
 async fn ca_key_record(st: &AppState, ca: &CaRecord) -> Result<KeyRecord, ApiError> {
-    let keys = st.store.list_keys().await?;
-    keys.into_iter()
-        .find(|k| k.id == ca.key_id)
+    st.store
+        .get_key_by_id(&ca.key_id)
+        .await?
         .ok_or_else(|| corrupt("CA key missing"))
+}
+
+/// What issuing under a profile needs, read once per change of CA/profile/key data
+/// (the store's PKI generation). The writer re-checks that the CA and its key are
+/// active when the certificate commits, so a stale entry cannot issue under a
+/// disabled CA.
+pub(crate) struct IssuanceContext {
+    spec: ProfileSpec,
+    ca: CaRecord,
+    ca_cert: Vec<u8>,
+    key: KeyRecord,
+    chain: Vec<Vec<u8>>,
+}
+
+/// Per-process cache of [`IssuanceContext`] by profile name.
+#[derive(Default)]
+pub struct PkiCache {
+    entries:
+        std::sync::Mutex<std::collections::HashMap<String, (u64, std::sync::Arc<IssuanceContext>)>>,
+}
+
+async fn issuance_context(
+    st: &AppState,
+    profile: &str,
+) -> Result<std::sync::Arc<IssuanceContext>, ApiError> {
+    let generation = st.store.pki_generation();
+    if let Ok(m) = st.pki_cache.entries.lock() {
+        if let Some((g, ctx)) = m.get(profile) {
+            if *g == generation {
+                return Ok(ctx.clone());
+            }
+        }
+    }
+    let (_, spec) = lookup_profile(st, profile).await?;
+    let (ca, ca_cert, key) = active_ca(st, &spec.ca).await?;
+    let chain = chain_ders(&ca)?;
+    let ctx = std::sync::Arc::new(IssuanceContext {
+        spec,
+        ca,
+        ca_cert,
+        key,
+        chain,
+    });
+    if let Ok(mut m) = st.pki_cache.entries.lock() {
+        // Bounded by the number of profiles; cleared wholesale if names are abused.
+        if m.len() > 1024 {
+            m.clear();
+        }
+        m.insert(profile.to_owned(), (generation, ctx.clone()));
+    }
+    Ok(ctx)
 }
 
 async fn lookup_ca(st: &AppState, name: &str) -> Result<CaRecord, ApiError> {
@@ -799,18 +850,19 @@ async fn issue(
     st: &AppState,
     p: &Principal,
     profile: &str,
-    spec: &ProfileSpec,
+    ctx: &IssuanceContext,
     cert: CertSpec,
     request_key: Option<String>,
     key_generated: bool,
 ) -> Result<(CertRecord, Vec<Vec<u8>>), ApiError> {
-    let (ca, ca_cert, key) = active_ca(st, &spec.ca).await?;
+    let (ca, key, spec) = (&ctx.ca, &ctx.key, &ctx.spec);
+    let ca_cert = &ctx.ca_cert;
     let serial = build::random_serial();
     let crl_url = st.pki.crl_url(&ca.name);
     let subject = cert.subject_line();
     let device_id = cert.device_id.clone();
     let ca_cert2 = ca_cert.clone();
-    let der = with_ca_key(st, &key, move |k| {
+    let der = with_ca_key(st, key, move |k| {
         build::device_certificate(&cert, &serial, &ca_cert2, k, crl_url.as_deref())
     })
     .await?;
@@ -844,7 +896,7 @@ async fn issue(
     st.store
         .record_certificate(record.clone(), &key.id, spec.max_per_device, event)
         .await?;
-    Ok((record, chain_ders(&ca)?))
+    Ok((record, ctx.chain.clone()))
 }
 
 #[derive(Deserialize)]
@@ -926,7 +978,8 @@ pub async fn issue_from_csr(
         }
         let req = json_body(body)?;
         check_request_key(&req.request_key)?;
-        let (_, spec) = lookup_profile(&st, &profile).await?;
+        let ctx = issuance_context(&st, &profile).await?;
+        let spec = &ctx.spec;
         if let Some(k) = &req.request_key {
             if let Some(existing) = st.store.certificate_by_request_key(&profile, k).await? {
                 let ca = lookup_ca(&st, &existing.ca).await?;
@@ -935,32 +988,23 @@ pub async fn issue_from_csr(
         }
         let csr = influxion_pki::csr::parse(req.csr.as_bytes())?;
         let cert = spec.enforce(&csr, req.device_id.as_deref())?;
-        let (record, chain) = match issue(
-            &st,
-            p,
-            &profile,
-            &spec,
-            cert,
-            req.request_key.clone(),
-            false,
-        )
-        .await
-        {
-            // The same request key raced with itself: hand back the winner.
-            Err(ApiError::Store(influxion_store::StoreError::DuplicateCertificate(_)))
-                if req.request_key.is_some() =>
-            {
-                let k = req.request_key.as_deref().unwrap_or_default();
-                let existing = st
-                    .store
-                    .certificate_by_request_key(&profile, k)
-                    .await?
-                    .ok_or_else(|| corrupt("request key"))?;
-                let ca = lookup_ca(&st, &existing.ca).await?;
-                return issued_response(existing, chain_ders(&ca)?, format, StatusCode::OK);
-            }
-            r => r?,
-        };
+        let (record, chain) =
+            match issue(&st, p, &profile, &ctx, cert, req.request_key.clone(), false).await {
+                // The same request key raced with itself: hand back the winner.
+                Err(ApiError::Store(influxion_store::StoreError::DuplicateCertificate(_)))
+                    if req.request_key.is_some() =>
+                {
+                    let k = req.request_key.as_deref().unwrap_or_default();
+                    let existing = st
+                        .store
+                        .certificate_by_request_key(&profile, k)
+                        .await?
+                        .ok_or_else(|| corrupt("request key"))?;
+                    let ca = lookup_ca(&st, &existing.ca).await?;
+                    return issued_response(existing, chain_ders(&ca)?, format, StatusCode::OK);
+                }
+                r => r?,
+            };
         issued_response(record, chain, format, StatusCode::CREATED)
     })
     .await
@@ -990,7 +1034,8 @@ pub async fn issue_with_new_key(
     let p = &c.principal;
     audited(&st, p, "cert.keygen", &profile, async {
         let req = json_body(body)?;
-        let (_, spec) = lookup_profile(&st, &profile).await?;
+        let ctx = issuance_context(&st, &profile).await?;
+        let spec = &ctx.spec;
         if !spec.allow_server_keygen {
             return Err(ApiError::Forbidden(format!(
                 "profile {profile} does not allow server-side key generation"
@@ -1040,7 +1085,7 @@ pub async fn issue_with_new_key(
             .map_err(|e| corrupt(&e.to_string()))?
             .map_err(|e| corrupt(&e.to_string()))?;
         let cert = spec.spec_for(&req.device_id, device_key.spki_der.clone())?;
-        let (record, chain) = issue(&st, p, &profile, &spec, cert, None, true).await?;
+        let (record, chain) = issue(&st, p, &profile, &ctx, cert, None, true).await?;
         let mut full = vec![record.der.clone()];
         full.extend(chain.iter().cloned());
         let (private_key_pem, pkcs12_base64) = match password {
@@ -1323,10 +1368,10 @@ async fn est_enroll_for(
         let der = base64::engine::general_purpose::STANDARD
             .decode(&compact)
             .map_err(|_| influxion_pki::CsrError::Malformed("the body is not base64".into()))?;
-        let (_, spec) = lookup_profile(st, profile).await?;
+        let ctx = issuance_context(st, profile).await?;
         let csr = influxion_pki::csr::parse(&der)?;
-        let cert = spec.enforce(&csr, None)?;
-        let (record, _) = issue(st, p, profile, &spec, cert, None, false).await?;
+        let cert = ctx.spec.enforce(&csr, None)?;
+        let (record, _) = issue(st, p, profile, &ctx, cert, None, false).await?;
         Ok(est_body(
             encode::pkcs7_certs_only(&[record.der]).map_err(|e| corrupt(&e.to_string()))?,
         ))

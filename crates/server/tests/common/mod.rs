@@ -277,6 +277,7 @@ impl Harness {
                 public_url: Some("http://keys.test".into()),
                 est_profile: Some("device".into()),
             }),
+            pki_cache: Default::default(),
         };
         let h = Self {
             router: influxion_server::app(state.clone()),

@@ -259,10 +259,16 @@ fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
 }
 
 /// Write a secret file readable by its owner only, created that way (never briefly
-/// world-readable).
+/// world-readable). An existing file (or symlink) is removed first, so its old
+/// permissions or target are never used.
 fn write_secret(path: &Path, bytes: &[u8]) -> Result<()> {
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("replacing {}", path.display())),
+    }
     let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create(true).truncate(true);
+    opts.write(true).create_new(true);
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut opts, 0o600);
     let mut f = opts
@@ -699,9 +705,13 @@ fn safe_file_name(id: &str) -> bool {
 
 /// Gather the items: CSRs from a directory, or device ids whose keys and CSRs are
 /// made here once (kept on disk, so a resumed run sends the same CSR).
-fn gather(a: &BulkArgs) -> Result<Vec<Item>> {
+fn gather(a: &BulkArgs, done: &HashSet<String>) -> Result<Vec<Item>> {
     let mut items = Vec::new();
     if let Some(dir) = &a.csr_dir {
+        let same = |x: &Path, y: &Path| matches!((x.canonicalize(), y.canonicalize()), (Ok(x), Ok(y)) if x == y);
+        if same(dir, &a.out_dir) {
+            bail!("--out-dir must differ from --csr-dir (certificates are written as <id>.pem)");
+        }
         let mut paths: Vec<PathBuf> = std::fs::read_dir(dir)
             .with_context(|| format!("reading {}", dir.display()))?
             .filter_map(|e| e.ok().map(|e| e.path()))
@@ -720,6 +730,12 @@ fn gather(a: &BulkArgs) -> Result<Vec<Item>> {
                     p.display()
                 );
             }
+            if items.iter().any(|i: &Item| i.id == id) {
+                bail!("{}: two CSR files for {id}", p.display());
+            }
+            if done.contains(&id) {
+                continue;
+            }
             let csr_pem =
                 std::fs::read_to_string(&p).with_context(|| format!("reading {}", p.display()))?;
             items.push(Item { id, csr_pem });
@@ -736,7 +752,7 @@ fn gather(a: &BulkArgs) -> Result<Vec<Item>> {
             .filter(|l| !l.is_empty() && !l.starts_with('#'))
         {
             influxion_pki::profile::validate_device_id(id).map_err(|e| anyhow!("{id:?}: {e}"))?;
-            if !seen.insert(id.to_owned()) {
+            if !seen.insert(id.to_owned()) || done.contains(id) {
                 continue;
             }
             let key_path = a.out_dir.join(format!("{id}.key"));
@@ -795,8 +811,11 @@ async fn issue_one(
                     v["certificate_pem"].as_str().unwrap_or(""),
                     v["chain_pem"].as_str().unwrap_or("")
                 );
+                // Durable before the journal says done: write, fsync, rename.
                 let tmp = out_dir.join(format!(".{}.pem.tmp", item.id));
-                std::fs::write(&tmp, pem)?;
+                let mut f = std::fs::File::create(&tmp)?;
+                f.write_all(pem.as_bytes())?;
+                f.sync_all()?;
                 std::fs::rename(&tmp, out_dir.join(format!("{}.pem", item.id)))?;
                 return Ok(v["serial"].as_str().unwrap_or_default().to_owned());
             }
@@ -818,10 +837,7 @@ async fn bulk(mut c: Client, a: BulkArgs) -> Result<ExitCode> {
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let journal_path = a.out_dir.join(JOURNAL);
     let done = read_journal(&journal_path)?;
-    let items: Vec<Item> = gather(&a)?
-        .into_iter()
-        .filter(|i| !done.contains(&i.id))
-        .collect();
+    let items: Vec<Item> = gather(&a, &done)?;
     let skipped = done.len();
     if !items.is_empty() {
         c.prefetch_token().await?;

@@ -272,13 +272,25 @@ pub fn intermediate_certificate(
     parent_key: &CaKey<'_>,
 ) -> Result<Vec<u8>, BuildError> {
     let now = OffsetDateTime::now_utc();
-    let parent_not_after = not_after(parent_cert_der)?;
+    let parent = facts(parent_cert_der)?;
+    // The child's pathLenConstraint is one less than the parent's (0 under a root
+    // without one), so every chain it makes stays valid.
+    let path_len = match parent.path_len {
+        None => 0,
+        Some(0) => {
+            return Err(BuildError::Name(
+                "the parent CA has pathLenConstraint 0 and cannot sign CA certificates".into(),
+            ))
+        }
+        Some(n) => u8::try_from(n - 1).unwrap_or(u8::MAX),
+    };
+    let parent_not_after = parent.not_after;
     let mut p = ca_params(
         subject,
         child_spki_der,
         now - Duration::minutes(5),
         validity_days,
-        Some(0),
+        Some(path_len),
     )?;
     p.not_after = p.not_after.min(parent_not_after);
     p.use_authority_key_identifier_extension = true;
@@ -297,7 +309,12 @@ pub struct CertFacts {
     pub not_after: OffsetDateTime,
     pub spki_der: Vec<u8>,
     pub is_ca: bool,
+    /// pathLenConstraint of a CA certificate (None: unconstrained or not a CA).
+    pub path_len: Option<u32>,
     pub self_signed: bool,
+    /// DER of the subject and issuer names, for exact comparisons.
+    pub subject_der: Vec<u8>,
+    pub issuer_der: Vec<u8>,
 }
 
 pub fn facts(cert_der: &[u8]) -> Result<CertFacts, BuildError> {
@@ -306,11 +323,9 @@ pub fn facts(cert_der: &[u8]) -> Result<CertFacts, BuildError> {
     if !rest.is_empty() {
         return Err(BuildError::BadCaCertificate("trailing bytes".into()));
     }
-    let is_ca = c
-        .basic_constraints()
-        .ok()
-        .flatten()
-        .is_some_and(|bc| bc.value.ca);
+    let bc = c.basic_constraints().ok().flatten();
+    let is_ca = bc.as_ref().is_some_and(|bc| bc.value.ca);
+    let path_len = bc.and_then(|bc| bc.value.path_len_constraint);
     Ok(CertFacts {
         subject: c.subject().to_string(),
         issuer: c.issuer().to_string(),
@@ -319,7 +334,10 @@ pub fn facts(cert_der: &[u8]) -> Result<CertFacts, BuildError> {
         not_after: c.validity().not_after.to_datetime(),
         spki_der: c.public_key().raw.to_vec(),
         is_ca,
+        path_len,
         self_signed: c.subject() == c.issuer(),
+        subject_der: c.subject().as_raw().to_vec(),
+        issuer_der: c.issuer().as_raw().to_vec(),
     })
 }
 
@@ -380,7 +398,32 @@ pub fn check_imported(
     for c in chain {
         facts(c)?;
     }
+    check_issuer_name_round_trip(cert_der)?;
     Ok(f)
+}
+
+/// rcgen rebuilds the issuer name from the parsed CA certificate; names it cannot
+/// reproduce byte for byte (repeated attribute types such as `DC=…,DC=…`, multi-valued
+/// RDNs, other string types) would make certificates whose issuer does not match the
+/// CA's subject. Refuse such a CA certificate at import with a throwaway key.
+fn check_issuer_name_round_trip(ca_cert_der: &[u8]) -> Result<(), BuildError> {
+    let bad = |m: String| BuildError::BadCaCertificate(m);
+    let ca = facts(ca_cert_der)?;
+    let probe = std::panic::catch_unwind(|| -> Result<Vec<u8>, BuildError> {
+        let throwaway = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), &throwaway)?;
+        let mut p = CertificateParams::default();
+        p.serial_number = Some(SerialNumber::from_slice(&random_serial()));
+        Ok(p.signed_by(&throwaway, &issuer)?.der().to_vec())
+    })
+    .map_err(|_| bad("its subject name cannot be reproduced".into()))?
+    .map_err(|e| bad(format!("its subject name cannot be reproduced: {e}")))?;
+    if facts(&probe)?.issuer_der != ca.subject_der {
+        return Err(bad(
+            "its subject name uses an encoding this CA cannot reproduce exactly (repeated attribute types or multi-valued RDNs); issue it with a simpler subject".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Issue a device certificate described by `spec` under the CA `ca_cert_der`.
@@ -445,7 +488,13 @@ pub fn device_certificate(
     }
     let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), ca_key)?;
     let subject = rcgen::SubjectPublicKeyInfo::from_der(&spec.spki_der)?;
-    Ok(p.signed_by(&subject, &issuer)?.der().to_vec())
+    let der = p.signed_by(&subject, &issuer)?.der().to_vec();
+    if facts(&der)?.issuer_der != facts(ca_cert_der)?.subject_der {
+        return Err(BuildError::BadCaCertificate(
+            "the issued certificate's issuer does not match the CA's subject".into(),
+        ));
+    }
+    Ok(der)
 }
 
 /// RFC 5280 reason codes accepted for revocation.

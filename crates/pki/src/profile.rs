@@ -216,18 +216,19 @@ impl CertSpec {
     }
 }
 
-/// Device ids become part of names and DNS labels: letters, digits, `.`, `_`, `-`,
-/// 1–64 characters, starting with a letter or digit.
+/// Device ids become part of names and DNS labels: letters, digits, `_`, `-`, 1–64
+/// characters, starting with a letter or digit. No `.`: one device's id must not put
+/// its DNS names under another's (`x.dev-7.devices.example`).
 pub fn validate_device_id(id: &str) -> Result<(), PolicyError> {
     let ok_chars = id
         .chars()
-        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
     if id.is_empty() || id.len() > MAX_ATTR_LEN {
         return Err(PolicyError::DeviceId("must be 1 to 64 characters".into()));
     }
     if !ok_chars || !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
         return Err(PolicyError::DeviceId(
-            "use letters, digits, '.', '_' and '-', starting with a letter or digit".into(),
+            "use letters, digits, '_' and '-', starting with a letter or digit".into(),
         ));
     }
     Ok(())
@@ -303,6 +304,13 @@ impl ProfileSpec {
                     return bad("subject.country must be two upper-case letters".into());
                 }
                 continue;
+            }
+            if name == "serialNumber"
+                && !render(t, "x")
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c))
+            {
+                return bad("subject.serial_number must be PrintableString characters".into());
             }
             if t.contains('{') && !t.contains(DEVICE_ID_PLACEHOLDER) {
                 return bad(format!(
@@ -440,17 +448,34 @@ impl ProfileSpec {
                 return Err(PolicyError::DeviceId(format!("{name} would be too long")));
             }
         }
+        if let Some((_, sn)) = subject.iter().find(|(n, _)| n == "serialNumber") {
+            // serialNumber is a PrintableString: no '_' among others.
+            let printable = sn
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
+            if !printable {
+                return Err(PolicyError::DeviceId(format!(
+                    "serialNumber {sn:?} must be a PrintableString"
+                )));
+            }
+        }
         let dns_names: Vec<String> = self.san_dns.iter().map(|t| render(t, device_id)).collect();
         if let Some(bad) = dns_names.iter().find(|d| !valid_dns_name(d)) {
             return Err(PolicyError::DeviceId(format!(
                 "{bad:?} is not a valid DNS name for this profile"
             )));
         }
+        let uris: Vec<String> = self.san_uri.iter().map(|t| render(t, device_id)).collect();
+        if let Some(bad) = uris.iter().find(|u| !valid_uri(u)) {
+            return Err(PolicyError::DeviceId(format!(
+                "{bad:?} is not a valid URI for this profile"
+            )));
+        }
         Ok(CertSpec {
             device_id: device_id.to_owned(),
             subject,
             dns_names,
-            uris: self.san_uri.iter().map(|t| render(t, device_id)).collect(),
+            uris,
             key_usage: self.key_usage.clone(),
             extended_key_usage: self.extended_key_usage.clone(),
             validity_days: self.validity_days,
@@ -548,7 +573,7 @@ mod tests {
 
     #[test]
     fn device_id_with_separator_is_refused() {
-        for id in ["a,O=x", "a/b", "", "-a", "a b", &"x".repeat(65)] {
+        for id in ["a,O=x", "a/b", "", "-a", "a b", "x.dev-7", &"x".repeat(65)] {
             assert!(validate_device_id(id).is_err(), "{id}");
         }
     }

@@ -86,6 +86,10 @@ pub enum ApiError {
     CaNotActive(String),
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(String),
+    #[error("{0}")]
+    RequestKeyConflict(String),
+    #[error("profile {0} has issued certificates; it cannot be deleted (replace it instead)")]
+    ProfileInUse(String),
     #[error("key {0} belongs to a certificate authority and signs only its certificates and CRLs")]
     CaKey(String),
     #[error(transparent)]
@@ -121,6 +125,7 @@ impl From<StoreError> for ApiError {
             e @ StoreError::DeviceQuota { .. } => ApiError::DeviceQuota(e.to_string()),
             StoreError::AlreadyRevoked(s) => ApiError::AlreadyRevoked(s),
             StoreError::NoSuchCertificate(s) => ApiError::UnknownCertificate(s),
+            StoreError::ProfileInUse(s) => ApiError::ProfileInUse(s),
             e => ApiError::Store(e),
         }
     }
@@ -174,6 +179,8 @@ impl ApiError {
             | ApiError::ProfileExists(_)
             | ApiError::CaNotActive(_)
             | ApiError::AlreadyRevoked(_)
+            | ApiError::RequestKeyConflict(_)
+            | ApiError::ProfileInUse(_)
             | ApiError::CaKey(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
@@ -229,6 +236,8 @@ impl ApiError {
             ApiError::ProfileExists(_) => "profile-exists",
             ApiError::CaNotActive(_) => "ca-not-active",
             ApiError::AlreadyRevoked(_) => "already-revoked",
+            ApiError::RequestKeyConflict(_) => "request-key-conflict",
+            ApiError::ProfileInUse(_) => "profile-in-use",
             ApiError::CaKey(_) => "ca-key",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",

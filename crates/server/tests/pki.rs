@@ -544,3 +544,116 @@ fn to_pem(der: &[u8]) -> String {
         B64.encode(der)
     )
 }
+
+#[tokio::test]
+async fn request_key_conflicts_profile_lifecycle_and_ca_paths() {
+    let w = world().await;
+    // A request key names one request: reusing it for another device is a conflict.
+    let first = issue(
+        &w,
+        json!({"csr": p256_csr("dev-10"), "request_key": "k-10"}),
+    )
+    .await;
+    assert_eq!(first.status, 201, "{}", first.text);
+    let r = issue(
+        &w,
+        json!({"csr": p256_csr("dev-11"), "request_key": "k-10"}),
+    )
+    .await;
+    r.assert_problem(409, "request-key-conflict");
+    // Same device, another key pair: also a conflict (not the first certificate).
+    let r = issue(
+        &w,
+        json!({"csr": p256_csr("dev-10"), "request_key": "k-10"}),
+    )
+    .await;
+    r.assert_problem(409, "request-key-conflict");
+
+    // A profile that has issued cannot be deleted; an unused one can.
+    let r =
+        w.h.call("DELETE", "/v1/profiles/device", Some(&w.admin), None)
+            .await;
+    r.assert_problem(409, "profile-in-use");
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/spare",
+            Some(&w.admin),
+            Some(json!({"ca": "devices"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r =
+        w.h.call("DELETE", "/v1/profiles/spare", Some(&w.admin), None)
+            .await;
+    assert_eq!(r.status, 204, "{}", r.text);
+
+    // A key-admin of prof-* cannot bind a profile to a CA outside its names.
+    w.h.add_subject(
+        "prof-admins",
+        SubjectRules {
+            app_id: Some("prof-admin".into()),
+            ..Default::default()
+        },
+        &[(Role::KeyAdmin, "prof-*")],
+    )
+    .await;
+    let prof_admin = app_token(&w._idp, "prof-admin", 9);
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/prof-1",
+            Some(&prof_admin),
+            Some(json!({"ca": "devices"})),
+        )
+        .await;
+    r.assert_problem(403, "forbidden");
+
+    // An intermediate under the root gets pathlen 0; one under it is refused.
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/cas",
+            Some(&w.admin),
+            Some(
+                json!({"name": "ica", "key_type": "ec-p256", "parent": "devices",
+                        "subject": {"common_name": "ICA"}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/cas",
+            Some(&w.admin),
+            Some(
+                json!({"name": "ica2", "key_type": "ec-p256", "parent": "ica",
+                        "subject": {"common_name": "ICA 2"}}),
+            ),
+        )
+        .await;
+    r.assert_problem(400, "invalid-request");
+
+    // Certificates outside the caller's profiles read as absent.
+    let serial = first.json["serial"].as_str().unwrap();
+    w.h.add_subject(
+        "other-line",
+        SubjectRules {
+            app_id: Some("other-line".into()),
+            ..Default::default()
+        },
+        &[(Role::Provisioner, "sensor*")],
+    )
+    .await;
+    let other = app_token(&w._idp, "other-line", 11);
+    let r =
+        w.h.call(
+            "GET",
+            &format!("/v1/certificates/{serial}"),
+            Some(&other),
+            None,
+        )
+        .await;
+    r.assert_problem(404, "unknown-certificate");
+}

@@ -214,6 +214,16 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
             }
         }
         PkiOp::DeleteProfile(name) => {
+            // Records keep the profile's name (quota, request keys): a profile that has
+            // issued stays, and can only be replaced.
+            let used: Option<i64> =
+                sqlx::query_scalar("SELECT 1 FROM certificates WHERE profile = ? LIMIT 1")
+                    .bind(name)
+                    .fetch_optional(&mut *conn)
+                    .await?;
+            if used.is_some() {
+                return Err(StoreError::ProfileInUse(name.clone()));
+            }
             let r = sqlx::query("DELETE FROM profiles WHERE name = ?")
                 .bind(name)
                 .execute(&mut *conn)
@@ -241,10 +251,12 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
             }
             if *max_per_device > 0 {
                 let n: i64 = sqlx::query_scalar(
-                    "SELECT COUNT(*) FROM certificates WHERE profile = ? AND device_id = ? AND status = 'valid'",
+                    "SELECT COUNT(*) FROM certificates
+                     WHERE profile = ? AND device_id = ? AND status = 'valid' AND not_after > ?",
                 )
                 .bind(&cert.profile)
                 .bind(&cert.device_id)
+                .bind(&cert.issued_at)
                 .fetch_one(&mut *conn)
                 .await?;
                 if n >= i64::from(*max_per_device) {
@@ -612,6 +624,16 @@ impl Store {
         .iter()
         .map(cert_from_row)
         .collect()
+    }
+
+    /// When the newest revocation under `ca` happened, if any.
+    pub async fn latest_revocation(&self, ca: &str) -> Result<Option<String>, StoreError> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(revoked_at) FROM certificates WHERE ca = ? AND status = 'revoked'",
+        )
+        .bind(ca)
+        .fetch_one(self.pool())
+        .await?)
     }
 
     pub async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>, StoreError> {

@@ -183,6 +183,25 @@ async fn active_ca(st: &AppState, name: &str) -> Result<(CaRecord, Vec<u8>, KeyR
             "the key of CA {name} is disabled"
         )));
     }
+    let not_after = build::facts(&cert).map_err(build_err)?.not_after;
+    if not_after <= OffsetDateTime::now_utc() {
+        return Err(ApiError::CaNotActive(format!(
+            "CA {name} expired on {}",
+            rfc3339(not_after)
+        )));
+    }
+    Ok((ca, cert, key))
+}
+
+/// A CA that can sign CRLs: it has a certificate (active or disabled; a disabled or
+/// expired CA still publishes revocations).
+async fn crl_ca(st: &AppState, name: &str) -> Result<(CaRecord, Vec<u8>, KeyRecord), ApiError> {
+    let ca = lookup_ca(st, name).await?;
+    let cert = ca
+        .certificate
+        .clone()
+        .ok_or_else(|| ApiError::CaNotActive(format!("CA {name} has no certificate yet")))?;
+    let key = ca_key_record(st, &ca).await?;
     Ok((ca, cert, key))
 }
 
@@ -574,7 +593,7 @@ pub(crate) async fn regenerate_crl(
     // Two regenerations can race; the store keeps CRL numbers increasing, so the loser
     // rebuilds from a fresh view.
     for _ in 0..3 {
-        let (ca, cert, key) = active_ca(st, ca_name).await?;
+        let (ca, cert, key) = crl_ca(st, ca_name).await?;
         let revoked = st.store.revoked_for_ca(ca_name).await?;
         let mut entries = Vec::with_capacity(revoked.len());
         for r in &revoked {
@@ -616,14 +635,26 @@ pub async fn crl(
 ) -> Result<Response, ApiError> {
     let name = file.strip_suffix(".crl").unwrap_or(&file).to_owned();
     let mut ca = lookup_ca(&st, &name).await?;
-    let stale = ca
+    let next_update = ca
         .crl_next_update
         .as_deref()
-        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
-        .is_none_or(|t| t - OffsetDateTime::now_utc() < time::Duration::days(1));
-    if stale && ca.status == CaStatus::Active {
-        regenerate_crl(&st, &name, "influxion").await?;
-        ca = lookup_ca(&st, &name).await?;
+        .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok());
+    let this_update = next_update.map(|t| t - time::Duration::days(CRL_VALIDITY_DAYS));
+    // Reissue when close to nextUpdate, or when a revocation is newer than the CRL
+    // (its regeneration at revocation time failed).
+    let newest = st.store.latest_revocation(&name).await?;
+    let stale = next_update.is_none_or(|t| t - OffsetDateTime::now_utc() < time::Duration::days(1))
+        || newest
+            .as_deref()
+            .and_then(|t| OffsetDateTime::parse(t, &Rfc3339).ok())
+            .zip(this_update)
+            .is_some_and(|(r, t)| r > t);
+    if stale && ca.certificate.is_some() {
+        match regenerate_crl(&st, &name, "influxion").await {
+            Ok(()) => ca = lookup_ca(&st, &name).await?,
+            // Serve the CRL we have while it is still valid.
+            Err(e) => tracing::error!(ca = %name, error = %e, "CRL regeneration failed"),
+        }
     }
     let der = ca.crl.ok_or(ApiError::NotFound)?;
     Ok((
@@ -780,6 +811,27 @@ pub async fn put_profile(
         let ca = lookup_ca(&st, &spec.ca).await.map_err(|_| {
             ApiError::InvalidProfile(format!("invalid profile: no CA named {}", spec.ca))
         })?;
+        // Binding a profile to a CA lets provisioners issue under it: the caller must
+        // administer that CA's name as well as the profile's.
+        if !c.perms.allows(Role::KeyAdmin, &ca.name) {
+            return Err(forbidden(
+                &c.perms,
+                &format!("binding a profile to CA {} needs the key-admin role on it", ca.name),
+            ));
+        }
+        if let Some(old) = st.store.get_profile(name.as_str()).await? {
+            if old.ca != ca.name && !c.perms.allows(Role::KeyAdmin, &old.ca) {
+                return Err(forbidden(
+                    &c.perms,
+                    &format!("moving a profile away from CA {} needs the key-admin role on it", old.ca),
+                ));
+            }
+        }
+        if spec.crl_distribution_point && st.pki.public_url.is_none() {
+            return Err(ApiError::InvalidProfile(
+                "invalid profile: crl_distribution_point needs the keyserver's public URL (INFLUXION_PUBLIC_URL); set it or set crl_distribution_point to false".into(),
+            ));
+        }
         let existing = st.store.get_profile(name.as_str()).await?;
         let now = influxion_store::now_rfc3339();
         let record = ProfileRecord {
@@ -959,6 +1011,30 @@ fn issued_response(
     Ok(resp)
 }
 
+fn spec_again(ctx: &IssuanceContext, req: &IssueRequest) -> Result<CertSpec, ApiError> {
+    let csr = influxion_pki::csr::parse(req.csr.as_bytes())?;
+    Ok(ctx.spec.enforce(&csr, req.device_id.as_deref())?)
+}
+
+/// Answer a repeated request key with the certificate issued the first time, if the
+/// request is the same one (same device and public key); anything else is a conflict.
+async fn replay(
+    st: &AppState,
+    existing: CertRecord,
+    asked: &CertSpec,
+    format: &str,
+) -> Result<Response, ApiError> {
+    let facts = build::facts(&existing.der).map_err(|_| corrupt("certificate"))?;
+    if existing.device_id != asked.device_id || facts.spki_der != asked.spki_der {
+        return Err(ApiError::RequestKeyConflict(format!(
+            "request_key was used for another device or key (certificate {})",
+            existing.serial
+        )));
+    }
+    let ca = lookup_ca(st, &existing.ca).await?;
+    issued_response(existing, chain_ders(&ca)?, format, StatusCode::OK)
+}
+
 /// `POST /v1/profiles/{name}/certificates?format=json|pem|der|pkcs7`
 pub async fn issue_from_csr(
     State(st): State<AppState>,
@@ -980,14 +1056,13 @@ pub async fn issue_from_csr(
         check_request_key(&req.request_key)?;
         let ctx = issuance_context(&st, &profile).await?;
         let spec = &ctx.spec;
-        if let Some(k) = &req.request_key {
-            if let Some(existing) = st.store.certificate_by_request_key(&profile, k).await? {
-                let ca = lookup_ca(&st, &existing.ca).await?;
-                return issued_response(existing, chain_ders(&ca)?, format, StatusCode::OK);
-            }
-        }
         let csr = influxion_pki::csr::parse(req.csr.as_bytes())?;
         let cert = spec.enforce(&csr, req.device_id.as_deref())?;
+        if let Some(k) = &req.request_key {
+            if let Some(existing) = st.store.certificate_by_request_key(&profile, k).await? {
+                return replay(&st, existing, &cert, format).await;
+            }
+        }
         let (record, chain) =
             match issue(&st, p, &profile, &ctx, cert, req.request_key.clone(), false).await {
                 // The same request key raced with itself: hand back the winner.
@@ -1000,8 +1075,7 @@ pub async fn issue_from_csr(
                         .certificate_by_request_key(&profile, k)
                         .await?
                         .ok_or_else(|| corrupt("request key"))?;
-                    let ca = lookup_ca(&st, &existing.ca).await?;
-                    return issued_response(existing, chain_ders(&ca)?, format, StatusCode::OK);
+                    return replay(&st, existing, &spec_again(&ctx, &req)?, format).await;
                 }
                 r => r?,
             };
@@ -1080,6 +1154,12 @@ pub async fn issue_with_new_key(
         // Check the device id and quota-independent policy before spending a key.
         let probe = spec.spec_for(&req.device_id, Vec::new())?;
         drop(probe);
+        // RSA key generation takes up to seconds of CPU: at most two at a time.
+        static KEYGEN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+        let _permit = KEYGEN
+            .acquire()
+            .await
+            .map_err(|_| corrupt("key generation limiter closed"))?;
         let device_key = tokio::task::spawn_blocking(move || encode::generate_device_key(key_type))
             .await
             .map_err(|e| corrupt(&e.to_string()))?
@@ -1205,11 +1285,9 @@ async fn lookup_cert(st: &AppState, c: &Caller, serial: &str) -> Result<CertReco
         .get_certificate(&serial)
         .await?
         .ok_or_else(|| ApiError::UnknownCertificate(serial.clone()))?;
+    // Not visible reads as not there, so serials cannot be probed.
     if !may_see(c, &r.profile) {
-        return Err(forbidden(
-            &c.perms,
-            &format!("certificate {serial} is not visible to you"),
-        ));
+        return Err(ApiError::UnknownCertificate(serial));
     }
     Ok(r)
 }
@@ -1273,7 +1351,11 @@ pub async fn revoke(
                 "device_id": r.device_id,
             }));
         st.store.revoke_certificate(&r.serial, &at, reason.as_str(), event).await?;
-        regenerate_crl(&st, &r.ca, &p.audit_id()).await?;
+        // The revocation stands either way; a CRL that could not be made now is made
+        // on the next fetch of the CRL URL, which sees the newer revocation.
+        if let Err(e) = regenerate_crl(&st, &r.ca, &p.audit_id()).await {
+            tracing::error!(ca = %r.ca, error = %e, "CRL regeneration after revocation failed");
+        }
         let r = lookup_cert(&st, &c, &r.serial).await?;
         let ca = lookup_ca(&st, &r.ca).await?;
         issued_response(r, chain_ders(&ca)?, "json", StatusCode::OK)

@@ -354,10 +354,6 @@ fn ski(cert_der: &[u8]) -> Result<Option<Vec<u8>>, BuildError> {
     Ok(None)
 }
 
-fn not_after(cert_der: &[u8]) -> Result<OffsetDateTime, BuildError> {
-    Ok(facts(cert_der)?.not_after)
-}
-
 /// Check a certificate an operator imports for an intermediate CA: it must carry this
 /// CA's public key, be a CA certificate allowed to sign certificates and CRLs, be
 /// valid now, and verify under the first certificate of `chain` (its issuer).
@@ -433,15 +429,15 @@ pub fn device_certificate(
     ca_cert_der: &[u8],
     ca_key: &CaKey<'_>,
     crl_url: Option<&str>,
-) -> Result<Vec<u8>, BuildError> {
+) -> Result<(Vec<u8>, CertFacts), BuildError> {
     let now = OffsetDateTime::now_utc();
+    let ca = facts(ca_cert_der)?;
     let mut p = CertificateParams::default();
     p.distinguished_name = dn(&spec.subject)?;
     p.serial_number = Some(SerialNumber::from_slice(serial));
     // Back-dated a little for devices with slightly slow clocks; never past the CA.
     p.not_before = now - Duration::minutes(5);
-    p.not_after =
-        (now + Duration::days(i64::from(spec.validity_days))).min(not_after(ca_cert_der)?);
+    p.not_after = (now + Duration::days(i64::from(spec.validity_days))).min(ca.not_after);
     p.is_ca = IsCa::ExplicitNoCa;
     p.use_authority_key_identifier_extension = true;
     p.key_identifier_method = KeyIdMethod::PreSpecified(key_id(&spec.spki_der)?);
@@ -489,12 +485,13 @@ pub fn device_certificate(
     let issuer = Issuer::from_ca_cert_der(&ca_cert_der.into(), ca_key)?;
     let subject = rcgen::SubjectPublicKeyInfo::from_der(&spec.spki_der)?;
     let der = p.signed_by(&subject, &issuer)?.der().to_vec();
-    if facts(&der)?.issuer_der != facts(ca_cert_der)?.subject_der {
+    let leaf = facts(&der)?;
+    if leaf.issuer_der != ca.subject_der {
         return Err(BuildError::BadCaCertificate(
             "the issued certificate's issuer does not match the CA's subject".into(),
         ));
     }
-    Ok(der)
+    Ok((der, leaf))
 }
 
 /// RFC 5280 reason codes accepted for revocation.
@@ -646,7 +643,8 @@ mod tests {
                 .into_vec(),
         };
         let serial = random_serial();
-        let cert = device_certificate(&spec, &serial, &root, &key, Some("http://x/crl")).unwrap();
+        let (cert, _) =
+            device_certificate(&spec, &serial, &root, &key, Some("http://x/crl")).unwrap();
         let (_, c) = X509Certificate::from_der(&cert).unwrap();
         let (_, r) = X509Certificate::from_der(&root).unwrap();
         c.verify_signature(Some(r.public_key())).unwrap();

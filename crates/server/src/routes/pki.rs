@@ -914,11 +914,10 @@ async fn issue(
     let subject = cert.subject_line();
     let device_id = cert.device_id.clone();
     let ca_cert2 = ca_cert.clone();
-    let der = with_ca_key(st, key, move |k| {
+    let (der, facts) = with_ca_key(st, key, move |k| {
         build::device_certificate(&cert, &serial, &ca_cert2, k, crl_url.as_deref())
     })
     .await?;
-    let facts = build::facts(&der).map_err(build_err)?;
     let record = CertRecord {
         serial: facts.serial_hex.clone(),
         ca: ca.name.clone(),

@@ -52,11 +52,20 @@ function stableUuid(kind, id) {
 }
 
 // ---------------------------------------------------------------- keys
+// Keys are generated as PEM and re-imported before the JWK export: on Node 20,
+// exporting a JWK straight from generateKeyPairSync's KeyObject can deadlock when a GC
+// during the export runs the key-generation job's destructor (it takes the mutex the
+// export holds; seen as a provider that never becomes ready, main thread in
+// KeyGenJob::~KeyGenJob).
+function jwkOf(type, options) {
+  const encoding = { privateKeyEncoding: { type: 'pkcs8', format: 'pem' }, publicKeyEncoding: { type: 'spki', format: 'pem' } };
+  const { privateKey } = crypto.generateKeyPairSync(type, { ...options, ...encoding });
+  return crypto.createPrivateKey(privateKey).export({ format: 'jwk' });
+}
+
 function generateSigningKeys() {
-  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey
-    .export({ format: 'jwk' });
-  const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey
-    .export({ format: 'jwk' });
+  const rsa = jwkOf('rsa', { modulusLength: 2048 });
+  const ec = jwkOf('ec', { namedCurve: 'P-256' });
   // kid is left out on purpose: oidc-provider sets it to the RFC 7638 thumbprint.
   return { keys: [{ ...rsa, use: 'sig', alg: 'RS256' }, { ...ec, use: 'sig', alg: 'ES256' }] };
 }

@@ -21,9 +21,11 @@ TID="11111111-2222-3333-4444-555555555555"
 # Key pair for the private_key_jwt client; only the public half goes into the config.
 node -e '
 const c = require("node:crypto"); const fs = require("node:fs");
-const { privateKey, publicKey } = c.generateKeyPairSync("rsa", { modulusLength: 2048 });
-fs.writeFileSync(process.argv[1], privateKey.export({ type: "pkcs8", format: "pem" }));
-fs.writeFileSync(process.argv[2], JSON.stringify({ ...publicKey.export({ format: "jwk" }), kid: "jwt-client-1", use: "sig", alg: "RS256" }));
+// PEM out of the generator, JWK from a re-imported key: see jwkOf in provider.mjs.
+const { privateKey, publicKey } = c.generateKeyPairSync("rsa", { modulusLength: 2048,
+  privateKeyEncoding: { type: "pkcs8", format: "pem" }, publicKeyEncoding: { type: "spki", format: "pem" } });
+fs.writeFileSync(process.argv[1], privateKey);
+fs.writeFileSync(process.argv[2], JSON.stringify({ ...c.createPublicKey(publicKey).export({ format: "jwk" }), kid: "jwt-client-1", use: "sig", alg: "RS256" }));
 ' "$WORK/jwt-client.pem" "$WORK/jwt-client.jwk.json"
 
 cat >"$WORK/config.json" <<EOF

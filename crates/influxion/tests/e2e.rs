@@ -107,7 +107,7 @@ fn start_provider(dir: &Path) -> Provider {
         .env("OIDC_PORT", "0")
         .env("OIDC_CONFIG", &cfg_path)
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("oidc.log")).unwrap())
         .spawn()
         .expect("starting node");
     let stdout = child.stdout.take().unwrap();
@@ -122,7 +122,18 @@ fn start_provider(dir: &Path) -> Provider {
     let child = Proc(child);
     let line = rx
         .recv_timeout(Duration::from_secs(60))
-        .expect("the OIDC provider did not report ready within 60 s");
+        .unwrap_or_else(|_| {
+            let pid = child.0.id();
+            let ps = Command::new("ps")
+                .args(["-o", "pid,stat,wchan:32,cmd", "-p", &pid.to_string()])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "the OIDC provider did not report ready within 60 s; its stderr: {}\n{ps}",
+                std::fs::read_to_string(dir.join("oidc.log")).unwrap_or_default()
+            )
+        });
     let ready: serde_json::Value =
         serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
     Provider {
@@ -137,22 +148,6 @@ fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
-}
-
-fn wait_healthy(url: &str) {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while Instant::now() < deadline {
-        if let Ok(out) = Command::new("curl")
-            .args(["-fsS", &format!("{url}/healthz")])
-            .output()
-        {
-            if out.status.success() {
-                return;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("{url} did not become healthy");
 }
 
 struct Keyserver {
@@ -184,17 +179,42 @@ fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
         .env("INFLUXION_LOG", "warn");
 }
 
+/// Wait until `url` answers /healthz, or the process has exited (false).
+fn healthy_or_exited(child: &mut Proc, url: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && child.0.try_wait().unwrap().is_none() {
+        let ok = Command::new("curl")
+            .args(["-fsS", &format!("{url}/healthz")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
 fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
-    let port = free_port();
     let data = dir.join("data");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("serve").current_dir(dir);
-    server_env(&mut cmd, issuer, &data, port);
-    let child = cmd.stdout(Stdio::null()).spawn().unwrap();
-    let url = format!("http://127.0.0.1:{port}");
-    wait_healthy(&url);
+    // A port found free can be taken by another test's process before the keyserver
+    // binds it; the keyserver then exits and we pick another.
+    let mut attempt = 0;
+    let (child, url) = loop {
+        attempt += 1;
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").current_dir(dir);
+        server_env(&mut cmd, issuer, &data, port);
+        let mut child = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
+        let url = format!("http://127.0.0.1:{port}");
+        if healthy_or_exited(&mut child, &url) {
+            break (child, url);
+        }
+        assert!(attempt < 5, "the keyserver did not start on a free port");
+    };
     let ks = Keyserver {
-        proc: Some(Proc(child)),
+        proc: Some(child),
         url,
         data,
         issuer: issuer.to_owned(),
@@ -610,19 +630,35 @@ fn dev_mode_quick_start() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let port = free_port();
-    // The issuer takes the next port; make sure both are free enough by picking again if not.
-    let _dev = Proc(
-        Command::new(BIN)
-            .args(["dev", "--data-dir", "devdata", "--port", &port.to_string()])
-            .current_dir(d)
-            .env("INFLUXION_LOG", "warn")
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    wait_healthy(&url);
+    // `dev` takes the port and the next one for its issuer. Another test's process may
+    // take either between our probe and its bind; then `dev` exits and we try again.
+    let mut attempt = 0;
+    let (_dev, _url) = loop {
+        attempt += 1;
+        let port = loop {
+            let p = free_port();
+            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
+                break p;
+            }
+        };
+        let mut dev = Proc(
+            Command::new(BIN)
+                .args(["dev", "--data-dir", "devdata", "--port", &port.to_string()])
+                .current_dir(d)
+                .env("INFLUXION_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        if healthy_or_exited(&mut dev, &url) {
+            break (dev, url);
+        }
+        assert!(
+            attempt < 5,
+            "influxion dev did not start on a free port pair"
+        );
+    };
     let env_file = std::fs::read_to_string(d.join("devdata/dev.env")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     for f in ["dev.env", "kek", "dev-oidc.json"] {

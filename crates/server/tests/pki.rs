@@ -274,9 +274,20 @@ async fn device_quota_and_idempotent_retries() {
     let again = issue(&w, body).await;
     assert_eq!(again.status, 200, "{}", again.text);
     assert_eq!(again.json["serial"], first.json["serial"]);
-    // A new request for the same device is over its quota of one.
+    // A new request for the same device is over its quota of one. The certificate the
+    // CA key signed for it is discarded, and that use of the key is on record.
     let r = issue(&w, json!({"csr": p256_csr("dev-3")})).await;
     r.assert_problem(400, "device-quota-exceeded");
+    let records = w.h.state.store.recent_audit(2).await.unwrap();
+    let discard = records
+        .iter()
+        .find(|a| a.action == "cert.discard")
+        .expect("cert.discard record");
+    assert!(
+        discard.detail.contains("device-quota-exceeded"),
+        "{}",
+        discard.detail
+    );
     // After revocation the device may have a new one.
     let serial = first.json["serial"].as_str().unwrap();
     let r =

@@ -944,9 +944,28 @@ async fn issue(
             "subject": subject,
             "key_generated": key_generated,
         }));
-    st.store
+    if let Err(e) = st
+        .store
         .record_certificate(record.clone(), &key.id, spec.max_per_device, event)
-        .await?;
+        .await
+    {
+        // The CA key has signed a certificate that is now thrown away (quota reached,
+        // CA disabled or request key taken meanwhile): that use of the key is recorded
+        // too, with the serial that will never be seen.
+        let e = ApiError::from(e);
+        let discarded = AuditEvent::new(p.audit_id(), "cert.discard", Outcome::Refused)
+            .target(profile.to_owned())
+            .detail(serde_json::json!({
+                "serial": record.serial,
+                "ca": ca.name,
+                "device_id": record.device_id,
+                "reason": e.slug(),
+            }));
+        if let Err(ae) = st.store.audit(discarded).await {
+            tracing::error!(error = %ae, "could not audit a discarded certificate");
+        }
+        return Err(e);
+    }
     Ok((record, ctx.chain.clone()))
 }
 

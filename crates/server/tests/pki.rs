@@ -667,4 +667,35 @@ async fn request_key_conflicts_profile_lifecycle_and_ca_paths() {
         )
         .await;
     r.assert_problem(404, "unknown-certificate");
+
+    // Visibility is applied before the limit: a newer certificate of a profile the
+    // caller cannot see does not hide the caller's own.
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/sensor",
+            Some(&w.admin),
+            Some(json!({"ca": "devices"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/profiles/sensor/certificates",
+            Some(&w.admin),
+            Some(json!({"csr": p256_csr("s-1")})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r =
+        w.h.call("GET", "/v1/certificates?limit=1", Some(&w.line), None)
+            .await;
+    let found = r.json["certificates"].as_array().unwrap();
+    assert_eq!(found.len(), 1, "{}", r.text);
+    assert_eq!(found[0]["profile"], "device");
+    let r =
+        w.h.call("GET", "/v1/certificates?limit=1", Some(&other), None)
+            .await;
+    assert_eq!(r.json["certificates"][0]["profile"], "sensor", "{}", r.text);
 }

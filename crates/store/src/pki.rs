@@ -88,6 +88,9 @@ pub struct CertQuery {
     pub ca: Option<String>,
     pub status: Option<String>,
     pub limit: u32,
+    /// Profile-name patterns (`*` globs over `[a-z0-9._-]`) the caller may see; `None`
+    /// means every profile. Applied in SQL, before the limit.
+    pub visible: Option<Vec<String>>,
 }
 
 /// Revoked entries of one CA, for its CRL.
@@ -601,29 +604,47 @@ impl Store {
                     .replace('_', "\\_")
             )
         });
-        sqlx::query(
+        // Grant patterns use only `[a-z0-9._-]` and `*`, where SQLite's GLOB means the
+        // same as `pattern_matches`.
+        let visible = match &q.visible {
+            None => String::new(),
+            Some(v) if v.is_empty() => " AND 0".to_owned(),
+            Some(v) => format!(
+                " AND ({})",
+                (0..v.len().min(64))
+                    .map(|i| format!("profile GLOB ?{}", i + 8))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            ),
+        };
+        let sql = format!(
             "SELECT * FROM certificates
              WHERE (?1 IS NULL OR device_id = ?1)
                AND (?2 IS NULL OR serial = ?2)
                AND (?3 IS NULL OR subject LIKE ?3 ESCAPE '\\')
                AND (?4 IS NULL OR profile = ?4)
                AND (?5 IS NULL OR ca = ?5)
-               AND (?6 IS NULL OR status = ?6)
+               AND (?6 IS NULL OR status = ?6){visible}
              ORDER BY issued_at DESC, serial
-             LIMIT ?7",
-        )
-        .bind(&q.device_id)
-        .bind(&q.serial)
-        .bind(like)
-        .bind(&q.profile)
-        .bind(&q.ca)
-        .bind(&q.status)
-        .bind(i64::from(q.limit.clamp(1, 1000)))
-        .fetch_all(self.pool())
-        .await?
-        .iter()
-        .map(cert_from_row)
-        .collect()
+             LIMIT ?7"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&q.device_id)
+            .bind(&q.serial)
+            .bind(like)
+            .bind(&q.profile)
+            .bind(&q.ca)
+            .bind(&q.status)
+            .bind(i64::from(q.limit.clamp(1, 1000)));
+        for p in q.visible.iter().flatten().take(64) {
+            query = query.bind(p);
+        }
+        query
+            .fetch_all(self.pool())
+            .await?
+            .iter()
+            .map(cert_from_row)
+            .collect()
     }
 
     /// When the newest revocation under `ca` happened, if any.

@@ -1285,6 +1285,14 @@ pub async fn search(
         ca: q.ca,
         status: q.status,
         limit: q.limit.unwrap_or(100),
+        visible: (!c.perms.has_role(Role::Auditor)).then(|| {
+            c.perms
+                .grants
+                .iter()
+                .filter(|g| matches!(g.role, Role::Admin | Role::KeyAdmin | Role::Provisioner))
+                .map(|g| g.pattern.clone())
+                .collect()
+        }),
     };
     let certificates = st
         .store

@@ -49,6 +49,8 @@ pub enum CaCommand {
     },
     /// Issue a fresh CRL now.
     Crl { name: String },
+    /// Stop a CA from issuing (it still publishes its CRL); there is no re-enable.
+    Disable { name: String },
 }
 
 #[derive(Args)]
@@ -379,6 +381,12 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
                 )
                 .await?;
             write_out(output.as_deref(), &bytes)?;
+        }
+        CaCommand::Disable { name } => {
+            let (_, v) = c
+                .call(Method::POST, &format!("/v1/cas/{name}/disable"), None)
+                .await?;
+            print_ca(&v);
         }
         CaCommand::Crl { name } => {
             let (_, v) = c

@@ -126,6 +126,7 @@ impl From<StoreError> for ApiError {
             StoreError::AlreadyRevoked(s) => ApiError::AlreadyRevoked(s),
             StoreError::NoSuchCertificate(s) => ApiError::UnknownCertificate(s),
             StoreError::ProfileInUse(s) => ApiError::ProfileInUse(s),
+            StoreError::NoSuchCa(s) => ApiError::UnknownCa(s),
             e => ApiError::Store(e),
         }
     }

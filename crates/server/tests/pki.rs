@@ -668,6 +668,41 @@ async fn request_key_conflicts_profile_lifecycle_and_ca_paths() {
         .await;
     r.assert_problem(404, "unknown-certificate");
 
+    // A disabled CA issues nothing more but still publishes its CRL.
+    let r =
+        w.h.call("POST", "/v1/cas/devices/disable", Some(&w.line), None)
+            .await;
+    r.assert_problem(403, "forbidden");
+    let r =
+        w.h.call("POST", "/v1/cas/nope/disable", Some(&w.admin), None)
+            .await;
+    r.assert_problem(404, "unknown-ca");
+    let r =
+        w.h.call("POST", "/v1/cas/ica/disable", Some(&w.admin), None)
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "disabled");
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/on-ica",
+            Some(&w.admin),
+            Some(json!({"ca": "ica"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/profiles/on-ica/certificates",
+            Some(&w.admin),
+            Some(json!({"csr": p256_csr("x-1")})),
+        )
+        .await;
+    r.assert_problem(409, "ca-not-active");
+    let r = w.h.call("GET", "/crl/ica.crl", None, None).await;
+    assert_eq!(r.status, 200);
+
     // Visibility is applied before the limit: a newer certificate of a profile the
     // caller cannot see does not hide the caller's own.
     let r =

@@ -506,6 +506,7 @@ async fn openapi_documents_every_route() {
         "/v1/cas/{name}/certificate",
         "/v1/cas/{name}/chain",
         "/v1/cas/{name}/crl",
+        "/v1/cas/{name}/disable",
         "/crl/{file}",
         "/v1/profiles",
         "/v1/profiles/{name}",

@@ -81,6 +81,8 @@ pub enum StoreError {
     AlreadyRevoked(String),
     #[error("no certificate with serial {0}")]
     NoSuchCertificate(String),
+    #[error("no CA named {0}")]
+    NoSuchCa(String),
     #[error("profile {0} has issued certificates")]
     ProfileInUse(String),
     #[error("stored data is invalid: {0}")]

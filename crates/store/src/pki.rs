@@ -179,6 +179,13 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
             }
         }
         PkiOp::SetCaStatus(name, status) => {
+            let exists: Option<i64> = sqlx::query_scalar("SELECT 1 FROM cas WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?;
+            if exists.is_none() {
+                return Err(StoreError::NoSuchCa(name.clone()));
+            }
             let r = sqlx::query("UPDATE cas SET status = ? WHERE name = ? AND status != 'pending'")
                 .bind(status.as_str())
                 .bind(name)

@@ -667,6 +667,25 @@ pub async fn crl(
         .into_response())
 }
 
+/// `POST /v1/cas/{name}/disable`: the CA issues nothing more (it still publishes its
+/// CRL). There is no re-enable: create a new CA.
+pub async fn disable_ca(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Json<CaView>, ApiError> {
+    require(&st, &c, Role::Admin, &name, "ca.disable").await?;
+    let p = &c.principal;
+    audited(&st, p, "ca.disable", &name, async {
+        let event = AuditEvent::new(p.audit_id(), "ca.disable", Outcome::Ok).target(name.clone());
+        st.store
+            .set_ca_status(&name, CaStatus::Disabled, event)
+            .await?;
+        Ok(Json(ca_view(&st, &lookup_ca(&st, &name).await?).await?))
+    })
+    .await
+}
+
 /// `POST /v1/cas/{name}/crl`: issue a fresh CRL now.
 pub async fn refresh_crl(
     State(st): State<AppState>,

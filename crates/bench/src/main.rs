@@ -83,73 +83,78 @@ async fn raw_cert_rate(
     let ca = store.get_ca(&profile.ca).await?.context("CA missing")?;
     let ca_cert = ca.certificate.context("CA certificate missing")?;
     let key = store
-        .list_keys()
+        .get_key_by_id(&ca.key_id)
         .await?
-        .into_iter()
-        .find(|k| k.id == ca.key_id)
         .context("CA key missing")?;
     let ks = Arc::new(SoftwareKeystore::new(kek));
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|t| {
-            let (ks, key, stop, count, csrs, profile, ca_cert) = (
-                ks.clone(),
-                key.clone(),
-                stop.clone(),
-                count.clone(),
-                csrs.clone(),
-                profile.clone(),
-                ca_cert.clone(),
-            );
-            std::thread::spawn(move || -> Result<(), String> {
-                let signer = |digest: &[u8]| {
-                    let d = Digest::new(SignAlgorithm::Es256, digest.to_vec())
-                        .map_err(|e| e.to_string())?;
-                    ks.sign_blocking(&key.id, key.key_type, &key.handle, &d)
-                        .map_err(|e| e.to_string())
-                };
-                let ca_key = influxion_pki::CaKey::new(
-                    influxion_pki::CaKeyAlg::EcdsaP256Sha256,
-                    &key.public_key,
-                    signer,
-                )
+    let threads = cores();
+    on_every_core(seconds, move |t, stop| {
+        let signer = |digest: &[u8]| {
+            let d =
+                Digest::new(SignAlgorithm::Es256, digest.to_vec()).map_err(|e| e.to_string())?;
+            ks.sign_blocking(&key.id, key.key_type, &key.handle, &d)
+                .map_err(|e| e.to_string())
+        };
+        let ca_key = influxion_pki::CaKey::new(
+            influxion_pki::CaKeyAlg::EcdsaP256Sha256,
+            &key.public_key,
+            signer,
+        )
+        .map_err(|e| e.to_string())?;
+        let mut n = 0u64;
+        let mut i = t;
+        while !stop.load(Ordering::Relaxed) {
+            let csr = influxion_pki::csr::parse(csrs[i % csrs.len()].as_bytes())
                 .map_err(|e| e.to_string())?;
-                let mut n = 0u64;
-                let mut i = t;
-                while !stop.load(Ordering::Relaxed) {
-                    let csr = influxion_pki::csr::parse(csrs[i % csrs.len()].as_bytes())
-                        .map_err(|e| e.to_string())?;
-                    let spec = profile.enforce(&csr, None).map_err(|e| e.to_string())?;
-                    let serial = influxion_pki::build::random_serial();
-                    influxion_pki::build::device_certificate(
-                        &spec,
-                        &serial,
-                        &ca_cert,
-                        &ca_key,
-                        Some("http://x/crl"),
-                    )
-                    .map_err(|e| e.to_string())?;
-                    n += 1;
-                    i += threads;
-                }
-                count.fetch_add(n, Ordering::Relaxed);
-                Ok(())
-            })
+            let spec = profile.enforce(&csr, None).map_err(|e| e.to_string())?;
+            let serial = influxion_pki::build::random_serial();
+            influxion_pki::build::device_certificate(
+                &spec,
+                &serial,
+                &ca_cert,
+                &ca_key,
+                Some("http://x/crl"),
+            )
+            .map_err(|e| e.to_string())?;
+            n += 1;
+            i += threads;
+        }
+        Ok(n)
+    })
+    .await
+}
+
+fn cores() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+/// Run `work(thread index, stop flag)` on every core for `seconds`; each returns how
+/// many operations it did. The result is operations per second.
+async fn on_every_core(
+    seconds: u64,
+    work: impl Fn(usize, &AtomicBool) -> Result<u64, String> + Send + Sync + 'static,
+) -> Result<f64> {
+    let work = Arc::new(work);
+    let stop = Arc::new(AtomicBool::new(false));
+    let start = Instant::now();
+    let handles: Vec<_> = (0..cores())
+        .map(|t| {
+            let (work, stop) = (work.clone(), stop.clone());
+            std::thread::spawn(move || work(t, &stop))
         })
         .collect();
     tokio::time::sleep(Duration::from_secs(seconds)).await;
     stop.store(true, Ordering::Relaxed);
+    let mut count = 0;
     for h in handles {
-        h.join()
+        count += h
+            .join()
             .map_err(|_| anyhow::anyhow!("raw thread panicked"))?
             .map_err(anyhow::Error::msg)?;
     }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    Ok(count as f64 / start.elapsed().as_secs_f64())
 }
 
 struct Guard(Child);
@@ -185,37 +190,18 @@ async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
     let name: KeyName = "demo".parse()?;
     let key = store.get_key(&name).await?.context("demo key missing")?;
     let ks = Arc::new(SoftwareKeystore::new(kek));
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let stop = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let start = Instant::now();
-    let handles: Vec<_> = (0..threads)
-        .map(|_| {
-            let (ks, key, stop, count) = (ks.clone(), key.clone(), stop.clone(), count.clone());
-            std::thread::spawn(move || {
-                let digest = Digest::new(SignAlgorithm::Es256, random_digest())
-                    .map_err(|e| e.to_string())?;
-                let mut n = 0u64;
-                while !stop.load(Ordering::Relaxed) {
-                    ks.sign_blocking(&key.id, key.key_type, &key.handle, &digest)
-                        .map_err(|e| e.to_string())?;
-                    n += 1;
-                }
-                count.fetch_add(n, Ordering::Relaxed);
-                Ok::<(), String>(())
-            })
-        })
-        .collect();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    stop.store(true, Ordering::Relaxed);
-    for h in handles {
-        h.join()
-            .map_err(|_| anyhow::anyhow!("raw thread panicked"))?
-            .map_err(anyhow::Error::msg)?;
-    }
-    Ok(count.load(Ordering::Relaxed) as f64 / start.elapsed().as_secs_f64())
+    on_every_core(seconds, move |_, stop| {
+        let digest =
+            Digest::new(SignAlgorithm::Es256, random_digest()).map_err(|e| e.to_string())?;
+        let mut n = 0u64;
+        while !stop.load(Ordering::Relaxed) {
+            ks.sign_blocking(&key.id, key.key_type, &key.handle, &digest)
+                .map_err(|e| e.to_string())?;
+            n += 1;
+        }
+        Ok(n)
+    })
+    .await
 }
 
 fn percentile(sorted: &[u32], p: f64) -> f64 {
@@ -274,9 +260,7 @@ async fn main() -> Result<()> {
         .await?;
     let token = Arc::new(tok["access_token"].as_str().context("no token")?.to_owned());
 
-    let cpus = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
+    let cpus = cores();
     let certs = args.mode == "certs";
     let csrs = Arc::new(if certs { csr_pool(512)? } else { Vec::new() });
     let raw = if certs {

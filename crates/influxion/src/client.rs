@@ -196,7 +196,7 @@ impl Client {
             .with_context(|| format!("calling {}", self.cfg.server))?;
         let status = resp.status();
         if !status.is_success() {
-            return Err(problem(resp).await.context(ApiStatus(status)));
+            return Err(problem(resp).await);
         }
         Ok((status, resp.bytes().await?.to_vec()))
     }
@@ -209,23 +209,7 @@ impl Client {
         path: &str,
         body: Option<&serde_json::Value>,
     ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
-        let token = self.token().await?;
-        let mut req = self
-            .http
-            .request(method, format!("{}{path}", self.cfg.server))
-            .bearer_auth(token.as_str());
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
-            .await
-            .with_context(|| format!("calling {}", self.cfg.server))?;
-        let status = resp.status();
-        if !status.is_success() {
-            return Err(problem(resp).await);
-        }
-        let bytes = resp.bytes().await?;
+        let (status, bytes) = self.call_raw(method, path, body).await?;
         let v = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
@@ -235,15 +219,21 @@ impl Client {
     }
 }
 
-/// The HTTP status of a failed call, attached to its error for callers that retry.
-#[derive(Debug, Clone, Copy)]
-pub struct ApiStatus(pub reqwest::StatusCode);
+/// A problem response from the keyserver: its status (for callers that retry) and a
+/// readable message (what is displayed).
+#[derive(Debug)]
+pub struct ApiStatus {
+    pub status: reqwest::StatusCode,
+    message: String,
+}
 
 impl std::fmt::Display for ApiStatus {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "HTTP {}", self.0)
+        f.write_str(&self.message)
     }
 }
+
+impl std::error::Error for ApiStatus {}
 
 async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
     if !resp.status().is_success() {
@@ -257,14 +247,15 @@ async fn decode<T: DeserializeOwned>(resp: reqwest::Response) -> Result<T> {
 /// Turn a problem document into a readable error.
 async fn problem(resp: reqwest::Response) -> anyhow::Error {
     let status = resp.status();
-    match resp.json::<Problem>().await {
-        Ok(p) => anyhow!(
+    let message = match resp.json::<Problem>().await {
+        Ok(p) => format!(
             "{} ({}): {}{}",
             p.title.unwrap_or_default(),
             status.as_u16(),
             p.detail.unwrap_or_default(),
             p.kind.map(|k| format!(" [{k}]")).unwrap_or_default()
         ),
-        Err(_) => anyhow!("the keyserver answered {status}"),
-    }
+        Err(_) => format!("the keyserver answered {status}"),
+    };
+    anyhow::Error::new(ApiStatus { status, message })
 }

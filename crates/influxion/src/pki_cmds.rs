@@ -786,7 +786,7 @@ fn gather(a: &BulkArgs, done: &HashSet<String>) -> Result<Vec<Item>> {
 
 fn transient(e: &anyhow::Error) -> bool {
     match e.downcast_ref::<ApiStatus>() {
-        Some(ApiStatus(s)) => {
+        Some(ApiStatus { status: s, .. }) => {
             s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408 || s.as_u16() == 401
         }
         // No HTTP status: the request did not complete (connection refused, reset, timeout).
@@ -828,8 +828,7 @@ async fn issue_one(
                 return Ok(v["serial"].as_str().unwrap_or_default().to_owned());
             }
             Err(e) if n < attempts && transient(&e) => {
-                if matches!(e.downcast_ref::<ApiStatus>(), Some(ApiStatus(s)) if s.as_u16() == 401)
-                {
+                if matches!(e.downcast_ref::<ApiStatus>(), Some(a) if a.status.as_u16() == 401) {
                     c.reset_token();
                 }
                 tokio::time::sleep(delay).await;

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use influxion_core::{Digest, KeyName, KeyStatus, KeyType, Principal, Role, SignAlgorithm};
 use influxion_pki::{build, encode, CaKey, CaKeyAlg, CaSubject, CertSpec, ProfileSpec};
 use influxion_store::pki::{CaRecord, CaStatus, CertQuery, CertRecord, ProfileRecord};
-use influxion_store::{AuditEvent, KeyPolicy, KeyPurpose, KeyRecord, Outcome};
+use influxion_store::{AuditEvent, KeyPurpose, KeyRecord, Outcome};
 use serde::{Deserialize, Serialize};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -396,21 +396,8 @@ async fn create_ca_record(st: &AppState, actor: &str, req: CreateCa) -> Result<S
             None => None,
         };
 
-        let id = uuid::Uuid::new_v4().to_string();
-        let generated = st.backend.generate(&id, key_type).await?;
-        let key = KeyRecord {
-            id: id.clone(),
-            name: key_name,
-            key_type,
-            backend: st.backend.name().to_owned(),
-            status: KeyStatus::Active,
-            public_key: generated.public_key_der,
-            handle: generated.handle,
-            created_at: influxion_store::now_rfc3339(),
-            created_by: actor.to_owned(),
-            policy: KeyPolicy::default(),
-            purpose: KeyPurpose::Ca,
-        };
+        let key = super::keys::generate(&st, key_name, key_type, actor, KeyPurpose::Ca).await?;
+        let id = key.id.clone();
         let subject = req.subject.clone();
         let (status, certificate, chain_pem, csr_pem, mode) = if req.external {
             let s = subject.clone();
@@ -1048,11 +1035,6 @@ fn issued_response(
     Ok(resp)
 }
 
-fn spec_again(ctx: &IssuanceContext, req: &IssueRequest) -> Result<CertSpec, ApiError> {
-    let csr = influxion_pki::csr::parse(req.csr.as_bytes())?;
-    Ok(ctx.spec.enforce(&csr, req.device_id.as_deref())?)
-}
-
 /// Answer a repeated request key with the certificate issued the first time, if the
 /// request is the same one (same device and public key); anything else is a conflict.
 async fn replay(
@@ -1100,22 +1082,31 @@ pub async fn issue_from_csr(
                 return replay(&st, existing, &cert, format).await;
             }
         }
-        let (record, chain) =
-            match issue(&st, p, &profile, &ctx, cert, req.request_key.clone(), false).await {
-                // The same request key raced with itself: hand back the winner.
-                Err(ApiError::Store(influxion_store::StoreError::DuplicateCertificate(_)))
-                    if req.request_key.is_some() =>
-                {
-                    let k = req.request_key.as_deref().unwrap_or_default();
-                    let existing = st
-                        .store
-                        .certificate_by_request_key(&profile, k)
-                        .await?
-                        .ok_or_else(|| corrupt("request key"))?;
-                    return replay(&st, existing, &spec_again(&ctx, &req)?, format).await;
-                }
-                r => r?,
-            };
+        let (record, chain) = match issue(
+            &st,
+            p,
+            &profile,
+            &ctx,
+            cert.clone(),
+            req.request_key.clone(),
+            false,
+        )
+        .await
+        {
+            // The same request key raced with itself: hand back the winner.
+            Err(ApiError::Store(influxion_store::StoreError::DuplicateCertificate(_)))
+                if req.request_key.is_some() =>
+            {
+                let k = req.request_key.as_deref().unwrap_or_default();
+                let existing = st
+                    .store
+                    .certificate_by_request_key(&profile, k)
+                    .await?
+                    .ok_or_else(|| corrupt("request key"))?;
+                return replay(&st, existing, &cert, format).await;
+            }
+            r => r?,
+        };
         issued_response(record, chain, format, StatusCode::CREATED)
     })
     .await

@@ -64,6 +64,8 @@ enum Command {
         #[arg(long, default_value_t = 8400)]
         port: u16,
     },
+    /// Run the keyclient: web sign-in, the approval and administration app, the API proxy.
+    Keyclient,
     /// Manage keys.
     #[command(subcommand)]
     Keys(commands::KeysCommand),
@@ -148,6 +150,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Dev { data_dir, port } => {
             init_tracing();
             server::dev(&data_dir, port).await?;
+        }
+        Command::Keyclient => {
+            init_tracing();
+            server::keyclient(config::keyclient(&file)?).await?;
         }
         Command::Config(ConfigCommand::Check) => {
             let cfg = config::ServerConfig::resolve(&file)?;

@@ -137,6 +137,16 @@ fn random_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }
 
+/// `influxion keyclient`: the backend-for-frontend as its own process.
+pub async fn keyclient(cfg: influxion_keyclient::KeyclientConfig) -> Result<()> {
+    let app = influxion_keyclient::build(&cfg).await?;
+    let listener = std::net::TcpListener::bind(cfg.listen)
+        .with_context(|| format!("binding the keyclient on {}", cfg.listen))?;
+    tracing::info!(listen = %cfg.listen, public_url = %cfg.public_url, "keyclient ready");
+    influxion_keyclient::serve(app, listener, cfg.tls.as_ref(), shutdown_signal()).await?;
+    Ok(())
+}
+
 pub const DEV_CLIENT_ID: &str = "influxion-dev-ci";
 
 pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {

@@ -1,0 +1,384 @@
+//! Helpers shared by the end-to-end tests: the real binary, a real OIDC provider.
+
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::io::{BufRead, BufReader};
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_influxion");
+pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub const AUDIENCE: &str = "api://influxion-test";
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../..")
+        .canonicalize()
+        .unwrap()
+}
+
+/// Whether the external tools are here; under CI their absence is a failure.
+pub fn prerequisites() -> bool {
+    let node_modules = repo_root().join("tests/oidc-provider/node_modules/oidc-provider");
+    let mut missing = Vec::new();
+    if !node_modules.exists() {
+        missing.push("tests/oidc-provider/node_modules (run: npm ci --prefix tests/oidc-provider)");
+    }
+    if !pkilint("lint_pkix_cert").exists() {
+        missing.push("pkilint (scripts/test.sh installs it into target/pkilint)");
+    }
+    for tool in ["node", "openssl", "curl"] {
+        if Command::new(tool).arg("--version").output().is_err()
+            && Command::new(tool).arg("version").output().is_err()
+        {
+            missing.push(tool);
+        }
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and prerequisites are missing: {missing:?}");
+    }
+    eprintln!("SKIPPING: missing {missing:?} (this would fail under CI=true)");
+    false
+}
+
+/// A pkilint command: from `PKILINT_BIN` if set, else the virtualenv scripts/test.sh
+/// makes in target/pkilint.
+pub fn pkilint(cmd: &str) -> PathBuf {
+    std::env::var_os("PKILINT_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/pkilint/bin"))
+        .join(cmd)
+}
+
+/// A child process killed when the test ends, however it ends.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.0.id().to_string())
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+pub struct Provider {
+    pub _proc: Proc,
+    pub issuer: String,
+}
+
+pub fn start_provider(dir: &Path) -> Provider {
+    start_provider_for(dir, None)
+}
+
+/// The keyclient's registration at the test provider.
+pub const KEYCLIENT_ID: &str = "keyclient";
+pub const KEYCLIENT_SECRET: &str = "keyclient-secret-1234567890-abcdef";
+
+/// A provider that also knows the keyclient (a confidential web client) when its port
+/// is given, and a few people who sign in on its login page.
+pub fn start_provider_for(dir: &Path, keyclient_port: Option<u16>) -> Provider {
+    let mut clients = vec![
+        serde_json::json!({"client_id": "ci-signer", "client_secret": "s3cret-value-1234567890", "roles": ["Influxion.Sign"]}),
+        serde_json::json!({"client_id": "ci-admin", "client_secret": "admin-secret-1234567890", "roles": ["Influxion.Admin"]}),
+        serde_json::json!({"client_id": "no-role", "client_secret": "no-role-secret-1234567890", "roles": []}),
+        serde_json::json!({"client_id": "approver-1", "client_secret": "approver-1-secret-123456", "roles": ["Influxion.Sign"]}),
+        serde_json::json!({"client_id": "approver-2", "client_secret": "approver-2-secret-123456", "roles": ["Influxion.Sign"]}),
+    ];
+    if let Some(port) = keyclient_port {
+        clients.push(serde_json::json!({
+            "client_id": KEYCLIENT_ID,
+            "client_secret": KEYCLIENT_SECRET,
+            "redirect_uris": [format!("http://127.0.0.1:{port}/login/oauth2/code/keyserver-client")],
+            "post_logout_redirect_uris": [format!("http://127.0.0.1:{port}/")],
+        }));
+    }
+    let cfg = serde_json::json!({
+        "audience": AUDIENCE,
+        "tenant_id": TENANT,
+        "scope": "access_as_user",
+        "clients": clients,
+        "users": {"alice": {"name": "Alice Approver"}, "mallory": {"name": "Mallory"}},
+        "signing_keys": null
+    });
+    let cfg_path = dir.join("oidc.json");
+    std::fs::write(&cfg_path, cfg.to_string()).unwrap();
+    let mut child = Command::new("node")
+        .arg(repo_root().join("tests/oidc-provider/provider.mjs"))
+        .env("OIDC_PORT", "0")
+        .env("OIDC_CONFIG", &cfg_path)
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(dir.join("oidc.log")).unwrap())
+        .spawn()
+        .expect("starting node");
+    let stdout = child.stdout.take().unwrap();
+    // Read the ready line on a thread so a provider that never starts fails the test
+    // instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let _ = BufReader::new(stdout).read_line(&mut line);
+        let _ = tx.send(line);
+    });
+    let child = Proc(child);
+    let line = rx
+        .recv_timeout(Duration::from_secs(60))
+        .unwrap_or_else(|_| {
+            let pid = child.0.id();
+            let ps = Command::new("ps")
+                .args(["-o", "pid,stat,wchan:32,cmd", "-p", &pid.to_string()])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!(
+                "the OIDC provider did not report ready within 60 s; its stderr: {}\n{ps}",
+                std::fs::read_to_string(dir.join("oidc.log")).unwrap_or_default()
+            )
+        });
+    let ready: serde_json::Value =
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("provider said {line:?}: {e}"));
+    Provider {
+        _proc: child,
+        issuer: ready["issuer"].as_str().unwrap().to_owned(),
+    }
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Keyserver {
+    pub proc: Option<Proc>,
+    pub url: String,
+    pub data: PathBuf,
+    pub issuer: String,
+}
+
+pub fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
+    cmd.env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env(
+            "INFLUXION_OIDC_METADATA_URL",
+            format!("{issuer}/.well-known/openid-configuration"),
+        )
+        .env("INFLUXION_AZURE_TENANT_ID", TENANT)
+        .env("INFLUXION_AZURE_AUDIENCE", AUDIENCE)
+        .env("INFLUXION_TOKEN_VERSIONS", "2.0")
+        .env("INFLUXION_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INFLUXION_DATA_DIR", data)
+        .env(
+            "INFLUXION_KEK",
+            "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
+        )
+        .env("INFLUXION_BOOTSTRAP_ADMIN", "app_id=ci-admin")
+        .env("INFLUXION_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
+        .env("INFLUXION_EST_PROFILE", "device")
+        .env("INFLUXION_LOG", "warn");
+}
+
+/// Wait until `url` answers /healthz, or the process has exited (false).
+pub fn healthy_or_exited(child: &mut Proc, url: &str) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while Instant::now() < deadline && child.0.try_wait().unwrap().is_none() {
+        let ok = Command::new("curl")
+            .args(["-fsS", &format!("{url}/healthz")])
+            .output()
+            .is_ok_and(|o| o.status.success());
+        if ok {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    false
+}
+
+pub fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
+    let data = dir.join("data");
+    // A port found free can be taken by another test's process before the keyserver
+    // binds it; the keyserver then exits and we pick another.
+    let mut attempt = 0;
+    let (child, url) = loop {
+        attempt += 1;
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").current_dir(dir);
+        server_env(&mut cmd, issuer, &data, port);
+        let mut child = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
+        let url = format!("http://127.0.0.1:{port}");
+        if healthy_or_exited(&mut child, &url) {
+            break (child, url);
+        }
+        assert!(attempt < 5, "the keyserver did not start on a free port");
+    };
+    let ks = Keyserver {
+        proc: Some(child),
+        url,
+        data,
+        issuer: issuer.to_owned(),
+    };
+    // The bootstrap admin makes the CI client a signer.
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "ci",
+            "--app-id",
+            "ci-signer",
+            "--grant",
+            "signer",
+        ],
+        dir,
+    ));
+    ks
+}
+
+impl Keyserver {
+    /// Run the CLI as client `id`.
+    /// The CLI as client `id`, configured only through the environment.
+    pub fn command(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Command {
+        let mut c = Command::new(BIN);
+        c.args(args)
+            .current_dir(cwd)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CI", "true")
+            .env("INFLUXION_SERVER", &self.url)
+            .env(
+                "INFLUXION_OIDC_METADATA_URL",
+                format!("{}/.well-known/openid-configuration", self.issuer),
+            )
+            .env("INFLUXION_AZURE_CLIENT_ID", id)
+            .env("INFLUXION_AZURE_CLIENT_SECRET", secret)
+            .env(
+                "INFLUXION_AZURE_DEFAULT_SCOPE",
+                format!("{AUDIENCE}/.default"),
+            );
+        c
+    }
+
+    /// Run the CLI as client `id`.
+    pub fn cli(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Output {
+        self.command(id, secret, args, cwd).output().unwrap()
+    }
+
+    pub fn signer(&self, args: &[&str], cwd: &Path) -> Output {
+        self.cli("ci-signer", "s3cret-value-1234567890", args, cwd)
+    }
+
+    pub fn admin(&self, args: &[&str], cwd: &Path) -> Output {
+        self.cli("ci-admin", "admin-secret-1234567890", args, cwd)
+    }
+
+    /// The CLI as a child process (for `sign`, which waits for approvals).
+    pub fn spawn_signer(&self, args: &[&str], cwd: &Path) -> Child {
+        self.command("ci-signer", "s3cret-value-1234567890", args, cwd)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
+    pub fn stop(&mut self) {
+        self.proc.take();
+    }
+}
+
+#[track_caller]
+pub fn ok(o: &Output) -> String {
+    assert!(
+        o.status.success(),
+        "exit {:?}\nstdout: {}\nstderr: {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+pub fn openssl(args: &[&str], cwd: &Path) -> Output {
+    Command::new("openssl")
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .unwrap()
+}
+
+pub fn write_firmware(dir: &Path, name: &str, len: usize) {
+    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+    std::fs::write(dir.join(name), data).unwrap();
+}
+
+pub fn pending_id(ks: &Keyserver, d: &Path) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let out = ok(&ks.cli(
+            "approver-1",
+            "approver-1-secret-123456",
+            &["approvals", "list"],
+            d,
+        ));
+        if let Some(line) = out.lines().nth(1) {
+            return line.split_whitespace().next().unwrap().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no pending request appeared");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+pub fn access_token(ks: &Keyserver, id: &str, secret: &str) -> String {
+    let disc = Command::new("curl")
+        .args([
+            "-sf",
+            &format!("{}/.well-known/openid-configuration", ks.issuer),
+        ])
+        .output()
+        .unwrap();
+    let disc: serde_json::Value = serde_json::from_slice(&disc.stdout).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sf",
+            "-u",
+            &format!("{id}:{secret}"),
+            "-d",
+            "grant_type=client_credentials",
+        ])
+        .args(["-d", &format!("scope={AUDIENCE}/.default")])
+        .arg(disc["token_endpoint"].as_str().unwrap())
+        .output()
+        .unwrap();
+    let t: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    t["access_token"].as_str().unwrap().to_owned()
+}
+
+/// The `oid` the test provider gives a person (its `stableUuid('user', login)`).
+pub fn user_oid(login: &str) -> String {
+    use sha2::Digest as _;
+    let h = hex::encode(sha2::Sha256::digest(format!("influxion-test:user:{login}")));
+    let variant = (u8::from_str_radix(&h[16..17], 16).unwrap() & 0x3) | 0x8;
+    format!(
+        "{}-{}-5{}-{variant:x}{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[13..16],
+        &h[17..20],
+        &h[20..32]
+    )
+}

@@ -1,0 +1,554 @@
+//! The keyclient (backend-for-frontend) end to end: the real `influxion` binary
+//! (keyserver and keyclient), the real OIDC provider with its real login page, and
+//! Debian's Chromium driven by playwright-core.
+//!
+//! Needs what e2e.rs needs, plus `/usr/bin/chromium` and `npm ci --prefix tests/browser`.
+//! Without them these tests say so and skip; under `CI=true` they fail instead.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+use common::*;
+
+const SESSION_KEY: &str = "S2V5Y2xpZW50IHNlc3Npb24ga2V5IGZvciB0ZXN0cyE=";
+const API_SCOPE: &str = "api://influxion-test/access_as_user";
+
+fn browser_prerequisites() -> bool {
+    if !prerequisites() {
+        return false;
+    }
+    let mut missing = Vec::new();
+    if !repo_root()
+        .join("tests/browser/node_modules/playwright-core")
+        .exists()
+    {
+        missing.push("tests/browser/node_modules (run: npm ci --prefix tests/browser)");
+    }
+    let chromium = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    if !Path::new(&chromium).exists() {
+        missing.push("chromium (apt-get install chromium)");
+    }
+    if missing.is_empty() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("CI=true and prerequisites are missing: {missing:?}");
+    }
+    eprintln!("SKIPPING: missing {missing:?} (this would fail under CI=true)");
+    false
+}
+
+struct Keyclient {
+    _proc: Proc,
+    url: String,
+}
+
+fn start_keyclient(dir: &Path, port: u16, ks: &Keyserver) -> Keyclient {
+    let mut cmd = Command::new(BIN);
+    cmd.arg("keyclient")
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("INFLUXION_KEYCLIENT_LISTEN", format!("127.0.0.1:{port}"))
+        .env("INFLUXION_SERVER", &ks.url)
+        .env(
+            "INFLUXION_OIDC_METADATA_URL",
+            format!("{}/.well-known/openid-configuration", ks.issuer),
+        )
+        .env("INFLUXION_KEYCLIENT_CLIENT_ID", KEYCLIENT_ID)
+        .env("INFLUXION_KEYCLIENT_CLIENT_SECRET", KEYCLIENT_SECRET)
+        .env("INFLUXION_KEYCLIENT_SCOPE", API_SCOPE)
+        .env("INFLUXION_KEYCLIENT_SESSION_KEY", SESSION_KEY)
+        .env("INFLUXION_DATA_DIR", dir.join("keyclient"))
+        .env("INFLUXION_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("keyclient.log")).unwrap());
+    std::fs::create_dir_all(dir.join("keyclient")).unwrap();
+    let mut child = Proc(cmd.spawn().unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        healthy_or_exited(&mut child, &url),
+        "the keyclient did not start: {}",
+        std::fs::read_to_string(dir.join("keyclient.log")).unwrap_or_default()
+    );
+    Keyclient { _proc: child, url }
+}
+
+/// Provider, keyserver and keyclient; alice approves `rel-*` keys (and audits).
+fn setup(d: &Path) -> (Provider, Keyserver, Keyclient) {
+    let port = free_port();
+    let provider = start_provider_for(d, Some(port));
+    let ks = start_keyserver(d, &provider.issuer);
+    let alice = user_oid("alice");
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "alice",
+            "--object-id",
+            &alice,
+            "--grant",
+            "approver:rel-*",
+            "--grant",
+            "auditor",
+        ],
+        d,
+    ));
+    let kc = start_keyclient(d, port, &ks);
+    (provider, ks, kc)
+}
+
+#[test]
+fn approve_in_the_browser_as_the_second_approver() {
+    if !browser_prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_provider, ks, kc) = setup(d);
+    write_firmware(d, "fw.bin", 100_000);
+    ok(&ks.admin(&["keys", "create", "rel-web"], d));
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "approver-1",
+            "--app-id",
+            "approver-1",
+            "--grant",
+            "approver:rel-*",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "keys",
+            "policy",
+            "rel-web",
+            "--approvals",
+            "2",
+            "--approver",
+            "approver-1",
+            "--approver",
+            "alice",
+        ],
+        d,
+    ));
+    let signer = ks.spawn_signer(
+        &[
+            "sign",
+            "--key",
+            "rel-web",
+            "fw.bin",
+            "--reason",
+            "release 3.0 from the web test",
+            "--meta",
+            "version=3.0",
+            "-o",
+            "web.sig",
+        ],
+        d,
+    );
+    let id = pending_id(&ks, d);
+    ok(&ks.cli(
+        "approver-1",
+        "approver-1-secret-123456",
+        &["approvals", "approve", &id, "--comment", "first"],
+        d,
+    ));
+
+    let shots = repo_root().join("target/web-screenshots");
+    std::fs::create_dir_all(&shots).unwrap();
+    let out = Command::new("node")
+        .arg(repo_root().join("tests/browser/approve.mjs"))
+        .env("KEYCLIENT_URL", &kc.url)
+        .env("LOGIN_USER", "alice")
+        .env("REQUEST_ID", &id)
+        .env("COMMENT", "approved in the browser")
+        .env("SCREENSHOT_DIR", &shots)
+        .env(
+            "FORBIDDEN",
+            serde_json::json!([KEYCLIENT_SECRET, SESSION_KEY]).to_string(),
+        )
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "browser test failed\nstdout: {stdout}\nstderr: {}\nkeyclient log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(d.join("keyclient.log")).unwrap_or_default()
+    );
+    println!("browser: {stdout}screenshots in {}", shots.display());
+
+    // The CLI that was waiting receives the signature, and openssl accepts it.
+    let out = signer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&ks.signer(&["keys", "public", "rel-web", "-o", "web.pem"], d));
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "web.pem",
+            "-signature",
+            "web.sig",
+            "fw.bin",
+        ],
+        d,
+    );
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    let shown = ok(&ks.signer(&["approvals", "show", &id], d));
+    assert!(shown.contains("approved in the browser"), "{shown}");
+}
+
+// ------------------------------------------------------------------ HTTP-level checks
+
+/// Requests to the keyclient with cookies handled by hand (to tamper with them), and
+/// a cookie-keeping client for the provider's login pages.
+struct Browser {
+    kc: reqwest::Client,
+    idp: reqwest::Client,
+    base: String,
+}
+
+struct Resp {
+    status: u16,
+    headers: reqwest::header::HeaderMap,
+    body: String,
+}
+
+impl Resp {
+    fn slug(&self) -> String {
+        let v: serde_json::Value = serde_json::from_str(&self.body).unwrap_or_default();
+        v["type"]
+            .as_str()
+            .unwrap_or_default()
+            .rsplit('/')
+            .next()
+            .unwrap_or_default()
+            .to_owned()
+    }
+    fn location(&self) -> String {
+        self.headers
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned())
+            .unwrap_or_default()
+    }
+    /// The session cookie this response sets (value), if any.
+    fn cookie(&self) -> Option<String> {
+        let set = self.headers.get("set-cookie")?.to_str().unwrap().to_owned();
+        let v = set.strip_prefix("__Host-influxion=")?.split(';').next()?;
+        (!v.is_empty()).then(|| v.to_owned())
+    }
+}
+
+impl Browser {
+    fn new(base: &str) -> Self {
+        let b = || reqwest::Client::builder().redirect(reqwest::redirect::Policy::none());
+        Self {
+            // A fresh connection per request: the keyclient closes one after refusing an
+            // oversized body, and a pooled connection would then fail the next request.
+            kc: b().pool_max_idle_per_host(0).build().unwrap(),
+            idp: b().cookie_store(true).build().unwrap(),
+            base: base.to_owned(),
+        }
+    }
+
+    async fn send(&self, rb: reqwest::RequestBuilder) -> Resp {
+        let r = rb.send().await.unwrap();
+        Resp {
+            status: r.status().as_u16(),
+            headers: r.headers().clone(),
+            body: r.text().await.unwrap(),
+        }
+    }
+
+    fn req(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        cookie: Option<&str>,
+    ) -> reqwest::RequestBuilder {
+        let url = if path.starts_with("http") {
+            path.to_owned()
+        } else {
+            format!("{}{path}", self.base)
+        };
+        let mut rb = self.kc.request(method, url);
+        if let Some(c) = cookie {
+            rb = rb.header("cookie", format!("__Host-influxion={c}"));
+        }
+        rb
+    }
+
+    async fn get(&self, path: &str, cookie: Option<&str>) -> Resp {
+        self.send(self.req(reqwest::Method::GET, path, cookie))
+            .await
+    }
+
+    /// `/login`, then the provider's real login form as `user`; returns the pre-login
+    /// cookie and the callback URL the provider sends the browser to.
+    async fn to_callback(&self, user: &str) -> (String, String) {
+        let r = self.get("/login?return_to=%2F%23%2Fapprovals", None).await;
+        assert_eq!(r.status, 303, "{}", r.body);
+        let pre = r.cookie().expect("a pre-login session cookie");
+        let mut url = r.location();
+        for _ in 0..10 {
+            if url.starts_with(&self.base) {
+                return (pre, url);
+            }
+            let r = self.send(self.idp.get(&url)).await;
+            if (300..400).contains(&r.status) {
+                url = absolute(&url, &r.location());
+                continue;
+            }
+            assert_eq!(r.status, 200, "{url}: {}", r.body);
+            // The provider's login page: post its form.
+            let action = r
+                .body
+                .split("action=\"")
+                .nth(1)
+                .and_then(|s| s.split('"').next())
+                .expect("a form on the login page")
+                .to_owned();
+            let form = [("prompt", "login"), ("login", user), ("password", "any")];
+            let r = self
+                .send(self.idp.post(absolute(&url, &action)).form(&form))
+                .await;
+            assert!((300..400).contains(&r.status), "login post: {}", r.body);
+            url = absolute(&url, &r.location());
+        }
+        panic!("the provider never redirected back to the keyclient");
+    }
+
+    /// A complete sign-in: (pre-login cookie, signed-in cookie, callback URL).
+    async fn sign_in(&self, user: &str) -> (String, String, String) {
+        let (pre, callback) = self.to_callback(user).await;
+        let r = self.get(&callback, Some(&pre)).await;
+        assert_eq!(r.status, 303, "callback: {}", r.body);
+        assert_eq!(r.location(), "/#/approvals");
+        let set = r.headers.get("set-cookie").unwrap().to_str().unwrap();
+        for attr in [
+            "__Host-influxion=",
+            "Path=/",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Lax",
+        ] {
+            assert!(set.contains(attr), "{set}");
+        }
+        let user_cookie = r.cookie().unwrap();
+        assert_ne!(user_cookie, pre, "the session id must change at sign-in");
+        (pre, user_cookie, callback)
+    }
+}
+
+fn absolute(base: &str, loc: &str) -> String {
+    url::Url::parse(base)
+        .unwrap()
+        .join(loc)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_redirects() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Starting the servers blocks; this runtime has a second worker for that.
+    let (_provider, _ks, kc) = setup(dir.path());
+    let b = Browser::new(&kc.url);
+
+    // Security headers on every page.
+    for path in ["/", "/session", "/api/v1/me", "/nope"] {
+        let r = b.get(path, None).await;
+        let h = |n: &str| {
+            r.headers
+                .get(n)
+                .map(|v| v.to_str().unwrap().to_owned())
+                .unwrap_or_default()
+        };
+        assert!(
+            h("content-security-policy").contains("frame-ancestors 'none'"),
+            "{path}"
+        );
+        assert!(
+            h("content-security-policy").contains("script-src 'self'"),
+            "{path}"
+        );
+        assert_eq!(h("x-content-type-options"), "nosniff", "{path}");
+        assert_eq!(h("referrer-policy"), "no-referrer", "{path}");
+        assert_eq!(h("x-frame-options"), "DENY", "{path}");
+    }
+    let r = b.get("/api/v1/me", None).await;
+    assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+
+    // Open redirects via return_to are refused before anything else happens.
+    for evil in [
+        "https%3A%2F%2Fevil.example%2F",
+        "%2F%2Fevil.example",
+        "%2F%5Cevil.example",
+    ] {
+        let r = b.get(&format!("/login?return_to={evil}"), None).await;
+        assert_eq!(
+            (r.status, r.slug().as_str()),
+            (400, "invalid-return-to"),
+            "{evil}"
+        );
+        assert!(r.location().is_empty());
+    }
+
+    // A wrong state is refused, and the sign-in it belonged to is spent.
+    let (pre, callback) = b.to_callback("alice").await;
+    let mut wrong = url::Url::parse(&callback).unwrap();
+    let pairs: Vec<(String, String)> = wrong
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" {
+                format!("{v}x")
+            } else {
+                v.into_owned()
+            };
+            (k.into_owned(), v)
+        })
+        .collect();
+    wrong.query_pairs_mut().clear().extend_pairs(pairs);
+    let r = b.get(wrong.as_str(), Some(&pre)).await;
+    assert_eq!(
+        (r.status, r.slug().as_str()),
+        (400, "invalid-state"),
+        "{}",
+        r.body
+    );
+    let r = b.get(&callback, Some(&pre)).await;
+    assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
+    // A callback with no sign-in started in this browser.
+    let r = b.get(&callback, None).await;
+    assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
+
+    // A good sign-in; then the replayed callback is refused with either cookie.
+    let (pre, user, callback) = b.sign_in("alice").await;
+    for c in [&pre, &user] {
+        let r = b.get(&callback, Some(c)).await;
+        assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
+    }
+    let r = b.get("/api/v1/me", Some(&user)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    assert!(r.body.contains("approver"), "{}", r.body);
+    let r = b.get("/session", Some(&user)).await;
+    let s: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(s["authenticated"], true);
+    assert_eq!(s["user"]["username"], "alice");
+    // No token and no secret in anything the browser receives.
+    for body in [&r.body, &b.get("/api/v1/me", Some(&user)).await.body] {
+        assert!(
+            !body.contains("eyJ") && !body.contains(KEYCLIENT_SECRET),
+            "{body}"
+        );
+    }
+
+    // Session fixation: the pre-login id opens nothing after sign-in.
+    let r = b.get("/api/v1/me", Some(&pre)).await;
+    assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+    let r = b.get("/session", Some(&pre)).await;
+    assert!(r.body.contains("\"authenticated\":false"), "{}", r.body);
+
+    // A tampered cookie is no session.
+    let mut tampered = user.clone().into_bytes();
+    tampered[5] = if tampered[5] == b'A' { b'B' } else { b'A' };
+    let tampered = String::from_utf8(tampered).unwrap();
+    for c in [tampered.as_str(), "x", &format!("{user}x")] {
+        let r = b.get("/api/v1/me", Some(c)).await;
+        assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"), "{c}");
+    }
+
+    // CSRF: a state-changing request needs the header and this very origin.
+    let approve = "/api/v1/signing-requests/00000000-0000-0000-0000-000000000000/approve";
+    let post = |csrf: bool, origin: Option<&str>| {
+        let mut rb = b
+            .req(reqwest::Method::POST, approve, Some(&user))
+            .header("content-type", "application/json")
+            .body("{\"comment\":\"x\"}");
+        if csrf {
+            rb = rb.header("x-influxion-csrf", "1");
+        }
+        if let Some(o) = origin {
+            rb = rb.header("origin", o);
+        }
+        rb
+    };
+    let evil = "http://evil.example";
+    for (csrf, origin) in [
+        (false, Some(kc.url.as_str())),
+        (true, Some(evil)),
+        (true, None),
+        (false, None),
+    ] {
+        let r = b.send(post(csrf, origin)).await;
+        assert_eq!(
+            (r.status, r.slug().as_str()),
+            (403, "csrf"),
+            "{csrf} {origin:?}"
+        );
+    }
+    let r = b
+        .send(post(true, Some(&kc.url)).header("sec-fetch-site", "cross-site"))
+        .await;
+    assert_eq!((r.status, r.slug().as_str()), (403, "csrf"));
+    // With both, the request reaches the keyserver (which knows no such request).
+    let r = b.send(post(true, Some(&kc.url))).await;
+    assert_eq!(
+        (r.status, r.slug().as_str()),
+        (404, "unknown-request"),
+        "{}",
+        r.body
+    );
+    // The proxy forwards only /v1 paths and bounded bodies.
+    let r = b.get("/api/healthz", Some(&user)).await;
+    assert_eq!((r.status, r.slug().as_str()), (404, "not-found"));
+    let big = vec![b'x'; 2 * 1024 * 1024];
+    let r = b
+        .send(
+            b.req(reqwest::Method::POST, approve, Some(&user))
+                .header("x-influxion-csrf", "1")
+                .header("origin", &kc.url)
+                .header("content-type", "application/json")
+                .body(big),
+        )
+        .await;
+    assert_eq!((r.status, r.slug().as_str()), (413, "body-too-large"));
+
+    // Logout needs the CSRF defence too, ends the session, and points at the provider.
+    let r = b
+        .send(b.req(reqwest::Method::POST, "/logout", Some(&user)))
+        .await;
+    assert_eq!((r.status, r.slug().as_str()), (403, "csrf"));
+    let r = b
+        .send(
+            b.req(reqwest::Method::POST, "/logout", Some(&user))
+                .header("x-influxion-csrf", "1")
+                .header("origin", &kc.url),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    let logout_url = v["logout_url"].as_str().unwrap();
+    assert!(
+        logout_url.contains("post_logout_redirect_uri"),
+        "{logout_url}"
+    );
+    assert!(!logout_url.contains("id_token_hint"), "{logout_url}");
+    let r = b.get("/api/v1/me", Some(&user)).await;
+    assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+}

@@ -1,0 +1,125 @@
+//! Errors of the keyclient and their RFC 9457 problem responses.
+
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+/// Same problem namespace as the keyserver; each slug is in `docs/problems.md`.
+pub const PROBLEM_BASE: &str = "https://influxion.dev/problems/";
+
+#[derive(Debug, thiserror::Error)]
+pub enum KcError {
+    #[error("you are not signed in, or your session has ended; sign in again")]
+    NotSignedIn,
+    #[error("{0}")]
+    Csrf(&'static str),
+    #[error(
+        "the sign-in response does not belong to a sign-in started in this browser; start again"
+    )]
+    InvalidState,
+    #[error("the identity provider refused the sign-in: {0}")]
+    LoginRefused(String),
+    #[error("the ID token is not acceptable: {0}")]
+    InvalidIdToken(String),
+    #[error("return_to must be a path on this site, like /#/approvals")]
+    InvalidReturnTo,
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("the request body is larger than {0} bytes")]
+    BodyTooLarge(usize),
+    #[error("the identity provider could not be reached or answered wrongly: {0}")]
+    Provider(String),
+    #[error("the keyserver could not be reached or answered wrongly")]
+    Upstream,
+    #[error("no such resource")]
+    NotFound,
+    #[error("this method is not allowed on this resource")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl KcError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::NotSignedIn | Self::InvalidIdToken(_) => StatusCode::UNAUTHORIZED,
+            Self::Csrf(_) => StatusCode::FORBIDDEN,
+            Self::InvalidState
+            | Self::LoginRefused(_)
+            | Self::InvalidReturnTo
+            | Self::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::Provider(_) | Self::Upstream => StatusCode::BAD_GATEWAY,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    pub fn slug(&self) -> &'static str {
+        match self {
+            Self::NotSignedIn => "not-signed-in",
+            Self::Csrf(_) => "csrf",
+            Self::InvalidState => "invalid-state",
+            Self::LoginRefused(_) => "login-refused",
+            Self::InvalidIdToken(_) => "invalid-id-token",
+            Self::InvalidReturnTo => "invalid-return-to",
+            Self::InvalidRequest(_) => "invalid-request",
+            Self::BodyTooLarge(_) => "body-too-large",
+            Self::Provider(_) => "provider-error",
+            Self::Upstream => "keyserver-unavailable",
+            Self::NotFound => "not-found",
+            Self::MethodNotAllowed => "method-not-allowed",
+            Self::Internal(_) => "internal",
+        }
+    }
+
+    fn title(&self) -> &'static str {
+        match self {
+            Self::NotSignedIn => "Not signed in",
+            Self::Csrf(_) => "Cross-site request refused",
+            Self::InvalidState => "Sign-in response refused",
+            Self::LoginRefused(_) => "Sign-in refused",
+            Self::InvalidIdToken(_) => "Sign-in refused",
+            Self::InvalidReturnTo => "Invalid return address",
+            Self::InvalidRequest(_) => "Invalid request",
+            Self::BodyTooLarge(_) => "Request too large",
+            Self::Provider(_) => "Identity provider error",
+            Self::Upstream => "Keyserver unavailable",
+            Self::NotFound => "Not found",
+            Self::MethodNotAllowed => "Method not allowed",
+            Self::Internal(_) => "Internal error",
+        }
+    }
+}
+
+impl From<sqlx::Error> for KcError {
+    fn from(e: sqlx::Error) -> Self {
+        Self::Internal(format!("session store: {e}"))
+    }
+}
+
+impl IntoResponse for KcError {
+    fn into_response(self) -> Response {
+        let status = self.status();
+        if let Self::Internal(detail) | Self::Provider(detail) = &self {
+            // Details of internal failures go to the log, not to the browser.
+            tracing::error!(slug = self.slug(), %detail, "request failed");
+        }
+        let detail = match &self {
+            Self::Internal(_) => "see the keyclient log".to_owned(),
+            other => other.to_string(),
+        };
+        let body = serde_json::json!({
+            "type": format!("{PROBLEM_BASE}{}", self.slug()),
+            "title": self.title(),
+            "status": status.as_u16(),
+            "detail": detail,
+        });
+        let mut r = (status, body.to_string()).into_response();
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/problem+json"),
+        );
+        r
+    }
+}

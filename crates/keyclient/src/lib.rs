@@ -1,0 +1,506 @@
+//! The keyclient: Influxion's backend-for-frontend.
+//!
+//! It signs people in with the OpenID Connect Authorization Code flow (PKCE, state and
+//! nonce, with the client secret), keeps their ID, access and refresh tokens on the
+//! server, gives the browser one opaque `__Host-` session cookie, serves the approval
+//! and administration web app, and proxies `/api/*` to the keyserver with the user's
+//! access token. The browser never holds a token or the client secret.
+
+mod error;
+mod oidc;
+mod proxy;
+mod session;
+mod web;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::{Query, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use url::Url;
+use zeroize::Zeroizing;
+
+pub use error::{KcError, PROBLEM_BASE};
+pub use oidc::OidcSettings;
+pub use session::Timeouts;
+use session::{SessionData, SessionStore, UserData};
+
+/// The one cookie: `__Host-` pins it to this origin, path `/`, Secure.
+pub const COOKIE: &str = "__Host-influxion";
+/// The header the web app sets on every state-changing request (CSRF defence, with the
+/// Origin check): a cross-site form or fetch cannot set it without a CORS preflight,
+/// which the keyclient never grants.
+pub const CSRF_HEADER: &str = "x-influxion-csrf";
+/// The default callback path, as the Entra ID set-up guide registers it.
+pub const DEFAULT_CALLBACK_PATH: &str = "/login/oauth2/code/keyserver-client";
+
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
+pub struct KeyclientConfig {
+    pub listen: SocketAddr,
+    /// The origin browsers use, e.g. `https://keys.example.com`.
+    pub public_url: Url,
+    /// Base URL of the keyserver API.
+    pub keyserver_url: Url,
+    pub oidc: OidcSettings,
+    /// SQLite URL of the session database.
+    pub database_url: String,
+    /// AES-256-GCM key sealing sessions at rest (shared by all replicas).
+    pub session_key: Zeroizing<[u8; 32]>,
+    pub timeouts: Timeouts,
+    pub tls: Option<TlsFiles>,
+}
+
+/// The scopes the keyclient requests: OpenID Connect's, a refresh token, and the API's.
+pub fn scopes(api_scope: &str) -> Vec<String> {
+    ["profile", "email", "offline_access", api_scope]
+        .iter()
+        .map(|s| (*s).to_owned())
+        .collect()
+}
+
+impl KeyclientConfig {
+    /// The default redirect URI for a public URL.
+    pub fn default_redirect_uri(public_url: &Url) -> Result<Url, url::ParseError> {
+        public_url.join(DEFAULT_CALLBACK_PATH)
+    }
+}
+
+#[derive(Clone)]
+pub struct AppState(Arc<Inner>);
+
+pub struct Inner {
+    origin: String,
+    issuer_origin: String,
+    keyserver: Url,
+    oidc: oidc::Oidc,
+    sessions: SessionStore,
+    http: reqwest::Client,
+    /// Serialises token refreshes, so two requests never spend one refresh token.
+    refreshing: tokio::sync::Mutex<()>,
+}
+
+impl std::ops::Deref for AppState {
+    type Target = Inner;
+    fn deref(&self) -> &Inner {
+        &self.0
+    }
+}
+
+/// Build the keyclient: discover the provider, open the session store, make the router.
+pub async fn build(cfg: &KeyclientConfig) -> Result<Router, KcError> {
+    let callback_path = cfg.oidc.redirect_uri.path().to_owned();
+    let issuer_origin = cfg.oidc.metadata_url.origin().ascii_serialization();
+    let oidc = oidc::Oidc::discover(OidcSettings {
+        metadata_url: cfg.oidc.metadata_url.clone(),
+        client_id: cfg.oidc.client_id.clone(),
+        client_secret: cfg.oidc.client_secret.clone(),
+        redirect_uri: cfg.oidc.redirect_uri.clone(),
+        post_logout_redirect_uri: cfg.oidc.post_logout_redirect_uri.clone(),
+        scopes: cfg.oidc.scopes.clone(),
+    })
+    .await?;
+    let sessions = SessionStore::open(&cfg.database_url, &cfg.session_key, cfg.timeouts).await?;
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| KcError::Internal(e.to_string()))?;
+    let mut keyserver = cfg.keyserver_url.clone();
+    if !keyserver.path().ends_with('/') {
+        keyserver.set_path(&format!("{}/", keyserver.path()));
+    }
+    let state = AppState(Arc::new(Inner {
+        origin: cfg.public_url.origin().ascii_serialization(),
+        issuer_origin,
+        keyserver,
+        oidc,
+        sessions: sessions.clone(),
+        http,
+        refreshing: tokio::sync::Mutex::new(()),
+    }));
+    tokio::spawn(purge_loop(sessions));
+    Ok(router(state, &callback_path, cfg.tls.is_some()))
+}
+
+fn router(state: AppState, callback_path: &str, tls: bool) -> Router {
+    Router::new()
+        .route("/", get(web::index))
+        .route("/assets/app.js", get(web::app_js))
+        .route("/assets/app.css", get(web::app_css))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/session", get(session_info))
+        .route("/login", get(login))
+        .route(callback_path, get(callback))
+        .route("/logout", post(logout))
+        .route("/api/{*path}", any(proxy::api))
+        .fallback(|| async { KcError::NotFound })
+        .method_not_allowed_fallback(|| async { KcError::MethodNotAllowed })
+        .with_state(state)
+        .layer(axum::middleware::from_fn_with_state(
+            web::Tls(tls),
+            web::security_headers,
+        ))
+        .layer(
+            // Paths only: query strings of the callback carry the code and state.
+            tower_http::trace::TraceLayer::new_for_http().make_span_with(
+                |r: &axum::http::Request<axum::body::Body>| {
+                    tracing::info_span!("request", method = %r.method(), path = %r.uri().path())
+                },
+            ),
+        )
+}
+
+async fn purge_loop(sessions: SessionStore) {
+    let mut tick = tokio::time::interval(Duration::from_secs(300));
+    loop {
+        tick.tick().await;
+        match sessions.purge().await {
+            Ok(n) if n > 0 => tracing::debug!(sessions = n, "purged expired sessions"),
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "could not purge expired sessions"),
+        }
+    }
+}
+
+/// Serve on `listener` until `shutdown` resolves; TLS with rustls when configured.
+pub async fn serve(
+    app: Router,
+    listener: std::net::TcpListener,
+    tls: Option<&TlsFiles>,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    listener.set_nonblocking(true)?;
+    match tls {
+        None => {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            axum::serve(listener, app)
+                .with_graceful_shutdown(shutdown)
+                .await
+        }
+        Some(files) => {
+            // One process-wide provider; ring is what reqwest's rustls already uses.
+            let _ = rustls::crypto::ring::default_provider().install_default();
+            let config =
+                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+                    .await?;
+            let handle = axum_server::Handle::new();
+            let h = handle.clone();
+            tokio::spawn(async move {
+                shutdown.await;
+                h.graceful_shutdown(Some(Duration::from_secs(10)));
+            });
+            axum_server::from_tcp_rustls(listener, config)
+                .handle(handle)
+                .serve(app.into_make_service())
+                .await
+        }
+    }
+}
+
+// ------------------------------------------------------------------ cookies
+
+fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == COOKIE)
+        .map(|(_, v)| v.to_owned())
+}
+
+fn set_cookie(value: &str) -> Result<HeaderValue, KcError> {
+    HeaderValue::from_str(&format!(
+        "{COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax"
+    ))
+    .map_err(|e| KcError::Internal(e.to_string()))
+}
+
+fn clear_cookie() -> HeaderValue {
+    HeaderValue::from_static("__Host-influxion=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0")
+}
+
+// ------------------------------------------------------------------ sessions
+
+impl Inner {
+    /// CSRF defence for state-changing requests: the custom header, and an Origin
+    /// (and, where the browser sends it, Sec-Fetch-Site) of this very site.
+    fn check_csrf(&self, headers: &HeaderMap) -> Result<(), KcError> {
+        if headers.get(CSRF_HEADER).map(HeaderValue::as_bytes) != Some(b"1") {
+            return Err(KcError::Csrf(
+                "state-changing requests need the X-Influxion-CSRF header",
+            ));
+        }
+        match headers.get(header::ORIGIN) {
+            Some(o) if o.as_bytes() == self.origin.as_bytes() => {}
+            Some(_) => return Err(KcError::Csrf("the request comes from another origin")),
+            None => {
+                return Err(KcError::Csrf(
+                    "state-changing requests need an Origin header",
+                ))
+            }
+        }
+        if let Some(site) = headers.get("sec-fetch-site") {
+            if site.as_bytes() != b"same-origin" {
+                return Err(KcError::Csrf("the request comes from another site"));
+            }
+        }
+        Ok(())
+    }
+
+    async fn user(
+        &self,
+        headers: &HeaderMap,
+    ) -> Result<Option<(String, session::Session)>, KcError> {
+        let Some(id) = cookie_value(headers) else {
+            return Ok(None);
+        };
+        match self.sessions.load(&id).await? {
+            Some(s) if matches!(s.data, SessionData::User(_)) => {
+                self.sessions.touch(&s).await?;
+                Ok(Some((id, s)))
+            }
+            _ => Ok(None),
+        }
+    }
+
+    /// The signed-in user's access token, refreshed when it is about to expire.
+    async fn access_token(&self, headers: &HeaderMap) -> Result<Zeroizing<String>, KcError> {
+        let (id, s) = self.user(headers).await?.ok_or(KcError::NotSignedIn)?;
+        let SessionData::User(u) = &s.data else {
+            return Err(KcError::NotSignedIn);
+        };
+        if u.access_expires_at - session::now() > 60 {
+            return Ok(Zeroizing::new(u.access_token.clone()));
+        }
+        let _guard = self.refreshing.lock().await;
+        // Another request may have refreshed while this one waited.
+        let s = self.sessions.load(&id).await?.ok_or(KcError::NotSignedIn)?;
+        let SessionData::User(u) = &s.data else {
+            return Err(KcError::NotSignedIn);
+        };
+        if u.access_expires_at - session::now() > 60 {
+            return Ok(Zeroizing::new(u.access_token.clone()));
+        }
+        let Some(rt) = u.refresh_token.as_deref() else {
+            self.sessions.delete(&id).await?;
+            return Err(KcError::NotSignedIn);
+        };
+        match self.oidc.refresh(rt).await {
+            Ok(t) => {
+                let mut fresh: UserData = u.clone();
+                fresh.access_token = t.access_token.clone();
+                fresh.access_expires_at = t.access_expires_at;
+                fresh.refresh_token = t.refresh_token.clone();
+                self.sessions
+                    .update(&s.id_hash, &SessionData::User(fresh))
+                    .await?;
+                Ok(Zeroizing::new(t.access_token.clone()))
+            }
+            Err(e) => {
+                tracing::info!(error = %e, "refresh failed; the session ends");
+                self.sessions.delete(&id).await?;
+                Err(KcError::NotSignedIn)
+            }
+        }
+    }
+}
+
+async fn session_info(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, KcError> {
+    let body = match st.user(&headers).await? {
+        Some((_, s)) => match &s.data {
+            SessionData::User(u) => serde_json::json!({
+                "authenticated": true,
+                "user": {"name": u.name, "username": u.username},
+                "expires_at": s.expires_at,
+            }),
+            SessionData::Login(_) => serde_json::json!({"authenticated": false}),
+        },
+        None => serde_json::json!({"authenticated": false}),
+    };
+    Ok(Json(body).into_response())
+}
+
+// ------------------------------------------------------------------ sign-in
+
+#[derive(Deserialize)]
+struct LoginQuery {
+    return_to: Option<String>,
+}
+
+/// Only paths of this site: `/`, then anything but a second `/` or `\` (which browsers
+/// read as another host), no control characters or spaces, bounded length.
+fn valid_return_to(r: &str) -> bool {
+    let b = r.as_bytes();
+    r.len() <= 512
+        && b.first() == Some(&b'/')
+        && !matches!(b.get(1), Some(b'/') | Some(b'\\'))
+        && b.iter().all(|c| c.is_ascii_graphic() && *c != b'\\')
+}
+
+async fn login(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, KcError> {
+    let Query(q) = q.map_err(|e| KcError::InvalidRequest(e.body_text()))?;
+    let return_to = q.return_to.unwrap_or_else(|| "/".into());
+    if !valid_return_to(&return_to) {
+        return Err(KcError::InvalidReturnTo);
+    }
+    // Signing in again replaces whatever session this browser had.
+    if let Some(old) = cookie_value(&headers) {
+        st.sessions.delete(&old).await?;
+    }
+    let (url, login) = st.oidc.start(return_to).await;
+    let id = st.sessions.create(&SessionData::Login(login)).await?;
+    let mut r = Redirect::to(url.as_str()).into_response();
+    r.headers_mut().insert(header::SET_COOKIE, set_cookie(&id)?);
+    Ok(r)
+}
+
+#[derive(Deserialize)]
+struct CallbackQuery {
+    code: Option<String>,
+    state: Option<String>,
+    error: Option<String>,
+    error_description: Option<String>,
+    iss: Option<String>,
+}
+
+async fn callback(
+    State(st): State<AppState>,
+    headers: HeaderMap,
+    q: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    let wants_html = headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.contains("text/html"));
+    match finish_login(&st, &headers, q).await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::info!(reason = e.slug(), "sign-in refused");
+            let mut r = if wants_html {
+                web::error_page(e.status(), "Sign-in failed", &e.to_string())
+            } else {
+                e.into_response()
+            };
+            r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+            r
+        }
+    }
+}
+
+async fn finish_login(
+    st: &AppState,
+    headers: &HeaderMap,
+    q: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, KcError> {
+    let Query(q) = q.map_err(|e| KcError::InvalidRequest(e.body_text()))?;
+    // The sign-in in progress is consumed whatever happens next: a callback works once.
+    let id = cookie_value(headers).ok_or(KcError::InvalidState)?;
+    let login = st
+        .sessions
+        .take_login(&id)
+        .await?
+        .ok_or(KcError::InvalidState)?;
+    let state = q.state.as_deref().unwrap_or_default();
+    if !bool::from(state.as_bytes().ct_eq(login.state.as_bytes())) {
+        return Err(KcError::InvalidState);
+    }
+    if let Some(err) = q.error.as_deref() {
+        let desc = q.error_description.as_deref().unwrap_or_default();
+        let text: String = format!("{err} {desc}").chars().take(300).collect();
+        return Err(KcError::LoginRefused(text.trim().to_owned()));
+    }
+    // RFC 9207: a response naming another issuer is a mix-up attack.
+    if let Some(iss) = q.iss.as_deref() {
+        let ours =
+            Url::parse(iss).is_ok_and(|u| u.origin().ascii_serialization() == st.issuer_origin);
+        if !ours {
+            return Err(KcError::LoginRefused(
+                "the response names another issuer".into(),
+            ));
+        }
+    }
+    let code = q
+        .code
+        .as_deref()
+        .filter(|c| !c.is_empty() && c.len() <= 4096)
+        .ok_or_else(|| KcError::InvalidRequest("the callback carries no code".into()))?;
+    let user = st.oidc.finish(code, &login).await?;
+    tracing::info!(user = %user.username, "signed in");
+    // A new id at sign-in: whatever id the browser had before is worthless now.
+    let new_id = st.sessions.create(&SessionData::User(user)).await?;
+    let mut r = Redirect::to(&login.return_to).into_response();
+    *r.status_mut() = StatusCode::SEE_OTHER;
+    r.headers_mut()
+        .insert(header::SET_COOKIE, set_cookie(&new_id)?);
+    Ok(r)
+}
+
+async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Response, KcError> {
+    st.check_csrf(&headers)?;
+    if let Some(id) = cookie_value(&headers) {
+        st.sessions.delete(&id).await?;
+    }
+    let url = st
+        .oidc
+        .logout_url()
+        .await
+        .map(|u| u.to_string())
+        .unwrap_or_else(|| "/".into());
+    let mut r = Json(serde_json::json!({ "logout_url": url })).into_response();
+    r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+    Ok(r)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn return_to_stays_on_this_site() {
+        for ok in ["/", "/#/approvals", "/?x=1#/keys"] {
+            assert!(valid_return_to(ok), "{ok}");
+        }
+        for bad in [
+            "https://evil.example/",
+            "//evil.example/",
+            "/\\evil.example",
+            "\\\\evil",
+            "javascript:alert(1)",
+            "/ x",
+            "/\nx",
+            "",
+            "evil.example",
+        ] {
+            assert!(!valid_return_to(bad), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn cookie_parsing() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_static("a=b; __Host-influxion=abc; c=d"),
+        );
+        assert_eq!(cookie_value(&h).as_deref(), Some("abc"));
+        h.insert(header::COOKIE, HeaderValue::from_static("influxion=abc"));
+        assert_eq!(cookie_value(&h), None);
+    }
+}

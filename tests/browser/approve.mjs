@@ -1,0 +1,266 @@
+// Browser check of the keyclient web app: sign in through the identity provider, look at
+// every page, approve one signing request, and prove no token or secret reached the
+// browser. Driven by a Rust integration test through environment variables (README.md).
+//
+// stdout: one JSON line {"ok": true, "screenshots": [...], "responses_checked": N}.
+// stderr: progress, and the reason on failure (exit status 1, failure.png saved).
+
+import { mkdir } from 'node:fs/promises';
+import path from 'node:path';
+import { chromium } from 'playwright-core';
+
+const OVERALL_TIMEOUT_MS = 60_000;
+const STEP_TIMEOUT_MS = 15_000;
+const JWT = /eyJ[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}\.[A-Za-z0-9_-]{5,}/;
+const PAGES = ['approvals', 'requests', 'keys', 'pki', 'certificates', 'subjects', 'audit'];
+
+const log = (msg) => process.stderr.write(`[browser] ${msg}\n`);
+
+function env(name, fallback) {
+  const v = process.env[name] ?? fallback;
+  if (v === undefined || v === '') throw new Error(`environment variable ${name} is required`);
+  return v;
+}
+
+const cfg = (() => {
+  try {
+    const forbidden = JSON.parse(process.env.FORBIDDEN || '[]');
+    if (!Array.isArray(forbidden) || !forbidden.every((s) => typeof s === 'string')) {
+      throw new Error('FORBIDDEN must be a JSON array of strings');
+    }
+    return {
+      base: new URL(env('KEYCLIENT_URL')).origin,
+      user: env('LOGIN_USER'),
+      requestId: env('REQUEST_ID'),
+      comment: env('COMMENT', 'approved by the browser test'),
+      shots: env('SCREENSHOT_DIR'),
+      forbidden: forbidden.filter((s) => s.length > 0),
+    };
+  } catch (e) {
+    process.stderr.write(`[browser] FAIL: ${e.message}\n`);
+    process.exit(1);
+  }
+})();
+
+// ------------------------------------------------------------------ leak checks
+
+const violations = [];
+const unreadable = [];
+const pageErrors = [];
+const pending = new Set();
+let responsesChecked = 0;
+
+// Where a forbidden value shows up, say which one (by index) without echoing it.
+function scan(where, text) {
+  cfg.forbidden.forEach((f, i) => {
+    if (text.includes(f)) violations.push(`${where} contains FORBIDDEN[${i}]`);
+  });
+  const m = JWT.exec(text);
+  if (m) violations.push(`${where} contains a JWT-shaped string (${m[0].slice(0, 16)}…)`);
+}
+
+async function checkResponse(res) {
+  const url = res.url();
+  const status = res.status();
+  scan(`URL ${url}`, url);
+  for (const { name, value } of await res.headersArray().catch(() => [])) {
+    scan(`header ${name} of ${status} ${url}`, value);
+  }
+  let body;
+  try {
+    body = await res.body();
+  } catch (e) {
+    // Redirects have no body to read; any other unreadable body is a gap in the check.
+    if (!(status >= 300 && status < 400)) unreadable.push(`${status} ${url}: ${e.message.split('\n')[0]}`);
+    return;
+  }
+  responsesChecked++;
+  scan(`body of ${status} ${url}`, body.toString('utf8'));
+}
+
+async function settleChecks() {
+  while (pending.size) await Promise.allSettled([...pending]);
+}
+
+// ------------------------------------------------------------------ steps
+
+// The text a selector shows, on one line.
+async function shown(page, selector) {
+  return (await page.innerText(selector)).replace(/\s+/g, ' ').replace(/ ?Dismiss$/, '').trim();
+}
+
+async function pageReady(page, name) {
+  await page.locator(`main[data-page="${name}"][data-state="ready"]`).waitFor({ state: 'attached' });
+}
+
+async function signIn(page) {
+  await page.goto(`${cfg.base}/`);
+  const signin = page.locator('[data-testid="signin"]');
+  await signin.waitFor({ state: 'visible' });
+  log('signed out: clicking Sign in');
+  await signin.click();
+
+  // panva/oidc-provider's development login page (any password is accepted).
+  await page.locator('input[name="login"]').waitFor({ state: 'visible' });
+  log(`at the identity provider (${new URL(page.url()).origin}): logging in as ${cfg.user}`);
+  await page.fill('input[name="login"]', cfg.user);
+  await page.fill('input[name="password"]', 'test');
+  await page.click('button[type="submit"]');
+
+  const back = (u) => u.origin === cfg.base;
+  try {
+    await page.waitForURL(back, { timeout: 10_000 });
+  } catch {
+    // A consent page, if the provider shows one: confirm it once.
+    log(`not back yet (${page.url()}); confirming a consent page`);
+    await page.click('button[type="submit"]');
+    await page.waitForURL(back);
+  }
+  await page.locator('[data-testid="user"]').waitFor({ state: 'visible' });
+  const user = (await page.textContent('[data-testid="user"]')).trim();
+  const roles = (await page.textContent('[data-testid="roles"]')).trim();
+  if (!user) throw new Error('[data-testid=user] is empty after signing in');
+  const hash = new URL(page.url()).hash;
+  if (hash !== '#/approvals') throw new Error(`after signing in the page is ${page.url()}, not the return_to /#/approvals`);
+  log(`signed in: user "${user}", roles "${roles}"`);
+}
+
+async function screenshots(page, taken) {
+  for (const name of PAGES) {
+    await page.goto(`${cfg.base}/#/${name}`);
+    await pageReady(page, name);
+    const file = path.join(cfg.shots, `${name}.png`);
+    await page.screenshot({ path: file, fullPage: true });
+    taken.push(file);
+    const error = await shown(page, '[data-testid="error"]');
+    log(`${name}.png${error ? ` (page shows: ${error.replace(/\s+/g, ' ')})` : ''}`);
+  }
+}
+
+async function approve(page, taken) {
+  await page.goto(`${cfg.base}/#/approvals`);
+  await pageReady(page, 'approvals');
+  const card = page.locator(`[data-testid="request-${cfg.requestId}"]`);
+  if (!(await card.count())) {
+    const error = await shown(page, '[data-testid="error"]');
+    throw new Error(`pending request ${cfg.requestId} is not on #/approvals${error ? ` (error shown: ${error})` : ''}`);
+  }
+  await card.locator('[data-testid="approve"]').click();
+  const comment = page.locator('dialog[open] [data-testid="comment"]');
+  await comment.waitFor({ state: 'visible' });
+  if (!(await comment.evaluate((e) => e === document.activeElement))) {
+    throw new Error('the confirmation dialog did not focus its comment field');
+  }
+  await comment.fill(cfg.comment);
+  await page.click('dialog[open] [data-testid="confirm"]');
+
+  const notice = page.locator('[data-testid="notice"]');
+  const error = page.locator('[data-testid="error"]');
+  await Promise.race([
+    notice.filter({ hasText: /\S/ }).waitFor({ state: 'visible' }),
+    error.filter({ hasText: /\S/ }).waitFor({ state: 'visible' }),
+  ]);
+  const errText = await shown(page, '[data-testid="error"]');
+  if (errText) throw new Error(`approving failed: ${errText}`);
+  log(`notice: ${await shown(page, '[data-testid="notice"] span')}`);
+
+  // The list is refreshed: this caller can no longer decide on the request.
+  await pageReady(page, 'approvals');
+  if (await card.locator('[data-testid="approve"]').count()) {
+    throw new Error('the approve button is still offered after approving');
+  }
+  const file = path.join(cfg.shots, 'approved.png');
+  await page.screenshot({ path: file, fullPage: true });
+  taken.push(file);
+}
+
+async function checkStorage(page) {
+  const s = await page.evaluate(() => ({
+    cookie: document.cookie,
+    local: Object.entries(localStorage),
+    session: Object.entries(sessionStorage),
+  }));
+  if (s.cookie !== '') throw new Error(`document.cookie is not empty (${s.cookie.length} characters): the session cookie must be HttpOnly`);
+  for (const [area, entries] of [['localStorage', s.local], ['sessionStorage', s.session]]) {
+    for (const [k, v] of entries) {
+      scan(`${area} key ${JSON.stringify(k)}`, k);
+      scan(`${area}[${JSON.stringify(k)}]`, v);
+    }
+  }
+  log(`document.cookie empty; localStorage ${s.local.length} entries, sessionStorage ${s.session.length}`);
+}
+
+// ------------------------------------------------------------------ main
+
+let browser;
+try {
+  browser = await chromium.launch({
+    executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
+    args: ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+      '--disable-background-networking', '--disable-component-update', '--disable-sync',
+      // Hermetic: no name resolves except localhost and the keyclient's host (IP literals
+      // need no resolving). The provider's dev login page @imports Google Fonts otherwise.
+      `--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE localhost, EXCLUDE ${new URL(cfg.base).hostname}`],
+  });
+} catch (e) {
+  process.stderr.write(`[browser] FAIL: could not launch Chromium: ${e.message}\n`);
+  process.exit(1);
+}
+const context = await browser.newContext({ viewport: { width: 1280, height: 800 } });
+context.setDefaultTimeout(STEP_TIMEOUT_MS);
+context.on('response', (res) => {
+  const p = checkResponse(res).catch((e) => unreadable.push(`${res.url()}: ${e.message}`));
+  pending.add(p);
+  p.finally(() => pending.delete(p));
+});
+const page = await context.newPage();
+// The web app must run without script errors or CSP violations (the provider's pages are its own).
+const ours = () => page.url().startsWith(`${cfg.base}/`);
+page.on('pageerror', (e) => { if (ours()) pageErrors.push(`uncaught exception on ${page.url()}: ${e.message}`); });
+page.on('console', (m) => {
+  if (ours() && m.type() === 'error' && /Content Security Policy|Refused to/i.test(m.text())) {
+    pageErrors.push(`CSP violation on ${page.url()}: ${m.text()}`);
+  }
+});
+
+async function run() {
+  await mkdir(cfg.shots, { recursive: true });
+  const taken = [];
+  await signIn(page);
+  await screenshots(page, taken);
+  await approve(page, taken);
+  await checkStorage(page);
+  await settleChecks();
+  const problems = [...violations, ...pageErrors,
+    ...unreadable.map((u) => `response body could not be checked: ${u}`)];
+  if (problems.length) throw new Error(`\n  ${problems.join('\n  ')}`);
+  return taken;
+}
+
+let timer;
+const timeout = new Promise((_, reject) => {
+  timer = setTimeout(() => reject(new Error(`timed out after ${OVERALL_TIMEOUT_MS / 1000} s`)), OVERALL_TIMEOUT_MS);
+});
+
+let code = 0;
+try {
+  const taken = await Promise.race([run(), timeout]);
+  process.stdout.write(`${JSON.stringify({ ok: true, screenshots: taken, responses_checked: responsesChecked })}\n`);
+} catch (e) {
+  code = 1;
+  process.stderr.write(`[browser] FAIL at ${page.url()}: ${e.message}\n`);
+  if (violations.length && !e.message.includes(violations[0])) {
+    process.stderr.write(`[browser] leaks seen before the failure:\n  ${violations.join('\n  ')}\n`);
+  }
+  try {
+    await mkdir(cfg.shots, { recursive: true });
+    await page.screenshot({ path: path.join(cfg.shots, 'failure.png'), fullPage: true, timeout: 5_000 });
+    log(`saved ${path.join(cfg.shots, 'failure.png')}`);
+  } catch (err) {
+    log(`could not save failure.png: ${err.message.split('\n')[0]}`);
+  }
+} finally {
+  clearTimeout(timer);
+  await browser.close().catch(() => {});
+}
+process.exit(code);

@@ -14,6 +14,9 @@ missing=()
 for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
+# Debian's Chromium for the browser tests of the web app (driven by playwright-core;
+# no browser is downloaded).
+[ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
 # pkilint (the independent X.509 linter) lives in a virtualenv.
 if ! command -v python3 >/dev/null 2>&1 || ! python3 -c 'import venv, ensurepip' >/dev/null 2>&1; then
   missing+=(python3-venv)
@@ -29,6 +32,10 @@ echo "node: $(node --version), npm: $(npm --version)"
 
 step "test OIDC provider (npm ci)"
 npm ci --prefix tests/oidc-provider --no-audit --no-fund --loglevel=error
+
+step "browser test driver (npm ci: playwright-core, using /usr/bin/chromium)"
+npm ci --prefix tests/browser --no-audit --no-fund --loglevel=error
+echo "chromium: $(/usr/bin/chromium --version 2>/dev/null || echo missing)"
 
 step "X.509 linter (pkilint from PyPI)"
 if [ ! -x target/pkilint/bin/lint_pkix_cert ]; then

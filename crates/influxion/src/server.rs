@@ -9,7 +9,7 @@ use anyhow::{Context, Result};
 use influxion_auth::{AuthConfig, Validator};
 use influxion_core::{Grant, Role, SubjectRules};
 use influxion_core::{KeyName, KeyStatus, KeyType};
-use influxion_devidp::{DevClient, DevIdpState};
+use influxion_devidp::{DevClient, DevIdpState, DevUser, DevWebClient};
 use influxion_keystore::{Kek, SoftwareKeystore};
 use influxion_server::AppState;
 use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome, Store, SubjectRecord};
@@ -171,11 +171,42 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         let state = DevIdpState::generate(DEV_AUDIENCE, clients)?;
         write_private(&idp_path, &serde_json::to_vec_pretty(&state)?)?;
     }
-    let idp: DevIdpState = serde_json::from_slice(&std::fs::read(&idp_path)?)
+    let mut idp: DevIdpState = serde_json::from_slice(&std::fs::read(&idp_path)?)
         .with_context(|| format!("reading {}", idp_path.display()))?;
 
     let issuer_port = port.checked_add(1).context("--port too large")?;
+    let web_port = port.checked_add(2).context("--port too large")?;
     let issuer = format!("http://127.0.0.1:{issuer_port}");
+    let web_url = format!("http://127.0.0.1:{web_port}/");
+    // The keyclient's registration and the people who sign in at the web app (added to
+    // data directories made before the keyclient existed, too).
+    if idp.web_clients.is_empty() {
+        idp.web_clients.push(DevWebClient {
+            client_id: DEV_KEYCLIENT_ID.into(),
+            client_secret: random_secret(),
+            redirect_uris: vec![format!(
+                "http://127.0.0.1:{web_port}{}",
+                influxion_keyclient::DEFAULT_CALLBACK_PATH
+            )],
+            post_logout_redirect_uris: vec![web_url.clone()],
+        });
+        idp.users = DEV_USERS
+            .iter()
+            .map(|(username, name, _)| DevUser {
+                username: (*username).into(),
+                name: (*name).into(),
+                roles: vec![],
+            })
+            .collect();
+        std::fs::remove_file(&idp_path)?;
+        write_private(&idp_path, &serde_json::to_vec_pretty(&idp)?)?;
+    }
+    let keyclient_secret = idp
+        .web_clients
+        .iter()
+        .find(|c| c.client_id == DEV_KEYCLIENT_ID)
+        .map(|c| c.client_secret.clone())
+        .context("the development issuer has no keyclient registration")?;
     let idp_listener = TcpListener::bind(("127.0.0.1", issuer_port))
         .await
         .with_context(|| format!("binding the development issuer on 127.0.0.1:{issuer_port}"))?;
@@ -234,6 +265,47 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     ensure_key(&state, "demo-release", 2).await?;
     influxion_server::ensure_dev_ca(&state).await?;
 
+    let session_key_path = data_dir.join("keyclient-session-key");
+    if !session_key_path.exists() {
+        use base64::Engine as _;
+        use rand::RngCore;
+        let mut k = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(k.as_mut());
+        let text = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(k));
+        write_private(&session_key_path, text.as_bytes())?;
+    }
+    let kc = influxion_keyclient::KeyclientConfig {
+        listen: ([127, 0, 0, 1], web_port).into(),
+        public_url: web_url.parse()?,
+        keyserver_url: format!("http://127.0.0.1:{port}/").parse()?,
+        oidc: influxion_keyclient::OidcSettings {
+            metadata_url: format!("{issuer}/.well-known/openid-configuration").parse()?,
+            client_id: DEV_KEYCLIENT_ID.into(),
+            client_secret: zeroize::Zeroizing::new(keyclient_secret),
+            redirect_uri: format!(
+                "http://127.0.0.1:{web_port}{}",
+                influxion_keyclient::DEFAULT_CALLBACK_PATH
+            )
+            .parse()?,
+            post_logout_redirect_uri: web_url.parse()?,
+            scopes: influxion_keyclient::scopes(&format!("{DEV_AUDIENCE}/access_as_user")),
+        },
+        database_url: format!("sqlite://{}/keyclient.db", data_dir.display()),
+        session_key: crate::config::session_key(&std::fs::read_to_string(&session_key_path)?)?,
+        timeouts: Default::default(),
+        tls: None,
+    };
+    let web_listener = std::net::TcpListener::bind(kc.listen)
+        .with_context(|| format!("binding the keyclient on {}", kc.listen))?;
+    let web_app = influxion_keyclient::build(&kc).await?;
+    tokio::spawn(async move {
+        if let Err(e) =
+            influxion_keyclient::serve(web_app, web_listener, None, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "keyclient stopped");
+        }
+    });
+
     let exe = std::env::current_exe()
         .map(|p| p.display().to_string())
         .unwrap_or_else(|_| "influxion".into());
@@ -263,6 +335,7 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     }
     println!(
         "\nInfluxion development mode — loopback only, NOT for production.\n\n  \
+         web app         {web_url}   sign in as alice (admin), bob or carol (approvers, auditors)\n  \
          keyserver API   http://127.0.0.1:{port}   (OpenAPI: http://127.0.0.1:{port}/openapi.json)\n  \
          dev OIDC issuer {issuer}   DEVELOPMENT-ONLY token issuer\n  \
          data directory  {dir}   (SQLite, software keystore, key-encryption key)\n  \
@@ -295,32 +368,71 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     Ok(())
 }
 
+pub const DEV_KEYCLIENT_ID: &str = "influxion-dev-keyclient";
+
+/// People of the development issuer: login, display name, role on every name.
+const DEV_USERS: [(&str, &str, Role); 3] = [
+    ("alice", "Alice Admin", Role::Admin),
+    ("bob", "Bob Approver", Role::Approver),
+    ("carol", "Carol Approver", Role::Approver),
+];
+
 pub const DEV_APPROVERS: [&str; 2] = ["influxion-dev-approver-1", "influxion-dev-approver-2"];
 
 /// The development subjects: the CI client is admin; two approver clients.
 async fn ensure_dev_subjects(store: &Store) -> Result<()> {
-    if !store.subjects().await?.is_empty() {
-        return Ok(());
-    }
-    let subjects = [
-        ("dev-ci", DEV_CLIENT_ID, Role::Admin),
-        ("dev-approver-1", DEV_APPROVERS[0], Role::Approver),
-        ("dev-approver-2", DEV_APPROVERS[1], Role::Approver),
+    let existing: Vec<String> = store
+        .subjects()
+        .await?
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    let app = |id: &str| SubjectRules {
+        app_id: Some(id.into()),
+        ..Default::default()
+    };
+    let person = |login: &str| SubjectRules {
+        object_id: Some(influxion_devidp::user_object_id(login)),
+        ..Default::default()
+    };
+    let mut subjects = vec![
+        ("dev-ci".to_owned(), app(DEV_CLIENT_ID), vec![Role::Admin]),
+        (
+            "dev-approver-1".into(),
+            app(DEV_APPROVERS[0]),
+            vec![Role::Approver],
+        ),
+        (
+            "dev-approver-2".into(),
+            app(DEV_APPROVERS[1]),
+            vec![Role::Approver],
+        ),
     ];
-    for (name, app, role) in subjects {
+    for (login, _, role) in DEV_USERS {
+        let roles = if role == Role::Admin {
+            vec![role]
+        } else {
+            vec![role, Role::Auditor]
+        };
+        subjects.push((format!("dev-user-{login}"), person(login), roles));
+    }
+    for (name, rules, roles) in subjects {
+        if existing.contains(&name) {
+            continue;
+        }
         let s = SubjectRecord {
             id: uuid::Uuid::new_v4().to_string(),
-            name: name.into(),
+            name: name.clone(),
             description: "development mode".into(),
-            rules: SubjectRules {
-                app_id: Some(app.into()),
-                ..Default::default()
-            },
-            grants: vec![Grant {
-                id: uuid::Uuid::new_v4().to_string(),
-                role,
-                pattern: "*".into(),
-            }],
+            rules,
+            grants: roles
+                .into_iter()
+                .map(|role| Grant {
+                    id: uuid::Uuid::new_v4().to_string(),
+                    role,
+                    pattern: "*".into(),
+                })
+                .collect(),
             created_at: influxion_store::now_rfc3339(),
             created_by: "system:dev".into(),
         };

@@ -10,9 +10,8 @@
 mod common;
 
 use common::*;
-use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 #[test]
 fn sign_with_client_credentials_from_oidc_provider_and_verify_with_openssl() {
@@ -333,35 +332,7 @@ fn dev_mode_quick_start() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    // `dev` takes the port and the next one for its issuer. Another test's process may
-    // take either between our probe and its bind; then `dev` exits and we try again.
-    let mut attempt = 0;
-    let (_dev, _url) = loop {
-        attempt += 1;
-        let port = loop {
-            let p = free_port();
-            if p < u16::MAX && TcpListener::bind(("127.0.0.1", p + 1)).is_ok() {
-                break p;
-            }
-        };
-        let mut dev = Proc(
-            Command::new(BIN)
-                .args(["dev", "--data-dir", "devdata", "--port", &port.to_string()])
-                .current_dir(d)
-                .env("INFLUXION_LOG", "warn")
-                .stdout(Stdio::null())
-                .spawn()
-                .unwrap(),
-        );
-        let url = format!("http://127.0.0.1:{port}");
-        if healthy_or_exited(&mut dev, &url) {
-            break (dev, url);
-        }
-        assert!(
-            attempt < 5,
-            "influxion dev did not start on a free port pair"
-        );
-    };
+    let (_dev, _port) = start_dev(d);
     let env_file = std::fs::read_to_string(d.join("devdata/dev.env")).unwrap();
     use std::os::unix::fs::PermissionsExt;
     for f in ["dev.env", "kek", "dev-oidc.json"] {

@@ -320,7 +320,12 @@ impl Browser {
                 .and_then(|s| s.split('"').next())
                 .expect("a form on the login page")
                 .to_owned();
-            let form = [("prompt", "login"), ("login", user), ("password", "any")];
+            // Its hidden fields, and the answers either login page wants: oidc-provider's
+            // (login, password) or the development issuer's (a username button).
+            let mut form = hidden_inputs(&r.body);
+            for (k, v) in [("login", user), ("password", "any"), ("username", user)] {
+                form.push((k.to_owned(), v.to_owned()));
+            }
             let r = self
                 .send(self.idp.post(absolute(&url, &action)).form(&form))
                 .await;
@@ -350,6 +355,23 @@ impl Browser {
         assert_ne!(user_cookie, pre, "the session id must change at sign-in");
         (pre, user_cookie, callback)
     }
+}
+
+/// `name`/`value` of the hidden inputs of an HTML page (the login forms are simple).
+fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| {
+        tag.split(&format!("{name}=\""))
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_owned)
+    };
+    html.split("<input")
+        .skip(1)
+        .filter_map(|t| t.split('>').next())
+        .filter(|t| t.contains("type=\"hidden\""))
+        .filter_map(|t| Some((attr(t, "name")?, attr(t, "value").unwrap_or_default())))
+        .collect()
 }
 
 fn absolute(base: &str, loc: &str) -> String {
@@ -551,4 +573,30 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
     assert!(!logout_url.contains("id_token_hint"), "{logout_url}");
     let r = b.get("/api/v1/me", Some(&user)).await;
     assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+}
+
+/// `influxion dev` runs the keyclient too: a person signs in at the development
+/// issuer's login page and reaches the keyserver through the web app's proxy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_mode_web_sign_in() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_dev, port) = start_dev(dir.path());
+    let b = Browser::new(&format!("http://127.0.0.1:{}", port + 2));
+    let (_, user, _) = b.sign_in("bob").await;
+    let r = b.get("/api/v1/me", Some(&user)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let me: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(me["principal"]["kind"], "user", "{me}");
+    let roles = me["roles"].to_string();
+    assert!(
+        roles.contains("approver") && roles.contains("auditor"),
+        "{me}"
+    );
+    let r = b
+        .get("/api/v1/signing-requests?status=pending", Some(&user))
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
 }

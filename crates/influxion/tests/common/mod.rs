@@ -382,3 +382,36 @@ pub fn user_oid(login: &str) -> String {
         &h[20..32]
     )
 }
+
+/// `influxion dev` in `dir/devdata`: it takes the port, the next one for its issuer and
+/// the one after for the keyclient. Another test's process may take one between our
+/// probe and its bind; then `dev` exits and we try again.
+pub fn start_dev(dir: &Path) -> (Proc, u16) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = loop {
+            let p = free_port();
+            let free = |q: u16| TcpListener::bind(("127.0.0.1", q)).is_ok();
+            if p < u16::MAX - 2 && free(p + 1) && free(p + 2) {
+                break p;
+            }
+        };
+        let mut dev = Proc(
+            Command::new(BIN)
+                .args(["dev", "--data-dir", "devdata", "--port", &port.to_string()])
+                .current_dir(dir)
+                .env("INFLUXION_LOG", "warn")
+                .stdout(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let url = format!("http://127.0.0.1:{port}");
+        if healthy_or_exited(&mut dev, &url)
+            && healthy_or_exited(&mut dev, &format!("http://127.0.0.1:{}", port + 2))
+        {
+            return (dev, port);
+        }
+        assert!(attempt < 5, "influxion dev did not start on free ports");
+    }
+}

@@ -657,6 +657,14 @@ pub fn keyclient(file: &FileConfig) -> Result<influxion_keyclient::KeyclientConf
         .or_else(|| file.client.server.clone())
         .unwrap_or_else(|| DEV_SERVER.into());
     let keyserver_url = parse_url("INFLUXION_SERVER", &server)?;
+    // Bearer tokens go to the keyserver, the client secret and codes to the provider:
+    // never in clear text beyond this host.
+    if keyserver_url.scheme() != "https" && !is_loopback_url(&keyserver_url) {
+        return Err(err(
+            "INFLUXION_SERVER",
+            format!("{keyserver_url} must be https:// unless it is on loopback"),
+        ));
+    }
     let tenant = env("INFLUXION_AZURE_TENANT_ID").or_else(|| file.auth.tenant_id.clone());
     let metadata = env("INFLUXION_OIDC_METADATA_URL")
         .or_else(|| file.auth.metadata_url.clone())
@@ -668,6 +676,12 @@ pub fn keyclient(file: &FileConfig) -> Result<influxion_keyclient::KeyclientConf
             )
         })?;
     let metadata_url = parse_url("INFLUXION_OIDC_METADATA_URL", &metadata)?;
+    if metadata_url.scheme() != "https" && !is_loopback_url(&metadata_url) {
+        return Err(err(
+            "INFLUXION_OIDC_METADATA_URL",
+            format!("{metadata_url} must be https:// unless it is on loopback"),
+        ));
+    }
     let client_id = env("INFLUXION_KEYCLIENT_CLIENT_ID")
         .or_else(|| env("INFLUXION_AZURE_CLIENT_ID"))
         .ok_or_else(|| {
@@ -740,6 +754,13 @@ pub fn keyclient(file: &FileConfig) -> Result<influxion_keyclient::KeyclientConf
         absolute: secs("INFLUXION_KEYCLIENT_ABSOLUTE_TIMEOUT_SECS", 8 * 3600)?,
         ..Timeouts::default()
     };
+    let (idle, absolute) = (timeouts.idle.as_secs(), timeouts.absolute.as_secs());
+    if !(60..=absolute).contains(&idle) || absolute > 7 * 24 * 3600 {
+        return Err(err(
+            "INFLUXION_KEYCLIENT_IDLE_TIMEOUT_SECS",
+            format!("need 60 <= idle ({idle}) <= absolute ({absolute}) <= 604800 (7 days)"),
+        ));
+    }
     Ok(KeyclientConfig {
         listen,
         oidc: OidcSettings {

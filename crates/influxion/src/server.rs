@@ -180,6 +180,21 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     let web_url = format!("http://127.0.0.1:{web_port}/");
     // The keyclient's registration and the people who sign in at the web app (added to
     // data directories made before the keyclient existed, too).
+    let redirect = format!(
+        "http://127.0.0.1:{web_port}{}",
+        influxion_keyclient::DEFAULT_CALLBACK_PATH
+    );
+    if let Some(c) = idp
+        .web_clients
+        .iter_mut()
+        .find(|c| c.client_id == DEV_KEYCLIENT_ID && c.redirect_uris != [redirect.clone()])
+    {
+        // Another --port than last time: the keyclient moved with it.
+        c.redirect_uris = vec![redirect.clone()];
+        c.post_logout_redirect_uris = vec![web_url.clone()];
+        std::fs::remove_file(&idp_path)?;
+        write_private(&idp_path, &serde_json::to_vec_pretty(&idp)?)?;
+    }
     if idp.web_clients.is_empty() {
         idp.web_clients.push(DevWebClient {
             client_id: DEV_KEYCLIENT_ID.into(),

@@ -311,6 +311,38 @@ fn invalid_configuration_names_the_setting() {
     let (okk, _, err) = run(&base, &["--config", "bad.toml", "config", "check"]);
     assert!(!okk && err.contains("tennant_id"), "{err}");
 
+    // The keyclient refuses unsafe settings before it starts, naming the setting.
+    let mut kc = base.to_vec();
+    kc.push(("INFLUXION_KEYCLIENT_CLIENT_ID", "web"));
+    kc.push((
+        "INFLUXION_KEYCLIENT_SESSION_KEY",
+        "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
+    ));
+    for (setting, value) in [
+        ("INFLUXION_KEYCLIENT_SESSION_KEY", "c2hvcnQ="),
+        ("INFLUXION_KEYCLIENT_PUBLIC_URL", "http://keys.example.com"),
+        ("INFLUXION_SERVER", "http://keys.example.com"),
+        (
+            "INFLUXION_OIDC_METADATA_URL",
+            "http://idp.example.com/.well-known/openid-configuration",
+        ),
+        ("INFLUXION_KEYCLIENT_IDLE_TIMEOUT_SECS", "10"),
+        (
+            "INFLUXION_KEYCLIENT_REDIRECT_URI",
+            "http://evil.example/login/oauth2/code/keyserver-client",
+        ),
+        ("INFLUXION_KEYCLIENT_TLS_CERT", "/nonexistent.pem"),
+    ] {
+        let mut env = kc.clone();
+        env.push((setting, value));
+        let (okk, _, err) = run(&env, &["keyclient"]);
+        assert!(!okk && err.contains(setting), "{setting}: {err}");
+        assert!(
+            !err.contains("qNyQ3e3") && !err.contains("do-not-print-me"),
+            "{err}"
+        );
+    }
+
     // .env is read, and the environment wins over it.
     std::fs::write(
         dir.path().join(".env"),

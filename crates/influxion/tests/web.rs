@@ -45,9 +45,14 @@ fn browser_prerequisites() -> bool {
 struct Keyclient {
     _proc: Proc,
     url: String,
+    log: std::path::PathBuf,
 }
 
-fn start_keyclient(dir: &Path, port: u16, ks: &Keyserver) -> Keyclient {
+fn log_of(dir: &Path, port: u16) -> std::path::PathBuf {
+    dir.join(format!("keyclient-{port}.log"))
+}
+
+fn keyclient_command(dir: &Path, port: u16, ks: &Keyserver) -> Command {
     let mut cmd = Command::new(BIN);
     cmd.arg("keyclient")
         .current_dir(dir)
@@ -66,22 +71,33 @@ fn start_keyclient(dir: &Path, port: u16, ks: &Keyserver) -> Keyclient {
         .env("INFLUXION_DATA_DIR", dir.join("keyclient"))
         .env("INFLUXION_LOG", "info")
         .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("keyclient.log")).unwrap());
+        .stderr(std::fs::File::create(log_of(dir, port)).unwrap());
     std::fs::create_dir_all(dir.join("keyclient")).unwrap();
-    let mut child = Proc(cmd.spawn().unwrap());
+    cmd
+}
+
+fn start_keyclient(dir: &Path, port: u16, ks: &Keyserver) -> Keyclient {
+    let mut child = Proc(keyclient_command(dir, port, ks).spawn().unwrap());
     let url = format!("http://127.0.0.1:{port}");
+    let log = log_of(dir, port);
     assert!(
         healthy_or_exited(&mut child, &url),
         "the keyclient did not start: {}",
-        std::fs::read_to_string(dir.join("keyclient.log")).unwrap_or_default()
+        std::fs::read_to_string(&log).unwrap_or_default()
     );
-    Keyclient { _proc: child, url }
+    Keyclient {
+        _proc: child,
+        url,
+        log,
+    }
 }
 
 /// Provider, keyserver and keyclient; alice approves `rel-*` keys (and audits).
 fn setup(d: &Path) -> (Provider, Keyserver, Keyclient) {
     let port = free_port();
-    let provider = start_provider_for(d, Some(port));
+    // Access tokens shorter-lived than the keyclient's refresh margin: every API call
+    // through the keyclient refreshes first, so refresh is exercised throughout.
+    let provider = start_provider_with(d, Some(port), 30);
     let ks = start_keyserver(d, &provider.issuer);
     let alice = user_oid("alice");
     ok(&ks.admin(
@@ -181,7 +197,7 @@ fn approve_in_the_browser_as_the_second_approver() {
         out.status.success(),
         "browser test failed\nstdout: {stdout}\nstderr: {}\nkeyclient log: {}",
         String::from_utf8_lossy(&out.stderr),
-        std::fs::read_to_string(d.join("keyclient.log")).unwrap_or_default()
+        std::fs::read_to_string(&kc.log).unwrap_or_default()
     );
     println!("browser: {stdout}screenshots in {}", shots.display());
 
@@ -465,9 +481,23 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         let r = b.get(&callback, Some(c)).await;
         assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
     }
-    let r = b.get("/api/v1/me", Some(&user)).await;
-    assert_eq!(r.status, 200, "{}", r.body);
-    assert!(r.body.contains("approver"), "{}", r.body);
+    for _ in 0..2 {
+        let r = b.get("/api/v1/me", Some(&user)).await;
+        assert_eq!(
+            r.status,
+            200,
+            "{}\nkeyclient log: {}",
+            r.body,
+            std::fs::read_to_string(&kc.log).unwrap_or_default()
+        );
+        assert!(r.body.contains("approver"), "{}", r.body);
+    }
+    // Those went out with refreshed access tokens (rotated refresh tokens included).
+    let log = std::fs::read_to_string(&kc.log).unwrap();
+    assert!(
+        log.matches("refreshed the access token").count() >= 2,
+        "{log}"
+    );
     let r = b.get("/session", Some(&user)).await;
     let s: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(s["authenticated"], true);
@@ -536,9 +566,32 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         "{}",
         r.body
     );
-    // The proxy forwards only /v1 paths and bounded bodies.
+    // The proxy forwards only the web app's routes, and bounded bodies. Signing, key
+    // creation, policy changes and server-side key generation are not among them.
     let r = b.get("/api/healthz", Some(&user)).await;
     assert_eq!((r.status, r.slug().as_str()), (404, "not-found"));
+    for (method, path) in [
+        (reqwest::Method::POST, "/api/v1/keys/rel-prod/sign"),
+        (reqwest::Method::PUT, "/api/v1/keys/rel-prod/policy"),
+        (reqwest::Method::POST, "/api/v1/keys"),
+        (reqwest::Method::POST, "/api/v1/profiles/device/keys"),
+        (reqwest::Method::POST, "/api/v1/keys/..%2F..%2Fhealthz"),
+    ] {
+        let r = b
+            .send(
+                b.req(method.clone(), path, Some(&user))
+                    .header("x-influxion-csrf", "1")
+                    .header("origin", &kc.url)
+                    .header("content-type", "application/json")
+                    .body("{}"),
+            )
+            .await;
+        assert_eq!(
+            (r.status, r.slug().as_str()),
+            (404, "not-found"),
+            "{method} {path}"
+        );
+    }
     let big = vec![b'x'; 2 * 1024 * 1024];
     let r = b
         .send(
@@ -599,4 +652,89 @@ async fn dev_mode_web_sign_in() {
         .get("/api/v1/signing-requests?status=pending", Some(&user))
         .await;
     assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// With a certificate configured, the keyclient serves HTTPS itself (rustls) and sends
+/// HSTS; the session cookie then travels only over TLS.
+#[test]
+fn keyclient_serves_tls() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_provider, ks, _kc) = setup(d);
+    ok(&openssl(
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "web.key",
+            "-out",
+            "web.pem",
+            "-days",
+            "1",
+            "-subj",
+            "/CN=127.0.0.1",
+            "-addext",
+            "subjectAltName=IP:127.0.0.1",
+        ],
+        d,
+    ));
+    let port = free_port();
+    let url = format!("https://127.0.0.1:{port}");
+    let mut cmd = keyclient_command(d, port, &ks);
+    cmd.env("INFLUXION_KEYCLIENT_TLS_CERT", d.join("web.pem"))
+        .env("INFLUXION_KEYCLIENT_TLS_KEY", d.join("web.key"))
+        .env("INFLUXION_KEYCLIENT_PUBLIC_URL", &url);
+    let mut child = Proc(cmd.spawn().unwrap());
+    let curl = |args: &[&str]| {
+        Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(d.join("web.pem"))
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let o = curl(&[&format!("{url}/healthz")]);
+        if o.status.success() {
+            assert_eq!(String::from_utf8_lossy(&o.stdout), "ok");
+            break;
+        }
+        assert!(
+            child.0.try_wait().unwrap().is_none() && std::time::Instant::now() < deadline,
+            "the TLS keyclient did not start: {}",
+            std::fs::read_to_string(log_of(d, port)).unwrap_or_default()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    let head = String::from_utf8_lossy(
+        &curl(&["-D", "-", "-o", "/dev/null", &format!("{url}/login")]).stdout,
+    )
+    .to_lowercase();
+    assert!(
+        head.contains("strict-transport-security: max-age="),
+        "{head}"
+    );
+    assert!(head.contains("set-cookie: __host-influxion="), "{head}");
+    // Plain HTTP on the TLS port gets no page.
+    let plain = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert_ne!(String::from_utf8_lossy(&plain.stdout), "200");
 }

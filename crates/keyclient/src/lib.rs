@@ -12,6 +12,7 @@ mod proxy;
 mod session;
 mod web;
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -40,6 +41,11 @@ pub const COOKIE: &str = "__Host-influxion";
 pub const CSRF_HEADER: &str = "x-influxion-csrf";
 /// The default callback path, as the Entra ID set-up guide registers it.
 pub const DEFAULT_CALLBACK_PATH: &str = "/login/oauth2/code/keyserver-client";
+
+const MAX_CONCURRENT_REQUESTS: usize = 512;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
+/// Refresh an access token this long before it expires.
+const REFRESH_MARGIN_SECS: i64 = 60;
 
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -81,13 +87,13 @@ pub struct AppState(Arc<Inner>);
 
 pub struct Inner {
     origin: String,
-    issuer_origin: String,
     keyserver: Url,
     oidc: oidc::Oidc,
     sessions: SessionStore,
     http: reqwest::Client,
-    /// Serialises token refreshes, so two requests never spend one refresh token.
-    refreshing: tokio::sync::Mutex<()>,
+    /// One lock per session being refreshed, so two requests of one session never
+    /// spend its refresh token twice, and a slow provider stalls only that session.
+    refreshing: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::ops::Deref for AppState {
@@ -100,7 +106,6 @@ impl std::ops::Deref for AppState {
 /// Build the keyclient: discover the provider, open the session store, make the router.
 pub async fn build(cfg: &KeyclientConfig) -> Result<Router, KcError> {
     let callback_path = cfg.oidc.redirect_uri.path().to_owned();
-    let issuer_origin = cfg.oidc.metadata_url.origin().ascii_serialization();
     let oidc = oidc::Oidc::discover(OidcSettings {
         metadata_url: cfg.oidc.metadata_url.clone(),
         client_id: cfg.oidc.client_id.clone(),
@@ -122,12 +127,11 @@ pub async fn build(cfg: &KeyclientConfig) -> Result<Router, KcError> {
     }
     let state = AppState(Arc::new(Inner {
         origin: cfg.public_url.origin().ascii_serialization(),
-        issuer_origin,
         keyserver,
         oidc,
         sessions: sessions.clone(),
         http,
-        refreshing: tokio::sync::Mutex::new(()),
+        refreshing: std::sync::Mutex::new(HashMap::new()),
     }));
     tokio::spawn(purge_loop(sessions));
     Ok(router(state, &callback_path, cfg.tls.is_some()))
@@ -147,6 +151,12 @@ fn router(state: AppState, callback_path: &str, tls: bool) -> Router {
         .fallback(|| async { KcError::NotFound })
         .method_not_allowed_fallback(|| async { KcError::MethodNotAllowed })
         .with_state(state)
+        // Bounded work: at most this many requests at once, none longer than this.
+        .layer(tower::limit::ConcurrencyLimitLayer::new(MAX_CONCURRENT_REQUESTS))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::GATEWAY_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
         .layer(axum::middleware::from_fn_with_state(
             web::Tls(tls),
             web::security_headers,
@@ -279,42 +289,103 @@ impl Inner {
     /// The signed-in user's access token, refreshed when it is about to expire.
     async fn access_token(&self, headers: &HeaderMap) -> Result<Zeroizing<String>, KcError> {
         let (id, s) = self.user(headers).await?.ok_or(KcError::NotSignedIn)?;
-        let SessionData::User(u) = &s.data else {
-            return Err(KcError::NotSignedIn);
-        };
-        if u.access_expires_at - session::now() > 60 {
-            return Ok(Zeroizing::new(u.access_token.clone()));
+        match usable(&s) {
+            Usable::Yes(t) => return Ok(t),
+            Usable::Expired => {
+                self.sessions.delete(&id).await?;
+                return Err(KcError::NotSignedIn);
+            }
+            Usable::Refresh => {}
         }
-        let _guard = self.refreshing.lock().await;
+        let lock = self.refresh_lock(&s.id_hash);
+        let result = {
+            let _guard = lock.lock().await;
+            self.refresh(&id).await
+        };
+        drop(lock);
+        self.forget_lock(&s.id_hash);
+        result
+    }
+
+    async fn refresh(&self, id: &str) -> Result<Zeroizing<String>, KcError> {
         // Another request may have refreshed while this one waited.
-        let s = self.sessions.load(&id).await?.ok_or(KcError::NotSignedIn)?;
+        let s = self.sessions.load(id).await?.ok_or(KcError::NotSignedIn)?;
+        match usable(&s) {
+            Usable::Yes(t) => return Ok(t),
+            Usable::Expired => {
+                self.sessions.delete(id).await?;
+                return Err(KcError::NotSignedIn);
+            }
+            Usable::Refresh => {}
+        }
         let SessionData::User(u) = &s.data else {
             return Err(KcError::NotSignedIn);
         };
-        if u.access_expires_at - session::now() > 60 {
-            return Ok(Zeroizing::new(u.access_token.clone()));
-        }
-        let Some(rt) = u.refresh_token.as_deref() else {
-            self.sessions.delete(&id).await?;
-            return Err(KcError::NotSignedIn);
-        };
-        match self.oidc.refresh(rt).await {
+        let rt = u.refresh_token.as_deref().unwrap_or_default();
+        match self.oidc.refresh(rt, u.granted_scopes.as_deref()).await {
             Ok(t) => {
                 let mut fresh: UserData = u.clone();
                 fresh.access_token = t.access_token.clone();
                 fresh.access_expires_at = t.access_expires_at;
                 fresh.refresh_token = t.refresh_token.clone();
+                if t.granted_scopes.is_some() {
+                    fresh.granted_scopes = t.granted_scopes.clone();
+                }
                 self.sessions
                     .update(&s.id_hash, &SessionData::User(fresh))
                     .await?;
+                tracing::info!(user = %u.username, "refreshed the access token");
                 Ok(Zeroizing::new(t.access_token.clone()))
             }
-            Err(e) => {
-                tracing::info!(error = %e, "refresh failed; the session ends");
-                self.sessions.delete(&id).await?;
+            Err(oidc::RefreshError::Refused(why)) => {
+                tracing::info!(reason = %why, "the provider refused the refresh; the session ends");
+                self.sessions.delete(id).await?;
                 Err(KcError::NotSignedIn)
             }
+            // The provider is unreachable: the session stays; this request fails.
+            Err(oidc::RefreshError::Unavailable(why)) => Err(KcError::Provider(why)),
         }
+    }
+
+    fn refresh_lock(&self, id_hash: &str) -> Arc<tokio::sync::Mutex<()>> {
+        let mut map = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        map.entry(id_hash.to_owned()).or_default().clone()
+    }
+
+    fn forget_lock(&self, id_hash: &str) {
+        let mut map = self
+            .refreshing
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if map.get(id_hash).is_some_and(|l| Arc::strong_count(l) == 1) {
+            map.remove(id_hash);
+        }
+    }
+}
+
+enum Usable {
+    Yes(Zeroizing<String>),
+    Refresh,
+    Expired,
+}
+
+/// Whether the session's access token can be used as it is. Without a refresh token it
+/// is used until it expires; with one, it is refreshed shortly before.
+fn usable(s: &session::Session) -> Usable {
+    let SessionData::User(u) = &s.data else {
+        return Usable::Expired;
+    };
+    let left = u.access_expires_at - session::now();
+    match (&u.refresh_token, left) {
+        (Some(_), l) if l > REFRESH_MARGIN_SECS => {
+            Usable::Yes(Zeroizing::new(u.access_token.clone()))
+        }
+        (Some(_), _) => Usable::Refresh,
+        (None, l) if l > 5 => Usable::Yes(Zeroizing::new(u.access_token.clone())),
+        (None, _) => Usable::Expired,
     }
 }
 
@@ -428,9 +499,7 @@ async fn finish_login(
     }
     // RFC 9207: a response naming another issuer is a mix-up attack.
     if let Some(iss) = q.iss.as_deref() {
-        let ours =
-            Url::parse(iss).is_ok_and(|u| u.origin().ascii_serialization() == st.issuer_origin);
-        if !ours {
+        if iss != st.oidc.issuer() {
             return Err(KcError::LoginRefused(
                 "the response names another issuer".into(),
             ));

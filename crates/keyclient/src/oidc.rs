@@ -69,11 +69,19 @@ const REDISCOVER_AFTER: Duration = Duration::from_secs(60);
 
 const SUFFIX: &str = "/.well-known/openid-configuration";
 
+/// Why a refresh failed: the provider refused the refresh token (the session is over),
+/// or it could not be asked (the session stays; try again later).
+pub enum RefreshError {
+    Refused(String),
+    Unavailable(String),
+}
+
 /// Tokens from a code exchange or a refresh.
 pub struct Tokens {
     pub access_token: String,
     pub access_expires_at: i64,
     pub refresh_token: Option<String>,
+    pub granted_scopes: Option<String>,
 }
 
 impl Oidc {
@@ -171,21 +179,45 @@ impl Oidc {
             access_token: t.access_token.clone(),
             access_expires_at: t.access_expires_at,
             refresh_token: t.refresh_token.clone(),
+            granted_scopes: t.granted_scopes.clone(),
         })
     }
 
     /// A new access token from the refresh token.
-    pub async fn refresh(&self, refresh_token: &str) -> Result<Tokens, KcError> {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+        granted_scopes: Option<&str>,
+    ) -> Result<Tokens, RefreshError> {
         let p = self.provider.read().await.clone();
         let rt = RefreshToken::new(refresh_token.to_owned());
-        let response: CoreTokenResponse = p
+        let mut req = p
             .client
             .exchange_refresh_token(&rt)
-            .map_err(|e| KcError::Provider(e.to_string()))?
-            .request_async(&self.http)
-            .await
-            .map_err(|e| KcError::LoginRefused(token_error(&e)))?;
+            .map_err(|e| RefreshError::Unavailable(e.to_string()))?;
+        // Entra ID wants the scopes again on a refresh, or it may answer for another
+        // resource; others refuse any scope the grant lacks. So: exactly what was
+        // granted, or (when the provider did not say) what was asked for.
+        let scopes: Vec<String> = match granted_scopes {
+            Some(g) => g.split_whitespace().map(str::to_owned).collect(),
+            None => self.settings.scopes.clone(),
+        };
+        for s in scopes {
+            req = req.add_scope(Scope::new(s));
+        }
+        let response: CoreTokenResponse =
+            req.request_async(&self.http).await.map_err(|e| match e {
+                openidconnect::RequestTokenError::ServerResponse(_) => {
+                    RefreshError::Refused(token_error(&e))
+                }
+                other => RefreshError::Unavailable(token_error(&other)),
+            })?;
         Ok(tokens(&response, Some(refresh_token)))
+    }
+
+    /// The issuer, exactly as discovered (for the RFC 9207 `iss` check).
+    pub fn issuer(&self) -> &str {
+        self.issuer.as_str()
     }
 
     /// RP-initiated logout at the provider, when it offers an end-session endpoint. No
@@ -226,6 +258,9 @@ fn tokens(r: &CoreTokenResponse, previous_refresh: Option<&str>) -> Tokens {
         .refresh_token()
         .map(|t| t.secret().clone())
         .or_else(|| previous_refresh.map(str::to_owned));
+    let granted_scopes = r
+        .scopes()
+        .map(|v| v.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(" "));
     let lifetime = r
         .expires_in()
         .map(|d| d.as_secs() as i64)
@@ -235,6 +270,7 @@ fn tokens(r: &CoreTokenResponse, previous_refresh: Option<&str>) -> Tokens {
         access_token: r.access_token().secret().clone(),
         access_expires_at: now() + lifetime,
         refresh_token,
+        granted_scopes,
     }
 }
 
@@ -272,6 +308,9 @@ async fn fetch(
         ClientId::new(settings.client_id.clone()),
         Some(ClientSecret::new(settings.client_secret.to_string())),
     )
+    // Client secret in the request body (client_secret_post): Entra ID documents it, and
+    // HTTP Basic would need the secret form-encoded, which not every provider decodes.
+    .set_auth_type(openidconnect::AuthType::RequestBody)
     .set_redirect_uri(
         RedirectUrl::new(settings.redirect_uri.to_string())
             .map_err(|e| KcError::Provider(e.to_string()))?,

@@ -1,8 +1,10 @@
 //! `/api/*` → the keyserver's `/v1/*`, with the session's access token.
 //!
-//! Forwards only what the web app needs: the method, a checked path, the query, a
-//! JSON body and `Accept`; back come the status, `Content-Type`,
-//! `Content-Disposition` and the body, each with a size limit.
+//! Forwards only what the web app needs: the routes it calls (an allowlist of method
+//! and path), the query, a JSON body and `Accept`; back come the status,
+//! `Content-Type`, `Content-Disposition` and the body, each with a size limit. Signing,
+//! key creation, policy changes and server-side key generation are not reachable from
+//! the browser at all: those belong to the CLI and pipelines, with their own tokens.
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, State};
@@ -18,6 +20,53 @@ pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_PATH: usize = 512;
 const MAX_QUERY: usize = 2048;
+
+/// The keyserver routes the web app uses; `*` is one path segment.
+const ROUTES: &[(Method, &str)] = &[
+    (Method::GET, "v1/me"),
+    (Method::GET, "v1/keys"),
+    (Method::GET, "v1/keys/*"),
+    (Method::GET, "v1/keys/*/public"),
+    (Method::GET, "v1/signing-requests"),
+    (Method::GET, "v1/signing-requests/*"),
+    (Method::POST, "v1/signing-requests/*/approve"),
+    (Method::POST, "v1/signing-requests/*/reject"),
+    (Method::POST, "v1/signing-requests/*/cancel"),
+    (Method::GET, "v1/cas"),
+    (Method::GET, "v1/cas/*"),
+    (Method::GET, "v1/cas/*/chain"),
+    (Method::GET, "v1/profiles"),
+    (Method::GET, "v1/profiles/*"),
+    (Method::GET, "v1/certificates"),
+    (Method::GET, "v1/certificates/*"),
+    (Method::POST, "v1/certificates/*/revoke"),
+    (Method::GET, "v1/subjects"),
+    (Method::GET, "v1/subjects/*"),
+    (Method::POST, "v1/subjects/*/grants"),
+    (Method::DELETE, "v1/subjects/*/grants/*"),
+    (Method::GET, "v1/audit"),
+];
+
+fn allowed(method: &Method, path: &str) -> bool {
+    let method = if method == Method::HEAD {
+        &Method::GET
+    } else {
+        method
+    };
+    ROUTES.iter().any(|(m, pattern)| {
+        m == method && {
+            let (mut a, mut b) = (pattern.split('/'), path.split('/'));
+            loop {
+                match (a.next(), b.next()) {
+                    (None, None) => break true,
+                    (Some("*"), Some(_)) => {}
+                    (Some(x), Some(y)) if x == y => {}
+                    _ => break false,
+                }
+            }
+        }
+    })
+}
 
 /// Keyserver API paths are names, ids and serials: refuse anything that could step out
 /// of `/v1/` or be read differently by the keyserver.
@@ -46,7 +95,7 @@ pub async fn api(
     if changes_state {
         st.check_csrf(&headers)?;
     }
-    if !valid_path(&path) {
+    if !valid_path(&path) || !allowed(&method, &path) {
         return Err(KcError::NotFound);
     }
     let query = query.unwrap_or_default();
@@ -64,11 +113,16 @@ pub async fn api(
     if !query.is_empty() {
         url.set_query(Some(&query));
     }
+    // The web app asks for JSON, or PEM for public keys; nothing else is passed on.
+    let accept = match headers.get(header::ACCEPT).map(|v| v.as_bytes()) {
+        Some(b"application/x-pem-file") => "application/x-pem-file",
+        _ => "application/json",
+    };
     let mut req = st
         .http
         .request(method, url)
         .bearer_auth(token.as_str())
-        .header(header::ACCEPT, "application/json");
+        .header(header::ACCEPT, accept);
     if !body.is_empty() {
         let json = headers
             .get(header::CONTENT_TYPE)
@@ -118,7 +172,35 @@ pub async fn api(
 
 #[cfg(test)]
 mod tests {
-    use super::valid_path;
+    use super::{allowed, valid_path};
+    use axum::http::Method;
+
+    #[test]
+    fn only_the_routes_of_the_web_app() {
+        for (m, p) in [
+            (Method::GET, "v1/me"),
+            (Method::HEAD, "v1/keys"),
+            (Method::GET, "v1/keys/rel-prod/public"),
+            (Method::POST, "v1/signing-requests/abc/approve"),
+            (Method::DELETE, "v1/subjects/alice/grants/g1"),
+        ] {
+            assert!(allowed(&m, p), "{m} {p}");
+        }
+        for (m, p) in [
+            (Method::POST, "v1/keys"),
+            (Method::POST, "v1/keys/rel-prod/sign"),
+            (Method::PUT, "v1/keys/rel-prod/policy"),
+            (Method::POST, "v1/keys/rel-prod/disable"),
+            (Method::POST, "v1/profiles/device/keys"),
+            (Method::POST, "v1/cas"),
+            (Method::POST, "v1/subjects"),
+            (Method::DELETE, "v1/subjects/alice"),
+            (Method::GET, "v1/signing-requests/abc/approve"),
+            (Method::GET, "v1/me/x"),
+        ] {
+            assert!(!allowed(&m, p), "{m} {p}");
+        }
+    }
 
     #[test]
     fn paths() {

@@ -39,6 +39,9 @@ pub struct UserData {
     pub access_token: String,
     pub access_expires_at: i64,
     pub refresh_token: Option<String>,
+    /// The scopes the provider granted (asked for again, exactly, on refresh).
+    #[serde(default)]
+    pub granted_scopes: Option<String>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -366,6 +369,7 @@ mod tests {
             access_token: "eyJ.secret.token".into(),
             access_expires_at: now() + 3600,
             refresh_token: Some("refresh-secret".into()),
+            granted_scopes: None,
         })
     }
 

@@ -277,9 +277,6 @@ function requestCard(r) {
     facts([
       ['Key', `${r.key_name} (${r.algorithm})`],
       ['Digest', el('code', { class: 'hash', text: r.digest })],
-      'file' in meta && ['File', String(meta.file)],
-      'size' in meta && ['Size', bytes(meta.size)],
-      ...Object.entries(meta).filter(([k]) => k !== 'file' && k !== 'size').map(([k, v]) => [k, String(v)]),
       ['Requested by', requester(r)],
       ['Reason', r.reason || '—'],
       ['Created', time(r.created_at)],
@@ -287,6 +284,14 @@ function requestCard(r) {
       ['Approvals', `${r.approvals_count} of ${r.quorum} required`],
       r.approver_subjects?.length && ['Approvers', r.approver_subjects.join(', ')],
     ]),
+    // File name, size and metadata come from the requester and are not checked by the
+    // keyserver: shown apart, so a metadata entry named "Digest" cannot pass for a fact.
+    Object.keys(meta).length ? el('h3', { class: 'supplied', text: 'Supplied by the requester (not verified)' }) : null,
+    Object.keys(meta).length ? facts([
+      'file' in meta && ['File', String(meta.file)],
+      'size' in meta && ['Size', bytes(meta.size)],
+      ...Object.entries(meta).filter(([k]) => k !== 'file' && k !== 'size').map(([k, v]) => [k, String(v)]),
+    ]) : null,
     r.approvals.length ? el('ul', { class: 'decisions', 'aria-label': 'Decisions so far' }, r.approvals.map((a) =>
       el('li', {}, `${a.decision === 'approve' ? 'Approved' : 'Rejected'} by ${a.approver} `, time(a.at),
         a.comment ? `: “${a.comment}”` : ''))) : null,

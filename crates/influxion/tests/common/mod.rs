@@ -92,6 +92,15 @@ pub const KEYCLIENT_SECRET: &str = "keyclient-secret-1234567890-abcdef";
 /// A provider that also knows the keyclient (a confidential web client) when its port
 /// is given, and a few people who sign in on its login page.
 pub fn start_provider_for(dir: &Path, keyclient_port: Option<u16>) -> Provider {
+    start_provider_with(dir, keyclient_port, 3600)
+}
+
+/// As [`start_provider_for`], with access tokens living `access_token_ttl` seconds.
+pub fn start_provider_with(
+    dir: &Path,
+    keyclient_port: Option<u16>,
+    access_token_ttl: u64,
+) -> Provider {
     let mut clients = vec![
         serde_json::json!({"client_id": "ci-signer", "client_secret": "s3cret-value-1234567890", "roles": ["Influxion.Sign"]}),
         serde_json::json!({"client_id": "ci-admin", "client_secret": "admin-secret-1234567890", "roles": ["Influxion.Admin"]}),
@@ -113,7 +122,8 @@ pub fn start_provider_for(dir: &Path, keyclient_port: Option<u16>) -> Provider {
         "scope": "access_as_user",
         "clients": clients,
         "users": {"alice": {"name": "Alice Approver"}, "mallory": {"name": "Mallory"}},
-        "signing_keys": null
+        "signing_keys": null,
+        "access_token_ttl": access_token_ttl
     });
     let cfg_path = dir.join("oidc.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();

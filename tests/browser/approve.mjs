@@ -68,15 +68,21 @@ async function checkResponse(res) {
   }
   let body;
   try {
-    body = await res.body();
+    // A body Chromium has already dropped (the page navigated on) never arrives.
+    body = await Promise.race([res.body(), new Promise((_, reject) => {
+      setTimeout(() => reject(new Error('body not available within 5 s')), 5_000);
+    })]);
   } catch (e) {
     // Redirects have no body to read; any other unreadable body is a gap in the check.
-    if (!(status >= 300 && status < 400)) unreadable.push(`${status} ${url}: ${e.message.split('\n')[0]}`);
+    if (!(status >= 300 && status < 400) && !routedBodies.has(url)) unreadable.push(`${status} ${url}: ${e.message.split('\n')[0]}`);
     return;
   }
   responsesChecked++;
   scan(`body of ${status} ${url}`, body.toString('utf8'));
 }
+
+// Responses whose bodies were checked where they passed through page.route.
+const routedBodies = new Set();
 
 async function settleChecks() {
   while (pending.size) await Promise.allSettled([...pending]);
@@ -190,6 +196,43 @@ async function checkStorage(page) {
   log(`document.cookie empty; localStorage ${s.local.length} entries, sessionStorage ${s.session.length}`);
 }
 
+// Sign out: the keyclient ends the session and sends the browser to the provider's
+// end-session endpoint (RP-initiated logout), which confirms and comes back.
+async function signOut(page, taken) {
+  // The app navigates away as soon as /logout answers, before the response checker
+  // could read the body: check that body on the way through instead.
+  let logoutBody = null;
+  await page.route(`${cfg.base}/logout`, async (route) => {
+    const resp = await route.fetch();
+    logoutBody = await resp.text();
+    scan('body of /logout', logoutBody);
+    routedBodies.add(`${cfg.base}/logout`);
+    await route.fulfill({ response: resp, body: logoutBody });
+  });
+  await page.click('[data-testid="signout"]');
+  // The app posts /logout, then goes to the provider's end-session URL.
+  await page.waitForURL((u) => u.origin !== cfg.base);
+  // panva/oidc-provider asks "Do you want to sign-out?" before it redirects back.
+  log(`at the provider's logout page (${new URL(page.url()).origin}): confirming`);
+  await page.click('button[name="logout"][value="yes"]');
+  await page.waitForURL((u) => u.origin === cfg.base);
+  if (logoutBody === null) throw new Error('the /logout response was never seen');
+  await page.locator('[data-testid="signin"]').waitFor({ state: 'visible' });
+  const session = await page.evaluate(async () => (await fetch('/session')).json());
+  if (session.authenticated !== false) throw new Error(`still signed in after sign-out: ${JSON.stringify(session)}`);
+  // (Read the body too: Chromium keeps an unread body from the response checker.)
+  const status = await page.evaluate(async () => {
+    const r = await fetch('/api/v1/me');
+    await r.text();
+    return r.status;
+  });
+  if (status !== 401) throw new Error(`/api/v1/me answered ${status} after sign-out, not 401`);
+  const file = path.join(cfg.shots, 'signed-out.png');
+  await page.screenshot({ path: file, fullPage: true });
+  taken.push(file);
+  log('signed out at the keyclient and the provider');
+}
+
 // ------------------------------------------------------------------ main
 
 let browser;
@@ -230,6 +273,7 @@ async function run() {
   await screenshots(page, taken);
   await approve(page, taken);
   await checkStorage(page);
+  await signOut(page, taken);
   await settleChecks();
   const problems = [...violations, ...pageErrors,
     ...unreadable.map((u) => `response body could not be checked: ${u}`)];

@@ -43,6 +43,8 @@ pub const CSRF_HEADER: &str = "x-influxion-csrf";
 pub const DEFAULT_CALLBACK_PATH: &str = "/login/oauth2/code/keyserver-client";
 
 const MAX_CONCURRENT_REQUESTS: usize = 512;
+/// Sign-ins started and not yet back (each lives 10 minutes at most).
+const MAX_LOGINS_IN_PROGRESS: i64 = 10_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// Refresh an access token this long before it expires.
 const REFRESH_MARGIN_SECS: i64 = 60;
@@ -430,6 +432,10 @@ async fn login(
     let return_to = q.return_to.unwrap_or_else(|| "/".into());
     if !valid_return_to(&return_to) {
         return Err(KcError::InvalidReturnTo);
+    }
+    // `/login` needs no authentication, so each call costing a row is bounded.
+    if st.sessions.logins_in_progress().await? >= MAX_LOGINS_IN_PROGRESS {
+        return Err(KcError::TooManySignIns);
     }
     // Signing in again replaces whatever session this browser had.
     if let Some(old) = cookie_value(&headers) {

@@ -186,6 +186,17 @@ impl SessionStore {
         serde_json::from_slice(&plain).ok()
     }
 
+    /// How many sign-ins are in progress (started, not yet expired).
+    pub async fn logins_in_progress(&self) -> Result<i64, KcError> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM web_sessions WHERE kind = 'login' AND expires_at > ?",
+        )
+        .bind(now())
+        .fetch_one(&self.pool)
+        .await?;
+        Ok(n)
+    }
+
     /// Store a new session and return the cookie value that opens it.
     pub async fn create(&self, data: &SessionData) -> Result<Zeroizing<String>, KcError> {
         let mut raw = Zeroizing::new([0u8; 32]);
@@ -403,7 +414,9 @@ mod tests {
             return_to: "/".into(),
         });
         let lid = s.create(&login).await.unwrap();
+        assert_eq!(s.logins_in_progress().await.unwrap(), 1);
         assert!(s.take_login(&lid).await.unwrap().is_some());
+        assert_eq!(s.logins_in_progress().await.unwrap(), 0);
         assert!(s.take_login(&lid).await.unwrap().is_none());
         // take_login never consumes a signed-in session.
         let uid = s.create(&user()).await.unwrap();

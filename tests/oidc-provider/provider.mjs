@@ -75,7 +75,9 @@ const jwks = cfg.signing_keys || generateSigningKeys();
 function toClientMetadata(entry) {
   // roles / public are ours; every other key is passed through as client metadata,
   // so a test can override grant_types etc. directly in the config.
-  const { roles, public: isPublic, ...meta } = entry;
+  const { roles, public: isPublic, public_key_pem: publicKeyPem, ...meta } = entry;
+  // A client authenticating with private_key_jwt may be given as a PEM public key.
+  if (publicKeyPem) meta.jwks = { keys: [crypto.createPublicKey(publicKeyPem).export({ format: 'jwk' })] };
   const hasRedirect = Array.isArray(meta.redirect_uris) && meta.redirect_uris.length > 0;
   let base;
   if (isPublic) {

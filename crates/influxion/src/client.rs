@@ -2,28 +2,19 @@
 
 use std::time::Duration;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
 use crate::config::ClientConfig;
+use crate::{login, profiles};
 
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     cfg: ClientConfig,
     token: Option<Zeroizing<String>>,
-}
-
-#[derive(Deserialize)]
-struct Discovery {
-    token_endpoint: String,
-}
-
-#[derive(Deserialize)]
-struct TokenResponse {
-    access_token: String,
 }
 
 #[derive(Deserialize)]
@@ -47,66 +38,86 @@ impl Client {
         })
     }
 
-    /// An access token by the client credentials grant (RFC 6749 4.4).
+    /// An access token, from the first source configured: a client secret (client
+    /// credentials), a certificate (private_key_jwt), a federated token (workload
+    /// identity federation), else the profile's cached sign-in (refreshed as needed).
     async fn token(&mut self) -> Result<Zeroizing<String>> {
         if let Some(t) = &self.token {
             return Ok(t.clone());
         }
-        let id = self.cfg.client_id.clone().ok_or_else(|| {
-            anyhow!("no client id: set INFLUXION_AZURE_CLIENT_ID or pass --client-id")
-        })?;
-        let secret = self.cfg.client_secret.clone().ok_or_else(|| {
-            anyhow!("no client secret: set INFLUXION_AZURE_CLIENT_SECRET or pass --client-secret")
-        })?;
-        let disc: Discovery = self
-            .http
-            .get(&self.cfg.metadata_url)
-            .send()
-            .await
-            .with_context(|| {
-                format!(
-                    "fetching the OpenID Connect metadata from {}",
-                    self.cfg.metadata_url
-                )
-            })?
-            .error_for_status()
-            .with_context(|| {
-                format!(
-                    "fetching the OpenID Connect metadata from {}",
-                    self.cfg.metadata_url
-                )
-            })?
-            .json()
-            .await
-            .context("the OpenID Connect metadata document does not parse")?;
-        let resp = self
-            .http
-            .post(&disc.token_endpoint)
-            .form(&[
-                ("grant_type", "client_credentials"),
-                ("client_id", id.as_str()),
-                ("client_secret", secret.as_str()),
-                ("scope", self.cfg.scope.as_str()),
-            ])
-            .send()
-            .await
-            .with_context(|| format!("requesting a token from {}", disc.token_endpoint))?;
-        let status = resp.status();
-        if !status.is_success() {
-            let body: serde_json::Value = resp.json().await.unwrap_or_default();
-            bail!(
-                "the identity provider refused the client credentials ({status}): {} {}",
-                body["error"].as_str().unwrap_or(""),
-                body["error_description"].as_str().unwrap_or("")
-            );
-        }
-        let t: TokenResponse = resp
-            .json()
-            .await
-            .context("the token response does not parse")?;
-        let t = Zeroizing::new(t.access_token);
+        let t = self.obtain().await?;
         self.token = Some(t.clone());
         Ok(t)
+    }
+
+    async fn obtain(&self) -> Result<Zeroizing<String>> {
+        let cfg = &self.cfg;
+        if let Some(id) = &cfg.client_id {
+            if let Some(secret) = &cfg.client_secret {
+                let md = login::discover(&self.http, &cfg.metadata_url).await?;
+                return login::client_credentials(
+                    &self.http,
+                    &md.token_endpoint,
+                    id,
+                    secret,
+                    &cfg.scope,
+                )
+                .await;
+            }
+            if let Some(path) = &cfg.certificate_path {
+                let md = login::discover(&self.http, &cfg.metadata_url).await?;
+                let pem = Zeroizing::new(
+                    std::fs::read_to_string(path)
+                        .with_context(|| format!("reading the certificate {}", path.display()))?,
+                );
+                let assertion =
+                    Zeroizing::new(login::client_assertion(&pem, id, &md.token_endpoint)?);
+                return login::assertion_grant(
+                    &self.http,
+                    &md.token_endpoint,
+                    id,
+                    &cfg.scope,
+                    &assertion,
+                )
+                .await;
+            }
+            if let Some(fed) = &cfg.federated {
+                let md = login::discover(&self.http, &cfg.metadata_url).await?;
+                let assertion = fed.token(&self.http).await?;
+                return login::assertion_grant(
+                    &self.http,
+                    &md.token_endpoint,
+                    id,
+                    &cfg.scope,
+                    &assertion,
+                )
+                .await;
+            }
+        }
+        self.cached_sign_in().await
+    }
+
+    /// The profile's cached sign-in from `influxion login`, refreshed when it is about
+    /// to expire.
+    async fn cached_sign_in(&self) -> Result<Zeroizing<String>> {
+        let profile = &self.cfg.profile;
+        let Some(t) = profiles::load_token(profile)? else {
+            return Err(login::auth_failure(format!(
+                "not signed in (profile {profile}): run `influxion login`, or configure a client id with a secret, certificate or federated token"
+            )));
+        };
+        if t.metadata_url != self.cfg.metadata_url {
+            return Err(login::auth_failure(format!(
+                "the sign-in of profile {profile} is for another identity provider ({}); run `influxion login`",
+                t.metadata_url
+            )));
+        }
+        if login::fresh(&t) {
+            return Ok(Zeroizing::new(t.access_token.clone()));
+        }
+        let next = login::refresh(&self.http, &t).await?;
+        profiles::save_token(profile, &next)?;
+        Ok(Zeroizing::new(next.access_token.clone()))
     }
 
     pub async fn get<T: DeserializeOwned>(&mut self, path: &str) -> Result<T> {
@@ -167,6 +178,11 @@ impl Client {
     /// Obtain the token now, so clones made for parallel requests share it.
     pub async fn prefetch_token(&mut self) -> Result<()> {
         self.token().await.map(drop)
+    }
+
+    /// The token obtained so far (after [`Client::prefetch_token`]).
+    pub fn current_token(&self) -> Option<&Zeroizing<String>> {
+        self.token.as_ref()
     }
 
     /// Forget the cached token (after a 401, a long run's token has expired).

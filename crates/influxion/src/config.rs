@@ -506,6 +506,15 @@ pub struct ClientConfig {
     pub client_id: Option<String>,
     pub client_secret: Option<zeroize::Zeroizing<String>>,
     pub scope: String,
+    /// The profile whose token cache a person's sign-in uses.
+    pub profile: String,
+    /// Scope a person signs in for.
+    pub login_scope: String,
+    pub redirect_uri: String,
+    /// PEM with the private key and certificate for private_key_jwt.
+    pub certificate_path: Option<PathBuf>,
+    /// Workload identity federation.
+    pub federated: Option<crate::login::Federated>,
 }
 
 impl std::fmt::Debug for ClientConfig {
@@ -519,7 +528,8 @@ impl std::fmt::Debug for ClientConfig {
                 &self.client_secret.as_ref().map(|_| "[redacted]"),
             )
             .field("scope", &self.scope)
-            .finish()
+            .field("profile", &self.profile)
+            .finish_non_exhaustive()
     }
 }
 
@@ -529,6 +539,7 @@ pub const DEV_ISSUER: &str = "http://127.0.0.1:8401";
 pub const DEV_AUDIENCE: &str = "api://influxion-dev";
 
 pub struct ClientFlags {
+    pub profile: Option<String>,
     pub server: Option<String>,
     pub metadata_url: Option<String>,
     pub client_id: Option<String>,
@@ -538,9 +549,28 @@ pub struct ClientFlags {
 
 impl ClientConfig {
     pub fn resolve(file: &FileConfig, flags: ClientFlags) -> Result<Self, ConfigError> {
+        let user = crate::profiles::UserConfig::load()
+            .map_err(|e| err("profiles (config.toml)", format!("{e:#}")))?;
+        let profile_name = user.profile_name(flags.profile.as_deref());
+        crate::profiles::check_name(&profile_name)
+            .map_err(|e| err("--profile / INFLUXION_PROFILE", e.to_string()))?;
+        if flags.profile.is_some() && !user.profiles.contains_key(&profile_name) {
+            return Err(err(
+                "--profile",
+                format!(
+                    "no profile {profile_name:?}; create it with `influxion config set server <url> --profile {profile_name}`"
+                ),
+            ));
+        }
+        let prof = user
+            .profiles
+            .get(&profile_name)
+            .cloned()
+            .unwrap_or_default();
         let server = flags
             .server
             .or_else(|| env("INFLUXION_SERVER"))
+            .or_else(|| prof.server.clone())
             .or_else(|| file.client.server.clone())
             .unwrap_or_else(|| DEV_SERVER.into());
         url::Url::parse(&server).map_err(|_| {
@@ -549,10 +579,13 @@ impl ClientConfig {
                 format!("{server:?} is not a URL"),
             )
         })?;
-        let tenant = env("INFLUXION_AZURE_TENANT_ID").or_else(|| file.auth.tenant_id.clone());
+        let tenant = env("INFLUXION_AZURE_TENANT_ID")
+            .or_else(|| prof.tenant_id.clone())
+            .or_else(|| file.auth.tenant_id.clone());
         let metadata_url = flags
             .metadata_url
             .or_else(|| env("INFLUXION_OIDC_METADATA_URL"))
+            .or_else(|| prof.metadata_url.clone())
             .or_else(|| file.auth.metadata_url.clone())
             .or_else(|| tenant.as_deref().map(entra_metadata_url))
             .unwrap_or_else(|| format!("{DEV_ISSUER}/.well-known/openid-configuration"));
@@ -573,18 +606,66 @@ impl ClientConfig {
         let scope = flags
             .scope
             .or_else(|| env("INFLUXION_AZURE_DEFAULT_SCOPE"))
+            .or_else(|| prof.scope.clone())
             .or_else(|| file.client.default_scope.clone())
             .or_else(|| api.map(|id| format!("api://{id}/.default")))
             .unwrap_or_else(|| format!("{DEV_AUDIENCE}/.default"));
+        // People sign in for the API's delegated scope, plus a refresh token.
+        let api_scope = env("INFLUXION_LOGIN_SCOPE")
+            .or_else(|| prof.login_scope.clone())
+            .unwrap_or_else(|| match scope.strip_suffix("/.default") {
+                Some(api) => format!("{api}/access_as_user"),
+                None => scope.clone(),
+            });
+        let login_scope = format!("openid profile offline_access {api_scope}");
+        let redirect_uri = env("INFLUXION_PKCE_REDIRECT_URI")
+            .or_else(|| env("PKCE_REDIRECT_URI"))
+            .or_else(|| prof.redirect_uri.clone())
+            .unwrap_or_else(|| "http://127.0.0.1/callback".into());
+        let certificate_path = env("INFLUXION_AZURE_CLIENT_CERTIFICATE_PATH")
+            .or_else(|| env("AZURE_CLIENT_CERTIFICATE_PATH"))
+            .map(PathBuf::from);
+        let federated = if let Some(f) = env("AZURE_FEDERATED_TOKEN_FILE") {
+            Some(crate::login::Federated::File(f.into()))
+        } else if let Some(uri) = env("SYSTEM_OIDCREQUESTURI") {
+            let access_token = env("SYSTEM_ACCESSTOKEN").ok_or_else(|| {
+                err(
+                    "SYSTEM_ACCESSTOKEN",
+                    "SYSTEM_OIDCREQUESTURI is set: map the job's access token into the step (env: SYSTEM_ACCESSTOKEN: $(System.AccessToken))",
+                )
+            })?;
+            let service_connection_id = env("INFLUXION_ADO_SERVICE_CONNECTION_ID")
+                .or_else(|| env("AZURESUBSCRIPTION_SERVICE_CONNECTION_ID"))
+                .ok_or_else(|| {
+                    err(
+                        "INFLUXION_ADO_SERVICE_CONNECTION_ID",
+                        "the Azure DevOps service connection (workload identity federation) to request the token for",
+                    )
+                })?;
+            Some(crate::login::Federated::AzureDevOps {
+                request_uri: uri,
+                access_token: zeroize::Zeroizing::new(access_token),
+                service_connection_id,
+            })
+        } else {
+            None
+        };
         Ok(Self {
             server: server.trim_end_matches('/').to_owned(),
             metadata_url,
             client_id: flags
                 .client_id
                 .or_else(|| env("INFLUXION_AZURE_CLIENT_ID"))
+                .or_else(|| env("AZURE_CLIENT_ID"))
+                .or_else(|| prof.client_id.clone())
                 .or_else(|| file.client.client_id.clone()),
             client_secret: client_secret.map(zeroize::Zeroizing::new),
             scope,
+            profile: profile_name,
+            login_scope,
+            redirect_uri,
+            certificate_path,
+            federated,
         })
     }
 }

@@ -4,8 +4,11 @@ mod access_cmds;
 mod client;
 mod commands;
 mod config;
+mod login;
 mod pki_cmds;
+mod profiles;
 mod server;
+mod session_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -34,6 +37,9 @@ struct Cli {
 /// How the CLI reaches the keyserver and obtains a token.
 #[derive(clap::Args)]
 struct ClientArgs {
+    /// Profile: which keyserver/tenant settings and sign-in to use (INFLUXION_PROFILE).
+    #[arg(long, global = true)]
+    profile: Option<String>,
     /// Keyserver base URL (INFLUXION_SERVER).
     #[arg(long, global = true)]
     server: Option<String>,
@@ -76,6 +82,12 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(commands::AuditCommand),
+    /// Sign in as a person: Authorization Code + PKCE in the browser, or --device-code.
+    Login(session_cmds::LoginArgs),
+    /// Forget the profile's sign-in (and revoke its refresh token where possible).
+    Logout,
+    /// Print an access token for the profile (for scripts; treat it as a secret).
+    Token,
     /// Who the keyserver thinks you are, and what you may do.
     Whoami,
     /// Manage subjects: who is who, by rules over the token (admin).
@@ -105,6 +117,19 @@ enum Command {
 enum ConfigCommand {
     /// Print the effective server configuration with secrets redacted, or the first error.
     Check,
+    /// Set a profile setting (server, metadata_url, tenant_id, client_id, scope,
+    /// login_scope, redirect_uri) in the user's config.toml.
+    Set { key: String, value: String },
+    /// Print a profile setting.
+    Get { key: String },
+    /// Remove a profile setting.
+    Unset { key: String },
+    /// List the profiles and their settings.
+    List,
+    /// Make a profile the default.
+    Use { profile: String },
+    /// Print where the CLI keeps its config.toml and token cache.
+    Path,
 }
 
 fn init_tracing() {
@@ -116,6 +141,12 @@ fn init_tracing() {
         .init();
 }
 
+/// Exit codes (documented in docs/cli.md): 0 success, 1 any other error, 2 usage, 3
+/// signing request rejected or cancelled, 4 authentication failed (not signed in,
+/// token refused), 5 permission denied, 6 timed out waiting for approval.
+pub const EXIT_AUTH: u8 = 4;
+pub const EXIT_FORBIDDEN: u8 = 5;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -123,8 +154,22 @@ async fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            exit_code_of(&e)
         }
+    }
+}
+
+fn exit_code_of(e: &anyhow::Error) -> ExitCode {
+    if e.downcast_ref::<login::AuthFailure>().is_some() {
+        return ExitCode::from(EXIT_AUTH);
+    }
+    match e
+        .downcast_ref::<client::ApiStatus>()
+        .map(|a| a.status.as_u16())
+    {
+        Some(401) => ExitCode::from(EXIT_AUTH),
+        Some(403) => ExitCode::from(EXIT_FORBIDDEN),
+        _ => ExitCode::FAILURE,
     }
 }
 
@@ -134,6 +179,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         config::ClientConfig::resolve(
             &file,
             config::ClientFlags {
+                profile: cli.client.profile.clone(),
                 server: cli.client.server.clone(),
                 metadata_url: cli.client.metadata_url.clone(),
                 client_id: cli.client.client_id.clone(),
@@ -155,11 +201,28 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             init_tracing();
             server::keyclient(config::keyclient(&file)?).await?;
         }
-        Command::Config(ConfigCommand::Check) => {
-            let cfg = config::ServerConfig::resolve(&file)?;
-            cfg.kek.load()?;
-            print!("{}", cfg.describe());
+        Command::Config(cmd) => {
+            let profile = cli.client.profile.as_deref();
+            return match cmd {
+                ConfigCommand::Check => {
+                    let cfg = config::ServerConfig::resolve(&file)?;
+                    cfg.kek.load()?;
+                    print!("{}", cfg.describe());
+                    Ok(ExitCode::SUCCESS)
+                }
+                ConfigCommand::Set { key, value } => {
+                    session_cmds::config_set(profile, &key, Some(value))
+                }
+                ConfigCommand::Unset { key } => session_cmds::config_set(profile, &key, None),
+                ConfigCommand::Get { key } => session_cmds::config_get(profile, &key),
+                ConfigCommand::List => session_cmds::config_list(),
+                ConfigCommand::Use { profile } => session_cmds::config_use(&profile),
+                ConfigCommand::Path => session_cmds::config_path(),
+            };
         }
+        Command::Login(args) => return session_cmds::login(client_cfg()?, args).await,
+        Command::Logout => return session_cmds::logout(client_cfg()?).await,
+        Command::Token => return session_cmds::token(client::Client::new(client_cfg()?)?).await,
         Command::Keys(cmd) => {
             return commands::keys(client::Client::new(client_cfg()?)?, cmd).await
         }

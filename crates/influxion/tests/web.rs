@@ -274,7 +274,7 @@ impl Browser {
             // A fresh connection per request: the keyclient closes one after refusing an
             // oversized body, and a pooled connection would then fail the next request.
             kc: b().pool_max_idle_per_host(0).build().unwrap(),
-            idp: b().cookie_store(true).build().unwrap(),
+            idp: cookie_client(),
             base: base.to_owned(),
         }
     }
@@ -317,38 +317,8 @@ impl Browser {
         let r = self.get("/login?return_to=%2F%23%2Fapprovals", None).await;
         assert_eq!(r.status, 303, "{}", r.body);
         let pre = r.cookie().expect("a pre-login session cookie");
-        let mut url = r.location();
-        for _ in 0..10 {
-            if url.starts_with(&self.base) {
-                return (pre, url);
-            }
-            let r = self.send(self.idp.get(&url)).await;
-            if (300..400).contains(&r.status) {
-                url = absolute(&url, &r.location());
-                continue;
-            }
-            assert_eq!(r.status, 200, "{url}: {}", r.body);
-            // The provider's login page: post its form.
-            let action = r
-                .body
-                .split("action=\"")
-                .nth(1)
-                .and_then(|s| s.split('"').next())
-                .expect("a form on the login page")
-                .to_owned();
-            // Its hidden fields, and the answers either login page wants: oidc-provider's
-            // (login, password) or the development issuer's (a username button).
-            let mut form = hidden_inputs(&r.body);
-            for (k, v) in [("login", user), ("password", "any"), ("username", user)] {
-                form.push((k.to_owned(), v.to_owned()));
-            }
-            let r = self
-                .send(self.idp.post(absolute(&url, &action)).form(&form))
-                .await;
-            assert!((300..400).contains(&r.status), "login post: {}", r.body);
-            url = absolute(&url, &r.location());
-        }
-        panic!("the provider never redirected back to the keyclient");
+        let callback = provider_login(&self.idp, r.location(), user, &self.base).await;
+        (pre, callback)
     }
 
     /// A complete sign-in: (pre-login cookie, signed-in cookie, callback URL).
@@ -371,31 +341,6 @@ impl Browser {
         assert_ne!(user_cookie, pre, "the session id must change at sign-in");
         (pre, user_cookie, callback)
     }
-}
-
-/// `name`/`value` of the hidden inputs of an HTML page (the login forms are simple).
-fn hidden_inputs(html: &str) -> Vec<(String, String)> {
-    let attr = |tag: &str, name: &str| {
-        tag.split(&format!("{name}=\""))
-            .nth(1)?
-            .split('"')
-            .next()
-            .map(str::to_owned)
-    };
-    html.split("<input")
-        .skip(1)
-        .filter_map(|t| t.split('>').next())
-        .filter(|t| t.contains("type=\"hidden\""))
-        .filter_map(|t| Some((attr(t, "name")?, attr(t, "value").unwrap_or_default())))
-        .collect()
-}
-
-fn absolute(base: &str, loc: &str) -> String {
-    url::Url::parse(base)
-        .unwrap()
-        .join(loc)
-        .unwrap()
-        .to_string()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,20 @@ pub fn start_provider_with(
     keyclient_port: Option<u16>,
     access_token_ttl: u64,
 ) -> Provider {
+    start_provider_clients(dir, keyclient_port, access_token_ttl, vec![])
+}
+
+/// The public client the CLI signs people in with (any loopback port, RFC 8252).
+pub const CLI_CLIENT_ID: &str = "cli-public";
+
+/// As [`start_provider_with`], with more clients (client metadata as the provider's
+/// config takes it).
+pub fn start_provider_clients(
+    dir: &Path,
+    keyclient_port: Option<u16>,
+    access_token_ttl: u64,
+    extra_clients: Vec<serde_json::Value>,
+) -> Provider {
     let mut clients = vec![
         serde_json::json!({"client_id": "ci-signer", "client_secret": "s3cret-value-1234567890", "roles": ["Influxion.Sign"]}),
         serde_json::json!({"client_id": "ci-admin", "client_secret": "admin-secret-1234567890", "roles": ["Influxion.Admin"]}),
@@ -108,6 +122,12 @@ pub fn start_provider_with(
         serde_json::json!({"client_id": "approver-1", "client_secret": "approver-1-secret-123456", "roles": ["Influxion.Sign"]}),
         serde_json::json!({"client_id": "approver-2", "client_secret": "approver-2-secret-123456", "roles": ["Influxion.Sign"]}),
     ];
+    clients.push(serde_json::json!({
+        "client_id": CLI_CLIENT_ID,
+        "public": true,
+        "redirect_uris": ["http://127.0.0.1/callback"],
+    }));
+    clients.extend(extra_clients);
     if let Some(port) = keyclient_port {
         clients.push(serde_json::json!({
             "client_id": KEYCLIENT_ID,
@@ -424,4 +444,92 @@ pub fn start_dev(dir: &Path) -> (Proc, u16) {
         }
         assert!(attempt < 5, "influxion dev did not start on free ports");
     }
+}
+
+/// `name`/`value` of the hidden inputs of an HTML page (the login forms are simple).
+pub fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+    let attr = |tag: &str, name: &str| {
+        tag.split(&format!("{name}=\""))
+            .nth(1)?
+            .split('"')
+            .next()
+            .map(str::to_owned)
+    };
+    html.split("<input")
+        .skip(1)
+        .filter_map(|t| t.split('>').next())
+        .filter(|t| t.contains("type=\"hidden\""))
+        .filter_map(|t| Some((attr(t, "name")?, attr(t, "value").unwrap_or_default())))
+        .collect()
+}
+
+pub fn absolute(base: &str, loc: &str) -> String {
+    url::Url::parse(base)
+        .unwrap()
+        .join(loc)
+        .unwrap()
+        .to_string()
+}
+
+/// Sign in at the provider's login page (oidc-provider's or the development issuer's)
+/// starting from `url`, following redirects with `idp` (a client that keeps cookies),
+/// until the provider sends the browser to a URL starting with `until`; returns it.
+pub async fn provider_login(
+    idp: &reqwest::Client,
+    mut url: String,
+    user: &str,
+    until: &str,
+) -> String {
+    for _ in 0..12 {
+        if url.starts_with(until) {
+            return url;
+        }
+        let r = idp.get(&url).send().await.unwrap();
+        let status = r.status().as_u16();
+        let location = r
+            .headers()
+            .get("location")
+            .map(|v| v.to_str().unwrap().to_owned());
+        let body = r.text().await.unwrap();
+        if (300..400).contains(&status) {
+            url = absolute(&url, &location.unwrap());
+            continue;
+        }
+        assert_eq!(status, 200, "{url}: {body}");
+        let action = body
+            .split("action=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .expect("a form on the login page")
+            .to_owned();
+        // Its hidden fields, and the answers either login page wants: oidc-provider's
+        // (login, password) or the development issuer's (a username button).
+        let mut form = hidden_inputs(&body);
+        for (k, v) in [("login", user), ("password", "any"), ("username", user)] {
+            form.push((k.to_owned(), v.to_owned()));
+        }
+        let r = idp
+            .post(absolute(&url, &action))
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        assert!(
+            (300..400).contains(&status),
+            "login post: {}",
+            r.text().await.unwrap()
+        );
+        url = absolute(&url, r.headers()["location"].to_str().unwrap());
+    }
+    panic!("the provider never redirected to {until}");
+}
+
+/// A reqwest client that keeps cookies and follows no redirects.
+pub fn cookie_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_store(true)
+        .build()
+        .unwrap()
 }

@@ -1,0 +1,303 @@
+//! The CLI's ways to a token, end to end against the real binary: a person's PKCE
+//! sign-in through the real OIDC provider's login page, the token cache and its
+//! refresh, private_key_jwt against the real provider, and workload identity
+//! federation against a loopback token endpoint that records what the CLI posts.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
+mod common;
+
+use std::io::BufRead as _;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
+/// The CLI configured only by environment, without any client secret: it must use the
+/// profile's cached sign-in (or whatever `extra` adds).
+fn cli(
+    ks: &Keyserver,
+    d: &Path,
+    client_id: &str,
+    args: &[&str],
+    extra: &[(&str, &str)],
+) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(args)
+        .current_dir(d)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        .env("CI", "true")
+        .env("INFLUXION_CONFIG_DIR", d.join("cfg"))
+        .env("INFLUXION_SERVER", &ks.url)
+        .env(
+            "INFLUXION_OIDC_METADATA_URL",
+            format!("{}/.well-known/openid-configuration", ks.issuer),
+        )
+        .env("INFLUXION_AZURE_CLIENT_ID", client_id)
+        .env(
+            "INFLUXION_AZURE_DEFAULT_SCOPE",
+            format!("{AUDIENCE}/.default"),
+        );
+    for (k, v) in extra {
+        c.env(k, v);
+    }
+    c
+}
+
+fn run(mut c: Command) -> Output {
+    c.output().unwrap()
+}
+
+fn cache_of(d: &Path, profile: &str) -> std::path::PathBuf {
+    d.join("cfg/tokens").join(format!("{profile}.json"))
+}
+
+fn cached(d: &Path, field: &str) -> String {
+    let v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(cache_of(d, "default")).unwrap()).unwrap();
+    v[field].as_str().unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pkce_login_cache_refresh_and_logout() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 30 s access tokens: shorter than the CLI's refresh margin, so every later
+    // command refreshes from the cache.
+    let provider = start_provider_with(d, None, 30);
+    let ks = start_keyserver(d, &provider.issuer);
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "alice",
+            "--object-id",
+            &user_oid("alice"),
+            "--grant",
+            "signer",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["keys", "create", "line-1"], d));
+
+    let mut login = cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["login", "--no-browser", "--timeout", "60"],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let auth_url = loop {
+        let line = lines.next().expect("login printed no URL").unwrap();
+        if line.trim_start().starts_with("http") {
+            break line.trim().to_owned();
+        }
+    };
+    let u = url::Url::parse(&auth_url).unwrap();
+    let q: std::collections::HashMap<String, String> = u.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["code_challenge"].len(), 43);
+    assert_eq!(q["response_type"], "code");
+    assert!(
+        q["scope"].contains("api://influxion-test/access_as_user"),
+        "{}",
+        q["scope"]
+    );
+    let redirect = q["redirect_uri"].clone();
+    assert!(
+        redirect.starts_with("http://127.0.0.1:") && redirect.ends_with("/callback"),
+        "{redirect}"
+    );
+    let plain = reqwest::Client::new();
+
+    // A callback with the wrong state is refused, and the CLI keeps waiting.
+    let r = plain
+        .get(format!("{redirect}?code=forged&state=wrong"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // The real login page; the provider sends the browser to the CLI's listener.
+    let callback = provider_login(&cookie_client(), auth_url.clone(), "alice", &redirect).await;
+    let r = plain.get(&callback).send().await.unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    let status = login.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "login failed: {rest:?}");
+    // The listener took exactly one callback and is gone.
+    assert!(
+        plain
+            .get(&callback)
+            .send()
+            .await
+            .map(|r| r.status() == 400)
+            .unwrap_or(true),
+        "a second callback was accepted"
+    );
+
+    // The cache: owner-only, and it works for signing without any client secret.
+    let cache = cache_of(d, "default");
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert_eq!(
+        std::fs::metadata(cache.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode()
+            & 0o777,
+        0o700
+    );
+    write_firmware(d, "fw.bin", 50_000);
+    let before = cached(d, "access_token");
+    let before_refresh = cached(d, "refresh_token");
+    ok(&run(cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["sign", "--key", "line-1", "fw.bin", "-o", "fw.sig"],
+        &[],
+    )));
+    ok(&run(cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["keys", "public", "line-1", "-o", "k.pem"],
+        &[],
+    )));
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha256",
+            "-verify",
+            "k.pem",
+            "-signature",
+            "fw.sig",
+            "fw.bin",
+        ],
+        d,
+    );
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    // The access token was near expiry: it was refreshed (and the refresh token rotated).
+    let after = cached(d, "access_token");
+    assert_ne!(before, after, "no refresh happened");
+    assert_ne!(before_refresh, cached(d, "refresh_token"));
+    assert_eq!(
+        std::fs::metadata(&cache).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let me = ok(&run(cli(&ks, d, CLI_CLIENT_ID, &["whoami"], &[])));
+    assert!(
+        me.contains(&user_oid("alice")) && me.contains("signer"),
+        "{me}"
+    );
+    // `token` prints it; nothing else does.
+    let t = ok(&run(cli(&ks, d, CLI_CLIENT_ID, &["token"], &[])));
+    assert!(
+        t.starts_with("eyJ") && t.trim().split('.').count() == 3,
+        "{t}"
+    );
+    assert!(!me.contains("eyJ"));
+
+    // A cache others can read is refused.
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let o = run(cli(&ks, d, CLI_CLIENT_ID, &["whoami"], &[]));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("readable by others")
+    );
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o600)).unwrap();
+
+    // Logout removes the cache; then the CLI is not signed in: exit code 4.
+    ok(&run(cli(&ks, d, CLI_CLIENT_ID, &["logout"], &[])));
+    assert!(!cache.exists());
+    let o = run(cli(&ks, d, CLI_CLIENT_ID, &["whoami"], &[]));
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("influxion login"));
+}
+
+/// PKCE is enforced for the CLI's client: a code redeemed without its verifier, or with
+/// a wrong one, is refused by the provider.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_code_without_its_verifier_is_refused() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let provider = start_provider(dir.path());
+    let md: serde_json::Value = reqwest::get(format!(
+        "{}/.well-known/openid-configuration",
+        provider.issuer
+    ))
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let redirect = "http://127.0.0.1:9/callback";
+    for verifier in [None, Some("x".repeat(43))] {
+        // S256 of the verifier "a" x 43.
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        let right = "a".repeat(43);
+        let challenge = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(sha2::Sha256::digest(right.as_bytes()));
+        let mut auth = url::Url::parse(md["authorization_endpoint"].as_str().unwrap()).unwrap();
+        auth.query_pairs_mut()
+            .append_pair("response_type", "code")
+            .append_pair("client_id", CLI_CLIENT_ID)
+            .append_pair("redirect_uri", redirect)
+            .append_pair("scope", "openid api://influxion-test/access_as_user")
+            .append_pair("state", "s")
+            .append_pair("code_challenge", &challenge)
+            .append_pair("code_challenge_method", "S256");
+        let back = provider_login(
+            &cookie_client(),
+            auth.to_string(),
+            "alice",
+            "http://127.0.0.1:9/",
+        )
+        .await;
+        let code: String = url::Url::parse(&back)
+            .unwrap()
+            .query_pairs()
+            .find(|(k, _)| k == "code")
+            .unwrap()
+            .1
+            .into_owned();
+        let mut form = vec![
+            ("grant_type", "authorization_code".to_owned()),
+            ("code", code),
+            ("redirect_uri", redirect.to_owned()),
+            ("client_id", CLI_CLIENT_ID.to_owned()),
+        ];
+        if let Some(v) = &verifier {
+            form.push(("code_verifier", v.clone()));
+        }
+        let r = reqwest::Client::new()
+            .post(md["token_endpoint"].as_str().unwrap())
+            .form(&form)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let body: serde_json::Value = r.json().await.unwrap();
+        assert_eq!(body["error"], "invalid_grant", "{body}");
+    }
+}

@@ -301,3 +301,318 @@ async fn a_code_without_its_verifier_is_refused() {
         assert_eq!(body["error"], "invalid_grant", "{body}");
     }
 }
+
+/// A pipeline authenticating with a certificate: a private_key_jwt client assertion,
+/// accepted by the real provider, whose token the keyserver accepts.
+#[test]
+fn private_key_jwt_client_assertion() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let keypair = |name: &str| {
+        ok(&openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "rsa:2048",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.crt"),
+                "-days",
+                "1",
+                "-subj",
+                "/CN=jwt-client",
+            ],
+            d,
+        ));
+        let pem = std::fs::read_to_string(d.join(format!("{name}.key"))).unwrap()
+            + &std::fs::read_to_string(d.join(format!("{name}.crt"))).unwrap();
+        std::fs::write(d.join(format!("{name}.pem")), pem).unwrap();
+    };
+    keypair("jwt");
+    keypair("other");
+    let public = ok(&openssl(
+        &["x509", "-in", "jwt.crt", "-pubkey", "-noout"],
+        d,
+    ));
+    let provider = start_provider_clients(
+        d,
+        None,
+        3600,
+        vec![serde_json::json!({
+            "client_id": "jwt-client",
+            "public_key_pem": public,
+            "roles": ["Influxion.Sign"],
+        })],
+    );
+    let ks = start_keyserver(d, &provider.issuer);
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "jwt",
+            "--app-id",
+            "jwt-client",
+            "--grant",
+            "signer",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["keys", "create", "ci-jwt"], d));
+    write_firmware(d, "fw.bin", 10_000);
+
+    let with = |pem: &str| {
+        let path = d.join(pem).display().to_string();
+        run(cli(
+            &ks,
+            d,
+            "jwt-client",
+            &["sign", "--key", "ci-jwt", "fw.bin", "-o", "fw.sig"],
+            &[("INFLUXION_AZURE_CLIENT_CERTIFICATE_PATH", &path)],
+        ))
+    };
+    ok(&with("jwt.pem"));
+    ok(&ks.signer(
+        &[
+            "verify",
+            "--key",
+            "ci-jwt",
+            "fw.bin",
+            "--signature",
+            "fw.sig",
+        ],
+        d,
+    ));
+    // A certificate the provider does not know: refused, exit code 4.
+    let o = with("other.pem");
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(String::from_utf8_lossy(&o.stderr).contains("invalid_client"));
+}
+
+// ------------------------------------------------------------------ workload identity
+
+/// A loopback issuer standing in for Entra ID and Azure DevOps: it records the token
+/// requests it gets, answers the exact federated exchange, and signs tokens the
+/// keyserver trusts (its JWKS is the keyserver's).
+struct MiniIssuer {
+    issuer: String,
+    encoding: jsonwebtoken::EncodingKey,
+    jwk: serde_json::Value,
+    forms: std::sync::Mutex<Vec<std::collections::BTreeMap<String, String>>>,
+}
+
+const FILE_TOKEN: &str = "federated-token-from-file";
+const ADO_TOKEN: &str = "federated-token-from-azure-devops";
+
+impl MiniIssuer {
+    fn token(&self, client: &str, roles: &[&str]) -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let oid = format!("00000000-0000-4000-8000-{:012x}", client.len() * 7919);
+        let claims = serde_json::json!({
+            "iss": self.issuer, "aud": AUDIENCE, "tid": TENANT, "ver": "2.0",
+            "azp": client, "oid": oid, "sub": oid, "idtyp": "app", "roles": roles,
+            "iat": now, "nbf": now, "exp": now + 600,
+        });
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::ES256);
+        h.kid = Some("mini".into());
+        h.typ = Some("JWT".into());
+        jsonwebtoken::encode(&h, &claims, &self.encoding).unwrap()
+    }
+}
+
+async fn start_mini_issuer() -> std::sync::Arc<MiniIssuer> {
+    use axum::extract::{Query, State};
+    use axum::routing::{get, post};
+    use p256::pkcs8::EncodePrivateKey as _;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let issuer = format!("http://{}", listener.local_addr().unwrap());
+    let key = p256::SecretKey::random(&mut rand::rngs::OsRng);
+    let der = key.to_pkcs8_der().unwrap();
+    let mut jwk: serde_json::Value =
+        serde_json::from_str(&key.public_key().to_jwk_string()).unwrap();
+    jwk["kid"] = "mini".into();
+    jwk["alg"] = "ES256".into();
+    jwk["use"] = "sig".into();
+    let mini = std::sync::Arc::new(MiniIssuer {
+        issuer: issuer.clone(),
+        encoding: jsonwebtoken::EncodingKey::from_ec_der(der.as_bytes()),
+        jwk,
+        forms: Default::default(),
+    });
+    type Form = std::collections::BTreeMap<String, String>;
+    let app = axum::Router::new()
+        .route(
+            "/.well-known/openid-configuration",
+            get(|State(m): State<std::sync::Arc<MiniIssuer>>| async move {
+                axum::Json(serde_json::json!({
+                    "issuer": m.issuer,
+                    "jwks_uri": format!("{}/jwks", m.issuer),
+                    "token_endpoint": format!("{}/token", m.issuer),
+                }))
+            }),
+        )
+        .route(
+            "/jwks",
+            get(|State(m): State<std::sync::Arc<MiniIssuer>>| async move {
+                axum::Json(serde_json::json!({"keys": [m.jwk]}))
+            }),
+        )
+        .route(
+            "/token",
+            post(
+                |State(m): State<std::sync::Arc<MiniIssuer>>, axum::Form(f): axum::Form<Form>| async move {
+                    m.forms.lock().unwrap().push(f.clone());
+                    let get = |k: &str| f.get(k).map(String::as_str).unwrap_or("");
+                    let token = match (get("client_id"), get("client_secret"), get("client_assertion")) {
+                        ("ci-admin", "admin-secret-1234567890", _) => m.token("ci-admin", &["Influxion.Admin"]),
+                        ("ci-signer", "s3cret-value-1234567890", _) => m.token("ci-signer", &["Influxion.Sign"]),
+                        ("wif-client", "", a) if a == FILE_TOKEN || a == ADO_TOKEN => {
+                            m.token("wif-client", &["Influxion.Sign"])
+                        }
+                        _ => {
+                            return (
+                                axum::http::StatusCode::UNAUTHORIZED,
+                                axum::Json(serde_json::json!({"error": "invalid_client"})),
+                            )
+                        }
+                    };
+                    (
+                        axum::http::StatusCode::OK,
+                        axum::Json(serde_json::json!({"access_token": token, "token_type": "Bearer", "expires_in": 600})),
+                    )
+                },
+            ),
+        )
+        .route(
+            "/ado/oidc",
+            post(|headers: axum::http::HeaderMap, Query(q): Query<Form>| async move {
+                let auth = headers.get("authorization").and_then(|v| v.to_str().ok());
+                let ok = auth == Some("Bearer job-access-token")
+                    && q.get("serviceConnectionId").map(String::as_str) == Some("sc-123")
+                    && q.get("api-version").map(String::as_str) == Some("7.1");
+                if ok {
+                    (axum::http::StatusCode::OK, axum::Json(serde_json::json!({"oidcToken": ADO_TOKEN})))
+                } else {
+                    (axum::http::StatusCode::UNAUTHORIZED, axum::Json(serde_json::json!({})))
+                }
+            }),
+        )
+        .with_state(mini.clone());
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    mini
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn workload_identity_federation() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mini = start_mini_issuer().await;
+    let ks = start_keyserver(d, &mini.issuer);
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "pipeline",
+            "--app-role",
+            "Influxion.Sign",
+            "--app-id",
+            "wif-client",
+            "--grant",
+            "signer",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["keys", "create", "wif"], d));
+    write_firmware(d, "fw.bin", 10_000);
+    std::fs::write(d.join("federated.jwt"), format!("{FILE_TOKEN}\n")).unwrap();
+    let file = d.join("federated.jwt").display().to_string();
+    let ado = format!("{}/ado/oidc", mini.issuer);
+    let cases: [(&str, Vec<(&str, &str)>); 2] = [
+        (
+            FILE_TOKEN,
+            vec![("AZURE_FEDERATED_TOKEN_FILE", file.as_str())],
+        ),
+        (
+            ADO_TOKEN,
+            vec![
+                ("SYSTEM_OIDCREQUESTURI", ado.as_str()),
+                ("SYSTEM_ACCESSTOKEN", "job-access-token"),
+                ("AZURESUBSCRIPTION_SERVICE_CONNECTION_ID", "sc-123"),
+            ],
+        ),
+    ];
+    for (assertion, env) in cases {
+        mini.forms.lock().unwrap().clear();
+        ok(&run(cli(
+            &ks,
+            d,
+            "wif-client",
+            &["sign", "--key", "wif", "fw.bin", "-o", "fw.sig"],
+            &env,
+        )));
+        // Exactly this form reached the token endpoint: nothing more, nothing less.
+        let forms = mini.forms.lock().unwrap().clone();
+        ok(&ks.signer(
+            &["verify", "--key", "wif", "fw.bin", "--signature", "fw.sig"],
+            d,
+        ));
+        let expected: std::collections::BTreeMap<String, String> = [
+            ("grant_type", "client_credentials"),
+            ("client_id", "wif-client"),
+            ("scope", "api://influxion-test/.default"),
+            (
+                "client_assertion_type",
+                "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            ),
+            ("client_assertion", assertion),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+        assert_eq!(forms, vec![expected]);
+    }
+    // The Azure DevOps job token is required, and a wrong one is refused (exit 4).
+    let o = run(cli(
+        &ks,
+        d,
+        "wif-client",
+        &["whoami"],
+        &[
+            ("SYSTEM_OIDCREQUESTURI", ado.as_str()),
+            ("SYSTEM_ACCESSTOKEN", "wrong"),
+            ("AZURESUBSCRIPTION_SERVICE_CONNECTION_ID", "sc-123"),
+        ],
+    ));
+    assert_eq!(
+        o.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let o = run(cli(
+        &ks,
+        d,
+        "wif-client",
+        &["whoami"],
+        &[("SYSTEM_OIDCREQUESTURI", ado.as_str())],
+    ));
+    assert!(
+        !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("SYSTEM_ACCESSTOKEN")
+    );
+}

@@ -8,6 +8,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 
 use crate::client::Client;
+use crate::output;
 
 #[derive(Args, Default)]
 pub struct RuleArgs {
@@ -158,15 +159,17 @@ pub async fn subjects(mut c: Client, cmd: SubjectsCommand) -> Result<ExitCode> {
     match cmd {
         SubjectsCommand::List => {
             let (_, v) = c.call(Method::GET, "/v1/subjects", None).await?;
-            for s in v["subjects"].as_array().into_iter().flatten() {
-                print_subject(s);
-            }
+            output::emit(&v, || {
+                for s in v["subjects"].as_array().into_iter().flatten() {
+                    print_subject(s);
+                }
+            });
         }
         SubjectsCommand::Show { name } => {
             let (_, v) = c
                 .call(Method::GET, &format!("/v1/subjects/{name}"), None)
                 .await?;
-            print_subject(&v);
+            output::emit(&v, || print_subject(&v));
         }
         SubjectsCommand::Create {
             name,
@@ -177,7 +180,7 @@ pub async fn subjects(mut c: Client, cmd: SubjectsCommand) -> Result<ExitCode> {
             body["name"] = json!(name);
             body["grants"] = Value::Array(grants.iter().map(|g| parse_grant(g)).collect());
             let (_, v) = c.call(Method::POST, "/v1/subjects", Some(&body)).await?;
-            print_subject(&v);
+            output::emit(&v, || print_subject(&v));
         }
         SubjectsCommand::Update { name, rules } => {
             let (_, v) = c
@@ -187,12 +190,15 @@ pub async fn subjects(mut c: Client, cmd: SubjectsCommand) -> Result<ExitCode> {
                     Some(&rules.to_json()),
                 )
                 .await?;
-            print_subject(&v);
+            output::emit(&v, || print_subject(&v));
         }
         SubjectsCommand::Delete { name } => {
             c.call(Method::DELETE, &format!("/v1/subjects/{name}"), None)
                 .await?;
-            eprintln!("subject {name} deleted");
+            output::note(
+                &json!({"subject": name, "deleted": true}),
+                &format!("subject {name} deleted"),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -204,7 +210,7 @@ pub async fn grants(mut c: Client, cmd: GrantsCommand) -> Result<ExitCode> {
             let (_, v) = c
                 .call(Method::GET, &format!("/v1/subjects/{subject}"), None)
                 .await?;
-            print_subject(&v);
+            output::emit(&v, || print_subject(&v));
         }
         GrantsCommand::Add {
             subject,
@@ -218,7 +224,7 @@ pub async fn grants(mut c: Client, cmd: GrantsCommand) -> Result<ExitCode> {
                     Some(&json!({"role": role, "pattern": pattern})),
                 )
                 .await?;
-            println!("{}", v["id"].as_str().unwrap_or(""));
+            output::emit(&v, || println!("{}", v["id"].as_str().unwrap_or("")));
         }
         GrantsCommand::Remove { subject, id } => {
             c.call(
@@ -227,7 +233,10 @@ pub async fn grants(mut c: Client, cmd: GrantsCommand) -> Result<ExitCode> {
                 None,
             )
             .await?;
-            eprintln!("grant {id} removed from {subject}");
+            output::note(
+                &json!({"subject": subject, "grant": id, "removed": true}),
+                &format!("grant {id} removed from {subject}"),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -290,6 +299,10 @@ pub async fn approvals(mut c: Client, cmd: ApprovalsCommand) -> Result<ExitCode>
                 format!("/v1/signing-requests?status={status}")
             };
             let (_, v) = c.call(Method::GET, &path, None).await?;
+            if output::json() {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
             println!(
                 "{:<36}  {:<9} {:<16} {:<9} {:<5} REASON",
                 "ID", "STATUS", "KEY", "APPROVALS", "YOURS"
@@ -314,7 +327,7 @@ pub async fn approvals(mut c: Client, cmd: ApprovalsCommand) -> Result<ExitCode>
             let (_, v) = c
                 .call(Method::GET, &format!("/v1/signing-requests/{id}"), None)
                 .await?;
-            print_request(&v);
+            output::emit(&v, || print_request(&v));
         }
         ApprovalsCommand::Approve { id, comment } => {
             let (_, v) = c
@@ -324,11 +337,14 @@ pub async fn approvals(mut c: Client, cmd: ApprovalsCommand) -> Result<ExitCode>
                     Some(&json!({"comment": comment})),
                 )
                 .await?;
-            eprintln!(
-                "approved: {} ({}/{} approvals)",
-                v["status"].as_str().unwrap_or(""),
-                v["approvals_count"],
-                v["quorum"]
+            output::note(
+                &v,
+                &format!(
+                    "approved: {} ({}/{} approvals)",
+                    v["status"].as_str().unwrap_or(""),
+                    v["approvals_count"],
+                    v["quorum"]
+                ),
             );
         }
         ApprovalsCommand::Reject { id, comment } => {
@@ -342,7 +358,10 @@ pub async fn approvals(mut c: Client, cmd: ApprovalsCommand) -> Result<ExitCode>
                     Some(&json!({"comment": comment})),
                 )
                 .await?;
-            eprintln!("request {}", v["status"].as_str().unwrap_or(""));
+            output::note(
+                &v,
+                &format!("request {}", v["status"].as_str().unwrap_or("")),
+            );
         }
         ApprovalsCommand::Cancel { id } => {
             let (_, v) = c
@@ -352,7 +371,10 @@ pub async fn approvals(mut c: Client, cmd: ApprovalsCommand) -> Result<ExitCode>
                     None,
                 )
                 .await?;
-            eprintln!("request {}", v["status"].as_str().unwrap_or(""));
+            output::note(
+                &v,
+                &format!("request {}", v["status"].as_str().unwrap_or("")),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -360,6 +382,7 @@ pub async fn approvals(mut c: Client, cmd: ApprovalsCommand) -> Result<ExitCode>
 
 pub async fn whoami(mut c: Client) -> Result<ExitCode> {
     let (_, v) = c.call(Method::GET, "/v1/me", None).await?;
-    println!("{}", serde_json::to_string_pretty(&v)?);
+    let pretty = serde_json::to_string_pretty(&v)?;
+    output::emit(&v, || println!("{pretty}"));
     Ok(ExitCode::SUCCESS)
 }

@@ -17,6 +17,7 @@ use sha2::Digest as _;
 
 use crate::client::Client;
 use crate::config::{ClientConfig, FileConfig};
+use crate::output;
 
 #[derive(Subcommand)]
 pub enum KeysCommand {
@@ -30,7 +31,7 @@ pub enum KeysCommand {
         #[arg(long, default_value = "pem", value_parser = ["pem", "jwk"])]
         format: String,
         /// Write here instead of standard output.
-        #[arg(short, long)]
+        #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
     },
     /// Create a key (key-admin).
@@ -65,7 +66,7 @@ pub struct SignArgs {
     /// File to sign.
     file: PathBuf,
     /// Where to write the signature (default: FILE.sig).
-    #[arg(short, long)]
+    #[arg(short = 'o', long = "out")]
     output: Option<PathBuf>,
     /// Signing algorithm (default: the key's default).
     #[arg(long)]
@@ -132,7 +133,12 @@ struct KeyList {
 pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
     match cmd {
         KeysCommand::List => {
-            let l: KeyList = c.get("/v1/keys").await?;
+            let v: serde_json::Value = c.get("/v1/keys").await?;
+            if output::json() {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
+            let l: KeyList = serde_json::from_value(v)?;
             println!(
                 "{:<24} {:<10} {:<8} {:<9} {:<9} CREATED",
                 "NAME", "TYPE", "ALG", "STATUS", "BACKEND"
@@ -158,9 +164,17 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                 .await?;
             match output {
                 Some(p) => {
-                    std::fs::write(&p, text).with_context(|| format!("writing {}", p.display()))?
+                    std::fs::write(&p, &text)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    output::note(
+                        &serde_json::json!({"key": name, "format": format, "written": p}),
+                        &format!("public key of {name} written to {}", p.display()),
+                    );
                 }
-                None => print!("{text}"),
+                None => output::emit(
+                    &serde_json::json!({"key": name, "format": format, "public_key": text}),
+                    || print!("{text}"),
+                ),
             }
         }
         KeysCommand::Create { name, key_type } => {
@@ -190,14 +204,20 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             let _: serde_json::Value = c
                 .post(&format!("/v1/keys/{name}/disable"), &serde_json::json!({}))
                 .await?;
-            eprintln!("key {name} disabled");
+            output::note(
+                &serde_json::json!({"key": name, "status": "disabled"}),
+                &format!("key {name} disabled"),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn quiet() -> bool {
-    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1") || !std::io::stderr().is_terminal()
+/// No progress bars or spinners: in pipelines, for JSON output, or off a terminal.
+pub fn quiet() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+        || output::json()
+        || !std::io::stderr().is_terminal()
 }
 
 /// Hash a file in fixed-size chunks (constant memory), with a progress bar for large files.
@@ -251,6 +271,8 @@ fn sig_path(file: &Path) -> PathBuf {
 /// Exit code when a signing request ends without a signature (rejected, cancelled,
 /// expired) or waiting timed out.
 pub const EXIT_NOT_SIGNED: u8 = 3;
+/// Gave up waiting for approvals (the request is still pending).
+pub const EXIT_TIMEOUT: u8 = 6;
 
 pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     let key: KeyInfo = c.get(&format!("/v1/keys/{}", args.key)).await?;
@@ -298,7 +320,10 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             v["quorum"].as_u64().unwrap_or(0)
         );
         if args.no_wait {
-            println!("{id}");
+            output::emit(
+                &serde_json::json!({"request_id": id, "status": "pending"}),
+                || println!("{id}"),
+            );
             return Ok(ExitCode::SUCCESS);
         }
         match wait_for(&mut c, &id, args.timeout).await? {
@@ -310,12 +335,18 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
                 format!("request {id}, approved by {}", approvers(&r)),
             ),
             Waited::Ended(status) => {
-                eprintln!("signing request {id} was {status}; no signature");
+                output::note(
+                    &serde_json::json!({"request_id": id, "status": status, "signed": false}),
+                    &format!("signing request {id} was {status}; no signature"),
+                );
                 return Ok(ExitCode::from(EXIT_NOT_SIGNED));
             }
             Waited::TimedOut => {
-                eprintln!("gave up waiting for signing request {id} (still pending; see `influxion approvals show {id}`)");
-                return Ok(ExitCode::from(EXIT_NOT_SIGNED));
+                output::note(
+                    &serde_json::json!({"request_id": id, "status": "pending", "signed": false, "timed_out": true}),
+                    &format!("gave up waiting for signing request {id} (still pending; see `influxion approvals show {id}`)"),
+                );
+                return Ok(ExitCode::from(EXIT_TIMEOUT));
             }
         }
     } else {
@@ -340,6 +371,17 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     }
     let out = args.output.unwrap_or_else(|| sig_path(&args.file));
     std::fs::write(&out, &sig).with_context(|| format!("writing {}", out.display()))?;
+    if output::json() {
+        println!(
+            "{}",
+            serde_json::json!({
+                "file": args.file, "key": key.name, "algorithm": alg.to_string(),
+                "digest": hex::encode(&digest), "signature_file": out, "signed": true,
+                "summary": summary,
+            })
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
     eprintln!(
         "signed {} with {} ({alg}), {} {}, {summary}, signature in {}",
         args.file.display(),
@@ -442,11 +484,19 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
     let sig =
         std::fs::read(&sig_file).with_context(|| format!("reading {}", sig_file.display()))?;
     let digest = Digest::new(alg, hash_file(&args.file, alg.hash())?)?;
-    if public::verify(key_type, &spki, &digest, &sig)? {
-        eprintln!("signature OK ({alg}, {})", args.file.display());
+    let valid = public::verify(key_type, &spki, &digest, &sig)?;
+    let v = serde_json::json!({"file": args.file, "algorithm": alg.to_string(), "valid": valid});
+    if valid {
+        output::note(
+            &v,
+            &format!("signature OK ({alg}, {})", args.file.display()),
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("signature INVALID for {}", args.file.display());
+        output::note(
+            &v,
+            &format!("signature INVALID for {}", args.file.display()),
+        );
         Ok(ExitCode::FAILURE)
     }
 }
@@ -476,11 +526,17 @@ pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
                 .with_context(|| format!("opening {url} read-only"))?;
             match report {
                 influxion_store::ChainReport::Intact { records, head } => {
-                    println!("audit chain intact: {records} records, head {head}");
+                    output::emit(
+                        &serde_json::json!({"intact": true, "records": records, "head": head}),
+                        || println!("audit chain intact: {records} records, head {head}"),
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 influxion_store::ChainReport::Broken { seq, reason } => {
-                    println!("audit chain BROKEN at record {seq}: {reason}");
+                    output::emit(
+                        &serde_json::json!({"intact": false, "seq": seq, "reason": reason}),
+                        || println!("audit chain BROKEN at record {seq}: {reason}"),
+                    );
                     Ok(ExitCode::from(2))
                 }
             }

@@ -5,6 +5,7 @@ mod client;
 mod commands;
 mod config;
 mod login;
+mod output;
 mod pki_cmds;
 mod profiles;
 mod server;
@@ -28,6 +29,17 @@ struct Cli {
     /// Read this file instead of ./.env.
     #[arg(long, global = true)]
     env_file: Option<PathBuf>,
+    /// What commands print on stdout: text for people, json for pipelines
+    /// (INFLUXION_OUTPUT). Files are written with -o/--out.
+    #[arg(
+        long = "output",
+        id = "output_format",
+        global = true,
+        value_enum,
+        env = "INFLUXION_OUTPUT",
+        default_value = "text"
+    )]
+    output: output::Format,
     #[command(flatten)]
     client: ClientArgs,
     #[command(subcommand)]
@@ -38,7 +50,9 @@ struct Cli {
 #[derive(clap::Args)]
 struct ClientArgs {
     /// Profile: which keyserver/tenant settings and sign-in to use (INFLUXION_PROFILE).
-    #[arg(long, global = true)]
+    /// Give it before the command (`influxion --profile prod sign …`): after it,
+    /// `--profile` of `cert` commands names a certificate profile.
+    #[arg(long)]
     profile: Option<String>,
     /// Keyserver base URL (INFLUXION_SERVER).
     #[arg(long, global = true)]
@@ -150,26 +164,35 @@ pub const EXIT_FORBIDDEN: u8 = 5;
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
+    output::set(cli.output);
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
-            exit_code_of(&e)
+            let code = exit_code_of(&e);
+            if output::json() {
+                eprintln!(
+                    "{}",
+                    serde_json::json!({"error": format!("{e:#}"), "exit_code": code})
+                );
+            } else {
+                eprintln!("error: {e:#}");
+            }
+            ExitCode::from(code)
         }
     }
 }
 
-fn exit_code_of(e: &anyhow::Error) -> ExitCode {
+fn exit_code_of(e: &anyhow::Error) -> u8 {
     if e.downcast_ref::<login::AuthFailure>().is_some() {
-        return ExitCode::from(EXIT_AUTH);
+        return EXIT_AUTH;
     }
     match e
         .downcast_ref::<client::ApiStatus>()
         .map(|a| a.status.as_u16())
     {
-        Some(401) => ExitCode::from(EXIT_AUTH),
-        Some(403) => ExitCode::from(EXIT_FORBIDDEN),
-        _ => ExitCode::FAILURE,
+        Some(401) => EXIT_AUTH,
+        Some(403) => EXIT_FORBIDDEN,
+        _ => 1,
     }
 }
 
@@ -207,7 +230,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ConfigCommand::Check => {
                     let cfg = config::ServerConfig::resolve(&file)?;
                     cfg.kek.load()?;
-                    print!("{}", cfg.describe());
+                    let text = cfg.describe();
+                    output::emit(&serde_json::json!({"ok": true, "effective": text}), || {
+                        print!("{text}")
+                    });
                     Ok(ExitCode::SUCCESS)
                 }
                 ConfigCommand::Set { key, value } => {
@@ -250,4 +276,15 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every subcommand's flags are unique and well-formed (clap checks them lazily,
+    /// only when a command is used, otherwise).
+    #[test]
+    fn cli_definition_is_consistent() {
+        use clap::CommandFactory as _;
+        super::Cli::command().debug_assert();
+    }
 }

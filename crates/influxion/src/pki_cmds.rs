@@ -18,6 +18,7 @@ use serde_json::{json, Value};
 use sha2::Digest as _;
 
 use crate::client::{ApiStatus, Client};
+use crate::output;
 
 #[derive(Subcommand)]
 pub enum CaCommand {
@@ -41,7 +42,7 @@ pub enum CaCommand {
     /// Write the CA's certificate chain (this CA first).
     Chain {
         name: String,
-        #[arg(short, long)]
+        #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
         /// pem or pkcs7.
         #[arg(long, default_value = "pem")]
@@ -158,7 +159,7 @@ pub enum CertCommand {
         #[arg(long)]
         device_id: Option<String>,
         /// Where to write the certificate (default: standard output).
-        #[arg(short, long)]
+        #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
         /// pem (certificate and chain), der (certificate) or pkcs7 (certs-only).
         #[arg(long, default_value = "pem")]
@@ -174,7 +175,7 @@ pub enum CertCommand {
         profile: String,
         #[arg(long)]
         device_id: String,
-        #[arg(short, long)]
+        #[arg(short = 'o', long = "out")]
         output: PathBuf,
         /// pkcs12 or pem.
         #[arg(long, default_value = "pkcs12")]
@@ -215,7 +216,7 @@ pub enum CertCommand {
     /// Show one certificate record; -o writes the certificate and chain (PEM).
     Show {
         serial: String,
-        #[arg(short, long)]
+        #[arg(short = 'o', long = "out")]
         output: Option<PathBuf>,
     },
     /// Issue for many devices: every *.csr/*.pem CSR in --csr-dir, or every device id
@@ -308,9 +309,11 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
     match cmd {
         CaCommand::List => {
             let (_, v) = c.call(Method::GET, "/v1/cas", None).await?;
-            for ca in v["cas"].as_array().into_iter().flatten() {
-                print_ca(ca);
-            }
+            output::emit(&v, || {
+                for ca in v["cas"].as_array().into_iter().flatten() {
+                    print_ca(ca);
+                }
+            });
         }
         CaCommand::Show { name } => {
             let (_, v) = c
@@ -340,12 +343,15 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
             if a.external {
                 let csr = v["csr_pem"].as_str().unwrap_or_default();
                 write_out(a.csr_out.as_deref(), csr.as_bytes())?;
-                eprintln!(
-                    "CA {} is pending: have the root sign the CSR, then run `influxion ca import {} --certificate … --chain …`",
-                    a.name, a.name
+                output::note(
+                    &v,
+                    &format!(
+                        "CA {} is pending: have the root sign the CSR, then run `influxion ca import {} --certificate … --chain …`",
+                        a.name, a.name
+                    ),
                 );
             } else {
-                print_ca(&v);
+                output::emit(&v, || print_ca(&v));
             }
         }
         CaCommand::Import {
@@ -366,7 +372,7 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
                     Some(&body),
                 )
                 .await?;
-            print_ca(&v);
+            output::emit(&v, || print_ca(&v));
         }
         CaCommand::Chain {
             name,
@@ -386,13 +392,13 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
             let (_, v) = c
                 .call(Method::POST, &format!("/v1/cas/{name}/disable"), None)
                 .await?;
-            print_ca(&v);
+            output::emit(&v, || print_ca(&v));
         }
         CaCommand::Crl { name } => {
             let (_, v) = c
                 .call(Method::POST, &format!("/v1/cas/{name}/crl"), None)
                 .await?;
-            print_ca(&v);
+            output::emit(&v, || print_ca(&v));
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -402,6 +408,10 @@ pub async fn profiles(mut c: Client, cmd: ProfilesCommand) -> Result<ExitCode> {
     match cmd {
         ProfilesCommand::List => {
             let (_, v) = c.call(Method::GET, "/v1/profiles", None).await?;
+            if output::json() {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
             for p in v["profiles"].as_array().into_iter().flatten() {
                 println!(
                     "{:<20} CA {:<16} {} days  keys {}  max/device {}",
@@ -446,7 +456,10 @@ pub async fn profiles(mut c: Client, cmd: ProfilesCommand) -> Result<ExitCode> {
         ProfilesCommand::Delete { name } => {
             c.call(Method::DELETE, &format!("/v1/profiles/{name}"), None)
                 .await?;
-            eprintln!("profile {name} deleted");
+            output::note(
+                &json!({"profile": name, "deleted": true}),
+                &format!("profile {name} deleted"),
+            );
         }
     }
     Ok(ExitCode::SUCCESS)
@@ -535,7 +548,10 @@ pub async fn cert(mut c: Client, cmd: CertCommand) -> Result<ExitCode> {
                 .await?;
             write_out(output.as_deref(), &bytes)?;
             if let Some(o) = &output {
-                eprintln!("certificate written to {}", o.display());
+                output::note(
+                    &json!({"profile": profile, "written": o}),
+                    &format!("certificate written to {}", o.display()),
+                );
             }
         }
         CertCommand::New {
@@ -585,11 +601,14 @@ pub async fn cert(mut c: Client, cmd: CertCommand) -> Result<ExitCode> {
                 eprintln!("private key written to {}", key_path.display());
             }
             drop(password);
-            eprintln!(
-                "certificate {} for {} written to {}",
-                v["serial"].as_str().unwrap_or(""),
-                v["device_id"].as_str().unwrap_or(""),
-                output.display()
+            output::note(
+                &json!({"serial": v["serial"], "device_id": v["device_id"], "written": output}),
+                &format!(
+                    "certificate {} for {} written to {}",
+                    v["serial"].as_str().unwrap_or(""),
+                    v["device_id"].as_str().unwrap_or(""),
+                    output.display()
+                ),
             );
         }
         CertCommand::Revoke { serial, reason } => {
@@ -600,11 +619,14 @@ pub async fn cert(mut c: Client, cmd: CertCommand) -> Result<ExitCode> {
                     Some(&json!({"reason": reason})),
                 )
                 .await?;
-            eprintln!(
-                "certificate {} revoked ({}); the CRL of {} is updated",
-                v["serial"].as_str().unwrap_or(""),
-                v["revocation_reason"].as_str().unwrap_or(""),
-                v["ca"].as_str().unwrap_or("")
+            output::note(
+                &v,
+                &format!(
+                    "certificate {} revoked ({}); the CRL of {} is updated",
+                    v["serial"].as_str().unwrap_or(""),
+                    v["revocation_reason"].as_str().unwrap_or(""),
+                    v["ca"].as_str().unwrap_or("")
+                ),
             );
         }
         CertCommand::List {
@@ -635,6 +657,10 @@ pub async fn cert(mut c: Client, cmd: CertCommand) -> Result<ExitCode> {
                     None,
                 )
                 .await?;
+            if output::json() {
+                println!("{v}");
+                return Ok(ExitCode::SUCCESS);
+            }
             for r in v["certificates"].as_array().into_iter().flatten() {
                 println!(
                     "{}  {:<8} {:<16} {:<24} {}  until {}",
@@ -850,8 +876,7 @@ async fn bulk(mut c: Client, a: BulkArgs) -> Result<ExitCode> {
         c.prefetch_token().await?;
     }
     let total = items.len() as u64;
-    let ci = std::env::var("CI").is_ok_and(|v| v == "true" || v == "1");
-    let bar = if ci || !std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+    let bar = if crate::commands::quiet() {
         ProgressBar::hidden()
     } else {
         let b = ProgressBar::new(total);
@@ -902,7 +927,18 @@ async fn bulk(mut c: Client, a: BulkArgs) -> Result<ExitCode> {
         }
     }
     let issued = results.len() - failed;
-    eprintln!("issued {issued}, already done {skipped}, failed {failed}");
+    let errors: Vec<Value> = results
+        .iter()
+        .filter_map(|(id, r)| {
+            r.as_ref()
+                .err()
+                .map(|e| json!({"device_id": id, "error": format!("{e:#}")}))
+        })
+        .collect();
+    output::note(
+        &json!({"issued": issued, "already_done": skipped, "failed": failed, "errors": errors}),
+        &format!("issued {issued}, already done {skipped}, failed {failed}"),
+    );
     Ok(if failed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -9,6 +9,7 @@ use clap::Args;
 use crate::client::Client;
 use crate::config::{env, ClientConfig};
 use crate::login::{self, LoginParams};
+use crate::output;
 use crate::profiles::{self, UserConfig};
 
 #[derive(Args)]
@@ -52,10 +53,13 @@ pub async fn login(cfg: ClientConfig, args: LoginArgs) -> Result<ExitCode> {
         login::login_pkce(&http, &params).await?
     };
     let path = profiles::save_token(&cfg.profile, &t)?;
-    eprintln!(
-        "Signed in (profile {}); the token cache is {} (mode 0600).",
-        cfg.profile,
-        path.display()
+    output::note(
+        &serde_json::json!({"profile": cfg.profile, "token_cache": path, "expires_at": t.expires_at}),
+        &format!(
+            "Signed in (profile {}); the token cache is {} (mode 0600).",
+            cfg.profile,
+            path.display()
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -68,14 +72,17 @@ pub async fn logout(cfg: ClientConfig) -> Result<ExitCode> {
         login::revoke(&http, &t).await;
     }
     let removed = profiles::remove_token(&cfg.profile)?;
-    eprintln!(
-        "{} (profile {}).",
-        if removed {
-            "Signed out"
-        } else {
-            "Was not signed in"
-        },
-        cfg.profile
+    output::note(
+        &serde_json::json!({"profile": cfg.profile, "signed_out": removed}),
+        &format!(
+            "{} (profile {}).",
+            if removed {
+                "Signed out"
+            } else {
+                "Was not signed in"
+            },
+            cfg.profile
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -83,7 +90,10 @@ pub async fn logout(cfg: ClientConfig) -> Result<ExitCode> {
 /// The access token, on stdout and nowhere else.
 pub async fn token(mut c: Client) -> Result<ExitCode> {
     c.prefetch_token().await?;
-    println!("{}", c.current_token().context("no token")?.as_str());
+    let t = c.current_token().context("no token")?;
+    output::emit(&serde_json::json!({"access_token": t.as_str()}), || {
+        println!("{}", t.as_str())
+    });
     Ok(ExitCode::SUCCESS)
 }
 
@@ -101,9 +111,12 @@ pub fn config_set(profile: Option<&str>, key: &str, value: Option<String>) -> Re
         .or_default()
         .set(key, value)?;
     cfg.save()?;
-    eprintln!(
-        "profile {name}: {key} updated in {}",
-        UserConfig::path()?.display()
+    output::note(
+        &serde_json::json!({"profile": name, "key": key, "updated": true}),
+        &format!(
+            "profile {name}: {key} updated in {}",
+            UserConfig::path()?.display()
+        ),
     );
     Ok(ExitCode::SUCCESS)
 }
@@ -114,7 +127,10 @@ pub fn config_get(profile: Option<&str>, key: &str) -> Result<ExitCode> {
     let p = cfg.profiles.get(&name).cloned().unwrap_or_default();
     match p.get(key)? {
         Some(v) => {
-            println!("{v}");
+            output::emit(
+                &serde_json::json!({"profile": name, "key": key, "value": v}),
+                || println!("{v}"),
+            );
             Ok(ExitCode::SUCCESS)
         }
         None => Ok(ExitCode::FAILURE),
@@ -149,11 +165,17 @@ pub fn config_use(profile: &str) -> Result<ExitCode> {
     }
     cfg.default_profile = Some(profile.to_owned());
     cfg.save()?;
-    eprintln!("default profile: {profile}");
+    output::note(
+        &serde_json::json!({"default_profile": profile}),
+        &format!("default profile: {profile}"),
+    );
     Ok(ExitCode::SUCCESS)
 }
 
 pub fn config_path() -> Result<ExitCode> {
-    println!("{}", profiles::config_dir()?.display());
+    let dir = profiles::config_dir()?;
+    output::emit(&serde_json::json!({"config_dir": dir}), || {
+        println!("{}", dir.display())
+    });
     Ok(ExitCode::SUCCESS)
 }

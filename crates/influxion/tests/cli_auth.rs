@@ -203,6 +203,43 @@ async fn pkce_login_cache_refresh_and_logout() {
         me.contains(&user_oid("alice")) && me.contains("signer"),
         "{me}"
     );
+    // --output json: one JSON document on stdout, for any command.
+    let j = ok(&run(cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["--output", "json", "whoami"],
+        &[],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert!(
+        v["principal_id"]
+            .as_str()
+            .unwrap()
+            .contains(&user_oid("alice")),
+        "{v}"
+    );
+    let j = ok(&run(cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &[
+            "sign", "--output", "json", "--key", "line-1", "fw.bin", "-o", "fw2.sig",
+        ],
+        &[],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert_eq!(v["signed"], true, "{v}");
+    assert_eq!(v["key"], "line-1");
+    let j = ok(&run(cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["keys", "list"],
+        &[("INFLUXION_OUTPUT", "json")],
+    )));
+    let v: serde_json::Value = serde_json::from_str(&j).unwrap();
+    assert!(v["keys"].as_array().is_some(), "{v}");
     // `token` prints it; nothing else does.
     let t = ok(&run(cli(&ks, d, CLI_CLIENT_ID, &["token"], &[])));
     assert!(
@@ -230,6 +267,16 @@ async fn pkce_login_cache_refresh_and_logout() {
         String::from_utf8_lossy(&o.stderr)
     );
     assert!(String::from_utf8_lossy(&o.stderr).contains("influxion login"));
+    let o = run(cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["--output", "json", "whoami"],
+        &[],
+    ));
+    let e: serde_json::Value = serde_json::from_slice(&o.stderr).unwrap();
+    assert_eq!(e["exit_code"], 4, "{e}");
+    assert!(o.stdout.is_empty());
 }
 
 /// PKCE is enforced for the CLI's client: a code redeemed without its verifier, or with

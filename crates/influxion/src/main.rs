@@ -122,6 +122,10 @@ enum Command {
     /// Device certificates: issue, generate, revoke, search, bulk runs.
     #[command(subcommand)]
     Cert(pki_cmds::CertCommand),
+    /// A production-line run: certificates for a list of device ids (or a directory of
+    /// CSRs), optionally signing each device's firmware image; concurrent, retried, and
+    /// resumable from its journal without duplicates.
+    Provision(pki_cmds::ProvisionArgs),
     /// Configuration tools.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -245,6 +249,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ConfigCommand::Use { profile } => session_cmds::config_use(&profile),
                 ConfigCommand::Path => session_cmds::config_path(),
             };
+        }
+        Command::Provision(args) => {
+            return pki_cmds::provision(client::Client::new(client_cfg()?)?, args).await
         }
         Command::Login(args) => return session_cmds::login(client_cfg()?, args).await,
         Command::Logout => return session_cmds::logout(client_cfg()?).await,

@@ -252,6 +252,22 @@ pub struct BulkArgs {
     attempts: u32,
 }
 
+/// `influxion provision`: a production-line run.
+#[derive(Args)]
+pub struct ProvisionArgs {
+    #[command(flatten)]
+    bulk: BulkArgs,
+    /// Also sign each device's firmware image <firmware-dir>/<id>.bin with this key,
+    /// writing <out-dir>/<id>.sig (keys that need approval cannot be used here).
+    #[arg(long, requires = "firmware_dir")]
+    sign_key: Option<String>,
+    #[arg(long, requires = "sign_key")]
+    firmware_dir: Option<PathBuf>,
+    /// Reason recorded with each signature in the audit log.
+    #[arg(long, default_value = "production line provisioning")]
+    reason: String,
+}
+
 fn write_out(path: Option<&Path>, bytes: &[u8]) -> Result<()> {
     match path {
         Some(p) => std::fs::write(p, bytes).with_context(|| format!("writing {}", p.display())),
@@ -692,7 +708,7 @@ pub async fn cert(mut c: Client, cmd: CertCommand) -> Result<ExitCode> {
             }
             println!("{}", serde_json::to_string_pretty(&shown)?);
         }
-        CertCommand::Bulk(a) => return bulk(c, a).await,
+        CertCommand::Bulk(a) => return bulk(c, a, None).await,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -832,30 +848,139 @@ async fn issue_one(
     let request_key = format!("bulk:{}:{}", item.id, hex::encode(&digest[..12]));
     let body = json!({"csr": item.csr_pem, "request_key": request_key});
     let path = format!("/v1/profiles/{profile}/certificates?format=json");
+    let v = retrying(&mut c, attempts, |mut c| {
+        let body = body.clone();
+        let path = path.clone();
+        async move { c.call(Method::POST, &path, Some(&body)).await }
+    })
+    .await?;
+    let pem = format!(
+        "{}{}",
+        v["certificate_pem"].as_str().unwrap_or(""),
+        v["chain_pem"].as_str().unwrap_or("")
+    );
+    // Durable before the journal says done.
+    durable_write(out_dir, &format!("{}.pem", item.id), pem.as_bytes())?;
+    Ok(v["serial"].as_str().unwrap_or_default().to_owned())
+}
+
+pub async fn provision(mut c: Client, a: ProvisionArgs) -> Result<ExitCode> {
+    let sign = match (a.sign_key, a.firmware_dir) {
+        (Some(key), Some(dir)) => Some(Arc::new(SignStep::new(&mut c, key, dir, a.reason).await?)),
+        _ => None,
+    };
+    bulk(c, a.bulk, sign).await
+}
+
+/// Firmware signing within a provisioning run: the key's facts fetched once.
+struct SignStep {
+    key: String,
+    key_type: influxion_core::KeyType,
+    algorithm: influxion_core::SignAlgorithm,
+    spki: Vec<u8>,
+    firmware_dir: PathBuf,
+    reason: String,
+}
+
+impl SignStep {
+    async fn new(
+        c: &mut Client,
+        key: String,
+        firmware_dir: PathBuf,
+        reason: String,
+    ) -> Result<Self> {
+        let (_, v) = c
+            .call(Method::GET, &format!("/v1/keys/{key}"), None)
+            .await?;
+        let key_type: influxion_core::KeyType = v["key_type"]
+            .as_str()
+            .context("key without a type")?
+            .parse()?;
+        let algorithm: influxion_core::SignAlgorithm = v["default_algorithm"]
+            .as_str()
+            .context("key without a default algorithm")?
+            .parse()?;
+        if v["policy"]["approvals_required"].as_u64().unwrap_or(0) > 0 {
+            bail!("key {key} needs approvals; a provisioning run cannot wait for people");
+        }
+        let spki = influxion_keystore::public::from_pem(
+            v["public_key_pem"]
+                .as_str()
+                .context("key without a public key")?,
+        )?;
+        Ok(Self {
+            key,
+            key_type,
+            algorithm,
+            spki,
+            firmware_dir,
+            reason,
+        })
+    }
+
+    /// Sign <firmware-dir>/<id>.bin; the signature is checked before it is written.
+    async fn sign(&self, mut c: Client, id: &str, out_dir: &Path, attempts: u32) -> Result<()> {
+        let file = self.firmware_dir.join(format!("{id}.bin"));
+        let digest = crate::commands::hash_file(&file, self.algorithm.hash())?;
+        let size = std::fs::metadata(&file)?.len();
+        let body = json!({
+            "digest": hex::encode(&digest),
+            "algorithm": self.algorithm.as_str(),
+            "reason": self.reason,
+            "metadata": {"file": format!("{id}.bin"), "size": size, "device_id": id},
+        });
+        let path = format!("/v1/keys/{}/sign", self.key);
+        let v = retrying(&mut c, attempts, |mut c| {
+            let body = body.clone();
+            let path = path.clone();
+            async move { c.call(Method::POST, &path, Some(&body)).await }
+        })
+        .await?;
+        let sig = base64::engine::general_purpose::STANDARD
+            .decode(
+                v["signature"]
+                    .as_str()
+                    .context("no signature (the key needs approval?)")?,
+            )
+            .context("the signature is not base64")?;
+        let d = influxion_core::Digest::new(self.algorithm, digest)?;
+        if !influxion_keystore::public::verify(self.key_type, &self.spki, &d, &sig)? {
+            bail!("{id}: the keyserver returned a signature that does not verify");
+        }
+        durable_write(out_dir, &format!("{id}.sig"), &sig)
+    }
+}
+
+/// Write `dir/name` durably: temporary file, fsync, rename.
+fn durable_write(dir: &Path, name: &str, bytes: &[u8]) -> Result<()> {
+    let tmp = dir.join(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, dir.join(name))?;
+    Ok(())
+}
+
+/// Run `call` until it succeeds, fails for good, or `attempts` are spent; transient
+/// failures back off exponentially, and a 401 fetches a new token first.
+async fn retrying<F, Fut>(c: &mut Client, attempts: u32, mut call: F) -> Result<Value>
+where
+    F: FnMut(Client) -> Fut,
+    Fut: std::future::Future<Output = Result<(reqwest::StatusCode, Value)>>,
+{
     let mut delay = Duration::from_millis(250);
     let mut n = 0;
     loop {
         n += 1;
-        match c.call_raw(Method::POST, &path, Some(&body)).await {
-            Ok((_, bytes)) => {
-                let v: Value =
-                    serde_json::from_slice(&bytes).context("the response does not parse")?;
-                let pem = format!(
-                    "{}{}",
-                    v["certificate_pem"].as_str().unwrap_or(""),
-                    v["chain_pem"].as_str().unwrap_or("")
-                );
-                // Durable before the journal says done: write, fsync, rename.
-                let tmp = out_dir.join(format!(".{}.pem.tmp", item.id));
-                let mut f = std::fs::File::create(&tmp)?;
-                f.write_all(pem.as_bytes())?;
-                f.sync_all()?;
-                std::fs::rename(&tmp, out_dir.join(format!("{}.pem", item.id)))?;
-                return Ok(v["serial"].as_str().unwrap_or_default().to_owned());
+        match call(c.clone()).await {
+            Ok((s, _)) if s == reqwest::StatusCode::ACCEPTED => {
+                bail!("the key needs approval; a provisioning run cannot wait for people")
             }
+            Ok((_, v)) => return Ok(v),
             Err(e) if n < attempts && transient(&e) => {
                 if matches!(e.downcast_ref::<ApiStatus>(), Some(a) if a.status.as_u16() == 401) {
                     c.reset_token();
+                    c.prefetch_token().await?;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(8));
@@ -865,7 +990,7 @@ async fn issue_one(
     }
 }
 
-async fn bulk(mut c: Client, a: BulkArgs) -> Result<ExitCode> {
+async fn bulk(mut c: Client, a: BulkArgs, sign: Option<Arc<SignStep>>) -> Result<ExitCode> {
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let journal_path = a.out_dir.join(JOURNAL);
@@ -903,10 +1028,17 @@ async fn bulk(mut c: Client, a: BulkArgs) -> Result<ExitCode> {
             let out_dir = out_dir.clone();
             let journal = journal.clone();
             let bar = bar.clone();
+            let sign = sign.clone();
             async move {
-                let r = issue_one(c, &profile, &item, &out_dir, attempts).await;
+                let mut r = issue_one(c.clone(), &profile, &item, &out_dir, attempts).await;
+                if let (Ok(_), Some(step)) = (&r, &sign) {
+                    if let Err(e) = step.sign(c, &item.id, &out_dir, attempts).await {
+                        r = Err(e);
+                    }
+                }
                 if let Ok(serial) = &r {
-                    let line = json!({"id": item.id, "serial": serial}).to_string();
+                    let line = json!({"id": item.id, "serial": serial, "signed": sign.is_some()})
+                        .to_string();
                     if let Ok(mut f) = journal.lock() {
                         let _ = writeln!(f, "{line}").and_then(|_| f.sync_data());
                     }

@@ -663,3 +663,138 @@ async fn workload_identity_federation() {
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("SYSTEM_ACCESSTOKEN")
     );
 }
+
+/// A production-line run: certificates for a list of devices and a signature for each
+/// device's firmware image. A run that fails part-way resumes from its journal: no
+/// device gets a second certificate, and every device ends with both files.
+#[test]
+fn provision_run_resumes_without_duplicates() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "line-root",
+            "--cn",
+            "Line Root",
+            "--org",
+            "Acme",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "line",
+            "--ca",
+            "line-root",
+            "--cn",
+            "{device_id}",
+            "--max-per-device",
+            "1",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["keys", "create", "fw-line"], d));
+    let ids = ["dev-001", "dev-002", "dev-003", "dev-004"];
+    std::fs::write(d.join("ids.txt"), ids.join("\n")).unwrap();
+    std::fs::create_dir_all(d.join("fw")).unwrap();
+    for id in ids.iter().filter(|i| **i != "dev-003") {
+        write_firmware(&d.join("fw"), &format!("{id}.bin"), 4096);
+    }
+    let run = || {
+        ks.cli(
+            "ci-admin",
+            "admin-secret-1234567890",
+            &[
+                "--output",
+                "json",
+                "provision",
+                "--profile",
+                "line",
+                "--device-ids",
+                "ids.txt",
+                "--out-dir",
+                "out",
+                "--sign-key",
+                "fw-line",
+                "--firmware-dir",
+                "fw",
+                "--concurrency",
+                "2",
+            ],
+            d,
+        )
+    };
+    // dev-003's image is missing: its certificate is issued, its signature fails.
+    let first = run();
+    assert_eq!(first.status.code(), Some(1), "{first:?}");
+    let v: serde_json::Value = serde_json::from_slice(&first.stdout).unwrap();
+    assert_eq!(
+        (v["issued"].as_u64(), v["failed"].as_u64()),
+        (Some(3), Some(1)),
+        "{v}"
+    );
+    assert_eq!(v["errors"][0]["device_id"], "dev-003");
+
+    write_firmware(&d.join("fw"), "dev-003.bin", 4096);
+    let second = run();
+    let v: serde_json::Value = serde_json::from_slice(&ok(&second).into_bytes()).unwrap();
+    assert_eq!(
+        (
+            v["issued"].as_u64(),
+            v["already_done"].as_u64(),
+            v["failed"].as_u64()
+        ),
+        (Some(1), Some(3), Some(0)),
+        "{v}"
+    );
+    ok(&ks.signer(&["keys", "public", "fw-line", "-o", "fw.pem"], d));
+    for id in ids {
+        assert!(d.join(format!("out/{id}.pem")).exists());
+        let out = openssl(
+            &[
+                "dgst",
+                "-sha256",
+                "-verify",
+                "fw.pem",
+                "-signature",
+                &format!("out/{id}.sig"),
+                &format!("fw/{id}.bin"),
+            ],
+            d,
+        );
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout).trim(),
+            "Verified OK",
+            "{id}"
+        );
+    }
+    // Exactly one certificate per device, whatever the retries and the resume did.
+    let list = ok(&ks.admin(
+        &["--output", "json", "cert", "list", "--profile", "line"],
+        d,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&list).unwrap();
+    let mut devices: Vec<&str> = v["certificates"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["device_id"].as_str().unwrap())
+        .collect();
+    devices.sort();
+    assert_eq!(devices, ids);
+    // A third run has nothing to do.
+    let v: serde_json::Value = serde_json::from_slice(&ok(&run()).into_bytes()).unwrap();
+    assert_eq!(
+        (v["issued"].as_u64(), v["already_done"].as_u64()),
+        (Some(0), Some(4))
+    );
+}

@@ -798,3 +798,91 @@ fn provision_run_resumes_without_duplicates() {
         (Some(0), Some(4))
     );
 }
+
+/// Equipment without a browser: the device code flow. The person enters the code at
+/// the provider's device page (driven here by form posts) and signs in; the waiting
+/// CLI gets its token.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_code_login() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "alice",
+            "--object-id",
+            &user_oid("alice"),
+            "--grant",
+            "signer",
+        ],
+        d,
+    ));
+    let mut login = cli(
+        &ks,
+        d,
+        CLI_CLIENT_ID,
+        &["login", "--device-code", "--timeout", "60"],
+        &[],
+    )
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
+    let mut lines = std::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    let line = loop {
+        let l = lines.next().expect("no device code printed").unwrap();
+        if l.contains("enter the code") {
+            break l;
+        }
+    };
+    // "To sign in, open <uri> and enter the code <code>"
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let uri = words[words.iter().position(|w| *w == "open").unwrap() + 1].to_owned();
+    let code = words.last().unwrap().to_string();
+
+    // The provider's pages: the code form, the confirmation, the login form, done.
+    let idp = cookie_client();
+    let mut next = idp.get(&uri).send().await.unwrap();
+    let mut url = uri.clone();
+    for _ in 0..15 {
+        let status = next.status().as_u16();
+        if (300..400).contains(&status) {
+            url = absolute(&url, next.headers()["location"].to_str().unwrap());
+            next = idp.get(&url).send().await.unwrap();
+            continue;
+        }
+        let body = next.text().await.unwrap();
+        assert_eq!(status, 200, "{url}: {body}");
+        let Some(action) = body
+            .split("action=\"")
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+        else {
+            break; // the success page
+        };
+        let mut form = hidden_inputs(&body);
+        for (k, v) in [
+            ("user_code", code.as_str()),
+            ("login", "alice"),
+            ("password", "any"),
+        ] {
+            if !form.iter().any(|(n, _)| n == k) {
+                form.push((k.to_owned(), v.to_owned()));
+            }
+        }
+        let target = absolute(&url, action);
+        next = idp.post(&target).form(&form).send().await.unwrap();
+        url = target;
+    }
+    let status = login.wait().unwrap();
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(status.success(), "device login failed: {rest:?}");
+    let me = ok(&run(cli(&ks, d, CLI_CLIENT_ID, &["whoami"], &[])));
+    assert!(me.contains(&user_oid("alice")), "{me}");
+}

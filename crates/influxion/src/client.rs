@@ -14,7 +14,9 @@ use crate::{login, profiles};
 pub struct Client {
     http: reqwest::Client,
     cfg: ClientConfig,
-    token: Option<Zeroizing<String>>,
+    /// Shared by clones: parallel requests of a run use one token, and one refetch
+    /// after it expires serves them all.
+    token: std::sync::Arc<tokio::sync::Mutex<Option<Zeroizing<String>>>>,
 }
 
 #[derive(Deserialize)]
@@ -29,12 +31,15 @@ impl Client {
     pub fn new(cfg: ClientConfig) -> Result<Self> {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(120))
+            // Never follow redirects: a form with a secret, a refresh token or an
+            // assertion must reach exactly the endpoint named, never another host.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
             .context("building the HTTP client")?;
         Ok(Self {
             http,
             cfg,
-            token: None,
+            token: Default::default(),
         })
     }
 
@@ -42,11 +47,12 @@ impl Client {
     /// credentials), a certificate (private_key_jwt), a federated token (workload
     /// identity federation), else the profile's cached sign-in (refreshed as needed).
     async fn token(&mut self) -> Result<Zeroizing<String>> {
-        if let Some(t) = &self.token {
+        let mut slot = self.token.lock().await;
+        if let Some(t) = &*slot {
             return Ok(t.clone());
         }
         let t = self.obtain().await?;
-        self.token = Some(t.clone());
+        *slot = Some(t.clone());
         Ok(t)
     }
 
@@ -115,8 +121,20 @@ impl Client {
         if login::fresh(&t) {
             return Ok(Zeroizing::new(t.access_token.clone()));
         }
+        let lock = {
+            let profile = profile.clone();
+            tokio::task::spawn_blocking(move || profiles::lock_token(&profile))
+                .await
+                .context("waiting for the token cache lock")??
+        };
+        // Another process may have refreshed while this one waited for the lock.
+        let t = profiles::load_token(profile)?.unwrap_or(t);
+        if login::fresh(&t) {
+            return Ok(Zeroizing::new(t.access_token.clone()));
+        }
         let next = login::refresh(&self.http, &t).await?;
         profiles::save_token(profile, &next)?;
+        drop(lock);
         Ok(Zeroizing::new(next.access_token.clone()))
     }
 
@@ -181,13 +199,22 @@ impl Client {
     }
 
     /// The token obtained so far (after [`Client::prefetch_token`]).
-    pub fn current_token(&self) -> Option<&Zeroizing<String>> {
-        self.token.as_ref()
+    pub async fn current_token(&self) -> Option<Zeroizing<String>> {
+        self.token.lock().await.clone()
     }
 
-    /// Forget the cached token (after a 401, a long run's token has expired).
-    pub fn reset_token(&mut self) {
-        self.token = None;
+    /// Forget the token `failed` (after a 401: a long run's token has expired), unless
+    /// another request has already replaced it.
+    pub async fn reset_token(&mut self, failed: &str) {
+        let mut slot = self.token.lock().await;
+        if slot.as_ref().is_some_and(|t| t.as_str() == failed) {
+            *slot = None;
+        }
+    }
+
+    /// The token the next request will use (to pass to [`Client::reset_token`]).
+    pub async fn token_now(&mut self) -> Result<Zeroizing<String>> {
+        self.token().await
     }
 
     /// Any method, without turning problems into errors: the status and raw body.

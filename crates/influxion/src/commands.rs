@@ -424,14 +424,33 @@ async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
         s
     };
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(timeout);
+    let mut renewed = false;
     loop {
-        let (_, r) = c
+        let used = c.token_now().await?;
+        let r = match c
             .call(
                 reqwest::Method::GET,
                 &format!("/v1/signing-requests/{id}"),
                 None,
             )
-            .await?;
+            .await
+        {
+            Ok((_, r)) => {
+                renewed = false;
+                r
+            }
+            // A wait of hours outlives the access token: fetch a new one (once) and go on.
+            Err(e)
+                if !renewed
+                    && e.downcast_ref::<crate::client::ApiStatus>()
+                        .is_some_and(|a| a.status == reqwest::StatusCode::UNAUTHORIZED) =>
+            {
+                renewed = true;
+                c.reset_token(&used).await;
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
         let status = r["status"].as_str().unwrap_or("").to_owned();
         spinner.set_message(format!(
             "waiting for approval of {id}: {}/{} approvals",

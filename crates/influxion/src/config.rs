@@ -573,12 +573,19 @@ impl ClientConfig {
             .or_else(|| prof.server.clone())
             .or_else(|| file.client.server.clone())
             .unwrap_or_else(|| DEV_SERVER.into());
-        url::Url::parse(&server).map_err(|_| {
+        let server_url = url::Url::parse(&server).map_err(|_| {
             err(
                 "--server / INFLUXION_SERVER",
                 format!("{server:?} is not a URL"),
             )
         })?;
+        // Bearer tokens travel to the server: never in clear text beyond this host.
+        if server_url.scheme() != "https" && !is_loopback_url(&server_url) {
+            return Err(err(
+                "--server / INFLUXION_SERVER",
+                format!("{server} must be https:// unless it is on loopback"),
+            ));
+        }
         let tenant = env("INFLUXION_AZURE_TENANT_ID")
             .or_else(|| prof.tenant_id.clone())
             .or_else(|| file.auth.tenant_id.clone());
@@ -589,6 +596,16 @@ impl ClientConfig {
             .or_else(|| file.auth.metadata_url.clone())
             .or_else(|| tenant.as_deref().map(entra_metadata_url))
             .unwrap_or_else(|| format!("{DEV_ISSUER}/.well-known/openid-configuration"));
+        // The metadata names where secrets and refresh tokens are sent.
+        match url::Url::parse(&metadata_url) {
+            Ok(u) if u.scheme() == "https" || is_loopback_url(&u) => {}
+            _ => {
+                return Err(err(
+                    "--metadata-url / INFLUXION_OIDC_METADATA_URL",
+                    format!("{metadata_url} must be an https:// URL unless it is on loopback"),
+                ))
+            }
+        }
         let client_secret = match flags
             .client_secret
             .or_else(|| env("INFLUXION_AZURE_CLIENT_SECRET"))
@@ -627,7 +644,14 @@ impl ClientConfig {
             .map(PathBuf::from);
         let federated = if let Some(f) = env("AZURE_FEDERATED_TOKEN_FILE") {
             Some(crate::login::Federated::File(f.into()))
-        } else if let Some(uri) = env("SYSTEM_OIDCREQUESTURI") {
+        } else if let (Some(uri), true) = (
+            env("SYSTEM_OIDCREQUESTURI"),
+            // Azure DevOps sets SYSTEM_OIDCREQUESTURI in every job; federation is used
+            // only when a service connection is named for it.
+            env("INFLUXION_ADO_SERVICE_CONNECTION_ID")
+                .or_else(|| env("AZURESUBSCRIPTION_SERVICE_CONNECTION_ID"))
+                .is_some(),
+        ) {
             let access_token = env("SYSTEM_ACCESSTOKEN").ok_or_else(|| {
                 err(
                     "SYSTEM_ACCESSTOKEN",

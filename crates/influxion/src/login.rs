@@ -28,7 +28,8 @@ pub struct Metadata {
 
 pub async fn discover(http: &reqwest::Client, metadata_url: &str) -> Result<Metadata> {
     let ctx = || format!("fetching the OpenID Connect metadata from {metadata_url}");
-    http.get(metadata_url)
+    let md: Metadata = http
+        .get(metadata_url)
         .send()
         .await
         .with_context(ctx)?
@@ -36,7 +37,36 @@ pub async fn discover(http: &reqwest::Client, metadata_url: &str) -> Result<Meta
         .with_context(ctx)?
         .json()
         .await
-        .context("the OpenID Connect metadata document does not parse")
+        .context("the OpenID Connect metadata document does not parse")?;
+    // Codes, secrets, assertions and refresh tokens go to these: https only (loopback
+    // excepted, for development and tests).
+    for e in [
+        Some(&md.token_endpoint),
+        md.authorization_endpoint.as_ref(),
+        md.device_authorization_endpoint.as_ref(),
+        md.revocation_endpoint.as_ref(),
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if !secure_url(e) {
+            bail!("the provider's metadata names {e}: endpoints must be https:// (or loopback)");
+        }
+    }
+    Ok(md)
+}
+
+fn secure_url(u: &str) -> bool {
+    url::Url::parse(u).is_ok_and(|u| {
+        u.scheme() == "https"
+            || (u.scheme() == "http"
+                && match u.host() {
+                    Some(url::Host::Ipv4(a)) => a.is_loopback(),
+                    Some(url::Host::Ipv6(a)) => a.is_loopback(),
+                    Some(url::Host::Domain(d)) => d == "localhost",
+                    None => false,
+                })
+    })
 }
 
 /// The sign-in could not be completed or was refused: exit code 4.
@@ -386,7 +416,10 @@ pub async fn refresh(http: &reqwest::Client, t: &CachedToken) -> Result<CachedTo
         ],
     )
     .await
-    .map_err(|e| auth_failure(format!("{e}; run `influxion login` again")))?;
+    .map_err(|e| match e.downcast_ref::<AuthFailure>() {
+        Some(_) => auth_failure(format!("{e}; run `influxion login` again")),
+        None => e,
+    })?;
     let mut next = t.clone();
     next.access_token = r.access_token.clone();
     next.expires_at = now() + r.expires_in.unwrap_or(3600).clamp(0, 24 * 3600);
@@ -504,6 +537,8 @@ impl Federated {
                     .post(url)
                     .bearer_auth(access_token.as_str())
                     .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    // A bad job token then answers 401, not a sign-in page.
+                    .header("X-TFS-FedAuthRedirect", "Suppress")
                     .body("{}")
                     .send()
                     .await
@@ -548,10 +583,12 @@ pub async fn client_credentials(
         ],
     )
     .await
-    .map_err(|e| {
-        auth_failure(format!(
+    .map_err(|e| match e.downcast_ref::<AuthFailure>() {
+        Some(_) => auth_failure(format!(
             "the identity provider refused the client credentials: {e:#}"
-        ))
+        )),
+        // Not a refusal (network, parse): not an authentication failure either.
+        None => e,
     })?;
     Ok(Zeroizing::new(t.access_token.clone()))
 }
@@ -588,6 +625,26 @@ mod tests {
             .iter()
             .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
             .collect()
+    }
+
+    #[test]
+    fn endpoints_must_be_https_beyond_loopback() {
+        for ok in [
+            "https://login.microsoftonline.com/t/oauth2/v2.0/token",
+            "http://127.0.0.1:8401/token",
+            "http://localhost/token",
+            "http://[::1]:9/token",
+        ] {
+            assert!(secure_url(ok), "{ok}");
+        }
+        for bad in [
+            "http://idp.example.com/token",
+            "ftp://x/",
+            "not a url",
+            "http://10.0.0.1/t",
+        ] {
+            assert!(!secure_url(bad), "{bad}");
+        }
     }
 
     #[test]

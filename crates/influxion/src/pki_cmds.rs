@@ -726,7 +726,11 @@ const JOURNAL: &str = "influxion-journal.jsonl";
 
 /// The journal is append-only JSON lines, one per finished device, fsynced, so a run
 /// that is killed resumes where it stopped.
-fn read_journal(path: &Path) -> Result<HashSet<String>> {
+///
+/// A device counts as done only for the steps this run asks for: a run with
+/// `--sign-key` redoes devices an earlier run without it finished (their certificate
+/// comes back unchanged, by its request key).
+fn read_journal(path: &Path, want_signature: bool) -> Result<HashSet<String>> {
     let Ok(text) = std::fs::read_to_string(path) else {
         return Ok(HashSet::new());
     };
@@ -735,7 +739,8 @@ fn read_journal(path: &Path) -> Result<HashSet<String>> {
         // A torn last line (killed mid-write) is ignored; that device is redone, and
         // its request key makes the keyserver return the same certificate.
         if let Ok(v) = serde_json::from_str::<Value>(line) {
-            if let Some(id) = v["id"].as_str() {
+            let signed = v["signed"].as_bool().unwrap_or(false);
+            if let Some(id) = v["id"].as_str().filter(|_| signed || !want_signature) {
                 done.insert(id.to_owned());
             }
         }
@@ -813,7 +818,7 @@ fn gather(a: &BulkArgs, done: &HashSet<String>) -> Result<Vec<Item>> {
                     let (key, csr) = influxion_pki::encode::local_key_and_csr(kt, id)
                         .map_err(|e| anyhow!("{id}: {e}"))?;
                     write_secret(&key_path, key.as_bytes())?;
-                    std::fs::write(&csr_path, &csr)?;
+                    durable_write(&a.out_dir, &format!("{id}.csr"), csr.as_bytes())?;
                     csr
                 }
             };
@@ -831,8 +836,12 @@ fn transient(e: &anyhow::Error) -> bool {
         Some(ApiStatus { status: s, .. }) => {
             s.is_server_error() || s.as_u16() == 429 || s.as_u16() == 408 || s.as_u16() == 401
         }
-        // No HTTP status: the request did not complete (connection refused, reset, timeout).
-        None => true,
+        // No HTTP status: transient only if the request did not complete (connection
+        // refused, reset, timeout); a response that does not parse is not.
+        None => e
+            .chain()
+            .filter_map(|c| c.downcast_ref::<reqwest::Error>())
+            .any(|r| r.is_connect() || r.is_timeout() || r.is_request()),
     }
 }
 
@@ -845,7 +854,17 @@ async fn issue_one(
 ) -> Result<String> {
     // The request key binds a retry to the first issuance, whatever the journal knew.
     let digest = sha2::Sha256::digest(item.csr_pem.as_bytes());
-    let request_key = format!("bulk:{}:{}", item.id, hex::encode(&digest[..12]));
+    // Request keys are at most 128 bytes: long ids are hashed in.
+    let request_key = if item.id.len() <= 96 {
+        format!("bulk:{}:{}", item.id, hex::encode(&digest[..12]))
+    } else {
+        let id = sha2::Sha256::digest(item.id.as_bytes());
+        format!(
+            "bulk:#{}:{}",
+            hex::encode(&id[..16]),
+            hex::encode(&digest[..12])
+        )
+    };
     let body = json!({"csr": item.csr_pem, "request_key": request_key});
     let path = format!("/v1/profiles/{profile}/certificates?format=json");
     let v = retrying(&mut c, attempts, |mut c| {
@@ -972,6 +991,7 @@ where
     let mut n = 0;
     loop {
         n += 1;
+        let used = c.token_now().await?;
         match call(c.clone()).await {
             Ok((s, _)) if s == reqwest::StatusCode::ACCEPTED => {
                 bail!("the key needs approval; a provisioning run cannot wait for people")
@@ -979,8 +999,9 @@ where
             Ok((_, v)) => return Ok(v),
             Err(e) if n < attempts && transient(&e) => {
                 if matches!(e.downcast_ref::<ApiStatus>(), Some(a) if a.status.as_u16() == 401) {
-                    c.reset_token();
-                    c.prefetch_token().await?;
+                    // Shared by every task of the run: the first one to see the 401
+                    // clears it, and the next call fetches one new token for all.
+                    c.reset_token(&used).await;
                 }
                 tokio::time::sleep(delay).await;
                 delay = (delay * 2).min(Duration::from_secs(8));
@@ -994,7 +1015,20 @@ async fn bulk(mut c: Client, a: BulkArgs, sign: Option<Arc<SignStep>>) -> Result
     std::fs::create_dir_all(&a.out_dir)
         .with_context(|| format!("creating {}", a.out_dir.display()))?;
     let journal_path = a.out_dir.join(JOURNAL);
-    let done = read_journal(&journal_path)?;
+    let journal_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&journal_path)
+        .with_context(|| format!("opening {}", journal_path.display()))?;
+    // One run per output directory: two would make two keys (and certificates) for a
+    // device and interleave their files.
+    if journal_file.try_lock().is_err() {
+        bail!(
+            "another run is using {} (its journal is locked)",
+            a.out_dir.display()
+        );
+    }
+    let done = read_journal(&journal_path, sign.is_some())?;
     let items: Vec<Item> = gather(&a, &done)?;
     let skipped = done.len();
     if !items.is_empty() {
@@ -1011,13 +1045,7 @@ async fn bulk(mut c: Client, a: BulkArgs, sign: Option<Arc<SignStep>>) -> Result
         );
         b
     };
-    let journal = Arc::new(std::sync::Mutex::new(
-        std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&journal_path)
-            .with_context(|| format!("opening {}", journal_path.display()))?,
-    ));
+    let journal = Arc::new(std::sync::Mutex::new(journal_file));
     let profile = a.profile.clone();
     let out_dir = a.out_dir.clone();
     let attempts = a.attempts.max(1);
@@ -1039,8 +1067,17 @@ async fn bulk(mut c: Client, a: BulkArgs, sign: Option<Arc<SignStep>>) -> Result
                 if let Ok(serial) = &r {
                     let line = json!({"id": item.id, "serial": serial, "signed": sign.is_some()})
                         .to_string();
-                    if let Ok(mut f) = journal.lock() {
-                        let _ = writeln!(f, "{line}").and_then(|_| f.sync_data());
+                    // A device is done only once the journal says so durably.
+                    let written = journal
+                        .lock()
+                        .map_err(|_| anyhow!("the journal lock is poisoned"))
+                        .and_then(|mut f| {
+                            writeln!(f, "{line}")
+                                .and_then(|_| f.sync_data())
+                                .context("writing the journal")
+                        });
+                    if let Err(e) = written {
+                        r = Err(e);
                     }
                 }
                 bar.inc(1);
@@ -1076,4 +1113,27 @@ async fn bulk(mut c: Client, a: BulkArgs, sign: Option<Arc<SignStep>>) -> Result
     } else {
         ExitCode::FAILURE
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn journal_counts_only_the_steps_asked_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join(JOURNAL);
+        std::fs::write(
+            &p,
+            "{\"id\":\"a\",\"serial\":\"01\",\"signed\":true}\n\
+             {\"id\":\"b\",\"serial\":\"02\",\"signed\":false}\n\
+             {\"id\":\"c\",\"serial\":\"03\"}\n{\"id\":\"d\",\"ser",
+        )
+        .unwrap();
+        let all = read_journal(&p, false).unwrap();
+        assert_eq!(all.len(), 3, "a torn last line is not a finished device");
+        let signed = read_journal(&p, true).unwrap();
+        assert_eq!(signed.into_iter().collect::<Vec<_>>(), vec!["a".to_owned()]);
+    }
 }

@@ -222,6 +222,24 @@ pub fn load_token(profile: &str) -> Result<Option<CachedToken>> {
     Ok(serde_json::from_slice(&text).ok())
 }
 
+/// An exclusive lock on a profile's sign-in, held while it is refreshed: two CLI
+/// processes must not spend one refresh token (providers that detect reuse would
+/// revoke the whole sign-in). Released when the file is dropped.
+pub fn lock_token(profile: &str) -> Result<std::fs::File> {
+    let p = token_path(profile)?.with_extension("lock");
+    private_dir(p.parent().context("a file without a directory")?)?;
+    let f = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&p)
+        .with_context(|| format!("opening {}", p.display()))?;
+    f.lock()
+        .with_context(|| format!("locking {}", p.display()))?;
+    Ok(f)
+}
+
 pub fn save_token(profile: &str, t: &CachedToken) -> Result<PathBuf> {
     let p = token_path(profile)?;
     let bytes = zeroize::Zeroizing::new(serde_json::to_vec(t)?);

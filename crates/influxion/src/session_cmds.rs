@@ -68,6 +68,7 @@ pub async fn logout(cfg: ClientConfig) -> Result<ExitCode> {
     if let Some(t) = profiles::load_token(&cfg.profile).ok().flatten() {
         let http = reqwest::Client::builder()
             .timeout(Duration::from_secs(15))
+            .redirect(reqwest::redirect::Policy::none())
             .build()?;
         login::revoke(&http, &t).await;
     }
@@ -90,7 +91,7 @@ pub async fn logout(cfg: ClientConfig) -> Result<ExitCode> {
 /// The access token, on stdout and nowhere else.
 pub async fn token(mut c: Client) -> Result<ExitCode> {
     c.prefetch_token().await?;
-    let t = c.current_token().context("no token")?;
+    let t = c.current_token().await.context("no token")?;
     output::emit(&serde_json::json!({"access_token": t.as_str()}), || {
         println!("{}", t.as_str())
     });
@@ -133,7 +134,13 @@ pub fn config_get(profile: Option<&str>, key: &str) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
-        None => Ok(ExitCode::FAILURE),
+        None => {
+            output::emit(
+                &serde_json::json!({"profile": name, "key": key, "value": null}),
+                || {},
+            );
+            Ok(ExitCode::FAILURE)
+        }
     }
 }
 

@@ -652,16 +652,32 @@ async fn workload_identity_federation() {
         "{}",
         String::from_utf8_lossy(&o.stderr)
     );
+    // Named service connection, no job token: the setting is named.
     let o = run(cli(
         &ks,
         d,
         "wif-client",
         &["whoami"],
-        &[("SYSTEM_OIDCREQUESTURI", ado.as_str())],
+        &[
+            ("SYSTEM_OIDCREQUESTURI", ado.as_str()),
+            ("AZURESUBSCRIPTION_SERVICE_CONNECTION_ID", "sc-123"),
+        ],
     ));
     assert!(
         !o.status.success() && String::from_utf8_lossy(&o.stderr).contains("SYSTEM_ACCESSTOKEN")
     );
+    // Azure DevOps sets SYSTEM_OIDCREQUESTURI in every job: a pipeline with a client
+    // secret is not affected by it.
+    ok(&run(cli(
+        &ks,
+        d,
+        "ci-signer",
+        &["whoami"],
+        &[
+            ("SYSTEM_OIDCREQUESTURI", ado.as_str()),
+            ("INFLUXION_AZURE_CLIENT_SECRET", "s3cret-value-1234567890"),
+        ],
+    )));
 }
 
 /// A production-line run: certificates for a list of devices and a signature for each

@@ -176,6 +176,7 @@ impl Oidc {
             subject,
             name,
             username,
+            id_token: Some(id_token.to_string()),
             access_token: t.access_token.clone(),
             access_expires_at: t.access_expires_at,
             refresh_token: t.refresh_token.clone(),

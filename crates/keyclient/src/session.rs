@@ -36,6 +36,9 @@ pub struct UserData {
     pub subject: String,
     pub name: String,
     pub username: String,
+    /// The validated ID token of the sign-in (kept server-side with the others).
+    #[serde(default)]
+    pub id_token: Option<String>,
     pub access_token: String,
     pub access_expires_at: i64,
     pub refresh_token: Option<String>,
@@ -377,6 +380,7 @@ mod tests {
             subject: "s".into(),
             name: "Alice".into(),
             username: "alice".into(),
+            id_token: Some("eyJ.id.token".into()),
             access_token: "eyJ.secret.token".into(),
             access_expires_at: now() + 3600,
             refresh_token: Some("refresh-secret".into()),
@@ -396,7 +400,17 @@ mod tests {
         // The database holds neither the cookie value nor the token in the clear.
         let raw = std::fs::read(dir.path().join("s.db")).unwrap();
         let hay = String::from_utf8_lossy(&raw);
-        assert!(!hay.contains(id.as_str()) && !hay.contains("eyJ.secret.token"));
+        for secret in [
+            id.as_str(),
+            "eyJ.secret.token",
+            "eyJ.id.token",
+            "refresh-secret",
+        ] {
+            assert!(
+                !hay.contains(secret),
+                "{secret} is readable in the database"
+            );
+        }
         // A tampered id is no session.
         let mut t = id.to_string();
         t.replace_range(0..1, if t.starts_with('A') { "B" } else { "A" });

@@ -215,6 +215,9 @@ const provider = new Provider(issuer, {
   // consent page). Like Entra, hand out a refresh token whenever the client may use one,
   // and don't tie tokens to the login session.
   issueRefreshToken: async (ctx, client) => client.grantTypeAllowed('refresh_token'),
+  // "rotate_refresh_tokens": every refresh spends the token it used; spending one twice
+  // is refused (and revokes the grant), as strict providers do.
+  ...(cfg.rotate_refresh_tokens ? { rotateRefreshToken: () => true } : {}),
   expiresWithSession: async () => false,
   interactions: { policy },
   features: {

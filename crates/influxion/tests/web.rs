@@ -350,7 +350,7 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
     }
     let dir = tempfile::tempdir().unwrap();
     // Starting the servers blocks; this runtime has a second worker for that.
-    let (_provider, _ks, kc) = setup(dir.path());
+    let (_provider, ks, kc) = setup(dir.path());
     let b = Browser::new(&kc.url);
 
     // Security headers on every page.
@@ -443,6 +443,21 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         log.matches("refreshed the access token").count() >= 2,
         "{log}"
     );
+    // A second replica sharing the session database and key: the session works on
+    // both, and concurrent refreshes through both (every call refreshes here) never
+    // spend one rotating refresh token twice (the refresh lease in the database).
+    let port2 = free_port();
+    let mut kc2 = Proc(keyclient_command(dir.path(), port2, &ks).spawn().unwrap());
+    let url2 = format!("http://127.0.0.1:{port2}");
+    assert!(healthy_or_exited(&mut kc2, &url2));
+    let b2 = Browser::new(&url2);
+    let calls = (0..12).map(|i| {
+        let replica = if i % 2 == 0 { &b } else { &b2 };
+        replica.get("/api/v1/me", Some(&user))
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "{}", r.body);
+    }
     let r = b.get("/session", Some(&user)).await;
     let s: serde_json::Value = serde_json::from_str(&r.body).unwrap();
     assert_eq!(s["authenticated"], true);

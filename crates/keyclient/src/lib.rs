@@ -48,6 +48,8 @@ const MAX_LOGINS_IN_PROGRESS: i64 = 10_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// Refresh an access token this long before it expires.
 const REFRESH_MARGIN_SECS: i64 = 60;
+/// A refresh lease outlives any refresh (the provider call times out after 15 s).
+const REFRESH_LEASE_SECS: i64 = 30;
 
 pub struct TlsFiles {
     pub cert: PathBuf,
@@ -310,16 +312,48 @@ impl Inner {
     }
 
     async fn refresh(&self, id: &str) -> Result<Zeroizing<String>, KcError> {
-        // Another request may have refreshed while this one waited.
-        let s = self.sessions.load(id).await?.ok_or(KcError::NotSignedIn)?;
-        match usable(&s) {
-            Usable::Yes(t) => return Ok(t),
-            Usable::Expired => {
-                self.sessions.delete(id).await?;
-                return Err(KcError::NotSignedIn);
+        // Another request (or replica) may have refreshed meanwhile; a replica holding
+        // the lease is given a few seconds to finish.
+        let mut waited = 0;
+        let s = loop {
+            let s = self.sessions.load(id).await?.ok_or(KcError::NotSignedIn)?;
+            match usable(&s) {
+                Usable::Yes(t) => return Ok(t),
+                Usable::Expired => {
+                    self.sessions.delete(id).await?;
+                    return Err(KcError::NotSignedIn);
+                }
+                Usable::Refresh => {}
             }
-            Usable::Refresh => {}
+            if self
+                .sessions
+                .take_refresh_lease(&s.id_hash, REFRESH_LEASE_SECS)
+                .await?
+            {
+                break s;
+            }
+            waited += 1;
+            if waited > 50 {
+                return Err(KcError::Provider(
+                    "another keyclient is still refreshing this session".into(),
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        };
+        let result = self.refresh_held(id, &s).await;
+        // Also after a failure: the next request may try again.
+        if let Err(e) = self.sessions.release_refresh_lease(&s.id_hash).await {
+            tracing::warn!(error = %e, "could not release a refresh lease");
         }
+        result
+    }
+
+    /// Refresh with the lease held.
+    async fn refresh_held(
+        &self,
+        id: &str,
+        s: &session::Session,
+    ) -> Result<Zeroizing<String>, KcError> {
         let SessionData::User(u) = &s.data else {
             return Err(KcError::NotSignedIn);
         };

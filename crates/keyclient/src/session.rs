@@ -306,6 +306,31 @@ impl SessionStore {
         Ok(())
     }
 
+    /// Take the refresh lease of a session for `secs`: true if this caller holds it now.
+    /// Replicas sharing the database thereby refresh a session one at a time, so a
+    /// rotating refresh token is never spent twice.
+    pub async fn take_refresh_lease(&self, id_hash: &str, secs: i64) -> Result<bool, KcError> {
+        let now = now();
+        let r = sqlx::query(
+            "UPDATE web_sessions SET refresh_lease_until = ?
+             WHERE id_hash = ? AND (refresh_lease_until IS NULL OR refresh_lease_until <= ?)",
+        )
+        .bind(now + secs)
+        .bind(id_hash)
+        .bind(now)
+        .execute(&self.pool)
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    pub async fn release_refresh_lease(&self, id_hash: &str) -> Result<(), KcError> {
+        sqlx::query("UPDATE web_sessions SET refresh_lease_until = NULL WHERE id_hash = ?")
+            .bind(id_hash)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Replace the tokens of a signed-in session (after a refresh).
     pub async fn update(&self, id_hash: &str, data: &SessionData) -> Result<(), KcError> {
         let sealed = self.seal(id_hash, data)?;
@@ -432,6 +457,13 @@ mod tests {
         assert!(s.take_login(&lid).await.unwrap().is_some());
         assert_eq!(s.logins_in_progress().await.unwrap(), 0);
         assert!(s.take_login(&lid).await.unwrap().is_none());
+        // One refresh lease at a time.
+        let sess = s.create(&user()).await.unwrap();
+        let h = hash_id(&sess);
+        assert!(s.take_refresh_lease(&h, 30).await.unwrap());
+        assert!(!s.take_refresh_lease(&h, 30).await.unwrap());
+        s.release_refresh_lease(&h).await.unwrap();
+        assert!(s.take_refresh_lease(&h, 30).await.unwrap());
         // take_login never consumes a signed-in session.
         let uid = s.create(&user()).await.unwrap();
         assert!(s.take_login(&uid).await.unwrap().is_none());

@@ -143,7 +143,8 @@ pub fn start_provider_clients(
         "clients": clients,
         "users": {"alice": {"name": "Alice Approver"}, "mallory": {"name": "Mallory"}},
         "signing_keys": null,
-        "access_token_ttl": access_token_ttl
+        "access_token_ttl": access_token_ttl,
+        "rotate_refresh_tokens": true
     });
     let cfg_path = dir.join("oidc.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();

@@ -579,6 +579,7 @@ async fn logout(State(st): State<AppState>, headers: HeaderMap) -> Result<Respon
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     #[test]
@@ -598,6 +599,21 @@ mod tests {
             "evil.example",
         ] {
             assert!(!valid_return_to(bad), "{bad:?}");
+        }
+    }
+
+    proptest::proptest! {
+        /// Whatever is accepted as return_to, a browser resolving it against this site
+        /// stays on this site.
+        #[test]
+        fn accepted_return_to_never_leaves_the_site(r in "\\PC{0,40}", tail in "[/\\\\a-z.:@%#?]{0,12}") {
+            for candidate in [r.clone(), format!("/{r}"), format!("/{tail}{r}"), format!("{tail}{r}")] {
+                if valid_return_to(&candidate) {
+                    let base = Url::parse("https://keys.example.com/app/").unwrap();
+                    let target = base.join(&candidate).unwrap();
+                    proptest::prop_assert_eq!(target.origin(), base.origin(), "{}", candidate);
+                }
+            }
         }
     }
 

@@ -172,8 +172,23 @@ pub async fn api(
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::{allowed, valid_path};
     use axum::http::Method;
+
+    proptest::proptest! {
+        /// Any path the proxy accepts resolves under the keyserver's /v1/, on its host.
+        #[test]
+        fn accepted_paths_stay_under_v1(p in "(v1/)?[a-z0-9./%~_\\\\:@?#-]{0,40}") {
+            if valid_path(&p) {
+                let base = url::Url::parse("https://ks.example.com/base/").unwrap();
+                let u = base.join(&p).unwrap();
+                proptest::prop_assert_eq!(u.origin(), base.origin());
+                proptest::prop_assert!(u.path().starts_with("/base/v1/"), "{} -> {}", p, u);
+                proptest::prop_assert!(u.query().is_none() && u.fragment().is_none());
+            }
+        }
+    }
 
     #[test]
     fn only_the_routes_of_the_web_app() {

@@ -16,6 +16,12 @@
 //! built and signed by the development device CA's software key), the end-to-end
 //! figure is `POST /v1/profiles/device/certificates` with P-256 CSRs, each answered
 //! after the certificate's record and audit record are committed.
+//!
+//! With `--mode web` it measures what the keyclient (the web app's backend-for-frontend)
+//! adds: a person (`bob`) signs in through the development issuer, then `GET /v1/me` is
+//! driven directly at the keyserver with a bearer token (the baseline) and through the
+//! keyclient's `/api/v1/me` with the session cookie (session lookup, decryption and the
+//! proxy hop added), at the same concurrency, one after the other.
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -43,9 +49,109 @@ struct Args {
     #[arg(long, default_value_t = 18400)]
     port: u16,
     /// `sign`: digests with the demo key; `certs`: device certificates from P-256 CSRs
-    /// with the development device CA (software CA key).
+    /// with the development device CA (software CA key); `web`: GET /v1/me directly vs
+    /// through the keyclient with a session cookie.
     #[arg(long, default_value = "sign")]
     mode: String,
+}
+
+/// Drive requests made by `make` at `concurrency` for `seconds` (after 2 s of warm-up):
+/// the sorted latencies in µs of the successful ones, the elapsed seconds, the errors.
+async fn drive(
+    concurrency: usize,
+    seconds: u64,
+    make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync>,
+) -> Result<(Vec<u32>, f64, u64)> {
+    let stop = Arc::new(AtomicBool::new(false));
+    let measuring = Arc::new(AtomicBool::new(false));
+    let errors = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (make, stop, measuring, errors) = (
+            make.clone(),
+            stop.clone(),
+            measuring.clone(),
+            errors.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let mut lat = Vec::with_capacity(100_000);
+            while !stop.load(Ordering::Relaxed) {
+                let t = Instant::now();
+                let ok = match make().send().await {
+                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
+                    _ => false,
+                };
+                if measuring.load(Ordering::Relaxed) {
+                    if ok {
+                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            lat
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    measuring.store(true, Ordering::Relaxed);
+    let start = Instant::now();
+    tokio::time::sleep(Duration::from_secs(seconds)).await;
+    measuring.store(false, Ordering::Relaxed);
+    let elapsed = start.elapsed().as_secs_f64();
+    stop.store(true, Ordering::Relaxed);
+    let mut lat = Vec::new();
+    for t in tasks {
+        lat.extend(t.await?);
+    }
+    lat.sort_unstable();
+    Ok((lat, elapsed, errors.load(Ordering::Relaxed)))
+}
+
+/// Sign `user` in at the keyclient through the development issuer's user picker;
+/// returns the session cookie value.
+async fn web_sign_in(kc: &str, user: &str) -> Result<String> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()?;
+    let cookie = |r: &reqwest::Response| {
+        r.headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("__Host-influxion="))
+            .and_then(|v| v.split(';').next())
+            .map(str::to_owned)
+            .context("no session cookie")
+    };
+    let location = |r: &reqwest::Response| {
+        r.headers()
+            .get("location")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+            .context("no redirect")
+    };
+    let r = http.get(format!("{kc}/login?return_to=%2F")).send().await?;
+    let pre = cookie(&r)?;
+    let authorize = location(&r)?;
+    let page = http.get(&authorize).send().await?.text().await?;
+    let interaction = page
+        .split("name=\"interaction\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .context("no sign-in form at the development issuer")?
+        .to_owned();
+    let idp = reqwest::Url::parse(&authorize)?.join("/authorize/login")?;
+    let r = http
+        .post(idp)
+        .form(&[("interaction", interaction.as_str()), ("username", user)])
+        .send()
+        .await?;
+    let callback = location(&r)?;
+    let r = http
+        .get(callback)
+        .header("cookie", format!("__Host-influxion={pre}"))
+        .send()
+        .await?;
+    cookie(&r)
 }
 
 /// A pool of P-256 CSRs, made before measuring.
@@ -260,6 +366,9 @@ async fn main() -> Result<()> {
         .await?;
     let token = Arc::new(tok["access_token"].as_str().context("no token")?.to_owned());
 
+    if args.mode == "web" {
+        return web(&args, &http, &base, token, server, &dir).await;
+    }
     let cpus = cores();
     let certs = args.mode == "certs";
     let csrs = Arc::new(if certs { csr_pool(512)? } else { Vec::new() });
@@ -281,71 +390,27 @@ async fn main() -> Result<()> {
         "end to end: concurrency {} for {}s (after 2s warm-up)",
         args.concurrency, args.seconds
     );
-    let url = Arc::new(if certs {
+    let url = if certs {
         format!("{base}/v1/profiles/device/certificates")
     } else {
         format!("{base}/v1/keys/demo/sign")
+    };
+    let next = AtomicU64::new(0);
+    let client = http.clone();
+    let make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
+        let body = if csrs.is_empty() {
+            format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()))
+        } else {
+            let i = next.fetch_add(1, Ordering::Relaxed) as usize % csrs.len();
+            serde_json::json!({"csr": csrs[i]}).to_string()
+        };
+        client
+            .post(url.as_str())
+            .bearer_auth(token.as_str())
+            .header("content-type", "application/json")
+            .body(body)
     });
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..args.concurrency {
-        let (http, url, token, stop, measuring, errors, csrs, next) = (
-            http.clone(),
-            url.clone(),
-            token.clone(),
-            stop.clone(),
-            measuring.clone(),
-            errors.clone(),
-            csrs.clone(),
-            next.clone(),
-        );
-        tasks.push(tokio::spawn(async move {
-            let mut lat = Vec::with_capacity(100_000);
-            while !stop.load(Ordering::Relaxed) {
-                let body = if csrs.is_empty() {
-                    format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()))
-                } else {
-                    let i = next.fetch_add(1, Ordering::Relaxed) as usize % csrs.len();
-                    serde_json::json!({"csr": csrs[i]}).to_string()
-                };
-                let t = Instant::now();
-                let r = http
-                    .post(url.as_str())
-                    .bearer_auth(token.as_str())
-                    .header("content-type", "application/json")
-                    .body(body)
-                    .send()
-                    .await;
-                let ok = match r {
-                    Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
-                    _ => false,
-                };
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }
-            lat
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(args.seconds)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
-    lat.sort_unstable();
+    let (lat, elapsed, errors) = drive(args.concurrency, args.seconds, make).await?;
     let rps = lat.len() as f64 / elapsed;
     let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
     let audit = Command::new(&args.influxion)
@@ -366,10 +431,65 @@ async fn main() -> Result<()> {
         args.concurrency,
         percentile(&lat, 0.50),
         percentile(&lat, 0.99),
-        errors.load(Ordering::Relaxed)
+        errors
     );
     println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!("ratio end-to-end / raw: {:.3}", rps / raw);
     println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
+    Ok(())
+}
+
+/// `--mode web`: the keyclient's overhead over calling the keyserver directly.
+async fn web(
+    args: &Args,
+    http: &reqwest::Client,
+    base: &str,
+    token: Arc<String>,
+    server: Guard,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let kc = format!("http://127.0.0.1:{}", args.port + 2);
+    let cookie = Arc::new(format!(
+        "__Host-influxion={}",
+        web_sign_in(&kc, "bob").await?
+    ));
+    eprintln!(
+        "direct: GET /v1/me with a bearer token, concurrency {} for {}s",
+        args.concurrency, args.seconds
+    );
+    let (client, url) = (http.clone(), format!("{base}/v1/me"));
+    let direct: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> =
+        Arc::new(move || client.get(url.as_str()).bearer_auth(token.as_str()));
+    let (d_lat, d_elapsed, d_err) = drive(args.concurrency, args.seconds, direct).await?;
+    eprintln!(
+        "keyclient: GET /api/v1/me with the session cookie, concurrency {} for {}s",
+        args.concurrency, args.seconds
+    );
+    let (client, url) = (http.clone(), format!("{kc}/api/v1/me"));
+    let via: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> =
+        Arc::new(move || client.get(url.as_str()).header("cookie", cookie.as_str()));
+    let (k_lat, k_elapsed, k_err) = drive(args.concurrency, args.seconds, via).await?;
+    let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+    let d_rps = d_lat.len() as f64 / d_elapsed;
+    let k_rps = k_lat.len() as f64 / k_elapsed;
+    println!(
+        "direct GET /v1/me (bearer), concurrency {}: {d_rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {d_err}",
+        args.concurrency,
+        percentile(&d_lat, 0.50),
+        percentile(&d_lat, 0.99)
+    );
+    println!(
+        "through the keyclient GET /api/v1/me (cookie), concurrency {}: {k_rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {k_err}",
+        args.concurrency,
+        percentile(&k_lat, 0.50),
+        percentile(&k_lat, 0.99)
+    );
+    println!(
+        "influxion dev (keyserver + keyclient) peak RSS: {:.1} MiB",
+        rss as f64 / 1024.0
+    );
+    println!("ratio keyclient / direct: {:.3}", k_rps / d_rps);
     Ok(())
 }

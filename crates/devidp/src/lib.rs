@@ -1200,6 +1200,31 @@ fn user_tokens(
     r
 }
 
+/// How a keyserver trusts this issuer: its metadata, `audience`, its tenant pinned like a
+/// single-tenant deployment, v2 tokens with the `access_as_user` scope for people and
+/// the `Influxion.Sign`/`Influxion.Admin` app roles for clients. `influxion dev` runs
+/// with exactly this, and the tests check the issuer's tokens against it.
+pub fn validator_config(issuer: &str, audience: &str) -> influxion_auth::AuthConfig {
+    use std::time::Duration;
+    influxion_auth::AuthConfig {
+        metadata_url: format!("{issuer}/.well-known/openid-configuration"),
+        audiences: vec![audience.into()],
+        tenant_id: Some(DEV_TENANT_ID.into()),
+        allowed_tenants: vec![],
+        extra_issuers: vec![],
+        required_scope: "access_as_user".into(),
+        app_roles: vec!["Influxion.Sign".into(), "Influxion.Admin".into()],
+        accepted_versions: vec!["2.0".into()],
+        algorithms: influxion_auth::AuthConfig::DEFAULT_ALGORITHMS.to_vec(),
+        clock_skew: Duration::from_secs(300),
+        jwks_refresh_interval: Duration::from_secs(3600),
+        jwks_min_refresh_interval: Duration::from_secs(60),
+        jwks_max_age: Duration::from_secs(24 * 3600),
+        max_token_bytes: 16 * 1024,
+        allow_insecure_http: false,
+    }
+}
+
 /// A stable UUID-shaped object id for a client, like Entra's service principal `oid`.
 fn uuid_like(s: &str) -> String {
     let h = Sha256::digest(s.as_bytes());

@@ -723,24 +723,7 @@ async fn keyserver_validator_accepts_user_tokens() {
     let code = query_param(&r.location(), "code").unwrap();
     let t = redeem(&app, &code, REDIRECT, VERIFIER, BASIC).await.json();
 
-    let v = influxion_auth::Validator::new(influxion_auth::AuthConfig {
-        metadata_url: format!("{issuer}/.well-known/openid-configuration"),
-        audiences: vec![AUDIENCE.into()],
-        tenant_id: Some(DEV_TENANT_ID.into()),
-        allowed_tenants: vec![],
-        extra_issuers: vec![],
-        required_scope: "access_as_user".into(),
-        app_roles: vec!["Influxion.Sign".into(), "Influxion.Admin".into()],
-        accepted_versions: vec!["2.0".into()],
-        algorithms: influxion_auth::AuthConfig::DEFAULT_ALGORITHMS.to_vec(),
-        clock_skew: std::time::Duration::from_secs(300),
-        jwks_refresh_interval: std::time::Duration::from_secs(3600),
-        jwks_min_refresh_interval: std::time::Duration::from_secs(60),
-        jwks_max_age: std::time::Duration::from_secs(24 * 3600),
-        max_token_bytes: 16 * 1024,
-        allow_insecure_http: false,
-    })
-    .unwrap();
+    let v = influxion_auth::Validator::new(crate::validator_config(&issuer, AUDIENCE)).unwrap();
     let p = v
         .validate(t["access_token"].as_str().unwrap())
         .await

@@ -58,49 +58,39 @@ impl Client {
 
     async fn obtain(&self) -> Result<Zeroizing<String>> {
         let cfg = &self.cfg;
-        if let Some(id) = &cfg.client_id {
-            if let Some(secret) = &cfg.client_secret {
-                let md = login::discover(&self.http, &cfg.metadata_url).await?;
-                return login::client_credentials(
-                    &self.http,
-                    &md.token_endpoint,
-                    id,
-                    secret,
-                    &cfg.scope,
-                )
-                .await;
-            }
-            if let Some(path) = &cfg.certificate_path {
-                let md = login::discover(&self.http, &cfg.metadata_url).await?;
+        let confidential = cfg.client_secret.is_some()
+            || cfg.certificate_path.is_some()
+            || cfg.federated.is_some();
+        let (Some(id), true) = (&cfg.client_id, confidential) else {
+            return self.cached_sign_in().await;
+        };
+        let md = login::discover(&self.http, &cfg.metadata_url).await?;
+        let assertion = match (&cfg.client_secret, &cfg.certificate_path, &cfg.federated) {
+            (Some(_), _, _) => None,
+            (None, Some(path), _) => {
                 let pem = Zeroizing::new(
                     std::fs::read_to_string(path)
                         .with_context(|| format!("reading the certificate {}", path.display()))?,
                 );
-                let assertion =
-                    Zeroizing::new(login::client_assertion(&pem, id, &md.token_endpoint)?);
-                return login::assertion_grant(
-                    &self.http,
-                    &md.token_endpoint,
+                Some(Zeroizing::new(login::client_assertion(
+                    &pem,
                     id,
-                    &cfg.scope,
-                    &assertion,
-                )
-                .await;
-            }
-            if let Some(fed) = &cfg.federated {
-                let md = login::discover(&self.http, &cfg.metadata_url).await?;
-                let assertion = fed.token(&self.http).await?;
-                return login::assertion_grant(
-                    &self.http,
                     &md.token_endpoint,
-                    id,
-                    &cfg.scope,
-                    &assertion,
-                )
-                .await;
+                )?))
             }
-        }
-        self.cached_sign_in().await
+            (None, None, fed) => Some(
+                fed.as_ref()
+                    .context("no client credential")?
+                    .token(&self.http)
+                    .await?,
+            ),
+        };
+        let auth = match (&cfg.client_secret, &assertion) {
+            (Some(secret), _) => login::ClientAuth::Secret(secret),
+            (None, Some(a)) => login::ClientAuth::Assertion(a),
+            (None, None) => anyhow::bail!("no client credential"),
+        };
+        login::client_credentials(&self.http, &md.token_endpoint, id, &cfg.scope, auth).await
     }
 
     /// The profile's cached sign-in from `influxion login`, refreshed when it is about

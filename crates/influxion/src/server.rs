@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
-use influxion_auth::{AuthConfig, Validator};
+use influxion_auth::Validator;
 use influxion_core::{Grant, Role, SubjectRules};
 use influxion_core::{KeyName, KeyStatus, KeyType};
 use influxion_devidp::{DevClient, DevIdpState, DevUser, DevWebClient};
@@ -248,24 +248,7 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         listen: ([127, 0, 0, 1], port).into(),
         data_dir: data_dir.to_path_buf(),
         database_url: format!("sqlite://{}/influxion.db", data_dir.display()),
-        auth: AuthConfig {
-            metadata_url: format!("{issuer}/.well-known/openid-configuration"),
-            audiences: vec![DEV_AUDIENCE.into()],
-            // The development issuer's tenant: pinned like a single-tenant deployment.
-            tenant_id: Some(influxion_devidp::DEV_TENANT_ID.into()),
-            allowed_tenants: vec![],
-            extra_issuers: vec![],
-            required_scope: "access_as_user".into(),
-            app_roles: vec!["Influxion.Sign".into(), "Influxion.Admin".into()],
-            accepted_versions: vec!["2.0".into()],
-            algorithms: AuthConfig::DEFAULT_ALGORITHMS.to_vec(),
-            clock_skew: std::time::Duration::from_secs(300),
-            jwks_refresh_interval: std::time::Duration::from_secs(3600),
-            jwks_min_refresh_interval: std::time::Duration::from_secs(60),
-            jwks_max_age: std::time::Duration::from_secs(24 * 3600),
-            max_token_bytes: 16 * 1024,
-            allow_insecure_http: false,
-        },
+        auth: influxion_devidp::validator_config(&issuer, DEV_AUDIENCE),
         admin_role: "Influxion.Admin".into(),
         sign_role: "Influxion.Sign".into(),
         kek: crate::config::KekSource::File(kek_path),

@@ -46,6 +46,22 @@ fn cli(
     c
 }
 
+/// Start the CLI (it waits for a sign-in) and read its stderr line by line.
+fn spawn_reading_stderr(
+    mut c: Command,
+) -> (
+    std::process::Child,
+    std::io::Lines<std::io::BufReader<std::process::ChildStderr>>,
+) {
+    let mut child = c
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let lines = std::io::BufReader::new(child.stderr.take().unwrap()).lines();
+    (child, lines)
+}
+
 fn run(mut c: Command) -> Output {
     c.output().unwrap()
 }
@@ -85,18 +101,13 @@ async fn pkce_login_cache_refresh_and_logout() {
     ));
     ok(&ks.admin(&["keys", "create", "line-1"], d));
 
-    let mut login = cli(
+    let (mut login, mut lines) = spawn_reading_stderr(cli(
         &ks,
         d,
         CLI_CLIENT_ID,
         &["login", "--no-browser", "--timeout", "60"],
         &[],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = std::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    ));
     let auth_url = loop {
         let line = lines.next().expect("login printed no URL").unwrap();
         if line.trim_start().starts_with("http") {
@@ -177,19 +188,7 @@ async fn pkce_login_cache_refresh_and_logout() {
         &["keys", "public", "line-1", "-o", "k.pem"],
         &[],
     )));
-    let v = openssl(
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            "k.pem",
-            "-signature",
-            "fw.sig",
-            "fw.bin",
-        ],
-        d,
-    );
-    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    assert_sha256_verifies(d, "k.pem", "fw.sig", "fw.bin");
     // The access token was near expiry: it was refreshed (and the refresh token rotated).
     let after = cached(d, "access_token");
     assert_ne!(before, after, "no refresh happened");
@@ -775,22 +774,11 @@ fn provision_run_resumes_without_duplicates() {
     ok(&ks.signer(&["keys", "public", "fw-line", "-o", "fw.pem"], d));
     for id in ids {
         assert!(d.join(format!("out/{id}.pem")).exists());
-        let out = openssl(
-            &[
-                "dgst",
-                "-sha256",
-                "-verify",
-                "fw.pem",
-                "-signature",
-                &format!("out/{id}.sig"),
-                &format!("fw/{id}.bin"),
-            ],
+        assert_sha256_verifies(
             d,
-        );
-        assert_eq!(
-            String::from_utf8_lossy(&out.stdout).trim(),
-            "Verified OK",
-            "{id}"
+            "fw.pem",
+            &format!("out/{id}.sig"),
+            &format!("fw/{id}.bin"),
         );
     }
     // Exactly one certificate per device, whatever the retries and the resume did.
@@ -839,18 +827,13 @@ async fn device_code_login() {
         ],
         d,
     ));
-    let mut login = cli(
+    let (mut login, mut lines) = spawn_reading_stderr(cli(
         &ks,
         d,
         CLI_CLIENT_ID,
         &["login", "--device-code", "--timeout", "60"],
         &[],
-    )
-    .stdout(Stdio::piped())
-    .stderr(Stdio::piped())
-    .spawn()
-    .unwrap();
-    let mut lines = std::io::BufReader::new(login.stderr.take().unwrap()).lines();
+    ));
     let line = loop {
         let l = lines.next().expect("no device code printed").unwrap();
         if l.contains("enter the code") {

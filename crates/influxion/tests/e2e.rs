@@ -48,19 +48,7 @@ fn sign_with_client_credentials_from_oidc_provider_and_verify_with_openssl() {
         d,
     ));
     ok(&ks.signer(&["keys", "public", "fw", "-o", "pub.pem"], d));
-    let v = openssl(
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            "pub.pem",
-            "-signature",
-            "firmware.sig",
-            "firmware.bin",
-        ],
-        d,
-    );
-    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    assert_sha256_verifies(d, "pub.pem", "firmware.sig", "firmware.bin");
     // Offline verification with the PEM file, and a tampered file fails.
     ok(&ks.signer(
         &[
@@ -404,19 +392,7 @@ fn dev_mode_quick_start() {
         .args(["keys", "public", "demo", "-o", "pub.pem"])
         .output()
         .unwrap());
-    let v = openssl(
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            "pub.pem",
-            "-signature",
-            "firmware.sig",
-            "firmware.bin",
-        ],
-        d,
-    );
-    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    assert_sha256_verifies(d, "pub.pem", "firmware.sig", "firmware.bin");
 }
 
 /// The pending request id of key `key`, as approver 1 sees it, waiting for it to appear.
@@ -511,19 +487,7 @@ fn two_approver_flow_from_the_cli() {
         String::from_utf8_lossy(&out.stderr)
     );
     ok(&ks.signer(&["keys", "public", "rel-prod", "-o", "rel.pem"], d));
-    let v = openssl(
-        &[
-            "dgst",
-            "-sha256",
-            "-verify",
-            "rel.pem",
-            "-signature",
-            "rel.sig",
-            "fw.bin",
-        ],
-        d,
-    );
-    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    assert_sha256_verifies(d, "rel.pem", "rel.sig", "fw.bin");
 
     // Rejected: the waiting CLI exits 3 and writes nothing.
     let signer = ks.spawn_signer(

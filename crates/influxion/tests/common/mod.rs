@@ -36,6 +36,11 @@ pub fn prerequisites() -> bool {
             missing.push(tool);
         }
     }
+    require(&missing)
+}
+
+/// True if nothing is missing; else skip the test (false), or under `CI=true` fail it.
+pub fn require(missing: &[&str]) -> bool {
     if missing.is_empty() {
         return true;
     }
@@ -350,6 +355,21 @@ pub fn openssl(args: &[&str], cwd: &Path) -> Output {
         .current_dir(cwd)
         .output()
         .unwrap()
+}
+
+/// openssl accepts `sig` as a SHA-256 signature of `file` by the public key `pem`
+/// (paths relative to `d`).
+#[track_caller]
+pub fn assert_sha256_verifies(d: &Path, pem: &str, sig: &str, file: &str) {
+    let v = openssl(
+        &["dgst", "-sha256", "-verify", pem, "-signature", sig, file],
+        d,
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&v.stdout).trim(),
+        "Verified OK",
+        "{sig} over {file}"
+    );
 }
 
 pub fn write_firmware(dir: &Path, name: &str, len: usize) {

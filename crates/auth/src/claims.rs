@@ -28,6 +28,12 @@ pub(crate) struct Claims {
     pub groups: Option<Vec<String>>,
     pub name: Option<String>,
     pub preferred_username: Option<String>,
+    /// ID-token-only claims (OpenID Connect Core 2, 3.1.3.6, 3.3.2.11). Their presence
+    /// marks a token that was issued to a client to learn who signed in, not to call us.
+    /// Kept as raw JSON so that any type, even a wrong one, still counts as present.
+    pub nonce: Option<serde_json::Value>,
+    pub at_hash: Option<serde_json::Value>,
+    pub c_hash: Option<serde_json::Value>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -38,10 +44,45 @@ pub(crate) enum Audience {
 }
 
 impl Claims {
-    pub fn audiences(&self) -> Vec<&str> {
+    /// The one audience this token is for. Entra never issues an array; a token meant
+    /// for several audiences is replayable by each of them, so only a string (or an
+    /// array of exactly one) names an audience at all.
+    pub fn single_audience(&self) -> Option<&str> {
         match &self.aud {
-            Audience::One(a) => vec![a.as_str()],
-            Audience::Many(v) => v.iter().map(String::as_str).collect(),
+            Audience::One(a) => Some(a.as_str()),
+            Audience::Many(v) if v.len() == 1 => v.first().map(String::as_str),
+            Audience::Many(_) => None,
+        }
+    }
+
+    /// Why this is not an access token, if it is not one: an ID token (it carries
+    /// `nonce`, `at_hash` or `c_hash`), or a token without the client claim every
+    /// access token of its kind carries: `azp` in Entra v2, `appid` in Entra v1,
+    /// `client_id` (RFC 9068 section 2.2) or `azp` for other providers. An Entra ID
+    /// token's `aud` is the client it was issued to; when the web client and the API
+    /// are one app registration, that is the API's own client id, so the audience
+    /// check alone cannot tell the two apart.
+    pub fn id_token_only_claims(&self) -> Option<&'static str> {
+        (self.nonce.is_some() || self.at_hash.is_some() || self.c_hash.is_some())
+            .then_some("an ID token (nonce, at_hash or c_hash) is not an access token")
+    }
+
+    /// See [`Claims::id_token_only_claims`]: the client claim this kind of access token
+    /// always carries, if it is missing.
+    pub fn missing_client_claim(&self) -> Option<&'static str> {
+        let present = |c: &Option<String>| c.as_deref().is_some_and(|v| !v.is_empty());
+        match self.ver.as_deref() {
+            Some("2.0") if !present(&self.azp) => {
+                Some("a v2.0 access token names its client in azp; this token does not")
+            }
+            Some("1.0") if !present(&self.appid) => {
+                Some("a v1.0 access token names its client in appid; this token does not")
+            }
+            Some("2.0") | Some("1.0") => None,
+            _ if !present(&self.client_id) && !present(&self.azp) => {
+                Some("an access token names its client (client_id or azp); this token does not")
+            }
+            _ => None,
         }
     }
 
@@ -145,6 +186,40 @@ mod tests {
         // RFC 9068 delegated: the subject is a person.
         let c = claims(serde_json::json!({"scope": "x", "sub": "alice", "client_id": "ci"}));
         assert_eq!(c.to_principal().unwrap().kind, CallerKind::User);
+    }
+
+    #[test]
+    fn id_tokens_and_tokens_without_a_client_are_not_access_tokens() {
+        let v2 = serde_json::json!({"ver": "2.0", "azp": "c"});
+        assert!(claims(v2.clone()).id_token_only_claims().is_none());
+        assert!(claims(v2).missing_client_claim().is_none());
+        for c in ["nonce", "at_hash", "c_hash"] {
+            let mut v = serde_json::json!({"ver": "2.0", "azp": "c"});
+            // Any value counts, even one of the wrong type.
+            v[c] = serde_json::json!(0);
+            assert!(claims(v).id_token_only_claims().is_some(), "{c}");
+        }
+        let missing = |v| claims(v).missing_client_claim().is_some();
+        assert!(missing(serde_json::json!({"ver": "2.0"})));
+        assert!(missing(serde_json::json!({"ver": "2.0", "azp": ""})));
+        assert!(missing(serde_json::json!({"ver": "2.0", "appid": "c"})));
+        assert!(missing(serde_json::json!({"ver": "1.0", "azp": "c"})));
+        assert!(!missing(serde_json::json!({"ver": "1.0", "appid": "c"})));
+        assert!(missing(serde_json::json!({})));
+        assert!(!missing(serde_json::json!({"client_id": "c"})));
+    }
+
+    #[test]
+    fn only_one_audience_counts() {
+        let aud = |v| {
+            claims(serde_json::json!({ "aud": v }))
+                .single_audience()
+                .map(str::to_owned)
+        };
+        assert_eq!(aud(serde_json::json!("a")), Some("a".into()));
+        assert_eq!(aud(serde_json::json!(["a"])), Some("a".into()));
+        assert_eq!(aud(serde_json::json!(["a", "b"])), None);
+        assert_eq!(aud(serde_json::json!([])), None);
     }
 
     #[test]

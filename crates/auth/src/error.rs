@@ -25,6 +25,8 @@ pub enum AuthError {
     Tenant,
     #[error("the token is not for this API")]
     Audience,
+    #[error("the token is not an access token: {0}")]
+    NotAccessToken(&'static str),
     #[error("the token version is not accepted")]
     Version,
     #[error("the token lacks the required scope or app role")]
@@ -66,6 +68,7 @@ impl AuthError {
             AuthError::Issuer => "token-issuer",
             AuthError::Tenant => "token-tenant",
             AuthError::Audience => "token-audience",
+            AuthError::NotAccessToken(_) => "token-not-access-token",
             AuthError::Version => "token-version",
             AuthError::InsufficientScope(_) => "insufficient-scope",
             AuthError::Unavailable => "token-validation-unavailable",

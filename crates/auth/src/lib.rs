@@ -199,11 +199,13 @@ impl Validator {
             return Err(AuthError::Tenant);
         }
         if !c
-            .audiences()
-            .iter()
-            .any(|a| self.cfg.audiences.iter().any(|x| x == a))
+            .single_audience()
+            .is_some_and(|a| self.cfg.audiences.iter().any(|x| x == a))
         {
             return Err(AuthError::Audience);
+        }
+        if let Some(why) = c.id_token_only_claims() {
+            return Err(AuthError::NotAccessToken(why));
         }
         if !self.cfg.accepted_versions.is_empty()
             && !c
@@ -212,6 +214,12 @@ impl Validator {
                 .is_some_and(|v| self.cfg.accepted_versions.iter().any(|x| x == v))
         {
             return Err(AuthError::Version);
+        }
+        if !version_fits_issuer(&c.iss, c.ver.as_deref()) {
+            return Err(AuthError::Version);
+        }
+        if let Some(why) = c.missing_client_claim() {
+            return Err(AuthError::NotAccessToken(why));
         }
         c.to_principal()
     }
@@ -262,6 +270,21 @@ impl Validator {
     }
 }
 
+/// Entra's two issuer forms each go with one token version: `…/v2.0` issuers sign
+/// `ver: "2.0"` tokens, `https://sts.windows.net/{tid}/` signs `ver: "1.0"`. A token
+/// whose `ver` contradicts its issuer was not made by Entra the way it claims, and
+/// one without `ver` from an Entra-form issuer is not an Entra token at all.
+fn version_fits_issuer(iss: &str, ver: Option<&str>) -> bool {
+    let trimmed = iss.trim_end_matches('/');
+    if trimmed.ends_with("/v2.0") {
+        ver == Some("2.0")
+    } else if iss.starts_with("https://sts.windows.net/") {
+        ver == Some("1.0")
+    } else {
+        true
+    }
+}
+
 /// `iss` must equal the template exactly, after substituting `{tenantid}` with the
 /// token's own `tid` (Entra multi-tenant metadata publishes such a template).
 fn issuer_matches(template: &str, iss: &str, tid: Option<&str>) -> bool {
@@ -281,7 +304,22 @@ fn issuer_matches(template: &str, iss: &str, tid: Option<&str>) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use super::issuer_matches;
+    use super::{issuer_matches, version_fits_issuer};
+
+    #[test]
+    fn version_must_fit_the_issuer_form() {
+        let v2 = "https://login.microsoftonline.com/t/v2.0";
+        let v1 = "https://sts.windows.net/t/";
+        assert!(version_fits_issuer(v2, Some("2.0")));
+        assert!(!version_fits_issuer(v2, Some("1.0")));
+        assert!(!version_fits_issuer(v2, None));
+        assert!(version_fits_issuer(v1, Some("1.0")));
+        assert!(!version_fits_issuer(v1, Some("2.0")));
+        assert!(!version_fits_issuer(v1, None));
+        // Other providers have no version convention.
+        assert!(version_fits_issuer("http://127.0.0.1:8080", Some("2.0")));
+        assert!(version_fits_issuer("https://idp.example", None));
+    }
 
     #[test]
     fn issuer_templates() {

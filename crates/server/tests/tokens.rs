@@ -583,3 +583,173 @@ async fn provider_unreachable_from_the_start_is_503() {
     let r = me(&h, &token(&k.rsa1, &app_claims(&idp.issuer))).await;
     r.assert_problem(503, "token-validation-unavailable");
 }
+
+// ------------------------------------------------------------ issue 12, items 1–3
+
+/// An Entra ID token issued to the keyclient when the web client and the API are one
+/// app registration: `aud` is the API's client id, and a user assigned the app role
+/// carries it in `roles`. It must never pass as an (app-only) access token.
+fn id_token_claims(issuer: &str) -> Value {
+    let n = now();
+    json!({
+        "iss": issuer,
+        "aud": API_CLIENT_ID,
+        "tid": TENANT,
+        "oid": "bbbbbbbb-0000-4000-8000-000000000002",
+        "sub": "pairwise-subject-of-alice",
+        "ver": "2.0",
+        "name": "Alice Approver",
+        "preferred_username": "alice@contoso.example",
+        "roles": [SIGN_ROLE],
+        "nonce": "n-0S6_WzA2Mj",
+        "iat": n,
+        "nbf": n,
+        "exp": n + 600,
+    })
+}
+
+#[tokio::test]
+async fn id_tokens_are_not_access_tokens() {
+    let (idp, h) = setup().await;
+    let k = keys();
+    // With the app role in `roles` it used to be taken as an app-only caller.
+    let r = me(&h, &token(&k.rsa1, &id_token_claims(&idp.issuer))).await;
+    r.assert_invalid_token("token-not-access-token");
+    let a = h.last_audit().await;
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str()),
+        ("authenticate", "refused")
+    );
+    assert!(a.detail.contains("token-not-access-token"), "{}", a.detail);
+    // Without roles it used to get a 403 (insufficient scope) instead of a 401.
+    let c = without(id_token_claims(&idp.issuer), "roles");
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-not-access-token");
+    // Each ID-token-only claim alone is enough, even on an otherwise valid token.
+    for claim in ["nonce", "at_hash", "c_hash"] {
+        let c = with(app_claims(&idp.issuer), claim, json!("x"));
+        me(&h, &token(&k.rsa1, &c))
+            .await
+            .assert_invalid_token("token-not-access-token");
+    }
+    // An ID token without nonce (implicit-less flows) still lacks the client claim
+    // every Entra v2 access token carries.
+    let c = without(id_token_claims(&idp.issuer), "nonce");
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-not-access-token");
+    for (claims, why) in [
+        (without(app_claims(&idp.issuer), "azp"), "v2 app"),
+        (without(user_claims(&idp.issuer), "azp"), "v2 user"),
+    ] {
+        let r = me(&h, &token(&k.rsa1, &claims)).await;
+        assert_eq!(r.status, 401, "{why}: {}", r.text);
+        assert!(
+            r.problem_type().ends_with("/token-not-access-token"),
+            "{why}: {}",
+            r.text
+        );
+    }
+    // An empty azp is no client either.
+    let c = with(app_claims(&idp.issuer), "azp", json!(""));
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-not-access-token");
+}
+
+#[tokio::test]
+async fn v1_and_rfc9068_tokens_need_their_client_claim() {
+    let k = keys();
+    let idp = TestIdp::start("", &[&k.rsa1]).await;
+    let mut cfg = auth_config(&idp);
+    cfg.extra_issuers = vec!["https://sts.windows.net/{tenantid}/".into()];
+    cfg.accepted_versions = vec![];
+    let h = Harness::new(cfg).await;
+    let v1 = |c: Value| {
+        let mut c = with(
+            c,
+            "iss",
+            json!(format!("https://sts.windows.net/{TENANT}/")),
+        );
+        c["ver"] = json!("1.0");
+        c["aud"] = json!(AUDIENCE);
+        c.as_object_mut().unwrap().remove("azp");
+        c
+    };
+    // A v1 access token names its client in appid.
+    let good = with(v1(app_claims(&idp.issuer)), "appid", json!("ci-signer"));
+    let r = me(&h, &token(&k.rsa1, &good)).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["principal"]["app_id"], "ci-signer");
+    me(&h, &token(&k.rsa1, &v1(app_claims(&idp.issuer))))
+        .await
+        .assert_invalid_token("token-not-access-token");
+    // Providers without `ver` (RFC 9068): client_id (or azp).
+    let rfc = |c: Value| without(without(c, "ver"), "azp");
+    me(&h, &token(&k.rsa1, &rfc(app_claims(&idp.issuer))))
+        .await
+        .assert_invalid_token("token-not-access-token");
+    let c = with(
+        rfc(app_claims(&idp.issuer)),
+        "client_id",
+        json!("ci-signer"),
+    );
+    assert_eq!(me(&h, &token(&k.rsa1, &c)).await.status, 200);
+}
+
+#[tokio::test]
+async fn audience_arrays_are_refused_unless_exactly_this_api() {
+    let (idp, h) = setup().await;
+    let k = keys();
+    let graph = "00000003-0000-0000-c000-000000000000";
+    for aud in [
+        json!([API_CLIENT_ID, graph]),
+        json!([graph, API_CLIENT_ID]),
+        json!([AUDIENCE, API_CLIENT_ID]),
+        json!([API_CLIENT_ID, API_CLIENT_ID]),
+        json!([]),
+    ] {
+        let c = with(app_claims(&idp.issuer), "aud", aud.clone());
+        let r = me(&h, &token(&k.rsa1, &c)).await;
+        assert_eq!(r.status, 401, "{aud}: {}", r.text);
+        assert!(r.problem_type().ends_with("/token-audience"), "{aud}");
+    }
+    // An array of exactly one element equal to the API is the same as the string.
+    let c = with(app_claims(&idp.issuer), "aud", json!([API_CLIENT_ID]));
+    assert_eq!(me(&h, &token(&k.rsa1, &c)).await.status, 200);
+}
+
+#[tokio::test]
+async fn version_must_fit_the_issuer_form() {
+    let k = keys();
+    let idp = TestIdp::start(&format!("/{TENANT}/v2.0"), &[&k.rsa1]).await;
+    let mut cfg = auth_config(&idp);
+    cfg.extra_issuers = vec!["https://sts.windows.net/{tenantid}/".into()];
+    // Accept either version, so only the issuer-form rule can refuse.
+    cfg.accepted_versions = vec![];
+    let h = Harness::new(cfg).await;
+    let v2 = app_claims(&idp.issuer);
+    assert_eq!(me(&h, &token(&k.rsa1, &v2)).await.status, 200);
+    // A v2.0 issuer with ver 1.0 (and the v1 client claim, so nothing else is wrong).
+    let c = with(
+        with(v2.clone(), "ver", json!("1.0")),
+        "appid",
+        json!("ci-signer"),
+    );
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-version");
+    me(&h, &token(&k.rsa1, &without(v2.clone(), "ver")))
+        .await
+        .assert_invalid_token("token-version");
+    // An sts.windows.net (v1) issuer with ver 2.0.
+    let c = with(
+        v2,
+        "iss",
+        json!(format!("https://sts.windows.net/{TENANT}/")),
+    );
+    me(&h, &token(&k.rsa1, &c))
+        .await
+        .assert_invalid_token("token-version");
+}

@@ -6,6 +6,7 @@
 
 mod auth;
 pub mod problem;
+mod refusals;
 mod routes;
 
 use std::sync::Arc;
@@ -39,40 +40,7 @@ pub struct AppState {
     pub pki_cache: Arc<routes::pki::PkiCache>,
 }
 
-/// Bounds how many unauthenticated refusals are written to the audit log per second,
-/// so that anyone on the network cannot fill the disk or crowd out signing records.
-/// What is not written is counted and reported in the next record that is.
-#[derive(Default)]
-pub struct RefusalLimiter {
-    window: std::sync::Mutex<(Option<std::time::Instant>, u32)>,
-    suppressed: std::sync::atomic::AtomicU64,
-}
-
-impl RefusalLimiter {
-    pub const PER_SECOND: u32 = 50;
-
-    /// `Some(n)` when this refusal should be recorded, with `n` refusals suppressed
-    /// since the last recorded one; `None` when it should only be counted.
-    pub fn admit(&self) -> Option<u64> {
-        use std::sync::atomic::Ordering;
-        let Ok(mut w) = self.window.lock() else {
-            return Some(0);
-        };
-        let now = std::time::Instant::now();
-        if w.0
-            .is_none_or(|start| now.duration_since(start) >= std::time::Duration::from_secs(1))
-        {
-            *w = (Some(now), 0);
-        }
-        if w.1 < Self::PER_SECOND {
-            w.1 += 1;
-            Some(self.suppressed.swap(0, Ordering::Relaxed))
-        } else {
-            self.suppressed.fetch_add(1, Ordering::Relaxed);
-            None
-        }
-    }
-}
+pub use refusals::{Admitted, RefusalLimiter};
 
 pub fn app(state: AppState) -> Router {
     Router::new()

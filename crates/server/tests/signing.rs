@@ -381,6 +381,83 @@ async fn anonymous_refusals_are_rate_limited_and_counted() {
     assert!(d["suppressed_before"].as_u64().unwrap() >= 20, "{d}");
 }
 
+/// Issue 12 item 6: a valid token that matches no subject cannot fill the hash-chained
+/// log by looping a forbidden call; what was not written is counted in the next record.
+#[tokio::test]
+async fn refusals_of_valid_token_callers_are_rate_limited_and_counted() {
+    let c = setup().await;
+    let mut claims = app_claims(&c._idp.issuer);
+    claims["azp"] = json!("looper");
+    claims["oid"] = json!("dddddddd-0000-4000-8000-000000000004");
+    let looper = token(&keys().rsa1, &claims);
+    let before = c.h.last_audit().await.seq;
+    let tries = influxion_server::RefusalLimiter::PER_PRINCIPAL_PER_SECOND + 40;
+    for _ in 0..tries {
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&looper),
+            Some(json!({"digest": sha256_hex(b"x")})),
+        )
+        .await
+        .assert_problem(403, "forbidden");
+    }
+    let written = c.h.last_audit().await.seq - before;
+    // The loop may straddle a one-second window: at most two windows' worth.
+    assert!(
+        written <= 2 * influxion_server::RefusalLimiter::PER_PRINCIPAL_PER_SECOND as i64,
+        "{written} of {tries} refusals written"
+    );
+    // Another caller's refusal is still recorded while the looper is throttled.
+    let mut other = app_claims(&c._idp.issuer);
+    other["azp"] = json!("other-stranger");
+    other["oid"] = json!("eeeeeeee-0000-4000-8000-000000000005");
+    c.h.call(
+        "POST",
+        "/v1/keys/fw/sign",
+        Some(&token(&keys().rsa1, &other)),
+        Some(json!({"digest": sha256_hex(b"x")})),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    assert_refusal_audited(&c.h, "sign", "fw", "forbidden").await;
+    let a = c.h.last_audit().await;
+    assert!(
+        a.actor.contains("eeeeeeee-0000-4000-8000-000000000005"),
+        "{}",
+        a.actor
+    );
+    // The looper's next record, in a new window, carries what was suppressed.
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    c.h.call(
+        "POST",
+        "/v1/keys/fw/sign",
+        Some(&looper),
+        Some(json!({"digest": sha256_hex(b"x")})),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+    let a = c.h.last_audit().await;
+    assert!(
+        a.actor.contains("dddddddd-0000-4000-8000-000000000004"),
+        "{}",
+        a.actor
+    );
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert_eq!(d["reason"], "forbidden");
+    assert!(d["suppressed_before"].as_u64().unwrap() > 0, "{d}");
+    // Every refusal is either written or counted in a later record.
+    let (mut records, mut counted) = (0u64, 0u64);
+    for r in c.h.state.store.recent_audit(1000).await.unwrap() {
+        if r.actor.contains("dddddddd-0000-4000-8000-000000000004") {
+            let d: Value = serde_json::from_str(&r.detail).unwrap();
+            records += 1;
+            counted += d["suppressed_before"].as_u64().unwrap();
+        }
+    }
+    assert_eq!(records + counted, u64::from(tries) + 1);
+}
+
 #[tokio::test]
 async fn key_creation_rules() {
     let c = setup().await;

@@ -113,11 +113,27 @@ pub(crate) async fn refused(
     } else {
         Outcome::Refused
     };
+    let actor = p.audit_id();
+    // Any valid token holder could loop a refused call: the same bound as anonymous
+    // refusals, per principal and overall, with the suppressed counts carried forward.
+    let Some(admitted) = st.refusals.admit_principal(&actor) else {
+        tracing::warn!(
+            action,
+            reason = e.slug(),
+            "refusal not audited (rate limit)"
+        );
+        return;
+    };
     // Targets come from request paths: keep records small whatever the caller sends.
     let target: String = target.chars().take(256).collect();
-    let event = AuditEvent::new(p.audit_id(), action, outcome)
+    let event = AuditEvent::new(actor, action, outcome)
         .target(target)
-        .detail(serde_json::json!({"reason": e.slug(), "status": e.status().as_u16()}));
+        .detail(serde_json::json!({
+            "reason": e.slug(),
+            "status": e.status().as_u16(),
+            "suppressed_before": admitted.suppressed_before,
+            "suppressed_total": admitted.suppressed_total,
+        }));
     if let Err(err) = st.store.audit(event).await {
         tracing::error!(error = %err, "could not audit a refusal");
     }

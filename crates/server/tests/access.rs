@@ -597,3 +597,137 @@ async fn subject_management_is_audited_and_keeps_an_admin() {
     assert_eq!(r.status, 204);
     assert_eq!(w.h.last_audit().await.action, "subject.delete");
 }
+
+/// A software keystore whose next signature waits until the test lets it go, so a
+/// test can change a request while its approver's signature is being made.
+struct GatedKeystore {
+    inner: influxion_keystore::SoftwareKeystore,
+    armed: std::sync::atomic::AtomicBool,
+    entered: tokio::sync::Notify,
+    release: tokio::sync::Notify,
+}
+
+#[async_trait::async_trait]
+impl influxion_core::KeyBackend for GatedKeystore {
+    fn name(&self) -> &'static str {
+        self.inner.name()
+    }
+
+    async fn generate(
+        &self,
+        key_id: &str,
+        key_type: influxion_core::KeyType,
+    ) -> Result<influxion_core::GeneratedKey, influxion_core::BackendError> {
+        self.inner.generate(key_id, key_type).await
+    }
+
+    async fn sign(
+        &self,
+        key_id: &str,
+        key_type: influxion_core::KeyType,
+        handle: &[u8],
+        digest: &influxion_core::Digest,
+    ) -> Result<Vec<u8>, influxion_core::BackendError> {
+        let sig = self.inner.sign(key_id, key_type, handle, digest).await?;
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            self.entered.notify_one();
+            self.release.notified().await;
+        }
+        Ok(sig)
+    }
+}
+
+/// Issue 12 item 7: the approver's vote signs before the store decides; when the
+/// requester cancels in between, the signature is thrown away and that use of the key
+/// is recorded as `sign.discard`.
+#[tokio::test]
+async fn a_signature_that_loses_the_race_is_recorded_as_discarded() {
+    let k = keys();
+    let idp = TestIdp::start("", &[&k.rsa1]).await;
+    let gate = std::sync::Arc::new(GatedKeystore {
+        inner: influxion_keystore::SoftwareKeystore::new(influxion_keystore::Kek::generate()),
+        armed: Default::default(),
+        entered: Default::default(),
+        release: Default::default(),
+    });
+    let h = std::sync::Arc::new(Harness::with_backend(auth_config(&idp), gate.clone()).await);
+    let admin = app_token(&idp, "key-admin");
+    let signer = token(&k.rsa1, &app_claims(&idp.issuer));
+    assert_eq!(h.create_key(&admin, "rel", "ec-p256").await.status, 201);
+    let r = h
+        .call(
+            "PUT",
+            "/v1/keys/rel/policy",
+            Some(&admin),
+            Some(json!({"approvals_required": 1})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = h
+        .call(
+            "POST",
+            "/v1/keys/rel/sign",
+            Some(&signer),
+            Some(json!({"digest": digest(), "reason": "release"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    let id = r.json["request_id"].as_str().unwrap().to_owned();
+
+    gate.armed.store(true, std::sync::atomic::Ordering::SeqCst);
+    let approval = {
+        let (h, admin, id) = (h.clone(), admin.clone(), id.clone());
+        tokio::spawn(async move {
+            h.call(
+                "POST",
+                &format!("/v1/signing-requests/{id}/approve"),
+                Some(&admin),
+                Some(json!({"comment": "ok"})),
+            )
+            .await
+        })
+    };
+    // The approver's signature exists now; the requester cancels before it is stored.
+    gate.entered.notified().await;
+    let r = h
+        .call(
+            "POST",
+            &format!("/v1/signing-requests/{id}/cancel"),
+            Some(&signer),
+            None,
+        )
+        .await;
+    assert_eq!(r.json["status"], "cancelled", "{}", r.text);
+    gate.release.notify_one();
+    approval
+        .await
+        .unwrap()
+        .assert_problem(409, "request-closed");
+
+    let records = h.state.store.recent_audit(5).await.unwrap();
+    let discard = records
+        .iter()
+        .find(|a| a.action == "sign.discard")
+        .unwrap_or_else(|| panic!("no sign.discard in {records:?}"));
+    assert_eq!(discard.outcome, "refused");
+    assert_eq!(discard.target.as_deref(), Some(id.as_str()));
+    let d: Value = serde_json::from_str(&discard.detail).unwrap();
+    assert_eq!(d["key"], "rel");
+    assert_eq!(d["digest"], digest());
+    assert_eq!(d["reason"], "request-closed");
+    assert_eq!(d["signature_sha256"].as_str().map(str::len), Some(64));
+    // The request has no signature, and the chain holds the record.
+    let got = h
+        .call(
+            "GET",
+            &format!("/v1/signing-requests/{id}"),
+            Some(&signer),
+            None,
+        )
+        .await;
+    assert!(got.json["signature"].is_null());
+    assert!(matches!(
+        h.state.store.verify_audit_chain().await.unwrap(),
+        influxion_store::ChainReport::Intact { .. }
+    ));
+}

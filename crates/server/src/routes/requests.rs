@@ -203,6 +203,43 @@ async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError
         .await?)
 }
 
+/// The key signed for this request, but the store kept no signature: another vote, a
+/// rejection, expiry or cancellation won the race, or the key changed. That use of the
+/// key is on record too (as `cert.discard` is for CA keys), with a fingerprint of the
+/// signature that was thrown away and why.
+async fn record_discarded_signature(
+    st: &AppState,
+    p: &Principal,
+    r: &SigningRequest,
+    signature: &[u8],
+    result: &Result<influxion_store::Applied, ApiError>,
+) {
+    use sha2::Digest as _;
+    let reason = match result {
+        Ok(a) => match a.outcome {
+            Some(RequestOutcome::Expired) => "request-expired".to_owned(),
+            Some(RequestOutcome::Rejected) => "request-rejected".to_owned(),
+            Some(RequestOutcome::Cancelled) => "request-cancelled".to_owned(),
+            Some(RequestOutcome::Approved { .. }) => "quorum-not-reached".to_owned(),
+            Some(RequestOutcome::Signed) | None => "not-stored".to_owned(),
+        },
+        Err(e) => e.slug().to_owned(),
+    };
+    let event = AuditEvent::new(p.audit_id(), "sign.discard", Outcome::Refused)
+        .target(r.id.clone())
+        .detail(serde_json::json!({
+            "key": r.key_name,
+            "key_id": r.key_id,
+            "algorithm": r.algorithm,
+            "digest": r.digest,
+            "signature_sha256": hex::encode(sha2::Sha256::digest(signature)),
+            "reason": reason,
+        }));
+    if let Err(e) = st.store.audit(event).await {
+        tracing::error!(error = %e, "could not audit a discarded signature");
+    }
+}
+
 async fn decide(
     st: &AppState,
     c: &Caller,
@@ -257,7 +294,7 @@ async fn decide(
                 .detail(serde_json::json!({"key": r.key_name, "comment": body.comment}))
         };
         let mut attempt = 0;
-        let applied = loop {
+        let result = loop {
             let d = Decision {
                 request_id: id.to_owned(),
                 approver: p.identity(),
@@ -271,9 +308,16 @@ async fn decide(
                     attempt += 1;
                     signature = Some(sign_for(st, &r).await?);
                 }
-                other => break other?,
+                other => break other.map_err(ApiError::from),
             }
         };
+        if let Some(sig) = &signature {
+            let stored = matches!(&result, Ok(a) if a.outcome == Some(RequestOutcome::Signed));
+            if !stored {
+                record_discarded_signature(st, p, &r, sig, &result).await;
+            }
+        }
+        let applied = result?;
         if applied.outcome == Some(RequestOutcome::Expired) {
             return Err(ApiError::RequestExpired);
         }

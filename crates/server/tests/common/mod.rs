@@ -264,13 +264,22 @@ pub struct Harness {
 
 impl Harness {
     pub async fn new(cfg: AuthConfig) -> Self {
+        Self::with_backend(cfg, Arc::new(SoftwareKeystore::new(Kek::generate()))).await
+    }
+
+    /// As [`Harness::new`], with keys in `backend` (a real keystore, possibly wrapped
+    /// by a test to control when it answers).
+    pub async fn with_backend(
+        cfg: AuthConfig,
+        backend: Arc<dyn influxion_core::KeyBackend>,
+    ) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
             .await
             .unwrap();
         let state = AppState {
             store,
-            backend: Arc::new(SoftwareKeystore::new(Kek::generate())),
+            backend,
             validator: Validator::new(cfg).unwrap(),
             refusals: Default::default(),
             pki: Arc::new(influxion_server::PkiSettings {

@@ -96,6 +96,8 @@ pub struct FileAuth {
     pub app_role: Option<String>,
     pub admin_role: Option<String>,
     pub allowed_tenants: Option<Vec<String>>,
+    /// Issuers trusted besides the metadata document's (`{tenantid}` is substituted).
+    pub extra_issuers: Option<Vec<String>>,
     pub accepted_versions: Option<Vec<String>>,
     pub clock_skew_secs: Option<u64>,
     pub jwks_refresh_secs: Option<u64>,
@@ -367,6 +369,12 @@ impl ServerConfig {
                 None => "https://sts.windows.net/{tenantid}/".to_owned(),
             });
         }
+        // Other clouds' v1 issuers (e.g. sts.chinacloudapi.cn) are not derived: name them.
+        extra_issuers.extend(
+            env_list("INFLUXION_EXTRA_ISSUERS")
+                .or_else(|| a.extra_issuers.clone())
+                .unwrap_or_default(),
+        );
         let allow_insecure_http = env("INFLUXION_ALLOW_INSECURE_HTTP")
             .map(|v| v == "true" || v == "1")
             .or(a.allow_insecure_http)
@@ -461,6 +469,20 @@ impl ServerConfig {
             public_url,
             est_profile,
         })
+    }
+
+    /// Settings that work but are probably not what the operator meant.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(url) = entra_v1_metadata(&self.auth.metadata_url) {
+            w.push(format!(
+                "INFLUXION_OIDC_METADATA_URL ({url}) is an Entra ID metadata document without v2.0: \
+                 it publishes the v1 issuer (https://sts.windows.net/...), while the setup guide \
+                 asks for v2 tokens (requestedAccessTokenVersion: 2) and the v2.0 document, \
+                 https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration"
+            ));
+        }
+        w
     }
 
     /// The effective configuration as TOML-like text, with secrets redacted.
@@ -929,5 +951,37 @@ mod tests {
     fn unknown_toml_fields_are_refused() {
         let r: Result<FileConfig, _> = toml::from_str("[auth]\ntenant = \"x\"\n");
         assert!(r.is_err());
+    }
+}
+
+/// The metadata URL, if it is an Entra ID (any cloud) document without `/v2.0/`.
+fn entra_v1_metadata(metadata_url: &str) -> Option<&str> {
+    const ENTRA_HOSTS: [&str; 4] = [
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+    ];
+    let url = url::Url::parse(metadata_url).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    let entra = ENTRA_HOSTS.contains(&host.as_str());
+    (entra && !url.path().split('/').any(|seg| seg == "v2.0")).then_some(metadata_url)
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::entra_v1_metadata;
+
+    #[test]
+    fn entra_v1_metadata_documents_are_noticed() {
+        let v1 = "https://login.microsoftonline.com/t/.well-known/openid-configuration";
+        let v2 = "https://login.microsoftonline.com/t/v2.0/.well-known/openid-configuration";
+        assert_eq!(entra_v1_metadata(v1), Some(v1));
+        assert_eq!(entra_v1_metadata(v2), None);
+        assert!(entra_v1_metadata("https://login.microsoftonline.us/t/.well-known/x").is_some());
+        assert_eq!(
+            entra_v1_metadata("https://idp.example/.well-known/openid-configuration"),
+            None
+        );
     }
 }

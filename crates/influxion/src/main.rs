@@ -235,9 +235,16 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                     let cfg = config::ServerConfig::resolve(&file)?;
                     cfg.kek.load()?;
                     let text = cfg.describe();
-                    output::emit(&serde_json::json!({"ok": true, "effective": text}), || {
-                        print!("{text}")
-                    });
+                    let warnings = cfg.warnings();
+                    output::emit(
+                        &serde_json::json!({"ok": true, "effective": text, "warnings": warnings}),
+                        || {
+                            print!("{text}");
+                            for w in &warnings {
+                                eprintln!("warning: {w}");
+                            }
+                        },
+                    );
                     Ok(ExitCode::SUCCESS)
                 }
                 ConfigCommand::Set { key, value } => {

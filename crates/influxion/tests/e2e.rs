@@ -282,6 +282,24 @@ fn invalid_configuration_names_the_setting() {
         "secrets printed: {out}"
     );
 
+    assert!(!err.contains("warning"), "{err}");
+    // An Entra metadata document without v2.0 works but gets a warning (issue 12 item 3).
+    let mut v1 = base.to_vec();
+    v1.push((
+        "INFLUXION_OIDC_METADATA_URL",
+        "https://login.microsoftonline.com/11111111-2222-3333-4444-555555555555/.well-known/openid-configuration",
+    ));
+    let (okk, _, err) = run(&v1, &["config", "check"]);
+    assert!(okk, "{err}");
+    assert!(
+        err.contains("warning: INFLUXION_OIDC_METADATA_URL") && err.contains("v2.0"),
+        "{err}"
+    );
+    let (okk, out, err) = run(&v1, &["--output", "json", "config", "check"]);
+    assert!(okk, "{err}");
+    let j: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(j["warnings"].as_array().map(Vec::len), Some(1), "{out}");
+
     let mut bad = base.to_vec();
     bad.push(("INFLUXION_CLOCK_SKEW_SECS", "lots"));
     let (okk, _, err) = run(&bad, &["config", "check"]);

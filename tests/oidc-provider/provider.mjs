@@ -40,6 +40,12 @@ const userInfo = (login) => (Object.hasOwn(users, login) ? users[login] : {});
 const autoConsent = cfg.auto_consent !== false; // default: never show the consent page
 const accessTokenTyp = cfg.access_token_typ || 'JWT'; // Entra uses "JWT"; RFC 9068 says "at+jwt"
 const accessTokenTtl = Number(cfg.access_token_ttl || 3600);
+// Entra puts a user's app roles (and name) in the ID token too; with this on, so do we.
+const idTokenClaims = cfg.id_token_claims === true;
+// Entra v2: clients ask for the Application ID URI (api://<id>), the token's aud is the
+// bare client id. Resource indicators must be absolute URIs, so `audience` stays the
+// URI and this names the aud the tokens carry.
+const accessTokenAudience = cfg.access_token_audience || audience;
 if (!audience || !tenantId) throw new Error('config needs "audience" and "tenant_id"');
 
 const rolesByClient = new Map((cfg.clients || []).map((c) => [c.client_id, c.roles || []]));
@@ -127,7 +133,7 @@ async function entraCustomizer(ctx, token, jwt) {
   p.tid = tenantId;
   p.azp = clientId;
   p.azpacr = authMethod === 'none' ? '0' : authMethod === 'private_key_jwt' ? '2' : '1';
-  p.aud = audience;
+  p.aud = accessTokenAudience;
   p.nbf = p.iat;
   delete p.client_id; // Entra v2 has azp, not client_id
 
@@ -190,8 +196,9 @@ const provider = new Provider(issuer, {
   jwks,
   cookies: { keys: ['influxion-test-only-cookie-key'] },
   scopes: ['openid', 'offline_access', 'profile', 'email'],
+  ...(idTokenClaims ? { conformIdTokenClaims: false } : {}),
   claims: {
-    openid: ['sub'],
+    openid: idTokenClaims ? ['sub', 'roles', 'tid', 'oid', 'ver'] : ['sub'],
     profile: ['name', 'preferred_username'],
     email: ['email', 'email_verified'],
   },
@@ -206,6 +213,9 @@ const provider = new Provider(issuer, {
           preferred_username: sub,
           email: sub.includes('@') ? sub : `${sub}@example.test`,
           email_verified: true,
+          // Entra ID tokens carry the tenant, the person's object id and the version.
+          ...(idTokenClaims ? { tid: tenantId, oid: stableUuid('user', sub), ver: '2.0' } : {}),
+          ...(idTokenClaims && userInfo(sub).roles?.length ? { roles: userInfo(sub).roles } : {}),
         };
       },
     };

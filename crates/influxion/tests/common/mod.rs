@@ -151,6 +151,11 @@ pub fn start_provider_clients(
         "access_token_ttl": access_token_ttl,
         "rotate_refresh_tokens": true
     });
+    start_provider_config(dir, &cfg)
+}
+
+/// The test provider with exactly this configuration (see tests/oidc-provider/README.md).
+pub fn start_provider_config(dir: &Path, cfg: &serde_json::Value) -> Provider {
     let cfg_path = dir.join("oidc.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let mut child = Command::new("node")
@@ -206,6 +211,8 @@ pub struct Keyserver {
     pub url: String,
     pub data: PathBuf,
     pub issuer: String,
+    /// The API's audience, for the scope the CLI asks for.
+    pub audience: String,
 }
 
 pub fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
@@ -247,6 +254,16 @@ pub fn healthy_or_exited(child: &mut Proc, url: &str) -> bool {
 }
 
 pub fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
+    start_keyserver_env(dir, issuer, AUDIENCE, &[])
+}
+
+/// As [`start_keyserver`], for an API known as `audience`, with more settings.
+pub fn start_keyserver_env(
+    dir: &Path,
+    issuer: &str,
+    audience: &str,
+    extra_env: &[(&str, &str)],
+) -> Keyserver {
     let data = dir.join("data");
     // A port found free can be taken by another test's process before the keyserver
     // binds it; the keyserver then exits and we pick another.
@@ -257,6 +274,8 @@ pub fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
         let mut cmd = Command::new(BIN);
         cmd.arg("serve").current_dir(dir);
         server_env(&mut cmd, issuer, &data, port);
+        cmd.env("INFLUXION_AZURE_AUDIENCE", audience)
+            .envs(extra_env.iter().copied());
         let mut child = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
         let url = format!("http://127.0.0.1:{port}");
         if healthy_or_exited(&mut child, &url) {
@@ -269,6 +288,7 @@ pub fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
         url,
         data,
         issuer: issuer.to_owned(),
+        audience: audience.to_owned(),
     };
     // The bootstrap admin makes the CI client a signer.
     ok(&ks.admin(
@@ -305,7 +325,7 @@ impl Keyserver {
             .env("INFLUXION_AZURE_CLIENT_SECRET", secret)
             .env(
                 "INFLUXION_AZURE_DEFAULT_SCOPE",
-                format!("{AUDIENCE}/.default"),
+                format!("{}/.default", self.audience),
             );
         c
     }

@@ -3,7 +3,7 @@
 //! checked by openssl.
 //!
 //! These tests need node (with `npm ci --prefix tests/oidc-provider` done) and openssl.
-//! Run by hand without them, they say so and skip; under `CI=true` they fail instead.
+//! Without them these tests fail, naming what is missing (scripts/test.sh installs it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 

@@ -3,7 +3,7 @@
 //! Debian's Chromium driven by playwright-core.
 //!
 //! Needs what e2e.rs needs, plus `/usr/bin/chromium` and `npm ci --prefix tests/browser`.
-//! Without them these tests say so and skip; under `CI=true` they fail instead.
+//! Without them these tests fail, naming what is missing (scripts/test.sh installs it).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 

@@ -381,6 +381,17 @@ async fn anonymous_refusals_are_rate_limited_and_counted() {
     assert!(d["suppressed_before"].as_u64().unwrap() >= 20, "{d}");
 }
 
+async fn forbidden_sign(h: &Harness, token: &str) {
+    h.call(
+        "POST",
+        "/v1/keys/fw/sign",
+        Some(token),
+        Some(json!({"digest": sha256_hex(b"x")})),
+    )
+    .await
+    .assert_problem(403, "forbidden");
+}
+
 /// Issue 12 item 6: a valid token that matches no subject cannot fill the hash-chained
 /// log by looping a forbidden call; what was not written is counted in the next record.
 #[tokio::test]
@@ -393,14 +404,7 @@ async fn refusals_of_valid_token_callers_are_rate_limited_and_counted() {
     let before = c.h.last_audit().await.seq;
     let tries = influxion_server::RefusalLimiter::PER_PRINCIPAL_PER_SECOND + 40;
     for _ in 0..tries {
-        c.h.call(
-            "POST",
-            "/v1/keys/fw/sign",
-            Some(&looper),
-            Some(json!({"digest": sha256_hex(b"x")})),
-        )
-        .await
-        .assert_problem(403, "forbidden");
+        forbidden_sign(&c.h, &looper).await;
     }
     let written = c.h.last_audit().await.seq - before;
     // The loop may straddle a one-second window: at most two windows' worth.
@@ -412,14 +416,7 @@ async fn refusals_of_valid_token_callers_are_rate_limited_and_counted() {
     let mut other = app_claims(&c._idp.issuer);
     other["azp"] = json!("other-stranger");
     other["oid"] = json!("eeeeeeee-0000-4000-8000-000000000005");
-    c.h.call(
-        "POST",
-        "/v1/keys/fw/sign",
-        Some(&token(&keys().rsa1, &other)),
-        Some(json!({"digest": sha256_hex(b"x")})),
-    )
-    .await
-    .assert_problem(403, "forbidden");
+    forbidden_sign(&c.h, &token(&keys().rsa1, &other)).await;
     assert_refusal_audited(&c.h, "sign", "fw", "forbidden").await;
     let a = c.h.last_audit().await;
     assert!(
@@ -429,14 +426,7 @@ async fn refusals_of_valid_token_callers_are_rate_limited_and_counted() {
     );
     // The looper's next record, in a new window, carries what was suppressed.
     tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
-    c.h.call(
-        "POST",
-        "/v1/keys/fw/sign",
-        Some(&looper),
-        Some(json!({"digest": sha256_hex(b"x")})),
-    )
-    .await
-    .assert_problem(403, "forbidden");
+    forbidden_sign(&c.h, &looper).await;
     let a = c.h.last_audit().await;
     assert!(
         a.actor.contains("dddddddd-0000-4000-8000-000000000004"),

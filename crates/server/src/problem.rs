@@ -225,7 +225,10 @@ impl ApiError {
             ApiError::Policy(influxion_pki::PolicyError::DeviceId(_)) => "invalid-device-id",
             ApiError::Policy(influxion_pki::PolicyError::KeyType(..)) => "csr-key-not-allowed",
             ApiError::Policy(influxion_pki::PolicyError::Extension(_)) => "csr-extension-forbidden",
-            ApiError::Policy(influxion_pki::PolicyError::Subject(_)) => "csr-subject-not-allowed",
+            ApiError::Policy(
+                influxion_pki::PolicyError::Subject(_)
+                | influxion_pki::PolicyError::NotTheDevice { .. },
+            ) => "csr-subject-not-allowed",
             ApiError::DeviceQuota(_) => "device-quota-exceeded",
             ApiError::BadPassword(_) => "bad-password",
             ApiError::InvalidProfile(_) => "invalid-profile",

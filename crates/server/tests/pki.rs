@@ -734,3 +734,66 @@ async fn request_key_conflicts_profile_lifecycle_and_ca_paths() {
             .await;
     assert_eq!(r.json["certificates"][0]["profile"], "sensor", "{}", r.text);
 }
+#[tokio::test]
+async fn subject_override_cannot_name_another_device() {
+    let w = world().await;
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/device-ovr",
+            Some(&w.admin),
+            Some(json!({
+                "ca": "devices",
+                "subject": {"common_name": "{device_id}", "organization": "Acme"},
+                "allow_subject_override": true,
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let issue_ovr = |body: Value| {
+        w.h.call(
+            "POST",
+            "/v1/profiles/device-ovr/certificates",
+            Some(&w.line),
+            Some(body),
+        )
+    };
+    // Device a asks for a certificate naming the victim.
+    let evil = csr(
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256",
+        "/CN=victim/O=Acme",
+        &[],
+    );
+    let r = issue_ovr(json!({"csr": evil, "device_id": "a"})).await;
+    r.assert_problem(400, "csr-subject-not-allowed");
+    let detail = r.json["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("names another device") && detail.contains("device id"),
+        "{detail}"
+    );
+    let audit = w.h.last_audit().await;
+    assert_eq!(
+        (audit.action.as_str(), audit.outcome.as_str()),
+        ("cert.issue", "refused")
+    );
+    for id in ["a", "victim"] {
+        let r =
+            w.h.call(
+                "GET",
+                &format!("/v1/certificates?device_id={id}"),
+                Some(&w.line),
+                None,
+            )
+            .await;
+        assert_eq!(r.json["certificates"].as_array().unwrap().len(), 0, "{id}");
+    }
+    // Overriding what is not the device's name still works, with the device's own CN.
+    let own = csr(
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256",
+        "/CN=a/O=Acme Sub",
+        &[],
+    );
+    let r = issue_ovr(json!({"csr": own, "device_id": "a"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["subject"], "O=Acme Sub, CN=a");
+}

@@ -52,6 +52,15 @@ pub enum CaCommand {
     Crl { name: String },
     /// Stop a CA from issuing (it still publishes its CRL); there is no re-enable.
     Disable { name: String },
+    /// Revoke an intermediate CA's certificate: its parent's CRL lists it from now on,
+    /// and the CA is disabled (admin).
+    Revoke {
+        name: String,
+        /// unspecified, key_compromise, ca_compromise, affiliation_changed, superseded,
+        /// cessation_of_operation, privilege_withdrawn.
+        #[arg(long, default_value = "unspecified")]
+        reason: String,
+    },
 }
 
 #[derive(Args)]
@@ -409,6 +418,24 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
                 .call(Method::POST, &format!("/v1/cas/{name}/disable"), None)
                 .await?;
             output::emit(&v, || print_ca(&v));
+        }
+        CaCommand::Revoke { name, reason } => {
+            let (_, v) = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/cas/{name}/revoke"),
+                    Some(&json!({"reason": reason})),
+                )
+                .await?;
+            output::emit(&v, || {
+                print_ca(&v);
+                eprintln!(
+                    "CA {name} revoked ({}); the CRL of {} lists serial {}",
+                    v["revocation_reason"].as_str().unwrap_or(""),
+                    v["parent"].as_str().unwrap_or(""),
+                    v["serial"].as_str().unwrap_or("")
+                );
+            });
         }
         CaCommand::Crl { name } => {
             let (_, v) = c

@@ -1222,6 +1222,60 @@ fn device_certificates_chains_lint_crl_est_and_bulk() {
     let listed = ok(&ks.admin(&["cert", "list", "--profile", "device-bulk"], d));
     assert_eq!(listed.lines().count(), 5, "no duplicates: {listed}");
 
+    // Revoking the intermediate: the root's CRL lists it, and openssl's check of the
+    // whole chain refuses the devices below it, which passed just before.
+    let fetch_crls = || {
+        sh(&format!(
+            "curl -sf {url}/crl/root.crl | openssl crl -inform DER > crls.pem && \
+             curl -sf {url}/crl/devices-ica.crl | openssl crl -inform DER >> crls.pem",
+            url = ks.url
+        ))
+    };
+    let verify_all = || {
+        openssl(
+            &[
+                "verify",
+                "-crl_check_all",
+                "-CAfile",
+                "root.pem",
+                "-untrusted",
+                "ica.pem",
+                "-CRLfile",
+                "crls.pem",
+                "out/b-1.pem",
+            ],
+            d,
+        )
+    };
+    fetch_crls();
+    let o = verify_all();
+    assert!(o.status.success(), "before the CA revocation: {o:?}");
+    let root_only = ks.admin(&["ca", "revoke", "root", "--reason", "superseded"], d);
+    assert!(
+        !root_only.status.success()
+            && String::from_utf8_lossy(&root_only.stderr).contains("ca-no-parent"),
+        "{root_only:?}"
+    );
+    let revoked = ok(&ks.admin(
+        &["ca", "revoke", "devices-ica", "--reason", "ca_compromise"],
+        d,
+    ));
+    assert!(
+        revoked.contains("devices-ica") && revoked.contains("revoked"),
+        "{revoked}"
+    );
+    fetch_crls();
+    let o = verify_all();
+    assert!(
+        !o.status.success() && format!("{o:?}").contains("certificate revoked"),
+        "after the CA revocation: {o:?}"
+    );
+    let again = ks.admin(&["ca", "revoke", "devices-ica"], d);
+    assert!(
+        String::from_utf8_lossy(&again.stderr).contains("already-revoked"),
+        "{again:?}"
+    );
+
     // Every CA key use is in the audit chain, which is intact.
     let audit = ok(&Command::new(BIN)
         .args(["audit", "verify", "--data-dir"])

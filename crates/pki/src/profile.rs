@@ -188,6 +188,14 @@ pub enum PolicyError {
     Extension(String),
     #[error("the CSR subject is not allowed by this profile: {0}")]
     Subject(String),
+    /// An attribute the profile derives from `{device_id}` names someone else: one
+    /// device's request must not yield a certificate naming another device.
+    #[error("the CSR subject names another device: {attribute}={requested:?}, but this profile derives {attribute} from the device id ({expected:?}); it may not be overridden")]
+    NotTheDevice {
+        attribute: String,
+        expected: String,
+        requested: String,
+    },
 }
 
 /// Everything an issued certificate carries besides issuer, serial and validity.
@@ -339,6 +347,14 @@ impl ProfileSpec {
         Ok(())
     }
 
+    /// Whether the subject attribute `name` (short name) comes from `{device_id}`.
+    fn derives_from_device_id(&self, name: &str) -> bool {
+        self.subject
+            .attrs()
+            .iter()
+            .any(|(n, t)| *n == name && t.contains(DEVICE_ID_PLACEHOLDER))
+    }
+
     /// Subject attributes rendered for a device.
     fn rendered_subject(&self, device_id: &str) -> Vec<(String, String)> {
         self.subject
@@ -417,6 +433,15 @@ impl ProfileSpec {
             };
             if slot.1 == attr.value {
                 continue;
+            }
+            // Attributes rendered from {device_id} identify the device: an override
+            // (allowed or not) may not replace them with another name.
+            if self.derives_from_device_id(&attr.name) {
+                return Err(PolicyError::NotTheDevice {
+                    attribute: attr.name.clone(),
+                    expected: slot.1.clone(),
+                    requested: short(&attr.value),
+                });
             }
             if !self.allow_subject_override {
                 return Err(PolicyError::Subject(format!(
@@ -568,7 +593,7 @@ mod tests {
                 Some("dev-7"),
             )
             .unwrap_err();
-        assert!(matches!(err, PolicyError::Subject(_)));
+        assert!(matches!(err, PolicyError::NotTheDevice { .. }), "{err:?}");
     }
 
     #[test]
@@ -622,11 +647,47 @@ mod tests {
         p.allow_subject_override = true;
         let spec = p
             .enforce(
-                &csr(&[("CN", "x1"), ("O", "Acme Sub")], Requested::default()),
+                &csr(&[("CN", "d1"), ("O", "Acme Sub")], Requested::default()),
                 Some("d1"),
             )
             .unwrap();
-        assert_eq!(spec.subject_line(), "C=DE, O=Acme Sub, CN=x1");
+        assert_eq!(spec.subject_line(), "C=DE, O=Acme Sub, CN=d1");
+    }
+
+    #[test]
+    fn override_cannot_name_another_device() {
+        let mut p = profile();
+        p.allow_subject_override = true;
+        p.subject.serial_number = Some("SN-{device_id}".into());
+        for (attr, value, expected) in [
+            ("CN", "victim", "d1"),
+            ("serialNumber", "SN-victim", "SN-d1"),
+        ] {
+            let err = p
+                .enforce(&csr(&[(attr, value)], Requested::default()), Some("d1"))
+                .unwrap_err();
+            assert_eq!(
+                err,
+                PolicyError::NotTheDevice {
+                    attribute: attr.into(),
+                    expected: expected.into(),
+                    requested: value.into(),
+                }
+            );
+        }
+        // A CN that is not derived from the device id may still be overridden.
+        p.subject.common_name = "Acme device".into();
+        p.san_dns.clear();
+        let spec = p
+            .enforce(
+                &csr(&[("CN", "Acme sensor")], Requested::default()),
+                Some("d1"),
+            )
+            .unwrap();
+        assert_eq!(
+            spec.subject_line(),
+            "C=DE, O=Acme, CN=Acme sensor, serialNumber=SN-d1"
+        );
     }
 
     #[test]

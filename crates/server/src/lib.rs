@@ -105,6 +105,7 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/cas/{name}/chain", get(routes::pki::ca_chain))
         .route("/v1/cas/{name}/crl", post(routes::pki::refresh_crl))
         .route("/v1/cas/{name}/disable", post(routes::pki::disable_ca))
+        .route("/v1/cas/{name}/revoke", post(routes::pki::revoke_ca))
         .route("/crl/{file}", get(routes::pki::crl))
         .route("/v1/profiles", get(routes::pki::list_profiles))
         .route(

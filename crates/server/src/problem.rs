@@ -86,6 +86,10 @@ pub enum ApiError {
     CaNotActive(String),
     #[error("certificate {0} is already revoked")]
     AlreadyRevoked(String),
+    #[error("CA {0} is already revoked")]
+    CaAlreadyRevoked(String),
+    #[error("CA {0} was not issued by a CA held here (it is a root or signed externally), so no CRL of this keyserver can list it; revoke it at its issuer, or disable it")]
+    CaWithoutParent(String),
     #[error("{0}")]
     RequestKeyConflict(String),
     #[error("profile {0} has issued certificates; it cannot be deleted (replace it instead)")]
@@ -127,6 +131,8 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchCertificate(s) => ApiError::UnknownCertificate(s),
             StoreError::ProfileInUse(s) => ApiError::ProfileInUse(s),
             StoreError::NoSuchCa(s) => ApiError::UnknownCa(s),
+            StoreError::CaAlreadyRevoked(s) => ApiError::CaAlreadyRevoked(s),
+            StoreError::CaWithoutParent(s) => ApiError::CaWithoutParent(s),
             e => ApiError::Store(e),
         }
     }
@@ -180,6 +186,8 @@ impl ApiError {
             | ApiError::ProfileExists(_)
             | ApiError::CaNotActive(_)
             | ApiError::AlreadyRevoked(_)
+            | ApiError::CaAlreadyRevoked(_)
+            | ApiError::CaWithoutParent(_)
             | ApiError::RequestKeyConflict(_)
             | ApiError::ProfileInUse(_)
             | ApiError::CaKey(_) => StatusCode::CONFLICT,
@@ -225,7 +233,10 @@ impl ApiError {
             ApiError::Policy(influxion_pki::PolicyError::DeviceId(_)) => "invalid-device-id",
             ApiError::Policy(influxion_pki::PolicyError::KeyType(..)) => "csr-key-not-allowed",
             ApiError::Policy(influxion_pki::PolicyError::Extension(_)) => "csr-extension-forbidden",
-            ApiError::Policy(influxion_pki::PolicyError::Subject(_)) => "csr-subject-not-allowed",
+            ApiError::Policy(
+                influxion_pki::PolicyError::Subject(_)
+                | influxion_pki::PolicyError::NotTheDevice { .. },
+            ) => "csr-subject-not-allowed",
             ApiError::DeviceQuota(_) => "device-quota-exceeded",
             ApiError::BadPassword(_) => "bad-password",
             ApiError::InvalidProfile(_) => "invalid-profile",
@@ -236,7 +247,8 @@ impl ApiError {
             ApiError::CaExists(_) => "ca-exists",
             ApiError::ProfileExists(_) => "profile-exists",
             ApiError::CaNotActive(_) => "ca-not-active",
-            ApiError::AlreadyRevoked(_) => "already-revoked",
+            ApiError::AlreadyRevoked(_) | ApiError::CaAlreadyRevoked(_) => "already-revoked",
+            ApiError::CaWithoutParent(_) => "ca-no-parent",
             ApiError::RequestKeyConflict(_) => "request-key-conflict",
             ApiError::ProfileInUse(_) => "profile-in-use",
             ApiError::CaKey(_) => "ca-key",

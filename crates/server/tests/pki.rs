@@ -734,3 +734,332 @@ async fn request_key_conflicts_profile_lifecycle_and_ca_paths() {
             .await;
     assert_eq!(r.json["certificates"][0]["profile"], "sensor", "{}", r.text);
 }
+
+#[tokio::test]
+async fn subject_override_cannot_name_another_device() {
+    let w = world().await;
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/device-ovr",
+            Some(&w.admin),
+            Some(json!({
+                "ca": "devices",
+                "subject": {"common_name": "{device_id}", "organization": "Acme"},
+                "allow_subject_override": true,
+            })),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let issue_ovr = |body: Value| {
+        w.h.call(
+            "POST",
+            "/v1/profiles/device-ovr/certificates",
+            Some(&w.line),
+            Some(body),
+        )
+    };
+    // Device a asks for a certificate naming the victim.
+    let evil = csr(
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256",
+        "/CN=victim/O=Acme",
+        &[],
+    );
+    let r = issue_ovr(json!({"csr": evil, "device_id": "a"})).await;
+    r.assert_problem(400, "csr-subject-not-allowed");
+    let detail = r.json["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("names another device") && detail.contains("device id"),
+        "{detail}"
+    );
+    let audit = w.h.last_audit().await;
+    assert_eq!(
+        (audit.action.as_str(), audit.outcome.as_str()),
+        ("cert.issue", "refused")
+    );
+    for id in ["a", "victim"] {
+        let r =
+            w.h.call(
+                "GET",
+                &format!("/v1/certificates?device_id={id}"),
+                Some(&w.line),
+                None,
+            )
+            .await;
+        assert_eq!(r.json["certificates"].as_array().unwrap().len(), 0, "{id}");
+    }
+    // Overriding what is not the device's name still works, with the device's own CN.
+    let own = csr(
+        "-newkey ec -pkeyopt ec_paramgen_curve:P-256",
+        "/CN=a/O=Acme Sub",
+        &[],
+    );
+    let r = issue_ovr(json!({"csr": own, "device_id": "a"})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["subject"], "O=Acme Sub, CN=a");
+}
+
+/// Write `GET /crl/{ca}.crl` as PEM to `dir/{ca}.crl.pem`; returns the PEM.
+async fn crl_pem(w: &World, ca: &str, dir: &std::path::Path) -> String {
+    let req = Request::get(format!("/crl/{ca}.crl"))
+        .body(Body::empty())
+        .unwrap();
+    let resp = tower::ServiceExt::oneshot(w.h.router.clone(), req)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "CRL of {ca}");
+    let der = http_body_util::BodyExt::collect(resp.into_body())
+        .await
+        .unwrap()
+        .to_bytes();
+    std::fs::write(dir.join(format!("{ca}.crl")), &der).unwrap();
+    let pem = format!("{ca}.crl.pem");
+    openssl(
+        &[
+            "crl",
+            "-inform",
+            "DER",
+            "-in",
+            &format!("{ca}.crl"),
+            "-out",
+            &pem,
+        ],
+        dir,
+    );
+    std::fs::read_to_string(dir.join(pem)).unwrap()
+}
+
+async fn ca_pem(w: &World, ca: &str) -> String {
+    let r =
+        w.h.call("GET", &format!("/v1/cas/{ca}"), Some(&w.admin), None)
+            .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["certificate_pem"].as_str().unwrap().to_owned()
+}
+
+/// An intermediate under the world's root "devices", and a profile issuing under it.
+async fn intermediate(w: &World) -> String {
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/cas",
+            Some(&w.admin),
+            Some(
+                json!({"name": "ica", "key_type": "ec-p256", "parent": "devices",
+                        "subject": {"common_name": "Acme ICA", "organization": "Acme"}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    let serial = r.json["serial"].as_str().unwrap().to_owned();
+    assert_eq!(serial.len(), 32, "the intermediate's serial is recorded");
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/device-ica",
+            Some(&w.admin),
+            Some(json!({"ca": "ica"})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    serial
+}
+
+/// `openssl verify -crl_check_all` of `leaf` under root.pem (+ ica.pem) with crls.pem.
+fn verify_all(dir: &std::path::Path, leaf: &str) -> std::process::Output {
+    Command::new("openssl")
+        .args([
+            "verify",
+            "-crl_check_all",
+            "-CAfile",
+            "root.pem",
+            "-untrusted",
+            "ica.pem",
+            "-CRLfile",
+            "crls.pem",
+            leaf,
+        ])
+        .current_dir(dir)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn revoked_intermediate_is_on_the_parent_crl_and_openssl_refuses_its_devices() {
+    let w = world().await;
+    let ica_serial = intermediate(&w).await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("root.pem"), ca_pem(&w, "devices").await).unwrap();
+    std::fs::write(d.join("ica.pem"), ca_pem(&w, "ica").await).unwrap();
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/profiles/device-ica/certificates",
+            Some(&w.line),
+            Some(json!({"csr": p256_csr("dev-ica-1")})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    std::fs::write(
+        d.join("leaf.pem"),
+        r.json["certificate_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    // A device directly under the root, for contrast.
+    let r = issue(&w, json!({"csr": p256_csr("dev-root-1")})).await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    std::fs::write(
+        d.join("direct.pem"),
+        r.json["certificate_pem"].as_str().unwrap(),
+    )
+    .unwrap();
+    let crls = |root: String, ica: String| std::fs::write(d.join("crls.pem"), root + &ica);
+
+    // Before: the whole chain checks out against both CRLs.
+    crls(crl_pem(&w, "devices", d).await, crl_pem(&w, "ica", d).await).unwrap();
+    let o = verify_all(d, "leaf.pem");
+    assert!(o.status.success(), "before revocation: {o:?}");
+    assert!(String::from_utf8_lossy(&o.stdout).contains("leaf.pem: OK"));
+
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/cas/ica/revoke",
+            Some(&w.admin),
+            Some(json!({"reason": "ca_compromise"})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["status"], "revoked");
+    assert_eq!(r.json["revocation_reason"], "ca_compromise");
+    assert_eq!(r.json["serial"], ica_serial.as_str());
+    // Audited in the revocation's transaction, then the parent's CRL is reissued.
+    let records = w.h.state.store.recent_audit(2).await.unwrap();
+    assert_eq!(records[0].action, "crl.issue");
+    assert_eq!(records[0].target.as_deref(), Some("devices"));
+    let rec = &records[1];
+    assert_eq!(
+        (
+            rec.action.as_str(),
+            rec.outcome.as_str(),
+            rec.target.as_deref()
+        ),
+        ("ca.revoke", "ok", Some("ica"))
+    );
+    let detail: Value = serde_json::from_str(&rec.detail).unwrap();
+    assert_eq!(
+        detail,
+        json!({"serial": ica_serial, "parent": "devices", "reason": "ca_compromise"})
+    );
+
+    // After: the root's CRL lists the intermediate, and openssl refuses the device.
+    crls(crl_pem(&w, "devices", d).await, crl_pem(&w, "ica", d).await).unwrap();
+    let text = String::from_utf8(openssl(
+        &["crl", "-in", "devices.crl.pem", "-noout", "-text"],
+        d,
+    ))
+    .unwrap();
+    assert!(
+        text.to_uppercase().contains(&ica_serial.to_uppercase()),
+        "{text}"
+    );
+    assert!(text.contains("CA Compromise"), "{text}");
+    let o = verify_all(d, "leaf.pem");
+    let out = format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(!o.status.success(), "after revocation: {out}");
+    assert!(out.contains("certificate revoked"), "{out}");
+    // The root's own devices are unaffected.
+    let o = verify_all(d, "direct.pem");
+    assert!(o.status.success(), "a device under the root: {o:?}");
+    // And the revoked CA issues nothing more.
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/profiles/device-ica/certificates",
+            Some(&w.line),
+            Some(json!({"csr": p256_csr("dev-ica-2")})),
+        )
+        .await;
+    r.assert_problem(409, "ca-not-active");
+}
+
+#[tokio::test]
+async fn ca_revocation_is_admin_only_and_refusals_are_exact() {
+    let w = world().await;
+    intermediate(&w).await;
+    w.h.add_subject(
+        "pki-key-admins",
+        SubjectRules {
+            app_id: Some("pki-key-admin".into()),
+            ..Default::default()
+        },
+        &[(Role::KeyAdmin, "*"), (Role::Provisioner, "*")],
+    )
+    .await;
+    let key_admin = app_token(&w._idp, "pki-key-admin", 21);
+    let h = &w.h;
+    let revoke = |ca: &str, tok: &str, body: Value| {
+        let (path, tok) = (format!("/v1/cas/{ca}/revoke"), tok.to_owned());
+        async move { h.call("POST", &path, Some(&tok), Some(body)).await }
+    };
+    let refused = |action: &str| {
+        let action = action.to_owned();
+        async move {
+            let a = h.last_audit().await;
+            assert_eq!((a.action, a.outcome), (action, "refused".to_owned()));
+        }
+    };
+    let reason = json!({"reason": "superseded"});
+
+    // Deny by default: key-admin and provisioner everywhere are not enough.
+    for tok in [&key_admin, &w.line, &w.signer] {
+        revoke("ica", tok, reason.clone())
+            .await
+            .assert_problem(403, "forbidden");
+        refused("ca.revoke").await;
+    }
+    let r = w.h.call("GET", "/v1/cas/ica", Some(&w.admin), None).await;
+    assert_eq!(r.json["status"], "active", "{}", r.text);
+
+    revoke("nope", &w.admin, reason.clone())
+        .await
+        .assert_problem(404, "unknown-ca");
+    refused("ca.revoke").await;
+    // The root has no parent here: nothing of ours could list it.
+    let r = revoke("devices", &w.admin, reason.clone()).await;
+    r.assert_problem(409, "ca-no-parent");
+    refused("ca.revoke").await;
+    revoke("ica", &w.admin, json!({"reason": "because"}))
+        .await
+        .assert_problem(400, "invalid-request");
+    refused("ca.revoke").await;
+    revoke("ica", &w.admin, json!({"reason": "superseded", "extra": 1}))
+        .await
+        .assert_problem(400, "invalid-request");
+
+    let r = revoke("ica", &w.admin, reason.clone()).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    revoke("ica", &w.admin, reason.clone())
+        .await
+        .assert_problem(409, "already-revoked");
+    refused("ca.revoke").await;
+    // Listed once on the parent's CRL.
+    let r =
+        w.h.call("GET", "/v1/cas/devices", Some(&w.admin), None)
+            .await;
+    let crl_number = r.json["crl_number"].as_i64().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    crl_pem(&w, "devices", dir.path()).await;
+    let text = String::from_utf8(openssl(
+        &["crl", "-in", "devices.crl.pem", "-noout", "-text"],
+        dir.path(),
+    ))
+    .unwrap();
+    assert_eq!(text.matches("Serial Number:").count(), 1, "{text}");
+    assert!(crl_number >= 2, "reissued after the revocation");
+}

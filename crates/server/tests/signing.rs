@@ -574,6 +574,7 @@ async fn openapi_documents_every_route() {
         "/v1/cas/{name}/chain",
         "/v1/cas/{name}/crl",
         "/v1/cas/{name}/disable",
+        "/v1/cas/{name}/revoke",
         "/crl/{file}",
         "/v1/profiles",
         "/v1/profiles/{name}",

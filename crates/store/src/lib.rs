@@ -83,6 +83,10 @@ pub enum StoreError {
     NoSuchCertificate(String),
     #[error("no CA named {0}")]
     NoSuchCa(String),
+    #[error("CA {0} is already revoked")]
+    CaAlreadyRevoked(String),
+    #[error("CA {0} has no parent held here")]
+    CaWithoutParent(String),
     #[error("profile {0} has issued certificates")]
     ProfileInUse(String),
     #[error("stored data is invalid: {0}")]

@@ -42,6 +42,11 @@ pub struct CaRecord {
     pub crl_next_update: Option<String>,
     pub created_at: String,
     pub created_by: String,
+    /// Hex serial of this CA's own certificate, recorded under its parent.
+    pub serial: Option<String>,
+    /// Set when the parent revoked this CA's certificate (the CA is then disabled).
+    pub revoked_at: Option<String>,
+    pub revocation_reason: Option<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +130,13 @@ pub(crate) enum PkiOp {
         at: String,
         reason: String,
     },
+    /// Revoke an intermediate's certificate under its parent and disable the CA.
+    RevokeCa {
+        name: String,
+        serial: String,
+        at: String,
+        reason: String,
+    },
     StoreCrl {
         ca: String,
         number: i64,
@@ -137,9 +149,12 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
     match op {
         PkiOp::CreateCa(key, ca) => {
             crate::writer::insert_key(conn, key).await?;
+            if let Some(serial) = &ca.serial {
+                serial_unused(conn, serial).await?;
+            }
             let r = sqlx::query(
-                "INSERT INTO cas (name, key_id, status, subject, parent, csr_pem, certificate, chain_pem, not_after, created_at, created_by)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO cas (name, key_id, status, subject, parent, csr_pem, certificate, chain_pem, not_after, created_at, created_by, serial)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&ca.name)
             .bind(&ca.key_id)
@@ -152,6 +167,7 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
             .bind(&ca.not_after)
             .bind(&ca.created_at)
             .bind(&ca.created_by)
+            .bind(&ca.serial)
             .execute(&mut *conn)
             .await;
             crate::writer::unique(r, || StoreError::DuplicateCa(ca.name.clone()))?;
@@ -259,6 +275,7 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
             if ok.is_none() {
                 return Err(StoreError::CaState(format!("CA {} is not active", cert.ca)));
             }
+            serial_unused(conn, &cert.serial).await?;
             if *max_per_device > 0 {
                 let n: i64 = sqlx::query_scalar(
                     "SELECT COUNT(*) FROM certificates
@@ -319,6 +336,42 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
                 });
             }
         }
+        PkiOp::RevokeCa {
+            name,
+            serial,
+            at,
+            reason,
+        } => {
+            let row = sqlx::query("SELECT parent, revoked_at FROM cas WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *conn)
+                .await?
+                .ok_or_else(|| StoreError::NoSuchCa(name.clone()))?;
+            if row.try_get::<Option<String>, _>("parent")?.is_none() {
+                return Err(StoreError::CaWithoutParent(name.clone()));
+            }
+            if row.try_get::<Option<String>, _>("revoked_at")?.is_some() {
+                return Err(StoreError::CaAlreadyRevoked(name.clone()));
+            }
+            // Rows made before serials were recorded get theirs now.
+            let r = sqlx::query(
+                "UPDATE cas SET status = 'disabled', serial = COALESCE(serial, ?), revoked_at = ?, revocation_reason = ?
+                 WHERE name = ? AND revoked_at IS NULL AND (serial IS NULL OR serial = ?)",
+            )
+            .bind(serial)
+            .bind(at)
+            .bind(reason)
+            .bind(name)
+            .bind(serial)
+            .execute(&mut *conn)
+            .await;
+            let r = crate::writer::unique(r, || StoreError::DuplicateCertificate(serial.clone()))?;
+            if r.rows_affected() == 0 {
+                return Err(StoreError::Corrupt(format!(
+                    "the recorded serial of CA {name} is not its certificate's"
+                )));
+            }
+        }
         PkiOp::StoreCrl {
             ca,
             number,
@@ -344,6 +397,21 @@ pub(crate) async fn apply(conn: &mut SqliteConnection, op: &PkiOp) -> Result<(),
     Ok(())
 }
 
+/// Serials are unique across device and CA certificates: both kinds appear on a
+/// parent's CRL, so a shared serial would revoke the wrong one.
+async fn serial_unused(conn: &mut SqliteConnection, serial: &str) -> Result<(), StoreError> {
+    let taken: Option<i64> = sqlx::query_scalar(
+        "SELECT 1 FROM certificates WHERE serial = ?1 UNION ALL SELECT 1 FROM cas WHERE serial = ?1",
+    )
+    .bind(serial)
+    .fetch_optional(&mut *conn)
+    .await?;
+    match taken {
+        Some(_) => Err(StoreError::DuplicateCertificate(serial.to_owned())),
+        None => Ok(()),
+    }
+}
+
 fn ca_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CaRecord, StoreError> {
     Ok(CaRecord {
         name: r.try_get("name")?,
@@ -365,6 +433,9 @@ fn ca_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<CaRecord, StoreError> {
         crl_next_update: r.try_get("crl_next_update")?,
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
+        serial: r.try_get("serial")?,
+        revoked_at: r.try_get("revoked_at")?,
+        revocation_reason: r.try_get("revocation_reason")?,
     })
 }
 
@@ -495,6 +566,26 @@ impl Store {
         event: crate::AuditEvent,
     ) -> Result<u64, StoreError> {
         let op = PkiOp::Revoke {
+            serial: serial.to_owned(),
+            at: at.to_owned(),
+            reason: reason.to_owned(),
+        };
+        self.submit(crate::writer::Op::Pki(Box::new(op)), event)
+            .await
+    }
+
+    /// Revoke the certificate of intermediate `name` (serial `serial`) under its
+    /// parent, with its audit record; the CA is disabled in the same transaction.
+    pub async fn revoke_ca(
+        &self,
+        name: &str,
+        serial: &str,
+        at: &str,
+        reason: &str,
+        event: crate::AuditEvent,
+    ) -> Result<u64, StoreError> {
+        let op = PkiOp::RevokeCa {
+            name: name.to_owned(),
             serial: serial.to_owned(),
             at: at.to_owned(),
             reason: reason.to_owned(),
@@ -654,20 +745,29 @@ impl Store {
             .collect()
     }
 
-    /// When the newest revocation under `ca` happened, if any.
+    /// When the newest revocation under `ca` (of a device or intermediate CA
+    /// certificate) happened, if any.
     pub async fn latest_revocation(&self, ca: &str) -> Result<Option<String>, StoreError> {
         Ok(sqlx::query_scalar(
-            "SELECT MAX(revoked_at) FROM certificates WHERE ca = ? AND status = 'revoked'",
+            "SELECT MAX(t) FROM (
+                SELECT revoked_at AS t FROM certificates WHERE ca = ?1 AND status = 'revoked'
+                UNION ALL
+                SELECT revoked_at AS t FROM cas WHERE parent = ?1 AND revoked_at IS NOT NULL)",
         )
         .bind(ca)
         .fetch_one(self.pool())
         .await?)
     }
 
+    /// Revoked certificates `ca` issued, devices' and intermediate CAs', for its CRL.
     pub async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>, StoreError> {
         let rows = sqlx::query(
             "SELECT serial, revoked_at, revocation_reason FROM certificates
-             WHERE ca = ? AND status = 'revoked' ORDER BY revoked_at, serial",
+             WHERE ca = ?1 AND status = 'revoked'
+             UNION ALL
+             SELECT serial, revoked_at, revocation_reason FROM cas
+             WHERE parent = ?1 AND revoked_at IS NOT NULL AND serial IS NOT NULL
+             ORDER BY revoked_at, serial",
         )
         .bind(ca)
         .fetch_all(self.pool())

@@ -235,6 +235,13 @@ pub struct CaView {
     key: String,
     key_type: KeyType,
     parent: Option<String>,
+    /// Serial of this CA's certificate, when a CA held here (`parent`) issued it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    serial: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revoked_at: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    revocation_reason: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     csr_pem: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -263,13 +270,21 @@ async fn ca_view(st: &AppState, ca: &CaRecord) -> Result<CaView, ApiError> {
         .map(build::facts)
         .transpose()
         .map_err(|_| corrupt("CA certificate"))?;
+    // A revoked CA is disabled in the store; the view says why.
+    let status = match &ca.revoked_at {
+        Some(_) => "revoked",
+        None => ca.status.as_str(),
+    };
     Ok(CaView {
         name: ca.name.clone(),
-        status: ca.status.as_str().to_owned(),
+        status: status.to_owned(),
         subject: serde_json::from_str(&ca.subject).unwrap_or(serde_json::Value::Null),
         key: key.name.to_string(),
         key_type: key.key_type,
         parent: ca.parent.clone(),
+        serial: ca.serial.clone(),
+        revoked_at: ca.revoked_at.clone(),
+        revocation_reason: ca.revocation_reason.clone(),
         csr_pem: ca
             .csr_pem
             .clone()
@@ -430,12 +445,19 @@ async fn create_ca_record(st: &AppState, actor: &str, req: CreateCa) -> Result<S
                 with_ca_key(&st, &key, move |k| build::root_certificate(&s, validity, k)).await?;
             (CaStatus::Active, Some(cert), String::new(), None, "root")
         };
-        let not_after = certificate
+        let facts = certificate
             .as_deref()
             .map(build::facts)
             .transpose()
-            .map_err(build_err)?
-            .map(|f| rfc3339(f.not_after));
+            .map_err(build_err)?;
+        let not_after = facts.as_ref().map(|f| rfc3339(f.not_after));
+        // A certificate a CA held here issued is recorded under that parent, whose CRL
+        // can then revoke it. Roots and externally signed CAs have no such parent.
+        let serial = req
+            .parent
+            .as_ref()
+            .and(facts.as_ref())
+            .map(|f| f.serial_hex.clone());
         let record = CaRecord {
             name: name.to_string(),
             key_id: id,
@@ -451,6 +473,9 @@ async fn create_ca_record(st: &AppState, actor: &str, req: CreateCa) -> Result<S
             crl_next_update: None,
             created_at: influxion_store::now_rfc3339(),
             created_by: actor.to_owned(),
+            serial: serial.clone(),
+            revoked_at: None,
+            revocation_reason: None,
         };
         let event = AuditEvent::new(actor.to_owned(), "ca.create", Outcome::Ok)
             .target(name.to_string())
@@ -459,6 +484,7 @@ async fn create_ca_record(st: &AppState, actor: &str, req: CreateCa) -> Result<S
                 "key_type": key_type.as_str(),
                 "backend": key.backend,
                 "parent": req.parent,
+                "serial": serial,
                 "subject": subject,
             }));
         st.store.create_ca(key, record.clone(), event).await?;
@@ -668,6 +694,62 @@ pub async fn disable_ca(
         st.store
             .set_ca_status(&name, CaStatus::Disabled, event)
             .await?;
+        Ok(Json(ca_view(&st, &lookup_ca(&st, &name).await?).await?))
+    })
+    .await
+}
+
+/// `POST /v1/cas/{name}/revoke`: the parent revokes this intermediate's certificate,
+/// which its CRL lists from now on; the CA is disabled in the same transaction.
+pub async fn revoke_ca(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<Json<RevokeRequest>, JsonRejection>,
+) -> Result<Json<CaView>, ApiError> {
+    require(&st, &c, Role::Admin, &name, "ca.revoke").await?;
+    let p = &c.principal;
+    audited(&st, p, "ca.revoke", &name, async {
+        let req = json_body(body)?;
+        let reason = parse_reason(&req.reason)?;
+        let ca = lookup_ca(&st, &name).await?;
+        let parent = ca
+            .parent
+            .clone()
+            .ok_or_else(|| ApiError::CaWithoutParent(name.clone()))?;
+        if ca.revoked_at.is_some() {
+            return Err(ApiError::CaAlreadyRevoked(name.clone()));
+        }
+        // The parent's key signs the CRL that carries the revocation.
+        if !c.perms.allows(Role::Admin, &parent) {
+            return Err(forbidden(
+                &c.perms,
+                &format!("revoking CA {name} needs the admin role on its parent {parent} too"),
+            ));
+        }
+        let cert = ca
+            .certificate
+            .as_deref()
+            .ok_or_else(|| corrupt("intermediate CA without a certificate"))?;
+        let serial = build::facts(cert)
+            .map_err(|_| corrupt("CA certificate"))?
+            .serial_hex;
+        let at = influxion_store::now_rfc3339();
+        let event = AuditEvent::new(p.audit_id(), "ca.revoke", Outcome::Ok)
+            .target(name.clone())
+            .detail(serde_json::json!({
+                "serial": serial,
+                "parent": parent,
+                "reason": reason.as_str(),
+            }));
+        st.store
+            .revoke_ca(&name, &serial, &at, reason.as_str(), event)
+            .await?;
+        // As for certificates: the revocation stands, and a CRL that cannot be made now
+        // is made on the next fetch of the parent's CRL URL.
+        if let Err(e) = regenerate_crl(&st, &parent, &p.audit_id()).await {
+            tracing::error!(ca = %parent, error = %e, "CRL regeneration after CA revocation failed");
+        }
         Ok(Json(ca_view(&st, &lookup_ca(&st, &name).await?).await?))
     })
     .await
@@ -1355,6 +1437,14 @@ fn unspecified() -> String {
     "unspecified".into()
 }
 
+fn parse_reason(s: &str) -> Result<influxion_pki::Reason, ApiError> {
+    influxion_pki::Reason::parse(s).ok_or_else(|| {
+        ApiError::InvalidRequest(format!(
+            "reason must be one of unspecified, key_compromise, ca_compromise, affiliation_changed, superseded, cessation_of_operation, privilege_withdrawn; not {s:?}"
+        ))
+    })
+}
+
 pub async fn revoke(
     State(st): State<AppState>,
     c: Caller,
@@ -1364,17 +1454,17 @@ pub async fn revoke(
     let p = &c.principal;
     audited(&st, p, "cert.revoke", &serial, async {
         let req = json_body(body)?;
-        let reason = influxion_pki::Reason::parse(&req.reason).ok_or_else(|| {
-            ApiError::InvalidRequest(format!(
-                "reason must be one of unspecified, key_compromise, ca_compromise, affiliation_changed, superseded, cessation_of_operation, privilege_withdrawn; not {:?}",
-                req.reason
-            ))
-        })?;
+        let reason = parse_reason(&req.reason)?;
         let r = lookup_cert(&st, &c, &serial).await?;
-        if !(c.perms.allows(Role::KeyAdmin, &r.profile) || c.perms.allows(Role::Provisioner, &r.profile)) {
+        if !(c.perms.allows(Role::KeyAdmin, &r.profile)
+            || c.perms.allows(Role::Provisioner, &r.profile))
+        {
             return Err(forbidden(
                 &c.perms,
-                &format!("revoking certificates of profile {} needs the key-admin or provisioner role", r.profile),
+                &format!(
+                    "revoking certificates of profile {} needs the key-admin or provisioner role",
+                    r.profile
+                ),
             ));
         }
         let at = influxion_store::now_rfc3339();
@@ -1386,7 +1476,9 @@ pub async fn revoke(
                 "profile": r.profile,
                 "device_id": r.device_id,
             }));
-        st.store.revoke_certificate(&r.serial, &at, reason.as_str(), event).await?;
+        st.store
+            .revoke_certificate(&r.serial, &at, reason.as_str(), event)
+            .await?;
         // The revocation stands either way; a CRL that could not be made now is made
         // on the next fetch of the CRL URL, which sees the newer revocation.
         if let Err(e) = regenerate_crl(&st, &r.ca, &p.audit_id()).await {

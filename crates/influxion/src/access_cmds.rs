@@ -30,6 +30,10 @@ pub struct RuleArgs {
     /// Match a group id in `groups`.
     #[arg(long)]
     group_id: Option<String>,
+    /// Which tokens match: app (app-only), user (delegated) or any. Default: app when
+    /// the only identity rules are --app-id/--app-role, otherwise any.
+    #[arg(long, value_parser = ["app", "user", "any"])]
+    caller: Option<String>,
     #[arg(long, default_value = "")]
     description: String,
 }
@@ -44,6 +48,7 @@ impl RuleArgs {
             ("app_id", &self.app_id),
             ("app_role", &self.app_role),
             ("group_id", &self.group_id),
+            ("caller", &self.caller),
         ] {
             if let Some(x) = x {
                 v[k] = json!(x);
@@ -140,6 +145,7 @@ fn print_subject(s: &Value) {
         "app_id",
         "app_role",
         "group_id",
+        "caller",
     ] {
         if let Some(v) = s[k].as_str() {
             println!("    {k:<10} {v}");

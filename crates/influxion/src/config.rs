@@ -78,6 +78,11 @@ pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigErr
             "app_id" => r.app_id = v,
             "app_role" => r.app_role = v,
             "group_id" => r.group_id = v,
+            "caller" => {
+                r.caller = Some(v.unwrap_or_default().parse().map_err(
+                    |e: influxion_core::access::AccessError| err(setting, e.to_string()),
+                )?)
+            }
             other => return Err(err(setting, format!("unknown rule {other:?}"))),
         }
     }

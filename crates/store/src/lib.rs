@@ -37,6 +37,8 @@ pub enum StoreError {
     DuplicateKey(String),
     #[error("no key named {0}")]
     NoSuchKey(String),
+    #[error("the policy of key {0} changed while this change was being decided")]
+    PolicyChanged(String),
     #[error("key {0} is not active")]
     KeyNotActive(String),
     #[error("the audit chain head disagrees with the log ({0}); refusing to write until an operator investigates")]
@@ -268,14 +270,20 @@ impl Store {
         .await
     }
 
+    /// Replace a key's policy, provided it is still `expected` when the change commits
+    /// (otherwise [`StoreError::PolicyChanged`], nothing written).
     pub async fn set_key_policy(
         &self,
         key_id: &str,
+        expected: &KeyPolicy,
         policy: KeyPolicy,
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
-        self.submit(Op::SetKeyPolicy(key_id.to_owned(), policy), event)
-            .await
+        self.submit(
+            Op::SetKeyPolicy(key_id.to_owned(), Box::new((expected.clone(), policy))),
+            event,
+        )
+        .await
     }
 
     pub async fn create_request(

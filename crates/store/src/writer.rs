@@ -22,7 +22,8 @@ pub(crate) enum Op {
     InsertKey(Box<KeyRecord>),
     Pki(Box<crate::pki::PkiOp>),
     SetKeyStatus(KeyName, KeyStatus),
-    SetKeyPolicy(String, KeyPolicy),
+    /// Key id, the policy the change was decided against, the new policy.
+    SetKeyPolicy(String, Box<(KeyPolicy, KeyPolicy)>),
     CreateSubject(Box<SubjectRecord>),
     UpdateSubject(Box<SubjectRecord>),
     DeleteSubject(String),
@@ -210,24 +211,43 @@ async fn apply(
                 return Err(StoreError::NoSuchKey(name.to_string()));
             }
         }
-        Op::SetKeyPolicy(key_id, p) => {
+        Op::SetKeyPolicy(key_id, change) => {
+            let (expected, p) = &**change;
+            let json = |p: &KeyPolicy| {
+                serde_json::to_string(&p.approver_subjects).unwrap_or_else(|_| "[]".into())
+            };
+            // Compare and set: whether the change weakens the policy was decided
+            // against `expected`; if another change committed since, that decision is
+            // stale and nothing is written.
             let r = sqlx::query(
-                "UPDATE keys SET approvals_required = ?, approval_ttl_secs = ?, approver_subjects = ? WHERE id = ?",
+                "UPDATE keys SET approvals_required = ?, approval_ttl_secs = ?, approver_subjects = ?
+                 WHERE id = ? AND approvals_required = ? AND approval_ttl_secs = ? AND approver_subjects = ?",
             )
             .bind(p.approvals_required as i64)
             .bind(p.approval_ttl_secs as i64)
-            .bind(serde_json::to_string(&p.approver_subjects).unwrap_or_else(|_| "[]".into()))
+            .bind(json(p))
             .bind(key_id)
+            .bind(expected.approvals_required as i64)
+            .bind(expected.approval_ttl_secs as i64)
+            .bind(json(expected))
             .execute(&mut *conn)
             .await?;
             if r.rows_affected() == 0 {
-                return Err(StoreError::NoSuchKey(key_id.clone()));
+                let exists: Option<String> =
+                    sqlx::query_scalar("SELECT name FROM keys WHERE id = ?")
+                        .bind(key_id)
+                        .fetch_optional(&mut *conn)
+                        .await?;
+                return Err(match exists {
+                    Some(name) => StoreError::PolicyChanged(name),
+                    None => StoreError::NoSuchKey(key_id.clone()),
+                });
             }
         }
         Op::CreateSubject(s) => {
             let r = sqlx::query(
-                "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, created_at, created_by)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, caller, created_at, created_by)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&s.id)
             .bind(&s.name)
@@ -238,6 +258,7 @@ async fn apply(
             .bind(&s.rules.app_id)
             .bind(&s.rules.app_role)
             .bind(&s.rules.group_id)
+            .bind(s.rules.caller_rule().as_str())
             .bind(&s.created_at)
             .bind(&s.created_by)
             .execute(&mut *conn)
@@ -249,7 +270,7 @@ async fn apply(
         }
         Op::UpdateSubject(s) => {
             let r = sqlx::query(
-                "UPDATE subjects SET description = ?, issuer = ?, tenant_id = ?, object_id = ?, app_id = ?, app_role = ?, group_id = ?
+                "UPDATE subjects SET description = ?, issuer = ?, tenant_id = ?, object_id = ?, app_id = ?, app_role = ?, group_id = ?, caller = ?
                  WHERE id = ?",
             )
             .bind(&s.description)
@@ -259,6 +280,7 @@ async fn apply(
             .bind(&s.rules.app_id)
             .bind(&s.rules.app_role)
             .bind(&s.rules.group_id)
+            .bind(s.rules.caller_rule().as_str())
             .bind(&s.id)
             .execute(&mut *conn)
             .await?;

@@ -256,3 +256,102 @@ async fn disabled_key_never_signs_through_approval() {
     assert!(matches!(e, StoreError::KeyNotActive(_)));
     assert_eq!(s.get_request("r").await.unwrap().unwrap().status, "pending");
 }
+
+#[tokio::test]
+async fn a_policy_change_decided_against_a_stale_policy_writes_nothing() {
+    let (_d, s) = store().await;
+    let two = KeyPolicy {
+        approvals_required: 2,
+        ..KeyPolicy::default()
+    };
+    s.set_key_policy("k1", &KeyPolicy::default(), two.clone(), ev("key.policy"))
+        .await
+        .unwrap();
+    let before = s.recent_audit(1).await.unwrap()[0].seq;
+    // Another change, judged "no weaker" against the default, arrives after `two`
+    // committed: it would lower the quorum, so it is refused and not recorded.
+    let one = KeyPolicy {
+        approvals_required: 1,
+        ..KeyPolicy::default()
+    };
+    let r = s
+        .set_key_policy("k1", &KeyPolicy::default(), one, ev("key.policy"))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::PolicyChanged(ref k)) if k == "prod"),
+        "{r:?}"
+    );
+    let key = s.get_key(&"prod".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(key.policy, two);
+    assert_eq!(s.recent_audit(1).await.unwrap()[0].seq, before);
+    let r = s
+        .set_key_policy("nope", &two, KeyPolicy::default(), ev("key.policy"))
+        .await;
+    assert!(matches!(r, Err(StoreError::NoSuchKey(_))), "{r:?}");
+}
+
+/// Subjects made before `caller` existed: those with only app_id/app_role become
+/// `app`, those naming a person or group keep matching any caller.
+#[tokio::test]
+async fn migration_gives_app_only_subjects_the_app_caller_rule() {
+    use influxion_core::CallerRule;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let opts = SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    // The schema as it was before the caller rule.
+    let mut old = sqlx::migrate!("./migrations/sqlite");
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    old.run(&pool).await.unwrap();
+    let rows = [
+        ("ci", Some("ci-app"), None, None, None),
+        ("pipelines", None, Some("Influxion.Sign"), None, None),
+        ("person", Some("portal"), None, Some("oid-1"), None),
+        ("team", None, Some("Influxion.Sign"), None, Some("g-1")),
+    ];
+    for (name, app_id, app_role, object_id, group_id) in rows {
+        sqlx::query(
+            "INSERT INTO subjects (id, name, tenant_id, app_id, app_role, object_id, group_id, created_at, created_by)
+             VALUES (?, ?, 't', ?, ?, ?, ?, '2026-01-01T00:00:00Z', 'test')",
+        )
+        .bind(format!("id-{name}"))
+        .bind(name)
+        .bind(app_id)
+        .bind(app_role)
+        .bind(object_id)
+        .bind(group_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let s = Store::open(&url).await.unwrap();
+    let got: Vec<(String, Option<CallerRule>)> = s
+        .subjects()
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| (x.name.clone(), x.rules.caller))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ci".to_owned(), Some(CallerRule::App)),
+            ("person".to_owned(), Some(CallerRule::Any)),
+            ("pipelines".to_owned(), Some(CallerRule::App)),
+            ("team".to_owned(), Some(CallerRule::Any)),
+        ]
+    );
+}

@@ -11,6 +11,7 @@ use influxion_store::{AuditEvent, KeyPolicy, KeyPurpose, KeyRecord, Outcome};
 use serde::{Deserialize, Serialize};
 
 use super::{audited, require, require_any};
+use crate::problem::WeakeningRefused;
 use crate::routes::sign::json_body;
 use crate::{ApiError, AppState, Caller};
 
@@ -260,11 +261,35 @@ pub async fn set_policy(
             approval_ttl_secs: ttl,
             approver_subjects: req.approvers,
         };
+        // Making signing harder is immediate; making it easier is for an admin who is
+        // not also a signer of the key, or a key-admin+signer could set approvals to
+        // 0 (or name approvers it controls), sign alone and put the policy back.
+        let weakens = key.policy.weakenings(&policy);
+        if !weakens.is_empty() {
+            let reason = if !c.perms.is_admin() {
+                Some(WeakeningRefused::NotAdmin)
+            } else if c.perms.holds_explicitly(Role::Signer, key.name.as_str()) {
+                Some(WeakeningRefused::HoldsSigner)
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(ApiError::PolicyWeakening {
+                    key: key.name.to_string(),
+                    weakens,
+                    reason,
+                });
+            }
+        }
         let event = AuditEvent::new(p.audit_id(), "key.policy", Outcome::Ok)
             .target(key.name.to_string())
-            .detail(serde_json::to_value(&policy).unwrap_or_default());
+            .detail(serde_json::json!({
+                "before": key.policy,
+                "after": policy,
+                "weakens": weakens,
+            }));
         st.store
-            .set_key_policy(&key.id, policy.clone(), event)
+            .set_key_policy(&key.id, &key.policy, policy.clone(), event)
             .await?;
         KeyView::from_record(&KeyRecord { policy, ..key }).map(Json)
     })

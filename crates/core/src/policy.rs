@@ -4,10 +4,10 @@
 //! change, the store checks at commit that the policy compared against is still the one
 //! in force.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// How signing with a key is governed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct KeyPolicy {
     /// Approvals needed before a signature is made (M of the eligible approvers); 0 = none.
     pub approvals_required: u32,
@@ -28,7 +28,7 @@ impl Default for KeyPolicy {
 }
 
 /// One way a policy change makes signing with the key easier.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Weakening {
     /// Fewer approvals (down to none).

@@ -3,7 +3,7 @@
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use influxion_auth::AuthError;
-use influxion_core::{BackendError, ParseError, Weakening};
+use influxion_core::{BackendError, ParseError};
 use influxion_store::StoreError;
 use serde::Serialize;
 
@@ -36,12 +36,6 @@ pub enum ApiError {
     },
     #[error("a key named {0} already exists")]
     KeyExists(String),
-    #[error("this change weakens the approval policy of key {key} ({}); {reason}", list(.weakens))]
-    PolicyWeakening {
-        key: String,
-        weakens: Vec<Weakening>,
-        reason: WeakeningRefused,
-    },
     #[error("the policy of key {0} changed meanwhile; read it again and retry")]
     PolicyChanged(String),
     #[error("no such resource")]
@@ -106,23 +100,6 @@ pub enum ApiError {
     Backend(#[from] BackendError),
 }
 
-/// Why a weakening policy change was refused.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-pub enum WeakeningRefused {
-    #[error("only an admin may weaken a key's policy")]
-    NotAdmin,
-    /// Four eyes must not be switched off by someone it is there to stop.
-    #[error("the caller holds the signer role on the key, and may not weaken the policy that governs its own signing")]
-    HoldsSigner,
-}
-
-fn list(w: &[Weakening]) -> String {
-    w.iter()
-        .map(|w| w.to_string())
-        .collect::<Vec<_>>()
-        .join(", ")
-}
-
 impl From<StoreError> for ApiError {
     fn from(e: StoreError) -> Self {
         match e {
@@ -175,7 +152,7 @@ impl ApiError {
                 StatusCode::SERVICE_UNAVAILABLE
             }
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden(_) | ApiError::PolicyWeakening { .. } => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PolicyChanged(_) => StatusCode::CONFLICT,
             ApiError::Parse(_)
             | ApiError::InvalidRequest(_)
@@ -233,7 +210,6 @@ impl ApiError {
             ApiError::KeyDisabled(_) => "key-disabled",
             ApiError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
             ApiError::KeyExists(_) => "key-exists",
-            ApiError::PolicyWeakening { .. } => "policy-weakening",
             ApiError::PolicyChanged(_) => "policy-changed",
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",

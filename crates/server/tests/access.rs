@@ -834,54 +834,61 @@ async fn a_key_admin_signer_cannot_weaken_four_eyes() {
     );
 
     // (a) lowering the quorum, (b) replacing or adding approvers, (c) a longer TTL:
-    // refused with 403 policy-weakening and a refusal record, policy untouched.
+    // not applied but proposed (202), whoever of mallory, a plain key-admin or an admin
+    // who also signs asks; recorded as a proposal, the policy untouched.
+    let ttl = 3600;
     let weakenings = [
-        json!({"approvals_required": 0, "approval_ttl_secs": 3600}),
-        json!({"approvals_required": 1, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": 3600}),
-        json!({"approvals_required": 2, "approvers": ["approver-1", "mallory-approver"], "approval_ttl_secs": 3600}),
-        json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2", "mallory-approver"], "approval_ttl_secs": 3600}),
-        json!({"approvals_required": 2, "approvers": [], "approval_ttl_secs": 3600}),
-        json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": 7200}),
+        (
+            json!({"approvals_required": 0, "approval_ttl_secs": ttl}),
+            json!(["fewer_approvals", "wider_approvers"]),
+        ),
+        (
+            json!({"approvals_required": 1, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": ttl}),
+            json!(["fewer_approvals"]),
+        ),
+        (
+            json!({"approvals_required": 2, "approvers": ["approver-1", "mallory-approver"], "approval_ttl_secs": ttl}),
+            json!(["wider_approvers"]),
+        ),
+        (
+            json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2", "mallory-approver"], "approval_ttl_secs": ttl}),
+            json!(["wider_approvers"]),
+        ),
+        (
+            json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": 7200}),
+            json!(["longer_ttl"]),
+        ),
     ];
+    let mut ids = Vec::new();
     for t in [
         &mallory,
         &app_token(&w.idp, "ka-app"),
         &app_token(&w.idp, "root-signer-app"),
     ] {
-        for body in &weakenings {
+        for (body, weakens) in &weakenings {
             let r = set_policy(&w, t, "fw-4eyes", body.clone()).await;
-            r.assert_problem(403, "policy-weakening");
-            assert_refused(&w.h, "key.policy", "fw-4eyes", "policy-weakening").await;
+            assert_eq!(r.status, 202, "{body}: {}", r.text);
+            assert_eq!(r.json["status"], "pending");
+            assert_eq!(r.json["quorum"], 2);
+            assert_eq!(&r.json["weakens"], weakens);
+            let id = r.json["change_id"].as_str().unwrap().to_owned();
+            let a = w.h.last_audit().await;
+            assert_eq!(
+                (a.action.as_str(), a.outcome.as_str(), a.target.as_deref()),
+                ("key.policy_change.create", "ok", Some("fw-4eyes"))
+            );
+            let d: Value = serde_json::from_str(&a.detail).unwrap();
+            assert_eq!((&d["change"], &d["weakens"]), (&json!(id), weakens), "{d}");
+            ids.push(id);
         }
     }
-    let r = set_policy(
-        &w,
-        &app_token(&w.idp, "root-signer-app"),
-        "fw-4eyes",
-        weakenings[0].clone(),
-    )
-    .await;
-    assert!(
-        r.json["detail"].as_str().unwrap().contains("signer role"),
-        "{}",
-        r.text
-    );
-    let r = set_policy(&w, &mallory, "fw-4eyes", weakenings[0].clone()).await;
-    assert!(
-        r.json["detail"]
-            .as_str()
-            .unwrap()
-            .contains("fewer approvals"),
-        "{}",
-        r.text
-    );
     let now =
         w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
             .await
             .json["policy"]
             .clone();
     assert_eq!(now, policy);
-    // So mallory's signature still waits for two approvers that are not mallory.
+    // So mallory's signature still waits for two approvers that are not mallory...
     let r =
         w.h.call(
             "POST",
@@ -891,31 +898,90 @@ async fn a_key_admin_signer_cannot_weaken_four_eyes() {
         )
         .await;
     assert_eq!(r.status, 202, "{}", r.text);
-    let id = r.json["request_id"].as_str().unwrap();
-    w.h.call(
-        "POST",
-        &format!("/v1/signing-requests/{id}/approve"),
-        Some(&app_token(&w.idp, "mallory-app-2")),
-        Some(json!({})),
-    )
-    .await
-    .assert_problem(403, "forbidden");
+    // ...and mallory cannot approve its own proposal, nor through the identity it
+    // controls that is not one of the key's approvers; each refusal is recorded.
+    let (lower, longer_ttl) = (ids[0].clone(), ids[4].clone());
+    let decide = |id: &str, t: &str, verb: &str, comment: &str| {
+        let (h, path, t) = (
+            &w.h,
+            format!("/v1/policy-changes/{id}/{verb}"),
+            t.to_owned(),
+        );
+        let body = json!({"comment": comment});
+        async move { h.call("POST", &path, Some(&t), Some(body)).await }
+    };
+    decide(&lower, &mallory, "approve", "")
+        .await
+        .assert_problem(403, "self-approval");
+    assert_refused(&w.h, "key.policy_change.approve", &lower, "self-approval").await;
+    decide(&lower, &app_token(&w.idp, "mallory-app-2"), "approve", "")
+        .await
+        .assert_problem(403, "forbidden");
+    assert_refused(&w.h, "key.policy_change.approve", &lower, "forbidden").await;
+    // Approvers see what they decide on.
+    let seen =
+        w.h.call(
+            "GET",
+            &format!("/v1/policy-changes/{lower}"),
+            Some(&app_token(&w.idp, "approver-app-1")),
+            None,
+        )
+        .await;
+    assert_eq!(seen.json["can_decide"], true, "{}", seen.text);
+    assert_eq!(seen.json["policy"]["approvals_required"], 0);
+    assert_eq!(seen.json["base_policy"], policy);
 
-    // (e) An admin who is not a signer of the key may weaken it; the record says how.
-    let r = set_policy(&w, &w.admin, "fw-4eyes", json!({"approvals_required": 0})).await;
-    assert_eq!(r.status, 200, "{}", r.text);
+    // (e) The key's approvers apply it: the completing vote replaces the policy and is
+    // recorded by the quorum, in the same transaction.
+    let a1 = app_token(&w.idp, "approver-app-1");
+    let a2 = app_token(&w.idp, "approver-app-2");
+    let r = decide(&lower, &a1, "approve", "ok").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json["status"].as_str()),
+        (200, Some("pending")),
+        "{}",
+        r.text
+    );
+    decide(&lower, &a1, "approve", "again")
+        .await
+        .assert_problem(409, "already-decided");
+    let r = decide(&longer_ttl, &a1, "approve", "ok").await;
+    assert_eq!(r.json["status"], "pending", "{}", r.text);
+    let r = decide(&lower, &a2, "approve", "ok").await;
+    assert_eq!(r.json["status"], "applied", "{}", r.text);
     let a = w.h.last_audit().await;
     assert_eq!(
-        (a.action.as_str(), a.outcome.as_str()),
-        ("key.policy", "ok")
+        (a.actor.as_str(), a.action.as_str(), a.target.as_deref()),
+        ("system:quorum", "key.policy", Some("fw-4eyes"))
     );
     let d: Value = serde_json::from_str(&a.detail).unwrap();
     assert_eq!(
-        d["weakens"],
-        json!(["fewer_approvals", "wider_approvers", "longer_ttl"]),
+        (&d["change"], &d["before"]),
+        (&json!(lower), &policy),
         "{d}"
     );
-    assert_eq!(d["before"], policy, "{d}");
+    assert_eq!(d["after"]["approvals_required"], 0, "{d}");
+    let now =
+        w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
+            .await
+            .json["policy"]
+            .clone();
+    assert_eq!(now["approvals_required"], 0, "{now}");
+    // A proposal judged against the old policy no longer applies: it is superseded.
+    let r = decide(&longer_ttl, &a2, "approve", "ok").await;
+    assert_eq!(r.json["status"], "superseded", "{}", r.text);
+    assert_eq!(w.h.last_audit().await.action, "key.policy_change.supersede");
+    let after =
+        w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
+            .await
+            .json["policy"]
+            .clone();
+    assert_eq!(after, now);
+    decide(&ids[1], &a1, "reject", "no").await;
+    assert_eq!(
+        decide(&ids[1], &a2, "approve", "").await.problem_type(),
+        "https://influxion.dev/problems/request-closed"
+    );
     let r =
         w.h.call(
             "POST",
@@ -925,6 +991,23 @@ async fn a_key_admin_signer_cannot_weaken_four_eyes() {
         )
         .await;
     assert_eq!(r.status, 200, "{}", r.text);
+
+    // An admin who does not sign with the key may weaken it at once; the record says how.
+    assert_eq!(
+        w.h.create_key(&w.admin, "fw-admin", "ec-p256").await.status,
+        201
+    );
+    let one = json!({"approvals_required": 1});
+    assert_eq!(set_policy(&w, &w.admin, "fw-admin", one).await.status, 200);
+    let r = set_policy(&w, &w.admin, "fw-admin", json!({"approvals_required": 0})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let a = w.h.last_audit().await;
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str()),
+        ("key.policy", "ok")
+    );
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert_eq!(d["weakens"], json!(["fewer_approvals"]), "{d}");
 }
 
 fn user_token(idp: &TestIdp, azp: &str, roles: &[&str]) -> String {

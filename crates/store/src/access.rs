@@ -93,6 +93,11 @@ pub enum RequestOutcome {
     Cancelled,
     /// The request had expired; it is now marked so and nothing else happened.
     Expired,
+    /// This vote completed the quorum of a policy change, and the policy was replaced.
+    Applied,
+    /// This vote completed the quorum of a policy change, but the key's policy had
+    /// changed since it was proposed: it ended without effect.
+    Superseded,
 }
 
 pub(crate) fn subject_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SubjectRecord, sqlx::Error> {

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod audit;
 pub mod pki;
+pub mod policy_changes;
 mod writer;
 
 use std::str::FromStr;
@@ -24,6 +25,7 @@ pub use access::{
     ApprovalRecord, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord,
 };
 pub use audit::{AuditEvent, AuditRecord, ChainReport, Outcome};
+pub use policy_changes::PolicyChange;
 pub use writer::Applied;
 use writer::{Job, Op};
 
@@ -315,6 +317,38 @@ impl Store {
             event,
         )
         .await
+    }
+
+    /// Propose a weakening policy change; see [`PolicyChange`].
+    pub async fn create_policy_change(
+        &self,
+        c: PolicyChange,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::CreatePolicyChange(Box::new(c)), event)
+            .await
+    }
+
+    /// Approve or reject a policy change; the completing vote applies it.
+    pub async fn decide_policy_change(
+        &self,
+        d: Decision,
+        event: AuditEvent,
+    ) -> Result<Applied, StoreError> {
+        self.submit_op(Op::DecidePolicyChange(Box::new(d)), event)
+            .await
+    }
+
+    pub async fn get_policy_change(&self, id: &str) -> Result<Option<PolicyChange>, StoreError> {
+        policy_changes::get(&self.pool, id).await
+    }
+
+    pub async fn list_policy_changes(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PolicyChange>, StoreError> {
+        policy_changes::list(&self.pool, status, limit).await
     }
 
     pub async fn get_request(&self, id: &str) -> Result<Option<SigningRequest>, StoreError> {

@@ -5,8 +5,8 @@
 
 use influxion_core::{KeyStatus, KeyType};
 use influxion_store::{
-    AuditEvent, Decision, KeyPolicy, KeyRecord, Outcome, RequestOutcome, SigningRequest, Store,
-    StoreError,
+    AuditEvent, Decision, KeyPolicy, KeyRecord, Outcome, PolicyChange, RequestOutcome,
+    SigningRequest, Store, StoreError,
 };
 
 async fn store() -> (tempfile::TempDir, Store) {
@@ -353,5 +353,118 @@ async fn migration_gives_app_only_subjects_the_app_caller_rule() {
             ("pipelines".to_owned(), Some(CallerRule::App)),
             ("team".to_owned(), Some(CallerRule::Any)),
         ]
+    );
+}
+
+fn change(id: &str, base: &KeyPolicy, policy: KeyPolicy, expires_at: i64) -> PolicyChange {
+    PolicyChange {
+        id: id.into(),
+        key_id: "k1".into(),
+        key_name: "prod".into(),
+        requester: "t/mallory".into(),
+        requester_name: None,
+        reason: "test".into(),
+        weakens: base.weakenings(&policy),
+        base_policy: base.clone(),
+        policy,
+        quorum: base.approvals_required,
+        approver_subjects: base.approver_subjects.clone(),
+        status: "pending".into(),
+        created_at: influxion_store::now_rfc3339(),
+        expires_at,
+        finished_at: None,
+        approvals: vec![],
+    }
+}
+
+/// A weakening proposed as a policy change: applied by the vote that completes the
+/// quorum of the policy it was proposed against, and only while that policy is in force.
+#[tokio::test]
+async fn a_policy_change_applies_at_quorum_and_only_over_its_base_policy() {
+    let (_d, s) = store().await;
+    let two = KeyPolicy {
+        approvals_required: 2,
+        ..KeyPolicy::default()
+    };
+    s.set_key_policy("k1", &KeyPolicy::default(), two.clone(), ev("key.policy"))
+        .await
+        .unwrap();
+    let off = KeyPolicy::default();
+    let longer = KeyPolicy {
+        approval_ttl_secs: 7 * 86_400,
+        ..two.clone()
+    };
+    s.create_policy_change(change("c1", &two, off.clone(), FUTURE), ev("create"))
+        .await
+        .unwrap();
+    s.create_policy_change(change("c2", &two, longer, FUTURE), ev("create"))
+        .await
+        .unwrap();
+    s.create_policy_change(change("c3", &two, off.clone(), 10), ev("create"))
+        .await
+        .unwrap();
+    let decide =
+        |id: &str, who: &str| s.decide_policy_change(vote(id, who, true, false), ev("approve"));
+    assert!(matches!(
+        decide("c1", "t/mallory").await,
+        Err(StoreError::SelfApproval)
+    ));
+    assert_eq!(
+        decide("c1", "a1").await.unwrap().outcome,
+        Some(RequestOutcome::Approved {
+            approvals: 1,
+            quorum: 2
+        })
+    );
+    assert!(matches!(
+        decide("c1", "a1").await,
+        Err(StoreError::AlreadyDecided)
+    ));
+    let key = || async { s.get_key(&"prod".parse().unwrap()).await.unwrap().unwrap() };
+    assert_eq!(key().await.policy, two, "one vote changes nothing");
+    assert_eq!(
+        decide("c1", "a2").await.unwrap().outcome,
+        Some(RequestOutcome::Applied)
+    );
+    assert_eq!(key().await.policy, off);
+    let a = &s.recent_audit(1).await.unwrap()[0];
+    assert_eq!(
+        (a.actor.as_str(), a.action.as_str()),
+        ("system:quorum", "key.policy")
+    );
+    assert_eq!(
+        s.get_policy_change("c1").await.unwrap().unwrap().status,
+        "applied"
+    );
+    assert!(matches!(
+        decide("c1", "a3").await,
+        Err(StoreError::RequestClosed(_))
+    ));
+    // c2 was proposed against `two`, no longer in force: it ends without effect.
+    decide("c2", "a1").await.unwrap();
+    assert_eq!(
+        decide("c2", "a2").await.unwrap().outcome,
+        Some(RequestOutcome::Superseded)
+    );
+    assert_eq!(key().await.policy, off);
+    assert_eq!(
+        s.get_policy_change("c2").await.unwrap().unwrap().status,
+        "superseded"
+    );
+    // Past its expiry a change only expires.
+    assert_eq!(
+        decide("c3", "a1").await.unwrap().outcome,
+        Some(RequestOutcome::Expired)
+    );
+    assert_eq!(
+        s.get_policy_change("c3").await.unwrap().unwrap().status,
+        "expired"
+    );
+    assert_eq!(
+        s.list_policy_changes(Some("pending"), 10)
+            .await
+            .unwrap()
+            .len(),
+        0
     );
 }

@@ -7,7 +7,7 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-use crate::Principal;
+use crate::{CallerKind, Principal};
 
 /// What a grant allows, on keys (or profiles) whose name matches the grant's pattern.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -80,6 +80,48 @@ pub enum AccessError {
     SubjectName,
     #[error("{0} is longer than 256 characters")]
     TooLong(&'static str),
+    #[error("unknown caller rule {0:?}; it is app, user or any")]
+    Caller(String),
+}
+
+/// Which kind of caller a subject matches, by how the token was obtained.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CallerRule {
+    /// App-only tokens (client credentials, workload identity).
+    App,
+    /// Delegated tokens: a person, through some application.
+    User,
+    Any,
+}
+
+impl CallerRule {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallerRule::App => "app",
+            CallerRule::User => "user",
+            CallerRule::Any => "any",
+        }
+    }
+
+    pub fn admits(self, kind: CallerKind) -> bool {
+        match self {
+            CallerRule::Any => true,
+            CallerRule::App => kind == CallerKind::App,
+            CallerRule::User => kind == CallerKind::User,
+        }
+    }
+}
+
+impl FromStr for CallerRule {
+    type Err = AccessError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        [CallerRule::App, CallerRule::User, CallerRule::Any]
+            .into_iter()
+            .find(|c| c.as_str() == s)
+            .ok_or_else(|| AccessError::Caller(s.to_owned()))
+    }
 }
 
 /// Rules a principal must meet to be this subject: every rule that is set must match.
@@ -100,6 +142,9 @@ pub struct SubjectRules {
     pub app_role: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub group_id: Option<String>,
+    /// App-only tokens, delegated tokens or both; unset means [`Self::caller_rule`]'s default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub caller: Option<CallerRule>,
 }
 
 impl SubjectRules {
@@ -133,6 +178,31 @@ impl SubjectRules {
         Ok(())
     }
 
+    /// The caller rule in force. Unset, a subject whose only identity rules are
+    /// `app_id`/`app_role` matches apps alone: a person's delegated token carries the
+    /// app it came through in `azp`, and users may be assigned app roles, so without
+    /// this a subject written for a CI application would also match people.
+    pub fn caller_rule(&self) -> CallerRule {
+        if let Some(c) = self.caller {
+            return c;
+        }
+        let set = |v: &Option<String>| v.as_deref().is_some_and(|s| !s.is_empty());
+        if !set(&self.object_id)
+            && !set(&self.group_id)
+            && (set(&self.app_id) || set(&self.app_role))
+        {
+            CallerRule::App
+        } else {
+            CallerRule::Any
+        }
+    }
+
+    /// The same rules with the caller rule written out, as they are stored.
+    pub fn explicit(mut self) -> Self {
+        self.caller = Some(self.caller_rule());
+        self
+    }
+
     pub fn matches(&self, p: &Principal) -> bool {
         fn rule(want: &Option<String>, have: Option<&str>) -> bool {
             match want {
@@ -140,7 +210,8 @@ impl SubjectRules {
                 Some(w) => have.is_some_and(|h| h.eq_ignore_ascii_case(w)),
             }
         }
-        rule(&self.issuer, Some(&p.issuer))
+        self.caller_rule().admits(p.kind)
+            && rule(&self.issuer, Some(&p.issuer))
             && rule(&self.tenant_id, p.tenant_id.as_deref())
             && rule(&self.object_id, Some(&p.object_id))
             && rule(&self.app_id, p.app_id.as_deref())
@@ -226,6 +297,14 @@ impl Permissions {
             .any(|g| g.role == Role::Admin || g.role == role)
     }
 
+    /// A grant of exactly `role` on `name`, not the one admin implies. An admin may do
+    /// anything; this asks whether the caller was also made, say, a signer of the key.
+    pub fn holds_explicitly(&self, role: Role, name: &str) -> bool {
+        self.grants
+            .iter()
+            .any(|g| g.role == role && pattern_matches(&g.pattern, name))
+    }
+
     pub fn is_admin(&self) -> bool {
         self.grants.iter().any(|g| g.role == Role::Admin)
     }
@@ -239,7 +318,6 @@ impl Permissions {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::CallerKind;
 
     #[test]
     fn patterns() {
@@ -301,6 +379,49 @@ mod tests {
         }
         .validate()
         .is_err());
+    }
+
+    #[test]
+    fn app_rules_match_apps_unless_told_otherwise() {
+        let app = principal();
+        let user = Principal {
+            kind: CallerKind::User,
+            ..principal()
+        };
+        let by_app = SubjectRules {
+            app_id: Some("app1".into()),
+            ..Default::default()
+        };
+        let by_role = SubjectRules {
+            app_role: Some("Influxion.Sign".into()),
+            ..Default::default()
+        };
+        for r in [&by_app, &by_role] {
+            assert_eq!(r.caller_rule(), CallerRule::App);
+            assert!(r.matches(&app));
+            assert!(!r.matches(&user));
+            let any = SubjectRules {
+                caller: Some(CallerRule::Any),
+                ..r.clone()
+            };
+            assert!(any.matches(&app) && any.matches(&user));
+            let people = SubjectRules {
+                caller: Some(CallerRule::User),
+                ..r.clone()
+            };
+            assert!(!people.matches(&app) && people.matches(&user));
+        }
+        // A person or group rule keeps the old default: anyone the rules name.
+        let person = SubjectRules {
+            object_id: Some("o1".into()),
+            app_id: Some("app1".into()),
+            ..Default::default()
+        };
+        assert_eq!(person.caller_rule(), CallerRule::Any);
+        assert!(person.matches(&user));
+        assert_eq!(by_app.explicit().caller, Some(CallerRule::App));
+        assert_eq!("user".parse::<CallerRule>(), Ok(CallerRule::User));
+        assert!("people".parse::<CallerRule>().is_err());
     }
 
     #[test]

@@ -7,9 +7,11 @@
 pub mod access;
 pub mod backend;
 pub mod key;
+pub mod policy;
 pub mod principal;
 
-pub use access::{Grant, Permissions, Role, SubjectRules};
+pub use access::{CallerRule, Grant, Permissions, Role, SubjectRules};
 pub use backend::{BackendError, GeneratedKey, KeyBackend};
 pub use key::{Digest, KeyName, KeyStatus, KeyType, ParseError, SignAlgorithm};
+pub use policy::{KeyPolicy, Weakening};
 pub use principal::{CallerKind, Principal};

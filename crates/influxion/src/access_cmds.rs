@@ -30,6 +30,10 @@ pub struct RuleArgs {
     /// Match a group id in `groups`.
     #[arg(long)]
     group_id: Option<String>,
+    /// Which tokens match: app (app-only), user (delegated) or any. Default: app when
+    /// the only identity rules are --app-id/--app-role, otherwise any.
+    #[arg(long, value_parser = ["app", "user", "any"])]
+    caller: Option<String>,
     #[arg(long, default_value = "")]
     description: String,
 }
@@ -44,6 +48,7 @@ impl RuleArgs {
             ("app_id", &self.app_id),
             ("app_role", &self.app_role),
             ("group_id", &self.group_id),
+            ("caller", &self.caller),
         ] {
             if let Some(x) = x {
                 v[k] = json!(x);
@@ -120,6 +125,30 @@ pub enum ApprovalsCommand {
     Cancel { id: String },
 }
 
+#[derive(Subcommand)]
+pub enum PolicyChangesCommand {
+    /// Policy changes you can see (pending by default).
+    List {
+        /// pending, applied, rejected, expired, superseded, or all.
+        #[arg(long, default_value = "pending")]
+        status: String,
+    },
+    /// Everything about one change: the policy now and the one proposed.
+    Show { id: String },
+    /// Approve a change (an approver of the key).
+    Approve {
+        id: String,
+        #[arg(long, default_value = "")]
+        comment: String,
+    },
+    /// Reject a change (a comment is required).
+    Reject {
+        id: String,
+        #[arg(long)]
+        comment: String,
+    },
+}
+
 fn parse_grant(g: &str) -> Value {
     match g.split_once(':') {
         Some((role, pattern)) => json!({"role": role, "pattern": pattern}),
@@ -140,6 +169,7 @@ fn print_subject(s: &Value) {
         "app_id",
         "app_role",
         "group_id",
+        "caller",
     ] {
         if let Some(v) = s[k].as_str() {
             println!("    {k:<10} {v}");
@@ -384,5 +414,107 @@ pub async fn whoami(mut c: Client) -> Result<ExitCode> {
     let (_, v) = c.call(Method::GET, "/v1/me", None).await?;
     let pretty = serde_json::to_string_pretty(&v)?;
     output::emit(&v, || println!("{pretty}"));
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_change(ch: &Value) {
+    println!("change     {}", ch["id"].as_str().unwrap_or(""));
+    println!("status     {}", ch["status"].as_str().unwrap_or(""));
+    println!("key        {}", ch["key_name"].as_str().unwrap_or(""));
+    println!(
+        "requester  {} {}",
+        ch["requester"].as_str().unwrap_or(""),
+        ch["requester_name"]
+            .as_str()
+            .map(|n| format!("({n})"))
+            .unwrap_or_default()
+    );
+    println!("reason     {}", ch["reason"].as_str().unwrap_or(""));
+    println!("now        {}", ch["base_policy"]);
+    println!("proposed   {}", ch["policy"]);
+    println!("weakens    {}", ch["weakens"]);
+    println!(
+        "approvals  {}/{}",
+        ch["approvals_count"].as_u64().unwrap_or(0),
+        ch["quorum"].as_u64().unwrap_or(0)
+    );
+    for a in ch["approvals"].as_array().into_iter().flatten() {
+        println!(
+            "  {:<8} {} {} {}",
+            a["decision"].as_str().unwrap_or(""),
+            a["approver"].as_str().unwrap_or(""),
+            a["at"].as_str().unwrap_or(""),
+            a["comment"].as_str().unwrap_or("")
+        );
+    }
+    if ch["can_decide"].as_bool() == Some(true) {
+        println!("you can approve or reject this change");
+    }
+}
+
+pub async fn policy_changes(mut c: Client, cmd: PolicyChangesCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyChangesCommand::List { status } => {
+            let path = if status == "all" {
+                "/v1/policy-changes".to_owned()
+            } else {
+                format!("/v1/policy-changes?status={status}")
+            };
+            let (_, v) = c.call(Method::GET, &path, None).await?;
+            output::emit(&v, || {
+                for ch in v["changes"].as_array().into_iter().flatten() {
+                    println!(
+                        "{:<36}  {:<10} {:<16} {}/{}  {}",
+                        ch["id"].as_str().unwrap_or(""),
+                        ch["status"].as_str().unwrap_or(""),
+                        ch["key_name"].as_str().unwrap_or(""),
+                        ch["approvals_count"],
+                        ch["quorum"],
+                        ch["weakens"]
+                    );
+                }
+            });
+        }
+        PolicyChangesCommand::Show { id } => {
+            let (_, v) = c
+                .call(Method::GET, &format!("/v1/policy-changes/{id}"), None)
+                .await?;
+            output::emit(&v, || print_change(&v));
+        }
+        PolicyChangesCommand::Approve { id, comment } => {
+            let (_, v) = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/policy-changes/{id}/approve"),
+                    Some(&json!({"comment": comment})),
+                )
+                .await?;
+            output::note(
+                &v,
+                &format!(
+                    "approved: {} ({}/{} approvals)",
+                    v["status"].as_str().unwrap_or(""),
+                    v["approvals_count"],
+                    v["quorum"]
+                ),
+            );
+        }
+        PolicyChangesCommand::Reject { id, comment } => {
+            if comment.trim().is_empty() {
+                bail!("a rejection needs --comment");
+            }
+            let (_, v) = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/policy-changes/{id}/reject"),
+                    Some(&json!({"comment": comment})),
+                )
+                .await?;
+            output::note(
+                &v,
+                &format!("change {}", v["status"].as_str().unwrap_or("")),
+            );
+        }
+    }
     Ok(ExitCode::SUCCESS)
 }

@@ -155,15 +155,6 @@ impl Client {
         Ok(resp.text().await?)
     }
 
-    pub async fn put<T: DeserializeOwned>(
-        &mut self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<T> {
-        let (_, v) = self.call(reqwest::Method::PUT, path, Some(body)).await?;
-        serde_json::from_value(v).context("the keyserver's response does not parse")
-    }
-
     pub async fn post<T: DeserializeOwned>(
         &mut self,
         path: &str,

@@ -55,6 +55,9 @@ pub enum KeysCommand {
         /// Subject allowed to approve (repeatable); none = any approver of the key.
         #[arg(long = "approver")]
         approvers: Vec<String>,
+        /// Why: shown to the approvers when the change weakens the policy.
+        #[arg(long)]
+        reason: Option<String>,
     },
 }
 
@@ -191,14 +194,35 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             approvals,
             ttl,
             approvers,
+            reason,
         } => {
-            let v: serde_json::Value = c
-                .put(
+            let (status, v) = c
+                .call(
+                    reqwest::Method::PUT,
                     &format!("/v1/keys/{name}/policy"),
-                    &serde_json::json!({"approvals_required": approvals, "approval_ttl_secs": ttl, "approvers": approvers}),
+                    Some(&serde_json::json!({"approvals_required": approvals, "approval_ttl_secs": ttl, "approvers": approvers, "reason": reason})),
                 )
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&v["policy"])?);
+            // A weakening change waits for the key's approvers.
+            if status == reqwest::StatusCode::ACCEPTED {
+                output::note(
+                    &v,
+                    &format!(
+                        "policy change {} pending: it weakens the policy and needs {} approval(s) \
+                         (influxion policy-changes show {})",
+                        v["change_id"].as_str().unwrap_or(""),
+                        v["quorum"],
+                        v["change_id"].as_str().unwrap_or("")
+                    ),
+                );
+            } else {
+                output::emit(&v["policy"], || {
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(&v["policy"]).unwrap_or_default()
+                    )
+                });
+            }
         }
         KeysCommand::Disable { name } => {
             let _: serde_json::Value = c

@@ -70,7 +70,8 @@ pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigErr
         let (k, v) = part
             .split_once('=')
             .ok_or_else(|| err(setting, format!("{part:?} is not key=value")))?;
-        let v = Some(v.trim().to_owned());
+        let raw = v.trim();
+        let v = Some(raw.to_owned());
         match k.trim() {
             "issuer" => r.issuer = v,
             "tenant_id" => r.tenant_id = v,
@@ -78,6 +79,14 @@ pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigErr
             "app_id" => r.app_id = v,
             "app_role" => r.app_role = v,
             "group_id" => r.group_id = v,
+            "caller" => {
+                r.caller = Some(
+                    raw.parse()
+                        .map_err(|e: influxion_core::access::AccessError| {
+                            err(setting, e.to_string())
+                        })?,
+                )
+            }
             other => return Err(err(setting, format!("unknown rule {other:?}"))),
         }
     }

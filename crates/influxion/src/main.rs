@@ -113,6 +113,9 @@ enum Command {
     /// Signing requests waiting for approval: list, show, approve, reject, cancel.
     #[command(subcommand)]
     Approvals(access_cmds::ApprovalsCommand),
+    /// Changes that weaken a key's approval policy, waiting for its approvers.
+    #[command(subcommand)]
+    PolicyChanges(access_cmds::PolicyChangesCommand),
     /// Certificate authorities for device certificates.
     #[command(subcommand)]
     Ca(pki_cmds::CaCommand),
@@ -280,6 +283,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         }
         Command::Approvals(cmd) => {
             return access_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
+        }
+        Command::PolicyChanges(cmd) => {
+            return access_cmds::policy_changes(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::Ca(cmd) => return pki_cmds::ca(client::Client::new(client_cfg()?)?, cmd).await,
         Command::Profiles(cmd) => {

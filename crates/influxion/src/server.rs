@@ -472,7 +472,10 @@ async fn ensure_key(state: &AppState, name: &str, approvals: u32) -> Result<()> 
         let event = AuditEvent::new("system:dev", "key.policy", Outcome::Ok)
             .target(name)
             .detail(serde_json::to_value(&policy)?);
-        state.store.set_key_policy(&id, policy, event).await?;
+        state
+            .store
+            .set_key_policy(&id, &KeyPolicy::default(), policy, event)
+            .await?;
     }
     Ok(())
 }

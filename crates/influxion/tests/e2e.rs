@@ -544,6 +544,52 @@ fn two_approver_flow_from_the_cli() {
     ok(&ks.signer(&["approvals", "cancel", id.trim()], d));
     let shown = ok(&ks.signer(&["approvals", "show", id.trim()], d));
     assert!(shown.contains("cancelled"), "{shown}");
+
+    // A key-admin who signs cannot switch approval off alone: the change waits for
+    // the key's approvers, and applies when both approve.
+    ok(&ks.admin(
+        &["grants", "add", "ci", "key-admin", "--pattern", "rel-*"],
+        d,
+    ));
+    let off = ok(&ks.signer(
+        &[
+            "--output",
+            "json",
+            "keys",
+            "policy",
+            "rel-prod",
+            "--approvals",
+            "0",
+            "--reason",
+            "release train paused",
+        ],
+        d,
+    ));
+    let v: serde_json::Value = serde_json::from_str(&off).unwrap();
+    assert_eq!(v["status"], "pending", "{v}");
+    let change = v["change_id"].as_str().unwrap().to_owned();
+    let own = ks.signer(&["policy-changes", "approve", &change], d);
+    assert!(
+        !own.status.success() && String::from_utf8_lossy(&own.stderr).contains("self-approval")
+    );
+    let shown = ok(&a("1", &["policy-changes", "show", &change]));
+    assert!(
+        shown.contains("release train paused")
+            && shown.contains("fewer_approvals")
+            && shown.contains("approvals  0/2"),
+        "{shown}"
+    );
+    ok(&a("1", &["policy-changes", "approve", &change]));
+    let shown = ok(&ks.signer(&["keys", "show", "rel-prod"], d));
+    assert!(shown.contains("\"approvals_required\": 2"), "{shown}");
+    let done = ok(&a(
+        "2",
+        &["--output", "json", "policy-changes", "approve", &change],
+    ));
+    let v: serde_json::Value = serde_json::from_str(&done).unwrap();
+    assert_eq!(v["status"], "applied", "{v}");
+    let signed = ok(&ks.signer(&["sign", "--key", "rel-prod", "fw.bin", "-o", "now.sig"], d));
+    assert!(d.join("now.sig").exists(), "{signed}");
 }
 
 #[test]

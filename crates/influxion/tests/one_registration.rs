@@ -342,7 +342,8 @@ async fn one_app_registration_signs_in_approves_and_refuses_its_id_tokens() {
     assert_eq!(status, 200, "{body}");
     let who: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(who["principal"]["kind"], "user", "{who}");
-    //TMP assert_eq!(who["subjects"], json!(["alice"]), "{who}");
+    // A person signing in through the registration is not its pipeline (issue 12 item 5).
+    assert_eq!(who["subjects"], json!(["alice"]), "{who}");
 
     // She finds the pipeline's request and approves it in the web app's API.
     let id = {

@@ -79,6 +79,16 @@ pub fn app(state: AppState) -> Router {
             "/v1/subjects/{name}/grants/{id}",
             axum::routing::delete(routes::subjects::remove_grant),
         )
+        .route("/v1/policy-changes", get(routes::policy_changes::list))
+        .route("/v1/policy-changes/{id}", get(routes::policy_changes::show))
+        .route(
+            "/v1/policy-changes/{id}/approve",
+            post(routes::policy_changes::approve),
+        )
+        .route(
+            "/v1/policy-changes/{id}/reject",
+            post(routes::policy_changes::reject),
+        )
         .route("/v1/signing-requests", get(routes::requests::list))
         .route("/v1/signing-requests/{id}", get(routes::requests::show))
         .route(

@@ -36,6 +36,8 @@ pub enum ApiError {
     },
     #[error("a key named {0} already exists")]
     KeyExists(String),
+    #[error("the policy of key {0} changed meanwhile; read it again and retry")]
+    PolicyChanged(String),
     #[error("no such resource")]
     NotFound,
     #[error("this method is not allowed on this resource")]
@@ -107,6 +109,7 @@ impl From<StoreError> for ApiError {
         match e {
             StoreError::DuplicateKey(k) => ApiError::KeyExists(k),
             StoreError::NoSuchKey(k) => ApiError::UnknownKey(k),
+            StoreError::PolicyChanged(k) => ApiError::PolicyChanged(k),
             StoreError::NoSuchRequest(r) => ApiError::UnknownRequest(r),
             StoreError::RequestClosed(s) if s == "expired" => ApiError::RequestExpired,
             StoreError::RequestClosed(s) => ApiError::RequestClosed(s),
@@ -156,6 +159,7 @@ impl ApiError {
             }
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::PolicyChanged(_) => StatusCode::CONFLICT,
             ApiError::Parse(_)
             | ApiError::InvalidRequest(_)
             | ApiError::AlgorithmNotAllowed { .. } => StatusCode::BAD_REQUEST,
@@ -214,6 +218,7 @@ impl ApiError {
             ApiError::KeyDisabled(_) => "key-disabled",
             ApiError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
             ApiError::KeyExists(_) => "key-exists",
+            ApiError::PolicyChanged(_) => "policy-changed",
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::UnknownRequest(_) => "unknown-request",

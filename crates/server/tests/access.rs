@@ -731,3 +731,413 @@ async fn a_signature_that_loses_the_race_is_recorded_as_discarded() {
         influxion_store::ChainReport::Intact { .. }
     ));
 }
+
+async fn assert_refused(h: &Harness, action: &str, target: &str, slug: &str) {
+    let a = h.last_audit().await;
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str(), a.target.as_deref()),
+        (action, "refused", Some(target)),
+        "{a:?}"
+    );
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert_eq!(d["reason"], slug, "{}", a.detail);
+}
+
+async fn set_policy(w: &World, t: &str, key: &str, body: Value) -> Resp {
+    w.h.call(
+        "PUT",
+        &format!("/v1/keys/{key}/policy"),
+        Some(t),
+        Some(body),
+    )
+    .await
+}
+
+/// Issue 12 item 4: a key-admin who also signs must not be able to switch four eyes
+/// off (fewer approvals, other approvers, longer TTL), sign alone and switch it back.
+#[tokio::test]
+async fn a_key_admin_signer_cannot_weaken_four_eyes() {
+    let w = world().await;
+    for (name, app, grants) in [
+        (
+            "mallory",
+            "mallory-app",
+            vec![(Role::KeyAdmin, "fw-*"), (Role::Signer, "fw-*")],
+        ),
+        // A second identity the same person controls, eligible to approve.
+        (
+            "mallory-approver",
+            "mallory-app-2",
+            vec![(Role::Approver, "fw-*")],
+        ),
+        (
+            "approver-1",
+            "approver-app-1",
+            vec![(Role::Approver, "fw-*")],
+        ),
+        (
+            "approver-2",
+            "approver-app-2",
+            vec![(Role::Approver, "fw-*")],
+        ),
+        ("key-admin-only", "ka-app", vec![(Role::KeyAdmin, "fw-*")]),
+        (
+            "admin-signer",
+            "root-signer-app",
+            vec![(Role::Admin, "*"), (Role::Signer, "fw-*")],
+        ),
+    ] {
+        w.h.add_subject(
+            name,
+            SubjectRules {
+                app_id: Some(app.into()),
+                ..Default::default()
+            },
+            &grants,
+        )
+        .await;
+    }
+    let mallory = app_token(&w.idp, "mallory-app");
+    assert_eq!(
+        w.h.create_key(&w.admin, "fw-4eyes", "ec-p256").await.status,
+        201
+    );
+    let r = set_policy(&w, &w.admin, "fw-4eyes", json!({"approvals_required": 1})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // (d) Strengthening is immediate, even for mallory, and audited with before/after.
+    let strong = json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": 3600});
+    for body in [
+        json!({"approvals_required": 2}),
+        json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2"]}),
+        strong.clone(),
+    ] {
+        let r = set_policy(&w, &mallory, "fw-4eyes", body.clone()).await;
+        assert_eq!(r.status, 200, "{body}: {}", r.text);
+        let a = w.h.last_audit().await;
+        assert_eq!(
+            (a.action.as_str(), a.outcome.as_str(), a.target.as_deref()),
+            ("key.policy", "ok", Some("fw-4eyes"))
+        );
+        let d: Value = serde_json::from_str(&a.detail).unwrap();
+        assert_eq!(d["weakens"], json!([]), "{d}");
+        assert_eq!(d["after"]["approvals_required"], 2, "{d}");
+    }
+    let policy =
+        w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
+            .await
+            .json["policy"]
+            .clone();
+    assert_eq!(
+        policy,
+        json!({"approvals_required": 2, "approval_ttl_secs": 3600, "approver_subjects": ["approver-1", "approver-2"]})
+    );
+
+    // (a) lowering the quorum, (b) replacing or adding approvers, (c) a longer TTL:
+    // not applied but proposed (202), whoever of mallory, a plain key-admin or an admin
+    // who also signs asks; recorded as a proposal, the policy untouched.
+    let ttl = 3600;
+    let weakenings = [
+        (
+            json!({"approvals_required": 0, "approval_ttl_secs": ttl}),
+            json!(["fewer_approvals", "wider_approvers"]),
+        ),
+        (
+            json!({"approvals_required": 1, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": ttl}),
+            json!(["fewer_approvals"]),
+        ),
+        (
+            json!({"approvals_required": 2, "approvers": ["approver-1", "mallory-approver"], "approval_ttl_secs": ttl}),
+            json!(["wider_approvers"]),
+        ),
+        (
+            json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2", "mallory-approver"], "approval_ttl_secs": ttl}),
+            json!(["wider_approvers"]),
+        ),
+        (
+            json!({"approvals_required": 2, "approvers": ["approver-1", "approver-2"], "approval_ttl_secs": 7200}),
+            json!(["longer_ttl"]),
+        ),
+    ];
+    let mut ids = Vec::new();
+    for t in [
+        &mallory,
+        &app_token(&w.idp, "ka-app"),
+        &app_token(&w.idp, "root-signer-app"),
+    ] {
+        for (body, weakens) in &weakenings {
+            let r = set_policy(&w, t, "fw-4eyes", body.clone()).await;
+            assert_eq!(r.status, 202, "{body}: {}", r.text);
+            assert_eq!(r.json["status"], "pending");
+            assert_eq!(r.json["quorum"], 2);
+            assert_eq!(&r.json["weakens"], weakens);
+            let id = r.json["change_id"].as_str().unwrap().to_owned();
+            let a = w.h.last_audit().await;
+            assert_eq!(
+                (a.action.as_str(), a.outcome.as_str(), a.target.as_deref()),
+                ("key.policy_change.create", "ok", Some("fw-4eyes"))
+            );
+            let d: Value = serde_json::from_str(&a.detail).unwrap();
+            assert_eq!((&d["change"], &d["weakens"]), (&json!(id), weakens), "{d}");
+            ids.push(id);
+        }
+    }
+    let now =
+        w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
+            .await
+            .json["policy"]
+            .clone();
+    assert_eq!(now, policy);
+    // So mallory's signature still waits for two approvers that are not mallory...
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw-4eyes/sign",
+            Some(&mallory),
+            Some(json!({"digest": digest(), "reason": "alone"})),
+        )
+        .await;
+    assert_eq!(r.status, 202, "{}", r.text);
+    // ...and mallory cannot approve its own proposal, nor through the identity it
+    // controls that is not one of the key's approvers; each refusal is recorded.
+    let (lower, longer_ttl) = (ids[0].clone(), ids[4].clone());
+    let decide = |id: &str, t: &str, verb: &str, comment: &str| {
+        let (h, path, t) = (
+            &w.h,
+            format!("/v1/policy-changes/{id}/{verb}"),
+            t.to_owned(),
+        );
+        let body = json!({"comment": comment});
+        async move { h.call("POST", &path, Some(&t), Some(body)).await }
+    };
+    decide(&lower, &mallory, "approve", "")
+        .await
+        .assert_problem(403, "self-approval");
+    assert_refused(&w.h, "key.policy_change.approve", &lower, "self-approval").await;
+    decide(&lower, &app_token(&w.idp, "mallory-app-2"), "approve", "")
+        .await
+        .assert_problem(403, "forbidden");
+    assert_refused(&w.h, "key.policy_change.approve", &lower, "forbidden").await;
+    // Approvers see what they decide on.
+    let seen =
+        w.h.call(
+            "GET",
+            &format!("/v1/policy-changes/{lower}"),
+            Some(&app_token(&w.idp, "approver-app-1")),
+            None,
+        )
+        .await;
+    assert_eq!(seen.json["can_decide"], true, "{}", seen.text);
+    assert_eq!(seen.json["policy"]["approvals_required"], 0);
+    assert_eq!(seen.json["base_policy"], policy);
+
+    // (e) The key's approvers apply it: the completing vote replaces the policy and is
+    // recorded by the quorum, in the same transaction.
+    let a1 = app_token(&w.idp, "approver-app-1");
+    let a2 = app_token(&w.idp, "approver-app-2");
+    let r = decide(&lower, &a1, "approve", "ok").await;
+    assert_eq!(
+        (r.status.as_u16(), r.json["status"].as_str()),
+        (200, Some("pending")),
+        "{}",
+        r.text
+    );
+    decide(&lower, &a1, "approve", "again")
+        .await
+        .assert_problem(409, "already-decided");
+    let r = decide(&longer_ttl, &a1, "approve", "ok").await;
+    assert_eq!(r.json["status"], "pending", "{}", r.text);
+    let r = decide(&lower, &a2, "approve", "ok").await;
+    assert_eq!(r.json["status"], "applied", "{}", r.text);
+    let a = w.h.last_audit().await;
+    assert_eq!(
+        (a.actor.as_str(), a.action.as_str(), a.target.as_deref()),
+        ("system:quorum", "key.policy", Some("fw-4eyes"))
+    );
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert_eq!(
+        (&d["change"], &d["before"]),
+        (&json!(lower), &policy),
+        "{d}"
+    );
+    assert_eq!(d["after"]["approvals_required"], 0, "{d}");
+    let now =
+        w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
+            .await
+            .json["policy"]
+            .clone();
+    assert_eq!(now["approvals_required"], 0, "{now}");
+    // A proposal judged against the old policy no longer applies: it is superseded.
+    let r = decide(&longer_ttl, &a2, "approve", "ok").await;
+    assert_eq!(r.json["status"], "superseded", "{}", r.text);
+    assert_eq!(w.h.last_audit().await.action, "key.policy_change.supersede");
+    let after =
+        w.h.call("GET", "/v1/keys/fw-4eyes", Some(&mallory), None)
+            .await
+            .json["policy"]
+            .clone();
+    assert_eq!(after, now);
+    decide(&ids[1], &a1, "reject", "no").await;
+    assert_eq!(
+        decide(&ids[1], &a2, "approve", "").await.problem_type(),
+        "https://influxion.dev/problems/request-closed"
+    );
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw-4eyes/sign",
+            Some(&mallory),
+            Some(json!({"digest": digest()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // An admin who does not sign with the key may weaken it at once; the record says how.
+    assert_eq!(
+        w.h.create_key(&w.admin, "fw-admin", "ec-p256").await.status,
+        201
+    );
+    let one = json!({"approvals_required": 1});
+    assert_eq!(set_policy(&w, &w.admin, "fw-admin", one).await.status, 200);
+    let r = set_policy(&w, &w.admin, "fw-admin", json!({"approvals_required": 0})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let a = w.h.last_audit().await;
+    assert_eq!(
+        (a.action.as_str(), a.outcome.as_str()),
+        ("key.policy", "ok")
+    );
+    let d: Value = serde_json::from_str(&a.detail).unwrap();
+    assert_eq!(d["weakens"], json!(["fewer_approvals"]), "{d}");
+}
+
+fn user_token(idp: &TestIdp, azp: &str, roles: &[&str]) -> String {
+    let mut c = user_claims(&idp.issuer);
+    c["azp"] = json!(azp);
+    if !roles.is_empty() {
+        c["roles"] = json!(roles);
+    }
+    token(&keys().rsa1, &c)
+}
+
+async fn subjects_of(h: &Harness, t: &str) -> Value {
+    let r = h.call("GET", "/v1/me", Some(t), None).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    r.json["subjects"].clone()
+}
+
+/// Issue 12 item 5: app_id/app_role subjects match applications, not people who sign
+/// in through the application or are assigned the role, unless told `caller: any`.
+#[tokio::test]
+async fn app_id_and_app_role_subjects_match_apps_not_people() {
+    let w = world().await;
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/subjects",
+            Some(&w.admin),
+            Some(json!({"name": "release-app", "app_id": "release-app", "grants": [{"role": "signer", "pattern": "fw"}]})),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["caller"], "app");
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/subjects",
+            Some(&w.admin),
+            Some(json!({"name": "releasers", "app_role": "Influxion.Release", "grants": [{"role": "signer", "pattern": "fw"}]})),
+        )
+        .await;
+    assert_eq!(r.json["caller"], "app", "{}", r.text);
+    let app = app_token(&w.idp, "release-app");
+    let person_via_app = user_token(&w.idp, "release-app", &[]);
+    let person_with_role = user_token(&w.idp, "portal", &["Influxion.Release"]);
+    let mut role_claims = app_claims(&w.idp.issuer);
+    role_claims["azp"] = json!("some-pipeline");
+    role_claims["roles"] = json!([SIGN_ROLE, "Influxion.Release"]);
+    let app_with_role = token(&keys().rsa1, &role_claims);
+
+    assert_eq!(subjects_of(&w.h, &app).await, json!(["release-app"]));
+    assert_eq!(
+        subjects_of(&w.h, &app_with_role).await,
+        json!(["releasers"])
+    );
+    assert_eq!(subjects_of(&w.h, &person_via_app).await, json!([]));
+    assert_eq!(subjects_of(&w.h, &person_with_role).await, json!([]));
+    for t in [&person_via_app, &person_with_role] {
+        w.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(t),
+            Some(json!({"digest": digest()})),
+        )
+        .await
+        .assert_problem(403, "forbidden");
+        assert_refused(&w.h, "sign", "fw", "forbidden").await;
+    }
+    // The Harness's subjects (written without `caller`) follow the same default: the
+    // delegated token of user_claims carries azp = ci-signer and is not the CI app.
+    assert_eq!(
+        subjects_of(&w.h, &user_token(&w.idp, "ci-signer", &[])).await,
+        json!([])
+    );
+
+    // `caller: any` matches both; `caller: user` only people.
+    for (name, caller) in [("release-app", "any"), ("releasers", "user")] {
+        let rule = if name == "release-app" {
+            json!({"app_id": "release-app", "caller": caller})
+        } else {
+            json!({"app_role": "Influxion.Release", "caller": caller})
+        };
+        let r =
+            w.h.call(
+                "PUT",
+                &format!("/v1/subjects/{name}"),
+                Some(&w.admin),
+                Some(rule),
+            )
+            .await;
+        assert_eq!(r.json["caller"], caller, "{}", r.text);
+        let d: Value = serde_json::from_str(&w.h.last_audit().await.detail).unwrap();
+        assert_eq!(d["before"]["caller"], "app", "{d}");
+        assert_eq!(d["after"]["caller"], caller, "{d}");
+    }
+    assert_eq!(subjects_of(&w.h, &app).await, json!(["release-app"]));
+    assert_eq!(
+        subjects_of(&w.h, &person_via_app).await,
+        json!(["release-app"])
+    );
+    assert_eq!(
+        subjects_of(&w.h, &person_with_role).await,
+        json!(["releasers"])
+    );
+    assert_eq!(subjects_of(&w.h, &app_with_role).await, json!([]));
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&person_via_app),
+            Some(json!({"digest": digest()})),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    // A person or group rule keeps matching anyone it names; a bad value is refused.
+    let r =
+        w.h.call(
+            "POST",
+            "/v1/subjects",
+            Some(&w.admin),
+            Some(json!({"name": "team", "group_id": "g-1"})),
+        )
+        .await;
+    assert_eq!(r.json["caller"], "any", "{}", r.text);
+    w.h.call(
+        "POST",
+        "/v1/subjects",
+        Some(&w.admin),
+        Some(json!({"name": "odd", "app_id": "x", "caller": "people"})),
+    )
+    .await
+    .assert_problem(400, "invalid-request");
+}

@@ -19,26 +19,7 @@ pub struct SubjectRecord {
     pub created_by: String,
 }
 
-/// How signing with a key is governed.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct KeyPolicy {
-    /// Approvals needed before a signature is made (M of the eligible approvers); 0 = none.
-    pub approvals_required: u32,
-    /// How long a signing request waits before it expires.
-    pub approval_ttl_secs: u32,
-    /// Subjects allowed to approve; empty means any subject with the approver role on the key.
-    pub approver_subjects: Vec<String>,
-}
-
-impl Default for KeyPolicy {
-    fn default() -> Self {
-        Self {
-            approvals_required: 0,
-            approval_ttl_secs: 86_400,
-            approver_subjects: Vec::new(),
-        }
-    }
-}
+pub use influxion_core::KeyPolicy;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ApprovalRecord {
@@ -112,6 +93,11 @@ pub enum RequestOutcome {
     Cancelled,
     /// The request had expired; it is now marked so and nothing else happened.
     Expired,
+    /// This vote completed the quorum of a policy change, and the policy was replaced.
+    Applied,
+    /// This vote completed the quorum of a policy change, but the key's policy had
+    /// changed since it was proposed: it ended without effect.
+    Superseded,
 }
 
 pub(crate) fn subject_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SubjectRecord, sqlx::Error> {
@@ -126,6 +112,11 @@ pub(crate) fn subject_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SubjectRec
             app_id: r.try_get("app_id")?,
             app_role: r.try_get("app_role")?,
             group_id: r.try_get("group_id")?,
+            caller: Some(
+                r.try_get::<String, _>("caller")?.parse().map_err(
+                    |e: influxion_core::access::AccessError| sqlx::Error::Decode(e.into()),
+                )?,
+            ),
         },
         grants: Vec::new(),
         created_at: r.try_get("created_at")?,

@@ -8,6 +8,7 @@
 pub mod access;
 pub mod audit;
 pub mod pki;
+pub mod policy_changes;
 mod writer;
 
 use std::str::FromStr;
@@ -24,6 +25,7 @@ pub use access::{
     ApprovalRecord, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord,
 };
 pub use audit::{AuditEvent, AuditRecord, ChainReport, Outcome};
+pub use policy_changes::PolicyChange;
 pub use writer::Applied;
 use writer::{Job, Op};
 
@@ -37,6 +39,8 @@ pub enum StoreError {
     DuplicateKey(String),
     #[error("no key named {0}")]
     NoSuchKey(String),
+    #[error("the policy of key {0} changed while this change was being decided")]
+    PolicyChanged(String),
     #[error("key {0} is not active")]
     KeyNotActive(String),
     #[error("the audit chain head disagrees with the log ({0}); refusing to write until an operator investigates")]
@@ -272,14 +276,20 @@ impl Store {
         .await
     }
 
+    /// Replace a key's policy, provided it is still `expected` when the change commits
+    /// (otherwise [`StoreError::PolicyChanged`], nothing written).
     pub async fn set_key_policy(
         &self,
         key_id: &str,
+        expected: &KeyPolicy,
         policy: KeyPolicy,
         event: AuditEvent,
     ) -> Result<u64, StoreError> {
-        self.submit(Op::SetKeyPolicy(key_id.to_owned(), policy), event)
-            .await
+        self.submit(
+            Op::SetKeyPolicy(key_id.to_owned(), Box::new((expected.clone(), policy))),
+            event,
+        )
+        .await
     }
 
     pub async fn create_request(
@@ -311,6 +321,38 @@ impl Store {
             event,
         )
         .await
+    }
+
+    /// Propose a weakening policy change; see [`PolicyChange`].
+    pub async fn create_policy_change(
+        &self,
+        c: PolicyChange,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        self.submit(Op::CreatePolicyChange(Box::new(c)), event)
+            .await
+    }
+
+    /// Approve or reject a policy change; the completing vote applies it.
+    pub async fn decide_policy_change(
+        &self,
+        d: Decision,
+        event: AuditEvent,
+    ) -> Result<Applied, StoreError> {
+        self.submit_op(Op::DecidePolicyChange(Box::new(d)), event)
+            .await
+    }
+
+    pub async fn get_policy_change(&self, id: &str) -> Result<Option<PolicyChange>, StoreError> {
+        policy_changes::get(&self.pool, id).await
+    }
+
+    pub async fn list_policy_changes(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<PolicyChange>, StoreError> {
+        policy_changes::list(&self.pool, status, limit).await
     }
 
     pub async fn get_request(&self, id: &str) -> Result<Option<SigningRequest>, StoreError> {

@@ -22,13 +22,16 @@ pub(crate) enum Op {
     InsertKey(Box<KeyRecord>),
     Pki(Box<crate::pki::PkiOp>),
     SetKeyStatus(KeyName, KeyStatus),
-    SetKeyPolicy(String, KeyPolicy),
+    /// Key id, the policy the change was decided against, the new policy.
+    SetKeyPolicy(String, Box<(KeyPolicy, KeyPolicy)>),
     CreateSubject(Box<SubjectRecord>),
     UpdateSubject(Box<SubjectRecord>),
     DeleteSubject(String),
     AddGrant(String, Grant),
     RemoveGrant(String, String),
     CreateRequest(Box<SigningRequest>),
+    CreatePolicyChange(Box<crate::policy_changes::PolicyChange>),
+    DecidePolicyChange(Box<Decision>),
     Decide(Box<Decision>),
     Cancel {
         request_id: String,
@@ -210,24 +213,14 @@ async fn apply(
                 return Err(StoreError::NoSuchKey(name.to_string()));
             }
         }
-        Op::SetKeyPolicy(key_id, p) => {
-            let r = sqlx::query(
-                "UPDATE keys SET approvals_required = ?, approval_ttl_secs = ?, approver_subjects = ? WHERE id = ?",
-            )
-            .bind(p.approvals_required as i64)
-            .bind(p.approval_ttl_secs as i64)
-            .bind(serde_json::to_string(&p.approver_subjects).unwrap_or_else(|_| "[]".into()))
-            .bind(key_id)
-            .execute(&mut *conn)
-            .await?;
-            if r.rows_affected() == 0 {
-                return Err(StoreError::NoSuchKey(key_id.clone()));
-            }
+        Op::SetKeyPolicy(key_id, change) => {
+            let (expected, p) = &**change;
+            set_policy(conn, key_id, expected, p).await?;
         }
         Op::CreateSubject(s) => {
             let r = sqlx::query(
-                "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, created_at, created_by)
-                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, caller, created_at, created_by)
+                 VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
             )
             .bind(&s.id)
             .bind(&s.name)
@@ -238,6 +231,7 @@ async fn apply(
             .bind(&s.rules.app_id)
             .bind(&s.rules.app_role)
             .bind(&s.rules.group_id)
+            .bind(s.rules.caller_rule().as_str())
             .bind(&s.created_at)
             .bind(&s.created_by)
             .execute(&mut *conn)
@@ -249,7 +243,7 @@ async fn apply(
         }
         Op::UpdateSubject(s) => {
             let r = sqlx::query(
-                "UPDATE subjects SET description = ?, issuer = ?, tenant_id = ?, object_id = ?, app_id = ?, app_role = ?, group_id = ?
+                "UPDATE subjects SET description = ?, issuer = ?, tenant_id = ?, object_id = ?, app_id = ?, app_role = ?, group_id = ?, caller = ?
                  WHERE id = ?",
             )
             .bind(&s.description)
@@ -259,6 +253,7 @@ async fn apply(
             .bind(&s.rules.app_id)
             .bind(&s.rules.app_role)
             .bind(&s.rules.group_id)
+            .bind(s.rules.caller_rule().as_str())
             .bind(&s.id)
             .execute(&mut *conn)
             .await?;
@@ -291,6 +286,10 @@ async fn apply(
             }
         }
         Op::CreateRequest(r) => access::insert_request(conn, r).await?,
+        Op::CreatePolicyChange(c) => crate::policy_changes::insert(conn, c).await?,
+        Op::DecidePolicyChange(d) => {
+            return crate::policy_changes::decide(conn, d, event, tip).await
+        }
         Op::Decide(d) => return decide(conn, d, event, tip).await,
         Op::Cancel {
             request_id,
@@ -313,6 +312,43 @@ async fn apply(
         }
     }
     Ok((audit::append(conn, event, tip).await?, None))
+}
+
+/// Replace a key's policy, provided it is still `expected`: whether a change weakens
+/// the policy was decided against `expected`, and if another change committed since,
+/// that decision is stale and nothing is written.
+pub(crate) async fn set_policy(
+    conn: &mut SqliteConnection,
+    key_id: &str,
+    expected: &KeyPolicy,
+    p: &KeyPolicy,
+) -> Result<(), StoreError> {
+    let json =
+        |p: &KeyPolicy| serde_json::to_string(&p.approver_subjects).unwrap_or_else(|_| "[]".into());
+    let r = sqlx::query(
+        "UPDATE keys SET approvals_required = ?, approval_ttl_secs = ?, approver_subjects = ?
+         WHERE id = ? AND approvals_required = ? AND approval_ttl_secs = ? AND approver_subjects = ?",
+    )
+    .bind(p.approvals_required as i64)
+    .bind(p.approval_ttl_secs as i64)
+    .bind(json(p))
+    .bind(key_id)
+    .bind(expected.approvals_required as i64)
+    .bind(expected.approval_ttl_secs as i64)
+    .bind(json(expected))
+    .execute(&mut *conn)
+    .await?;
+    if r.rows_affected() == 0 {
+        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM keys WHERE id = ?")
+            .bind(key_id)
+            .fetch_optional(&mut *conn)
+            .await?;
+        return Err(match exists {
+            Some(name) => StoreError::PolicyChanged(name),
+            None => StoreError::NoSuchKey(key_id.to_owned()),
+        });
+    }
+    Ok(())
 }
 
 async fn insert_grant(

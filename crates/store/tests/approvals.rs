@@ -5,8 +5,8 @@
 
 use influxion_core::{KeyStatus, KeyType};
 use influxion_store::{
-    AuditEvent, Decision, KeyPolicy, KeyRecord, Outcome, RequestOutcome, SigningRequest, Store,
-    StoreError,
+    AuditEvent, Decision, KeyPolicy, KeyRecord, Outcome, PolicyChange, RequestOutcome,
+    SigningRequest, Store, StoreError,
 };
 
 async fn store() -> (tempfile::TempDir, Store) {
@@ -255,4 +255,216 @@ async fn disabled_key_never_signs_through_approval() {
         .unwrap_err();
     assert!(matches!(e, StoreError::KeyNotActive(_)));
     assert_eq!(s.get_request("r").await.unwrap().unwrap().status, "pending");
+}
+
+#[tokio::test]
+async fn a_policy_change_decided_against_a_stale_policy_writes_nothing() {
+    let (_d, s) = store().await;
+    let two = KeyPolicy {
+        approvals_required: 2,
+        ..KeyPolicy::default()
+    };
+    s.set_key_policy("k1", &KeyPolicy::default(), two.clone(), ev("key.policy"))
+        .await
+        .unwrap();
+    let before = s.recent_audit(1).await.unwrap()[0].seq;
+    // Another change, judged "no weaker" against the default, arrives after `two`
+    // committed: it would lower the quorum, so it is refused and not recorded.
+    let one = KeyPolicy {
+        approvals_required: 1,
+        ..KeyPolicy::default()
+    };
+    let r = s
+        .set_key_policy("k1", &KeyPolicy::default(), one, ev("key.policy"))
+        .await;
+    assert!(
+        matches!(r, Err(StoreError::PolicyChanged(ref k)) if k == "prod"),
+        "{r:?}"
+    );
+    let key = s.get_key(&"prod".parse().unwrap()).await.unwrap().unwrap();
+    assert_eq!(key.policy, two);
+    assert_eq!(s.recent_audit(1).await.unwrap()[0].seq, before);
+    let r = s
+        .set_key_policy("nope", &two, KeyPolicy::default(), ev("key.policy"))
+        .await;
+    assert!(matches!(r, Err(StoreError::NoSuchKey(_))), "{r:?}");
+}
+
+/// Subjects made before `caller` existed: those with only app_id/app_role become
+/// `app`, those naming a person or group keep matching any caller.
+#[tokio::test]
+async fn migration_gives_app_only_subjects_the_app_caller_rule() {
+    use influxion_core::CallerRule;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let opts = SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    // The schema as it was before the caller rule.
+    let mut old = sqlx::migrate!("./migrations/sqlite");
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 3)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    old.run(&pool).await.unwrap();
+    let rows = [
+        ("ci", Some("ci-app"), None, None, None),
+        ("pipelines", None, Some("Influxion.Sign"), None, None),
+        ("person", Some("portal"), None, Some("oid-1"), None),
+        ("team", None, Some("Influxion.Sign"), None, Some("g-1")),
+    ];
+    for (name, app_id, app_role, object_id, group_id) in rows {
+        sqlx::query(
+            "INSERT INTO subjects (id, name, tenant_id, app_id, app_role, object_id, group_id, created_at, created_by)
+             VALUES (?, ?, 't', ?, ?, ?, ?, '2026-01-01T00:00:00Z', 'test')",
+        )
+        .bind(format!("id-{name}"))
+        .bind(name)
+        .bind(app_id)
+        .bind(app_role)
+        .bind(object_id)
+        .bind(group_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let s = Store::open(&url).await.unwrap();
+    let got: Vec<(String, Option<CallerRule>)> = s
+        .subjects()
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| (x.name.clone(), x.rules.caller))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ci".to_owned(), Some(CallerRule::App)),
+            ("person".to_owned(), Some(CallerRule::Any)),
+            ("pipelines".to_owned(), Some(CallerRule::App)),
+            ("team".to_owned(), Some(CallerRule::Any)),
+        ]
+    );
+}
+
+fn change(id: &str, base: &KeyPolicy, policy: KeyPolicy, expires_at: i64) -> PolicyChange {
+    PolicyChange {
+        id: id.into(),
+        key_id: "k1".into(),
+        key_name: "prod".into(),
+        requester: "t/mallory".into(),
+        requester_name: None,
+        reason: "test".into(),
+        weakens: base.weakenings(&policy),
+        base_policy: base.clone(),
+        policy,
+        quorum: base.approvals_required,
+        approver_subjects: base.approver_subjects.clone(),
+        status: "pending".into(),
+        created_at: influxion_store::now_rfc3339(),
+        expires_at,
+        finished_at: None,
+        approvals: vec![],
+    }
+}
+
+/// A weakening proposed as a policy change: applied by the vote that completes the
+/// quorum of the policy it was proposed against, and only while that policy is in force.
+#[tokio::test]
+async fn a_policy_change_applies_at_quorum_and_only_over_its_base_policy() {
+    let (_d, s) = store().await;
+    let two = KeyPolicy {
+        approvals_required: 2,
+        ..KeyPolicy::default()
+    };
+    s.set_key_policy("k1", &KeyPolicy::default(), two.clone(), ev("key.policy"))
+        .await
+        .unwrap();
+    let off = KeyPolicy::default();
+    let longer = KeyPolicy {
+        approval_ttl_secs: 7 * 86_400,
+        ..two.clone()
+    };
+    s.create_policy_change(change("c1", &two, off.clone(), FUTURE), ev("create"))
+        .await
+        .unwrap();
+    s.create_policy_change(change("c2", &two, longer, FUTURE), ev("create"))
+        .await
+        .unwrap();
+    s.create_policy_change(change("c3", &two, off.clone(), 10), ev("create"))
+        .await
+        .unwrap();
+    let decide =
+        |id: &str, who: &str| s.decide_policy_change(vote(id, who, true, false), ev("approve"));
+    assert!(matches!(
+        decide("c1", "t/mallory").await,
+        Err(StoreError::SelfApproval)
+    ));
+    assert_eq!(
+        decide("c1", "a1").await.unwrap().outcome,
+        Some(RequestOutcome::Approved {
+            approvals: 1,
+            quorum: 2
+        })
+    );
+    assert!(matches!(
+        decide("c1", "a1").await,
+        Err(StoreError::AlreadyDecided)
+    ));
+    let key = || async { s.get_key(&"prod".parse().unwrap()).await.unwrap().unwrap() };
+    assert_eq!(key().await.policy, two, "one vote changes nothing");
+    assert_eq!(
+        decide("c1", "a2").await.unwrap().outcome,
+        Some(RequestOutcome::Applied)
+    );
+    assert_eq!(key().await.policy, off);
+    let a = &s.recent_audit(1).await.unwrap()[0];
+    assert_eq!(
+        (a.actor.as_str(), a.action.as_str()),
+        ("system:quorum", "key.policy")
+    );
+    assert_eq!(
+        s.get_policy_change("c1").await.unwrap().unwrap().status,
+        "applied"
+    );
+    assert!(matches!(
+        decide("c1", "a3").await,
+        Err(StoreError::RequestClosed(_))
+    ));
+    // c2 was proposed against `two`, no longer in force: it ends without effect.
+    decide("c2", "a1").await.unwrap();
+    assert_eq!(
+        decide("c2", "a2").await.unwrap().outcome,
+        Some(RequestOutcome::Superseded)
+    );
+    assert_eq!(key().await.policy, off);
+    assert_eq!(
+        s.get_policy_change("c2").await.unwrap().unwrap().status,
+        "superseded"
+    );
+    // Past its expiry a change only expires.
+    assert_eq!(
+        decide("c3", "a1").await.unwrap().outcome,
+        Some(RequestOutcome::Expired)
+    );
+    assert_eq!(
+        s.get_policy_change("c3").await.unwrap().unwrap().status,
+        "expired"
+    );
+    assert_eq!(
+        s.list_policy_changes(Some("pending"), 10)
+            .await
+            .unwrap()
+            .len(),
+        0
+    );
 }

@@ -215,6 +215,8 @@ pub struct PolicyRequest {
     /// Subjects allowed to approve; empty = any subject with the approver role on the key.
     #[serde(default)]
     approvers: Vec<String>,
+    /// Why; shown to approvers when the change weakens the policy and waits for them.
+    reason: Option<String>,
 }
 
 pub async fn set_policy(
@@ -222,7 +224,7 @@ pub async fn set_policy(
     c: Caller,
     Path(name): Path<String>,
     body: Result<Json<PolicyRequest>, JsonRejection>,
-) -> Result<Json<KeyView>, ApiError> {
+) -> Result<Response, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "key.policy").await?;
     let p = &c.principal;
     audited(&st, p, "key.policy", &name, async {
@@ -237,6 +239,11 @@ pub async fn set_policy(
         if !(60..=30 * 86_400).contains(&ttl) {
             return Err(ApiError::InvalidRequest(
                 "approval_ttl_secs must be between 60 and 2592000".into(),
+            ));
+        }
+        if req.reason.as_ref().is_some_and(|r| r.len() > 1000) {
+            return Err(ApiError::InvalidRequest(
+                "reason is at most 1000 characters".into(),
             ));
         }
         if req.approvers.len() > 64 {
@@ -260,13 +267,43 @@ pub async fn set_policy(
             approval_ttl_secs: ttl,
             approver_subjects: req.approvers,
         };
+        // Making signing harder is immediate. Making it easier is a change the key's
+        // current approvers must approve, as they would a signature: otherwise a
+        // key-admin who also signs could set approvals to 0 (or name approvers it
+        // controls), sign alone and put the policy back. An admin who is not a signer
+        // of the key may still act alone (admins can rewrite subjects anyway).
+        let weakens = key.policy.weakenings(&policy);
+        let alone =
+            c.perms.is_admin() && !c.perms.holds_explicitly(Role::Signer, key.name.as_str());
+        if !weakens.is_empty() && !alone {
+            let pending = super::policy_changes::propose(
+                &st,
+                &c,
+                &key,
+                policy,
+                weakens,
+                req.reason.unwrap_or_default(),
+            )
+            .await?;
+            let loc = pending.location.clone();
+            return Ok((
+                StatusCode::ACCEPTED,
+                [(header::LOCATION, loc)],
+                Json(pending),
+            )
+                .into_response());
+        }
         let event = AuditEvent::new(p.audit_id(), "key.policy", Outcome::Ok)
             .target(key.name.to_string())
-            .detail(serde_json::to_value(&policy).unwrap_or_default());
+            .detail(serde_json::json!({
+                "before": key.policy,
+                "after": policy,
+                "weakens": weakens,
+            }));
         st.store
-            .set_key_policy(&key.id, policy.clone(), event)
+            .set_key_policy(&key.id, &key.policy, policy.clone(), event)
             .await?;
-        KeyView::from_record(&KeyRecord { policy, ..key }).map(Json)
+        Ok(Json(KeyView::from_record(&KeyRecord { policy, ..key })?).into_response())
     })
     .await
 }

@@ -1,5 +1,6 @@
 pub mod keys;
 pub mod pki;
+pub mod policy_changes;
 pub mod requests;
 pub mod sign;
 pub mod subjects;

@@ -184,7 +184,23 @@ pub async fn show(
 #[serde(deny_unknown_fields)]
 pub struct DecisionBody {
     #[serde(default)]
-    comment: String,
+    pub(crate) comment: String,
+}
+
+impl DecisionBody {
+    pub(crate) fn check(&self, approve: bool) -> Result<(), ApiError> {
+        if self.comment.len() > 1000 {
+            return Err(ApiError::InvalidRequest(
+                "comment is at most 1000 characters".into(),
+            ));
+        }
+        if !approve && self.comment.trim().is_empty() {
+            return Err(ApiError::InvalidRequest(
+                "a rejection needs a comment".into(),
+            ));
+        }
+        Ok(())
+    }
 }
 
 async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError> {
@@ -221,7 +237,9 @@ async fn record_discarded_signature(
             Some(RequestOutcome::Rejected) => "request-rejected".to_owned(),
             Some(RequestOutcome::Cancelled) => "request-cancelled".to_owned(),
             Some(RequestOutcome::Approved { .. }) => "quorum-not-reached".to_owned(),
-            Some(RequestOutcome::Signed) | None => "not-stored".to_owned(),
+            // Applied and Superseded end policy changes, never signing requests.
+            Some(RequestOutcome::Signed | RequestOutcome::Applied | RequestOutcome::Superseded)
+            | None => "not-stored".to_owned(),
         },
         Err(e) => e.slug().to_owned(),
     };
@@ -255,16 +273,7 @@ async fn decide(
     let p = &c.principal;
     audited(st, p, action, id, async {
         let body = json_body(body)?;
-        if body.comment.len() > 1000 {
-            return Err(ApiError::InvalidRequest(
-                "comment is at most 1000 characters".into(),
-            ));
-        }
-        if !approve && body.comment.trim().is_empty() {
-            return Err(ApiError::InvalidRequest(
-                "a rejection needs a comment".into(),
-            ));
-        }
+        body.check(approve)?;
         super::require_any(c)?;
         let r = fetch(st, id).await?;
         let me = p.identity();

@@ -146,7 +146,7 @@ pub async fn create(
             id: new_id(),
             name: b.name.clone(),
             description: b.description,
-            rules: b.rules,
+            rules: b.rules.explicit(),
             grants,
             created_at: influxion_store::now_rfc3339(),
             created_by: p.audit_id(),
@@ -174,7 +174,7 @@ pub async fn update(
         let old = find(&st, &name).await?;
         let s = SubjectRecord {
             description: b.description,
-            rules: b.rules,
+            rules: b.rules.explicit(),
             ..old.clone()
         };
         let event = AuditEvent::new(p.audit_id(), "subject.update", Outcome::Ok)

@@ -1,0 +1,257 @@
+//! Changes that weaken a key's policy, decided like signing requests: proposed by a
+//! key-admin, approved by the key's approvers under the quorum in force when proposed,
+//! applied (and audited) by the store in the transaction of the completing vote.
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, Query, State};
+use axum::Json;
+use influxion_core::{KeyPolicy, Role, Weakening};
+use influxion_store::{AuditEvent, Decision, KeyRecord, Outcome, PolicyChange, RequestOutcome};
+use serde::{Deserialize, Serialize};
+
+use super::requests::DecisionBody;
+use super::sign::json_body;
+use super::{audited, now_unix};
+use crate::{ApiError, AppState, Caller};
+
+/// Answer to a policy change that must be approved first (HTTP 202).
+#[derive(Serialize)]
+pub struct PendingChange {
+    pub(crate) change_id: String,
+    pub(crate) status: &'static str,
+    pub(crate) location: String,
+    pub(crate) quorum: u32,
+    pub(crate) expires_at: i64,
+    pub(crate) weakens: Vec<Weakening>,
+}
+
+pub(crate) async fn propose(
+    st: &AppState,
+    c: &Caller,
+    key: &KeyRecord,
+    policy: KeyPolicy,
+    weakens: Vec<Weakening>,
+    reason: String,
+) -> Result<PendingChange, ApiError> {
+    let p = &c.principal;
+    let id = super::new_id();
+    let base = &key.policy;
+    let expires_at = now_unix() + base.approval_ttl_secs as i64;
+    let change = PolicyChange {
+        id: id.clone(),
+        key_id: key.id.clone(),
+        key_name: key.name.to_string(),
+        requester: p.identity(),
+        requester_name: p.display_name.clone().or_else(|| p.app_id.clone()),
+        reason: reason.clone(),
+        base_policy: base.clone(),
+        policy: policy.clone(),
+        weakens: weakens.clone(),
+        quorum: base.approvals_required,
+        approver_subjects: base.approver_subjects.clone(),
+        status: "pending".into(),
+        created_at: influxion_store::now_rfc3339(),
+        expires_at,
+        finished_at: None,
+        approvals: Vec::new(),
+    };
+    let event = AuditEvent::new(p.audit_id(), "key.policy_change.create", Outcome::Ok)
+        .target(key.name.to_string())
+        .detail(serde_json::json!({
+            "change": id,
+            "before": base,
+            "after": policy,
+            "weakens": weakens,
+            "reason": reason,
+            "quorum": base.approvals_required,
+        }));
+    st.store.create_policy_change(change, event).await?;
+    Ok(PendingChange {
+        location: format!("/v1/policy-changes/{id}"),
+        change_id: id,
+        status: "pending",
+        quorum: base.approvals_required,
+        expires_at,
+        weakens,
+    })
+}
+
+/// A change as one caller sees it.
+#[derive(Serialize)]
+pub struct ChangeView {
+    #[serde(flatten)]
+    change: PolicyChange,
+    approvals_count: u32,
+    can_decide: bool,
+    is_requester: bool,
+}
+
+fn view(c: &Caller, mut ch: PolicyChange) -> ChangeView {
+    let me = c.principal.identity();
+    if ch.status == "pending" && now_unix() > ch.expires_at {
+        ch.status = "expired".into();
+    }
+    let decided = ch.approvals.iter().any(|a| a.approver == me);
+    let can_decide =
+        ch.status == "pending" && ch.requester != me && !decided && may_approve(c, &ch);
+    ChangeView {
+        approvals_count: ch.approvals_count(),
+        is_requester: ch.requester == me,
+        can_decide,
+        change: ch,
+    }
+}
+
+/// The same rule as for the key's signing requests, under the policy the change
+/// would replace.
+fn may_approve(c: &Caller, ch: &PolicyChange) -> bool {
+    c.perms.allows(Role::Approver, &ch.key_name)
+        && (ch.approver_subjects.is_empty()
+            || ch
+                .approver_subjects
+                .iter()
+                .any(|s| c.perms.subjects.contains(s)))
+}
+
+fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
+    ch.requester == c.principal.identity()
+        || c.perms.has_role(Role::Auditor)
+        || c.perms.allows(Role::KeyAdmin, &ch.key_name)
+        || may_approve(c, ch)
+}
+
+#[derive(Deserialize)]
+pub struct ListQuery {
+    status: Option<String>,
+    limit: Option<u32>,
+}
+
+#[derive(Serialize)]
+pub struct ChangeList {
+    changes: Vec<ChangeView>,
+}
+
+pub async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Json<ChangeList>, ApiError> {
+    super::require_any(&c)?;
+    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
+    let status = q.status.as_deref();
+    if let Some(s) = status {
+        if !matches!(
+            s,
+            "pending" | "applied" | "rejected" | "expired" | "superseded"
+        ) {
+            return Err(ApiError::InvalidRequest(format!("unknown status {s:?}")));
+        }
+    }
+    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let changes = st
+        .store
+        .list_policy_changes(status, limit)
+        .await?
+        .into_iter()
+        .filter(|ch| may_see(&c, ch))
+        .map(|ch| view(&c, ch))
+        .collect();
+    Ok(Json(ChangeList { changes }))
+}
+
+async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<PolicyChange, ApiError> {
+    if id.len() > 64 {
+        return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
+    }
+    match st.store.get_policy_change(id).await? {
+        Some(ch) if may_see(c, &ch) => Ok(ch),
+        _ => Err(ApiError::UnknownRequest(id.to_owned())),
+    }
+}
+
+pub async fn show(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+) -> Result<Json<ChangeView>, ApiError> {
+    super::require_any(&c)?;
+    Ok(Json(view(&c, visible(&st, &c, &id).await?)))
+}
+
+async fn decide(
+    st: &AppState,
+    c: &Caller,
+    id: &str,
+    approve: bool,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<ChangeView>, ApiError> {
+    let action = if approve {
+        "key.policy_change.approve"
+    } else {
+        "key.policy_change.reject"
+    };
+    let p = &c.principal;
+    audited(st, p, action, id, async {
+        let body = json_body(body)?;
+        body.check(approve)?;
+        super::require_any(c)?;
+        if id.len() > 64 {
+            return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
+        }
+        let ch = st
+            .store
+            .get_policy_change(id)
+            .await?
+            .ok_or_else(|| ApiError::UnknownRequest(id.to_owned()))?;
+        let me = p.identity();
+        if ch.requester == me {
+            return Err(ApiError::SelfApproval);
+        }
+        if !may_approve(c, &ch) {
+            return Err(super::forbidden(
+                &c.perms,
+                "deciding on this policy change needs the approver role on its key (and to be one of its approver subjects)",
+            ));
+        }
+        let event = AuditEvent::new(p.audit_id(), action, Outcome::Ok)
+            .target(id.to_owned())
+            .detail(serde_json::json!({"key": ch.key_name, "comment": body.comment}));
+        let d = Decision {
+            request_id: id.to_owned(),
+            approver: me,
+            approve,
+            comment: body.comment.clone(),
+            now: now_unix(),
+            signature: None,
+        };
+        let applied = st.store.decide_policy_change(d, event).await?;
+        if applied.outcome == Some(RequestOutcome::Expired) {
+            return Err(ApiError::RequestExpired);
+        }
+        let ch = st
+            .store
+            .get_policy_change(id)
+            .await?
+            .ok_or_else(|| ApiError::UnknownRequest(id.to_owned()))?;
+        Ok(Json(view(c, ch)))
+    })
+    .await
+}
+
+pub async fn approve(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<ChangeView>, ApiError> {
+    decide(&st, &c, &id, true, body).await
+}
+
+pub async fn reject(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(id): Path<String>,
+    body: Result<Json<DecisionBody>, JsonRejection>,
+) -> Result<Json<ChangeView>, ApiError> {
+    decide(&st, &c, &id, false, body).await
+}

@@ -309,7 +309,7 @@ async fn migration_gives_app_only_subjects_the_app_caller_rule() {
     old.migrations = old
         .migrations
         .iter()
-        .filter(|m| m.version <= 3)
+        .filter(|m| m.version <= 4)
         .cloned()
         .collect::<Vec<_>>()
         .into();

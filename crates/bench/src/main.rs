@@ -177,8 +177,11 @@ async fn raw_cert_rate(
     csrs: Arc<Vec<String>>,
 ) -> Result<f64> {
     let kek = Kek::from_text(&std::fs::read_to_string(data.join("kek"))?)?;
-    let store =
-        influxion_store::Store::open(&format!("sqlite://{}/influxion.db", data.display())).await?;
+    let store = influxion_store::Store::open(
+        &format!("sqlite://{}/influxion.db", data.display()),
+        influxion_store::AuditKey::new(kek.audit_mac_key()),
+    )
+    .await?;
     let profile: influxion_pki::ProfileSpec = serde_json::from_str(
         &store
             .get_profile("device")
@@ -291,8 +294,11 @@ fn random_digest() -> Vec<u8> {
 /// Raw in-process signing with the same key on all cores.
 async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
     let kek = Kek::from_text(&std::fs::read_to_string(data.join("kek"))?)?;
-    let store =
-        influxion_store::Store::open(&format!("sqlite://{}/influxion.db", data.display())).await?;
+    let store = influxion_store::Store::open(
+        &format!("sqlite://{}/influxion.db", data.display()),
+        influxion_store::AuditKey::new(kek.audit_mac_key()),
+    )
+    .await?;
     let name: KeyName = "demo".parse()?;
     let key = store.get_key(&name).await?.context("demo key missing")?;
     let ks = Arc::new(SoftwareKeystore::new(kek));

@@ -217,6 +217,17 @@ impl std::fmt::Debug for KekSource {
 }
 
 impl KekSource {
+    /// INFLUXION_KEK, else INFLUXION_KEK_FILE, else `keystore.kek_file`.
+    pub fn configured(file: &FileConfig) -> Option<Self> {
+        if env("INFLUXION_KEK").is_some() {
+            return Some(KekSource::Env);
+        }
+        env("INFLUXION_KEK_FILE")
+            .map(PathBuf::from)
+            .or_else(|| file.keystore.kek_file.clone())
+            .map(KekSource::File)
+    }
+
     pub fn load(&self) -> Result<influxion_keystore::Kek, ConfigError> {
         let text = match self {
             KekSource::Env => zeroize::Zeroizing::new(env("INFLUXION_KEK").unwrap_or_default()),
@@ -409,20 +420,12 @@ impl ServerConfig {
             max_token_bytes: 16 * 1024,
             allow_insecure_http,
         };
-        let kek = if env("INFLUXION_KEK").is_some() {
-            KekSource::Env
-        } else {
-            let p = env("INFLUXION_KEK_FILE")
-                .map(PathBuf::from)
-                .or_else(|| file.keystore.kek_file.clone())
-                .ok_or_else(|| {
-                    err(
-                        "keystore.kek_file / INFLUXION_KEK_FILE",
-                        "set a key-encryption key file, or INFLUXION_KEK (32 bytes, base64 or hex)",
-                    )
-                })?;
-            KekSource::File(p)
-        };
+        let kek = KekSource::configured(file).ok_or_else(|| {
+            err(
+                "keystore.kek_file / INFLUXION_KEK_FILE",
+                "set a key-encryption key file, or INFLUXION_KEK (32 bytes, base64 or hex)",
+            )
+        })?;
         let vault_url = env("INFLUXION_VAULT_URL").or_else(|| file.vault.url.clone());
         if let Some(v) = &vault_url {
             if !v.starts_with("https://") {

@@ -24,9 +24,12 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
         .mode(0o700)
         .create(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let store = Store::open(&cfg.database_url)
-        .await
-        .with_context(|| format!("opening {}", cfg.database_url))?;
+    let store = Store::open(
+        &cfg.database_url,
+        influxion_store::AuditKey::new(kek.audit_mac_key()),
+    )
+    .await
+    .with_context(|| format!("opening {}", cfg.database_url))?;
     let keystore = SoftwareKeystore::new(kek);
     if let Some(k) = store
         .list_keys()

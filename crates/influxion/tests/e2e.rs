@@ -192,11 +192,7 @@ fn audit_verify_pinpoints_altered_and_deleted_records() {
     }
     ks.stop();
     let data = ks.data.clone();
-    let out = ok(&Command::new(BIN)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&data)
-        .output()
-        .unwrap());
+    let out = ok(&audit_cmd(&["verify"], &data).output().unwrap());
     // bootstrap subject, subject ci, key.create, four signatures.
     assert!(out.contains("audit chain intact: 7 records"), "{out}");
 
@@ -210,14 +206,11 @@ fn audit_verify_pinpoints_altered_and_deleted_records() {
         let url = format!("sqlite://{}/influxion.db", copy.path().display());
         let rt = tokio::runtime::Runtime::new().unwrap();
         rt.block_on(async {
-            let store = influxion_store::Store::open(&url).await.unwrap();
-            sqlx::query(sql).execute(store.pool()).await.unwrap();
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            sqlx::query(sql).execute(&pool).await.unwrap();
+            pool.close().await;
         });
-        let o = Command::new(BIN)
-            .args(["audit", "verify", "--data-dir"])
-            .arg(copy.path())
-            .output()
-            .unwrap();
+        let o = audit_cmd(&["verify"], copy.path()).output().unwrap();
         (
             o.status.code(),
             String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -630,11 +623,7 @@ fn subjects_grants_and_whoami_from_the_cli() {
     ok(&ks.admin(&["subjects", "delete", "ci"], d));
     let last = ks.admin(&["subjects", "delete", "bootstrap-admin"], d);
     assert!(!last.status.success() && String::from_utf8_lossy(&last.stderr).contains("last-admin"));
-    let audit = ok(&Command::new(BIN)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&ks.data)
-        .output()
-        .unwrap());
+    let audit = ok(&audit_cmd(&["verify"], &ks.data).output().unwrap());
     assert!(audit.contains("intact"), "{audit}");
 }
 
@@ -1323,10 +1312,138 @@ fn device_certificates_chains_lint_crl_est_and_bulk() {
     );
 
     // Every CA key use is in the audit chain, which is intact.
-    let audit = ok(&Command::new(BIN)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&ks.data)
-        .output()
-        .unwrap());
+    let audit = ok(&audit_cmd(&["verify"], &ks.data).output().unwrap());
     assert!(audit.contains("intact"), "{audit}");
+}
+
+/// The CLI side of the keyed chain, on a database written through the library (no
+/// identity provider needed): a truncated and re-headed log is broken, an old unkeyed
+/// one verifies and `audit reseal` keys it, with a record of doing so.
+#[test]
+fn audit_cli_catches_truncation_and_reseals_old_records() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir(&data).unwrap();
+    let url = format!("sqlite://{}/influxion.db", data.display());
+    let key = || {
+        let kek = influxion_keystore::Kek::from_text(KEK).unwrap();
+        influxion_store::AuditKey::new(kek.audit_mac_key())
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let sql = |stmts: &[&str]| {
+        rt.block_on(async {
+            let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+            for s in stmts {
+                sqlx::query(s).execute(&pool).await.unwrap();
+            }
+            pool.close().await;
+        })
+    };
+    rt.block_on(async {
+        let store = influxion_store::Store::open(&url, key()).await.unwrap();
+        for i in 0..4 {
+            store
+                .audit(
+                    influxion_store::AuditEvent::new("t", "x", influxion_store::Outcome::Ok)
+                        .target(i.to_string()),
+                )
+                .await
+                .unwrap();
+        }
+    });
+    let run = |c: &mut Command| {
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stdout).into_owned(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, out, _) = run(&mut audit_cmd(&["verify"], &data));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("audit chain intact: 4 records") && !out.contains("NOT"),
+        "{out}"
+    );
+    // Without the KEK the keyed check is refused, unless asked for links only.
+    let (code, _, err) = run(audit_cmd(&["verify"], &data).env_remove("INFLUXION_KEK"));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("INFLUXION_KEK"), "{err}");
+    let (code, out, _) =
+        run(audit_cmd(&["verify", "--links-only"], &data).env_remove("INFLUXION_KEK"));
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("intact: 4 records") && out.contains("MACs NOT checked"),
+        "{out}"
+    );
+
+    // Truncate to 3 records and point the head at the new end.
+    let h3: String = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = 3")
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+    });
+    let backup = dir.path().join("backup");
+    std::fs::create_dir(&backup).unwrap();
+    for f in ["influxion.db", "influxion.db-wal", "influxion.db-shm"] {
+        if data.join(f).exists() {
+            std::fs::copy(data.join(f), backup.join(f)).unwrap();
+        }
+    }
+    sql(&[
+        "DELETE FROM audit_log WHERE seq > 3",
+        &format!("UPDATE audit_head SET seq = 3, hash = '{h3}'"),
+    ]);
+    let (code, out, _) = run(&mut audit_cmd(&["verify"], &data));
+    assert_eq!(code, Some(2), "{out}");
+    assert!(
+        out.contains("BROKEN at record 4") && out.contains("MAC does not verify"),
+        "{out}"
+    );
+    // Nor will reseal vouch for it.
+    let (code, _, err) = run(&mut audit_cmd(&["reseal", "--from", "1"], &data));
+    assert_eq!(code, Some(1));
+    assert!(err.contains("refusing to re-seal"), "{err}");
+
+    // Back to the 4 records, rewritten into the schema before keying.
+    for f in ["influxion.db", "influxion.db-wal", "influxion.db-shm"] {
+        let _ = std::fs::remove_file(data.join(f));
+        if backup.join(f).exists() {
+            std::fs::copy(backup.join(f), data.join(f)).unwrap();
+        }
+    }
+    sql(&[
+        "ALTER TABLE audit_log DROP COLUMN mac",
+        "ALTER TABLE audit_head DROP COLUMN mac",
+        "DELETE FROM _sqlx_migrations WHERE version = 7",
+    ]);
+    let (code, out, _) = run(&mut audit_cmd(&["verify"], &data));
+    assert_eq!(code, Some(0), "{out}");
+    assert!(
+        out.contains("intact: 4 records") && out.contains("before keying"),
+        "{out}"
+    );
+    let (code, out, err) = run(&mut audit_cmd(&["reseal", "--from", "1"], &data));
+    assert_eq!(code, Some(0), "{err}");
+    // Opening keyed the log (record 5, audit.keyed); the re-seal is record 6.
+    assert!(
+        out.contains("re-sealed 4 records from 1; recorded as audit record 6"),
+        "{out}"
+    );
+    let (code, out, _) = run(&mut audit_cmd(&["verify"], &data));
+    assert_eq!(code, Some(0));
+    assert!(
+        out.contains("intact: 6 records") && !out.contains("predate"),
+        "{out}"
+    );
+    let actions: Vec<String> = rt.block_on(async {
+        let pool = sqlx::SqlitePool::connect(&url).await.unwrap();
+        sqlx::query_scalar("SELECT action FROM audit_log WHERE seq > 4 ORDER BY seq")
+            .fetch_all(&pool)
+            .await
+            .unwrap()
+    });
+    assert_eq!(actions, ["audit.keyed", "audit.reseal"]);
 }

@@ -21,6 +21,9 @@ pub enum KekError {
     Corrupt,
 }
 
+/// HKDF info label of the audit MAC key; a new label means a new, unrelated key.
+const AUDIT_MAC_INFO: &[u8] = b"influxion audit mac v1";
+
 /// The key-encryption key. Never printed; zeroized on drop.
 pub struct Kek {
     key: Zeroizing<[u8; 32]>,
@@ -68,6 +71,16 @@ impl Kek {
     /// The KEK as base64 text, for writing a freshly generated development KEK to a file.
     pub fn to_base64(&self) -> Zeroizing<String> {
         Zeroizing::new(B64.encode(self.key.as_ref()))
+    }
+
+    /// The key that MACs the audit chain, derived from the KEK (HKDF-SHA256 with its own
+    /// label), so rewriting audit rows needs the KEK but the KEK itself never keys a MAC.
+    pub fn audit_mac_key(&self) -> Zeroizing<[u8; 32]> {
+        let mut out = Zeroizing::new([0u8; 32]);
+        // 32 bytes is far below HKDF-SHA256's 8160-byte limit, so expand cannot fail.
+        let _ =
+            hkdf::Hkdf::<Sha256>::new(None, self.key.as_ref()).expand(AUDIT_MAC_INFO, out.as_mut());
+        out
     }
 
     fn id(&self) -> String {
@@ -169,6 +182,23 @@ mod tests {
             kek.open("id", &serde_json::to_vec(&env).unwrap()),
             Err(KekError::Corrupt)
         ));
+    }
+
+    #[test]
+    fn audit_mac_key_is_derived_not_the_kek() {
+        let k = Kek::generate();
+        let a = k.audit_mac_key();
+        assert_eq!(*a, *Kek::from_text(&k.to_base64()).unwrap().audit_mac_key());
+        assert_ne!(*a, *k.key);
+        assert_ne!(*a, *Kek::generate().audit_mac_key());
+        // The label and algorithm docs/audit.md documents; changing either is a new key.
+        let fixed = Kek::from_text(&"00".repeat(32)).unwrap();
+        let expected = hkdf::Hkdf::<Sha256>::new(None, &[0u8; 32]);
+        let mut okm = [0u8; 32];
+        expected
+            .expand(b"influxion audit mac v1", &mut okm)
+            .unwrap();
+        assert_eq!(*fixed.audit_mac_key(), okm);
     }
 
     #[test]

@@ -500,6 +500,96 @@ async fn key_listing_and_export() {
 }
 
 #[tokio::test]
+async fn audit_endpoint_verifies_only_new_records() {
+    let c = setup().await;
+    let store = &c.h.state.store;
+    let sign = || {
+        c.h.call(
+            "POST",
+            "/v1/keys/fw/sign",
+            Some(&c.signer),
+            Some(json!({"digest": sha256_hex(b"a")})),
+        )
+    };
+    sign().await;
+    let page = || c.h.call("GET", "/v1/audit?limit=1", Some(&c.admin), None);
+    let before = store.audit_records_checked();
+    let r = page().await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["chain"]["status"], "intact", "{}", r.text);
+    assert_eq!(r.json["chain"]["keyed"], true, "{}", r.text);
+    let records = r.json["chain"]["records"].as_u64().unwrap();
+    // The first page walks the whole chain.
+    assert_eq!(store.audit_records_checked() - before, records);
+
+    // The next one only the record the first page wrote (its audit.read).
+    let before = store.audit_records_checked();
+    let r = page().await;
+    assert_eq!(r.json["chain"]["records"].as_u64(), Some(records + 1));
+    assert_eq!(store.audit_records_checked() - before, 1);
+    sign().await;
+    sign().await;
+    let before = store.audit_records_checked();
+    let r = page().await;
+    assert_eq!(r.json["chain"]["records"].as_u64(), Some(records + 4));
+    assert_eq!(store.audit_records_checked() - before, 3);
+
+    // ?full=true walks everything again.
+    let before = store.audit_records_checked();
+    let r =
+        c.h.call("GET", "/v1/audit?full=true", Some(&c.admin), None)
+            .await;
+    assert_eq!(r.json["chain"]["status"], "intact", "{}", r.text);
+    assert_eq!(store.audit_records_checked() - before, records + 5);
+
+    // Truncation behind the checkpoint, with a rewritten head, is still reported, and
+    // the page is served although the damaged log refuses to record the read.
+    let last: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
+        .fetch_one(store.pool())
+        .await
+        .unwrap();
+    let keep = last - 2;
+    sqlx::query("DELETE FROM audit_log WHERE seq > ?")
+        .bind(keep)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    sqlx::query("UPDATE audit_head SET seq = ?, hash = (SELECT hash FROM audit_log WHERE seq = ?)")
+        .bind(keep)
+        .bind(keep)
+        .execute(store.pool())
+        .await
+        .unwrap();
+    let r = page().await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["chain"]["status"], "broken", "{}", r.text);
+    // The checkpoint (the record before the last page's audit.read) is gone.
+    assert_eq!(
+        r.json["chain"]["seq"].as_i64(),
+        Some(last - 1),
+        "{}",
+        r.text
+    );
+    let r =
+        c.h.call("GET", "/v1/audit?full=true", Some(&c.admin), None)
+            .await;
+    assert_eq!(
+        r.json["chain"]["seq"].as_i64(),
+        Some(keep + 1),
+        "{}",
+        r.text
+    );
+    assert!(
+        r.json["chain"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("MAC does not verify"),
+        "{}",
+        r.text
+    );
+}
+
+#[tokio::test]
 async fn audit_endpoint_reports_an_intact_chain() {
     let c = setup().await;
     c.h.call(

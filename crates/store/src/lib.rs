@@ -24,7 +24,7 @@ use tokio::sync::{mpsc, oneshot};
 pub use access::{
     ApprovalRecord, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord,
 };
-pub use audit::{AuditEvent, AuditRecord, ChainReport, Outcome};
+pub use audit::{AuditEvent, AuditKey, AuditRecord, ChainReport, Outcome, ResealReport};
 pub use policy_changes::PolicyChange;
 pub use writer::Applied;
 use writer::{Job, Op};
@@ -93,6 +93,8 @@ pub enum StoreError {
     CaWithoutParent(String),
     #[error("profile {0} has issued certificates")]
     ProfileInUse(String),
+    #[error("refusing to re-seal the audit log: {0}")]
+    Reseal(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
 }
@@ -145,12 +147,21 @@ pub struct Store {
     /// Bumped by the writer whenever CAs, profiles, certificates' CRLs or key status
     /// change, so callers may cache what issuance reads.
     pki_gen: Arc<AtomicU64>,
+    audit_key: Arc<AuditKey>,
+    /// The verified prefix of the audit chain, so `GET /v1/audit` verifies only what
+    /// was appended since (a lost checkpoint only costs a full walk).
+    audit_checkpoint: Arc<RwLock<Option<audit::Checkpoint>>>,
+    /// Audit records verified so far by this process (observable cost of verification).
+    audit_checked: Arc<AtomicU64>,
 }
+
+/// Migration that keys the audit chain; see [`audit::key_on_upgrade`].
+const KEYED_AUDIT_MIGRATION: i64 = 7;
 
 impl Store {
     /// Open (creating if needed) the database at `url` (e.g. `sqlite:///var/lib/influxion/db.sqlite`)
-    /// and run migrations.
-    pub async fn open(url: &str) -> Result<Self, StoreError> {
+    /// and run migrations. `audit_key` (derived from the KEK) seals the audit chain.
+    pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)?
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -163,18 +174,48 @@ impl Store {
             .max_connections(8)
             .connect_with(opts.clone())
             .await?;
+        let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+            .fetch_all(&pool)
+            .await
+        {
+            Ok(v) => v,
+            // No migrations table: a new database.
+            Err(sqlx::Error::Database(_)) => Vec::new(),
+            Err(e) => return Err(e.into()),
+        };
         sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
-        let conn = sqlx::ConnectOptions::connect(&opts).await?;
+        let audit_key = Arc::new(audit_key);
+        let mut conn: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
+        if !applied.contains(&KEYED_AUDIT_MIGRATION) {
+            // Applied just now: seal the log once, before anything else writes to it.
+            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
+            match audit::key_on_upgrade(&mut conn, &audit_key, applied.is_empty()).await {
+                Ok(()) => sqlx::query("COMMIT").execute(&mut conn).await?,
+                Err(e) => {
+                    let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                    return Err(e);
+                }
+            };
+        }
         let (tx, rx) = mpsc::channel(4096);
         let subjects_gen = Arc::new(AtomicU64::new(1));
         let pki_gen = Arc::new(AtomicU64::new(1));
-        tokio::spawn(writer::run(conn, rx, subjects_gen.clone(), pki_gen.clone()));
+        tokio::spawn(writer::run(
+            conn,
+            rx,
+            subjects_gen.clone(),
+            pki_gen.clone(),
+            audit_key.clone(),
+        ));
         Ok(Self {
             pool,
             writer: tx,
             subjects_gen,
             subjects: Arc::new(RwLock::new(None)),
             pki_gen,
+            audit_key,
+            audit_checkpoint: Arc::new(RwLock::new(None)),
+            audit_checked: Arc::new(AtomicU64::new(0)),
         })
     }
 
@@ -425,12 +466,72 @@ impl Store {
 
     /// Walk the whole chain and report the first broken record, if any.
     pub async fn verify_audit_chain(&self) -> Result<ChainReport, StoreError> {
-        audit::verify_chain(&self.pool).await
+        self.verify_audit_from(None).await
+    }
+
+    /// Verify only what was appended since the last verification that found the chain
+    /// intact (the records up to it were checked then; the checkpoint record is checked
+    /// to be still there, unchanged). Cost: O(new records).
+    pub async fn verify_audit_chain_incremental(&self) -> Result<ChainReport, StoreError> {
+        let from = self.audit_checkpoint.read().ok().and_then(|c| c.clone());
+        self.verify_audit_from(from).await
+    }
+
+    async fn verify_audit_from(
+        &self,
+        from: Option<audit::Checkpoint>,
+    ) -> Result<ChainReport, StoreError> {
+        let (report, next) = audit::verify(
+            &self.pool,
+            Some(&self.audit_key),
+            from.as_ref(),
+            &self.audit_checked,
+        )
+        .await?;
+        if let (Some(next), Ok(mut c)) = (next, self.audit_checkpoint.write()) {
+            // Concurrent verifications may finish out of order; keep the furthest.
+            if c.as_ref().is_none_or(|c| c.seq() <= next.seq()) {
+                *c = Some(next);
+            }
+        }
+        Ok(report)
+    }
+
+    /// How many audit records this process has verified (hash, link and MAC), in total.
+    pub fn audit_records_checked(&self) -> u64 {
+        self.audit_checked.load(Ordering::Relaxed)
+    }
+
+    /// Give the records from `from` on that predate keying a MAC each, after verifying
+    /// the whole chain, and append `event` (its detail says what was done) in the same
+    /// transaction. See docs/audit.md.
+    pub async fn reseal_audit(
+        &self,
+        from: i64,
+        event: AuditEvent,
+    ) -> Result<ResealReport, StoreError> {
+        let mut conn = self.pool.acquire().await?;
+        // IMMEDIATE: the writer of this or another process waits for us (busy_timeout).
+        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
+        match audit::reseal(&mut conn, &self.audit_key, from, &event).await {
+            Ok(r) => {
+                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                Ok(r)
+            }
+            Err(e) => {
+                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                Err(e)
+            }
+        }
     }
 
     /// Verify the audit chain of a database without changing it: opened read-only,
     /// not created, no migrations. For `influxion audit verify` on a copy or backup.
-    pub async fn verify_database(url: &str) -> Result<ChainReport, StoreError> {
+    /// Without `key` only the hash links are checked (the report says `keyed: false`).
+    pub async fn verify_database(
+        url: &str,
+        key: Option<&AuditKey>,
+    ) -> Result<ChainReport, StoreError> {
         let opts = SqliteConnectOptions::from_str(url)?
             .read_only(true)
             .create_if_missing(false);
@@ -438,9 +539,9 @@ impl Store {
             .max_connections(1)
             .connect_with(opts)
             .await?;
-        let report = audit::verify_chain(&pool).await;
+        let report = audit::verify(&pool, key, None, &AtomicU64::new(0)).await;
         pool.close().await;
-        report
+        report.map(|(r, _)| r)
     }
 
     /// Direct pool access for tests that tamper with rows.

@@ -6,7 +6,7 @@ use serde::Serialize;
 use sqlx::{Row, SqliteConnection, SqlitePool};
 
 use crate::access::{ApprovalRecord, Decision, RequestOutcome};
-use crate::audit::{self, AuditEvent, ChainTip, Outcome};
+use crate::audit::{self, AuditEvent, AuditKey, ChainTip, Outcome};
 use crate::StoreError;
 
 /// A proposed weakening of a key's policy.
@@ -188,6 +188,7 @@ pub(crate) async fn decide(
     d: &Decision,
     event: &AuditEvent,
     tip: &ChainTip,
+    key: &AuditKey,
 ) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
     let row = sqlx::query("SELECT * FROM policy_changes WHERE id = ?")
         .bind(&d.request_id)
@@ -204,7 +205,7 @@ pub(crate) async fn decide(
             .target(c.id.clone())
             .detail(serde_json::json!({"key": c.key_name}));
         return Ok((
-            audit::append(conn, &e, tip).await?,
+            audit::append(conn, &e, tip, key).await?,
             Some(RequestOutcome::Expired),
         ));
     }
@@ -225,11 +226,11 @@ pub(crate) async fn decide(
     if !d.approve {
         finish(conn, &c.id, "rejected").await?;
         return Ok((
-            audit::append(conn, event, tip).await?,
+            audit::append(conn, event, tip, key).await?,
             Some(RequestOutcome::Rejected),
         ));
     }
-    let tip = audit::append(conn, event, tip).await?;
+    let tip = audit::append(conn, event, tip, key).await?;
     let approvals: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM policy_change_approvals WHERE change_id = ? AND decision = 'approve'",
     )
@@ -271,5 +272,5 @@ pub(crate) async fn decide(
     } else {
         RequestOutcome::Superseded
     };
-    Ok((audit::append(conn, &e, &tip).await?, Some(outcome)))
+    Ok((audit::append(conn, &e, &tip, key).await?, Some(outcome)))
 }

@@ -8,7 +8,7 @@ use sqlx::SqliteConnection;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::{self, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord};
-use crate::audit::{self, AuditEvent, ChainTip, Outcome};
+use crate::audit::{self, AuditEvent, AuditKey, ChainTip, Outcome};
 use crate::{KeyRecord, StoreError};
 
 /// Most operations gathered into one transaction.
@@ -83,11 +83,12 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     subjects_gen: Arc<AtomicU64>,
     pki_gen: Arc<AtomicU64>,
+    key: Arc<AuditKey>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
-        match commit_batch(&mut conn, &jobs).await {
+        match commit_batch(&mut conn, &jobs, &key).await {
             Ok(results) => {
                 if jobs.iter().any(|j| j.op.changes_subjects()) {
                     subjects_gen.fetch_add(1, Ordering::AcqRel);
@@ -121,15 +122,16 @@ pub(crate) async fn run(
 async fn commit_batch(
     conn: &mut SqliteConnection,
     jobs: &[Job],
+    key: &AuditKey,
 ) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
     // IMMEDIATE takes the write lock up front, so the chain tip read below cannot be
     // stale (another process writing the same file waits on busy_timeout).
     sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-    let mut tip = audit::tip(&mut *conn).await?;
+    let mut tip = audit::tip(&mut *conn, key).await?;
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         sqlx::query("SAVEPOINT job").execute(&mut *conn).await?;
-        match apply(&mut *conn, &job.op, &job.audit, &tip).await {
+        match apply(&mut *conn, &job.op, &job.audit, &tip, key).await {
             Ok((next, outcome)) => {
                 sqlx::query("RELEASE job").execute(&mut *conn).await?;
                 results.push(Ok(Applied {
@@ -145,7 +147,9 @@ async fn commit_batch(
             }
         }
     }
-    audit::set_head(&mut *conn, &tip).await?;
+    if tip.seq > 0 {
+        audit::set_head(&mut *conn, &tip, key).await?;
+    }
     sqlx::query("COMMIT").execute(&mut *conn).await?;
     Ok(results)
 }
@@ -189,6 +193,7 @@ async fn apply(
     op: &Op,
     event: &AuditEvent,
     tip: &ChainTip,
+    key: &AuditKey,
 ) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
     match op {
         Op::None => {}
@@ -288,9 +293,9 @@ async fn apply(
         Op::CreateRequest(r) => access::insert_request(conn, r).await?,
         Op::CreatePolicyChange(c) => crate::policy_changes::insert(conn, c).await?,
         Op::DecidePolicyChange(d) => {
-            return crate::policy_changes::decide(conn, d, event, tip).await
+            return crate::policy_changes::decide(conn, d, event, tip, key).await
         }
-        Op::Decide(d) => return decide(conn, d, event, tip).await,
+        Op::Decide(d) => return decide(conn, d, event, tip, key).await,
         Op::Cancel {
             request_id,
             requester,
@@ -301,17 +306,17 @@ async fn apply(
                 return Err(StoreError::RequestClosed(open.status));
             }
             if *now > open.expires_at {
-                return expire(conn, request_id, &open.key_name, tip).await;
+                return expire(conn, request_id, &open.key_name, tip, key).await;
             }
             if open.requester != *requester {
                 return Err(StoreError::NotRequester);
             }
             access::finish(conn, request_id, "cancelled").await?;
-            let next = audit::append(conn, event, tip).await?;
+            let next = audit::append(conn, event, tip, key).await?;
             return Ok((next, Some(RequestOutcome::Cancelled)));
         }
     }
-    Ok((audit::append(conn, event, tip).await?, None))
+    Ok((audit::append(conn, event, tip, key).await?, None))
 }
 
 /// Replace a key's policy, provided it is still `expected`: whether a change weakens
@@ -381,13 +386,14 @@ async fn expire(
     id: &str,
     key_name: &str,
     tip: &ChainTip,
+    key: &AuditKey,
 ) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
     access::finish(conn, id, "expired").await?;
     let e = AuditEvent::new("system:expiry", "signing_request.expire", Outcome::Ok)
         .target(id.to_owned())
         .detail(serde_json::json!({"key": key_name}));
     Ok((
-        audit::append(conn, &e, tip).await?,
+        audit::append(conn, &e, tip, key).await?,
         Some(RequestOutcome::Expired),
     ))
 }
@@ -399,13 +405,14 @@ async fn decide(
     d: &Decision,
     event: &AuditEvent,
     tip: &ChainTip,
+    key: &AuditKey,
 ) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
     let open = access::open_request(conn, &d.request_id).await?;
     if open.status != "pending" {
         return Err(StoreError::RequestClosed(open.status));
     }
     if d.now > open.expires_at {
-        return expire(conn, &d.request_id, &open.key_name, tip).await;
+        return expire(conn, &d.request_id, &open.key_name, tip, key).await;
     }
     if open.requester == d.approver {
         return Err(StoreError::SelfApproval);
@@ -422,11 +429,11 @@ async fn decide(
     if !d.approve {
         access::finish(conn, &d.request_id, "rejected").await?;
         return Ok((
-            audit::append(conn, event, tip).await?,
+            audit::append(conn, event, tip, key).await?,
             Some(RequestOutcome::Rejected),
         ));
     }
-    let tip = audit::append(conn, event, tip).await?;
+    let tip = audit::append(conn, event, tip, key).await?;
     let approvals: i64 = sqlx::query_scalar(
         "SELECT COUNT(*) FROM approvals WHERE request_id = ? AND decision = 'approve'",
     )
@@ -473,7 +480,7 @@ async fn decide(
             "quorum": open.quorum,
         }));
     Ok((
-        audit::append(conn, &signed, &tip).await?,
+        audit::append(conn, &signed, &tip, key).await?,
         Some(RequestOutcome::Signed),
     ))
 }

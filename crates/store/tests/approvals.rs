@@ -11,7 +11,8 @@ use influxion_store::{
 
 async fn store() -> (tempfile::TempDir, Store) {
     let dir = tempfile::tempdir().unwrap();
-    let s = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
+    let key = influxion_store::AuditKey::new(zeroize::Zeroizing::new([1u8; 32]));
+    let s = Store::open(&format!("sqlite://{}/t.db", dir.path().display()), key)
         .await
         .unwrap();
     let key = KeyRecord {

@@ -214,6 +214,20 @@ pub struct Keyserver {
     pub audience: String,
 }
 
+/// The test keyservers' key-encryption key (also needed to verify their audit chain).
+pub const KEK: &str = "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=";
+
+/// `influxion audit <args>` with the test KEK, as an auditor holding it runs it.
+pub fn audit_cmd(args: &[&str], data: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.arg("audit")
+        .args(args)
+        .arg("--data-dir")
+        .arg(data)
+        .env("INFLUXION_KEK", KEK);
+    c
+}
+
 pub fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
@@ -226,10 +240,7 @@ pub fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
         .env("INFLUXION_TOKEN_VERSIONS", "2.0")
         .env("INFLUXION_LISTEN", format!("127.0.0.1:{port}"))
         .env("INFLUXION_DATA_DIR", data)
-        .env(
-            "INFLUXION_KEK",
-            "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=",
-        )
+        .env("INFLUXION_KEK", KEK)
         .env("INFLUXION_BOOTSTRAP_ADMIN", "app_id=ci-admin")
         .env("INFLUXION_PUBLIC_URL", format!("http://127.0.0.1:{port}"))
         .env("INFLUXION_EST_PROFILE", "device")

@@ -274,9 +274,13 @@ impl Harness {
         backend: Arc<dyn influxion_core::KeyBackend>,
     ) -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&format!("sqlite://{}/t.db", dir.path().display()))
-            .await
-            .unwrap();
+        let kek = Kek::generate();
+        let store = Store::open(
+            &format!("sqlite://{}/t.db", dir.path().display()),
+            influxion_store::AuditKey::new(kek.audit_mac_key()),
+        )
+        .await
+        .unwrap();
         let state = AppState {
             store,
             backend,

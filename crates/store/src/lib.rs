@@ -170,12 +170,12 @@ impl Store {
             .synchronous(SqliteSynchronous::Full)
             .foreign_keys(true)
             .busy_timeout(Duration::from_secs(10));
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts.clone())
-            .await?;
+        // Migrations on their own connection, closed afterwards: sqlx caches a prepared
+        // statement's columns, and a statement prepared before a schema change would
+        // read rows of the new shape with the old column list.
+        let mut setup: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
         let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&pool)
+            .fetch_all(&mut setup)
             .await
         {
             Ok(v) => v,
@@ -183,7 +183,14 @@ impl Store {
             Err(sqlx::Error::Database(_)) => Vec::new(),
             Err(e) => return Err(e.into()),
         };
-        sqlx::migrate!("./migrations/sqlite").run(&pool).await?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&mut setup)
+            .await?;
+        sqlx::Connection::close(setup).await?;
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts.clone())
+            .await?;
         let audit_key = Arc::new(audit_key);
         let mut conn: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
         if !applied.contains(&KEYED_AUDIT_MIGRATION) {

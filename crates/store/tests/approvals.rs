@@ -338,7 +338,8 @@ async fn migration_gives_app_only_subjects_the_app_caller_rule() {
     }
     pool.close().await;
 
-    let s = Store::open(&url).await.unwrap();
+    let key = influxion_store::AuditKey::new(zeroize::Zeroizing::new([1u8; 32]));
+    let s = Store::open(&url, key).await.unwrap();
     let got: Vec<(String, Option<CallerRule>)> = s
         .subjects()
         .await

@@ -155,8 +155,16 @@ impl AuditDatabase {
     }
 }
 
-fn audit_key(file: &FileConfig) -> Result<influxion_store::AuditKey> {
+fn audit_key(file: &FileConfig, db: &AuditDatabase) -> Result<influxion_store::AuditKey> {
+    // `influxion dev` keeps its KEK in the data directory; use it when nothing is configured.
+    let dev_kek = db
+        .data_dir
+        .as_ref()
+        .map(|d| d.join("kek"))
+        .filter(|p| p.is_file())
+        .map(crate::config::KekSource::File);
     let kek = crate::config::KekSource::configured(file)
+        .or(dev_kek)
         .context("the audit chain is keyed: set INFLUXION_KEK, INFLUXION_KEK_FILE or keystore.kek_file (or verify with --links-only)")?
         .load()?;
     Ok(influxion_store::AuditKey::new(kek.audit_mac_key()))
@@ -592,12 +600,12 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
 pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
         AuditCommand::Verify { db, links_only } => {
-            let url = db.url(file);
             let key = if links_only {
                 None
             } else {
-                Some(audit_key(file)?)
+                Some(audit_key(file, &db)?)
             };
+            let url = db.url(file);
             let report = influxion_store::Store::verify_database(&url, key.as_ref())
                 .await
                 .with_context(|| format!("opening {url} read-only"))?;
@@ -632,8 +640,9 @@ pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
             }
         }
         AuditCommand::Reseal { db, from } => {
+            let key = audit_key(file, &db)?;
             let url = db.url(file);
-            let store = influxion_store::Store::open(&url, audit_key(file)?)
+            let store = influxion_store::Store::open(&url, key)
                 .await
                 .with_context(|| format!("opening {url}"))?;
             let user = crate::config::env("USER").unwrap_or_else(|| "unknown".into());

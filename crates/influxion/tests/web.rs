@@ -569,6 +569,72 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
     assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
 }
 
+/// The keyclient's HTTP edge (shared with the keyserver): slow headers and a body that
+/// never ends are cut off, and connections beyond the cap are closed on accept while
+/// the others stay open; once those go, the keyclient answers again.
+#[test]
+fn keyclient_ends_stalled_connections_and_caps_them() {
+    if !prerequisites() {
+        return;
+    }
+    let bound = std::time::Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_provider, ks, _kc) = setup(d);
+    let port = free_port();
+    let mut cmd = keyclient_command(d, port, &ks);
+    cmd.env("INFLUXION_HTTP_HEADER_TIMEOUT_SECS", "1")
+        .env("INFLUXION_HTTP_BODY_TIMEOUT_SECS", "1")
+        .env("INFLUXION_HTTP_IDLE_TIMEOUT_SECS", "3600")
+        .env("INFLUXION_HTTP_MAX_CONNECTIONS", "4");
+    let mut child = Proc(cmd.spawn().unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(healthy_or_exited(&mut child, &url));
+
+    let mut s = raw::connect(&url);
+    raw::drip(
+        &s,
+        b"GET /healthz HTTP/1.1\r\nHost: kc\r\n",
+        b"X",
+        std::time::Duration::from_millis(300),
+    );
+    raw::until_closed(&mut s, bound);
+    let mut s = raw::connect(&url);
+    raw::drip(
+        &s,
+        b"POST /logout HTTP/1.1\r\nHost: kc\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",
+        b"1\r\nx\r\n",
+        std::time::Duration::from_millis(200),
+    );
+    let got = raw::until_closed(&mut s, bound);
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 4"), "{got}");
+
+    // Let the probes above go, then fill every slot.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut held: Vec<_> = (0..4).map(|_| raw::connect(&url)).collect();
+    let mut beyond = raw::connect(&url);
+    raw::until_closed(&mut beyond, bound);
+    for h in &mut held {
+        assert!(raw::still_open(h), "a connection within the cap was closed");
+    }
+    drop(held);
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        let o = Command::new("curl")
+            .args(["-fsS", &format!("{url}/healthz")])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer after the held connections closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+}
+
 /// `influxion dev` runs the keyclient too: a person signs in at the development
 /// issuer's login page and reaches the keyserver through the web app's proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

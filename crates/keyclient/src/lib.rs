@@ -69,6 +69,8 @@ pub struct KeyclientConfig {
     pub session_key: Zeroizing<[u8; 32]>,
     pub timeouts: Timeouts,
     pub tls: Option<TlsFiles>,
+    /// Header, body and idle timeouts and the connection cap.
+    pub limits: influxion_edge::Limits,
 }
 
 /// The scopes the keyclient requests: OpenID Connect's, a refresh token, and the API's.
@@ -187,39 +189,22 @@ async fn purge_loop(sessions: SessionStore) {
     }
 }
 
-/// Serve on `listener` until `shutdown` resolves; TLS with rustls when configured.
+/// Serve on `listener` until `shutdown` resolves; TLS with rustls when configured. The
+/// connection limits and timeouts are the keyserver's ([`influxion_edge`]).
 pub async fn serve(
     app: Router,
     listener: std::net::TcpListener,
     tls: Option<&TlsFiles>,
+    limits: influxion_edge::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    match tls {
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(files) => {
-            // One process-wide provider; ring is what reqwest's rustls already uses.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
-    }
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let tls = match tls {
+        Some(files) => Some(influxion_edge::tls_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    influxion_edge::serve(listener, app, limits, tls, shutdown).await
 }
 
 // ------------------------------------------------------------------ cookies

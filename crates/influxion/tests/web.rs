@@ -373,6 +373,16 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         assert!(r.location().is_empty());
     }
 
+    // A query over 2 KiB is refused, not redirected (docs/problems.md).
+    let r = b
+        .get(
+            &format!("/login?return_to=%2F&pad={}", "a".repeat(2100)),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.slug().as_str()), (400, "invalid-request"));
+    assert!(r.location().is_empty());
+
     // A wrong state is refused, and the sign-in it belonged to is spent.
     let (pre, callback) = b.to_callback("alice").await;
     let mut wrong = url::Url::parse(&callback).unwrap();
@@ -531,6 +541,16 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
             (r.status, r.slug().as_str()),
             (404, "not-found"),
             "{method} {path}"
+        );
+    }
+    // Percent-encoding in a proxied path is refused, never decoded into a route.
+    for path in ["/api/v1/keys%2fdemo", "/api/v1/keys/de%6do", "/api/v1/m%65"] {
+        let r = b.get(path, Some(&user)).await;
+        assert_eq!(
+            (r.status, r.slug().as_str()),
+            (404, "not-found"),
+            "{path}: {}",
+            r.body
         );
     }
     let big = vec![b'x'; 2 * 1024 * 1024];

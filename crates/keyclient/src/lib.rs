@@ -445,8 +445,15 @@ fn valid_return_to(r: &str) -> bool {
 async fn login(
     State(st): State<AppState>,
     headers: HeaderMap,
+    uri: axum::http::Uri,
     q: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, KcError> {
+    if uri.query().is_some_and(|q| q.len() > proxy::MAX_QUERY) {
+        return Err(KcError::InvalidRequest(format!(
+            "the query string is longer than {} bytes",
+            proxy::MAX_QUERY
+        )));
+    }
     let Query(q) = q.map_err(|e| KcError::InvalidRequest(e.body_text()))?;
     let return_to = q.return_to.unwrap_or_else(|| "/".into());
     if !valid_return_to(&return_to) {

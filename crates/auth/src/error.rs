@@ -5,6 +5,10 @@ use influxion_core::CallerKind;
 pub enum AuthError {
     #[error("no bearer token was presented")]
     Missing,
+    /// RFC 6750 `invalid_request`: the request itself is ambiguous (e.g. two
+    /// `Authorization` headers), whatever the token.
+    #[error("{0}")]
+    InvalidRequest(&'static str),
     #[error("the token is larger than allowed")]
     TooLarge,
     #[error("the token is malformed: {0}")]
@@ -58,6 +62,7 @@ impl AuthError {
     pub fn slug(&self) -> &'static str {
         match self {
             AuthError::Missing => "token-missing",
+            AuthError::InvalidRequest(_) => "invalid-request",
             AuthError::TooLarge => "token-too-large",
             AuthError::Malformed(_) => "token-malformed",
             AuthError::Algorithm => "token-algorithm",

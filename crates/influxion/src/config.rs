@@ -43,6 +43,67 @@ pub struct FileConfig {
     pub bootstrap: FileBootstrap,
     #[serde(default)]
     pub pki: FilePki,
+    #[serde(default)]
+    pub http: FileHttp,
+}
+
+/// Timeouts and the connection cap of the HTTP servers (keyserver and keyclient alike).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileHttp {
+    pub header_timeout_secs: Option<u64>,
+    pub body_timeout_secs: Option<u64>,
+    pub idle_timeout_secs: Option<u64>,
+    pub max_connections: Option<u64>,
+}
+
+/// `[http]` / `INFLUXION_HTTP_*`: how long a client may take, and how many may connect.
+pub fn http_limits(file: &FileHttp) -> Result<influxion_edge::Limits, ConfigError> {
+    let d = influxion_edge::Limits::default();
+    let secs = |setting: &'static str,
+                var: &'static str,
+                toml: Option<u64>,
+                default: Duration|
+     -> Result<Duration, ConfigError> {
+        let v = env_u64(var)?.or(toml).unwrap_or(default.as_secs());
+        if !(1..=3600).contains(&v) {
+            return Err(err(
+                setting,
+                format!("{v} is not between 1 and 3600 seconds"),
+            ));
+        }
+        Ok(Duration::from_secs(v))
+    };
+    let max_connections = env_u64("INFLUXION_HTTP_MAX_CONNECTIONS")?
+        .or(file.max_connections)
+        .unwrap_or(d.max_connections as u64);
+    if !(1..=1_000_000).contains(&max_connections) {
+        return Err(err(
+            "http.max_connections / INFLUXION_HTTP_MAX_CONNECTIONS",
+            format!("{max_connections} is not between 1 and 1000000"),
+        ));
+    }
+    Ok(influxion_edge::Limits {
+        header_read_timeout: secs(
+            "http.header_timeout_secs / INFLUXION_HTTP_HEADER_TIMEOUT_SECS",
+            "INFLUXION_HTTP_HEADER_TIMEOUT_SECS",
+            file.header_timeout_secs,
+            d.header_read_timeout,
+        )?,
+        body_read_timeout: secs(
+            "http.body_timeout_secs / INFLUXION_HTTP_BODY_TIMEOUT_SECS",
+            "INFLUXION_HTTP_BODY_TIMEOUT_SECS",
+            file.body_timeout_secs,
+            d.body_read_timeout,
+        )?,
+        idle_timeout: secs(
+            "http.idle_timeout_secs / INFLUXION_HTTP_IDLE_TIMEOUT_SECS",
+            "INFLUXION_HTTP_IDLE_TIMEOUT_SECS",
+            file.idle_timeout_secs,
+            d.idle_timeout,
+        )?,
+        max_connections: max_connections as usize,
+    })
 }
 
 /// The device certificate authority.
@@ -199,6 +260,7 @@ pub struct ServerConfig {
     pub bootstrap_admin: Option<influxion_core::SubjectRules>,
     pub public_url: Option<String>,
     pub est_profile: Option<String>,
+    pub http: influxion_edge::Limits,
 }
 
 #[derive(Clone)]
@@ -480,6 +542,7 @@ impl ServerConfig {
             bootstrap_admin,
             public_url,
             est_profile,
+            http: http_limits(&file.http)?,
         })
     }
 
@@ -501,7 +564,7 @@ impl ServerConfig {
     pub fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n",
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.database_url,
@@ -528,6 +591,10 @@ impl ServerConfig {
                 .unwrap_or_else(|| "\"\"".into()),
             self.public_url.as_deref().unwrap_or(""),
             self.est_profile.as_deref().unwrap_or(""),
+            self.http.header_read_timeout.as_secs(),
+            self.http.body_read_timeout.as_secs(),
+            self.http.idle_timeout.as_secs(),
+            self.http.max_connections,
         )
     }
 }
@@ -916,6 +983,7 @@ pub fn keyclient(file: &FileConfig) -> Result<influxion_keyclient::KeyclientConf
         session_key,
         timeouts,
         tls,
+        limits: http_limits(&file.http)?,
     })
 }
 

@@ -114,9 +114,14 @@ pub async fn serve(cfg: ServerConfig) -> Result<()> {
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, metadata = %cfg.auth.metadata_url, "keyserver listening");
-    axum::serve(listener, influxion_server::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    influxion_edge::serve(
+        listener,
+        influxion_server::app(state),
+        cfg.http,
+        None,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
@@ -146,13 +151,22 @@ pub async fn keyclient(cfg: influxion_keyclient::KeyclientConfig) -> Result<()> 
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("binding the keyclient on {}", cfg.listen))?;
     tracing::info!(listen = %cfg.listen, public_url = %cfg.public_url, "keyclient ready");
-    influxion_keyclient::serve(app, listener, cfg.tls.as_ref(), shutdown_signal()).await?;
+    influxion_keyclient::serve(
+        app,
+        listener,
+        cfg.tls.as_ref(),
+        cfg.limits,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 
 pub const DEV_CLIENT_ID: &str = "influxion-dev-ci";
 
 pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
+    // Only the environment (INFLUXION_HTTP_*): dev mode reads no configuration file.
+    let limits = crate::config::http_limits(&Default::default())?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -259,6 +273,7 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         public_url: Some(format!("http://127.0.0.1:{port}")),
         est_profile: Some("device".into()),
         bootstrap_admin: None,
+        http: limits,
     };
     let state = build_state(&cfg, cfg.kek.load()?).await?;
     ensure_dev_subjects(&state.store).await?;
@@ -295,13 +310,15 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         session_key: crate::config::session_key(&std::fs::read_to_string(&session_key_path)?)?,
         timeouts: Default::default(),
         tls: None,
+        limits,
     };
     let web_listener = std::net::TcpListener::bind(kc.listen)
         .with_context(|| format!("binding the keyclient on {}", kc.listen))?;
     let web_app = influxion_keyclient::build(&kc).await?;
     tokio::spawn(async move {
         if let Err(e) =
-            influxion_keyclient::serve(web_app, web_listener, None, std::future::pending()).await
+            influxion_keyclient::serve(web_app, web_listener, None, limits, std::future::pending())
+                .await
         {
             tracing::error!(error = %e, "keyclient stopped");
         }
@@ -363,9 +380,14 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         dir = data_dir.display(),
         env = env_path.display(),
     );
-    axum::serve(api_listener, influxion_server::app(state))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    influxion_edge::serve(
+        api_listener,
+        influxion_server::app(state),
+        limits,
+        None,
+        shutdown_signal(),
+    )
+    .await?;
     Ok(())
 }
 

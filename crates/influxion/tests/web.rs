@@ -13,6 +13,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 
 use common::*;
+use futures::StreamExt;
 
 const SESSION_KEY: &str = "S2V5Y2xpZW50IHNlc3Npb24ga2V5IGZvciB0ZXN0cyE=";
 const API_SCOPE: &str = "api://influxion-test/access_as_user";
@@ -240,11 +241,27 @@ impl Resp {
             .map(|v| v.to_str().unwrap().to_owned())
             .unwrap_or_default()
     }
+    /// The `Set-Cookie` header of cookie `name`, if this response sets it.
+    fn set_cookie(&self, name: &str) -> Option<String> {
+        self.headers
+            .get_all("set-cookie")
+            .iter()
+            .map(|v| v.to_str().unwrap().to_owned())
+            .find(|v| v.starts_with(&format!("{name}=")))
+    }
+    /// The value of cookie `name` this response sets, if any (not a deletion).
+    fn cookie_named(&self, name: &str) -> Option<String> {
+        let set = self.set_cookie(name)?;
+        let v = set.split(';').next()?.split_once('=')?.1;
+        (!v.is_empty()).then(|| v.to_owned())
+    }
     /// The session cookie this response sets (value), if any.
     fn cookie(&self) -> Option<String> {
-        let set = self.headers.get("set-cookie")?.to_str().unwrap().to_owned();
-        let v = set.strip_prefix("__Host-influxion=")?.split(';').next()?;
-        (!v.is_empty()).then(|| v.to_owned())
+        self.cookie_named("__Host-influxion")
+    }
+    /// The sign-in cookie `/login` sets (value).
+    fn login_cookie(&self) -> Option<String> {
+        self.cookie_named("__Host-influxion-login")
     }
 }
 
@@ -292,20 +309,39 @@ impl Browser {
             .await
     }
 
-    /// `/login`, then the provider's real login form as `user`; returns the pre-login
+    /// `/login`, then the provider's real login form as `user`; returns the sign-in
     /// cookie and the callback URL the provider sends the browser to.
     async fn to_callback(&self, user: &str) -> (String, String) {
         let r = self.get("/login?return_to=%2F%23%2Fapprovals", None).await;
         assert_eq!(r.status, 303, "{}", r.body);
-        let pre = r.cookie().expect("a pre-login session cookie");
+        let set = r.set_cookie("__Host-influxion-login").unwrap();
+        for attr in [
+            "Path=/",
+            "Secure",
+            "HttpOnly",
+            "SameSite=Lax",
+            "Max-Age=600",
+        ] {
+            assert!(set.contains(attr), "{set}");
+        }
+        let pre = r.login_cookie().expect("a sign-in cookie");
         let callback = provider_login(&self.idp, r.location(), user, &self.base).await;
         (pre, callback)
     }
 
-    /// A complete sign-in: (pre-login cookie, signed-in cookie, callback URL).
+    /// The callback with the sign-in cookie `login` and the session cookie `session`.
+    async fn callback(&self, url: &str, login: Option<&str>, session: Option<&str>) -> Resp {
+        let mut rb = self.req(reqwest::Method::GET, url, session);
+        if let Some(l) = login {
+            rb = rb.header("cookie", format!("__Host-influxion-login={l}"));
+        }
+        self.send(rb).await
+    }
+
+    /// A complete sign-in: (sign-in cookie, signed-in cookie, callback URL).
     async fn sign_in(&self, user: &str) -> (String, String, String) {
         let (pre, callback) = self.to_callback(user).await;
-        let r = self.get(&callback, Some(&pre)).await;
+        let r = self.callback(&callback, Some(&pre), None).await;
         assert_eq!(r.status, 303, "callback: {}", r.body);
         assert_eq!(r.location(), "/#/approvals");
         let set = r.headers.get("set-cookie").unwrap().to_str().unwrap();
@@ -320,6 +356,9 @@ impl Browser {
         }
         let user_cookie = r.cookie().unwrap();
         assert_ne!(user_cookie, pre, "the session id must change at sign-in");
+        // The sign-in cookie is spent with it.
+        let cleared = r.set_cookie("__Host-influxion-login").unwrap();
+        assert!(cleared.contains("Max-Age=0"), "{cleared}");
         (pre, user_cookie, callback)
     }
 }
@@ -373,7 +412,17 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         assert!(r.location().is_empty());
     }
 
-    // A wrong state is refused, and the sign-in it belonged to is spent.
+    // A query over 2 KiB is refused, not redirected (docs/problems.md).
+    let r = b
+        .get(
+            &format!("/login?return_to=%2F&pad={}", "a".repeat(2100)),
+            None,
+        )
+        .await;
+    assert_eq!((r.status, r.slug().as_str()), (400, "invalid-request"));
+    assert!(r.location().is_empty());
+
+    // A wrong state is refused, and the browser's sign-in cookie is cleared.
     let (pre, callback) = b.to_callback("alice").await;
     let mut wrong = url::Url::parse(&callback).unwrap();
     let pairs: Vec<(String, String)> = wrong
@@ -388,23 +437,32 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         })
         .collect();
     wrong.query_pairs_mut().clear().extend_pairs(pairs);
-    let r = b.get(wrong.as_str(), Some(&pre)).await;
+    let r = b.callback(wrong.as_str(), Some(&pre), None).await;
     assert_eq!(
         (r.status, r.slug().as_str()),
         (400, "invalid-state"),
         "{}",
         r.body
     );
-    let r = b.get(&callback, Some(&pre)).await;
+    assert!(r
+        .set_cookie("__Host-influxion-login")
+        .is_some_and(|c| c.contains("Max-Age=0")));
+    // A tampered sign-in cookie opens nothing.
+    let mut bad = pre.clone().into_bytes();
+    bad[20] = if bad[20] == b'A' { b'B' } else { b'A' };
+    let r = b
+        .callback(&callback, Some(&String::from_utf8(bad).unwrap()), None)
+        .await;
     assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
     // A callback with no sign-in started in this browser.
     let r = b.get(&callback, None).await;
     assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
 
-    // A good sign-in; then the replayed callback is refused with either cookie.
+    // A good sign-in; then the replayed callback is refused, with the sign-in cookie
+    // (it completed once) or the session cookie.
     let (pre, user, callback) = b.sign_in("alice").await;
-    for c in [&pre, &user] {
-        let r = b.get(&callback, Some(c)).await;
+    for (login, session) in [(Some(pre.as_str()), None), (None, Some(user.as_str()))] {
+        let r = b.callback(&callback, login, session).await;
         assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
     }
     for _ in 0..2 {
@@ -451,7 +509,7 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
         );
     }
 
-    // Session fixation: the pre-login id opens nothing after sign-in.
+    // Session fixation: the sign-in cookie value opens no session after sign-in.
     let r = b.get("/api/v1/me", Some(&pre)).await;
     assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
     let r = b.get("/session", Some(&pre)).await;
@@ -533,6 +591,16 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
             "{method} {path}"
         );
     }
+    // Percent-encoding in a proxied path is refused, never decoded into a route.
+    for path in ["/api/v1/keys%2fdemo", "/api/v1/keys/de%6do", "/api/v1/m%65"] {
+        let r = b.get(path, Some(&user)).await;
+        assert_eq!(
+            (r.status, r.slug().as_str()),
+            (404, "not-found"),
+            "{path}: {}",
+            r.body
+        );
+    }
     let big = vec![b'x'; 2 * 1024 * 1024];
     let r = b
         .send(
@@ -567,6 +635,129 @@ async fn keyclient_refuses_csrf_bad_state_tampered_cookies_fixation_and_open_red
     assert!(!logout_url.contains("id_token_hint"), "{logout_url}");
     let r = b.get("/api/v1/me", Some(&user)).await;
     assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+}
+
+/// `/login` is unauthenticated: a link to it (or a forged callback) must not sign the
+/// browser out, and any number of calls must not fill a table that blocks sign-ins.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_links_keep_the_session_and_store_nothing() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let (_provider, _ks, kc) = setup(dir.path());
+    let b = Browser::new(&kc.url);
+    let (_, user, _) = b.sign_in("alice").await;
+
+    // A cross-site link to /login, and a forged callback: the session stays.
+    let r = b.get("/login?return_to=%2F", Some(&user)).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    assert!(r.set_cookie("__Host-influxion").is_none());
+    let r = b
+        .get(
+            "/login/oauth2/code/keyserver-client?state=x&code=y",
+            Some(&user),
+        )
+        .await;
+    assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
+    assert!(r.set_cookie("__Host-influxion").is_none());
+    let r = b.get("/api/v1/me", Some(&user)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+
+    // More unauthenticated sign-ins than the old table allowed (10 000): every one is
+    // answered, and a real sign-in afterwards still works.
+    let flood = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let url = format!("{}/login", kc.url);
+    let statuses: Vec<u16> = futures::stream::iter(0..10_001)
+        .map(|_| {
+            let (flood, url) = (flood.clone(), url.clone());
+            async move { flood.get(&url).send().await.unwrap().status().as_u16() }
+        })
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    assert!(statuses.iter().all(|s| *s == 303));
+    let (_, again, _) = b.sign_in("alice").await;
+    let r = b.get("/api/v1/me", Some(&again)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    // Signing in anew ends the session the browser had.
+    let (pre, callback) = b.to_callback("alice").await;
+    let r = b.callback(&callback, Some(&pre), Some(&again)).await;
+    assert_eq!(r.status, 303, "{}", r.body);
+    let third = r.cookie().unwrap();
+    let r = b.get("/api/v1/me", Some(&again)).await;
+    assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+    let r = b.get("/api/v1/me", Some(&third)).await;
+    assert_eq!(r.status, 200, "{}", r.body);
+}
+
+/// The keyclient's HTTP edge (shared with the keyserver): slow headers and a body that
+/// never ends are cut off, and connections beyond the cap are closed on accept while
+/// the others stay open; once those go, the keyclient answers again.
+#[test]
+fn keyclient_ends_stalled_connections_and_caps_them() {
+    if !prerequisites() {
+        return;
+    }
+    let bound = std::time::Duration::from_secs(30);
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_provider, ks, _kc) = setup(d);
+    let port = free_port();
+    let mut cmd = keyclient_command(d, port, &ks);
+    cmd.env("INFLUXION_HTTP_HEADER_TIMEOUT_SECS", "1")
+        .env("INFLUXION_HTTP_BODY_TIMEOUT_SECS", "1")
+        .env("INFLUXION_HTTP_IDLE_TIMEOUT_SECS", "3600")
+        .env("INFLUXION_HTTP_MAX_CONNECTIONS", "4");
+    let mut child = Proc(cmd.spawn().unwrap());
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(healthy_or_exited(&mut child, &url));
+
+    let mut s = raw::connect(&url);
+    raw::drip(
+        &s,
+        b"GET /healthz HTTP/1.1\r\nHost: kc\r\n",
+        b"X",
+        std::time::Duration::from_millis(300),
+    );
+    raw::until_closed(&mut s, bound);
+    let mut s = raw::connect(&url);
+    raw::drip(
+        &s,
+        b"POST /logout HTTP/1.1\r\nHost: kc\r\nTransfer-Encoding: chunked\r\n\r\n1\r\nx\r\n",
+        b"1\r\nx\r\n",
+        std::time::Duration::from_millis(200),
+    );
+    let got = raw::until_closed(&mut s, bound);
+    assert!(got.is_empty() || got.starts_with("HTTP/1.1 4"), "{got}");
+
+    // Let the probes above go, then fill every slot.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let mut held: Vec<_> = (0..4).map(|_| raw::connect(&url)).collect();
+    let mut beyond = raw::connect(&url);
+    raw::until_closed(&mut beyond, bound);
+    for h in &mut held {
+        assert!(raw::still_open(h), "a connection within the cap was closed");
+    }
+    drop(held);
+    let deadline = std::time::Instant::now() + bound;
+    loop {
+        let o = Command::new("curl")
+            .args(["-fsS", &format!("{url}/healthz")])
+            .output()
+            .unwrap();
+        if o.status.success() {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no answer after the held connections closed"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
 }
 
 /// `influxion dev` runs the keyclient too: a person signs in at the development
@@ -664,7 +855,10 @@ fn keyclient_serves_tls() {
         head.contains("strict-transport-security: max-age="),
         "{head}"
     );
-    assert!(head.contains("set-cookie: __host-influxion="), "{head}");
+    assert!(
+        head.contains("set-cookie: __host-influxion-login="),
+        "{head}"
+    );
     // Plain HTTP on the TLS port gets no page.
     let plain = Command::new("curl")
         .args([

@@ -34,8 +34,6 @@ pub enum KcError {
     NotFound,
     #[error("this method is not allowed on this resource")]
     MethodNotAllowed,
-    #[error("too many sign-ins are in progress; try again in a few minutes")]
-    TooManySignIns,
     #[error("internal error")]
     Internal(String),
 }
@@ -54,7 +52,6 @@ impl KcError {
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-            Self::TooManySignIns => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -73,7 +70,6 @@ impl KcError {
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
             Self::Internal(_) => "internal",
-            Self::TooManySignIns => "too-many-sign-ins",
         }
     }
 
@@ -92,7 +88,6 @@ impl KcError {
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
             Self::Internal(_) => "Internal error",
-            Self::TooManySignIns => "Too many sign-ins",
         }
     }
 }

@@ -10,6 +10,7 @@ mod error;
 mod oidc;
 mod proxy;
 mod session;
+mod signin;
 mod web;
 
 use std::collections::HashMap;
@@ -43,8 +44,6 @@ pub const CSRF_HEADER: &str = "x-influxion-csrf";
 pub const DEFAULT_CALLBACK_PATH: &str = "/login/oauth2/code/keyserver-client";
 
 const MAX_CONCURRENT_REQUESTS: usize = 512;
-/// Sign-ins started and not yet back (each lives 10 minutes at most).
-const MAX_LOGINS_IN_PROGRESS: i64 = 10_000;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(90);
 /// Refresh an access token this long before it expires.
 const REFRESH_MARGIN_SECS: i64 = 60;
@@ -69,6 +68,8 @@ pub struct KeyclientConfig {
     pub session_key: Zeroizing<[u8; 32]>,
     pub timeouts: Timeouts,
     pub tls: Option<TlsFiles>,
+    /// Header, body and idle timeouts and the connection cap.
+    pub limits: influxion_edge::Limits,
 }
 
 /// The scopes the keyclient requests: OpenID Connect's, a refresh token, and the API's.
@@ -94,6 +95,8 @@ pub struct Inner {
     keyserver: Url,
     oidc: oidc::Oidc,
     sessions: SessionStore,
+    /// Seals sign-ins in progress into their cookie.
+    signins: signin::Sealer,
     http: reqwest::Client,
     /// One lock per session being refreshed, so two requests of one session never
     /// spend its refresh token twice, and a slow provider stalls only that session.
@@ -134,6 +137,7 @@ pub async fn build(cfg: &KeyclientConfig) -> Result<Router, KcError> {
         keyserver,
         oidc,
         sessions: sessions.clone(),
+        signins: signin::Sealer::new(&cfg.session_key, cfg.timeouts.login)?,
         http,
         refreshing: std::sync::Mutex::new(HashMap::new()),
     }));
@@ -187,51 +191,38 @@ async fn purge_loop(sessions: SessionStore) {
     }
 }
 
-/// Serve on `listener` until `shutdown` resolves; TLS with rustls when configured.
+/// Serve on `listener` until `shutdown` resolves; TLS with rustls when configured. The
+/// connection limits and timeouts are the keyserver's ([`influxion_edge`]).
 pub async fn serve(
     app: Router,
     listener: std::net::TcpListener,
     tls: Option<&TlsFiles>,
+    limits: influxion_edge::Limits,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     listener.set_nonblocking(true)?;
-    match tls {
-        None => {
-            let listener = tokio::net::TcpListener::from_std(listener)?;
-            axum::serve(listener, app)
-                .with_graceful_shutdown(shutdown)
-                .await
-        }
-        Some(files) => {
-            // One process-wide provider; ring is what reqwest's rustls already uses.
-            let _ = rustls::crypto::ring::default_provider().install_default();
-            let config =
-                axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
-                    .await?;
-            let handle = axum_server::Handle::new();
-            let h = handle.clone();
-            tokio::spawn(async move {
-                shutdown.await;
-                h.graceful_shutdown(Some(Duration::from_secs(10)));
-            });
-            axum_server::from_tcp_rustls(listener, config)
-                .handle(handle)
-                .serve(app.into_make_service())
-                .await
-        }
-    }
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let tls = match tls {
+        Some(files) => Some(influxion_edge::tls_config(&files.cert, &files.key)?),
+        None => None,
+    };
+    influxion_edge::serve(listener, app, limits, tls, shutdown).await
 }
 
 // ------------------------------------------------------------------ cookies
 
 fn cookie_value(headers: &HeaderMap) -> Option<String> {
+    cookie_named(headers, COOKIE)
+}
+
+fn cookie_named(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
         .get_all(header::COOKIE)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|kv| kv.trim().split_once('='))
-        .find(|(k, _)| *k == COOKIE)
+        .find(|(k, _)| *k == name)
         .map(|(_, v)| v.to_owned())
 }
 
@@ -282,11 +273,11 @@ impl Inner {
             return Ok(None);
         };
         match self.sessions.load(&id).await? {
-            Some(s) if matches!(s.data, SessionData::User(_)) => {
+            Some(s) => {
                 self.sessions.touch(&s).await?;
                 Ok(Some((id, s)))
             }
-            _ => Ok(None),
+            None => Ok(None),
         }
     }
 
@@ -354,9 +345,7 @@ impl Inner {
         id: &str,
         s: &session::Session,
     ) -> Result<Zeroizing<String>, KcError> {
-        let SessionData::User(u) = &s.data else {
-            return Err(KcError::NotSignedIn);
-        };
+        let SessionData::User(u) = &s.data;
         let rt = u.refresh_token.as_deref().unwrap_or_default();
         match self.oidc.refresh(rt, u.granted_scopes.as_deref()).await {
             Ok(t) => {
@@ -411,9 +400,7 @@ enum Usable {
 /// Whether the session's access token can be used as it is. Without a refresh token it
 /// is used until it expires; with one, it is refreshed shortly before.
 fn usable(s: &session::Session) -> Usable {
-    let SessionData::User(u) = &s.data else {
-        return Usable::Expired;
-    };
+    let SessionData::User(u) = &s.data;
     let left = u.access_expires_at - session::now();
     match (&u.refresh_token, left) {
         (Some(_), l) if l > REFRESH_MARGIN_SECS => {
@@ -433,7 +420,6 @@ async fn session_info(State(st): State<AppState>, headers: HeaderMap) -> Result<
                 "user": {"name": u.name, "username": u.username},
                 "expires_at": s.expires_at,
             }),
-            SessionData::Login(_) => serde_json::json!({"authenticated": false}),
         },
         None => serde_json::json!({"authenticated": false}),
     };
@@ -459,26 +445,28 @@ fn valid_return_to(r: &str) -> bool {
 
 async fn login(
     State(st): State<AppState>,
-    headers: HeaderMap,
+    uri: axum::http::Uri,
     q: Result<Query<LoginQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, KcError> {
+    if uri.query().is_some_and(|q| q.len() > proxy::MAX_QUERY) {
+        return Err(KcError::InvalidRequest(format!(
+            "the query string is longer than {} bytes",
+            proxy::MAX_QUERY
+        )));
+    }
     let Query(q) = q.map_err(|e| KcError::InvalidRequest(e.body_text()))?;
     let return_to = q.return_to.unwrap_or_else(|| "/".into());
     if !valid_return_to(&return_to) {
         return Err(KcError::InvalidReturnTo);
     }
-    // `/login` needs no authentication, so each call costing a row is bounded.
-    if st.sessions.logins_in_progress().await? >= MAX_LOGINS_IN_PROGRESS {
-        return Err(KcError::TooManySignIns);
-    }
-    // Signing in again replaces whatever session this browser had.
-    if let Some(old) = cookie_value(&headers) {
-        st.sessions.delete(&old).await?;
-    }
+    // `/login` needs no authentication, so it stores nothing: the sign-in travels
+    // sealed in its own cookie. The browser's session, if any, is left alone until a
+    // new sign-in completes (a link to /login signs nobody out).
     let (url, login) = st.oidc.start(return_to).await;
-    let id = st.sessions.create(&SessionData::Login(login)).await?;
+    let sealed = st.signins.seal(login)?;
     let mut r = Redirect::to(url.as_str()).into_response();
-    r.headers_mut().insert(header::SET_COOKIE, set_cookie(&id)?);
+    r.headers_mut()
+        .insert(header::SET_COOKIE, st.signins.set_cookie(&sealed)?);
     Ok(r)
 }
 
@@ -509,7 +497,10 @@ async fn callback(
             } else {
                 e.into_response()
             };
-            r.headers_mut().insert(header::SET_COOKIE, clear_cookie());
+            // Only the sign-in ends: a failed callback (a forged link, say) leaves the
+            // browser's session as it was.
+            r.headers_mut()
+                .insert(header::SET_COOKIE, signin::clear_cookie());
             r
         }
     }
@@ -521,15 +512,16 @@ async fn finish_login(
     q: Result<Query<CallbackQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, KcError> {
     let Query(q) = q.map_err(|e| KcError::InvalidRequest(e.body_text()))?;
-    // The sign-in in progress is consumed whatever happens next: a callback works once.
-    let id = cookie_value(headers).ok_or(KcError::InvalidState)?;
-    let login = st
-        .sessions
-        .take_login(&id)
-        .await?
+    let signin = cookie_named(headers, signin::LOGIN_COOKIE)
+        .and_then(|v| st.signins.open(&v))
         .ok_or(KcError::InvalidState)?;
+    let login = &signin.login;
     let state = q.state.as_deref().unwrap_or_default();
     if !bool::from(state.as_bytes().ct_eq(login.state.as_bytes())) {
+        return Err(KcError::InvalidState);
+    }
+    // A callback works once.
+    if st.sessions.login_completed(&signin.id).await? {
         return Err(KcError::InvalidState);
     }
     if let Some(err) = q.error.as_deref() {
@@ -550,14 +542,28 @@ async fn finish_login(
         .as_deref()
         .filter(|c| !c.is_empty() && c.len() <= 4096)
         .ok_or_else(|| KcError::InvalidRequest("the callback carries no code".into()))?;
-    let user = st.oidc.finish(code, &login).await?;
+    let user = st.oidc.finish(code, login).await?;
+    // Recorded only now, after the provider completed it: unauthenticated callers
+    // cannot add rows. Two racing callbacks: the second is refused here.
+    if !st
+        .sessions
+        .complete_login(&signin.id, signin.expires_at)
+        .await?
+    {
+        return Err(KcError::InvalidState);
+    }
     tracing::info!(user = %user.username, "signed in");
-    // A new id at sign-in: whatever id the browser had before is worthless now.
+    // The session this browser had ends now that the new one begins, with a new id:
+    // whatever id the browser had before is worthless.
+    if let Some(old) = cookie_value(headers) {
+        st.sessions.delete(&old).await?;
+    }
     let new_id = st.sessions.create(&SessionData::User(user)).await?;
     let mut r = Redirect::to(&login.return_to).into_response();
     *r.status_mut() = StatusCode::SEE_OTHER;
-    r.headers_mut()
-        .insert(header::SET_COOKIE, set_cookie(&new_id)?);
+    let h = r.headers_mut();
+    h.insert(header::SET_COOKIE, set_cookie(&new_id)?);
+    h.append(header::SET_COOKIE, signin::clear_cookie());
     Ok(r)
 }
 

@@ -18,7 +18,8 @@ use tokio::sync::RwLock;
 use url::Url;
 use zeroize::Zeroizing;
 
-use crate::session::{now, LoginData, UserData};
+use crate::session::{now, UserData};
+use crate::signin::LoginData;
 use crate::KcError;
 
 type Client = CoreClient<

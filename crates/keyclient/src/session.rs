@@ -21,15 +21,6 @@ use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
 use crate::KcError;
 
-/// What a sign-in in progress must remember between `/login` and the callback.
-#[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub struct LoginData {
-    pub state: String,
-    pub nonce: String,
-    pub pkce_verifier: String,
-    pub return_to: String,
-}
-
 /// A signed-in person: who, and the tokens the keyclient uses on their behalf.
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
 pub struct UserData {
@@ -47,17 +38,17 @@ pub struct UserData {
     pub granted_scopes: Option<String>,
 }
 
+/// What a session row holds. Sign-ins in progress are not sessions: they live in a
+/// sealed cookie (`signin.rs`); rows of kind `login` from older versions no longer open.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SessionData {
-    Login(LoginData),
     User(UserData),
 }
 
 impl SessionData {
     fn kind(&self) -> &'static str {
         match self {
-            Self::Login(_) => "login",
             Self::User(_) => "user",
         }
     }
@@ -189,15 +180,27 @@ impl SessionStore {
         serde_json::from_slice(&plain).ok()
     }
 
-    /// How many sign-ins are in progress (started, not yet expired).
-    pub async fn logins_in_progress(&self) -> Result<i64, KcError> {
-        let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM web_sessions WHERE kind = 'login' AND expires_at > ?",
+    /// Whether the sign-in with this id has completed already (its callback is spent).
+    pub async fn login_completed(&self, login_id: &str) -> Result<bool, KcError> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM completed_logins WHERE id_hash = ?")
+            .bind(hash_id(login_id))
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Record a completed sign-in until its cookie expires; false if it was recorded
+    /// already (two callbacks racing). Only sign-ins the provider completed get here.
+    pub async fn complete_login(&self, login_id: &str, expires_at: i64) -> Result<bool, KcError> {
+        let r = sqlx::query(
+            "INSERT INTO completed_logins (id_hash, expires_at) VALUES (?, ?)
+             ON CONFLICT (id_hash) DO NOTHING",
         )
-        .bind(now())
-        .fetch_one(&self.pool)
+        .bind(hash_id(login_id))
+        .bind(expires_at)
+        .execute(&self.pool)
         .await?;
-        Ok(n)
+        Ok(r.rows_affected() == 1)
     }
 
     /// Store a new session and return the cookie value that opens it.
@@ -207,10 +210,7 @@ impl SessionStore {
         let id = Zeroizing::new(B64URL.encode(raw.as_ref()));
         let id_hash = hash_id(&id);
         let now = now();
-        let ttl = match data {
-            SessionData::Login(_) => self.timeouts.login,
-            SessionData::User(_) => self.timeouts.absolute,
-        };
+        let ttl = self.timeouts.absolute;
         let sealed = self.seal(&id_hash, data)?;
         sqlx::query(
             "INSERT INTO web_sessions (id_hash, kind, created_at, last_seen, expires_at, sealed)
@@ -264,33 +264,6 @@ impl SessionStore {
             last_seen,
             expires_at,
         }))
-    }
-
-    /// Remove a sign-in in progress and return it: the callback can use it once only,
-    /// even when two callbacks race.
-    pub async fn take_login(&self, id: &str) -> Result<Option<LoginData>, KcError> {
-        if !well_formed(id) {
-            return Ok(None);
-        }
-        let id_hash = hash_id(id);
-        let row = sqlx::query(
-            "DELETE FROM web_sessions WHERE id_hash = ? AND kind = 'login'
-             RETURNING last_seen, expires_at, sealed",
-        )
-        .bind(&id_hash)
-        .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else { return Ok(None) };
-        let last_seen: i64 = row.try_get("last_seen")?;
-        let expires_at: i64 = row.try_get("expires_at")?;
-        if !self.alive("login", last_seen, expires_at, now()) {
-            return Ok(None);
-        }
-        let sealed: Vec<u8> = row.try_get("sealed")?;
-        match self.open_sealed(&id_hash, &sealed) {
-            Some(SessionData::Login(l)) => Ok(Some(l)),
-            _ => Ok(None),
-        }
     }
 
     /// Record use of a session (at most once a minute).
@@ -369,6 +342,10 @@ impl SessionStore {
         .bind(now - self.timeouts.idle.as_secs() as i64)
         .execute(&self.pool)
         .await?;
+        sqlx::query("DELETE FROM completed_logins WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
         Ok(r.rows_affected())
     }
 
@@ -445,18 +422,11 @@ mod tests {
         s.age(&id, 31 * 60).await.unwrap();
         assert!(s.load(&id).await.unwrap().is_none());
 
-        // A login session is taken once.
-        let login = SessionData::Login(LoginData {
-            state: "st".into(),
-            nonce: "n".into(),
-            pkce_verifier: "v".into(),
-            return_to: "/".into(),
-        });
-        let lid = s.create(&login).await.unwrap();
-        assert_eq!(s.logins_in_progress().await.unwrap(), 1);
-        assert!(s.take_login(&lid).await.unwrap().is_some());
-        assert_eq!(s.logins_in_progress().await.unwrap(), 0);
-        assert!(s.take_login(&lid).await.unwrap().is_none());
+        // A sign-in completes once.
+        assert!(!s.login_completed("login-1").await.unwrap());
+        assert!(s.complete_login("login-1", now() + 600).await.unwrap());
+        assert!(s.login_completed("login-1").await.unwrap());
+        assert!(!s.complete_login("login-1", now() + 600).await.unwrap());
         // One refresh lease at a time.
         let sess = s.create(&user()).await.unwrap();
         let h = hash_id(&sess);
@@ -464,10 +434,6 @@ mod tests {
         assert!(!s.take_refresh_lease(&h, 30).await.unwrap());
         s.release_refresh_lease(&h).await.unwrap();
         assert!(s.take_refresh_lease(&h, 30).await.unwrap());
-        // take_login never consumes a signed-in session.
-        let uid = s.create(&user()).await.unwrap();
-        assert!(s.take_login(&uid).await.unwrap().is_none());
-        assert!(s.load(&uid).await.unwrap().is_some());
     }
 
     #[tokio::test]

@@ -43,10 +43,15 @@ fn truncate(s: &str, max: usize) -> String {
 }
 
 fn bearer(parts: &Parts) -> Result<&str, AuthError> {
-    let value = parts
-        .headers
-        .get(header::AUTHORIZATION)
-        .ok_or(AuthError::Missing)?;
+    let mut all = parts.headers.get_all(header::AUTHORIZATION).iter();
+    let value = all.next().ok_or(AuthError::Missing)?;
+    // Two credentials: which one a proxy or this server would pick is not defined,
+    // so neither is used (RFC 6750 section 3.1, invalid_request).
+    if all.next().is_some() {
+        return Err(AuthError::InvalidRequest(
+            "the request carries more than one Authorization header",
+        ));
+    }
     let value = value
         .to_str()
         .map_err(|_| AuthError::Malformed("authorization header is not ASCII"))?;

@@ -154,6 +154,7 @@ impl ApiError {
     pub fn status(&self) -> StatusCode {
         match self {
             ApiError::Auth(AuthError::InsufficientScope(_)) => StatusCode::FORBIDDEN,
+            ApiError::Auth(AuthError::InvalidRequest(_)) => StatusCode::BAD_REQUEST,
             ApiError::Auth(AuthError::Unavailable | AuthError::Config(_)) => {
                 StatusCode::SERVICE_UNAVAILABLE
             }
@@ -287,7 +288,7 @@ impl ApiError {
         }
     }
 
-    /// RFC 6750 section 3: the challenge sent with 401 and 403 for bearer tokens.
+    /// RFC 6750 section 3: the challenge sent with 400, 401 and 403 for bearer tokens.
     fn challenge(&self) -> Option<String> {
         match self {
             ApiError::Auth(AuthError::InsufficientScope(_)) => Some(
@@ -295,6 +296,9 @@ impl ApiError {
                     .into(),
             ),
             ApiError::Auth(AuthError::Unavailable | AuthError::Config(_)) => None,
+            ApiError::Auth(AuthError::InvalidRequest(why)) => Some(format!(
+                r#"Bearer realm="influxion", error="invalid_request", error_description="{why}""#
+            )),
             ApiError::Auth(e) => Some(format!(
                 r#"Bearer realm="influxion", error="invalid_token", error_description="{}""#,
                 e.slug()
@@ -304,25 +308,74 @@ impl ApiError {
     }
 }
 
+fn problem_response(status: StatusCode, slug: &str, title: &str, detail: String) -> Response {
+    let body = Problem {
+        kind: format!("{PROBLEM_BASE}{slug}"),
+        title,
+        status: status.as_u16(),
+        detail,
+    };
+    let json = serde_json::to_vec(&body).unwrap_or_default();
+    let mut resp = (status, json).into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    resp
+}
+
+/// Rejections the framework produces by itself (an extractor's plain-text 400 or 413,
+/// say) become problem documents too, so that every error the keyserver answers is one.
+pub async fn framework_rejections(
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let resp = next.run(req).await;
+    let status = resp.status();
+    let is_problem = resp
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|v| v.as_bytes() == b"application/problem+json");
+    if is_problem || !(status.is_client_error() || status.is_server_error()) {
+        return resp;
+    }
+    let known = match status {
+        StatusCode::PAYLOAD_TOO_LARGE => Some(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES)),
+        StatusCode::NOT_FOUND => Some(ApiError::NotFound),
+        StatusCode::METHOD_NOT_ALLOWED => Some(ApiError::MethodNotAllowed),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE => Some(ApiError::UnsupportedMediaType),
+        _ => None,
+    };
+    if let Some(e) = known {
+        return e.into_response();
+    }
+    let reason = status.canonical_reason().unwrap_or("refused");
+    if status.is_client_error() {
+        problem_response(
+            status,
+            "invalid-request",
+            "Bad request",
+            format!("the request was refused: {reason}"),
+        )
+    } else {
+        tracing::error!(%status, "a framework error reached the client");
+        problem_response(
+            status,
+            "internal",
+            "Internal error",
+            "the keyserver could not complete the operation".into(),
+        )
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
         if status.is_server_error() {
             tracing::error!(error = %self, "request failed");
         }
-        let body = Problem {
-            kind: format!("{PROBLEM_BASE}{}", self.slug()),
-            title: self.title(),
-            status: status.as_u16(),
-            detail: self.detail(),
-        };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut resp = (status, json).into_response();
+        let mut resp = problem_response(status, self.slug(), self.title(), self.detail());
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/problem+json"),
-        );
         if let Some(c) = self
             .challenge()
             .and_then(|c| HeaderValue::from_str(&c).ok())

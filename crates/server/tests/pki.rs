@@ -544,6 +544,41 @@ async fn est_enrolment_with_base64_pkcs10() {
     assert_eq!(r.status, 401);
 }
 
+/// An EST body over the API's limit is the same `body-too-large` problem the JSON
+/// routes return (not the framework's plain text), and the refusal is audited.
+#[tokio::test]
+async fn est_body_over_the_limit_is_a_problem_document() {
+    let w = world().await;
+    for path in [
+        "/.well-known/est/simpleenroll",
+        "/.well-known/est/device/simpleenroll",
+    ] {
+        let req = Request::post(path)
+            .header("content-type", "application/pkcs10")
+            .header("authorization", format!("Bearer {}", w.line))
+            .body(Body::from(vec![b'A'; influxion_server::MAX_BODY_BYTES + 1]))
+            .unwrap();
+        let r = w.h.send(req).await;
+        r.assert_problem(413, "body-too-large");
+        let a = w.h.last_audit().await;
+        assert_eq!(
+            (a.action.as_str(), a.outcome.as_str(), a.target.as_deref()),
+            ("cert.issue", "refused", Some("device")),
+            "{path}"
+        );
+        assert!(a.detail.contains("body-too-large"), "{}", a.detail);
+    }
+}
+
+/// Whatever an extractor refuses by itself (here a path that is not UTF-8) is a
+/// problem document too.
+#[tokio::test]
+async fn framework_rejections_are_problem_documents() {
+    let w = world().await;
+    let r = w.h.call("GET", "/v1/keys/%FF", Some(&w.admin), None).await;
+    r.assert_problem(400, "invalid-request");
+}
+
 fn pem_body(pem: &str) -> Vec<u8> {
     let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
     B64.decode(b64).unwrap()

@@ -94,6 +94,39 @@ async fn empty_bearer_and_other_schemes() {
     }
 }
 
+/// Two Authorization headers, a valid token in either position: refused as ambiguous
+/// (RFC 6750 invalid_request), never decided by which one comes first.
+#[tokio::test]
+async fn two_authorization_headers_are_refused_in_either_order() {
+    let (idp, h) = setup().await;
+    let good = format!("Bearer {}", token(&keys().rsa1, &app_claims(&idp.issuer)));
+    assert_eq!(me(&h, good.trim_start_matches("Bearer ")).await.status, 200);
+    for pair in [
+        [good.as_str(), "Bearer garbage"],
+        ["Bearer garbage", good.as_str()],
+    ] {
+        let req = axum::http::Request::builder()
+            .uri("/v1/me")
+            .header("authorization", pair[0])
+            .header("authorization", pair[1])
+            .body(axum::body::Body::empty())
+            .unwrap();
+        let r = h.send(req).await;
+        r.assert_problem(400, "invalid-request");
+        let challenge = r.www_authenticate.as_deref().unwrap_or_default();
+        assert!(
+            challenge.starts_with("Bearer ") && challenge.contains(r#"error="invalid_request""#),
+            "{challenge}"
+        );
+        let a = h.last_audit().await;
+        assert_eq!(
+            (a.action.as_str(), a.outcome.as_str()),
+            ("authenticate", "refused")
+        );
+        assert!(a.detail.contains("invalid-request"), "{}", a.detail);
+    }
+}
+
 #[tokio::test]
 async fn malformed_tokens() {
     let (_idp, h) = setup().await;

@@ -584,3 +584,65 @@ pub fn cookie_client() -> reqwest::Client {
         .build()
         .unwrap()
 }
+
+/// Raw HTTP/1.1 over TCP, for clients that misbehave on purpose.
+pub mod raw {
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+    use std::time::{Duration, Instant};
+
+    pub fn connect(url: &str) -> TcpStream {
+        let addr = url.trim_start_matches("http://").trim_end_matches('/');
+        TcpStream::connect(addr).unwrap()
+    }
+
+    /// Write `first`, then `piece` every `every` from a thread, until a write fails.
+    pub fn drip(s: &TcpStream, first: &[u8], piece: &'static [u8], every: Duration) {
+        let mut w = s.try_clone().unwrap();
+        w.write_all(first).unwrap();
+        std::thread::spawn(move || loop {
+            std::thread::sleep(every);
+            if piece.is_empty() || w.write_all(piece).is_err() {
+                return;
+            }
+        });
+    }
+
+    /// Read until the server closes the connection, which must happen within `bound`;
+    /// returns whatever it sent before closing.
+    #[track_caller]
+    pub fn until_closed(s: &mut TcpStream, bound: Duration) -> String {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let deadline = Instant::now() + bound;
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    ) => {}
+                // Reset by the server: closed as well.
+                Err(_) => break,
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the server kept the connection open for {bound:?}; it sent: {}",
+                String::from_utf8_lossy(&got)
+            );
+        }
+        String::from_utf8_lossy(&got).into_owned()
+    }
+
+    /// Whether the connection is still open now (nothing to read, no EOF).
+    pub fn still_open(s: &mut TcpStream) -> bool {
+        s.set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        let mut buf = [0u8; 1];
+        matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
+    }
+}

@@ -1,7 +1,7 @@
 //! The device certificate authority over HTTP: CAs, profiles, issuance from CSRs and
 //! with server-side keys, search, revocation, CRLs and EST (RFC 7030).
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +16,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{audited, forbidden, require, require_any};
-use crate::routes::sign::json_body;
+use crate::routes::sign::{json_body, raw_body};
 use crate::{ApiError, AppState, Caller};
 
 /// How long a CRL is valid; it is regenerated on every revocation and when a request
@@ -1552,11 +1552,12 @@ async fn est_enroll_for(
     c: &Caller,
     profile: &str,
     headers: &HeaderMap,
-    body: &[u8],
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     require(st, c, Role::Provisioner, profile, "cert.issue").await?;
     let p = &c.principal;
     audited(st, p, "cert.issue", profile, async {
+        let body = raw_body(body)?;
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -1593,10 +1594,10 @@ pub async fn est_simpleenroll(
     State(st): State<AppState>,
     c: Caller,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
     let profile = est_profile(&st, None)?;
-    est_enroll_for(&st, &c, &profile, &headers, &body).await
+    est_enroll_for(&st, &c, &profile, &headers, body).await
 }
 
 pub async fn est_simpleenroll_label(
@@ -1604,7 +1605,7 @@ pub async fn est_simpleenroll_label(
     c: Caller,
     Path(label): Path<String>,
     headers: HeaderMap,
-    body: axum::body::Bytes,
+    body: Result<axum::body::Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    est_enroll_for(&st, &c, &label, &headers, &body).await
+    est_enroll_for(&st, &c, &label, &headers, body).await
 }

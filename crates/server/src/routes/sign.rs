@@ -1,6 +1,6 @@
 //! Signing and verification of digests.
 
-use axum::extract::rejection::JsonRejection;
+use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -24,6 +24,19 @@ pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Ap
             Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES))
         }
         Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
+        Err(r) => Err(ApiError::InvalidRequest(r.body_text())),
+    }
+}
+
+/// Unwrap a raw body (EST), with the same problems as [`json_body`].
+pub(crate) fn raw_body(
+    body: Result<axum::body::Bytes, BytesRejection>,
+) -> Result<axum::body::Bytes, ApiError> {
+    match body {
+        Ok(b) => Ok(b),
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES))
+        }
         Err(r) => Err(ApiError::InvalidRequest(r.body_text())),
     }
 }

@@ -1,0 +1,88 @@
+//! The keyserver's HTTP edge against clients that stall, over real sockets to the real
+//! binary: slow headers, a chunked body that never ends, a body shorter than its
+//! Content-Length, and more idle connections than the cap. Each must end in a 408 or a
+//! closed connection; the limits are set short here (`INFLUXION_HTTP_*`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+
+const LIMITS: &[(&str, &str)] = &[
+    ("INFLUXION_HTTP_HEADER_TIMEOUT_SECS", "1"),
+    ("INFLUXION_HTTP_BODY_TIMEOUT_SECS", "1"),
+    ("INFLUXION_HTTP_IDLE_TIMEOUT_SECS", "2"),
+    ("INFLUXION_HTTP_MAX_CONNECTIONS", "6"),
+];
+
+/// Far above any limit above: only "closed at all" is asserted, never how fast.
+const BOUND: Duration = Duration::from_secs(30);
+
+#[test]
+fn keyserver_ends_stalled_and_idle_connections() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver_env(d, &provider.issuer, AUDIENCE, LIMITS);
+    let token = access_token(&ks, "ci-admin", "admin-secret-1234567890");
+
+    // Headers one byte at a time: the connection is closed.
+    let mut s = raw::connect(&ks.url);
+    raw::drip(
+        &s,
+        b"GET /healthz HTTP/1.1\r\nHost: ks\r\n",
+        b"X",
+        Duration::from_millis(300),
+    );
+    raw::until_closed(&mut s, BOUND);
+
+    // An authenticated request whose body never ends, or never arrives in full: 408,
+    // as a problem document, and the connection closed.
+    let head = |framing: &str| {
+        format!(
+            "POST /v1/keys HTTP/1.1\r\nHost: ks\r\nAuthorization: Bearer {token}\r\n\
+             Content-Type: application/json\r\n{framing}\r\n\r\n"
+        )
+    };
+    for (framing, first, piece) in [
+        (
+            "Transfer-Encoding: chunked",
+            "1\r\n \r\n",
+            &b"1\r\n \r\n"[..],
+        ),
+        ("Content-Length: 100", "{\"name\":", &b""[..]),
+    ] {
+        let mut s = raw::connect(&ks.url);
+        raw::drip(
+            &s,
+            format!("{}{first}", head(framing)).as_bytes(),
+            piece,
+            Duration::from_millis(200),
+        );
+        let got = raw::until_closed(&mut s, BOUND);
+        assert!(got.starts_with("HTTP/1.1 408"), "{framing}: {got}");
+        assert!(
+            got.contains("application/problem+json")
+                && got.contains("https://influxion.dev/problems/request-timeout"),
+            "{framing}: {got}"
+        );
+    }
+
+    // Far more idle connections than the cap: every one is closed (those beyond the
+    // cap on accept, the others after the idle timeout), and the server still answers.
+    let mut idle: Vec<_> = (0..20).map(|_| raw::connect(&ks.url)).collect();
+    for s in &mut idle {
+        raw::until_closed(s, BOUND);
+    }
+    let o = std::process::Command::new("curl")
+        .args(["-fsS", &format!("{}/healthz", ks.url)])
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&o.stdout), "ok");
+}

@@ -14,7 +14,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -190,28 +190,15 @@ fn assert_refused(got: (u16, String, Value), slug: &str) {
 
 fn keyclient(d: &Path, port: u16, ks: &Keyserver) -> (Proc, String) {
     let log = d.join("keyclient.log");
-    let mut cmd = Command::new(BIN);
-    cmd.arg("keyclient")
-        .current_dir(d)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("INFLUXION_KEYCLIENT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("INFLUXION_SERVER", &ks.url)
-        .env(
-            "INFLUXION_OIDC_METADATA_URL",
-            format!("{}/.well-known/openid-configuration", ks.issuer),
-        )
-        // The one registration is the web client too.
-        .env("INFLUXION_KEYCLIENT_CLIENT_ID", APP_ID)
-        .env("INFLUXION_KEYCLIENT_CLIENT_SECRET", APP_SECRET)
-        .env("INFLUXION_KEYCLIENT_SCOPE", format!("{APP_URI}/{SCOPE}"))
-        .env("INFLUXION_KEYCLIENT_SESSION_KEY", SESSION_KEY)
-        .env("INFLUXION_DATA_DIR", d.join("keyclient"))
-        .env("INFLUXION_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap());
-    std::fs::create_dir_all(d.join("keyclient")).unwrap();
-    let mut child = Proc(cmd.spawn().unwrap());
+    let scope = format!("{APP_URI}/{SCOPE}");
+    // The one registration is the web client too.
+    let web = WebClient {
+        id: APP_ID,
+        secret: APP_SECRET,
+        scope: &scope,
+        session_key: SESSION_KEY,
+    };
+    let mut child = Proc(web.command(d, port, ks, &log).spawn().unwrap());
     let url = format!("http://127.0.0.1:{port}");
     assert!(
         healthy_or_exited(&mut child, &url),

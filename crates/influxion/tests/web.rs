@@ -10,7 +10,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::*;
 use futures::StreamExt;
@@ -47,27 +47,13 @@ fn log_of(dir: &Path, port: u16) -> std::path::PathBuf {
 }
 
 fn keyclient_command(dir: &Path, port: u16, ks: &Keyserver) -> Command {
-    let mut cmd = Command::new(BIN);
-    cmd.arg("keyclient")
-        .current_dir(dir)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("INFLUXION_KEYCLIENT_LISTEN", format!("127.0.0.1:{port}"))
-        .env("INFLUXION_SERVER", &ks.url)
-        .env(
-            "INFLUXION_OIDC_METADATA_URL",
-            format!("{}/.well-known/openid-configuration", ks.issuer),
-        )
-        .env("INFLUXION_KEYCLIENT_CLIENT_ID", KEYCLIENT_ID)
-        .env("INFLUXION_KEYCLIENT_CLIENT_SECRET", KEYCLIENT_SECRET)
-        .env("INFLUXION_KEYCLIENT_SCOPE", API_SCOPE)
-        .env("INFLUXION_KEYCLIENT_SESSION_KEY", SESSION_KEY)
-        .env("INFLUXION_DATA_DIR", dir.join("keyclient"))
-        .env("INFLUXION_LOG", "info")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(log_of(dir, port)).unwrap());
-    std::fs::create_dir_all(dir.join("keyclient")).unwrap();
-    cmd
+    let web = WebClient {
+        id: KEYCLIENT_ID,
+        secret: KEYCLIENT_SECRET,
+        scope: API_SCOPE,
+        session_key: SESSION_KEY,
+    };
+    web.command(dir, port, ks, &log_of(dir, port))
 }
 
 fn start_keyclient(dir: &Path, port: u16, ks: &Keyserver) -> Keyclient {

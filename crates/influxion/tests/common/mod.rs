@@ -646,3 +646,38 @@ pub mod raw {
         matches!(s.read(&mut buf), Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut))
     }
 }
+
+/// A keyclient's registration at the provider, and its session key.
+pub struct WebClient<'a> {
+    pub id: &'a str,
+    pub secret: &'a str,
+    pub scope: &'a str,
+    pub session_key: &'a str,
+}
+
+impl WebClient<'_> {
+    /// `influxion keyclient` on `port` in front of `ks`, logging to `log`.
+    pub fn command(&self, dir: &Path, port: u16, ks: &Keyserver, log: &Path) -> Command {
+        let mut cmd = Command::new(BIN);
+        cmd.arg("keyclient")
+            .current_dir(dir)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("INFLUXION_KEYCLIENT_LISTEN", format!("127.0.0.1:{port}"))
+            .env("INFLUXION_SERVER", &ks.url)
+            .env(
+                "INFLUXION_OIDC_METADATA_URL",
+                format!("{}/.well-known/openid-configuration", ks.issuer),
+            )
+            .env("INFLUXION_KEYCLIENT_CLIENT_ID", self.id)
+            .env("INFLUXION_KEYCLIENT_CLIENT_SECRET", self.secret)
+            .env("INFLUXION_KEYCLIENT_SCOPE", self.scope)
+            .env("INFLUXION_KEYCLIENT_SESSION_KEY", self.session_key)
+            .env("INFLUXION_DATA_DIR", dir.join("keyclient"))
+            .env("INFLUXION_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(log).unwrap());
+        std::fs::create_dir_all(dir.join("keyclient")).unwrap();
+        cmd
+    }
+}

@@ -57,10 +57,7 @@ pub struct SigningRequest {
 
 impl SigningRequest {
     pub fn approvals_count(&self) -> u32 {
-        self.approvals
-            .iter()
-            .filter(|a| a.decision == "approve")
-            .count() as u32
+        crate::pending::approvals_count(&self.approvals)
     }
 }
 
@@ -182,69 +179,21 @@ fn request_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<SigningRequest, Store
     })
 }
 
-async fn approvals_of(pool: &SqlitePool, id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT approver, decision, comment, at FROM approvals WHERE request_id = ? ORDER BY at",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|a| {
-            Ok(ApprovalRecord {
-                approver: a.try_get("approver")?,
-                decision: a.try_get("decision")?,
-                comment: a.try_get("comment")?,
-                at: a.try_get("at")?,
-            })
-        })
-        .collect()
-}
+impl crate::pending::Pending for SigningRequest {
+    const TABLE: &'static str = "signing_requests";
+    const VOTES: &'static str = "approvals";
+    const VOTES_ITEM: &'static str = "request_id";
+    const EXPIRE_ACTION: &'static str = "signing_request.expire";
 
-pub(crate) async fn get_request(
-    pool: &SqlitePool,
-    id: &str,
-) -> Result<Option<SigningRequest>, StoreError> {
-    let Some(row) = sqlx::query("SELECT * FROM signing_requests WHERE id = ?")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let mut r = request_from_row(&row)?;
-    r.approvals = approvals_of(pool, id).await?;
-    Ok(Some(r))
-}
-
-pub(crate) async fn list_requests(
-    pool: &SqlitePool,
-    status: Option<&str>,
-    limit: u32,
-) -> Result<Vec<SigningRequest>, StoreError> {
-    let rows =
-        match status {
-            Some(s) => sqlx::query(
-                "SELECT * FROM signing_requests WHERE status = ? ORDER BY created_at DESC LIMIT ?",
-            )
-            .bind(s)
-            .bind(limit as i64)
-            .fetch_all(pool)
-            .await?,
-            None => {
-                sqlx::query("SELECT * FROM signing_requests ORDER BY created_at DESC LIMIT ?")
-                    .bind(limit as i64)
-                    .fetch_all(pool)
-                    .await?
-            }
-        };
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut r = request_from_row(row)?;
-        r.approvals = approvals_of(pool, &r.id).await?;
-        out.push(r);
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Self, StoreError> {
+        request_from_row(r)
     }
-    Ok(out)
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn approvals_mut(&mut self) -> &mut Vec<ApprovalRecord> {
+        &mut self.approvals
+    }
 }
 
 pub(crate) async fn insert_request(
@@ -301,21 +250,4 @@ pub(crate) async fn open_request(
         key_id: r.try_get("key_id")?,
         key_name: r.try_get("key_name")?,
     })
-}
-
-pub(crate) async fn finish(
-    conn: &mut SqliteConnection,
-    id: &str,
-    status: &str,
-) -> Result<(), StoreError> {
-    let r = sqlx::query("UPDATE signing_requests SET status = ?, finished_at = ? WHERE id = ? AND status = 'pending'")
-        .bind(status)
-        .bind(crate::now_rfc3339())
-        .bind(id)
-        .execute(&mut *conn)
-        .await?;
-    if r.rows_affected() != 1 {
-        return Err(StoreError::RequestClosed(id.to_owned()));
-    }
-    Ok(())
 }

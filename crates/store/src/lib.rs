@@ -7,6 +7,7 @@
 
 pub mod access;
 pub mod audit;
+mod pending;
 pub mod pki;
 pub mod policy_changes;
 mod writer;
@@ -392,7 +393,7 @@ impl Store {
     }
 
     pub async fn get_policy_change(&self, id: &str) -> Result<Option<PolicyChange>, StoreError> {
-        policy_changes::get(&self.pool, id).await
+        pending::get::<PolicyChange>(&self.pool, id).await
     }
 
     pub async fn list_policy_changes(
@@ -400,11 +401,11 @@ impl Store {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<PolicyChange>, StoreError> {
-        policy_changes::list(&self.pool, status, limit).await
+        pending::list::<PolicyChange>(&self.pool, status, limit).await
     }
 
     pub async fn get_request(&self, id: &str) -> Result<Option<SigningRequest>, StoreError> {
-        access::get_request(&self.pool, id).await
+        pending::get::<SigningRequest>(&self.pool, id).await
     }
 
     pub async fn list_requests(
@@ -412,7 +413,7 @@ impl Store {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<SigningRequest>, StoreError> {
-        access::list_requests(&self.pool, status, limit).await
+        pending::list::<SigningRequest>(&self.pool, status, limit).await
     }
 
     /// Append an audit record on its own (a signature, a refusal). Returns its sequence

@@ -3,10 +3,11 @@
 
 use influxion_core::{KeyPolicy, Weakening};
 use serde::Serialize;
-use sqlx::{Row, SqliteConnection, SqlitePool};
+use sqlx::{Row, SqliteConnection};
 
 use crate::access::{ApprovalRecord, Decision, RequestOutcome};
 use crate::audit::{self, AuditEvent, AuditKey, ChainTip, Outcome};
+use crate::pending::{self, Ballot, Vote};
 use crate::StoreError;
 
 /// A proposed weakening of a key's policy.
@@ -37,10 +38,7 @@ pub struct PolicyChange {
 
 impl PolicyChange {
     pub fn approvals_count(&self) -> u32 {
-        self.approvals
-            .iter()
-            .filter(|a| a.decision == "approve")
-            .count() as u32
+        crate::pending::approvals_count(&self.approvals)
     }
 }
 
@@ -77,66 +75,21 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<PolicyChange, StoreError> {
     })
 }
 
-async fn approvals_of(pool: &SqlitePool, id: &str) -> Result<Vec<ApprovalRecord>, StoreError> {
-    let rows = sqlx::query(
-        "SELECT approver, decision, comment, at FROM policy_change_approvals WHERE change_id = ? ORDER BY at",
-    )
-    .bind(id)
-    .fetch_all(pool)
-    .await?;
-    rows.iter()
-        .map(|a| {
-            Ok(ApprovalRecord {
-                approver: a.try_get("approver")?,
-                decision: a.try_get("decision")?,
-                comment: a.try_get("comment")?,
-                at: a.try_get("at")?,
-            })
-        })
-        .collect()
-}
+impl crate::pending::Pending for PolicyChange {
+    const TABLE: &'static str = "policy_changes";
+    const VOTES: &'static str = "policy_change_approvals";
+    const VOTES_ITEM: &'static str = "change_id";
+    const EXPIRE_ACTION: &'static str = "key.policy_change.expire";
 
-pub(crate) async fn get(pool: &SqlitePool, id: &str) -> Result<Option<PolicyChange>, StoreError> {
-    let Some(row) = sqlx::query("SELECT * FROM policy_changes WHERE id = ?")
-        .bind(id)
-        .fetch_optional(pool)
-        .await?
-    else {
-        return Ok(None);
-    };
-    let mut c = from_row(&row)?;
-    c.approvals = approvals_of(pool, id).await?;
-    Ok(Some(c))
-}
-
-pub(crate) async fn list(
-    pool: &SqlitePool,
-    status: Option<&str>,
-    limit: u32,
-) -> Result<Vec<PolicyChange>, StoreError> {
-    let rows =
-        match status {
-            Some(s) => sqlx::query(
-                "SELECT * FROM policy_changes WHERE status = ? ORDER BY created_at DESC LIMIT ?",
-            )
-            .bind(s)
-            .bind(limit as i64)
-            .fetch_all(pool)
-            .await?,
-            None => {
-                sqlx::query("SELECT * FROM policy_changes ORDER BY created_at DESC LIMIT ?")
-                    .bind(limit as i64)
-                    .fetch_all(pool)
-                    .await?
-            }
-        };
-    let mut out = Vec::with_capacity(rows.len());
-    for row in &rows {
-        let mut c = from_row(row)?;
-        c.approvals = approvals_of(pool, &c.id).await?;
-        out.push(c);
+    fn from_row(r: &sqlx::sqlite::SqliteRow) -> Result<Self, StoreError> {
+        from_row(r)
     }
-    Ok(out)
+    fn id(&self) -> &str {
+        &self.id
+    }
+    fn approvals_mut(&mut self) -> &mut Vec<ApprovalRecord> {
+        &mut self.approvals
+    }
 }
 
 pub(crate) async fn insert(
@@ -166,21 +119,6 @@ pub(crate) async fn insert(
     Ok(())
 }
 
-async fn finish(conn: &mut SqliteConnection, id: &str, status: &str) -> Result<(), StoreError> {
-    let r = sqlx::query(
-        "UPDATE policy_changes SET status = ?, finished_at = ? WHERE id = ? AND status = 'pending'",
-    )
-    .bind(status)
-    .bind(crate::now_rfc3339())
-    .bind(id)
-    .execute(&mut *conn)
-    .await?;
-    if r.rows_affected() != 1 {
-        return Err(StoreError::RequestClosed(id.to_owned()));
-    }
-    Ok(())
-}
-
 /// Record a vote on a policy change; the vote that completes the quorum applies it,
 /// provided the key's policy is still the one the change was proposed against.
 pub(crate) async fn decide(
@@ -196,57 +134,19 @@ pub(crate) async fn decide(
         .await?
         .ok_or_else(|| StoreError::NoSuchRequest(d.request_id.clone()))?;
     let c = from_row(&row)?;
-    if c.status != "pending" {
-        return Err(StoreError::RequestClosed(c.status));
-    }
-    if d.now > c.expires_at {
-        finish(conn, &c.id, "expired").await?;
-        let e = AuditEvent::new("system:expiry", "key.policy_change.expire", Outcome::Ok)
-            .target(c.id.clone())
-            .detail(serde_json::json!({"key": c.key_name}));
-        return Ok((
-            audit::append(conn, &e, tip, key).await?,
-            Some(RequestOutcome::Expired),
-        ));
-    }
-    if c.requester == d.approver {
-        return Err(StoreError::SelfApproval);
-    }
-    let r = sqlx::query(
-        "INSERT INTO policy_change_approvals (change_id, approver, decision, comment, at) VALUES (?, ?, ?, ?, ?)",
-    )
-    .bind(&c.id)
-    .bind(&d.approver)
-    .bind(if d.approve { "approve" } else { "reject" })
-    .bind(&d.comment)
-    .bind(crate::now_rfc3339())
-    .execute(&mut *conn)
-    .await;
-    crate::writer::unique(r, || StoreError::AlreadyDecided)?;
-    if !d.approve {
-        finish(conn, &c.id, "rejected").await?;
-        return Ok((
-            audit::append(conn, event, tip, key).await?,
-            Some(RequestOutcome::Rejected),
-        ));
-    }
-    let tip = audit::append(conn, event, tip, key).await?;
-    let approvals: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM policy_change_approvals WHERE change_id = ? AND decision = 'approve'",
-    )
-    .bind(&c.id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let approvals = approvals as u32;
-    if approvals < c.quorum {
-        return Ok((
-            tip,
-            Some(RequestOutcome::Approved {
-                approvals,
-                quorum: c.quorum,
-            }),
-        ));
-    }
+    let ballot = Ballot {
+        id: &c.id,
+        status: &c.status,
+        expires_at: c.expires_at,
+        quorum: c.quorum,
+        requester: &c.requester,
+        key_name: &c.key_name,
+    };
+    let (tip, approvals) =
+        match pending::vote::<PolicyChange>(conn, &ballot, d, event, tip, key).await? {
+            Vote::Done(tip, outcome) => return Ok((tip, outcome)),
+            Vote::Quorum { tip, approvals } => (tip, approvals),
+        };
     let applied = crate::writer::set_policy(conn, &c.key_id, &c.base_policy, &c.policy).await;
     let (status, action) = match applied {
         Ok(()) => ("applied", "key.policy"),
@@ -255,7 +155,7 @@ pub(crate) async fn decide(
         Err(StoreError::PolicyChanged(_)) => ("superseded", "key.policy_change.supersede"),
         Err(e) => return Err(e),
     };
-    finish(conn, &c.id, status).await?;
+    pending::finish::<PolicyChange>(conn, &c.id, status).await?;
     let e = AuditEvent::new("system:quorum", action, Outcome::Ok)
         .target(c.key_name.clone())
         .detail(serde_json::json!({

@@ -9,6 +9,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::access::{self, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord};
 use crate::audit::{self, AuditEvent, AuditKey, ChainTip, Outcome};
+use crate::pending::{self, Ballot, Vote};
 use crate::{KeyRecord, StoreError};
 
 /// Most operations gathered into one transaction.
@@ -306,12 +307,19 @@ async fn apply(
                 return Err(StoreError::RequestClosed(open.status));
             }
             if *now > open.expires_at {
-                return expire(conn, request_id, &open.key_name, tip, key).await;
+                return pending::expire::<SigningRequest>(
+                    conn,
+                    request_id,
+                    &open.key_name,
+                    tip,
+                    key,
+                )
+                .await;
             }
             if open.requester != *requester {
                 return Err(StoreError::NotRequester);
             }
-            access::finish(conn, request_id, "cancelled").await?;
+            pending::finish::<SigningRequest>(conn, request_id, "cancelled").await?;
             let next = audit::append(conn, event, tip, key).await?;
             return Ok((next, Some(RequestOutcome::Cancelled)));
         }
@@ -380,26 +388,8 @@ async fn insert_grant(
     }
 }
 
-/// Mark an overdue request expired, with its own audit record.
-async fn expire(
-    conn: &mut SqliteConnection,
-    id: &str,
-    key_name: &str,
-    tip: &ChainTip,
-    key: &AuditKey,
-) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
-    access::finish(conn, id, "expired").await?;
-    let e = AuditEvent::new("system:expiry", "signing_request.expire", Outcome::Ok)
-        .target(id.to_owned())
-        .detail(serde_json::json!({"key": key_name}));
-    Ok((
-        audit::append(conn, &e, tip, key).await?,
-        Some(RequestOutcome::Expired),
-    ))
-}
-
-/// Record an approval or rejection. The single writer serialises decisions, so exactly
-/// one vote can see the quorum reached while the request is still pending.
+/// Record an approval or rejection; the vote that completes the quorum stores the
+/// signature made in advance.
 async fn decide(
     conn: &mut SqliteConnection,
     d: &Decision,
@@ -408,48 +398,19 @@ async fn decide(
     key: &AuditKey,
 ) -> Result<(ChainTip, Option<RequestOutcome>), StoreError> {
     let open = access::open_request(conn, &d.request_id).await?;
-    if open.status != "pending" {
-        return Err(StoreError::RequestClosed(open.status));
-    }
-    if d.now > open.expires_at {
-        return expire(conn, &d.request_id, &open.key_name, tip, key).await;
-    }
-    if open.requester == d.approver {
-        return Err(StoreError::SelfApproval);
-    }
-    let r = sqlx::query("INSERT INTO approvals (request_id, approver, decision, comment, at) VALUES (?, ?, ?, ?, ?)")
-        .bind(&d.request_id)
-        .bind(&d.approver)
-        .bind(if d.approve { "approve" } else { "reject" })
-        .bind(&d.comment)
-        .bind(crate::now_rfc3339())
-        .execute(&mut *conn)
-        .await;
-    unique(r, || StoreError::AlreadyDecided)?;
-    if !d.approve {
-        access::finish(conn, &d.request_id, "rejected").await?;
-        return Ok((
-            audit::append(conn, event, tip, key).await?,
-            Some(RequestOutcome::Rejected),
-        ));
-    }
-    let tip = audit::append(conn, event, tip, key).await?;
-    let approvals: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM approvals WHERE request_id = ? AND decision = 'approve'",
-    )
-    .bind(&d.request_id)
-    .fetch_one(&mut *conn)
-    .await?;
-    let approvals = approvals as u32;
-    if approvals < open.quorum {
-        return Ok((
-            tip,
-            Some(RequestOutcome::Approved {
-                approvals,
-                quorum: open.quorum,
-            }),
-        ));
-    }
+    let ballot = Ballot {
+        id: &d.request_id,
+        status: &open.status,
+        expires_at: open.expires_at,
+        quorum: open.quorum,
+        requester: &open.requester,
+        key_name: &open.key_name,
+    };
+    let (tip, approvals) =
+        match pending::vote::<SigningRequest>(conn, &ballot, d, event, tip, key).await? {
+            Vote::Done(tip, outcome) => return Ok((tip, outcome)),
+            Vote::Quorum { tip, approvals } => (tip, approvals),
+        };
     let Some(signature) = &d.signature else {
         return Err(StoreError::NeedSignature);
     };

@@ -7,7 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use influxion_core::{KeyPolicy, Role, Weakening};
 use influxion_store::{AuditEvent, Decision, KeyRecord, Outcome, PolicyChange, RequestOutcome};
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::requests::DecisionBody;
 use super::sign::json_body;
@@ -105,12 +105,7 @@ fn view(c: &Caller, mut ch: PolicyChange) -> ChangeView {
 /// The same rule as for the key's signing requests, under the policy the change
 /// would replace.
 fn may_approve(c: &Caller, ch: &PolicyChange) -> bool {
-    c.perms.allows(Role::Approver, &ch.key_name)
-        && (ch.approver_subjects.is_empty()
-            || ch
-                .approver_subjects
-                .iter()
-                .any(|s| c.perms.subjects.contains(s)))
+    super::may_approve(c, &ch.key_name, &ch.approver_subjects)
 }
 
 fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
@@ -118,12 +113,6 @@ fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
         || c.perms.has_role(Role::Auditor)
         || c.perms.allows(Role::KeyAdmin, &ch.key_name)
         || may_approve(c, ch)
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    status: Option<String>,
-    limit: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -134,23 +123,16 @@ pub struct ChangeList {
 pub async fn list(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<super::PendingListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ChangeList>, ApiError> {
     super::require_any(&c)?;
-    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let status = q.status.as_deref();
-    if let Some(s) = status {
-        if !matches!(
-            s,
-            "pending" | "applied" | "rejected" | "expired" | "superseded"
-        ) {
-            return Err(ApiError::InvalidRequest(format!("unknown status {s:?}")));
-        }
-    }
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let (status, limit) = super::pending_list_params(
+        q,
+        &["pending", "applied", "rejected", "expired", "superseded"],
+    )?;
     let changes = st
         .store
-        .list_policy_changes(status, limit)
+        .list_policy_changes(status.as_deref(), limit)
         .await?
         .into_iter()
         .filter(|ch| may_see(&c, ch))
@@ -160,9 +142,7 @@ pub async fn list(
 }
 
 async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<PolicyChange, ApiError> {
-    if id.len() > 64 {
-        return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
-    }
+    super::check_pending_id(id)?;
     match st.store.get_policy_change(id).await? {
         Some(ch) if may_see(c, &ch) => Ok(ch),
         _ => Err(ApiError::UnknownRequest(id.to_owned())),
@@ -195,9 +175,7 @@ async fn decide(
         let body = json_body(body)?;
         body.check(approve)?;
         super::require_any(c)?;
-        if id.len() > 64 {
-            return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
-        }
+        super::check_pending_id(id)?;
         let ch = st
             .store
             .get_policy_change(id)

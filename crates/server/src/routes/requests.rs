@@ -99,21 +99,11 @@ fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
 }
 
 fn may_approve(c: &Caller, r: &SigningRequest) -> bool {
-    c.perms.allows(Role::Approver, &r.key_name)
-        && (r.approver_subjects.is_empty()
-            || r.approver_subjects
-                .iter()
-                .any(|s| c.perms.subjects.contains(s)))
+    super::may_approve(c, &r.key_name, &r.approver_subjects)
 }
 
 fn may_see(c: &Caller, r: &SigningRequest) -> bool {
     r.requester == c.principal.identity() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
-}
-
-#[derive(Deserialize)]
-pub struct ListQuery {
-    status: Option<String>,
-    limit: Option<u32>,
 }
 
 #[derive(Serialize)]
@@ -124,23 +114,16 @@ pub struct RequestList {
 pub async fn list(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<super::PendingListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RequestList>, ApiError> {
     super::require_any(&c)?;
-    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let status = q.status.as_deref();
-    if let Some(s) = status {
-        if !matches!(
-            s,
-            "pending" | "signed" | "rejected" | "cancelled" | "expired"
-        ) {
-            return Err(ApiError::InvalidRequest(format!("unknown status {s:?}")));
-        }
-    }
-    let limit = q.limit.unwrap_or(100).clamp(1, 500);
+    let (status, limit) = super::pending_list_params(
+        q,
+        &["pending", "signed", "rejected", "cancelled", "expired"],
+    )?;
     let requests = st
         .store
-        .list_requests(status, limit)
+        .list_requests(status.as_deref(), limit)
         .await?
         .into_iter()
         .filter(|r| may_see(&c, r))
@@ -150,9 +133,7 @@ pub async fn list(
 }
 
 async fn fetch(st: &AppState, id: &str) -> Result<SigningRequest, ApiError> {
-    if id.len() > 64 {
-        return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
-    }
+    super::check_pending_id(id)?;
     st.store
         .get_request(id)
         .await?
@@ -160,9 +141,7 @@ async fn fetch(st: &AppState, id: &str) -> Result<SigningRequest, ApiError> {
 }
 
 async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<SigningRequest, ApiError> {
-    if id.len() > 64 {
-        return Err(ApiError::UnknownRequest(id.chars().take(64).collect()));
-    }
+    super::check_pending_id(id)?;
     match st.store.get_request(id).await? {
         Some(r) if may_see(c, &r) => Ok(r),
         // Requests the caller may not see are indistinguishable from missing ones.

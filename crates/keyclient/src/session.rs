@@ -141,43 +141,16 @@ impl SessionStore {
     }
 
     fn seal(&self, id_hash: &str, data: &SessionData) -> Result<Vec<u8>, KcError> {
-        let plain =
-            Zeroizing::new(serde_json::to_vec(data).map_err(|e| KcError::Internal(e.to_string()))?);
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &plain,
-                    aad: id_hash.as_bytes(),
-                },
-            )
-            .map_err(|_| KcError::Internal("sealing a session failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
-        Ok(out)
+        seal_json(
+            &self.cipher,
+            id_hash.as_bytes(),
+            data,
+            "sealing a session failed",
+        )
     }
 
     fn open_sealed(&self, id_hash: &str, sealed: &[u8]) -> Option<SessionData> {
-        if sealed.len() < 12 {
-            return None;
-        }
-        let (nonce, ct) = sealed.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().ok()?;
-        let plain = Zeroizing::new(
-            self.cipher
-                .decrypt(
-                    &Nonce::from(nonce),
-                    Payload {
-                        msg: ct,
-                        aad: id_hash.as_bytes(),
-                    },
-                )
-                .ok()?,
-        );
-        serde_json::from_slice(&plain).ok()
+        open_json(&self.cipher, id_hash.as_bytes(), sealed)
     }
 
     /// Whether the sign-in with this id has completed already (its callback is spent).
@@ -363,6 +336,45 @@ impl SessionStore {
         .await?;
         Ok(())
     }
+}
+
+/// `value` as JSON, encrypted under a fresh random nonce and bound to `aad`; the nonce
+/// comes first. Sessions and sign-in cookies are sealed alike.
+pub(crate) fn seal_json<T: Serialize>(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    value: &T,
+    failed: &str,
+) -> Result<Vec<u8>, KcError> {
+    let plain =
+        Zeroizing::new(serde_json::to_vec(value).map_err(|e| KcError::Internal(e.to_string()))?);
+    let mut nonce = [0u8; 12];
+    rand::rngs::OsRng.fill_bytes(&mut nonce);
+    let ct = cipher
+        .encrypt(&Nonce::from(nonce), Payload { msg: &plain, aad })
+        .map_err(|_| KcError::Internal(failed.into()))?;
+    let mut out = nonce.to_vec();
+    out.extend_from_slice(&ct);
+    Ok(out)
+}
+
+/// The value [`seal_json`] sealed, if `sealed` is genuine and bound to `aad`.
+pub(crate) fn open_json<T: serde::de::DeserializeOwned>(
+    cipher: &Aes256Gcm,
+    aad: &[u8],
+    sealed: &[u8],
+) -> Option<T> {
+    if sealed.len() < 12 {
+        return None;
+    }
+    let (nonce, ct) = sealed.split_at(12);
+    let nonce: [u8; 12] = nonce.try_into().ok()?;
+    let plain = Zeroizing::new(
+        cipher
+            .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad })
+            .ok()?,
+    );
+    serde_json::from_slice(&plain).ok()
 }
 
 #[cfg(test)]

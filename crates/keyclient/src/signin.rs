@@ -7,8 +7,8 @@
 
 use std::time::Duration;
 
-use aes_gcm::aead::{Aead, KeyInit, Payload};
-use aes_gcm::{Aes256Gcm, Nonce};
+use aes_gcm::aead::KeyInit;
+use aes_gcm::Aes256Gcm;
 use axum::http::HeaderValue;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
 
-use crate::session::now;
+use crate::session::{now, open_json, seal_json};
 use crate::KcError;
 
 /// The sign-in cookie, beside the session cookie (which a sign-in leaves alone until it
@@ -74,23 +74,7 @@ impl Sealer {
             expires_at: now() + self.ttl.as_secs() as i64,
             login,
         };
-        let plain = Zeroizing::new(
-            serde_json::to_vec(&signin).map_err(|e| KcError::Internal(e.to_string()))?,
-        );
-        let mut nonce = [0u8; 12];
-        rand::rngs::OsRng.fill_bytes(&mut nonce);
-        let ct = self
-            .cipher
-            .encrypt(
-                &Nonce::from(nonce),
-                Payload {
-                    msg: &plain,
-                    aad: AAD,
-                },
-            )
-            .map_err(|_| KcError::Internal("sealing a sign-in failed".into()))?;
-        let mut out = nonce.to_vec();
-        out.extend_from_slice(&ct);
+        let out = seal_json(&self.cipher, AAD, &signin, "sealing a sign-in failed")?;
         Ok(Zeroizing::new(B64URL.encode(out)))
     }
 
@@ -100,17 +84,7 @@ impl Sealer {
             return None;
         }
         let sealed = B64URL.decode(value).ok()?;
-        if sealed.len() < 12 {
-            return None;
-        }
-        let (nonce, ct) = sealed.split_at(12);
-        let nonce: [u8; 12] = nonce.try_into().ok()?;
-        let plain = Zeroizing::new(
-            self.cipher
-                .decrypt(&Nonce::from(nonce), Payload { msg: ct, aad: AAD })
-                .ok()?,
-        );
-        let signin: SignIn = serde_json::from_slice(&plain).ok()?;
+        let signin: SignIn = open_json(&self.cipher, AAD, &sealed)?;
         (now() < signin.expires_at).then_some(signin)
     }
 

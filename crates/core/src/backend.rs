@@ -1,4 +1,11 @@
 //! The seam between the keyserver and wherever private keys live.
+//!
+//! A [`KeyBackend`] is one place keys live (the software keystore, an HSM token, a
+//! Key Vault). Every stored key names its backend, and [`Backends`] resolves that name
+//! for each operation, so a key is only ever sent to the backend that holds it.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crate::key::{Digest, KeyType};
 
@@ -48,4 +55,157 @@ pub trait KeyBackend: Send + Sync {
         handle: &[u8],
         digest: &Digest,
     ) -> Result<Vec<u8>, BackendError>;
+
+    /// Prove the backend can use a stored key: run at start, so a wrong key-encryption
+    /// key, a missing token or a refused credential fails there, naming the setting,
+    /// rather than as an error on the first signature.
+    async fn check(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+    ) -> Result<(), BackendError>;
+}
+
+/// What the registry needs to know of a stored key. The store's key record implements
+/// it; the trait keeps this crate free of the store.
+pub trait BackendKey {
+    /// The [`KeyBackend::name`] recorded when the key was made.
+    fn backend_name(&self) -> &str;
+    fn key_id(&self) -> &str;
+    fn key_type(&self) -> KeyType;
+    fn handle(&self) -> &[u8];
+}
+
+/// The configured key backends, by name, and the one new keys go to unless a caller
+/// names another.
+#[derive(Clone)]
+pub struct Backends {
+    by_name: BTreeMap<&'static str, Arc<dyn KeyBackend>>,
+    default: Arc<dyn KeyBackend>,
+}
+
+impl Backends {
+    /// A registry with one backend, which is also the default for new keys.
+    pub fn new(default: Arc<dyn KeyBackend>) -> Self {
+        Self {
+            by_name: BTreeMap::from([(default.name(), default.clone())]),
+            default,
+        }
+    }
+
+    /// Add a backend (a later one of the same name replaces the earlier).
+    pub fn with(mut self, backend: Arc<dyn KeyBackend>) -> Self {
+        if backend.name() == self.default.name() {
+            self.default = backend.clone();
+        }
+        self.by_name.insert(backend.name(), backend);
+        self
+    }
+
+    /// The backend of this name. A key whose backend is not configured here (a key
+    /// made on an HSM, read by a keyserver started without it) is unavailable, not an
+    /// error of the request.
+    pub fn get(&self, name: &str) -> Result<&Arc<dyn KeyBackend>, BackendError> {
+        self.by_name.get(name).ok_or_else(|| {
+            BackendError::Unavailable(format!("no key backend {name:?} is configured"))
+        })
+    }
+
+    /// The backend holding this key.
+    pub fn for_key(&self, key: &impl BackendKey) -> Result<&Arc<dyn KeyBackend>, BackendError> {
+        self.get(key.backend_name())
+    }
+
+    /// Where new keys go unless the caller names a backend.
+    pub fn default_backend(&self) -> &Arc<dyn KeyBackend> {
+        &self.default
+    }
+
+    /// The configured backend names, sorted.
+    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.by_name.keys().copied()
+    }
+
+    /// Sign with the backend that holds `key`.
+    pub async fn sign(
+        &self,
+        key: &impl BackendKey,
+        digest: &Digest,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.for_key(key)?
+            .sign(key.key_id(), key.key_type(), key.handle(), digest)
+            .await
+    }
+
+    /// Check `key` with the backend that holds it.
+    pub async fn check(&self, key: &impl BackendKey) -> Result<(), BackendError> {
+        self.for_key(key)?
+            .check(key.key_id(), key.key_type(), key.handle())
+            .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct Named(&'static str);
+
+    #[async_trait::async_trait]
+    impl KeyBackend for Named {
+        fn name(&self) -> &'static str {
+            self.0
+        }
+        async fn generate(&self, _: &str, t: KeyType) -> Result<GeneratedKey, BackendError> {
+            Err(BackendError::Unsupported(t))
+        }
+        async fn sign(
+            &self,
+            _: &str,
+            _: KeyType,
+            _: &[u8],
+            _: &Digest,
+        ) -> Result<Vec<u8>, BackendError> {
+            Ok(self.0.as_bytes().to_vec())
+        }
+        async fn check(&self, _: &str, _: KeyType, _: &[u8]) -> Result<(), BackendError> {
+            Ok(())
+        }
+    }
+
+    struct Key(&'static str);
+
+    impl BackendKey for Key {
+        fn backend_name(&self) -> &str {
+            self.0
+        }
+        fn key_id(&self) -> &str {
+            "id"
+        }
+        fn key_type(&self) -> KeyType {
+            KeyType::EcP256
+        }
+        fn handle(&self) -> &[u8] {
+            b""
+        }
+    }
+
+    #[tokio::test]
+    async fn each_key_goes_to_the_backend_it_names() {
+        let b = Backends::new(Arc::new(Named("software"))).with(Arc::new(Named("pkcs11")));
+        let d = Digest::new(crate::SignAlgorithm::Es256, vec![0; 32]).unwrap();
+        assert_eq!(b.sign(&Key("pkcs11"), &d).await.unwrap(), b"pkcs11");
+        assert_eq!(b.sign(&Key("software"), &d).await.unwrap(), b"software");
+        assert_eq!(b.default_backend().name(), "software");
+        assert_eq!(b.names().collect::<Vec<_>>(), ["pkcs11", "software"]);
+        assert!(matches!(
+            b.sign(&Key("azure-keyvault"), &d).await,
+            Err(BackendError::Unavailable(m)) if m.contains("azure-keyvault")
+        ));
+        assert!(matches!(
+            b.check(&Key("azure-keyvault")).await,
+            Err(BackendError::Unavailable(_))
+        ));
+    }
 }

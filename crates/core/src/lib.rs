@@ -11,7 +11,7 @@ pub mod policy;
 pub mod principal;
 
 pub use access::{CallerRule, Grant, Permissions, Role, SubjectRules};
-pub use backend::{BackendError, GeneratedKey, KeyBackend};
+pub use backend::{BackendError, BackendKey, Backends, GeneratedKey, KeyBackend};
 pub use key::{Digest, KeyName, KeyStatus, KeyType, ParseError, SignAlgorithm};
 pub use policy::{KeyPolicy, Weakening};
 pub use principal::{CallerKind, Principal};

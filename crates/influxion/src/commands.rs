@@ -11,7 +11,7 @@ use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use influxion_core::key::HashAlg;
 use influxion_core::{Digest, KeyType, SignAlgorithm};
-use influxion_keystore::public;
+use influxion_verify as public;
 use serde::Deserialize;
 use sha2::Digest as _;
 

@@ -949,7 +949,7 @@ impl SignStep {
         if v["policy"]["approvals_required"].as_u64().unwrap_or(0) > 0 {
             bail!("key {key} needs approvals; a provisioning run cannot wait for people");
         }
-        let spki = influxion_keystore::public::from_pem(
+        let spki = influxion_verify::from_pem(
             v["public_key_pem"]
                 .as_str()
                 .context("key without a public key")?,
@@ -990,7 +990,7 @@ impl SignStep {
             )
             .context("the signature is not base64")?;
         let d = influxion_core::Digest::new(self.algorithm, digest)?;
-        if !influxion_keystore::public::verify(self.key_type, &self.spki, &d, &sig)? {
+        if !influxion_verify::verify(self.key_type, &self.spki, &d, &sig)? {
             bail!("{id}: the keyserver returned a signature that does not verify");
         }
         durable_write(out_dir, &format!("{id}.sig"), &sig)

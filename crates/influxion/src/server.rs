@@ -7,12 +7,13 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use influxion_auth::Validator;
-use influxion_core::{Grant, Role, SubjectRules};
-use influxion_core::{KeyName, KeyStatus, KeyType};
+use influxion_core::{Backends, KeyName, KeyType, Role, SubjectRules};
 use influxion_devidp::{DevClient, DevIdpState, DevUser, DevWebClient};
 use influxion_keystore::{Kek, SoftwareKeystore};
+use influxion_server::service::keys;
+use influxion_server::service::subjects::grant;
 use influxion_server::AppState;
-use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome, Store, SubjectRecord};
+use influxion_store::{KeyPolicy, Store};
 use tokio::net::TcpListener;
 
 use crate::config::{ServerConfig, DEV_AUDIENCE};
@@ -30,20 +31,10 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
     )
     .await
     .with_context(|| format!("opening {}", cfg.database_url))?;
-    let keystore = SoftwareKeystore::new(kek);
-    if let Some(k) = store
-        .list_keys()
-        .await?
-        .iter()
-        .find(|k| k.backend == "software")
-    {
-        keystore.check(&k.id, k.key_type, &k.handle).with_context(|| {
-            format!(
-                "the key-encryption key does not open stored key {} (wrong INFLUXION_KEK / keystore.kek_file?)",
-                k.name
-            )
-        })?;
-    }
+    // One registration line per key backend; keys name theirs, the first is where new
+    // keys go.
+    let backends = Backends::new(Arc::new(SoftwareKeystore::new(kek)));
+    check_backends(&store, &backends).await?;
     if let Some(rules) = &cfg.bootstrap_admin {
         bootstrap_admin(&store, rules.clone()).await?;
     }
@@ -51,7 +42,7 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
     validator.start_background_refresh();
     Ok(AppState {
         store,
-        backend: Arc::new(keystore),
+        backends,
         validator,
         refusals: Default::default(),
         pki: Arc::new(influxion_server::PkiSettings {
@@ -62,29 +53,44 @@ pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
     })
 }
 
+/// Prove at start that each configured backend can use a key it holds: a wrong
+/// key-encryption key (or, later, a missing token or refused credential) fails here,
+/// naming the setting, instead of on the first signature. Keys of a backend that is not
+/// configured are reported; they answer 503 `backend-unavailable` until it is.
+async fn check_backends(store: &Store, backends: &Backends) -> Result<()> {
+    let keys = store.list_keys().await?;
+    for name in backends.names() {
+        if let Some(k) = keys.iter().find(|k| k.backend == name) {
+            backends.check(k).await.with_context(|| match name {
+                "software" => format!(
+                    "the key-encryption key does not open stored key {} (wrong INFLUXION_KEK / keystore.kek_file?)",
+                    k.name
+                ),
+                _ => format!("the {name} key backend cannot use stored key {}", k.name),
+            })?;
+        }
+    }
+    for k in keys.iter().filter(|k| backends.get(&k.backend).is_err()) {
+        tracing::warn!(key = %k.name, backend = %k.backend, "key backend not configured: the key cannot sign");
+    }
+    Ok(())
+}
+
 /// Create the first admin subject from configuration, once: only while there are no
 /// subjects at all, so a deployment is usable and later changes go through the API.
 async fn bootstrap_admin(store: &Store, rules: influxion_core::SubjectRules) -> Result<()> {
     if !store.subjects().await?.is_empty() {
         return Ok(());
     }
-    let s = SubjectRecord {
-        id: uuid::Uuid::new_v4().to_string(),
-        name: "bootstrap-admin".into(),
-        description: "first admin, from configuration".into(),
+    influxion_server::service::subjects::create(
+        store,
+        "system:bootstrap",
+        "bootstrap-admin",
+        "first admin, from configuration",
         rules,
-        grants: vec![Grant {
-            id: uuid::Uuid::new_v4().to_string(),
-            role: Role::Admin,
-            pattern: "*".into(),
-        }],
-        created_at: influxion_store::now_rfc3339(),
-        created_by: "system:bootstrap".into(),
-    };
-    let event = AuditEvent::new("system:bootstrap", "subject.create", Outcome::Ok)
-        .target(s.name.clone())
-        .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
-    store.create_subject(s, event).await?;
+        vec![grant(Role::Admin, "*")],
+    )
+    .await?;
     tracing::info!("created the bootstrap admin subject");
     Ok(())
 }
@@ -443,24 +449,16 @@ async fn ensure_dev_subjects(store: &Store) -> Result<()> {
         if existing.contains(&name) {
             continue;
         }
-        let s = SubjectRecord {
-            id: uuid::Uuid::new_v4().to_string(),
-            name: name.clone(),
-            description: "development mode".into(),
+        let grants = roles.into_iter().map(|role| grant(role, "*")).collect();
+        influxion_server::service::subjects::create(
+            store,
+            "system:dev",
+            &name,
+            "development mode",
             rules,
-            grants: roles
-                .into_iter()
-                .map(|role| Grant {
-                    id: uuid::Uuid::new_v4().to_string(),
-                    role,
-                    pattern: "*".into(),
-                })
-                .collect(),
-            created_at: influxion_store::now_rfc3339(),
-            created_by: "system:dev".into(),
-        };
-        let event = AuditEvent::new("system:dev", "subject.create", Outcome::Ok).target(name);
-        store.create_subject(s, event).await?;
+            grants,
+        )
+        .await?;
     }
     Ok(())
 }
@@ -470,37 +468,21 @@ async fn ensure_key(state: &AppState, name: &str, approvals: u32) -> Result<()> 
     if state.store.get_key(&key_name).await?.is_some() {
         return Ok(());
     }
-    let id = uuid::Uuid::new_v4().to_string();
-    let g = state.backend.generate(&id, KeyType::EcP256).await?;
-    let record = KeyRecord {
-        id: id.clone(),
-        name: key_name,
-        key_type: KeyType::EcP256,
-        backend: state.backend.name().into(),
-        status: KeyStatus::Active,
-        public_key: g.public_key_der,
-        handle: g.handle,
-        created_at: influxion_store::now_rfc3339(),
-        created_by: "system:dev".into(),
-        policy: KeyPolicy::default(),
-        purpose: Default::default(),
-    };
-    let event = AuditEvent::new("system:dev", "key.create", Outcome::Ok)
-        .target(name)
-        .detail(serde_json::json!({"key_type": "ec-p256", "backend": "software"}));
-    state.store.insert_key(record, event).await?;
+    let actor = "system:dev";
+    let key = keys::create(
+        &state.store,
+        &state.backends,
+        actor,
+        key_name,
+        KeyType::EcP256,
+    )
+    .await?;
     if approvals > 0 {
         let policy = KeyPolicy {
             approvals_required: approvals,
             ..Default::default()
         };
-        let event = AuditEvent::new("system:dev", "key.policy", Outcome::Ok)
-            .target(name)
-            .detail(serde_json::to_value(&policy)?);
-        state
-            .store
-            .set_key_policy(&id, &KeyPolicy::default(), policy, event)
-            .await?;
+        keys::set_policy(&state.store, actor, key, policy).await?;
     }
     Ok(())
 }

@@ -8,6 +8,7 @@ mod auth;
 pub mod problem;
 mod refusals;
 mod routes;
+pub mod service;
 
 use std::sync::Arc;
 
@@ -15,7 +16,7 @@ use axum::extract::DefaultBodyLimit;
 use axum::routing::{get, post};
 use axum::Router;
 use influxion_auth::Validator;
-use influxion_core::KeyBackend;
+use influxion_core::Backends;
 use influxion_store::Store;
 use tower_http::trace::TraceLayer;
 
@@ -33,7 +34,8 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 #[derive(Clone)]
 pub struct AppState {
     pub store: Store,
-    pub backend: Arc<dyn KeyBackend>,
+    /// The configured key backends; each key is signed by the one its record names.
+    pub backends: Backends,
     pub validator: Arc<Validator>,
     pub refusals: Arc<RefusalLimiter>,
     pub pki: Arc<PkiSettings>,

@@ -635,6 +635,15 @@ impl influxion_core::KeyBackend for GatedKeystore {
         }
         Ok(sig)
     }
+
+    async fn check(
+        &self,
+        key_id: &str,
+        key_type: influxion_core::KeyType,
+        handle: &[u8],
+    ) -> Result<(), influxion_core::BackendError> {
+        self.inner.check(key_id, key_type, handle).await
+    }
 }
 
 /// Issue 12 item 7: the approver's vote signs before the store decides; when the

@@ -685,3 +685,92 @@ async fn openapi_documents_every_route() {
         assert!(paths.contains_key(p), "{p} missing from openapi.json");
     }
 }
+
+/// The software keystore under another backend name, as an HSM would be to the server.
+struct Elsewhere(influxion_keystore::SoftwareKeystore);
+
+#[async_trait::async_trait]
+impl influxion_core::KeyBackend for Elsewhere {
+    fn name(&self) -> &'static str {
+        "elsewhere"
+    }
+    async fn generate(
+        &self,
+        id: &str,
+        kt: influxion_core::KeyType,
+    ) -> Result<influxion_core::GeneratedKey, influxion_core::BackendError> {
+        self.0.generate(id, kt).await
+    }
+    async fn sign(
+        &self,
+        id: &str,
+        kt: influxion_core::KeyType,
+        handle: &[u8],
+        d: &influxion_core::Digest,
+    ) -> Result<Vec<u8>, influxion_core::BackendError> {
+        self.0.sign(id, kt, handle, d).await
+    }
+    async fn check(
+        &self,
+        id: &str,
+        kt: influxion_core::KeyType,
+        handle: &[u8],
+    ) -> Result<(), influxion_core::BackendError> {
+        self.0.check(id, kt, handle).await
+    }
+}
+
+/// Each key is signed by the backend its record names: a key made on a backend the
+/// server no longer has answers 503 (it is not sent to another backend), while keys of
+/// the configured backends keep signing.
+#[tokio::test]
+async fn a_key_is_signed_only_by_the_backend_it_names() {
+    use std::sync::Arc;
+    let k = keys();
+    let idp = TestIdp::start("", &[&k.rsa1]).await;
+    let kek = influxion_keystore::Kek::generate;
+    let h = Harness::with_backend(
+        auth_config(&idp),
+        Arc::new(Elsewhere(influxion_keystore::SoftwareKeystore::new(kek()))),
+    )
+    .await;
+    let signer = token(&k.rsa1, &app_claims(&idp.issuer));
+    let mut a = app_claims(&idp.issuer);
+    a["roles"] = json!([ADMIN_ROLE]);
+    a["azp"] = json!("key-admin");
+    a["oid"] = json!("cccccccc-0000-4000-8000-000000000003");
+    let admin = token(&k.rsa1, &a);
+    let r = h.create_key(&admin, "remote", "ec-p256").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["backend"], "elsewhere");
+    let body = json!({"digest": sha256_hex(b"firmware image")});
+    let r = h
+        .call(
+            "POST",
+            "/v1/keys/remote/sign",
+            Some(&signer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+
+    let h = h.with_backends(influxion_core::Backends::new(Arc::new(
+        influxion_keystore::SoftwareKeystore::new(kek()),
+    )));
+    let r = h.create_key(&admin, "local", "ec-p256").await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(r.json["backend"], "software");
+    let r = h
+        .call(
+            "POST",
+            "/v1/keys/local/sign",
+            Some(&signer),
+            Some(body.clone()),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let r = h
+        .call("POST", "/v1/keys/remote/sign", Some(&signer), Some(body))
+        .await;
+    r.assert_problem(503, "backend-unavailable");
+}

@@ -117,6 +117,22 @@ pub struct KeyRecord {
     pub purpose: KeyPurpose,
 }
 
+/// The registry finds a key's backend by the name recorded with it.
+impl influxion_core::BackendKey for KeyRecord {
+    fn backend_name(&self) -> &str {
+        &self.backend
+    }
+    fn key_id(&self) -> &str {
+        &self.id
+    }
+    fn key_type(&self) -> KeyType {
+        self.key_type
+    }
+    fn handle(&self) -> &[u8] {
+        &self.handle
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyPurpose {

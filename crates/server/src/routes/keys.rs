@@ -6,8 +6,8 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use influxion_core::{KeyName, KeyStatus, KeyType, Role};
-use influxion_keystore::public;
-use influxion_store::{AuditEvent, KeyPolicy, KeyPurpose, KeyRecord, Outcome};
+use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome};
+use influxion_verify as public;
 use serde::{Deserialize, Serialize};
 
 use super::{audited, require, require_any};
@@ -128,31 +128,6 @@ pub struct CreateKey {
     key_type: String,
 }
 
-/// A new key made by the backend, as the store will keep it (not yet stored).
-pub(crate) async fn generate(
-    st: &AppState,
-    name: KeyName,
-    key_type: KeyType,
-    created_by: &str,
-    purpose: KeyPurpose,
-) -> Result<KeyRecord, ApiError> {
-    let id = uuid::Uuid::new_v4().to_string();
-    let generated = st.backend.generate(&id, key_type).await?;
-    Ok(KeyRecord {
-        id,
-        name,
-        key_type,
-        backend: st.backend.name().to_owned(),
-        status: KeyStatus::Active,
-        public_key: generated.public_key_der,
-        handle: generated.handle,
-        created_at: influxion_store::now_rfc3339(),
-        created_by: created_by.to_owned(),
-        policy: KeyPolicy::default(),
-        purpose,
-    })
-}
-
 pub async fn create(
     State(st): State<AppState>,
     c: Caller,
@@ -169,14 +144,9 @@ pub async fn create(
                 &format!("creating key {name} needs the key-admin role"),
             ));
         }
-        if st.store.get_key(&name).await?.is_some() {
-            return Err(ApiError::KeyExists(name.to_string()));
-        }
-        let record = generate(&st, name.clone(), key_type, &p.audit_id(), KeyPurpose::Sign).await?;
-        let event = AuditEvent::new(p.audit_id(), "key.create", Outcome::Ok)
-            .target(name.to_string())
-            .detail(serde_json::json!({"key_type": key_type.as_str(), "backend": record.backend}));
-        st.store.insert_key(record.clone(), event).await?;
+        let record =
+            crate::service::keys::create(&st.store, &st.backends, &p.audit_id(), name, key_type)
+                .await?;
         Ok((StatusCode::CREATED, Json(KeyView::from_record(&record)?)))
     })
     .await
@@ -293,17 +263,8 @@ pub async fn set_policy(
             )
                 .into_response());
         }
-        let event = AuditEvent::new(p.audit_id(), "key.policy", Outcome::Ok)
-            .target(key.name.to_string())
-            .detail(serde_json::json!({
-                "before": key.policy,
-                "after": policy,
-                "weakens": weakens,
-            }));
-        st.store
-            .set_key_policy(&key.id, &key.policy, policy.clone(), event)
-            .await?;
-        Ok(Json(KeyView::from_record(&KeyRecord { policy, ..key })?).into_response())
+        let key = crate::service::keys::set_policy(&st.store, &p.audit_id(), key, policy).await?;
+        Ok(Json(KeyView::from_record(&key)?).into_response())
     })
     .await
 }

@@ -83,13 +83,13 @@ async fn with_ca_key<T: Send + 'static>(
     let (alg, sign_alg) = ca_alg(key.key_type).ok_or_else(|| {
         ApiError::InvalidRequest(format!("{} keys cannot be CA keys", key.key_type))
     })?;
-    let backend = st.backend.clone();
+    let backends = st.backends.clone();
     let key = key.clone();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let signer = |digest: &[u8]| {
             let d = Digest::new(sign_alg, digest.to_vec()).map_err(|e| e.to_string())?;
-            rt.block_on(backend.sign(&key.id, key.key_type, &key.handle, &d))
+            rt.block_on(backends.sign(&key, &d))
                 .map_err(|e| e.to_string())
         };
         let ca_key = CaKey::new(alg, &key.public_key, signer)?;
@@ -411,7 +411,15 @@ async fn create_ca_record(st: &AppState, actor: &str, req: CreateCa) -> Result<S
             None => None,
         };
 
-        let key = super::keys::generate(&st, key_name, key_type, actor, KeyPurpose::Ca).await?;
+        let key = crate::service::keys::generate(
+            &st.backends,
+            None,
+            key_name,
+            key_type,
+            actor,
+            KeyPurpose::Ca,
+        )
+        .await?;
         let id = key.id.clone();
         let subject = req.subject.clone();
         let (status, certificate, chain_pem, csr_pem, mode) = if req.external {

@@ -192,10 +192,7 @@ async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError
     let alg: SignAlgorithm = r.algorithm.parse()?;
     let bytes = hex::decode(&r.digest).map_err(|_| StoreError::Corrupt("request digest".into()))?;
     let digest = Digest::new(alg, bytes)?;
-    Ok(st
-        .backend
-        .sign(&key.id, key.key_type, &key.handle, &digest)
-        .await?)
+    Ok(st.backends.sign(&key, &digest).await?)
 }
 
 /// The key signed for this request, but the store kept no signature: another vote, a

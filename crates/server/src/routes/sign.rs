@@ -8,8 +8,8 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use influxion_core::{Digest, KeyStatus, Role, SignAlgorithm};
-use influxion_keystore::public;
 use influxion_store::{AuditEvent, KeyRecord, Outcome};
+use influxion_verify as public;
 use serde::{Deserialize, Serialize};
 
 use super::keys::lookup;
@@ -181,10 +181,7 @@ pub async fn sign(
                 .await
                 .map(SignOutcome::Pending);
         }
-        let signature = st
-            .backend
-            .sign(&key.id, key.key_type, &key.handle, &digest)
-            .await?;
+        let signature = st.backends.sign(&key, &digest).await?;
         // The signature is returned only after its audit record is durable.
         let mut detail = serde_json::json!({
             "algorithm": digest.algorithm().as_str(),

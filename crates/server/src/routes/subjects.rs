@@ -142,19 +142,15 @@ pub async fn create(
             .iter()
             .map(GrantBody::to_grant)
             .collect::<Result<Vec<_>, _>>()?;
-        let s = SubjectRecord {
-            id: new_id(),
-            name: b.name.clone(),
-            description: b.description,
-            rules: b.rules.explicit(),
+        let s = crate::service::subjects::create(
+            &st.store,
+            &p.audit_id(),
+            &b.name,
+            &b.description,
+            b.rules,
             grants,
-            created_at: influxion_store::now_rfc3339(),
-            created_by: p.audit_id(),
-        };
-        let event = AuditEvent::new(p.audit_id(), "subject.create", Outcome::Ok)
-            .target(s.name.clone())
-            .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
-        st.store.create_subject(s.clone(), event).await?;
+        )
+        .await?;
         Ok((StatusCode::CREATED, Json(s)))
     })
     .await

@@ -283,7 +283,7 @@ impl Harness {
         .unwrap();
         let state = AppState {
             store,
-            backend,
+            backends: influxion_core::Backends::new(backend),
             validator: Validator::new(cfg).unwrap(),
             refusals: Default::default(),
             pki: Arc::new(influxion_server::PkiSettings {
@@ -317,6 +317,14 @@ impl Harness {
         )
         .await;
         h
+    }
+
+    /// The same store and identity provider behind other key backends, as after a
+    /// restart with another backend configuration.
+    pub fn with_backends(mut self, backends: influxion_core::Backends) -> Self {
+        self.state.backends = backends;
+        self.router = influxion_server::app(self.state.clone());
+        self
     }
 
     /// Create a subject directly in the store (as the bootstrap does).

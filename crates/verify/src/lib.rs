@@ -1,4 +1,8 @@
-//! Public-key operations: verification and export. Shared by the server and the CLI.
+//! Public-key operations: signature verification and export (PEM, JWK).
+//!
+//! Verification needs only the public key a key record keeps, never the backend that
+//! holds the private half, so it lives here for the server (`/verify`, the check after
+//! every signature), the CLI (`verify`, provisioning) and the backend conformance suite.
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;

@@ -1,0 +1,79 @@
+//! Keys: creation on a backend, and policy changes that take effect at once.
+
+use influxion_core::{Backends, KeyName, KeyPolicy, KeyStatus, KeyType};
+use influxion_store::{AuditEvent, KeyPurpose, KeyRecord, Outcome, Store};
+
+use crate::ApiError;
+
+/// A new key made by a backend, as the store will keep it (not yet stored: a CA key
+/// is stored in the same transaction as its CA). `backend` names a configured backend;
+/// `None` is the default one.
+pub async fn generate(
+    backends: &Backends,
+    backend: Option<&str>,
+    name: KeyName,
+    key_type: KeyType,
+    created_by: &str,
+    purpose: KeyPurpose,
+) -> Result<KeyRecord, ApiError> {
+    let backend = match backend {
+        Some(b) => backends.get(b)?,
+        None => backends.default_backend(),
+    };
+    let id = uuid::Uuid::new_v4().to_string();
+    let generated = backend.generate(&id, key_type).await?;
+    Ok(KeyRecord {
+        id,
+        name,
+        key_type,
+        backend: backend.name().to_owned(),
+        status: KeyStatus::Active,
+        public_key: generated.public_key_der,
+        handle: generated.handle,
+        created_at: influxion_store::now_rfc3339(),
+        created_by: created_by.to_owned(),
+        policy: KeyPolicy::default(),
+        purpose,
+    })
+}
+
+/// Create a signing key and record `key.create` for `actor`.
+pub async fn create(
+    store: &Store,
+    backends: &Backends,
+    actor: &str,
+    name: KeyName,
+    key_type: KeyType,
+) -> Result<KeyRecord, ApiError> {
+    if store.get_key(&name).await?.is_some() {
+        return Err(ApiError::KeyExists(name.to_string()));
+    }
+    let record = generate(backends, None, name, key_type, actor, KeyPurpose::Sign).await?;
+    let event = AuditEvent::new(actor, "key.create", Outcome::Ok)
+        .target(record.name.to_string())
+        .detail(serde_json::json!({"key_type": key_type.as_str(), "backend": record.backend}));
+    store.insert_key(record.clone(), event).await?;
+    Ok(record)
+}
+
+/// Replace `key`'s policy now and record `key.policy` with what changed. Whether the
+/// change may take effect at once (it does not weaken, or the caller may act alone)
+/// is the caller's decision; a weakening otherwise goes through a policy change.
+pub async fn set_policy(
+    store: &Store,
+    actor: &str,
+    key: KeyRecord,
+    policy: KeyPolicy,
+) -> Result<KeyRecord, ApiError> {
+    let event = AuditEvent::new(actor, "key.policy", Outcome::Ok)
+        .target(key.name.to_string())
+        .detail(serde_json::json!({
+            "before": key.policy,
+            "after": policy,
+            "weakens": key.policy.weakenings(&policy),
+        }));
+    store
+        .set_key_policy(&key.id, &key.policy, policy.clone(), event)
+        .await?;
+    Ok(KeyRecord { policy, ..key })
+}

@@ -589,8 +589,7 @@ async fn cached_keys_survive_an_unreachable_provider() {
             .status,
         200
     );
-    idp.stop();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    idp.stop().await;
     let t = token(
         &k.rsa1,
         &with(app_claims(&idp.issuer), "jti", json!("after-outage")),
@@ -610,8 +609,7 @@ async fn cached_keys_survive_an_unreachable_provider() {
 async fn provider_unreachable_from_the_start_is_503() {
     let k = keys();
     let mut idp = TestIdp::start("", &[&k.rsa1]).await;
-    idp.stop();
-    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    idp.stop().await;
     let h = Harness::new(auth_config(&idp)).await;
     let r = me(&h, &token(&k.rsa1, &app_claims(&idp.issuer))).await;
     r.assert_problem(503, "token-validation-unavailable");

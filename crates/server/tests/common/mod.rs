@@ -107,6 +107,7 @@ pub struct TestIdp {
     jwks: Arc<RwLock<Vec<Value>>>,
     pub fetches: Arc<AtomicUsize>,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl TestIdp {
@@ -142,7 +143,7 @@ impl TestIdp {
             )
             .with_state(state);
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             axum::serve(listener, app)
                 .with_graceful_shutdown(async {
                     let _ = rx.await;
@@ -157,6 +158,7 @@ impl TestIdp {
             jwks,
             fetches,
             shutdown: Some(tx),
+            task: Some(task),
         }
     }
 
@@ -176,9 +178,14 @@ impl TestIdp {
         self.fetches.load(Ordering::SeqCst)
     }
 
-    pub fn stop(&mut self) {
+    /// Stop serving and return once the listener is closed (a fixed sleep instead
+    /// would race on a loaded machine).
+    pub async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
+        }
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
         }
     }
 }

@@ -10,4 +10,4 @@ pub mod profile;
 pub use build::{BuildError, CaKey, CaKeyAlg, CaSubject, CertFacts, Reason, RevokedEntry};
 pub use csr::{Csr, CsrError, DeviceKeyType, MAX_CSR_BYTES};
 pub use encode::{DeviceKey, EncodeError};
-pub use profile::{CertSpec, PolicyError, ProfileError, ProfileSpec};
+pub use profile::{CertSpec, PolicyError, PolicyRule, ProfileError, ProfileSpec};

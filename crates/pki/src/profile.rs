@@ -171,23 +171,95 @@ fn yes() -> bool {
     true
 }
 
+/// Why a profile is not coherent: one variant per rule, so callers and tests name
+/// the rule, not a message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ProfileError {
-    #[error("invalid profile: {0}")]
-    Invalid(String),
+    #[error("invalid profile: validity_days must be 1 to {MAX_VALIDITY_DAYS}")]
+    ValidityDays,
+    #[error("invalid profile: key_types must name at least one key type")]
+    NoKeyTypes,
+    #[error("invalid profile: key_usage must name at least one usage")]
+    NoKeyUsage,
+    #[error("invalid profile: key_encipherment and data_encipherment need RSA-only key_types")]
+    EnciphermentNeedsRsa,
+    #[error("invalid profile: key_agreement needs EC-only key_types")]
+    KeyAgreementNeedsEc,
+    #[error("invalid profile: subject.country must be two upper-case letters")]
+    Country,
+    #[error("invalid profile: subject.serial_number must be PrintableString characters")]
+    SerialNumberCharacters,
+    #[error("invalid profile: subject {attribute}: the only placeholder is {{device_id}}")]
+    UnknownPlaceholder { attribute: String },
+    #[error("invalid profile: subject {attribute} must be 1 to 64 printable characters")]
+    SubjectValue { attribute: String },
+    #[error("invalid profile: san_dns {template:?} is not a DNS name template")]
+    DnsTemplate { template: String },
+    #[error("invalid profile: san_uri {template:?} is not a URI template")]
+    UriTemplate { template: String },
+    #[error("invalid profile: at most 16 subjectAltName templates")]
+    TooManySans,
 }
 
-/// Why a CSR or device id does not fit a profile.
+/// The four kinds of [`PolicyError`], which the HTTP layer maps to its problem types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PolicyRule {
+    DeviceId,
+    KeyType,
+    Extension,
+    Subject,
+}
+
+/// Why a CSR or device id does not fit a profile: one variant per rule.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PolicyError {
-    #[error("invalid device id: {0}")]
-    DeviceId(String),
-    #[error("key type {0} is not allowed by this profile (allowed: {1})")]
-    KeyType(DeviceKeyType, String),
-    #[error("the CSR requests an extension this profile forbids: {0}")]
-    Extension(String),
-    #[error("the CSR subject is not allowed by this profile: {0}")]
-    Subject(String),
+    #[error("invalid device id: must be 1 to 64 characters")]
+    DeviceIdLength,
+    #[error(
+        "invalid device id: use letters, digits, '_' and '-', starting with a letter or digit"
+    )]
+    DeviceIdCharacters,
+    #[error("invalid device id: no device id given and the CSR has no common name")]
+    NoDeviceId,
+    #[error("invalid device id: {attribute} would be too long")]
+    RenderedTooLong { attribute: String },
+    #[error("invalid device id: serialNumber {value:?} must be a PrintableString")]
+    SerialNumberNotPrintable { value: String },
+    #[error("invalid device id: {name:?} is not a valid DNS name for this profile")]
+    RenderedDnsName { name: String },
+    #[error("invalid device id: {uri:?} is not a valid URI for this profile")]
+    RenderedUri { uri: String },
+    #[error("key type {key_type} is not allowed by this profile (allowed: {allowed})")]
+    KeyType {
+        key_type: DeviceKeyType,
+        allowed: String,
+    },
+    #[error("the CSR requests an extension this profile forbids: basicConstraints with cA=TRUE")]
+    CaRequested,
+    #[error("the CSR requests an extension this profile forbids: {extension}")]
+    UnknownExtension { extension: String },
+    #[error("the CSR requests an extension this profile forbids: keyUsage {usage}")]
+    KeyUsage { usage: String },
+    #[error("the CSR requests an extension this profile forbids: extendedKeyUsage {usage}")]
+    ExtendedKeyUsage { usage: String },
+    #[error("the CSR requests an extension this profile forbids: subjectAltName DNS {name:?}")]
+    DnsName { name: String },
+    #[error("the CSR requests an extension this profile forbids: subjectAltName URI {uri:?}")]
+    Uri { uri: String },
+    #[error("the CSR subject is not allowed by this profile: multi-valued RDNs are not accepted")]
+    MultiValuedRdn,
+    #[error("the CSR subject is not allowed by this profile: {attribute} appears twice")]
+    RepeatedAttribute { attribute: String },
+    #[error("the CSR subject is not allowed by this profile: attribute {attribute} is not part of the profile's subject")]
+    AttributeNotInProfile { attribute: String },
+    #[error("the CSR subject is not allowed by this profile: {attribute}={requested:?} differs from the profile's {expected:?}")]
+    NoOverride {
+        attribute: String,
+        expected: String,
+        requested: String,
+    },
+    #[error("the CSR subject is not allowed by this profile: {attribute} has an invalid value")]
+    AttributeValue { attribute: String },
     /// An attribute the profile derives from `{device_id}` names someone else: one
     /// device's request must not yield a certificate naming another device.
     #[error("the CSR subject names another device: {attribute}={requested:?}, but this profile derives {attribute} from the device id ({expected:?}); it may not be overridden")]
@@ -196,6 +268,35 @@ pub enum PolicyError {
         expected: String,
         requested: String,
     },
+}
+
+impl PolicyError {
+    /// Which kind of rule was broken.
+    pub fn rule(&self) -> PolicyRule {
+        use PolicyError::*;
+        match self {
+            DeviceIdLength
+            | DeviceIdCharacters
+            | NoDeviceId
+            | RenderedTooLong { .. }
+            | SerialNumberNotPrintable { .. }
+            | RenderedDnsName { .. }
+            | RenderedUri { .. } => PolicyRule::DeviceId,
+            KeyType { .. } => PolicyRule::KeyType,
+            CaRequested
+            | UnknownExtension { .. }
+            | KeyUsage { .. }
+            | ExtendedKeyUsage { .. }
+            | DnsName { .. }
+            | Uri { .. } => PolicyRule::Extension,
+            MultiValuedRdn
+            | RepeatedAttribute { .. }
+            | AttributeNotInProfile { .. }
+            | NoOverride { .. }
+            | AttributeValue { .. }
+            | NotTheDevice { .. } => PolicyRule::Subject,
+        }
+    }
 }
 
 /// Everything an issued certificate carries besides issuer, serial and validity.
@@ -232,12 +333,10 @@ pub fn validate_device_id(id: &str) -> Result<(), PolicyError> {
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-'));
     if id.is_empty() || id.len() > MAX_ATTR_LEN {
-        return Err(PolicyError::DeviceId("must be 1 to 64 characters".into()));
+        return Err(PolicyError::DeviceIdLength);
     }
     if !ok_chars || !id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
-        return Err(PolicyError::DeviceId(
-            "use letters, digits, '_' and '-', starting with a letter or digit".into(),
-        ));
+        return Err(PolicyError::DeviceIdCharacters);
     }
     Ok(())
 }
@@ -278,22 +377,21 @@ fn valid_attr_value(v: &str) -> bool {
 impl ProfileSpec {
     /// Check the profile is coherent; run before storing it.
     pub fn validate(&self) -> Result<(), ProfileError> {
-        let bad = |m: String| Err(ProfileError::Invalid(m));
         if self.validity_days == 0 || self.validity_days > MAX_VALIDITY_DAYS {
-            return bad(format!("validity_days must be 1 to {MAX_VALIDITY_DAYS}"));
+            return Err(ProfileError::ValidityDays);
         }
         if self.key_types.is_empty() {
-            return bad("key_types must name at least one key type".into());
+            return Err(ProfileError::NoKeyTypes);
         }
         if self.key_usage.is_empty() {
-            return bad("key_usage must name at least one usage".into());
+            return Err(ProfileError::NoKeyUsage);
         }
         let enc = self
             .key_usage
             .iter()
             .any(|u| matches!(u, KeyUsage::KeyEncipherment | KeyUsage::DataEncipherment));
         if enc && !self.key_types.iter().all(|k| k.is_rsa()) {
-            return bad("key_encipherment and data_encipherment need RSA-only key_types".into());
+            return Err(ProfileError::EnciphermentNeedsRsa);
         }
         let agree = self.key_usage.contains(&KeyUsage::KeyAgreement);
         if agree
@@ -302,14 +400,14 @@ impl ProfileSpec {
                 .iter()
                 .all(|k| matches!(k, DeviceKeyType::EcP256 | DeviceKeyType::EcP384))
         {
-            return bad("key_agreement needs EC-only key_types".into());
+            return Err(ProfileError::KeyAgreementNeedsEc);
         }
         // Render every template with a long sample id to check sizes and syntax.
         let sample = "a".repeat(MAX_ATTR_LEN);
         for (name, t) in self.subject.attrs() {
             if name == "C" {
                 if t.len() != 2 || !t.chars().all(|c| c.is_ascii_uppercase()) {
-                    return bad("subject.country must be two upper-case letters".into());
+                    return Err(ProfileError::Country);
                 }
                 continue;
             }
@@ -318,31 +416,35 @@ impl ProfileSpec {
                     .chars()
                     .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c))
             {
-                return bad("subject.serial_number must be PrintableString characters".into());
+                return Err(ProfileError::SerialNumberCharacters);
             }
             if t.contains('{') && !t.contains(DEVICE_ID_PLACEHOLDER) {
-                return bad(format!(
-                    "subject {name}: the only placeholder is {{device_id}}"
-                ));
+                return Err(ProfileError::UnknownPlaceholder {
+                    attribute: name.to_owned(),
+                });
             }
             if !valid_attr_value(&render(t, "x")) {
-                return bad(format!(
-                    "subject {name} must be 1 to 64 printable characters"
-                ));
+                return Err(ProfileError::SubjectValue {
+                    attribute: name.to_owned(),
+                });
             }
         }
         for t in &self.san_dns {
             if !valid_dns_name(&render(t, "x")) || render(t, &sample).len() > 253 {
-                return bad(format!("san_dns {t:?} is not a DNS name template"));
+                return Err(ProfileError::DnsTemplate {
+                    template: t.clone(),
+                });
             }
         }
         for t in &self.san_uri {
             if !valid_uri(&render(t, "x")) {
-                return bad(format!("san_uri {t:?} is not a URI template"));
+                return Err(ProfileError::UriTemplate {
+                    template: t.clone(),
+                });
             }
         }
         if self.san_dns.len() + self.san_uri.len() > 16 {
-            return bad("at most 16 subjectAltName templates".into());
+            return Err(ProfileError::TooManySans);
         }
         Ok(())
     }
@@ -369,67 +471,63 @@ impl ProfileSpec {
     pub fn enforce(&self, csr: &Csr, device_id: Option<&str>) -> Result<CertSpec, PolicyError> {
         let device_id = match device_id {
             Some(d) => d,
-            None => csr.common_name().ok_or_else(|| {
-                PolicyError::DeviceId("no device id given and the CSR has no common name".into())
-            })?,
+            None => csr.common_name().ok_or(PolicyError::NoDeviceId)?,
         };
         validate_device_id(device_id)?;
         if !self.key_types.contains(&csr.key_type) {
-            return Err(PolicyError::KeyType(csr.key_type, self.allowed_key_types()));
+            return Err(PolicyError::KeyType {
+                key_type: csr.key_type,
+                allowed: self.allowed_key_types(),
+            });
         }
         let spec = self.spec_for(device_id, csr.spki_der.clone())?;
 
         let req = &csr.requested;
         if req.ca {
-            return Err(PolicyError::Extension(
-                "basicConstraints with cA=TRUE".into(),
-            ));
+            return Err(PolicyError::CaRequested);
         }
         if let Some(other) = req.other.first() {
-            return Err(PolicyError::Extension(other.clone()));
+            return Err(PolicyError::UnknownExtension {
+                extension: other.clone(),
+            });
         }
         for ku in &req.key_usage {
             if !self.key_usage.iter().any(|k| k.as_str() == ku) {
-                return Err(PolicyError::Extension(format!("keyUsage {ku}")));
+                return Err(PolicyError::KeyUsage { usage: ku.clone() });
             }
         }
         for eku in &req.extended_key_usage {
             if !self.extended_key_usage.iter().any(|k| k.as_str() == eku) {
-                return Err(PolicyError::Extension(format!("extendedKeyUsage {eku}")));
+                return Err(PolicyError::ExtendedKeyUsage { usage: eku.clone() });
             }
         }
         for dns in &req.dns_names {
             if !spec.dns_names.iter().any(|d| d.eq_ignore_ascii_case(dns)) {
-                return Err(PolicyError::Extension(format!(
-                    "subjectAltName DNS {dns:?}"
-                )));
+                return Err(PolicyError::DnsName { name: dns.clone() });
             }
         }
         for uri in &req.uris {
             if !spec.uris.contains(uri) {
-                return Err(PolicyError::Extension(format!(
-                    "subjectAltName URI {uri:?}"
-                )));
+                return Err(PolicyError::Uri { uri: uri.clone() });
             }
         }
 
         if csr.multi_valued_rdn {
-            return Err(PolicyError::Subject(
-                "multi-valued RDNs are not accepted".into(),
-            ));
+            return Err(PolicyError::MultiValuedRdn);
         }
         let mut subject = spec.subject.clone();
         let mut seen = Vec::new();
         for attr in &csr.subject {
             if seen.contains(&attr.name) {
-                return Err(PolicyError::Subject(format!("{} appears twice", attr.name)));
+                return Err(PolicyError::RepeatedAttribute {
+                    attribute: attr.name.clone(),
+                });
             }
             seen.push(attr.name.clone());
             let Some(slot) = subject.iter_mut().find(|(n, _)| *n == attr.name) else {
-                return Err(PolicyError::Subject(format!(
-                    "attribute {} is not part of the profile's subject",
-                    attr.name
-                )));
+                return Err(PolicyError::AttributeNotInProfile {
+                    attribute: attr.name.clone(),
+                });
             };
             if slot.1 == attr.value {
                 continue;
@@ -444,20 +542,18 @@ impl ProfileSpec {
                 });
             }
             if !self.allow_subject_override {
-                return Err(PolicyError::Subject(format!(
-                    "{}={:?} differs from the profile's {:?}",
-                    attr.name,
-                    short(&attr.value),
-                    slot.1
-                )));
+                return Err(PolicyError::NoOverride {
+                    attribute: attr.name.clone(),
+                    expected: slot.1.clone(),
+                    requested: short(&attr.value),
+                });
             }
             let country_ok = attr.name != "C"
                 || (attr.value.len() == 2 && attr.value.chars().all(|c| c.is_ascii_uppercase()));
             if !valid_attr_value(&attr.value) || !country_ok {
-                return Err(PolicyError::Subject(format!(
-                    "{} has an invalid value",
-                    attr.name
-                )));
+                return Err(PolicyError::AttributeValue {
+                    attribute: attr.name.clone(),
+                });
             }
             slot.1 = attr.value.clone();
         }
@@ -470,7 +566,9 @@ impl ProfileSpec {
         let subject = self.rendered_subject(device_id);
         for (name, value) in &subject {
             if !valid_attr_value(value) {
-                return Err(PolicyError::DeviceId(format!("{name} would be too long")));
+                return Err(PolicyError::RenderedTooLong {
+                    attribute: name.clone(),
+                });
             }
         }
         if let Some((_, sn)) = subject.iter().find(|(n, _)| n == "serialNumber") {
@@ -479,22 +577,16 @@ impl ProfileSpec {
                 .chars()
                 .all(|c| c.is_ascii_alphanumeric() || " '()+,-./:=?".contains(c));
             if !printable {
-                return Err(PolicyError::DeviceId(format!(
-                    "serialNumber {sn:?} must be a PrintableString"
-                )));
+                return Err(PolicyError::SerialNumberNotPrintable { value: sn.clone() });
             }
         }
         let dns_names: Vec<String> = self.san_dns.iter().map(|t| render(t, device_id)).collect();
         if let Some(bad) = dns_names.iter().find(|d| !valid_dns_name(d)) {
-            return Err(PolicyError::DeviceId(format!(
-                "{bad:?} is not a valid DNS name for this profile"
-            )));
+            return Err(PolicyError::RenderedDnsName { name: bad.clone() });
         }
         let uris: Vec<String> = self.san_uri.iter().map(|t| render(t, device_id)).collect();
         if let Some(bad) = uris.iter().find(|u| !valid_uri(u)) {
-            return Err(PolicyError::DeviceId(format!(
-                "{bad:?} is not a valid URI for this profile"
-            )));
+            return Err(PolicyError::RenderedUri { uri: bad.clone() });
         }
         Ok(CertSpec {
             device_id: device_id.to_owned(),
@@ -575,14 +667,27 @@ mod tests {
                 None,
             )
             .unwrap_err();
-        assert!(matches!(err, PolicyError::Subject(_)));
+        assert_eq!(
+            err,
+            PolicyError::NoOverride {
+                attribute: "O".into(),
+                expected: "Acme".into(),
+                requested: "Evil".into()
+            }
+        );
         let err = profile()
             .enforce(
                 &csr(&[("CN", "dev-7"), ("2.5.4.12", "x")], Requested::default()),
                 None,
             )
             .unwrap_err();
-        assert!(matches!(err, PolicyError::Subject(_)));
+        assert_eq!(
+            err,
+            PolicyError::AttributeNotInProfile {
+                attribute: "2.5.4.12".into()
+            }
+        );
+        assert_eq!(err.rule(), PolicyRule::Subject);
     }
 
     #[test]
@@ -598,40 +703,75 @@ mod tests {
 
     #[test]
     fn device_id_with_separator_is_refused() {
-        for id in ["a,O=x", "a/b", "", "-a", "a b", "x.dev-7", &"x".repeat(65)] {
-            assert!(validate_device_id(id).is_err(), "{id}");
+        for id in ["a,O=x", "a/b", "-a", "a b", "x.dev-7"] {
+            assert_eq!(
+                validate_device_id(id),
+                Err(PolicyError::DeviceIdCharacters),
+                "{id}"
+            );
+        }
+        for id in ["", &"x".repeat(65)] {
+            assert_eq!(
+                validate_device_id(id),
+                Err(PolicyError::DeviceIdLength),
+                "{id}"
+            );
         }
     }
 
     #[test]
     fn extensions_outside_profile_are_refused() {
         let cases = [
-            Requested {
-                ca: true,
-                ..Default::default()
-            },
-            Requested {
-                other: vec!["1.2.3.4".into()],
-                ..Default::default()
-            },
-            Requested {
-                key_usage: vec!["key_cert_sign".into()],
-                ..Default::default()
-            },
-            Requested {
-                extended_key_usage: vec!["server_auth".into()],
-                ..Default::default()
-            },
-            Requested {
-                dns_names: vec!["evil.example".into()],
-                ..Default::default()
-            },
+            (
+                Requested {
+                    ca: true,
+                    ..Default::default()
+                },
+                PolicyError::CaRequested,
+            ),
+            (
+                Requested {
+                    other: vec!["1.2.3.4".into()],
+                    ..Default::default()
+                },
+                PolicyError::UnknownExtension {
+                    extension: "1.2.3.4".into(),
+                },
+            ),
+            (
+                Requested {
+                    key_usage: vec!["key_cert_sign".into()],
+                    ..Default::default()
+                },
+                PolicyError::KeyUsage {
+                    usage: "key_cert_sign".into(),
+                },
+            ),
+            (
+                Requested {
+                    extended_key_usage: vec!["server_auth".into()],
+                    ..Default::default()
+                },
+                PolicyError::ExtendedKeyUsage {
+                    usage: "server_auth".into(),
+                },
+            ),
+            (
+                Requested {
+                    dns_names: vec!["evil.example".into()],
+                    ..Default::default()
+                },
+                PolicyError::DnsName {
+                    name: "evil.example".into(),
+                },
+            ),
         ];
-        for r in cases {
+        for (r, want) in cases {
             let err = profile()
                 .enforce(&csr(&[], r.clone()), Some("d1"))
                 .unwrap_err();
-            assert!(matches!(err, PolicyError::Extension(_)), "{r:?}");
+            assert_eq!(err, want, "{r:?}");
+            assert_eq!(err.rule(), PolicyRule::Extension);
         }
         let ok = Requested {
             dns_names: vec!["d1.devices.acme.test".into()],

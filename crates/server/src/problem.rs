@@ -236,13 +236,12 @@ impl ApiError {
             ApiError::Csr(influxion_pki::CsrError::Malformed(_)) => "csr-malformed",
             ApiError::Csr(influxion_pki::CsrError::BadSignature(_)) => "csr-bad-signature",
             ApiError::Csr(influxion_pki::CsrError::KeyNotAllowed(_)) => "csr-key-not-allowed",
-            ApiError::Policy(influxion_pki::PolicyError::DeviceId(_)) => "invalid-device-id",
-            ApiError::Policy(influxion_pki::PolicyError::KeyType(..)) => "csr-key-not-allowed",
-            ApiError::Policy(influxion_pki::PolicyError::Extension(_)) => "csr-extension-forbidden",
-            ApiError::Policy(
-                influxion_pki::PolicyError::Subject(_)
-                | influxion_pki::PolicyError::NotTheDevice { .. },
-            ) => "csr-subject-not-allowed",
+            ApiError::Policy(e) => match e.rule() {
+                influxion_pki::PolicyRule::DeviceId => "invalid-device-id",
+                influxion_pki::PolicyRule::KeyType => "csr-key-not-allowed",
+                influxion_pki::PolicyRule::Extension => "csr-extension-forbidden",
+                influxion_pki::PolicyRule::Subject => "csr-subject-not-allowed",
+            },
             ApiError::DeviceQuota(_) => "device-quota-exceeded",
             ApiError::BadPassword(_) => "bad-password",
             ApiError::InvalidProfile(_) => "invalid-profile",

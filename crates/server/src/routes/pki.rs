@@ -1242,9 +1242,11 @@ pub async fn issue_with_new_key(
                 .ok_or_else(|| corrupt("profile key types"))?,
         };
         if !spec.key_types.contains(&key_type) {
-            return Err(
-                influxion_pki::PolicyError::KeyType(key_type, spec.allowed_key_types()).into(),
-            );
+            return Err(influxion_pki::PolicyError::KeyType {
+                key_type,
+                allowed: spec.allowed_key_types(),
+            }
+            .into());
         }
         let format = req.format.as_deref().unwrap_or("pkcs12");
         let password = match (format, &req.password) {

@@ -111,22 +111,27 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchKey(k) => ApiError::UnknownKey(k),
             StoreError::PolicyChanged(k) => ApiError::PolicyChanged(k),
             StoreError::NoSuchRequest(r) => ApiError::UnknownRequest(r),
-            StoreError::RequestClosed(s) if s == "expired" => ApiError::RequestExpired,
-            StoreError::RequestClosed(s) => ApiError::RequestClosed(s),
+            StoreError::RequestExpired => ApiError::RequestExpired,
+            StoreError::RequestClosed { status } => ApiError::RequestClosed(status),
             StoreError::SelfApproval => ApiError::SelfApproval,
             StoreError::AlreadyDecided => ApiError::AlreadyDecided,
             StoreError::NotRequester => ApiError::NotRequester,
             StoreError::NoSuchSubject(s) => ApiError::UnknownSubject(s),
             StoreError::DuplicateSubject(s) => ApiError::SubjectExists(s),
-            StoreError::DuplicateGrant(g) => {
-                ApiError::GrantConflict(format!("the subject already has {g}"))
+            StoreError::DuplicateGrant { role, pattern } => {
+                ApiError::GrantConflict(format!("the subject already has {role} on {pattern}"))
             }
             StoreError::NoSuchGrant(g) => {
                 ApiError::GrantConflict(format!("no grant {g} on this subject"))
             }
             StoreError::KeyNotActive(k) => ApiError::KeyDisabled(k),
             StoreError::DuplicateCa(n) => ApiError::CaExists(n),
-            StoreError::CaState(m) => ApiError::CaNotActive(m),
+            // One problem for every CA state refusal; the detail says which.
+            e @ (StoreError::CaNotPending { .. }
+            | StoreError::CaNotIssued { .. }
+            | StoreError::CaNotActive { .. }
+            | StoreError::CaKeyNotActive { .. }
+            | StoreError::CrlOutdated { .. }) => ApiError::CaNotActive(e.to_string()),
             StoreError::DuplicateProfile(n) => ApiError::ProfileExists(n),
             StoreError::NoSuchProfile(n) => ApiError::UnknownProfile(n),
             e @ StoreError::DeviceQuota { .. } => ApiError::DeviceQuota(e.to_string()),

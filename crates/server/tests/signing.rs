@@ -544,22 +544,9 @@ async fn audit_endpoint_verifies_only_new_records() {
 
     // Truncation behind the checkpoint, with a rewritten head, is still reported, and
     // the page is served although the damaged log refuses to record the read.
-    let last: i64 = sqlx::query_scalar("SELECT MAX(seq) FROM audit_log")
-        .fetch_one(store.pool())
-        .await
-        .unwrap();
+    let last = store.recent_audit(1).await.unwrap()[0].seq;
     let keep = last - 2;
-    sqlx::query("DELETE FROM audit_log WHERE seq > ?")
-        .bind(keep)
-        .execute(store.pool())
-        .await
-        .unwrap();
-    sqlx::query("UPDATE audit_head SET seq = ?, hash = (SELECT hash FROM audit_log WHERE seq = ?)")
-        .bind(keep)
-        .bind(keep)
-        .execute(store.pool())
-        .await
-        .unwrap();
+    store.tamper().truncate_audit(keep).await.unwrap();
     let r = page().await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["chain"]["status"], "broken", "{}", r.text);

@@ -12,13 +12,17 @@
 //! Records written before keying have no MAC; they are covered by the first keyed record
 //! or the sealed head through the hash links, and [`reseal`] MACs them individually.
 
+//!
+//! This module holds the chain's rules without I/O: how a record extends the chain
+//! ([`extend`]), when the tip may be appended to ([`check_tip`]), and how a walk over
+//! stored records decides the chain is intact ([`Walk`]). `chain.rs` runs them over a
+//! database connection.
+
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use futures::TryStreamExt;
 use hmac::{Hmac, Mac};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
-use sqlx::{Row, SqliteConnection, SqlitePool};
 use zeroize::Zeroizing;
 
 use crate::StoreError;
@@ -125,7 +129,8 @@ impl Hashed<'_> {
 }
 
 impl AuditRecord {
-    fn computed_hash(&self) -> String {
+    /// The hash of the record's fields as stored (what verification compares `hash` with).
+    pub fn computed_hash(&self) -> String {
         Hashed {
             seq: self.seq,
             at: &self.at,
@@ -166,7 +171,7 @@ impl AuditKey {
     }
 
     /// Constant-time comparison of a stored MAC (hex) with the expected one.
-    fn verify(&self, domain: &[u8], seq: i64, hash: &str, mac_hex: &str) -> bool {
+    pub(crate) fn verify(&self, domain: &[u8], seq: i64, hash: &str, mac_hex: &str) -> bool {
         let Ok(given) = hex::decode(mac_hex) else {
             return false;
         };
@@ -185,62 +190,43 @@ type HmacSha256 = Hmac<Sha256>;
 
 /// Domain labels keep a record's MAC from being replayed as a head's (and vice versa).
 const RECORD_MAC: &[u8] = b"influxion audit record v1";
-const HEAD_MAC: &[u8] = b"influxion audit head v1";
+pub(crate) const HEAD_MAC: &[u8] = b"influxion audit head v1";
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) struct ChainTip {
     pub seq: u64,
     pub hash: String,
 }
 
-struct Head {
-    seq: i64,
-    hash: String,
-    mac: Option<String>,
-}
-
-async fn read_head(conn: &mut SqliteConnection, keyed: bool) -> Result<Option<Head>, StoreError> {
-    let sql = if keyed {
-        "SELECT seq, hash, mac FROM audit_head WHERE id = 1"
-    } else {
-        "SELECT seq, hash, NULL AS mac FROM audit_head WHERE id = 1"
-    };
-    let Some(h) = sqlx::query(sql).fetch_optional(&mut *conn).await? else {
-        return Ok(None);
-    };
-    Ok(Some(Head {
-        seq: h.try_get("seq")?,
-        hash: h.try_get("hash")?,
-        mac: h.try_get("mac")?,
-    }))
-}
-
-async fn last_record(conn: &mut SqliteConnection) -> Result<ChainTip, StoreError> {
-    let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
-        .fetch_optional(&mut *conn)
-        .await?;
-    Ok(match row {
-        Some(r) => ChainTip {
-            seq: r.try_get::<i64, _>("seq")? as u64,
-            hash: r.try_get("hash")?,
-        },
-        None => ChainTip {
+impl ChainTip {
+    /// The tip of an empty log.
+    pub(crate) fn genesis() -> Self {
+        Self {
             seq: 0,
             hash: GENESIS.to_owned(),
-        },
-    })
+        }
+    }
 }
 
-/// The chain tip to append after, inside the writer's transaction. Appending after a
-/// deleted tail, or under a head that is missing or not sealed by our key, would bless
-/// the damage with a fresh seal; stop instead.
-pub(crate) async fn tip(
-    conn: &mut SqliteConnection,
+/// The single head row: the last record's seq and hash, and their seal (None before
+/// keying, or when someone removed it).
+#[derive(Debug, Clone)]
+pub(crate) struct Head {
+    pub seq: i64,
+    pub hash: String,
+    pub mac: Option<String>,
+}
+
+/// The tip to append after, given the last stored record and the head. Appending after
+/// a deleted tail, or under a head that is missing or not sealed by our key, would
+/// bless the damage with a fresh seal; refuse instead.
+pub(crate) fn check_tip(
+    last: ChainTip,
+    head: Option<&Head>,
     key: &AuditKey,
 ) -> Result<ChainTip, StoreError> {
-    let last = last_record(&mut *conn).await?;
     let mismatch = |m: String| Err(StoreError::ChainHeadMismatch(m));
-    let Some(head) = read_head(&mut *conn, true).await? else {
+    let Some(head) = head else {
         return mismatch("the head is missing".into());
     };
     match &head.mac {
@@ -259,14 +245,15 @@ pub(crate) async fn tip(
     Ok(last)
 }
 
-pub(crate) async fn append(
-    conn: &mut SqliteConnection,
-    e: &AuditEvent,
+/// The record that extends the chain after `tip` with `e`, written at `at`: the next
+/// sequence number, the hash linking it to `tip`, and its MAC.
+pub(crate) fn extend(
     tip: &ChainTip,
+    e: &AuditEvent,
+    at: String,
     key: &AuditKey,
-) -> Result<ChainTip, StoreError> {
+) -> Result<AuditRecord, StoreError> {
     let seq = tip.seq as i64 + 1;
-    let at = crate::now_rfc3339();
     let detail = e.detail.to_string();
     let hash = Hashed {
         seq,
@@ -280,105 +267,37 @@ pub(crate) async fn append(
     }
     .hash();
     let mac = key.mac(RECORD_MAC, seq, &hash)?;
-    sqlx::query(
-        "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash, mac)
-         VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-    )
-    .bind(seq)
-    .bind(&at)
-    .bind(&e.actor)
-    .bind(&e.action)
-    .bind(&e.target)
-    .bind(e.outcome.as_str())
-    .bind(&detail)
-    .bind(&tip.hash)
-    .bind(&hash)
-    .bind(&mac)
-    .execute(&mut *conn)
-    .await?;
-    Ok(ChainTip {
-        seq: seq as u64,
+    Ok(AuditRecord {
+        seq,
+        at,
+        actor: e.actor.clone(),
+        action: e.action.clone(),
+        target: e.target.clone(),
+        outcome: e.outcome.as_str().to_owned(),
+        detail,
+        prev_hash: tip.hash.clone(),
         hash,
+        mac: Some(mac),
     })
 }
 
-/// Seal the head at `tip` (seq 0 and the genesis hash for an empty log).
-pub(crate) async fn set_head(
-    conn: &mut SqliteConnection,
-    tip: &ChainTip,
-    key: &AuditKey,
-) -> Result<(), StoreError> {
-    let mac = key.mac(HEAD_MAC, tip.seq as i64, &tip.hash)?;
-    sqlx::query(
-        "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)
-         ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
-    )
-    .bind(tip.seq as i64)
-    .bind(&tip.hash)
-    .bind(&mac)
-    .execute(&mut *conn)
-    .await?;
-    Ok(())
+/// The seal of a head naming `tip` (seq 0 and the genesis hash for an empty log).
+pub(crate) fn head_mac(tip: &ChainTip, key: &AuditKey) -> Result<String, StoreError> {
+    key.mac(HEAD_MAC, tip.seq as i64, &tip.hash)
 }
 
-/// Key a log the first time this version opens it (migration 0007 was applied by this
-/// very open; the caller holds the write lock). A new database gets a sealed genesis
-/// head. An existing one has its head sealed where it stands, and an `audit.keyed`
-/// record marks the moment, so a second such record (someone rewrote the file into the
-/// old schema to be sealed afresh) stands out. A log whose head is missing or disagrees
-/// with the last record is left as it is: verification reports it broken and writes
-/// stop, as before keying.
-pub(crate) async fn key_on_upgrade(
-    conn: &mut SqliteConnection,
-    key: &AuditKey,
-    fresh: bool,
-) -> Result<(), StoreError> {
-    let last = last_record(&mut *conn).await?;
-    let head = read_head(&mut *conn, true).await?;
-    let consistent = match &head {
+/// The MAC of record `seq` with hash `hash` (for re-sealing records from before keying).
+pub(crate) fn record_mac(seq: i64, hash: &str, key: &AuditKey) -> Result<String, StoreError> {
+    key.mac(RECORD_MAC, seq, hash)
+}
+
+/// Whether a head written before keying names the last record (an empty log had none);
+/// only then does keying seal it where it stands.
+pub(crate) fn legacy_head_consistent(head: Option<&Head>, last: &ChainTip) -> bool {
+    match head {
         Some(h) => h.seq as u64 == last.seq && h.hash == last.hash,
         None => last.seq == 0,
-    };
-    if !consistent {
-        tracing::error!("the legacy audit chain head disagrees with the log; not sealing it");
-        return Ok(());
     }
-    if fresh {
-        return set_head(conn, &last, key).await;
-    }
-    let e = AuditEvent::new("system:upgrade", "audit.keyed", Outcome::Ok)
-        .target("audit")
-        .detail(serde_json::json!({"unkeyed_records": last.seq}));
-    let tip = append(conn, &e, &last, key).await?;
-    set_head(conn, &tip, key).await
-}
-
-/// Named, not `*`: the column set differs between schema versions.
-const COLUMNS: &str = "seq, at, actor, action, target, outcome, detail, prev_hash, hash";
-
-fn record_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<AuditRecord, sqlx::Error> {
-    Ok(AuditRecord {
-        seq: r.try_get("seq")?,
-        at: r.try_get("at")?,
-        actor: r.try_get("actor")?,
-        action: r.try_get("action")?,
-        target: r.try_get("target")?,
-        outcome: r.try_get("outcome")?,
-        detail: r.try_get("detail")?,
-        prev_hash: r.try_get("prev_hash")?,
-        hash: r.try_get("hash")?,
-        mac: r.try_get("mac")?,
-    })
-}
-
-pub(crate) async fn recent(pool: &SqlitePool, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-    let rows = sqlx::query(&format!(
-        "SELECT {COLUMNS}, mac FROM audit_log ORDER BY seq DESC LIMIT ?"
-    ))
-    .bind(limit as i64)
-    .fetch_all(pool)
-    .await?;
-    Ok(rows.iter().map(record_from_row).collect::<Result<_, _>>()?)
 }
 
 /// The outcome of walking the chain.
@@ -413,22 +332,31 @@ impl Checkpoint {
     pub(crate) fn seq(&self) -> i64 {
         self.seq
     }
+
+    pub(crate) fn hash(&self) -> &str {
+        &self.hash
+    }
 }
 
-struct Broken(i64, String);
+/// Where the chain breaks (sequence number) and why.
+pub(crate) struct Broken(pub i64, pub String);
 
 /// Walks records in order from a checkpoint (or the start).
-struct Walk<'a> {
+pub(crate) struct Walk<'a> {
     key: Option<&'a AuditKey>,
     next_seq: i64,
-    prev: String,
-    unkeyed: u64,
+    pub(crate) prev: String,
+    pub(crate) unkeyed: u64,
     keyed_seen: bool,
     checked: &'a AtomicU64,
 }
 
 impl<'a> Walk<'a> {
-    fn new(key: Option<&'a AuditKey>, from: Option<&Checkpoint>, checked: &'a AtomicU64) -> Self {
+    pub(crate) fn new(
+        key: Option<&'a AuditKey>,
+        from: Option<&Checkpoint>,
+        checked: &'a AtomicU64,
+    ) -> Self {
         match from {
             Some(c) => Self {
                 key,
@@ -449,7 +377,7 @@ impl<'a> Walk<'a> {
         }
     }
 
-    fn step(&mut self, r: &AuditRecord) -> Result<(), Broken> {
+    pub(crate) fn step(&mut self, r: &AuditRecord) -> Result<(), Broken> {
         self.checked.fetch_add(1, Ordering::Relaxed);
         let seq = r.seq;
         if seq != self.next_seq {
@@ -494,12 +422,12 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn records(&self) -> i64 {
+    pub(crate) fn records(&self) -> i64 {
         self.next_seq - 1
     }
 
     /// The head must exist, carry our seal (on a keyed file) and name the last record.
-    fn check_head(&self, head: Option<&Head>, keyed_file: bool) -> Result<(), Broken> {
+    pub(crate) fn check_head(&self, head: Option<&Head>, keyed_file: bool) -> Result<(), Broken> {
         let records = self.records();
         let after = records + 1;
         let Some(h) = head else {
@@ -533,7 +461,7 @@ impl<'a> Walk<'a> {
     }
 
     /// The head names the last record walked.
-    fn check_head_link(&self, h: &Head) -> Result<(), Broken> {
+    pub(crate) fn check_head_link(&self, h: &Head) -> Result<(), Broken> {
         let records = self.records();
         if h.seq > records {
             return Err(Broken(
@@ -556,7 +484,7 @@ impl<'a> Walk<'a> {
         Ok(())
     }
 
-    fn checkpoint(&self) -> Checkpoint {
+    pub(crate) fn checkpoint(&self) -> Checkpoint {
         Checkpoint {
             seq: self.records(),
             hash: self.prev.clone(),
@@ -564,93 +492,6 @@ impl<'a> Walk<'a> {
             keyed_seen: self.keyed_seen,
         }
     }
-}
-
-/// Whether the file has the keyed schema (migration 0007); a read-only copy of an old
-/// database may not.
-async fn keyed_schema(conn: &mut SqliteConnection) -> Result<bool, StoreError> {
-    let n: i64 = sqlx::query_scalar(
-        "SELECT COUNT(*) FROM pragma_table_info('audit_head') WHERE name = 'mac'",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    Ok(n > 0)
-}
-
-/// Verify from `from` (a checkpoint an earlier call returned) or from the start, in one
-/// read snapshot so that appends committing meanwhile cannot look like a deletion.
-/// `key: None` checks the hash links only. Returns the report and, when intact, the
-/// checkpoint to resume from.
-pub(crate) async fn verify(
-    pool: &SqlitePool,
-    key: Option<&AuditKey>,
-    from: Option<&Checkpoint>,
-    checked: &AtomicU64,
-) -> Result<(ChainReport, Option<Checkpoint>), StoreError> {
-    let mut conn = pool.acquire().await?;
-    sqlx::query("BEGIN").execute(&mut *conn).await?;
-    let r = verify_in(&mut conn, key, from, checked).await;
-    let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
-    r
-}
-
-async fn verify_in(
-    conn: &mut SqliteConnection,
-    key: Option<&AuditKey>,
-    from: Option<&Checkpoint>,
-    checked: &AtomicU64,
-) -> Result<(ChainReport, Option<Checkpoint>), StoreError> {
-    let broken = |b: Broken| {
-        Ok((
-            ChainReport::Broken {
-                seq: b.0,
-                reason: b.1,
-            },
-            None,
-        ))
-    };
-    let keyed_file = keyed_schema(&mut *conn).await?;
-    if let Some(c) = from.filter(|c| c.seq > 0) {
-        // Records up to the checkpoint were verified before; that the checkpoint record
-        // is still there, unchanged, shows the log was not truncated or rolled back past it.
-        let hash: Option<String> = sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = ?")
-            .bind(c.seq)
-            .fetch_optional(&mut *conn)
-            .await?;
-        if hash.as_deref() != Some(c.hash.as_str()) {
-            return broken(Broken(
-                c.seq,
-                format!(
-                    "record {}, verified earlier, was deleted or rewritten",
-                    c.seq
-                ),
-            ));
-        }
-    }
-    let mut walk = Walk::new(key, from, checked);
-    let mac = if keyed_file { "mac" } else { "NULL AS mac" };
-    let sql = format!("SELECT {COLUMNS}, {mac} FROM audit_log WHERE seq > ? ORDER BY seq");
-    {
-        let mut rows = sqlx::query(&sql).bind(walk.records()).fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            if let Err(b) = walk.step(&record_from_row(&row)?) {
-                return broken(b);
-            }
-        }
-    }
-    let head = read_head(&mut *conn, keyed_file).await?;
-    if let Err(b) = walk.check_head(head.as_ref(), keyed_file) {
-        return broken(b);
-    }
-    Ok((
-        ChainReport::Intact {
-            records: walk.records() as u64,
-            head: walk.prev.clone(),
-            unkeyed: walk.unkeyed,
-            keyed: keyed_file && key.is_some(),
-        },
-        Some(walk.checkpoint()),
-    ))
 }
 
 /// What [`reseal`] did.
@@ -665,490 +506,127 @@ pub struct ResealReport {
     pub seq: u64,
 }
 
-/// MAC the unkeyed records from `from` on, after verifying the whole chain, and record
-/// it as `event` (detail replaced by what was done), all in one write transaction.
-/// Refuses a chain that is broken anywhere, whose head is missing, or whose head MAC
-/// fails: a re-seal vouches for the log as it stands and must not bless damage. An
-/// unsealed head that names the last record is sealed (and the record says so).
-pub(crate) async fn reseal(
-    conn: &mut SqliteConnection,
-    key: &AuditKey,
-    from: i64,
-    event: &AuditEvent,
-) -> Result<ResealReport, StoreError> {
-    let refuse = |m: String| Err(StoreError::Reseal(m));
-    let checked = AtomicU64::new(0);
-    let mut walk = Walk::new(Some(key), None, &checked);
-    let mut to_seal = Vec::new();
-    {
-        let sql = format!("SELECT {COLUMNS}, mac FROM audit_log ORDER BY seq");
-        let mut rows = sqlx::query(&sql).fetch(&mut *conn);
-        while let Some(row) = rows.try_next().await? {
-            let r = record_from_row(&row)?;
-            if let Err(Broken(seq, reason)) = walk.step(&r) {
-                return refuse(format!("record {seq}: {reason}"));
-            }
-            if r.mac.is_none() && r.seq >= from {
-                to_seal.push((r.seq, r.hash));
-            }
-        }
-    }
-    let head = read_head(&mut *conn, true).await?;
-    let head_was_unsealed = head.as_ref().is_some_and(|h| h.mac.is_none());
-    let Some(h) = &head else {
-        return refuse("the chain head is missing: the end of the log is unknown".into());
-    };
-    if h.mac
-        .as_ref()
-        .is_some_and(|m| !key.verify(HEAD_MAC, h.seq, &h.hash, m))
-    {
-        return refuse(
-            "the chain head's MAC does not verify: it was rewritten without the audit key".into(),
-        );
-    }
-    if let Err(Broken(_, reason)) = walk.check_head_link(h) {
-        return refuse(reason);
-    }
-    for (seq, hash) in &to_seal {
-        sqlx::query("UPDATE audit_log SET mac = ? WHERE seq = ?")
-            .bind(key.mac(RECORD_MAC, *seq, hash)?)
-            .bind(seq)
-            .execute(&mut *conn)
-            .await?;
-    }
-    let tip = ChainTip {
-        seq: walk.records() as u64,
-        hash: walk.prev.clone(),
-    };
-    let e = event.clone().detail(serde_json::json!({
-        "from": from,
-        "sealed": to_seal.len(),
-        "through": tip.seq,
-        "head_was_unsealed": head_was_unsealed,
-    }));
-    let tip = append(conn, &e, &tip, key).await?;
-    set_head(conn, &tip, key).await?;
-    Ok(ResealReport {
-        sealed: to_seal.len() as u64,
-        head_was_unsealed,
-        seq: tip.seq,
-    })
-}
-
 #[cfg(test)]
 mod tests {
-    use crate::{AuditEvent, AuditKey, ChainReport, Outcome, Store, StoreError};
+    #![allow(clippy::unwrap_used)]
 
-    fn key() -> AuditKey {
-        AuditKey::new(zeroize::Zeroizing::new([7u8; 32]))
+    use super::*;
+
+    fn key(b: u8) -> AuditKey {
+        AuditKey::new(Zeroizing::new([b; 32]))
     }
 
-    fn url(dir: &tempfile::TempDir) -> String {
-        format!("sqlite://{}/t.db", dir.path().display())
-    }
-
-    async fn exec(s: &Store, sql: &str) {
-        sqlx::query(sql).execute(s.pool()).await.unwrap();
-    }
-
-    async fn hash_of(s: &Store, seq: i64) -> String {
-        sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = ?")
-            .bind(seq)
-            .fetch_one(s.pool())
-            .await
-            .unwrap()
-    }
-
-    fn broken(r: ChainReport) -> (i64, String) {
-        match r {
-            ChainReport::Broken { seq, reason } => (seq, reason),
-            other => panic!("expected broken, got {other:?}"),
-        }
-    }
-
-    async fn store_with(n: usize) -> (tempfile::TempDir, Store) {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&url(&dir), key()).await.unwrap();
+    /// `n` records extending the genesis tip, and the head sealing the last.
+    fn chain(n: usize, k: &AuditKey) -> (Vec<AuditRecord>, Head) {
+        let mut tip = ChainTip::genesis();
+        let mut out = Vec::new();
         for i in 0..n {
-            store
-                .audit(AuditEvent::new("tester", "test", Outcome::Ok).target(format!("t{i}")))
-                .await
-                .unwrap();
+            let e = AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string());
+            let r = extend(&tip, &e, "2026-01-01T00:00:00Z".into(), k).unwrap();
+            tip = ChainTip {
+                seq: r.seq as u64,
+                hash: r.hash.clone(),
+            };
+            out.push(r);
         }
-        (dir, store)
-    }
-
-    #[tokio::test]
-    async fn intact_chain_verifies() {
-        let (_d, s) = store_with(5).await;
-        assert!(matches!(
-            s.verify_audit_chain().await.unwrap(),
-            ChainReport::Intact { records: 5, .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_form_one_chain() {
-        let (_d, s) = store_with(0).await;
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let s = s.clone();
-            tasks.push(tokio::spawn(async move {
-                s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string()))
-                    .await
-            }));
-        }
-        let mut seqs = Vec::new();
-        for t in tasks {
-            seqs.push(t.await.unwrap().unwrap());
-        }
-        seqs.sort();
-        assert_eq!(seqs, (1..=200).collect::<Vec<_>>());
-        assert!(matches!(
-            s.verify_audit_chain().await.unwrap(),
-            ChainReport::Intact { records: 200, .. }
-        ));
-    }
-
-    #[tokio::test]
-    async fn altered_record_is_pinpointed() {
-        let (_d, s) = store_with(5).await;
-        sqlx::query("UPDATE audit_log SET actor = 'mallory' WHERE seq = 3")
-            .execute(s.pool())
-            .await
-            .unwrap();
-        match s.verify_audit_chain().await.unwrap() {
-            ChainReport::Broken { seq, .. } => assert_eq!(seq, 3),
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn deleted_record_is_pinpointed() {
-        let (_d, s) = store_with(5).await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 2")
-            .execute(s.pool())
-            .await
-            .unwrap();
-        match s.verify_audit_chain().await.unwrap() {
-            ChainReport::Broken { seq, reason } => {
-                assert_eq!(seq, 2);
-                assert!(reason.contains("missing"), "{reason}");
-            }
-            other => panic!("{other:?}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn key_use_of_a_disabled_key_writes_nothing() {
-        use influxion_core::{KeyStatus, KeyType};
-        let (_d, s) = store_with(0).await;
-        let key = crate::KeyRecord {
-            id: "k1".into(),
-            name: "fw".parse().unwrap(),
-            key_type: KeyType::EcP256,
-            backend: "software".into(),
-            status: KeyStatus::Active,
-            public_key: vec![1],
-            handle: vec![2],
-            created_at: crate::now_rfc3339(),
-            created_by: "t".into(),
-            policy: Default::default(),
-            purpose: Default::default(),
+        let head = Head {
+            seq: tip.seq as i64,
+            hash: tip.hash.clone(),
+            mac: Some(head_mac(&tip, k).unwrap()),
         };
-        s.insert_key(key, AuditEvent::new("t", "key.create", Outcome::Ok))
-            .await
-            .unwrap();
-        assert_eq!(
-            s.audit_key_use("k1", AuditEvent::new("t", "sign", Outcome::Ok))
-                .await
-                .unwrap(),
-            2
-        );
-        let name = "fw".parse().unwrap();
-        s.set_key_status(
-            &name,
-            KeyStatus::Disabled,
-            AuditEvent::new("t", "key.disable", Outcome::Ok),
-        )
-        .await
-        .unwrap();
-        let r = s
-            .audit_key_use("k1", AuditEvent::new("t", "sign", Outcome::Ok))
-            .await;
-        assert!(
-            matches!(r, Err(crate::StoreError::KeyNotActive(_))),
-            "{r:?}"
-        );
-        assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.disable");
+        (out, head)
     }
 
-    #[tokio::test]
-    async fn writes_stop_after_the_tail_was_deleted() {
-        let (_d, s) = store_with(3).await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 3")
-            .execute(s.pool())
-            .await
-            .unwrap();
-        let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
-        assert!(r.is_err(), "{r:?}");
-        match s.verify_audit_chain().await.unwrap() {
-            ChainReport::Broken { seq, .. } => assert_eq!(seq, 3),
-            other => panic!("{other:?}"),
+    fn walk(records: &[AuditRecord], head: &Head, k: &AuditKey) -> Result<i64, i64> {
+        let checked = AtomicU64::new(0);
+        let mut w = Walk::new(Some(k), None, &checked);
+        for r in records {
+            w.step(r).map_err(|b| b.0)?;
         }
+        w.check_head(Some(head), true).map_err(|b| b.0)?;
+        Ok(w.records())
     }
 
-    #[tokio::test]
-    async fn deleted_tail_is_detected() {
-        let (_d, s) = store_with(5).await;
-        sqlx::query("DELETE FROM audit_log WHERE seq = 5")
-            .execute(s.pool())
-            .await
-            .unwrap();
-        match s.verify_audit_chain().await.unwrap() {
-            ChainReport::Broken { seq, .. } => assert_eq!(seq, 5),
-            other => panic!("{other:?}"),
-        }
+    #[test]
+    fn extending_links_each_record_to_the_one_before() {
+        let k = key(1);
+        let (records, head) = chain(3, &k);
+        assert_eq!(records[0].prev_hash, GENESIS);
+        assert_eq!(records[1].prev_hash, records[0].hash);
+        assert!(records.iter().all(|r| r.computed_hash() == r.hash));
+        assert_eq!(walk(&records, &head, &k), Ok(3));
     }
 
-    #[tokio::test]
-    async fn fresh_empty_log_is_intact_and_keyed() {
-        let (_d, s) = store_with(0).await;
-        assert_eq!(
-            s.verify_audit_chain().await.unwrap(),
-            ChainReport::Intact {
-                records: 0,
-                head: super::GENESIS.into(),
-                unkeyed: 0,
-                keyed: true
-            }
-        );
+    #[test]
+    fn a_walk_pinpoints_alteration_gaps_and_foreign_macs() {
+        let k = key(1);
+        let (records, head) = chain(4, &k);
+        let mut altered = records.clone();
+        altered[2].actor = "mallory".into();
+        assert_eq!(walk(&altered, &head, &k), Err(3));
+        let gap = [&records[..1], &records[2..]].concat();
+        assert_eq!(walk(&gap, &head, &k), Err(2));
+        assert_eq!(walk(&records, &head, &key(2)), Err(1));
+        let short = &records[..3];
+        assert_eq!(walk(short, &head, &k), Err(4));
     }
 
-    #[tokio::test]
-    async fn truncation_with_a_rewritten_head_is_broken() {
-        let (_d, s) = store_with(5).await;
-        let h3 = hash_of(&s, 3).await;
-        exec(&s, "DELETE FROM audit_log WHERE seq > 3").await;
-        exec(&s, &format!("UPDATE audit_head SET seq = 3, hash = '{h3}'")).await;
-        let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
-        assert_eq!(seq, 4);
-        assert!(reason.contains("head's MAC does not verify"), "{reason}");
-        // A record's MAC is no head MAC: the labels differ.
-        exec(
-            &s,
-            "UPDATE audit_head SET mac = (SELECT mac FROM audit_log WHERE seq = 3)",
-        )
-        .await;
-        let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
-        assert_eq!((seq, reason.contains("MAC")), (4, true), "{reason}");
-        // Nor can the writer be used to bless the truncation with a fresh seal.
-        let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
-        assert!(matches!(r, Err(StoreError::ChainHeadMismatch(_))), "{r:?}");
-        let r = s
-            .reseal_audit(1, AuditEvent::new("t", "audit.reseal", Outcome::Ok))
-            .await;
-        assert!(matches!(r, Err(StoreError::Reseal(_))), "{r:?}");
-    }
-
-    #[tokio::test]
-    async fn rewritten_record_with_recomputed_hash_fails_its_mac() {
-        let (_d, s) = store_with(5).await;
-        let r = s.recent_audit(1).await.unwrap().remove(0);
-        let forged = super::AuditRecord {
-            actor: "mallory".into(),
-            ..r
+    #[test]
+    fn the_tip_is_refused_under_a_missing_unsealed_foreign_or_stale_head() {
+        let k = key(1);
+        let (records, head) = chain(2, &k);
+        let last = ChainTip {
+            seq: 2,
+            hash: records[1].hash.clone(),
         };
-        let hash = forged.computed_hash();
-        exec(
-            &s,
-            &format!("UPDATE audit_log SET actor = 'mallory', hash = '{hash}' WHERE seq = 5"),
-        )
-        .await;
-        exec(&s, &format!("UPDATE audit_head SET hash = '{hash}'")).await;
-        let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
-        assert_eq!(seq, 5);
-        assert!(reason.contains("record's MAC does not verify"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn missing_head_after_records_existed_is_broken() {
-        let (_d, s) = store_with(3).await;
-        exec(&s, "DELETE FROM audit_log").await;
-        exec(&s, "DELETE FROM audit_head").await;
-        let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
-        assert_eq!(seq, 1);
-        assert!(reason.contains("head is missing"), "{reason}");
-        let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
-        assert!(matches!(r, Err(StoreError::ChainHeadMismatch(_))), "{r:?}");
-        // An empty log loses its sealed genesis head the same way.
-        let (_d, s) = store_with(0).await;
-        exec(&s, "DELETE FROM audit_head").await;
-        assert_eq!(broken(s.verify_audit_chain().await.unwrap()).0, 1);
-        // And an unsealed head is not accepted in place of a sealed one.
-        let (_d, s) = store_with(2).await;
-        exec(&s, "UPDATE audit_head SET mac = NULL").await;
-        let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
-        assert_eq!(seq, 3);
-        assert!(reason.contains("not sealed"), "{reason}");
-    }
-
-    #[tokio::test]
-    async fn verifying_without_the_key_checks_links_only() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&url(&dir), key()).await.unwrap();
-        s.audit(AuditEvent::new("t", "x", Outcome::Ok))
-            .await
-            .unwrap();
-        let other = AuditKey::new(zeroize::Zeroizing::new([8u8; 32]));
-        let (seq, reason) = broken(
-            Store::verify_database(&url(&dir), Some(&other))
-                .await
-                .unwrap(),
-        );
-        assert_eq!(seq, 1);
-        assert!(reason.contains("MAC"), "{reason}");
-        assert!(matches!(
-            Store::verify_database(&url(&dir), None).await.unwrap(),
-            ChainReport::Intact {
-                records: 1,
-                keyed: false,
-                ..
-            }
-        ));
-    }
-
-    /// Rewrite a keyed store into the schema before migration 0007, as a database
-    /// written by an older version looks.
-    async fn downgrade(s: Store) {
-        for sql in [
-            "ALTER TABLE audit_log DROP COLUMN mac",
-            "ALTER TABLE audit_head DROP COLUMN mac",
-            "DELETE FROM _sqlx_migrations WHERE version = 7",
-        ] {
-            exec(&s, sql).await;
-        }
-        s.pool().close().await;
-    }
-
-    #[tokio::test]
-    async fn unkeyed_records_verify_and_reseal_keys_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&url(&dir), key()).await.unwrap();
-        for i in 0..3 {
-            s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string()))
-                .await
-                .unwrap();
-        }
-        downgrade(s).await;
-        // An old file verifies as before, and says it is not keyed.
-        assert!(matches!(
-            Store::verify_database(&url(&dir), Some(&key()))
-                .await
-                .unwrap(),
-            ChainReport::Intact {
-                records: 3,
-                unkeyed: 3,
-                keyed: false,
-                ..
-            }
-        ));
-
-        // Opening it keys it: the head is sealed and the moment recorded.
-        let s = Store::open(&url(&dir), key()).await.unwrap();
-        let rec = s.recent_audit(1).await.unwrap().remove(0);
-        assert_eq!((rec.seq, rec.action.as_str()), (4, "audit.keyed"));
-        assert_eq!(rec.detail, r#"{"unkeyed_records":3}"#);
-        assert!(matches!(
-            s.verify_audit_chain().await.unwrap(),
-            ChainReport::Intact {
-                records: 4,
-                unkeyed: 3,
-                keyed: true,
-                ..
-            }
-        ));
-        // The old records are covered through the links: truncating them still fails.
-        exec(&s, "DELETE FROM audit_log WHERE seq = 3").await;
-        assert_eq!(broken(s.verify_audit_chain().await.unwrap()).0, 3);
-        let r = s
-            .reseal_audit(1, AuditEvent::new("t", "audit.reseal", Outcome::Ok))
-            .await;
-        assert!(matches!(r, Err(StoreError::Reseal(_))), "{r:?}");
-    }
-
-    #[tokio::test]
-    async fn reseal_from_a_sequence_number_is_audited() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&url(&dir), key()).await.unwrap();
-        for _ in 0..3 {
-            s.audit(AuditEvent::new("t", "x", Outcome::Ok))
-                .await
-                .unwrap();
-        }
-        downgrade(s).await;
-        let s = Store::open(&url(&dir), key()).await.unwrap();
-        let r = s
-            .reseal_audit(
-                2,
-                AuditEvent::new("operator", "audit.reseal", Outcome::Ok).target("audit"),
+        assert_eq!(check_tip(last.clone(), Some(&head), &k).unwrap(), last);
+        let refused = |h: Option<&Head>, k: &AuditKey| {
+            matches!(
+                check_tip(last.clone(), h, k),
+                Err(StoreError::ChainHeadMismatch(_))
             )
-            .await
-            .unwrap();
-        assert_eq!((r.sealed, r.seq, r.head_was_unsealed), (2, 5, false));
-        let rec = s.recent_audit(1).await.unwrap().remove(0);
-        assert_eq!(
-            (rec.actor.as_str(), rec.action.as_str()),
-            ("operator", "audit.reseal")
-        );
-        assert_eq!(
-            serde_json::from_str::<serde_json::Value>(&rec.detail).unwrap(),
-            serde_json::json!({"from": 2, "sealed": 2, "through": 4, "head_was_unsealed": false})
-        );
-        assert!(matches!(
-            s.verify_audit_chain().await.unwrap(),
-            ChainReport::Intact {
-                records: 5,
-                unkeyed: 1,
-                keyed: true,
-                ..
-            }
+        };
+        assert!(refused(None, &k));
+        assert!(refused(
+            Some(&Head {
+                mac: None,
+                ..head.clone()
+            }),
+            &k
         ));
-        // Now a rewritten record 2 is pinpointed by its own MAC.
-        exec(
-            &s,
-            "UPDATE audit_log SET mac = (SELECT mac FROM audit_log WHERE seq = 3) WHERE seq = 2",
-        )
-        .await;
-        let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
-        assert_eq!(seq, 2);
-        assert!(reason.contains("MAC"), "{reason}");
+        assert!(refused(Some(&head), &key(2)));
+        let stale = Head {
+            seq: 1,
+            hash: records[0].hash.clone(),
+            mac: Some(
+                head_mac(
+                    &ChainTip {
+                        seq: 1,
+                        hash: records[0].hash.clone(),
+                    },
+                    &k,
+                )
+                .unwrap(),
+            ),
+        };
+        assert!(refused(Some(&stale), &k));
     }
 
-    #[tokio::test]
-    async fn incremental_verification_checks_only_new_records() {
-        let (_d, s) = store_with(10).await;
-        assert!(matches!(
-            s.verify_audit_chain_incremental().await.unwrap(),
-            ChainReport::Intact { records: 10, .. }
-        ));
-        assert_eq!(s.audit_records_checked(), 10);
-        for _ in 0..3 {
-            s.audit(AuditEvent::new("t", "x", Outcome::Ok))
-                .await
-                .unwrap();
-        }
-        assert!(matches!(
-            s.verify_audit_chain_incremental().await.unwrap(),
-            ChainReport::Intact { records: 13, .. }
-        ));
-        assert_eq!(s.audit_records_checked(), 13);
-        // Truncating behind the checkpoint is still noticed (the checkpoint record is gone).
-        let h = hash_of(&s, 11).await;
-        exec(&s, "DELETE FROM audit_log WHERE seq > 11").await;
-        exec(&s, &format!("UPDATE audit_head SET seq = 11, hash = '{h}'")).await;
-        let (seq, reason) = broken(s.verify_audit_chain_incremental().await.unwrap());
-        assert_eq!(seq, 13);
-        assert!(reason.contains("verified earlier"), "{reason}");
+    #[test]
+    fn a_legacy_head_is_sealed_only_where_it_names_the_last_record() {
+        let genesis = ChainTip::genesis();
+        assert!(legacy_head_consistent(None, &genesis));
+        let last = ChainTip {
+            seq: 2,
+            hash: "h2".into(),
+        };
+        assert!(!legacy_head_consistent(None, &last));
+        let head = |seq: i64, hash: &str| Head {
+            seq,
+            hash: hash.into(),
+            mac: None,
+        };
+        assert!(legacy_head_consistent(Some(&head(2, "h2")), &last));
+        assert!(!legacy_head_consistent(Some(&head(1, "h1")), &last));
     }
 }

@@ -1,160 +1,58 @@
-//! Persistence for the keyserver: keys and the hash-chained audit log.
+//! Persistence for the keyserver: keys, subjects, signing requests, policy changes, the
+//! device CA's records and the hash-chained audit log.
 //!
 //! All writes go through one writer task that batches concurrent operations into a
 //! single transaction (group commit): every operation and its audit record commit
-//! together, the commit is durable (`synchronous = FULL`) before any caller is told
-//! it succeeded, and the hash chain is extended by exactly one writer, in order.
+//! together, the commit is durable before any caller is told it succeeded, and the hash
+//! chain is extended by exactly one writer, in order.
+//!
+//! [`Store`] is the facade the server uses. Under it, the rules (`rules.rs`, `apply.rs`,
+//! `audit.rs`, `chain.rs`) are database-independent and speak to a database through the
+//! traits in `db.rs`; each database (`sqlite/`) implements them with its own SQL and
+//! migrations (`migrations/<db>`), and `databases.rs` picks one by URL.
 
 pub mod access;
+mod apply;
 pub mod audit;
-mod pending;
+mod ca;
+mod chain;
+mod databases;
+mod db;
+mod error;
+mod keys;
+mod ops;
 pub mod pki;
 pub mod policy_changes;
+mod rules;
+mod sqlite;
+#[cfg(feature = "test-helpers")]
+pub mod test_helpers;
 mod writer;
 
-use std::str::FromStr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
-use influxion_core::{Grant, KeyName, KeyStatus, KeyType, Permissions, Principal};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, SqlitePool};
+use influxion_core::{Grant, KeyName, KeyStatus, Permissions, Principal};
 use tokio::sync::{mpsc, oneshot};
 
 pub use access::{
     ApprovalRecord, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord,
 };
 pub use audit::{AuditEvent, AuditKey, AuditRecord, ChainReport, Outcome, ResealReport};
+pub use error::StoreError;
+pub use keys::{KeyPurpose, KeyRecord};
 pub use policy_changes::PolicyChange;
 pub use writer::Applied;
-use writer::{Job, Op};
 
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    #[error("database error: {0}")]
-    Db(#[from] sqlx::Error),
-    #[error("migration failed: {0}")]
-    Migrate(#[from] sqlx::migrate::MigrateError),
-    #[error("a key named {0} already exists")]
-    DuplicateKey(String),
-    #[error("no key named {0}")]
-    NoSuchKey(String),
-    #[error("the policy of key {0} changed while this change was being decided")]
-    PolicyChanged(String),
-    #[error("key {0} is not active")]
-    KeyNotActive(String),
-    #[error("the audit chain head disagrees with the log ({0}); refusing to write until an operator investigates")]
-    ChainHeadMismatch(String),
-    #[error("a subject named {0} already exists")]
-    DuplicateSubject(String),
-    #[error("no subject {0}")]
-    NoSuchSubject(String),
-    #[error("the subject already has the grant {0}")]
-    DuplicateGrant(String),
-    #[error("no grant {0}")]
-    NoSuchGrant(String),
-    #[error("no signing request {0}")]
-    NoSuchRequest(String),
-    #[error("the signing request is no longer pending (it is {0})")]
-    RequestClosed(String),
-    #[error("the requester cannot approve their own request")]
-    SelfApproval,
-    #[error("this approver has already decided on the request")]
-    AlreadyDecided,
-    #[error("only the requester can cancel a request")]
-    NotRequester,
-    #[error("this vote completes the quorum; it must carry the signature")]
-    NeedSignature,
-    #[error("the transaction failed to commit: {0}")]
-    Commit(String),
-    #[error("the store writer has stopped")]
-    Closed,
-    #[error("a CA named {0} already exists")]
-    DuplicateCa(String),
-    #[error("{0}")]
-    CaState(String),
-    #[error("a profile named {0} already exists")]
-    DuplicateProfile(String),
-    #[error("no profile named {0}")]
-    NoSuchProfile(String),
-    #[error("device {device_id} already has {max} valid certificate(s) from this profile")]
-    DeviceQuota { device_id: String, max: u32 },
-    #[error("serial {0} is already taken")]
-    DuplicateCertificate(String),
-    #[error("certificate {0} is already revoked")]
-    AlreadyRevoked(String),
-    #[error("no certificate with serial {0}")]
-    NoSuchCertificate(String),
-    #[error("no CA named {0}")]
-    NoSuchCa(String),
-    #[error("CA {0} is already revoked")]
-    CaAlreadyRevoked(String),
-    #[error("CA {0} has no parent held here")]
-    CaWithoutParent(String),
-    #[error("profile {0} has issued certificates")]
-    ProfileInUse(String),
-    #[error("refusing to re-seal the audit log: {0}")]
-    Reseal(String),
-    #[error("stored data is invalid: {0}")]
-    Corrupt(String),
-}
-
-/// A key as the store keeps it.
-#[derive(Debug, Clone)]
-pub struct KeyRecord {
-    pub id: String,
-    pub name: KeyName,
-    pub key_type: KeyType,
-    pub backend: String,
-    pub status: KeyStatus,
-    pub public_key: Vec<u8>,
-    pub handle: Vec<u8>,
-    pub created_at: String,
-    pub created_by: String,
-    pub policy: KeyPolicy,
-    /// `Sign` keys sign digests over the API; `Ca` keys only their CA's certificates.
-    pub purpose: KeyPurpose,
-}
-
-/// The registry finds a key's backend by the name recorded with it.
-impl influxion_core::BackendKey for KeyRecord {
-    fn backend_name(&self) -> &str {
-        &self.backend
-    }
-    fn key_id(&self) -> &str {
-        &self.id
-    }
-    fn key_type(&self) -> KeyType {
-        self.key_type
-    }
-    fn handle(&self) -> &[u8] {
-        &self.handle
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum KeyPurpose {
-    #[default]
-    Sign,
-    Ca,
-}
-
-impl KeyPurpose {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            KeyPurpose::Sign => "sign",
-            KeyPurpose::Ca => "ca",
-        }
-    }
-}
+use db::{Database, Lock};
+use ops::Op;
+use writer::Job;
 
 type SubjectCache = Arc<RwLock<Option<(u64, Arc<Vec<SubjectRecord>>)>>>;
 
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    db: Arc<dyn Database>,
     writer: mpsc::Sender<Job>,
     /// Bumped by the writer whenever subjects or grants change; the cache below is
     /// reloaded when it differs. (One process per SQLite file; PostgreSQL replicas
@@ -172,54 +70,26 @@ pub struct Store {
     audit_checked: Arc<AtomicU64>,
 }
 
-/// Migration that keys the audit chain; see [`audit::key_on_upgrade`].
-const KEYED_AUDIT_MIGRATION: i64 = 7;
-
 impl Store {
     /// Open (creating if needed) the database at `url` (e.g. `sqlite:///var/lib/influxion/db.sqlite`)
     /// and run migrations. `audit_key` (derived from the KEK) seals the audit chain.
     pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self, StoreError> {
-        let opts = SqliteConnectOptions::from_str(url)?
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            // FULL: the WAL is fsynced at every commit, so an acknowledged audit record
-            // survives power loss.
-            .synchronous(SqliteSynchronous::Full)
-            .foreign_keys(true)
-            .busy_timeout(Duration::from_secs(10));
-        // Migrations on their own connection, closed afterwards: sqlx caches a prepared
-        // statement's columns, and a statement prepared before a schema change would
-        // read rows of the new shape with the old column list.
-        let mut setup: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
-        let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
-            .fetch_all(&mut setup)
-            .await
-        {
-            Ok(v) => v,
-            // No migrations table: a new database.
-            Err(sqlx::Error::Database(_)) => Vec::new(),
-            Err(e) => return Err(e.into()),
-        };
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&mut setup)
-            .await?;
-        sqlx::Connection::close(setup).await?;
-        let pool = SqlitePoolOptions::new()
-            .max_connections(8)
-            .connect_with(opts.clone())
-            .await?;
+        let db::Opened {
+            db,
+            writer: mut conn,
+            keying,
+        } = databases::open(url).await?;
         let audit_key = Arc::new(audit_key);
-        let mut conn: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
-        if !applied.contains(&KEYED_AUDIT_MIGRATION) {
-            // Applied just now: seal the log once, before anything else writes to it.
-            sqlx::query("BEGIN IMMEDIATE").execute(&mut conn).await?;
-            match audit::key_on_upgrade(&mut conn, &audit_key, applied.is_empty()).await {
-                Ok(()) => sqlx::query("COMMIT").execute(&mut conn).await?,
+        if let Some(fresh) = keying {
+            // Keyed just now: seal the log once, before anything else writes to it.
+            conn.begin(Lock::Write).await?;
+            match chain::key_on_upgrade(conn.as_mut(), &audit_key, fresh).await {
+                Ok(()) => conn.commit().await?,
                 Err(e) => {
-                    let _ = sqlx::query("ROLLBACK").execute(&mut conn).await;
+                    let _ = conn.rollback().await;
                     return Err(e);
                 }
-            };
+            }
         }
         let (tx, rx) = mpsc::channel(4096);
         let subjects_gen = Arc::new(AtomicU64::new(1));
@@ -232,7 +102,7 @@ impl Store {
             audit_key.clone(),
         ));
         Ok(Self {
-            pool,
+            db,
             writer: tx,
             subjects_gen,
             subjects: Arc::new(RwLock::new(None)),
@@ -249,7 +119,7 @@ impl Store {
         self.pki_gen.load(Ordering::Acquire)
     }
 
-    async fn submit_op(&self, op: Op, audit: AuditEvent) -> Result<Applied, StoreError> {
+    pub(crate) async fn submit_op(&self, op: Op, audit: AuditEvent) -> Result<Applied, StoreError> {
         let (done, wait) = oneshot::channel();
         self.writer
             .send(Job { op, audit, done })
@@ -258,7 +128,7 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    async fn submit(&self, op: Op, audit: AuditEvent) -> Result<u64, StoreError> {
+    pub(crate) async fn submit(&self, op: Op, audit: AuditEvent) -> Result<u64, StoreError> {
         self.submit_op(op, audit).await.map(|a| a.seq)
     }
 
@@ -272,7 +142,7 @@ impl Store {
                 }
             }
         }
-        let loaded = Arc::new(access::load_subjects(&self.pool).await?);
+        let loaded = Arc::new(self.db.subjects().await?);
         if let Ok(mut c) = self.subjects.write() {
             *c = Some((generation, loaded.clone()));
         }
@@ -409,7 +279,7 @@ impl Store {
     }
 
     pub async fn get_policy_change(&self, id: &str) -> Result<Option<PolicyChange>, StoreError> {
-        pending::get::<PolicyChange>(&self.pool, id).await
+        self.db.policy_change(id).await
     }
 
     pub async fn list_policy_changes(
@@ -417,11 +287,11 @@ impl Store {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<PolicyChange>, StoreError> {
-        pending::list::<PolicyChange>(&self.pool, status, limit).await
+        self.db.policy_changes(status, limit).await
     }
 
     pub async fn get_request(&self, id: &str) -> Result<Option<SigningRequest>, StoreError> {
-        pending::get::<SigningRequest>(&self.pool, id).await
+        self.db.signing_request(id).await
     }
 
     pub async fn list_requests(
@@ -429,7 +299,7 @@ impl Store {
         status: Option<&str>,
         limit: u32,
     ) -> Result<Vec<SigningRequest>, StoreError> {
-        pending::list::<SigningRequest>(&self.pool, status, limit).await
+        self.db.signing_requests(status, limit).await
     }
 
     /// Append an audit record on its own (a signature, a refusal). Returns its sequence
@@ -461,31 +331,20 @@ impl Store {
     }
 
     pub async fn get_key(&self, name: &KeyName) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM keys WHERE name = ?")
-            .bind(name.as_str())
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| key_from_row(&r)).transpose()
+        self.db.key(name).await
     }
 
     pub async fn get_key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {
-        let row = sqlx::query("SELECT * FROM keys WHERE id = ?")
-            .bind(id)
-            .fetch_optional(&self.pool)
-            .await?;
-        row.map(|r| key_from_row(&r)).transpose()
+        self.db.key_by_id(id).await
     }
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
-        let rows = sqlx::query("SELECT * FROM keys ORDER BY name")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter().map(key_from_row).collect()
+        self.db.keys().await
     }
 
     /// The newest audit records, newest first.
     pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        audit::recent(&self.pool, limit).await
+        self.db.recent_audit(limit).await
     }
 
     /// Walk the whole chain and report the first broken record, if any.
@@ -505,8 +364,8 @@ impl Store {
         &self,
         from: Option<audit::Checkpoint>,
     ) -> Result<ChainReport, StoreError> {
-        let (report, next) = audit::verify(
-            &self.pool,
+        let (report, next) = chain::verify(
+            self.db.as_ref(),
             Some(&self.audit_key),
             from.as_ref(),
             &self.audit_checked,
@@ -534,16 +393,16 @@ impl Store {
         from: i64,
         event: AuditEvent,
     ) -> Result<ResealReport, StoreError> {
-        let mut conn = self.pool.acquire().await?;
-        // IMMEDIATE: the writer of this or another process waits for us (busy_timeout).
-        sqlx::query("BEGIN IMMEDIATE").execute(&mut *conn).await?;
-        match audit::reseal(&mut conn, &self.audit_key, from, &event).await {
+        let mut conn = self.db.conn().await?;
+        // The write lock: the writer of this or another process waits for us.
+        conn.begin(Lock::Write).await?;
+        match chain::reseal(conn.as_mut(), &self.audit_key, from, &event).await {
             Ok(r) => {
-                sqlx::query("COMMIT").execute(&mut *conn).await?;
+                conn.commit().await?;
                 Ok(r)
             }
             Err(e) => {
-                let _ = sqlx::query("ROLLBACK").execute(&mut *conn).await;
+                let _ = conn.rollback().await;
                 Err(e)
             }
         }
@@ -556,57 +415,17 @@ impl Store {
         url: &str,
         key: Option<&AuditKey>,
     ) -> Result<ChainReport, StoreError> {
-        let opts = SqliteConnectOptions::from_str(url)?
-            .read_only(true)
-            .create_if_missing(false);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(1)
-            .connect_with(opts)
-            .await?;
-        let report = audit::verify(&pool, key, None, &AtomicU64::new(0)).await;
-        pool.close().await;
+        let db = databases::open_read_only(url).await?;
+        let report = chain::verify(db.as_ref(), key, None, &AtomicU64::new(0)).await;
+        db.close().await;
         report.map(|(r, _)| r)
     }
 
-    /// Direct pool access for tests that tamper with rows.
-    pub fn pool(&self) -> &SqlitePool {
-        &self.pool
+    /// Raw access to the database for tests that damage it on purpose.
+    #[cfg(feature = "test-helpers")]
+    pub fn tamper(&self) -> &dyn test_helpers::Tamper {
+        self.db.tamper()
     }
-}
-
-fn key_from_row(r: &sqlx::sqlite::SqliteRow) -> Result<KeyRecord, StoreError> {
-    let corrupt = |what: &str| StoreError::Corrupt(what.to_owned());
-    Ok(KeyRecord {
-        id: r.try_get("id")?,
-        name: r
-            .try_get::<String, _>("name")?
-            .parse()
-            .map_err(|_| corrupt("key name"))?,
-        key_type: r
-            .try_get::<String, _>("key_type")?
-            .parse()
-            .map_err(|_| corrupt("key type"))?,
-        backend: r.try_get("backend")?,
-        status: r
-            .try_get::<String, _>("status")?
-            .parse()
-            .map_err(|_| corrupt("key status"))?,
-        public_key: r.try_get("public_key")?,
-        handle: r.try_get("handle")?,
-        created_at: r.try_get("created_at")?,
-        created_by: r.try_get("created_by")?,
-        policy: KeyPolicy {
-            approvals_required: r.try_get::<i64, _>("approvals_required")? as u32,
-            approval_ttl_secs: r.try_get::<i64, _>("approval_ttl_secs")? as u32,
-            approver_subjects: serde_json::from_str(&r.try_get::<String, _>("approver_subjects")?)
-                .map_err(|_| corrupt("approver subjects"))?,
-        },
-        purpose: match r.try_get::<String, _>("purpose")?.as_str() {
-            "sign" => KeyPurpose::Sign,
-            "ca" => KeyPurpose::Ca,
-            _ => return Err(corrupt("key purpose")),
-        },
-    })
 }
 
 /// The current time as an RFC 3339 UTC timestamp.

@@ -642,7 +642,7 @@ pub(crate) async fn regenerate_crl(
             .await
         {
             Ok(_) => return Ok(()),
-            Err(influxion_store::StoreError::CaState(_)) => continue,
+            Err(influxion_store::StoreError::CrlOutdated { .. }) => continue,
             Err(e) => return Err(e.into()),
         }
     }

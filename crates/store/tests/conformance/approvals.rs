@@ -1,20 +1,16 @@
 //! The approval workflow's invariants, enforced by the store: quorum, one vote per
 //! approver, no self-approval, terminal states, and exactly one signature under races.
 
-#![allow(clippy::unwrap_used, clippy::expect_used)]
-
 use influxion_core::{KeyStatus, KeyType};
 use influxion_store::{
-    AuditEvent, Decision, KeyPolicy, KeyRecord, Outcome, PolicyChange, RequestOutcome,
-    SigningRequest, Store, StoreError,
+    Decision, KeyPolicy, KeyRecord, PolicyChange, RequestOutcome, SigningRequest, Store, StoreError,
 };
 
-async fn store() -> (tempfile::TempDir, Store) {
-    let dir = tempfile::tempdir().unwrap();
-    let key = influxion_store::AuditKey::new(zeroize::Zeroizing::new([1u8; 32]));
-    let s = Store::open(&format!("sqlite://{}/t.db", dir.path().display()), key)
-        .await
-        .unwrap();
+use super::{ev, Backend, TestDb};
+
+async fn store<B: Backend>() -> (TestDb, Store) {
+    let db = B::fresh().await;
+    let s = db.open().await;
     let key = KeyRecord {
         id: "k1".into(),
         name: "prod".parse().unwrap(),
@@ -29,11 +25,7 @@ async fn store() -> (tempfile::TempDir, Store) {
         purpose: Default::default(),
     };
     s.insert_key(key, ev("key.create")).await.unwrap();
-    (dir, s)
-}
-
-fn ev(action: &str) -> AuditEvent {
-    AuditEvent::new("tester", action, Outcome::Ok)
+    (db, s)
 }
 
 async fn request(s: &Store, id: &str, quorum: u32, expires_at: i64) {
@@ -83,9 +75,8 @@ async fn signed_records(s: &Store) -> usize {
         .count()
 }
 
-#[tokio::test]
-async fn two_of_n_and_three_of_n() {
-    let (_d, s) = store().await;
+pub(crate) async fn two_of_n_and_three_of_n<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     for quorum in [2u32, 3] {
         let id = format!("r{quorum}");
         request(&s, &id, quorum, FUTURE).await;
@@ -128,9 +119,8 @@ async fn two_of_n_and_three_of_n() {
     ));
 }
 
-#[tokio::test]
-async fn self_approval_is_refused() {
-    let (_d, s) = store().await;
+pub(crate) async fn self_approval_is_refused<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     request(&s, "r", 1, FUTURE).await;
     let e = s
         .decide(vote("r", "app:t/requester", true, true), ev("approve"))
@@ -140,9 +130,8 @@ async fn self_approval_is_refused() {
     assert_eq!(s.get_request("r").await.unwrap().unwrap().status, "pending");
 }
 
-#[tokio::test]
-async fn one_approver_counts_once() {
-    let (_d, s) = store().await;
+pub(crate) async fn one_approver_counts_once<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     request(&s, "r", 2, FUTURE).await;
     s.decide(vote("r", "app:t/a", true, false), ev("approve"))
         .await
@@ -156,9 +145,8 @@ async fn one_approver_counts_once() {
     assert_eq!((r.status.as_str(), r.approvals_count()), ("pending", 1));
 }
 
-#[tokio::test]
-async fn nothing_after_reject_cancel_or_expiry() {
-    let (_d, s) = store().await;
+pub(crate) async fn nothing_after_reject_cancel_or_expiry<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     request(&s, "rej", 2, FUTURE).await;
     let a = s
         .decide(vote("rej", "app:t/a", false, false), ev("reject"))
@@ -167,7 +155,7 @@ async fn nothing_after_reject_cancel_or_expiry() {
     assert_eq!(a.outcome, Some(RequestOutcome::Rejected));
     assert!(matches!(
         s.decide(vote("rej", "app:t/b", true, true), ev("approve")).await,
-        Err(StoreError::RequestClosed(st)) if st == "rejected"
+        Err(StoreError::RequestClosed { status }) if status == "rejected"
     ));
 
     request(&s, "can", 1, FUTURE).await;
@@ -183,7 +171,7 @@ async fn nothing_after_reject_cancel_or_expiry() {
     assert_eq!(a.outcome, Some(RequestOutcome::Cancelled));
     assert!(matches!(
         s.decide(vote("can", "app:t/b", true, true), ev("approve")).await,
-        Err(StoreError::RequestClosed(st)) if st == "cancelled"
+        Err(StoreError::RequestClosed { status }) if status == "cancelled"
     ));
 
     request(&s, "old", 1, 999).await;
@@ -196,15 +184,15 @@ async fn nothing_after_reject_cancel_or_expiry() {
     assert_eq!(r.status, "expired");
     assert!(r.signature.is_none());
     assert!(matches!(
-        s.decide(vote("old", "app:t/c", true, true), ev("approve")).await,
-        Err(StoreError::RequestClosed(st)) if st == "expired"
+        s.decide(vote("old", "app:t/c", true, true), ev("approve"))
+            .await,
+        Err(StoreError::RequestExpired)
     ));
     assert_eq!(signed_records(&s).await, 0);
 }
 
-#[tokio::test]
-async fn racing_last_votes_sign_exactly_once() {
-    let (_d, s) = store().await;
+pub(crate) async fn racing_last_votes_sign_exactly_once<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     request(&s, "r", 3, FUTURE).await;
     s.decide(vote("r", "app:t/a1", true, false), ev("approve"))
         .await
@@ -229,7 +217,7 @@ async fn racing_last_votes_sign_exactly_once() {
     for t in tasks {
         match t.await.unwrap() {
             Ok(a) if a.outcome == Some(RequestOutcome::Signed) => signed += 1,
-            Err(StoreError::RequestClosed(_)) => closed += 1,
+            Err(StoreError::RequestClosed { .. }) => closed += 1,
             other => panic!("unexpected {other:?}"),
         }
     }
@@ -239,9 +227,8 @@ async fn racing_last_votes_sign_exactly_once() {
     assert_eq!((r.status.as_str(), r.approvals_count()), ("signed", 3));
 }
 
-#[tokio::test]
-async fn disabled_key_never_signs_through_approval() {
-    let (_d, s) = store().await;
+pub(crate) async fn disabled_key_never_signs_through_approval<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     request(&s, "r", 1, FUTURE).await;
     s.set_key_status(
         &"prod".parse().unwrap(),
@@ -258,9 +245,8 @@ async fn disabled_key_never_signs_through_approval() {
     assert_eq!(s.get_request("r").await.unwrap().unwrap().status, "pending");
 }
 
-#[tokio::test]
-async fn a_policy_change_decided_against_a_stale_policy_writes_nothing() {
-    let (_d, s) = store().await;
+pub(crate) async fn a_policy_change_decided_against_a_stale_policy_writes_nothing<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     let two = KeyPolicy {
         approvals_required: 2,
         ..KeyPolicy::default()
@@ -291,73 +277,6 @@ async fn a_policy_change_decided_against_a_stale_policy_writes_nothing() {
     assert!(matches!(r, Err(StoreError::NoSuchKey(_))), "{r:?}");
 }
 
-/// Subjects made before `caller` existed: those with only app_id/app_role become
-/// `app`, those naming a person or group keep matching any caller.
-#[tokio::test]
-async fn migration_gives_app_only_subjects_the_app_caller_rule() {
-    use influxion_core::CallerRule;
-    use sqlx::sqlite::SqliteConnectOptions;
-    use std::str::FromStr;
-
-    let dir = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}/t.db", dir.path().display());
-    let opts = SqliteConnectOptions::from_str(&url)
-        .unwrap()
-        .create_if_missing(true);
-    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
-    // The schema as it was before the caller rule.
-    let mut old = sqlx::migrate!("./migrations/sqlite");
-    old.migrations = old
-        .migrations
-        .iter()
-        .filter(|m| m.version <= 4)
-        .cloned()
-        .collect::<Vec<_>>()
-        .into();
-    old.run(&pool).await.unwrap();
-    let rows = [
-        ("ci", Some("ci-app"), None, None, None),
-        ("pipelines", None, Some("Influxion.Sign"), None, None),
-        ("person", Some("portal"), None, Some("oid-1"), None),
-        ("team", None, Some("Influxion.Sign"), None, Some("g-1")),
-    ];
-    for (name, app_id, app_role, object_id, group_id) in rows {
-        sqlx::query(
-            "INSERT INTO subjects (id, name, tenant_id, app_id, app_role, object_id, group_id, created_at, created_by)
-             VALUES (?, ?, 't', ?, ?, ?, ?, '2026-01-01T00:00:00Z', 'test')",
-        )
-        .bind(format!("id-{name}"))
-        .bind(name)
-        .bind(app_id)
-        .bind(app_role)
-        .bind(object_id)
-        .bind(group_id)
-        .execute(&pool)
-        .await
-        .unwrap();
-    }
-    pool.close().await;
-
-    let key = influxion_store::AuditKey::new(zeroize::Zeroizing::new([1u8; 32]));
-    let s = Store::open(&url, key).await.unwrap();
-    let got: Vec<(String, Option<CallerRule>)> = s
-        .subjects()
-        .await
-        .unwrap()
-        .iter()
-        .map(|x| (x.name.clone(), x.rules.caller))
-        .collect();
-    assert_eq!(
-        got,
-        vec![
-            ("ci".to_owned(), Some(CallerRule::App)),
-            ("person".to_owned(), Some(CallerRule::Any)),
-            ("pipelines".to_owned(), Some(CallerRule::App)),
-            ("team".to_owned(), Some(CallerRule::Any)),
-        ]
-    );
-}
-
 fn change(id: &str, base: &KeyPolicy, policy: KeyPolicy, expires_at: i64) -> PolicyChange {
     PolicyChange {
         id: id.into(),
@@ -381,9 +300,8 @@ fn change(id: &str, base: &KeyPolicy, policy: KeyPolicy, expires_at: i64) -> Pol
 
 /// A weakening proposed as a policy change: applied by the vote that completes the
 /// quorum of the policy it was proposed against, and only while that policy is in force.
-#[tokio::test]
-async fn a_policy_change_applies_at_quorum_and_only_over_its_base_policy() {
-    let (_d, s) = store().await;
+pub(crate) async fn a_policy_change_applies_at_quorum_and_only_over_its_base_policy<B: Backend>() {
+    let (_d, s) = store::<B>().await;
     let two = KeyPolicy {
         approvals_required: 2,
         ..KeyPolicy::default()
@@ -440,7 +358,7 @@ async fn a_policy_change_applies_at_quorum_and_only_over_its_base_policy() {
     );
     assert!(matches!(
         decide("c1", "a3").await,
-        Err(StoreError::RequestClosed(_))
+        Err(StoreError::RequestClosed { .. })
     ));
     // c2 was proposed against `two`, no longer in force: it ends without effect.
     decide("c2", "a1").await.unwrap();

@@ -1,0 +1,259 @@
+//! The seam between the store's rules and a database.
+//!
+//! [`Database`] is what the [`Store`](crate::Store) facade reads through and gets
+//! connections from; [`Conn`] is one connection, with the transaction control the
+//! group-commit writer needs and the reads and writes the rules are applied with. An
+//! implementation (`sqlite/`, one day `postgres/`) holds all SQL and all driver types;
+//! it decides nothing: uniqueness it reports as [`Inserted::Duplicate`], and every
+//! "may this happen" is answered in `rules.rs`, `apply.rs` or `audit.rs` over the rows
+//! it loads. Both traits are object-safe (`async-trait`), so the facade holds
+//! `Arc<dyn Database>` and never names a driver.
+
+use async_trait::async_trait;
+use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
+
+use crate::access::{SigningRequest, SubjectRecord};
+use crate::audit::{AuditRecord, Head};
+use crate::pki::{CaRecord, CaStatus, CertQuery, CertRecord, ProfileRecord, RevokedRow};
+use crate::policy_changes::PolicyChange;
+use crate::{KeyRecord, StoreError};
+
+pub(crate) type Result<T> = std::result::Result<T, StoreError>;
+
+/// What an opened database hands the facade.
+pub(crate) struct Opened {
+    pub db: std::sync::Arc<dyn Database>,
+    /// The writer task's own connection (it holds it for the life of the store).
+    pub writer: Box<dyn Conn>,
+    /// `Some(fresh)` when this open created the keyed audit schema: the log must be
+    /// keyed now, before anything else writes (`fresh`: the database was new).
+    pub keying: Option<bool>,
+}
+
+/// Which lock a transaction takes when it begins.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lock {
+    /// A consistent read snapshot; nothing is written.
+    Read,
+    /// The write lock, taken up front so what the transaction reads cannot be stale.
+    Write,
+}
+
+/// The outcome of an insert whose constraint violation is a fact, not a failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Inserted {
+    Yes,
+    /// A unique key (primary key or unique index) is taken.
+    Duplicate,
+    /// The row it refers to does not exist (only where a method says it reports this).
+    NoParent,
+}
+
+impl Inserted {
+    /// `Ok` if inserted, `dup()` if a unique key was taken.
+    pub(crate) fn or(self, dup: impl FnOnce() -> StoreError) -> Result<()> {
+        match self {
+            Inserted::Yes => Ok(()),
+            Inserted::Duplicate => Err(dup()),
+            Inserted::NoParent => Err(StoreError::Corrupt("a referenced row is missing".into())),
+        }
+    }
+}
+
+/// The two kinds of item approvers vote on; they share the voting code and differ in
+/// their tables (which the database maps) and what completing the quorum does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PendingKind {
+    SigningRequest,
+    PolicyChange,
+}
+
+/// A vote as written.
+pub(crate) struct VoteRow<'a> {
+    pub approver: &'a str,
+    /// `approve` or `reject`.
+    pub decision: &'static str,
+    pub comment: &'a str,
+    pub at: &'a str,
+}
+
+/// What the writer's rules need to know about a CA (without its certificate or CRL).
+#[derive(Debug, Clone)]
+pub(crate) struct CaState {
+    pub status: CaStatus,
+    pub key_id: String,
+    pub parent: Option<String>,
+    pub serial: Option<String>,
+    pub revoked_at: Option<String>,
+    pub crl_number: i64,
+}
+
+/// What the device quota counts: one issued certificate's status and end of validity.
+#[derive(Debug, Clone)]
+pub(crate) struct CertValidity {
+    pub status: String,
+    pub not_after: String,
+}
+
+/// Reads outside the writer, and the connections the writer and verification use.
+#[async_trait]
+pub(crate) trait Database: Send + Sync {
+    /// A pooled connection, not in a transaction (verification, re-sealing).
+    async fn conn(&self) -> Result<Box<dyn Conn>>;
+    /// Close every connection (tests that rewrite the file between opens).
+    async fn close(&self);
+
+    async fn subjects(&self) -> Result<Vec<SubjectRecord>>;
+
+    async fn key(&self, name: &KeyName) -> Result<Option<KeyRecord>>;
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>>;
+    async fn keys(&self) -> Result<Vec<KeyRecord>>;
+
+    /// With their votes, oldest vote first.
+    async fn signing_request(&self, id: &str) -> Result<Option<SigningRequest>>;
+    /// Newest first, optionally only those in `status`, each with its votes.
+    async fn signing_requests(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SigningRequest>>;
+    async fn policy_change(&self, id: &str) -> Result<Option<PolicyChange>>;
+    async fn policy_changes(&self, status: Option<&str>, limit: u32) -> Result<Vec<PolicyChange>>;
+
+    /// Newest first.
+    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+
+    async fn ca(&self, name: &str) -> Result<Option<CaRecord>>;
+    async fn cas(&self) -> Result<Vec<CaRecord>>;
+    /// Certificates `ca` issued, counted by status.
+    async fn certificate_counts(&self, ca: &str) -> Result<Vec<(String, i64)>>;
+    async fn profile(&self, name: &str) -> Result<Option<ProfileRecord>>;
+    async fn profiles(&self) -> Result<Vec<ProfileRecord>>;
+    async fn certificate(&self, serial: &str) -> Result<Option<CertRecord>>;
+    async fn certificate_by_request_key(
+        &self,
+        profile: &str,
+        request_key: &str,
+    ) -> Result<Option<CertRecord>>;
+    /// Newest first; `q.visible` is applied before the limit.
+    async fn search_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>>;
+    /// The newest revocation time among certificates and intermediate CAs under `ca`.
+    async fn latest_revocation(&self, ca: &str) -> Result<Option<String>>;
+    /// Revoked certificates and intermediate CAs under `ca`, oldest first.
+    async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>>;
+
+    /// Raw access for tests that damage the log on purpose.
+    #[cfg(feature = "test-helpers")]
+    fn tamper(&self) -> &dyn crate::test_helpers::Tamper;
+}
+
+/// One connection: transactions, savepoints, and the statements the rules apply.
+/// Methods that change rows return how many they changed where the rules need it.
+#[async_trait]
+pub(crate) trait Conn: Send {
+    async fn begin(&mut self, lock: Lock) -> Result<()>;
+    async fn commit(&mut self) -> Result<()>;
+    async fn rollback(&mut self) -> Result<()>;
+    /// A savepoint per job of a batch, so one failed job leaves no trace.
+    async fn savepoint(&mut self) -> Result<()>;
+    async fn release_savepoint(&mut self) -> Result<()>;
+    async fn rollback_to_savepoint(&mut self) -> Result<()>;
+
+    // The audit log.
+    /// Whether the log has the keyed schema (a read-only copy of an old file may not).
+    async fn audit_keyed_schema(&mut self) -> Result<bool>;
+    /// The last record's seq and hash, if any.
+    async fn audit_last(&mut self) -> Result<Option<(i64, String)>>;
+    /// The head; `keyed: false` reads a file without the `mac` column (mac is None).
+    async fn audit_head(&mut self, keyed: bool) -> Result<Option<Head>>;
+    async fn audit_hash(&mut self, seq: i64) -> Result<Option<String>>;
+    /// Up to `limit` records after `seq`, in order (mac None on an unkeyed file).
+    async fn audit_records_after(
+        &mut self,
+        seq: i64,
+        limit: u32,
+        keyed: bool,
+    ) -> Result<Vec<AuditRecord>>;
+    async fn audit_insert(&mut self, r: &AuditRecord) -> Result<()>;
+    async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()>;
+    async fn audit_set_mac(&mut self, seq: i64, mac: &str) -> Result<()>;
+
+    // Keys.
+    async fn insert_key(&mut self, k: &KeyRecord) -> Result<Inserted>;
+    async fn key_by_id(&mut self, id: &str) -> Result<Option<KeyRecord>>;
+    async fn key_status(&mut self, id: &str) -> Result<Option<KeyStatus>>;
+    async fn set_key_status(&mut self, name: &KeyName, status: KeyStatus) -> Result<u64>;
+    async fn set_key_policy(&mut self, id: &str, p: &KeyPolicy) -> Result<u64>;
+
+    // Subjects and grants.
+    async fn insert_subject(&mut self, s: &SubjectRecord) -> Result<Inserted>;
+    async fn update_subject(&mut self, s: &SubjectRecord) -> Result<u64>;
+    /// Deletes its grants too; returns the subjects deleted.
+    async fn delete_subject(&mut self, id: &str) -> Result<u64>;
+    /// Reports [`Inserted::NoParent`] when the subject does not exist.
+    async fn insert_grant(&mut self, subject_id: &str, g: &Grant, at: &str) -> Result<Inserted>;
+    async fn delete_grant(&mut self, subject_id: &str, grant_id: &str) -> Result<u64>;
+
+    // Signing requests and policy changes.
+    async fn insert_request(&mut self, r: &SigningRequest) -> Result<()>;
+    async fn insert_policy_change(&mut self, c: &PolicyChange) -> Result<()>;
+    /// Without its votes.
+    async fn signing_request(&mut self, id: &str) -> Result<Option<SigningRequest>>;
+    /// Without its votes.
+    async fn policy_change(&mut self, id: &str) -> Result<Option<PolicyChange>>;
+    /// [`Inserted::Duplicate`]: this approver has voted on the item already.
+    async fn insert_vote(
+        &mut self,
+        kind: PendingKind,
+        id: &str,
+        v: &VoteRow<'_>,
+    ) -> Result<Inserted>;
+    async fn approvals(&mut self, kind: PendingKind, id: &str) -> Result<u32>;
+    /// Close the item with `status` if it is still pending; false if it was not.
+    async fn finish(&mut self, kind: PendingKind, id: &str, status: &str, at: &str)
+        -> Result<bool>;
+    /// Mark a pending signing request signed with `signature`; false if not pending.
+    async fn store_signature(&mut self, id: &str, signature: &[u8], at: &str) -> Result<bool>;
+
+    // The device CA.
+    async fn insert_ca(&mut self, ca: &CaRecord) -> Result<Inserted>;
+    async fn ca_state(&mut self, name: &str) -> Result<Option<CaState>>;
+    async fn activate_ca(
+        &mut self,
+        name: &str,
+        certificate: &[u8],
+        chain_pem: &str,
+        not_after: &str,
+    ) -> Result<()>;
+    async fn set_ca_status(&mut self, name: &str, status: &CaStatus) -> Result<()>;
+    /// Disable `name` and record its certificate's serial (if not yet) and revocation;
+    /// [`Inserted::Duplicate`]: the serial belongs to another CA.
+    async fn revoke_ca(
+        &mut self,
+        name: &str,
+        serial: &str,
+        at: &str,
+        reason: &str,
+    ) -> Result<Inserted>;
+    async fn store_crl(
+        &mut self,
+        ca: &str,
+        number: i64,
+        der: &[u8],
+        next_update: &str,
+    ) -> Result<()>;
+    async fn insert_profile(&mut self, p: &ProfileRecord) -> Result<Inserted>;
+    async fn update_profile(&mut self, p: &ProfileRecord) -> Result<u64>;
+    async fn profile_used(&mut self, name: &str) -> Result<bool>;
+    async fn delete_profile(&mut self, name: &str) -> Result<u64>;
+    /// Whether a device or CA certificate has this serial.
+    async fn serial_taken(&mut self, serial: &str) -> Result<bool>;
+    async fn device_certificates(
+        &mut self,
+        profile: &str,
+        device_id: &str,
+    ) -> Result<Vec<CertValidity>>;
+    async fn insert_certificate(&mut self, c: &CertRecord) -> Result<Inserted>;
+    async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>>;
+    async fn revoke_certificate(&mut self, serial: &str, at: &str, reason: &str) -> Result<()>;
+}

@@ -1,0 +1,685 @@
+//! One SQLite connection: the writer's own, or one from the pool (verification,
+//! re-sealing), with the statements the rules are applied with.
+
+use async_trait::async_trait;
+use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
+use sqlx::pool::PoolConnection;
+use sqlx::{Row, Sqlite, SqliteConnection};
+
+use super::{inserted, rows, tables};
+use crate::access::{SigningRequest, SubjectRecord};
+use crate::audit::{AuditRecord, Head};
+use crate::db::{CaState, CertValidity, Conn, Inserted, Lock, PendingKind, Result, VoteRow};
+use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
+use crate::policy_changes::PolicyChange;
+use crate::KeyRecord;
+
+enum Inner {
+    Own(SqliteConnection),
+    Pooled(PoolConnection<Sqlite>),
+}
+
+pub(crate) struct SqliteConn(Inner);
+
+impl SqliteConn {
+    pub(super) fn own(c: SqliteConnection) -> Self {
+        Self(Inner::Own(c))
+    }
+
+    pub(super) fn pooled(c: PoolConnection<Sqlite>) -> Self {
+        Self(Inner::Pooled(c))
+    }
+
+    fn c(&mut self) -> &mut SqliteConnection {
+        match &mut self.0 {
+            Inner::Own(c) => c,
+            Inner::Pooled(c) => c,
+        }
+    }
+
+    async fn exec(&mut self, sql: &str) -> Result<()> {
+        sqlx::query(sql).execute(self.c()).await?;
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl Conn for SqliteConn {
+    async fn begin(&mut self, lock: Lock) -> Result<()> {
+        match lock {
+            // Deferred: the snapshot starts at the first read.
+            Lock::Read => self.exec("BEGIN").await,
+            // IMMEDIATE takes the write lock up front (another process writing the same
+            // file waits on busy_timeout).
+            Lock::Write => self.exec("BEGIN IMMEDIATE").await,
+        }
+    }
+
+    async fn commit(&mut self) -> Result<()> {
+        self.exec("COMMIT").await
+    }
+
+    async fn rollback(&mut self) -> Result<()> {
+        self.exec("ROLLBACK").await
+    }
+
+    async fn savepoint(&mut self) -> Result<()> {
+        self.exec("SAVEPOINT job").await
+    }
+
+    async fn release_savepoint(&mut self) -> Result<()> {
+        self.exec("RELEASE job").await
+    }
+
+    async fn rollback_to_savepoint(&mut self) -> Result<()> {
+        self.exec("ROLLBACK TO job").await
+    }
+
+    async fn audit_keyed_schema(&mut self) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('audit_head') WHERE name = 'mac'",
+        )
+        .fetch_one(self.c())
+        .await?;
+        Ok(n > 0)
+    }
+
+    async fn audit_last(&mut self) -> Result<Option<(i64, String)>> {
+        let row = sqlx::query("SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1")
+            .fetch_optional(self.c())
+            .await?;
+        row.map(|r| Ok((r.try_get("seq")?, r.try_get("hash")?)))
+            .transpose()
+    }
+
+    async fn audit_head(&mut self, keyed: bool) -> Result<Option<Head>> {
+        let sql = if keyed {
+            "SELECT seq, hash, mac FROM audit_head WHERE id = 1"
+        } else {
+            "SELECT seq, hash, NULL AS mac FROM audit_head WHERE id = 1"
+        };
+        let Some(h) = sqlx::query(sql).fetch_optional(self.c()).await? else {
+            return Ok(None);
+        };
+        Ok(Some(Head {
+            seq: h.try_get("seq")?,
+            hash: h.try_get("hash")?,
+            mac: h.try_get("mac")?,
+        }))
+    }
+
+    async fn audit_hash(&mut self, seq: i64) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT hash FROM audit_log WHERE seq = ?")
+                .bind(seq)
+                .fetch_optional(self.c())
+                .await?,
+        )
+    }
+
+    async fn audit_records_after(
+        &mut self,
+        seq: i64,
+        limit: u32,
+        keyed: bool,
+    ) -> Result<Vec<AuditRecord>> {
+        let mac = if keyed { "mac" } else { "NULL AS mac" };
+        let sql = format!(
+            "SELECT {}, {mac} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
+            rows::AUDIT_COLUMNS
+        );
+        let rows = sqlx::query(&sql)
+            .bind(seq)
+            .bind(i64::from(limit))
+            .fetch_all(self.c())
+            .await?;
+        Ok(rows
+            .iter()
+            .map(rows::audit_record)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn audit_insert(&mut self, r: &AuditRecord) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash, mac)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(r.seq)
+        .bind(&r.at)
+        .bind(&r.actor)
+        .bind(&r.action)
+        .bind(&r.target)
+        .bind(&r.outcome)
+        .bind(&r.detail)
+        .bind(&r.prev_hash)
+        .bind(&r.hash)
+        .bind(&r.mac)
+        .execute(self.c())
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)
+             ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+        )
+        .bind(seq)
+        .bind(hash)
+        .bind(mac)
+        .execute(self.c())
+        .await?;
+        Ok(())
+    }
+
+    async fn audit_set_mac(&mut self, seq: i64, mac: &str) -> Result<()> {
+        sqlx::query("UPDATE audit_log SET mac = ? WHERE seq = ?")
+            .bind(mac)
+            .bind(seq)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_key(&mut self, k: &KeyRecord) -> Result<Inserted> {
+        let r = sqlx::query(
+            "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by, purpose)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&k.id)
+        .bind(k.name.as_str())
+        .bind(k.key_type.as_str())
+        .bind(&k.backend)
+        .bind(k.status.as_str())
+        .bind(&k.public_key)
+        .bind(&k.handle)
+        .bind(&k.created_at)
+        .bind(&k.created_by)
+        .bind(k.purpose.as_str())
+        .execute(self.c())
+        .await;
+        inserted(r)
+    }
+
+    async fn key_by_id(&mut self, id: &str) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query("SELECT * FROM keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.c())
+            .await?;
+        row.as_ref().map(rows::key).transpose()
+    }
+
+    async fn key_status(&mut self, id: &str) -> Result<Option<KeyStatus>> {
+        let status: Option<String> = sqlx::query_scalar("SELECT status FROM keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.c())
+            .await?;
+        status
+            .map(|s| {
+                s.parse()
+                    .map_err(|_| crate::StoreError::Corrupt("key status".into()))
+            })
+            .transpose()
+    }
+
+    async fn set_key_status(&mut self, name: &KeyName, status: KeyStatus) -> Result<u64> {
+        let r = sqlx::query("UPDATE keys SET status = ? WHERE name = ?")
+            .bind(status.as_str())
+            .bind(name.as_str())
+            .execute(self.c())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn set_key_policy(&mut self, id: &str, p: &KeyPolicy) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE keys SET approvals_required = ?, approval_ttl_secs = ?, approver_subjects = ?
+             WHERE id = ?",
+        )
+        .bind(p.approvals_required as i64)
+        .bind(p.approval_ttl_secs as i64)
+        .bind(rows::json(&p.approver_subjects, "[]"))
+        .bind(id)
+        .execute(self.c())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_subject(&mut self, s: &SubjectRecord) -> Result<Inserted> {
+        let r = sqlx::query(
+            "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, caller, created_at, created_by)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&s.id)
+        .bind(&s.name)
+        .bind(&s.description)
+        .bind(&s.rules.issuer)
+        .bind(&s.rules.tenant_id)
+        .bind(&s.rules.object_id)
+        .bind(&s.rules.app_id)
+        .bind(&s.rules.app_role)
+        .bind(&s.rules.group_id)
+        .bind(s.rules.caller_rule().as_str())
+        .bind(&s.created_at)
+        .bind(&s.created_by)
+        .execute(self.c())
+        .await;
+        inserted(r)
+    }
+
+    async fn update_subject(&mut self, s: &SubjectRecord) -> Result<u64> {
+        let r = sqlx::query(
+            "UPDATE subjects SET description = ?, issuer = ?, tenant_id = ?, object_id = ?, app_id = ?, app_role = ?, group_id = ?, caller = ?
+             WHERE id = ?",
+        )
+        .bind(&s.description)
+        .bind(&s.rules.issuer)
+        .bind(&s.rules.tenant_id)
+        .bind(&s.rules.object_id)
+        .bind(&s.rules.app_id)
+        .bind(&s.rules.app_role)
+        .bind(&s.rules.group_id)
+        .bind(s.rules.caller_rule().as_str())
+        .bind(&s.id)
+        .execute(self.c())
+        .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn delete_subject(&mut self, id: &str) -> Result<u64> {
+        sqlx::query("DELETE FROM grants WHERE subject_id = ?")
+            .bind(id)
+            .execute(self.c())
+            .await?;
+        let r = sqlx::query("DELETE FROM subjects WHERE id = ?")
+            .bind(id)
+            .execute(self.c())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_grant(&mut self, subject_id: &str, g: &Grant, at: &str) -> Result<Inserted> {
+        let r = sqlx::query("INSERT INTO grants (id, subject_id, role, pattern, created_at, created_by) VALUES (?, ?, ?, ?, ?, '')")
+            .bind(&g.id)
+            .bind(subject_id)
+            .bind(g.role.as_str())
+            .bind(&g.pattern)
+            .bind(at)
+            .execute(self.c())
+            .await;
+        match r {
+            Err(sqlx::Error::Database(e)) if e.is_foreign_key_violation() => Ok(Inserted::NoParent),
+            r => inserted(r),
+        }
+    }
+
+    async fn delete_grant(&mut self, subject_id: &str, grant_id: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM grants WHERE id = ? AND subject_id = ?")
+            .bind(grant_id)
+            .bind(subject_id)
+            .execute(self.c())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn insert_request(&mut self, r: &SigningRequest) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO signing_requests (id, key_id, key_name, algorithm, digest, requester, requester_name, reason,
+                 metadata, quorum, approver_subjects, status, signature, created_at, expires_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, NULL)",
+        )
+        .bind(&r.id)
+        .bind(&r.key_id)
+        .bind(&r.key_name)
+        .bind(&r.algorithm)
+        .bind(&r.digest)
+        .bind(&r.requester)
+        .bind(&r.requester_name)
+        .bind(&r.reason)
+        .bind(r.metadata.to_string())
+        .bind(r.quorum as i64)
+        .bind(rows::json(&r.approver_subjects, "[]"))
+        .bind(&r.created_at)
+        .bind(r.expires_at)
+        .execute(self.c())
+        .await?;
+        Ok(())
+    }
+
+    async fn insert_policy_change(&mut self, c: &PolicyChange) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO policy_changes (id, key_id, key_name, requester, requester_name, reason, base_policy,
+                 policy, weakens, quorum, approver_subjects, status, created_at, expires_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL)",
+        )
+        .bind(&c.id)
+        .bind(&c.key_id)
+        .bind(&c.key_name)
+        .bind(&c.requester)
+        .bind(&c.requester_name)
+        .bind(&c.reason)
+        .bind(rows::json(&c.base_policy, "null"))
+        .bind(rows::json(&c.policy, "null"))
+        .bind(rows::json(&c.weakens, "null"))
+        .bind(c.quorum as i64)
+        .bind(rows::json(&c.approver_subjects, "null"))
+        .bind(&c.created_at)
+        .bind(c.expires_at)
+        .execute(self.c())
+        .await?;
+        Ok(())
+    }
+
+    async fn signing_request(&mut self, id: &str) -> Result<Option<SigningRequest>> {
+        sqlx::query("SELECT * FROM signing_requests WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.c())
+            .await?
+            .as_ref()
+            .map(rows::request)
+            .transpose()
+    }
+
+    async fn policy_change(&mut self, id: &str) -> Result<Option<PolicyChange>> {
+        sqlx::query("SELECT * FROM policy_changes WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.c())
+            .await?
+            .as_ref()
+            .map(rows::policy_change)
+            .transpose()
+    }
+
+    async fn insert_vote(
+        &mut self,
+        kind: PendingKind,
+        id: &str,
+        v: &VoteRow<'_>,
+    ) -> Result<Inserted> {
+        let t = tables(kind);
+        let sql = format!(
+            "INSERT INTO {} ({}, approver, decision, comment, at) VALUES (?, ?, ?, ?, ?)",
+            t.votes, t.votes_item
+        );
+        let r = sqlx::query(&sql)
+            .bind(id)
+            .bind(v.approver)
+            .bind(v.decision)
+            .bind(v.comment)
+            .bind(v.at)
+            .execute(self.c())
+            .await;
+        inserted(r)
+    }
+
+    async fn approvals(&mut self, kind: PendingKind, id: &str) -> Result<u32> {
+        let t = tables(kind);
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE {} = ? AND decision = 'approve'",
+            t.votes, t.votes_item
+        );
+        let n: i64 = sqlx::query_scalar(&sql)
+            .bind(id)
+            .fetch_one(self.c())
+            .await?;
+        Ok(n as u32)
+    }
+
+    async fn finish(
+        &mut self,
+        kind: PendingKind,
+        id: &str,
+        status: &str,
+        at: &str,
+    ) -> Result<bool> {
+        let sql = format!(
+            "UPDATE {} SET status = ?, finished_at = ? WHERE id = ? AND status = 'pending'",
+            tables(kind).items
+        );
+        let r = sqlx::query(&sql)
+            .bind(status)
+            .bind(at)
+            .bind(id)
+            .execute(self.c())
+            .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn store_signature(&mut self, id: &str, signature: &[u8], at: &str) -> Result<bool> {
+        let r = sqlx::query(
+            "UPDATE signing_requests SET status = 'signed', signature = ?, finished_at = ? WHERE id = ? AND status = 'pending'",
+        )
+        .bind(signature)
+        .bind(at)
+        .bind(id)
+        .execute(self.c())
+        .await?;
+        Ok(r.rows_affected() == 1)
+    }
+
+    async fn insert_ca(&mut self, ca: &CaRecord) -> Result<Inserted> {
+        let r = sqlx::query(
+            "INSERT INTO cas (name, key_id, status, subject, parent, csr_pem, certificate, chain_pem, not_after, created_at, created_by, serial)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(&ca.name)
+        .bind(&ca.key_id)
+        .bind(ca.status.as_str())
+        .bind(&ca.subject)
+        .bind(&ca.parent)
+        .bind(&ca.csr_pem)
+        .bind(&ca.certificate)
+        .bind(&ca.chain_pem)
+        .bind(&ca.not_after)
+        .bind(&ca.created_at)
+        .bind(&ca.created_by)
+        .bind(&ca.serial)
+        .execute(self.c())
+        .await;
+        inserted(r)
+    }
+
+    async fn ca_state(&mut self, name: &str) -> Result<Option<CaState>> {
+        let Some(r) = sqlx::query(
+            "SELECT status, key_id, parent, serial, revoked_at, crl_number FROM cas WHERE name = ?",
+        )
+        .bind(name)
+        .fetch_optional(self.c())
+        .await?
+        else {
+            return Ok(None);
+        };
+        Ok(Some(CaState {
+            status: rows::ca_status(&r.try_get::<String, _>("status")?)?,
+            key_id: r.try_get("key_id")?,
+            parent: r.try_get("parent")?,
+            serial: r.try_get("serial")?,
+            revoked_at: r.try_get("revoked_at")?,
+            crl_number: r.try_get("crl_number")?,
+        }))
+    }
+
+    async fn activate_ca(
+        &mut self,
+        name: &str,
+        certificate: &[u8],
+        chain_pem: &str,
+        not_after: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "UPDATE cas SET status = 'active', certificate = ?, chain_pem = ?, not_after = ? WHERE name = ?",
+        )
+        .bind(certificate)
+        .bind(chain_pem)
+        .bind(not_after)
+        .bind(name)
+        .execute(self.c())
+        .await?;
+        Ok(())
+    }
+
+    async fn set_ca_status(&mut self, name: &str, status: &CaStatus) -> Result<()> {
+        sqlx::query("UPDATE cas SET status = ? WHERE name = ?")
+            .bind(status.as_str())
+            .bind(name)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn revoke_ca(
+        &mut self,
+        name: &str,
+        serial: &str,
+        at: &str,
+        reason: &str,
+    ) -> Result<Inserted> {
+        // Rows made before serials were recorded get theirs now.
+        let r = sqlx::query(
+            "UPDATE cas SET status = 'disabled', serial = COALESCE(serial, ?), revoked_at = ?, revocation_reason = ?
+             WHERE name = ?",
+        )
+        .bind(serial)
+        .bind(at)
+        .bind(reason)
+        .bind(name)
+        .execute(self.c())
+        .await;
+        inserted(r)
+    }
+
+    async fn store_crl(
+        &mut self,
+        ca: &str,
+        number: i64,
+        der: &[u8],
+        next_update: &str,
+    ) -> Result<()> {
+        sqlx::query("UPDATE cas SET crl = ?, crl_number = ?, crl_next_update = ? WHERE name = ?")
+            .bind(der)
+            .bind(number)
+            .bind(next_update)
+            .bind(ca)
+            .execute(self.c())
+            .await?;
+        Ok(())
+    }
+
+    async fn insert_profile(&mut self, p: &ProfileRecord) -> Result<Inserted> {
+        let r = sqlx::query(
+            "INSERT INTO profiles (name, ca, spec, created_at, updated_at) VALUES (?, ?, ?, ?, ?)",
+        )
+        .bind(&p.name)
+        .bind(&p.ca)
+        .bind(&p.spec)
+        .bind(&p.created_at)
+        .bind(&p.updated_at)
+        .execute(self.c())
+        .await;
+        inserted(r)
+    }
+
+    async fn update_profile(&mut self, p: &ProfileRecord) -> Result<u64> {
+        let r = sqlx::query("UPDATE profiles SET ca = ?, spec = ?, updated_at = ? WHERE name = ?")
+            .bind(&p.ca)
+            .bind(&p.spec)
+            .bind(&p.updated_at)
+            .bind(&p.name)
+            .execute(self.c())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn profile_used(&mut self, name: &str) -> Result<bool> {
+        let used: Option<i64> =
+            sqlx::query_scalar("SELECT 1 FROM certificates WHERE profile = ? LIMIT 1")
+                .bind(name)
+                .fetch_optional(self.c())
+                .await?;
+        Ok(used.is_some())
+    }
+
+    async fn delete_profile(&mut self, name: &str) -> Result<u64> {
+        let r = sqlx::query("DELETE FROM profiles WHERE name = ?")
+            .bind(name)
+            .execute(self.c())
+            .await?;
+        Ok(r.rows_affected())
+    }
+
+    async fn serial_taken(&mut self, serial: &str) -> Result<bool> {
+        let taken: Option<i64> = sqlx::query_scalar(
+            "SELECT 1 FROM certificates WHERE serial = ?1 UNION ALL SELECT 1 FROM cas WHERE serial = ?1",
+        )
+        .bind(serial)
+        .fetch_optional(self.c())
+        .await?;
+        Ok(taken.is_some())
+    }
+
+    async fn device_certificates(
+        &mut self,
+        profile: &str,
+        device_id: &str,
+    ) -> Result<Vec<CertValidity>> {
+        let rows = sqlx::query(
+            "SELECT status, not_after FROM certificates WHERE profile = ? AND device_id = ?",
+        )
+        .bind(profile)
+        .bind(device_id)
+        .fetch_all(self.c())
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(CertValidity {
+                    status: r.try_get("status")?,
+                    not_after: r.try_get("not_after")?,
+                })
+            })
+            .collect()
+    }
+
+    async fn insert_certificate(&mut self, c: &CertRecord) -> Result<Inserted> {
+        let r = sqlx::query(
+            "INSERT INTO certificates (serial, ca, profile, device_id, subject, not_before, not_after, der,
+                requested_by, issued_at, key_generated, request_key, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
+        )
+        .bind(&c.serial)
+        .bind(&c.ca)
+        .bind(&c.profile)
+        .bind(&c.device_id)
+        .bind(&c.subject)
+        .bind(&c.not_before)
+        .bind(&c.not_after)
+        .bind(&c.der)
+        .bind(&c.requested_by)
+        .bind(&c.issued_at)
+        .bind(c.key_generated)
+        .bind(&c.request_key)
+        .execute(self.c())
+        .await;
+        inserted(r)
+    }
+
+    async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT status FROM certificates WHERE serial = ?")
+                .bind(serial)
+                .fetch_optional(self.c())
+                .await?,
+        )
+    }
+
+    async fn revoke_certificate(&mut self, serial: &str, at: &str, reason: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE certificates SET status = 'revoked', revoked_at = ?, revocation_reason = ? WHERE serial = ?",
+        )
+        .bind(at)
+        .bind(reason)
+        .bind(serial)
+        .execute(self.c())
+        .await?;
+        Ok(())
+    }
+}

@@ -1,0 +1,470 @@
+//! SQLite: the default database. All SQL and every `sqlx::Sqlite` type of the store
+//! live in this module; the schema is `migrations/sqlite`. One process writes a file
+//! (its single writer); `BEGIN IMMEDIATE` keeps a second process from interleaving.
+
+mod conn;
+mod rows;
+#[cfg(feature = "test-helpers")]
+mod tamper;
+
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use influxion_core::{Grant, KeyName, Role};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::{Row, SqlitePool};
+
+use crate::access::{ApprovalRecord, SigningRequest, SubjectRecord};
+use crate::audit::AuditRecord;
+use crate::db::{Database, Opened, PendingKind, Result};
+use crate::pki::{CaRecord, CertQuery, CertRecord, ProfileRecord, RevokedRow};
+use crate::policy_changes::PolicyChange;
+use crate::{KeyRecord, StoreError};
+
+pub(crate) use conn::SqliteConn;
+
+/// Migration that keys the audit chain (docs/audit.md).
+const KEYED_AUDIT_MIGRATION: i64 = 7;
+
+/// The tables of a kind of pending item. Constants, never input, so building SQL from
+/// them is safe.
+struct PendingTables {
+    items: &'static str,
+    votes: &'static str,
+    /// The column of `votes` naming the item voted on.
+    votes_item: &'static str,
+}
+
+fn tables(kind: PendingKind) -> PendingTables {
+    match kind {
+        PendingKind::SigningRequest => PendingTables {
+            items: "signing_requests",
+            votes: "approvals",
+            votes_item: "request_id",
+        },
+        PendingKind::PolicyChange => PendingTables {
+            items: "policy_changes",
+            votes: "policy_change_approvals",
+            votes_item: "change_id",
+        },
+    }
+}
+
+/// Map a unique violation to [`Inserted::Duplicate`](crate::db::Inserted).
+fn inserted<T>(r: std::result::Result<T, sqlx::Error>) -> Result<crate::db::Inserted> {
+    match r {
+        Ok(_) => Ok(crate::db::Inserted::Yes),
+        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
+            Ok(crate::db::Inserted::Duplicate)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+pub(crate) struct SqliteDb {
+    pool: SqlitePool,
+}
+
+fn options(url: &str) -> Result<SqliteConnectOptions> {
+    Ok(SqliteConnectOptions::from_str(url)?
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        // FULL: the WAL is fsynced at every commit, so an acknowledged audit record
+        // survives power loss.
+        .synchronous(SqliteSynchronous::Full)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(10)))
+}
+
+/// Open (creating if needed) the database at `url` and run migrations.
+pub(crate) async fn open(url: &str) -> Result<Opened> {
+    let opts = options(url)?;
+    // Migrations on their own connection, closed afterwards: sqlx caches a prepared
+    // statement's columns, and a statement prepared before a schema change would
+    // read rows of the new shape with the old column list.
+    let mut setup: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
+    let applied: Vec<i64> = match sqlx::query_scalar("SELECT version FROM _sqlx_migrations")
+        .fetch_all(&mut setup)
+        .await
+    {
+        Ok(v) => v,
+        // No migrations table: a new database.
+        Err(sqlx::Error::Database(_)) => Vec::new(),
+        Err(e) => return Err(e.into()),
+    };
+    sqlx::migrate!("./migrations/sqlite")
+        .run(&mut setup)
+        .await?;
+    sqlx::Connection::close(setup).await?;
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .connect_with(opts.clone())
+        .await?;
+    let writer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
+    Ok(Opened {
+        db: Arc::new(SqliteDb { pool }),
+        writer: Box::new(SqliteConn::own(writer)),
+        keying: (!applied.contains(&KEYED_AUDIT_MIGRATION)).then_some(applied.is_empty()),
+    })
+}
+
+/// Open an existing database read-only: not created, no migrations.
+pub(crate) async fn open_read_only(url: &str) -> Result<Arc<dyn Database>> {
+    let opts = SqliteConnectOptions::from_str(url)?
+        .read_only(true)
+        .create_if_missing(false);
+    let pool = SqlitePoolOptions::new()
+        .max_connections(1)
+        .connect_with(opts)
+        .await?;
+    Ok(Arc::new(SqliteDb { pool }))
+}
+
+impl SqliteDb {
+    async fn approvals_of(&self, kind: PendingKind, id: &str) -> Result<Vec<ApprovalRecord>> {
+        let t = tables(kind);
+        let sql = format!(
+            "SELECT approver, decision, comment, at FROM {} WHERE {} = ? ORDER BY at",
+            t.votes, t.votes_item
+        );
+        let rows = sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?;
+        rows.iter().map(rows::approval).collect()
+    }
+
+    async fn pending_rows(
+        &self,
+        kind: PendingKind,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<sqlx::sqlite::SqliteRow>> {
+        let t = tables(kind);
+        Ok(match status {
+            Some(s) => {
+                let sql = format!(
+                    "SELECT * FROM {} WHERE status = ? ORDER BY created_at DESC LIMIT ?",
+                    t.items
+                );
+                sqlx::query(&sql)
+                    .bind(s)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+            None => {
+                let sql = format!("SELECT * FROM {} ORDER BY created_at DESC LIMIT ?", t.items);
+                sqlx::query(&sql)
+                    .bind(limit as i64)
+                    .fetch_all(&self.pool)
+                    .await?
+            }
+        })
+    }
+
+    async fn pending_row(
+        &self,
+        kind: PendingKind,
+        id: &str,
+    ) -> Result<Option<sqlx::sqlite::SqliteRow>> {
+        let sql = format!("SELECT * FROM {} WHERE id = ?", tables(kind).items);
+        Ok(sqlx::query(&sql)
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?)
+    }
+}
+
+#[async_trait]
+impl Database for SqliteDb {
+    async fn conn(&self) -> Result<Box<dyn crate::db::Conn>> {
+        Ok(Box::new(SqliteConn::pooled(self.pool.acquire().await?)))
+    }
+
+    async fn close(&self) {
+        self.pool.close().await;
+    }
+
+    async fn subjects(&self) -> Result<Vec<SubjectRecord>> {
+        let rows = sqlx::query("SELECT * FROM subjects ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        let mut subjects = rows
+            .iter()
+            .map(rows::subject)
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        let grants =
+            sqlx::query("SELECT id, subject_id, role, pattern FROM grants ORDER BY role, pattern")
+                .fetch_all(&self.pool)
+                .await?;
+        for g in grants {
+            let subject_id: String = g.try_get("subject_id")?;
+            let role: Role = g
+                .try_get::<String, _>("role")?
+                .parse()
+                .map_err(|_| StoreError::Corrupt("grant role".into()))?;
+            if let Some(s) = subjects.iter_mut().find(|s| s.id == subject_id) {
+                s.grants.push(Grant {
+                    id: g.try_get("id")?,
+                    role,
+                    pattern: g.try_get("pattern")?,
+                });
+            }
+        }
+        Ok(subjects)
+    }
+
+    async fn key(&self, name: &KeyName) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query("SELECT * FROM keys WHERE name = ?")
+            .bind(name.as_str())
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::key).transpose()
+    }
+
+    async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
+        let row = sqlx::query("SELECT * FROM keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(&self.pool)
+            .await?;
+        row.as_ref().map(rows::key).transpose()
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>> {
+        let rows = sqlx::query("SELECT * FROM keys ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter().map(rows::key).collect()
+    }
+
+    async fn signing_request(&self, id: &str) -> Result<Option<SigningRequest>> {
+        let kind = PendingKind::SigningRequest;
+        let Some(row) = self.pending_row(kind, id).await? else {
+            return Ok(None);
+        };
+        let mut r = rows::request(&row)?;
+        r.approvals = self.approvals_of(kind, id).await?;
+        Ok(Some(r))
+    }
+
+    async fn signing_requests(
+        &self,
+        status: Option<&str>,
+        limit: u32,
+    ) -> Result<Vec<SigningRequest>> {
+        let kind = PendingKind::SigningRequest;
+        let mut out = Vec::new();
+        for row in &self.pending_rows(kind, status, limit).await? {
+            let mut r = rows::request(row)?;
+            r.approvals = self.approvals_of(kind, &r.id).await?;
+            out.push(r);
+        }
+        Ok(out)
+    }
+
+    async fn policy_change(&self, id: &str) -> Result<Option<PolicyChange>> {
+        let kind = PendingKind::PolicyChange;
+        let Some(row) = self.pending_row(kind, id).await? else {
+            return Ok(None);
+        };
+        let mut c = rows::policy_change(&row)?;
+        c.approvals = self.approvals_of(kind, id).await?;
+        Ok(Some(c))
+    }
+
+    async fn policy_changes(&self, status: Option<&str>, limit: u32) -> Result<Vec<PolicyChange>> {
+        let kind = PendingKind::PolicyChange;
+        let mut out = Vec::new();
+        for row in &self.pending_rows(kind, status, limit).await? {
+            let mut c = rows::policy_change(row)?;
+            c.approvals = self.approvals_of(kind, &c.id).await?;
+            out.push(c);
+        }
+        Ok(out)
+    }
+
+    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
+        let rows = sqlx::query(&format!(
+            "SELECT {}, mac FROM audit_log ORDER BY seq DESC LIMIT ?",
+            rows::AUDIT_COLUMNS
+        ))
+        .bind(limit as i64)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(rows::audit_record)
+            .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn ca(&self, name: &str) -> Result<Option<CaRecord>> {
+        sqlx::query("SELECT * FROM cas WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::ca)
+            .transpose()
+    }
+
+    async fn cas(&self) -> Result<Vec<CaRecord>> {
+        sqlx::query("SELECT * FROM cas ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::ca)
+            .collect()
+    }
+
+    async fn certificate_counts(&self, ca: &str) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query(
+            "SELECT status, COUNT(*) AS n FROM certificates WHERE ca = ? GROUP BY status",
+        )
+        .bind(ca)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
+            .collect()
+    }
+
+    async fn profile(&self, name: &str) -> Result<Option<ProfileRecord>> {
+        sqlx::query("SELECT * FROM profiles WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::profile)
+            .transpose()
+    }
+
+    async fn profiles(&self) -> Result<Vec<ProfileRecord>> {
+        sqlx::query("SELECT * FROM profiles ORDER BY name")
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::profile)
+            .collect()
+    }
+
+    async fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
+        sqlx::query("SELECT * FROM certificates WHERE serial = ?")
+            .bind(serial)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::cert)
+            .transpose()
+    }
+
+    async fn certificate_by_request_key(
+        &self,
+        profile: &str,
+        request_key: &str,
+    ) -> Result<Option<CertRecord>> {
+        sqlx::query("SELECT * FROM certificates WHERE profile = ? AND request_key = ?")
+            .bind(profile)
+            .bind(request_key)
+            .fetch_optional(&self.pool)
+            .await?
+            .as_ref()
+            .map(rows::cert)
+            .transpose()
+    }
+
+    async fn search_certificates(&self, q: &CertQuery) -> Result<Vec<CertRecord>> {
+        let like = q.subject.as_ref().map(|s| {
+            format!(
+                "%{}%",
+                s.replace('\\', "\\\\")
+                    .replace('%', "\\%")
+                    .replace('_', "\\_")
+            )
+        });
+        // Grant patterns use only `[a-z0-9._-]` and `*`, where SQLite's GLOB means the
+        // same as `pattern_matches`.
+        let visible = match &q.visible {
+            None => String::new(),
+            Some(v) if v.is_empty() => " AND 0".to_owned(),
+            Some(v) => format!(
+                " AND ({})",
+                (0..v.len().min(64))
+                    .map(|i| format!("profile GLOB ?{}", i + 8))
+                    .collect::<Vec<_>>()
+                    .join(" OR ")
+            ),
+        };
+        let sql = format!(
+            "SELECT * FROM certificates
+             WHERE (?1 IS NULL OR device_id = ?1)
+               AND (?2 IS NULL OR serial = ?2)
+               AND (?3 IS NULL OR subject LIKE ?3 ESCAPE '\\')
+               AND (?4 IS NULL OR profile = ?4)
+               AND (?5 IS NULL OR ca = ?5)
+               AND (?6 IS NULL OR status = ?6){visible}
+             ORDER BY issued_at DESC, serial
+             LIMIT ?7"
+        );
+        let mut query = sqlx::query(&sql)
+            .bind(&q.device_id)
+            .bind(&q.serial)
+            .bind(like)
+            .bind(&q.profile)
+            .bind(&q.ca)
+            .bind(&q.status)
+            .bind(i64::from(q.limit.clamp(1, 1000)));
+        for p in q.visible.iter().flatten().take(64) {
+            query = query.bind(p);
+        }
+        query
+            .fetch_all(&self.pool)
+            .await?
+            .iter()
+            .map(rows::cert)
+            .collect()
+    }
+
+    async fn latest_revocation(&self, ca: &str) -> Result<Option<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT MAX(t) FROM (
+                SELECT revoked_at AS t FROM certificates WHERE ca = ?1 AND status = 'revoked'
+                UNION ALL
+                SELECT revoked_at AS t FROM cas WHERE parent = ?1 AND revoked_at IS NOT NULL)",
+        )
+        .bind(ca)
+        .fetch_one(&self.pool)
+        .await?)
+    }
+
+    async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>> {
+        let rows = sqlx::query(
+            "SELECT serial, revoked_at, revocation_reason FROM certificates
+             WHERE ca = ?1 AND status = 'revoked'
+             UNION ALL
+             SELECT serial, revoked_at, revocation_reason FROM cas
+             WHERE parent = ?1 AND revoked_at IS NOT NULL AND serial IS NOT NULL
+             ORDER BY revoked_at, serial",
+        )
+        .bind(ca)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(RevokedRow {
+                    serial: r.try_get("serial")?,
+                    revoked_at: r
+                        .try_get::<Option<String>, _>("revoked_at")?
+                        .unwrap_or_default(),
+                    reason: r
+                        .try_get::<Option<String>, _>("revocation_reason")?
+                        .unwrap_or_else(|| "unspecified".into()),
+                })
+            })
+            .collect()
+    }
+
+    #[cfg(feature = "test-helpers")]
+    fn tamper(&self) -> &dyn crate::test_helpers::Tamper {
+        self
+    }
+}

@@ -1,0 +1,216 @@
+//! The store on SQLite: the conformance suite, and what only SQLite has (its
+//! migrations, and databases written by versions before the keyed audit log).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod conformance;
+
+use influxion_store::{AuditEvent, AuditKey, ChainReport, Outcome, Store, StoreError};
+
+struct Sqlite;
+
+impl conformance::Backend for Sqlite {
+    async fn fresh() -> conformance::TestDb {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/t.db", dir.path().display());
+        conformance::TestDb::new(url, dir)
+    }
+}
+
+conformance_suite!(Sqlite);
+
+fn key() -> AuditKey {
+    conformance::key()
+}
+
+fn url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}/t.db", dir.path().display())
+}
+
+async fn exec(url: &str, sqls: &[&str]) {
+    let pool = sqlx::SqlitePool::connect(url).await.unwrap();
+    for sql in sqls {
+        sqlx::query(sql).execute(&pool).await.unwrap();
+    }
+    pool.close().await;
+}
+
+fn broken(r: ChainReport) -> (i64, String) {
+    conformance::broken(r)
+}
+
+/// Rewrite a keyed store into the schema before migration 0007, as a database
+/// written by an older version looks.
+async fn downgrade(s: Store, url: &str) {
+    drop(s);
+    exec(
+        url,
+        &[
+            "ALTER TABLE audit_log DROP COLUMN mac",
+            "ALTER TABLE audit_head DROP COLUMN mac",
+            "DELETE FROM _sqlx_migrations WHERE version = 7",
+        ],
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn unkeyed_records_verify_and_reseal_keys_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&url(&dir), key()).await.unwrap();
+    for i in 0..3 {
+        s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string()))
+            .await
+            .unwrap();
+    }
+    downgrade(s, &url(&dir)).await;
+    // An old file verifies as before, and says it is not keyed.
+    assert!(matches!(
+        Store::verify_database(&url(&dir), Some(&key()))
+            .await
+            .unwrap(),
+        ChainReport::Intact {
+            records: 3,
+            unkeyed: 3,
+            keyed: false,
+            ..
+        }
+    ));
+
+    // Opening it keys it: the head is sealed and the moment recorded.
+    let s = Store::open(&url(&dir), key()).await.unwrap();
+    let rec = s.recent_audit(1).await.unwrap().remove(0);
+    assert_eq!((rec.seq, rec.action.as_str()), (4, "audit.keyed"));
+    assert_eq!(rec.detail, r#"{"unkeyed_records":3}"#);
+    assert!(matches!(
+        s.verify_audit_chain().await.unwrap(),
+        ChainReport::Intact {
+            records: 4,
+            unkeyed: 3,
+            keyed: true,
+            ..
+        }
+    ));
+    // The old records are covered through the links: truncating them still fails.
+    exec(&url(&dir), &["DELETE FROM audit_log WHERE seq = 3"]).await;
+    assert_eq!(broken(s.verify_audit_chain().await.unwrap()).0, 3);
+    let r = s
+        .reseal_audit(1, AuditEvent::new("t", "audit.reseal", Outcome::Ok))
+        .await;
+    assert!(matches!(r, Err(StoreError::Reseal(_))), "{r:?}");
+}
+
+#[tokio::test]
+async fn reseal_from_a_sequence_number_is_audited() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&url(&dir), key()).await.unwrap();
+    for _ in 0..3 {
+        s.audit(AuditEvent::new("t", "x", Outcome::Ok))
+            .await
+            .unwrap();
+    }
+    downgrade(s, &url(&dir)).await;
+    let s = Store::open(&url(&dir), key()).await.unwrap();
+    let r = s
+        .reseal_audit(
+            2,
+            AuditEvent::new("operator", "audit.reseal", Outcome::Ok).target("audit"),
+        )
+        .await
+        .unwrap();
+    assert_eq!((r.sealed, r.seq, r.head_was_unsealed), (2, 5, false));
+    let rec = s.recent_audit(1).await.unwrap().remove(0);
+    assert_eq!(
+        (rec.actor.as_str(), rec.action.as_str()),
+        ("operator", "audit.reseal")
+    );
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&rec.detail).unwrap(),
+        serde_json::json!({"from": 2, "sealed": 2, "through": 4, "head_was_unsealed": false})
+    );
+    assert!(matches!(
+        s.verify_audit_chain().await.unwrap(),
+        ChainReport::Intact {
+            records: 5,
+            unkeyed: 1,
+            keyed: true,
+            ..
+        }
+    ));
+    // Now a rewritten record 2 is pinpointed by its own MAC.
+    exec(
+        &url(&dir),
+        &["UPDATE audit_log SET mac = (SELECT mac FROM audit_log WHERE seq = 3) WHERE seq = 2"],
+    )
+    .await;
+    let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
+    assert_eq!(seq, 2);
+    assert!(reason.contains("MAC"), "{reason}");
+}
+
+/// Subjects made before `caller` existed: those with only app_id/app_role become
+/// `app`, those naming a person or group keep matching any caller.
+#[tokio::test]
+async fn migration_gives_app_only_subjects_the_app_caller_rule() {
+    use influxion_core::CallerRule;
+    use sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}/t.db", dir.path().display());
+    let opts = SqliteConnectOptions::from_str(&url)
+        .unwrap()
+        .create_if_missing(true);
+    let pool = sqlx::SqlitePool::connect_with(opts).await.unwrap();
+    // The schema as it was before the caller rule.
+    let mut old = sqlx::migrate!("./migrations/sqlite");
+    old.migrations = old
+        .migrations
+        .iter()
+        .filter(|m| m.version <= 4)
+        .cloned()
+        .collect::<Vec<_>>()
+        .into();
+    old.run(&pool).await.unwrap();
+    let rows = [
+        ("ci", Some("ci-app"), None, None, None),
+        ("pipelines", None, Some("Influxion.Sign"), None, None),
+        ("person", Some("portal"), None, Some("oid-1"), None),
+        ("team", None, Some("Influxion.Sign"), None, Some("g-1")),
+    ];
+    for (name, app_id, app_role, object_id, group_id) in rows {
+        sqlx::query(
+            "INSERT INTO subjects (id, name, tenant_id, app_id, app_role, object_id, group_id, created_at, created_by)
+             VALUES (?, ?, 't', ?, ?, ?, ?, '2026-01-01T00:00:00Z', 'test')",
+        )
+        .bind(format!("id-{name}"))
+        .bind(name)
+        .bind(app_id)
+        .bind(app_role)
+        .bind(object_id)
+        .bind(group_id)
+        .execute(&pool)
+        .await
+        .unwrap();
+    }
+    pool.close().await;
+
+    let key = influxion_store::AuditKey::new(zeroize::Zeroizing::new([1u8; 32]));
+    let s = Store::open(&url, key).await.unwrap();
+    let got: Vec<(String, Option<CallerRule>)> = s
+        .subjects()
+        .await
+        .unwrap()
+        .iter()
+        .map(|x| (x.name.clone(), x.rules.caller))
+        .collect();
+    assert_eq!(
+        got,
+        vec![
+            ("ci".to_owned(), Some(CallerRule::App)),
+            ("person".to_owned(), Some(CallerRule::Any)),
+            ("pipelines".to_owned(), Some(CallerRule::App)),
+            ("team".to_owned(), Some(CallerRule::Any)),
+        ]
+    );
+}

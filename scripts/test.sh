@@ -48,6 +48,10 @@ target/pkilint/bin/lint_pkix_cert --help >/dev/null
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "unused dependencies (cargo-machete from crates.io)"
+command -v cargo-machete >/dev/null 2>&1 || cargo install --locked --quiet cargo-machete@0.9.2
+cargo machete
+
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 

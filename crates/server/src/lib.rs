@@ -5,6 +5,7 @@
 //! one place ([`problem`]).
 
 mod auth;
+mod extract;
 pub mod problem;
 mod refusals;
 mod routes;

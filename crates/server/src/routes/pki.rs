@@ -1,7 +1,6 @@
 //! The device certificate authority over HTTP: CAs, profiles, issuance from CSRs and
 //! with server-side keys, search, revocation, CRLs and EST (RFC 7030).
 
-use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -16,7 +15,7 @@ use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
 use super::{audited, forbidden, require, require_any};
-use crate::routes::sign::{json_body, raw_body};
+use crate::extract::{JsonBody, RawBody};
 use crate::{ApiError, AppState, Caller};
 
 /// How long a CRL is valid; it is regenerated on every revocation and when a request
@@ -349,11 +348,11 @@ fn default_ca_key() -> String {
 pub async fn create_ca(
     State(st): State<AppState>,
     c: Caller,
-    body: Result<Json<CreateCa>, JsonRejection>,
+    body: Result<JsonBody<CreateCa>, ApiError>,
 ) -> Result<(StatusCode, Json<CaView>), ApiError> {
     let p = &c.principal;
     audited(&st, p, "ca.create", "cas", async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let name: KeyName = req.name.parse()?;
         if !c.perms.allows(Role::Admin, name.as_str()) {
             return Err(forbidden(
@@ -553,12 +552,12 @@ pub async fn import_ca_certificate(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<ImportCert>, JsonRejection>,
+    body: Result<JsonBody<ImportCert>, ApiError>,
 ) -> Result<Json<CaView>, ApiError> {
     require(&st, &c, Role::Admin, &name, "ca.import").await?;
     let p = &c.principal;
     audited(&st, p, "ca.import", &name, async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let ca = lookup_ca(&st, &name).await?;
         if ca.status != CaStatus::Pending {
             return Err(ApiError::CaNotActive(format!(
@@ -705,12 +704,12 @@ pub async fn revoke_ca(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<RevokeRequest>, JsonRejection>,
+    body: Result<JsonBody<RevokeRequest>, ApiError>,
 ) -> Result<Json<CaView>, ApiError> {
     require(&st, &c, Role::Admin, &name, "ca.revoke").await?;
     let p = &c.principal;
     audited(&st, p, "ca.revoke", &name, async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let reason = parse_reason(&req.reason)?;
         let ca = lookup_ca(&st, &name).await?;
         let parent = ca
@@ -887,13 +886,13 @@ pub async fn put_profile(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<ProfileSpec>, JsonRejection>,
+    body: Result<JsonBody<ProfileSpec>, ApiError>,
 ) -> Result<(StatusCode, Json<ProfileView>), ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "profile.put").await?;
     let p = &c.principal;
     audited(&st, p, "profile.put", &name, async {
         let name: KeyName = name.parse()?;
-        let spec = json_body(body)?;
+        let JsonBody(spec) = body?;
         spec.validate()
             .map_err(|e| ApiError::InvalidProfile(e.to_string()))?;
         let ca = lookup_ca(&st, &spec.ca).await.map_err(|_| {
@@ -1142,7 +1141,7 @@ pub async fn issue_from_csr(
     c: Caller,
     Path(profile): Path<String>,
     Query(q): Query<FormatQuery>,
-    body: Result<Json<IssueRequest>, JsonRejection>,
+    body: Result<JsonBody<IssueRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     require(&st, &c, Role::Provisioner, &profile, "cert.issue").await?;
     let p = &c.principal;
@@ -1153,7 +1152,7 @@ pub async fn issue_from_csr(
                 "format must be json, pem, der or pkcs7, not {format:?}"
             )));
         }
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         check_request_key(&req.request_key)?;
         let ctx = issuance_context(&st, &profile).await?;
         let spec = &ctx.spec;
@@ -1212,12 +1211,12 @@ pub async fn issue_with_new_key(
     State(st): State<AppState>,
     c: Caller,
     Path(profile): Path<String>,
-    body: Result<Json<KeygenRequest>, JsonRejection>,
+    body: Result<JsonBody<KeygenRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     require(&st, &c, Role::Provisioner, &profile, "cert.keygen").await?;
     let p = &c.principal;
     audited(&st, p, "cert.keygen", &profile, async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let ctx = issuance_context(&st, &profile).await?;
         let spec = &ctx.spec;
         if !spec.allow_server_keygen {
@@ -1449,11 +1448,11 @@ pub async fn revoke(
     State(st): State<AppState>,
     c: Caller,
     Path(serial): Path<String>,
-    body: Result<Json<RevokeRequest>, JsonRejection>,
+    body: Result<JsonBody<RevokeRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let p = &c.principal;
     audited(&st, p, "cert.revoke", &serial, async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let reason = parse_reason(&req.reason)?;
         let r = lookup_cert(&st, &c, &serial).await?;
         if !(c.perms.allows(Role::KeyAdmin, &r.profile)
@@ -1552,12 +1551,12 @@ async fn est_enroll_for(
     c: &Caller,
     profile: &str,
     headers: &HeaderMap,
-    body: Result<axum::body::Bytes, BytesRejection>,
+    body: Result<RawBody, ApiError>,
 ) -> Result<Response, ApiError> {
     require(st, c, Role::Provisioner, profile, "cert.issue").await?;
     let p = &c.principal;
     audited(st, p, "cert.issue", profile, async {
-        let body = raw_body(body)?;
+        let RawBody(body) = body?;
         let ct = headers
             .get(header::CONTENT_TYPE)
             .and_then(|v| v.to_str().ok())
@@ -1594,7 +1593,7 @@ pub async fn est_simpleenroll(
     State(st): State<AppState>,
     c: Caller,
     headers: HeaderMap,
-    body: Result<axum::body::Bytes, BytesRejection>,
+    body: Result<RawBody, ApiError>,
 ) -> Result<Response, ApiError> {
     let profile = est_profile(&st, None)?;
     est_enroll_for(&st, &c, &profile, &headers, body).await
@@ -1605,7 +1604,7 @@ pub async fn est_simpleenroll_label(
     c: Caller,
     Path(label): Path<String>,
     headers: HeaderMap,
-    body: Result<axum::body::Bytes, BytesRejection>,
+    body: Result<RawBody, ApiError>,
 ) -> Result<Response, ApiError> {
     est_enroll_for(&st, &c, &label, &headers, body).await
 }

@@ -2,7 +2,6 @@
 //! key-admin, approved by the key's approvers under the quorum in force when proposed,
 //! applied (and audited) by the store in the transaction of the completing vote.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use influxion_core::{KeyPolicy, Role, Weakening};
@@ -10,8 +9,8 @@ use influxion_store::{AuditEvent, Decision, KeyRecord, Outcome, PolicyChange, Re
 use serde::Serialize;
 
 use super::requests::DecisionBody;
-use super::sign::json_body;
 use super::{audited, now_unix};
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 /// Answer to a policy change that must be approved first (HTTP 202).
@@ -163,7 +162,7 @@ async fn decide(
     c: &Caller,
     id: &str,
     approve: bool,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<ChangeView>, ApiError> {
     let action = if approve {
         "key.policy_change.approve"
@@ -172,7 +171,7 @@ async fn decide(
     };
     let p = &c.principal;
     audited(st, p, action, id, async {
-        let body = json_body(body)?;
+        let JsonBody(body) = body?;
         body.check(approve)?;
         super::require_any(c)?;
         super::check_pending_id(id)?;
@@ -220,7 +219,7 @@ pub async fn approve(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<ChangeView>, ApiError> {
     decide(&st, &c, &id, true, body).await
 }
@@ -229,7 +228,7 @@ pub async fn reject(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<ChangeView>, ApiError> {
     decide(&st, &c, &id, false, body).await
 }

@@ -1,7 +1,6 @@
 //! Signing requests on keys that need approval: create, list, show, approve, reject,
 //! cancel. The quorum and its exactly-once signature are enforced by the store.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -13,8 +12,9 @@ use influxion_store::{
 use serde::{Deserialize, Serialize};
 
 use super::keys::lookup;
-use super::sign::{json_body, PendingResponse};
+use super::sign::PendingResponse;
 use super::{audited, now_unix};
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 pub(crate) async fn create(
@@ -242,7 +242,7 @@ async fn decide(
     c: &Caller,
     id: &str,
     approve: bool,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<RequestView>, ApiError> {
     let action = if approve {
         "signing_request.approve"
@@ -251,7 +251,7 @@ async fn decide(
     };
     let p = &c.principal;
     audited(st, p, action, id, async {
-        let body = json_body(body)?;
+        let JsonBody(body) = body?;
         body.check(approve)?;
         super::require_any(c)?;
         let r = fetch(st, id).await?;
@@ -323,7 +323,7 @@ pub async fn approve(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<RequestView>, ApiError> {
     decide(&st, &c, &id, true, body).await
 }
@@ -332,7 +332,7 @@ pub async fn reject(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<RequestView>, ApiError> {
     decide(&st, &c, &id, false, body).await
 }

@@ -12,6 +12,7 @@ use influxion_store::{AuditEvent, KeyRecord, Outcome};
 use serde::{Deserialize, Serialize};
 
 use super::keys::lookup;
+use super::requests::PendingResponse;
 use super::{audited, require_any};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
@@ -38,16 +39,6 @@ pub struct SignResponse {
     signature: String,
     /// Sequence number of the audit record of this signature.
     audit_seq: u64,
-}
-
-/// Answer to a sign call on a key that needs approval.
-#[derive(Serialize)]
-pub struct PendingResponse {
-    pub(crate) request_id: String,
-    pub(crate) status: &'static str,
-    pub(crate) location: String,
-    pub(crate) quorum: u32,
-    pub(crate) expires_at: i64,
 }
 
 pub enum SignOutcome {

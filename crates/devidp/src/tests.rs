@@ -8,6 +8,14 @@ use http_body_util::BodyExt as _;
 use jsonwebtoken::{DecodingKey, Validation};
 use tower::ServiceExt as _;
 
+use std::collections::HashMap;
+
+use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
+use base64::Engine as _;
+use sha2::{Digest, Sha256};
+use url::Url;
+
+use super::grants::{insert_bounded, key_of, Key, RefreshGrant, STORE_CAP};
 use super::*;
 
 const ISSUER: &str = "http://127.0.0.1:9999";

@@ -92,6 +92,21 @@ impl KcError {
     }
 }
 
+impl KcError {
+    /// What the browser is told instead of the text of a failure that stays in the log.
+    fn public_detail(&self) -> &'static str {
+        match self {
+            Self::Provider(_) => {
+                "the identity provider could not be reached or answered wrongly; see the keyclient log"
+            }
+            Self::InvalidIdToken(_) => {
+                "the ID token from the identity provider is not acceptable; see the keyclient log"
+            }
+            _ => "see the keyclient log",
+        }
+    }
+}
+
 impl From<sqlx::Error> for KcError {
     fn from(e: sqlx::Error) -> Self {
         Self::Internal(format!("session store: {e}"))
@@ -101,12 +116,18 @@ impl From<sqlx::Error> for KcError {
 impl IntoResponse for KcError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if let Self::Internal(detail) | Self::Provider(detail) = &self {
-            // Details of internal failures go to the log, not to the browser.
-            tracing::error!(slug = self.slug(), %detail, "request failed");
-        }
+        // Internal, provider and ID-token failures carry text from the database, the
+        // provider or the OIDC library (URLs, addresses, library internals): it goes to
+        // the log, and the browser gets a generic detail, as the keyserver does.
         let detail = match &self {
-            Self::Internal(_) => "see the keyclient log".to_owned(),
+            Self::Internal(detail) | Self::Provider(detail) => {
+                tracing::error!(slug = self.slug(), %detail, "request failed");
+                self.public_detail().to_owned()
+            }
+            Self::InvalidIdToken(detail) => {
+                tracing::warn!(slug = self.slug(), %detail, "ID token refused");
+                self.public_detail().to_owned()
+            }
             other => other.to_string(),
         };
         let body = serde_json::json!({
@@ -121,5 +142,58 @@ impl IntoResponse for KcError {
             HeaderValue::from_static("application/problem+json"),
         );
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use http_body_util::BodyExt as _;
+
+    use super::*;
+
+    /// The text a provider, the OIDC library or the database put in an error never
+    /// reaches the browser; the status and the problem type stay.
+    #[tokio::test]
+    async fn provider_and_internal_text_stays_in_the_log() {
+        let secret = "discovery at https://idp.internal.example/: connect 10.0.0.7:443 refused";
+        for (e, status, slug) in [
+            (KcError::Provider(secret.into()), 502, "provider-error"),
+            (
+                KcError::InvalidIdToken(secret.into()),
+                401,
+                "invalid-id-token",
+            ),
+            (KcError::Internal(secret.into()), 500, "internal"),
+        ] {
+            let r = e.into_response();
+            assert_eq!(r.status().as_u16(), status);
+            assert_eq!(
+                r.headers().get(header::CONTENT_TYPE).unwrap(),
+                "application/problem+json"
+            );
+            let body = r.into_body().collect().await.unwrap().to_bytes();
+            let text = String::from_utf8(body.to_vec()).unwrap();
+            assert!(!text.contains("idp.internal.example"), "{text}");
+            assert!(!text.contains("10.0.0.7"), "{text}");
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["type"], format!("{PROBLEM_BASE}{slug}"));
+            assert_eq!(v["status"], status);
+            assert!(
+                v["detail"].as_str().is_some_and(|d| !d.is_empty()),
+                "{text}"
+            );
+        }
+    }
+
+    /// Errors whose text the keyclient wrote itself are still shown as they are.
+    #[tokio::test]
+    async fn own_messages_are_shown() {
+        let r = KcError::InvalidReturnTo.into_response();
+        assert_eq!(r.status().as_u16(), 400);
+        let body = r.into_body().collect().await.unwrap().to_bytes();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["detail"], KcError::InvalidReturnTo.to_string());
     }
 }

@@ -5,6 +5,7 @@
 //! one place ([`problem`]).
 
 mod auth;
+mod extract;
 pub mod problem;
 mod refusals;
 mod routes;
@@ -22,7 +23,8 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticated, Caller};
 pub use problem::ApiError;
-pub use routes::pki::{ensure_dev_ca, PkiCache, PkiSettings};
+pub use routes::pki::{ensure_dev_ca, PkiCache};
+pub use service::pki::PkiSettings;
 
 /// Largest request body accepted anywhere in the API. Signing requests carry a digest,
 /// never the file, so a few KiB is plenty.
@@ -39,7 +41,7 @@ pub struct AppState {
     pub validator: Arc<Validator>,
     pub refusals: Arc<RefusalLimiter>,
     pub pki: Arc<PkiSettings>,
-    pub pki_cache: Arc<routes::pki::PkiCache>,
+    pub pki_cache: Arc<PkiCache>,
 }
 
 pub use refusals::{Admitted, RefusalLimiter};
@@ -107,54 +109,54 @@ pub fn app(state: AppState) -> Router {
         )
         .route(
             "/v1/cas",
-            get(routes::pki::list_cas).post(routes::pki::create_ca),
+            get(routes::pki::cas::list).post(routes::pki::cas::create),
         )
-        .route("/v1/cas/{name}", get(routes::pki::show_ca))
+        .route("/v1/cas/{name}", get(routes::pki::cas::show))
         .route(
             "/v1/cas/{name}/certificate",
-            axum::routing::put(routes::pki::import_ca_certificate),
+            axum::routing::put(routes::pki::cas::import_certificate),
         )
-        .route("/v1/cas/{name}/chain", get(routes::pki::ca_chain))
-        .route("/v1/cas/{name}/crl", post(routes::pki::refresh_crl))
-        .route("/v1/cas/{name}/disable", post(routes::pki::disable_ca))
-        .route("/v1/cas/{name}/revoke", post(routes::pki::revoke_ca))
-        .route("/crl/{file}", get(routes::pki::crl))
-        .route("/v1/profiles", get(routes::pki::list_profiles))
+        .route("/v1/cas/{name}/chain", get(routes::pki::cas::chain))
+        .route("/v1/cas/{name}/crl", post(routes::pki::crl::refresh))
+        .route("/v1/cas/{name}/disable", post(routes::pki::cas::disable))
+        .route("/v1/cas/{name}/revoke", post(routes::pki::cas::revoke))
+        .route("/crl/{file}", get(routes::pki::crl::crl))
+        .route("/v1/profiles", get(routes::pki::profiles::list))
         .route(
             "/v1/profiles/{name}",
-            get(routes::pki::show_profile)
-                .put(routes::pki::put_profile)
-                .delete(routes::pki::delete_profile),
+            get(routes::pki::profiles::show)
+                .put(routes::pki::profiles::put)
+                .delete(routes::pki::profiles::delete),
         )
         .route(
             "/v1/profiles/{name}/certificates",
-            post(routes::pki::issue_from_csr),
+            post(routes::pki::issuance::from_csr),
         )
         .route(
             "/v1/profiles/{name}/keys",
-            post(routes::pki::issue_with_new_key),
+            post(routes::pki::issuance::with_new_key),
         )
-        .route("/v1/certificates", get(routes::pki::search))
+        .route("/v1/certificates", get(routes::pki::certificates::search))
         .route(
             "/v1/certificates/{serial}",
-            get(routes::pki::show_certificate),
+            get(routes::pki::certificates::show),
         )
         .route(
             "/v1/certificates/{serial}/revoke",
-            post(routes::pki::revoke),
+            post(routes::pki::certificates::revoke),
         )
-        .route("/.well-known/est/cacerts", get(routes::pki::est_cacerts))
+        .route("/.well-known/est/cacerts", get(routes::pki::est::cacerts))
         .route(
             "/.well-known/est/simpleenroll",
-            post(routes::pki::est_simpleenroll),
+            post(routes::pki::est::simpleenroll),
         )
         .route(
             "/.well-known/est/{label}/cacerts",
-            get(routes::pki::est_cacerts_label),
+            get(routes::pki::est::cacerts_label),
         )
         .route(
             "/.well-known/est/{label}/simpleenroll",
-            post(routes::pki::est_simpleenroll_label),
+            post(routes::pki::est::simpleenroll_label),
         )
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)

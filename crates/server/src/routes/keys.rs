@@ -1,6 +1,5 @@
 //! Key management: list, show, export, create, disable, policy.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -11,7 +10,7 @@ use influxion_verify as public;
 use serde::{Deserialize, Serialize};
 
 use super::{audited, require, require_any};
-use crate::routes::sign::json_body;
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 #[derive(Serialize)]
@@ -131,11 +130,11 @@ pub struct CreateKey {
 pub async fn create(
     State(st): State<AppState>,
     c: Caller,
-    body: Result<Json<CreateKey>, JsonRejection>,
+    body: Result<JsonBody<CreateKey>, ApiError>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
     let p = &c.principal;
     audited(&st, p, "key.create", "keys", async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let name: KeyName = req.name.parse()?;
         let key_type: KeyType = req.key_type.parse()?;
         if !c.perms.allows(Role::KeyAdmin, name.as_str()) {
@@ -193,12 +192,12 @@ pub async fn set_policy(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<PolicyRequest>, JsonRejection>,
+    body: Result<JsonBody<PolicyRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "key.policy").await?;
     let p = &c.principal;
     audited(&st, p, "key.policy", &name, async {
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let key = lookup(&st, &name).await?;
         if req.approvals_required > 16 {
             return Err(ApiError::InvalidRequest(

@@ -2,16 +2,15 @@
 //! key-admin, approved by the key's approvers under the quorum in force when proposed,
 //! applied (and audited) by the store in the transaction of the completing vote.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use influxion_core::{KeyPolicy, Role, Weakening};
 use influxion_store::{AuditEvent, Decision, KeyRecord, Outcome, PolicyChange, RequestOutcome};
 use serde::Serialize;
 
-use super::requests::DecisionBody;
-use super::sign::json_body;
+use super::pending::{self, DecisionBody};
 use super::{audited, now_unix};
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 /// Answer to a policy change that must be approved first (HTTP 202).
@@ -105,7 +104,7 @@ fn view(c: &Caller, mut ch: PolicyChange) -> ChangeView {
 /// The same rule as for the key's signing requests, under the policy the change
 /// would replace.
 fn may_approve(c: &Caller, ch: &PolicyChange) -> bool {
-    super::may_approve(c, &ch.key_name, &ch.approver_subjects)
+    pending::may_approve(c, &ch.key_name, &ch.approver_subjects)
 }
 
 fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
@@ -123,10 +122,10 @@ pub struct ChangeList {
 pub async fn list(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<super::PendingListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<pending::PendingListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<ChangeList>, ApiError> {
     super::require_any(&c)?;
-    let (status, limit) = super::pending_list_params(
+    let (status, limit) = pending::pending_list_params(
         q,
         &["pending", "applied", "rejected", "expired", "superseded"],
     )?;
@@ -142,7 +141,7 @@ pub async fn list(
 }
 
 async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<PolicyChange, ApiError> {
-    super::check_pending_id(id)?;
+    pending::check_pending_id(id)?;
     match st.store.get_policy_change(id).await? {
         Some(ch) if may_see(c, &ch) => Ok(ch),
         _ => Err(ApiError::UnknownRequest(id.to_owned())),
@@ -163,7 +162,7 @@ async fn decide(
     c: &Caller,
     id: &str,
     approve: bool,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<ChangeView>, ApiError> {
     let action = if approve {
         "key.policy_change.approve"
@@ -172,10 +171,10 @@ async fn decide(
     };
     let p = &c.principal;
     audited(st, p, action, id, async {
-        let body = json_body(body)?;
+        let JsonBody(body) = body?;
         body.check(approve)?;
         super::require_any(c)?;
-        super::check_pending_id(id)?;
+        pending::check_pending_id(id)?;
         let ch = st
             .store
             .get_policy_change(id)
@@ -220,7 +219,7 @@ pub async fn approve(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<ChangeView>, ApiError> {
     decide(&st, &c, &id, true, body).await
 }
@@ -229,7 +228,7 @@ pub async fn reject(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<ChangeView>, ApiError> {
     decide(&st, &c, &id, false, body).await
 }

@@ -1,7 +1,6 @@
 //! Signing requests on keys that need approval: create, list, show, approve, reject,
 //! cancel. The quorum and its exactly-once signature are enforced by the store.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, Query, State};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
@@ -10,12 +9,23 @@ use influxion_core::{Digest, Principal, Role, SignAlgorithm};
 use influxion_store::{
     AuditEvent, Decision, KeyRecord, Outcome, RequestOutcome, SigningRequest, StoreError,
 };
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 
 use super::keys::lookup;
-use super::sign::{json_body, PendingResponse};
+use super::pending::{self, DecisionBody};
 use super::{audited, now_unix};
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
+
+/// Answer to a sign call on a key that needs approval: the request now waiting.
+#[derive(Serialize)]
+pub struct PendingResponse {
+    pub(crate) request_id: String,
+    pub(crate) status: &'static str,
+    pub(crate) location: String,
+    pub(crate) quorum: u32,
+    pub(crate) expires_at: i64,
+}
 
 pub(crate) async fn create(
     st: &AppState,
@@ -99,7 +109,7 @@ fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
 }
 
 fn may_approve(c: &Caller, r: &SigningRequest) -> bool {
-    super::may_approve(c, &r.key_name, &r.approver_subjects)
+    pending::may_approve(c, &r.key_name, &r.approver_subjects)
 }
 
 fn may_see(c: &Caller, r: &SigningRequest) -> bool {
@@ -114,10 +124,10 @@ pub struct RequestList {
 pub async fn list(
     State(st): State<AppState>,
     c: Caller,
-    q: Result<Query<super::PendingListQuery>, axum::extract::rejection::QueryRejection>,
+    q: Result<Query<pending::PendingListQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Json<RequestList>, ApiError> {
     super::require_any(&c)?;
-    let (status, limit) = super::pending_list_params(
+    let (status, limit) = pending::pending_list_params(
         q,
         &["pending", "signed", "rejected", "cancelled", "expired"],
     )?;
@@ -133,7 +143,7 @@ pub async fn list(
 }
 
 async fn fetch(st: &AppState, id: &str) -> Result<SigningRequest, ApiError> {
-    super::check_pending_id(id)?;
+    pending::check_pending_id(id)?;
     st.store
         .get_request(id)
         .await?
@@ -141,7 +151,7 @@ async fn fetch(st: &AppState, id: &str) -> Result<SigningRequest, ApiError> {
 }
 
 async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<SigningRequest, ApiError> {
-    super::check_pending_id(id)?;
+    pending::check_pending_id(id)?;
     match st.store.get_request(id).await? {
         Some(r) if may_see(c, &r) => Ok(r),
         // Requests the caller may not see are indistinguishable from missing ones.
@@ -157,29 +167,6 @@ pub async fn show(
     super::require_any(&c)?;
     let r = visible(&st, &c, &id).await?;
     Ok(Json(view(&c, r)))
-}
-
-#[derive(Deserialize, Default)]
-#[serde(deny_unknown_fields)]
-pub struct DecisionBody {
-    #[serde(default)]
-    pub(crate) comment: String,
-}
-
-impl DecisionBody {
-    pub(crate) fn check(&self, approve: bool) -> Result<(), ApiError> {
-        if self.comment.len() > 1000 {
-            return Err(ApiError::InvalidRequest(
-                "comment is at most 1000 characters".into(),
-            ));
-        }
-        if !approve && self.comment.trim().is_empty() {
-            return Err(ApiError::InvalidRequest(
-                "a rejection needs a comment".into(),
-            ));
-        }
-        Ok(())
-    }
 }
 
 async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError> {
@@ -239,7 +226,7 @@ async fn decide(
     c: &Caller,
     id: &str,
     approve: bool,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<RequestView>, ApiError> {
     let action = if approve {
         "signing_request.approve"
@@ -248,7 +235,7 @@ async fn decide(
     };
     let p = &c.principal;
     audited(st, p, action, id, async {
-        let body = json_body(body)?;
+        let JsonBody(body) = body?;
         body.check(approve)?;
         super::require_any(c)?;
         let r = fetch(st, id).await?;
@@ -320,7 +307,7 @@ pub async fn approve(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<RequestView>, ApiError> {
     decide(&st, &c, &id, true, body).await
 }
@@ -329,7 +316,7 @@ pub async fn reject(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
-    body: Result<Json<DecisionBody>, JsonRejection>,
+    body: Result<JsonBody<DecisionBody>, ApiError>,
 ) -> Result<Json<RequestView>, ApiError> {
     decide(&st, &c, &id, false, body).await
 }

@@ -1,6 +1,5 @@
 //! Signing and verification of digests.
 
-use axum::extract::rejection::{BytesRejection, JsonRejection};
 use axum::extract::{Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -13,33 +12,10 @@ use influxion_verify as public;
 use serde::{Deserialize, Serialize};
 
 use super::keys::lookup;
+use super::requests::PendingResponse;
 use super::{audited, require_any};
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
-
-/// Unwrap a JSON body, turning the extractor's rejection into the right problem.
-pub(crate) fn json_body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, ApiError> {
-    match body {
-        Ok(Json(v)) => Ok(v),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES))
-        }
-        Err(JsonRejection::MissingJsonContentType(_)) => Err(ApiError::UnsupportedMediaType),
-        Err(r) => Err(ApiError::InvalidRequest(r.body_text())),
-    }
-}
-
-/// Unwrap a raw body (EST), with the same problems as [`json_body`].
-pub(crate) fn raw_body(
-    body: Result<axum::body::Bytes, BytesRejection>,
-) -> Result<axum::body::Bytes, ApiError> {
-    match body {
-        Ok(b) => Ok(b),
-        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => {
-            Err(ApiError::BodyTooLarge(crate::MAX_BODY_BYTES))
-        }
-        Err(r) => Err(ApiError::InvalidRequest(r.body_text())),
-    }
-}
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -63,16 +39,6 @@ pub struct SignResponse {
     signature: String,
     /// Sequence number of the audit record of this signature.
     audit_seq: u64,
-}
-
-/// Answer to a sign call on a key that needs approval.
-#[derive(Serialize)]
-pub struct PendingResponse {
-    pub(crate) request_id: String,
-    pub(crate) status: &'static str,
-    pub(crate) location: String,
-    pub(crate) quorum: u32,
-    pub(crate) expires_at: i64,
 }
 
 pub enum SignOutcome {
@@ -143,7 +109,7 @@ pub async fn sign(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<SignRequest>, JsonRejection>,
+    body: Result<JsonBody<SignRequest>, ApiError>,
 ) -> Result<SignOutcome, ApiError> {
     let p = &c.principal;
     audited(&st, p, "sign", &name, async {
@@ -153,7 +119,7 @@ pub async fn sign(
                 &format!("signing with {name} needs the signer role"),
             ));
         }
-        let req = json_body(body)?;
+        let JsonBody(req) = body?;
         let key = lookup(&st, &name).await?;
         if key.status != KeyStatus::Active {
             return Err(ApiError::KeyDisabled(key.name.to_string()));
@@ -233,10 +199,10 @@ pub async fn verify(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<VerifyRequest>, JsonRejection>,
+    body: Result<JsonBody<VerifyRequest>, ApiError>,
 ) -> Result<Json<VerifyResponse>, ApiError> {
     require_any(&c)?;
-    let req = json_body(body)?;
+    let JsonBody(req) = body?;
     let key = lookup(&st, &name).await?;
     let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
     let sig = B64

@@ -1,6 +1,5 @@
 //! Subjects and grants: managed by admins, every change audited with who made it.
 
-use axum::extract::rejection::JsonRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::Json;
@@ -9,8 +8,8 @@ use influxion_core::{Grant, Role, SubjectRules};
 use influxion_store::{AuditEvent, Outcome, SubjectRecord};
 use serde::{Deserialize, Serialize};
 
-use super::sign::json_body;
 use super::{audited, new_id, require};
+use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 #[derive(Serialize)]
@@ -124,12 +123,12 @@ fn check_rules(st: &AppState, rules: &SubjectRules, description: &str) -> Result
 pub async fn create(
     State(st): State<AppState>,
     c: Caller,
-    body: Result<Json<SubjectBody>, JsonRejection>,
+    body: Result<JsonBody<SubjectBody>, ApiError>,
 ) -> Result<(StatusCode, Json<SubjectRecord>), ApiError> {
     require(&st, &c, Role::Admin, "subjects", "subject.create").await?;
     let p = &c.principal;
     audited(&st, p, "subject.create", "subjects", async {
-        let b = json_body(body)?;
+        let JsonBody(b) = body?;
         validate_subject_name(&b.name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
         check_rules(&st, &b.rules, &b.description)?;
         if b.grants.len() > 32 {
@@ -160,12 +159,12 @@ pub async fn update(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<UpdateBody>, JsonRejection>,
+    body: Result<JsonBody<UpdateBody>, ApiError>,
 ) -> Result<Json<SubjectRecord>, ApiError> {
     require(&st, &c, Role::Admin, &name, "subject.update").await?;
     let p = &c.principal;
     audited(&st, p, "subject.update", &name, async {
-        let b = json_body(body)?;
+        let JsonBody(b) = body?;
         check_rules(&st, &b.rules, &b.description)?;
         let old = find(&st, &name).await?;
         let s = SubjectRecord {
@@ -223,12 +222,12 @@ pub async fn add_grant(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
-    body: Result<Json<GrantBody>, JsonRejection>,
+    body: Result<JsonBody<GrantBody>, ApiError>,
 ) -> Result<(StatusCode, Json<Grant>), ApiError> {
     require(&st, &c, Role::Admin, &name, "grant.add").await?;
     let p = &c.principal;
     audited(&st, p, "grant.add", &name, async {
-        let g = json_body(body)?.to_grant()?;
+        let g = body?.0.to_grant()?;
         let s = find(&st, &name).await?;
         let event = AuditEvent::new(p.audit_id(), "grant.add", Outcome::Ok)
             .target(name.clone())

@@ -1,0 +1,486 @@
+//! The device CA's operations: create a CA, issue a certificate, issue a CRL. Each
+//! builds its records and audit events in one function; the HTTP handlers, EST and the
+//! development seeding call them after checking permissions.
+
+use influxion_core::{Digest, KeyName, KeyStatus, KeyType, Principal, SignAlgorithm};
+use influxion_pki::{build, encode, CaKey, CaKeyAlg, CaSubject, CertSpec, ProfileSpec};
+use influxion_store::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
+use influxion_store::{AuditEvent, KeyPurpose, KeyRecord, Outcome};
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+use crate::{ApiError, AppState};
+
+/// How long a CRL is valid; it is regenerated on every revocation and when a request
+/// finds it within a day of its nextUpdate.
+pub(crate) const CRL_VALIDITY_DAYS: i64 = 7;
+const DEFAULT_ROOT_DAYS: u32 = 7300;
+const DEFAULT_INTERMEDIATE_DAYS: u32 = 3650;
+
+/// Settings of the certificate authority that come from configuration.
+#[derive(Debug, Clone, Default)]
+pub struct PkiSettings {
+    /// Public base URL of the keyserver (for CRL distribution points), without a
+    /// trailing slash, e.g. `https://keys.example.com`.
+    pub public_url: Option<String>,
+    /// Profile used by EST requests without a label (`/.well-known/est/simpleenroll`).
+    pub est_profile: Option<String>,
+}
+
+impl PkiSettings {
+    pub(crate) fn crl_url(&self, ca: &str) -> Option<String> {
+        self.public_url
+            .as_ref()
+            .map(|u| format!("{u}/crl/{ca}.crl"))
+    }
+}
+
+pub(crate) fn rfc3339(t: OffsetDateTime) -> String {
+    t.format(&Rfc3339).unwrap_or_default()
+}
+
+pub(crate) fn corrupt(what: &str) -> ApiError {
+    ApiError::Store(influxion_store::StoreError::Corrupt(what.to_owned()))
+}
+
+pub(crate) fn build_err(e: build::BuildError) -> ApiError {
+    match e {
+        build::BuildError::BadCaCertificate(m) => ApiError::BadCaCertificate(m),
+        build::BuildError::Name(m) => ApiError::InvalidRequest(m),
+        build::BuildError::UnsupportedCaKey(m) => ApiError::InvalidRequest(format!(
+            "CA keys must be ec-p256, ec-p384, rsa-3072 or rsa-4096 ({m})"
+        )),
+        e => ApiError::Backend(influxion_core::BackendError::Crypto(e.to_string())),
+    }
+}
+
+fn ca_alg(kt: KeyType) -> Option<(CaKeyAlg, SignAlgorithm)> {
+    match kt {
+        KeyType::EcP256 => Some((CaKeyAlg::EcdsaP256Sha256, SignAlgorithm::Es256)),
+        KeyType::EcP384 => Some((CaKeyAlg::EcdsaP384Sha384, SignAlgorithm::Es384)),
+        KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            Some((CaKeyAlg::RsaPkcs1Sha256, SignAlgorithm::Rs256))
+        }
+        KeyType::Ed25519 => None,
+    }
+}
+
+/// Run `f` with the CA key on a blocking thread; the key's signatures go through the
+/// key backend, so the private key never leaves it. The one place a CA key signs.
+pub(crate) async fn with_ca_key<T: Send + 'static>(
+    st: &AppState,
+    key: &KeyRecord,
+    f: impl FnOnce(&CaKey<'_>) -> Result<T, build::BuildError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let (alg, sign_alg) = ca_alg(key.key_type).ok_or_else(|| {
+        ApiError::InvalidRequest(format!("{} keys cannot be CA keys", key.key_type))
+    })?;
+    let backends = st.backends.clone();
+    let key = key.clone();
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        let signer = |digest: &[u8]| {
+            let d = Digest::new(sign_alg, digest.to_vec()).map_err(|e| e.to_string())?;
+            rt.block_on(backends.sign(&key, &d))
+                .map_err(|e| e.to_string())
+        };
+        let ca_key = CaKey::new(alg, &key.public_key, signer)?;
+        f(&ca_key)
+    })
+    .await
+    .map_err(|e| corrupt(&format!("signing task: {e}")))?
+    .map_err(build_err)
+}
+
+// ---------------------------------------------------------------------------------
+// Reading CAs and profiles
+
+pub(crate) async fn ca_key_record(st: &AppState, ca: &CaRecord) -> Result<KeyRecord, ApiError> {
+    st.store
+        .get_key_by_id(&ca.key_id)
+        .await?
+        .ok_or_else(|| corrupt("CA key missing"))
+}
+
+pub(crate) async fn lookup_ca(st: &AppState, name: &str) -> Result<CaRecord, ApiError> {
+    st.store
+        .get_ca(name)
+        .await?
+        .ok_or_else(|| ApiError::UnknownCa(name.to_owned()))
+}
+
+/// An active CA with its certificate and key.
+pub(crate) async fn active_ca(
+    st: &AppState,
+    name: &str,
+) -> Result<(CaRecord, Vec<u8>, KeyRecord), ApiError> {
+    let ca = lookup_ca(st, name).await?;
+    let cert = match (&ca.status, &ca.certificate) {
+        (CaStatus::Active, Some(c)) => c.clone(),
+        _ => {
+            return Err(ApiError::CaNotActive(format!(
+                "CA {name} is {}",
+                ca.status.as_str()
+            )))
+        }
+    };
+    let key = ca_key_record(st, &ca).await?;
+    if key.status != KeyStatus::Active {
+        return Err(ApiError::CaNotActive(format!(
+            "the key of CA {name} is disabled"
+        )));
+    }
+    let not_after = build::facts(&cert).map_err(build_err)?.not_after;
+    if not_after <= OffsetDateTime::now_utc() {
+        return Err(ApiError::CaNotActive(format!(
+            "CA {name} expired on {}",
+            rfc3339(not_after)
+        )));
+    }
+    Ok((ca, cert, key))
+}
+
+/// A CA that can sign CRLs: it has a certificate (active or disabled; a disabled or
+/// expired CA still publishes revocations).
+async fn crl_ca(st: &AppState, name: &str) -> Result<(CaRecord, Vec<u8>, KeyRecord), ApiError> {
+    let ca = lookup_ca(st, name).await?;
+    let cert = ca
+        .certificate
+        .clone()
+        .ok_or_else(|| ApiError::CaNotActive(format!("CA {name} has no certificate yet")))?;
+    let key = ca_key_record(st, &ca).await?;
+    Ok((ca, cert, key))
+}
+
+/// DER certificates of the CA and the issuers above it, nearest first.
+pub(crate) fn chain_ders(ca: &CaRecord) -> Result<Vec<Vec<u8>>, ApiError> {
+    let mut out = Vec::new();
+    if let Some(c) = &ca.certificate {
+        out.push(c.clone());
+    }
+    if !ca.chain_pem.trim().is_empty() {
+        out.extend(
+            encode::certs_from_pem_or_der(ca.chain_pem.as_bytes())
+                .map_err(|_| corrupt("CA chain"))?,
+        );
+    }
+    Ok(out)
+}
+
+pub(crate) fn pem_all(ders: &[Vec<u8>]) -> String {
+    ders.iter().map(|d| encode::cert_pem(d)).collect()
+}
+
+pub(crate) async fn lookup_profile(
+    st: &AppState,
+    name: &str,
+) -> Result<(ProfileRecord, ProfileSpec), ApiError> {
+    let r = st
+        .store
+        .get_profile(name)
+        .await?
+        .ok_or_else(|| ApiError::UnknownProfile(name.to_owned()))?;
+    let spec = serde_json::from_str(&r.spec).map_err(|_| corrupt("profile"))?;
+    Ok((r, spec))
+}
+
+// ---------------------------------------------------------------------------------
+// Create a CA
+
+/// A CA to create: a root, an intermediate under a CA held here (`parent`), or an
+/// intermediate whose CSR an external root signs (`external`).
+pub(crate) struct NewCa {
+    /// CA names appear in URLs and key names: the key-name rules apply.
+    pub name: KeyName,
+    pub key_type: KeyType,
+    pub subject: CaSubject,
+    pub validity_days: Option<u32>,
+    pub parent: Option<String>,
+    pub external: bool,
+}
+
+/// Create a CA as `actor` (the caller has checked permissions): its key, its
+/// certificate or CSR, the CA record and its audit event, and a first CRL.
+pub(crate) async fn create_ca(
+    st: &AppState,
+    actor: &str,
+    req: NewCa,
+) -> Result<CaRecord, ApiError> {
+    let NewCa {
+        name,
+        key_type,
+        subject,
+        validity_days,
+        parent,
+        external,
+    } = req;
+    if ca_alg(key_type).is_none() {
+        return Err(ApiError::InvalidRequest(format!(
+            "{key_type} keys cannot be CA keys (use ec-p256, ec-p384, rsa-3072 or rsa-4096)"
+        )));
+    }
+    subject.validate().map_err(build_err)?;
+    if parent.is_some() && external {
+        return Err(ApiError::InvalidRequest(
+            "give either parent or external, not both".into(),
+        ));
+    }
+    let max = influxion_pki::profile::MAX_VALIDITY_DAYS * 2;
+    let validity = validity_days.unwrap_or(if parent.is_some() || external {
+        DEFAULT_INTERMEDIATE_DAYS
+    } else {
+        DEFAULT_ROOT_DAYS
+    });
+    if validity == 0 || validity > max {
+        return Err(ApiError::InvalidRequest(format!(
+            "validity_days must be 1 to {max}"
+        )));
+    }
+    if st.store.get_ca(name.as_str()).await?.is_some() {
+        return Err(ApiError::CaExists(name.to_string()));
+    }
+    let key_name: KeyName = format!("ca.{name}").parse()?;
+    if st.store.get_key(&key_name).await?.is_some() {
+        return Err(ApiError::KeyExists(key_name.to_string()));
+    }
+    let parent_ca = match &parent {
+        Some(parent) => Some(active_ca(st, parent).await?),
+        None => None,
+    };
+
+    let key = super::keys::generate(
+        &st.backends,
+        None,
+        key_name,
+        key_type,
+        actor,
+        KeyPurpose::Ca,
+    )
+    .await?;
+    let (status, certificate, chain_pem, csr_pem, mode) = if external {
+        let s = subject.clone();
+        let csr = with_ca_key(st, &key, move |k| build::intermediate_csr(&s, k)).await?;
+        (
+            CaStatus::Pending,
+            None,
+            String::new(),
+            Some(csr),
+            "external",
+        )
+    } else if let Some((pca, pcert, pkey)) = &parent_ca {
+        let s = subject.clone();
+        let spki = key.public_key.clone();
+        let pc = pcert.clone();
+        let cert = with_ca_key(st, pkey, move |k| {
+            build::intermediate_certificate(&s, validity, &spki, &pc, k)
+        })
+        .await?;
+        (
+            CaStatus::Active,
+            Some(cert),
+            pem_all(&chain_ders(pca)?),
+            None,
+            "intermediate",
+        )
+    } else {
+        let s = subject.clone();
+        let cert = with_ca_key(st, &key, move |k| build::root_certificate(&s, validity, k)).await?;
+        (CaStatus::Active, Some(cert), String::new(), None, "root")
+    };
+    let facts = certificate
+        .as_deref()
+        .map(build::facts)
+        .transpose()
+        .map_err(build_err)?;
+    let not_after = facts.as_ref().map(|f| rfc3339(f.not_after));
+    // A certificate a CA held here issued is recorded under that parent, whose CRL
+    // can then revoke it. Roots and externally signed CAs have no such parent.
+    let serial = parent
+        .as_ref()
+        .and(facts.as_ref())
+        .map(|f| f.serial_hex.clone());
+    let record = CaRecord {
+        name: name.to_string(),
+        key_id: key.id.clone(),
+        status,
+        subject: serde_json::to_string(&subject).map_err(|_| corrupt("subject"))?,
+        parent: parent.clone(),
+        csr_pem,
+        certificate,
+        chain_pem,
+        not_after,
+        crl_number: 0,
+        crl: None,
+        crl_next_update: None,
+        created_at: influxion_store::now_rfc3339(),
+        created_by: actor.to_owned(),
+        serial: serial.clone(),
+        revoked_at: None,
+        revocation_reason: None,
+    };
+    let event = AuditEvent::new(actor.to_owned(), "ca.create", Outcome::Ok)
+        .target(name.to_string())
+        .detail(serde_json::json!({
+            "mode": mode,
+            "key_type": key_type.as_str(),
+            "backend": key.backend,
+            "parent": parent,
+            "serial": serial,
+            "subject": subject,
+        }));
+    st.store.create_ca(key, record.clone(), event).await?;
+    if record.status == CaStatus::Active {
+        regenerate_crl(st, name.as_str(), actor).await?;
+    }
+    lookup_ca(st, name.as_str()).await
+}
+
+// ---------------------------------------------------------------------------------
+// Issue a certificate
+
+/// What issuing under a profile needs: the profile, its active CA with certificate and
+/// key, and the chain above the certificates it issues.
+pub(crate) struct IssuanceContext {
+    pub spec: ProfileSpec,
+    pub ca: CaRecord,
+    pub ca_cert: Vec<u8>,
+    pub key: KeyRecord,
+    pub chain: Vec<Vec<u8>>,
+}
+
+impl IssuanceContext {
+    /// Read the profile `profile` and its CA, which must be active.
+    pub(crate) async fn load(st: &AppState, profile: &str) -> Result<Self, ApiError> {
+        let (_, spec) = lookup_profile(st, profile).await?;
+        let (ca, ca_cert, key) = active_ca(st, &spec.ca).await?;
+        let chain = chain_ders(&ca)?;
+        Ok(Self {
+            spec,
+            ca,
+            ca_cert,
+            key,
+            chain,
+        })
+    }
+}
+
+/// Sign `cert` with the profile's CA and record it with its audit event (the store
+/// re-checks the CA, its key and the device quota when it commits). Returns the record
+/// and the chain above the certificate. A certificate signed but then refused by the
+/// store is audited as discarded.
+pub(crate) async fn issue_certificate(
+    st: &AppState,
+    p: &Principal,
+    profile: &str,
+    ctx: &IssuanceContext,
+    cert: CertSpec,
+    request_key: Option<String>,
+    key_generated: bool,
+) -> Result<(CertRecord, Vec<Vec<u8>>), ApiError> {
+    let (ca, key, spec) = (&ctx.ca, &ctx.key, &ctx.spec);
+    let serial = build::random_serial();
+    let crl_url = st.pki.crl_url(&ca.name);
+    let subject = cert.subject_line();
+    let device_id = cert.device_id.clone();
+    let ca_cert = ctx.ca_cert.clone();
+    let (der, facts) = with_ca_key(st, key, move |k| {
+        build::device_certificate(&cert, &serial, &ca_cert, k, crl_url.as_deref())
+    })
+    .await?;
+    let record = CertRecord {
+        serial: facts.serial_hex.clone(),
+        ca: ca.name.clone(),
+        profile: profile.to_owned(),
+        device_id: device_id.clone(),
+        subject: subject.clone(),
+        not_before: rfc3339(facts.not_before),
+        not_after: rfc3339(facts.not_after),
+        der,
+        requested_by: p.audit_id(),
+        issued_at: influxion_store::now_rfc3339(),
+        key_generated,
+        request_key,
+        status: "valid".into(),
+        revoked_at: None,
+        revocation_reason: None,
+    };
+    let event = AuditEvent::new(p.audit_id(), "cert.issue", Outcome::Ok)
+        .target(profile.to_owned())
+        .detail(serde_json::json!({
+            "serial": record.serial,
+            "ca": ca.name,
+            "device_id": device_id,
+            "subject": subject,
+            "key_generated": key_generated,
+        }));
+    if let Err(e) = st
+        .store
+        .record_certificate(record.clone(), &key.id, spec.max_per_device, event)
+        .await
+    {
+        // The CA key has signed a certificate that is now thrown away (quota reached,
+        // CA disabled or request key taken meanwhile): that use of the key is recorded
+        // too, with the serial that will never be seen.
+        let e = ApiError::from(e);
+        let discarded = AuditEvent::new(p.audit_id(), "cert.discard", Outcome::Refused)
+            .target(profile.to_owned())
+            .detail(serde_json::json!({
+                "serial": record.serial,
+                "ca": ca.name,
+                "device_id": record.device_id,
+                "reason": e.slug(),
+            }));
+        if let Err(ae) = st.store.audit(discarded).await {
+            tracing::error!(error = %ae, "could not audit a discarded certificate");
+        }
+        return Err(e);
+    }
+    Ok((record, ctx.chain.clone()))
+}
+
+// ---------------------------------------------------------------------------------
+// Issue a CRL
+
+/// Build and store a new CRL for `ca` from the revocations on record.
+pub(crate) async fn regenerate_crl(
+    st: &AppState,
+    ca_name: &str,
+    actor: &str,
+) -> Result<(), ApiError> {
+    // Two regenerations can race; the store keeps CRL numbers increasing, so the loser
+    // rebuilds from a fresh view.
+    for _ in 0..3 {
+        let (ca, cert, key) = crl_ca(st, ca_name).await?;
+        let revoked = st.store.revoked_for_ca(ca_name).await?;
+        let mut entries = Vec::with_capacity(revoked.len());
+        for r in &revoked {
+            entries.push(influxion_pki::RevokedEntry {
+                serial: hex::decode(&r.serial).map_err(|_| corrupt("serial"))?,
+                revoked_at: OffsetDateTime::parse(&r.revoked_at, &Rfc3339)
+                    .map_err(|_| corrupt("revocation time"))?,
+                reason: influxion_pki::Reason::parse(&r.reason)
+                    .unwrap_or(influxion_pki::Reason::Unspecified),
+            });
+        }
+        let number = ca.crl_number + 1;
+        let validity = time::Duration::days(CRL_VALIDITY_DAYS);
+        let der = with_ca_key(st, &key, move |k| {
+            build::crl(&cert, k, number as u64, &entries, validity)
+        })
+        .await?;
+        let next_update = rfc3339(OffsetDateTime::now_utc() + validity);
+        let event = AuditEvent::new(actor.to_owned(), "crl.issue", Outcome::Ok)
+            .target(ca_name.to_owned())
+            .detail(serde_json::json!({"crl_number": number, "revoked": revoked.len()}));
+        match st
+            .store
+            .store_crl(ca_name, number, der, next_update, event)
+            .await
+        {
+            Ok(_) => return Ok(()),
+            Err(influxion_store::StoreError::CrlOutdated { .. }) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(corrupt("CRL generation kept losing races"))
+}

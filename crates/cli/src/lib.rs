@@ -1,10 +1,12 @@
-//! The Influxion CLI: the client for people and pipelines. Sign-in (Authorization Code
-//! + PKCE, device code, client credentials, certificates, workload identity
-//! federation), profiles and the token cache, and the commands that call the keyserver
-//! (keys, sign, verify, subjects, grants, approvals, policy changes, the device CA,
-//! bulk runs). The `influxion` binary parses the command line and calls in here.
+//! The Influxion CLI: the client for people and pipelines. Sign-in (Authorization
+//! Code with PKCE, device code, client credentials, certificates, workload identity
+//! federation), profiles and the token cache, and the commands that call the
+//! keyserver (keys, sign, verify, subjects, grants, approvals, policy changes, the
+//! device CA, bulk runs). The `influxion` binary parses the command line and calls in
+//! here.
 
 pub mod access_cmds;
+pub mod approval_cmds;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -8,7 +8,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use influxion_cli::{access_cmds, client, commands, output, pki_cmds, session_cmds, ClientArgs};
+use influxion_cli::{
+    access_cmds, approval_cmds, client, commands, output, pki_cmds, session_cmds, ClientArgs,
+};
 
 #[derive(Parser)]
 #[command(
@@ -81,10 +83,10 @@ enum Command {
     Grants(access_cmds::GrantsCommand),
     /// Signing requests waiting for approval: list, show, approve, reject, cancel.
     #[command(subcommand)]
-    Approvals(access_cmds::ApprovalsCommand),
+    Approvals(approval_cmds::ApprovalsCommand),
     /// Changes that weaken a key's approval policy, waiting for its approvers.
     #[command(subcommand)]
-    PolicyChanges(access_cmds::PolicyChangesCommand),
+    PolicyChanges(approval_cmds::PolicyChangesCommand),
     /// Certificate authorities for device certificates.
     #[command(subcommand)]
     Ca(pki_cmds::CaCommand),
@@ -219,10 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return access_cmds::grants(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::Approvals(cmd) => {
-            return access_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
+            return approval_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::PolicyChanges(cmd) => {
-            return access_cmds::policy_changes(client::Client::new(client_cfg()?)?, cmd).await
+            return approval_cmds::policy_changes(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::Ca(cmd) => return pki_cmds::ca(client::Client::new(client_cfg()?)?, cmd).await,
         Command::Profiles(cmd) => {

@@ -7,6 +7,7 @@
 use std::path::PathBuf;
 
 pub use crate::environment::env;
+pub use crate::urls::is_loopback as is_loopback_url;
 
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration: {setting}: {message}")]
@@ -44,16 +45,6 @@ pub struct FileSettings {
 /// Entra's metadata document for a tenant (v2.0 endpoint).
 pub fn entra_metadata_url(tenant: &str) -> String {
     format!("https://login.microsoftonline.com/{tenant}/v2.0/.well-known/openid-configuration")
-}
-
-/// Whether a URL names this host (where plain http cannot be overheard).
-pub fn is_loopback_url(u: &url::Url) -> bool {
-    match u.host() {
-        Some(url::Host::Ipv4(a)) => a.is_loopback(),
-        Some(url::Host::Ipv6(a)) => a.is_loopback(),
-        Some(url::Host::Domain(d)) => d == "localhost",
-        None => false,
-    }
 }
 
 /// Settings of the client side of the CLI.

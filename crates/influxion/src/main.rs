@@ -1,20 +1,16 @@
 //! `influxion`: the keyserver, its development mode, and the client CLI.
 
-mod access_cmds;
-mod client;
-mod commands;
+mod audit_cmds;
 mod config;
-mod login;
-mod output;
-mod pki_cmds;
-mod profiles;
 mod server;
-mod session_cmds;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use influxion_cli::{
+    access_cmds, approval_cmds, client, commands, output, pki_cmds, session_cmds, ClientArgs,
+};
 
 #[derive(Parser)]
 #[command(
@@ -46,31 +42,6 @@ struct Cli {
     command: Command,
 }
 
-/// How the CLI reaches the keyserver and obtains a token.
-#[derive(clap::Args)]
-struct ClientArgs {
-    /// Profile: which keyserver/tenant settings and sign-in to use (INFLUXION_PROFILE).
-    /// Give it before the command (`influxion --profile prod sign …`): after it,
-    /// `--profile` of `cert` commands names a certificate profile.
-    #[arg(long)]
-    profile: Option<String>,
-    /// Keyserver base URL (INFLUXION_SERVER).
-    #[arg(long, global = true)]
-    server: Option<String>,
-    /// OpenID Connect metadata document URL (INFLUXION_OIDC_METADATA_URL).
-    #[arg(long, global = true)]
-    metadata_url: Option<String>,
-    /// OAuth client id for client credentials (INFLUXION_AZURE_CLIENT_ID).
-    #[arg(long, global = true)]
-    client_id: Option<String>,
-    /// OAuth client secret (INFLUXION_AZURE_CLIENT_SECRET); prefer the environment.
-    #[arg(long, global = true)]
-    client_secret: Option<String>,
-    /// Scope to request (INFLUXION_AZURE_DEFAULT_SCOPE), e.g. api://<api-client-id>/.default.
-    #[arg(long, global = true)]
-    scope: Option<String>,
-}
-
 #[derive(Subcommand)]
 enum Command {
     /// Run the keyserver with the configured identity provider and keystore.
@@ -95,7 +66,7 @@ enum Command {
     Verify(commands::VerifyArgs),
     /// Audit log tools.
     #[command(subcommand)]
-    Audit(commands::AuditCommand),
+    Audit(audit_cmds::AuditCommand),
     /// Sign in as a person: Authorization Code + PKCE in the browser, or --device-code.
     Login(session_cmds::LoginArgs),
     /// Forget the profile's sign-in (and revoke its refresh token where possible).
@@ -112,10 +83,10 @@ enum Command {
     Grants(access_cmds::GrantsCommand),
     /// Signing requests waiting for approval: list, show, approve, reject, cancel.
     #[command(subcommand)]
-    Approvals(access_cmds::ApprovalsCommand),
+    Approvals(approval_cmds::ApprovalsCommand),
     /// Changes that weaken a key's approval policy, waiting for its approvers.
     #[command(subcommand)]
-    PolicyChanges(access_cmds::PolicyChangesCommand),
+    PolicyChanges(approval_cmds::PolicyChangesCommand),
     /// Certificate authorities for device certificates.
     #[command(subcommand)]
     Ca(pki_cmds::CaCommand),
@@ -162,12 +133,6 @@ fn init_tracing() {
         .init();
 }
 
-/// Exit codes (documented in docs/cli.md): 0 success, 1 any other error, 2 usage, 3
-/// signing request rejected or cancelled, 4 authentication failed (not signed in,
-/// token refused), 5 permission denied, 6 timed out waiting for approval.
-pub const EXIT_AUTH: u8 = 4;
-pub const EXIT_FORBIDDEN: u8 = 5;
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -175,7 +140,7 @@ async fn main() -> ExitCode {
     match run(cli).await {
         Ok(code) => code,
         Err(e) => {
-            let code = exit_code_of(&e);
+            let code = influxion_cli::exit_code(&e);
             if output::json() {
                 eprintln!(
                     "{}",
@@ -189,35 +154,9 @@ async fn main() -> ExitCode {
     }
 }
 
-fn exit_code_of(e: &anyhow::Error) -> u8 {
-    if e.downcast_ref::<login::AuthFailure>().is_some() {
-        return EXIT_AUTH;
-    }
-    match e
-        .downcast_ref::<client::ApiStatus>()
-        .map(|a| a.status.as_u16())
-    {
-        Some(401) => EXIT_AUTH,
-        Some(403) => EXIT_FORBIDDEN,
-        _ => 1,
-    }
-}
-
 async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     let file = config::load_file(cli.config.as_deref(), cli.env_file.as_deref())?;
-    let client_cfg = || {
-        config::ClientConfig::resolve(
-            &file,
-            config::ClientFlags {
-                profile: cli.client.profile.clone(),
-                server: cli.client.server.clone(),
-                metadata_url: cli.client.metadata_url.clone(),
-                client_id: cli.client.client_id.clone(),
-                client_secret: cli.client.client_secret.clone(),
-                scope: cli.client.scope.clone(),
-            },
-        )
-    };
+    let client_cfg = || cli.client.resolve(&file.client_settings());
     match cli.command {
         Command::Serve => {
             init_tracing();
@@ -273,7 +212,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return commands::sign(client::Client::new(client_cfg()?)?, args).await
         }
         Command::Verify(args) => return commands::verify(client_cfg()?, args).await,
-        Command::Audit(cmd) => return commands::audit(&file, cmd).await,
+        Command::Audit(cmd) => return audit_cmds::audit(&file, cmd).await,
         Command::Whoami => return access_cmds::whoami(client::Client::new(client_cfg()?)?).await,
         Command::Subjects(cmd) => {
             return access_cmds::subjects(client::Client::new(client_cfg()?)?, cmd).await
@@ -282,10 +221,10 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return access_cmds::grants(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::Approvals(cmd) => {
-            return access_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
+            return approval_cmds::approvals(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::PolicyChanges(cmd) => {
-            return access_cmds::policy_changes(client::Client::new(client_cfg()?)?, cmd).await
+            return approval_cmds::policy_changes(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::Ca(cmd) => return pki_cmds::ca(client::Client::new(client_cfg()?)?, cmd).await,
         Command::Profiles(cmd) => {

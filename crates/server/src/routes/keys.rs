@@ -4,61 +4,39 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
+use influxion_api::{CreateKey, KeyList, KeyView, PolicyRequest};
 use influxion_core::{KeyName, KeyStatus, KeyType, Role};
 use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome};
 use influxion_verify as public;
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 use super::{audited, require, require_any};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
-#[derive(Serialize)]
-pub struct KeyView {
-    name: String,
-    key_type: KeyType,
-    algorithms: Vec<&'static str>,
-    default_algorithm: &'static str,
-    backend: String,
-    status: KeyStatus,
-    purpose: influxion_store::KeyPurpose,
-    created_at: String,
-    created_by: String,
-    policy: KeyPolicy,
-    public_key_pem: String,
-    public_key_jwk: serde_json::Value,
-}
-
-impl KeyView {
-    pub(crate) fn from_record(k: &KeyRecord) -> Result<Self, ApiError> {
-        let corrupt =
-            |_| ApiError::Store(influxion_store::StoreError::Corrupt("public key".into()));
-        let mut jwk = public::to_jwk(k.key_type, &k.public_key).map_err(corrupt)?;
-        if let Some(o) = jwk.as_object_mut() {
-            o.insert("kid".into(), k.name.as_str().into());
-            o.insert("use".into(), "sig".into());
-            o.insert("alg".into(), k.key_type.default_algorithm().as_str().into());
-        }
-        Ok(Self {
-            name: k.name.to_string(),
-            key_type: k.key_type,
-            algorithms: k.key_type.algorithms().iter().map(|a| a.as_str()).collect(),
-            default_algorithm: k.key_type.default_algorithm().as_str(),
-            backend: k.backend.clone(),
-            status: k.status,
-            purpose: k.purpose,
-            created_at: k.created_at.clone(),
-            created_by: k.created_by.clone(),
-            policy: k.policy.clone(),
-            public_key_pem: public::to_pem(&k.public_key).map_err(corrupt)?,
-            public_key_jwk: jwk,
-        })
+/// A key as the API shows it.
+pub(crate) fn key_view(k: &KeyRecord) -> Result<KeyView, ApiError> {
+    let corrupt = |_| ApiError::Store(influxion_store::StoreError::Corrupt("public key".into()));
+    let mut jwk = public::to_jwk(k.key_type, &k.public_key).map_err(corrupt)?;
+    if let Some(o) = jwk.as_object_mut() {
+        o.insert("kid".into(), k.name.as_str().into());
+        o.insert("use".into(), "sig".into());
+        o.insert("alg".into(), k.key_type.default_algorithm().as_str().into());
     }
-}
-
-#[derive(Serialize)]
-pub struct KeyList {
-    keys: Vec<KeyView>,
+    Ok(KeyView {
+        name: k.name.to_string(),
+        key_type: k.key_type,
+        algorithms: k.key_type.algorithms().to_vec(),
+        default_algorithm: k.key_type.default_algorithm(),
+        backend: k.backend.clone(),
+        status: k.status,
+        purpose: k.purpose.as_str().to_owned(),
+        created_at: k.created_at.clone(),
+        created_by: k.created_by.clone(),
+        policy: k.policy.clone(),
+        public_key_pem: public::to_pem(&k.public_key).map_err(corrupt)?,
+        public_key_jwk: jwk,
+    })
 }
 
 pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<KeyList>, ApiError> {
@@ -68,7 +46,7 @@ pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<KeyList>
         .list_keys()
         .await?
         .iter()
-        .map(KeyView::from_record)
+        .map(key_view)
         .collect::<Result<_, _>>()?;
     Ok(Json(KeyList { keys }))
 }
@@ -87,7 +65,7 @@ pub async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     require_any(&c)?;
-    Ok(Json(KeyView::from_record(&lookup(&st, &name).await?)?))
+    Ok(Json(key_view(&lookup(&st, &name).await?)?))
 }
 
 #[derive(Deserialize)]
@@ -102,7 +80,7 @@ pub async fn public(
     Query(q): Query<PublicQuery>,
 ) -> Result<Response, ApiError> {
     require_any(&c)?;
-    let view = KeyView::from_record(&lookup(&st, &name).await?)?;
+    let view = key_view(&lookup(&st, &name).await?)?;
     match q.format.as_deref().unwrap_or("pem") {
         "pem" => Ok((
             [(header::CONTENT_TYPE, "application/x-pem-file")],
@@ -118,13 +96,6 @@ pub async fn public(
             "format must be pem or jwk, not {other:?}"
         ))),
     }
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CreateKey {
-    name: String,
-    key_type: String,
 }
 
 pub async fn create(
@@ -146,7 +117,7 @@ pub async fn create(
         let record =
             crate::service::keys::create(&st.store, &st.backends, &p.audit_id(), name, key_type)
                 .await?;
-        Ok((StatusCode::CREATED, Json(KeyView::from_record(&record)?)))
+        Ok((StatusCode::CREATED, Json(key_view(&record)?)))
     })
     .await
 }
@@ -165,27 +136,13 @@ pub async fn disable(
         st.store
             .set_key_status(&key.name, KeyStatus::Disabled, event)
             .await?;
-        KeyView::from_record(&KeyRecord {
+        key_view(&KeyRecord {
             status: KeyStatus::Disabled,
             ..key
         })
         .map(Json)
     })
     .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PolicyRequest {
-    /// Approvals needed (M); 0 turns approval off.
-    approvals_required: u32,
-    /// Seconds a request waits before it expires (default 1 day, at most 30 days).
-    approval_ttl_secs: Option<u32>,
-    /// Subjects allowed to approve; empty = any subject with the approver role on the key.
-    #[serde(default)]
-    approvers: Vec<String>,
-    /// Why; shown to approvers when the change weakens the policy and waits for them.
-    reason: Option<String>,
 }
 
 pub async fn set_policy(
@@ -263,7 +220,7 @@ pub async fn set_policy(
                 .into_response());
         }
         let key = crate::service::keys::set_policy(&st.store, &p.audit_id(), key, policy).await?;
-        Ok(Json(KeyView::from_record(&key)?).into_response())
+        Ok(Json(key_view(&key)?).into_response())
     })
     .await
 }

@@ -212,3 +212,18 @@ pub(crate) fn now_unix() -> i64 {
 pub(crate) fn new_id() -> String {
     uuid::Uuid::new_v4().to_string()
 }
+
+/// Approvers' decisions as the API shows them.
+pub(crate) fn approvals(
+    records: Vec<influxion_store::ApprovalRecord>,
+) -> Vec<influxion_api::Approval> {
+    records
+        .into_iter()
+        .map(|a| influxion_api::Approval {
+            approver: a.approver,
+            decision: a.decision,
+            comment: a.comment,
+            at: a.at,
+        })
+        .collect()
+}

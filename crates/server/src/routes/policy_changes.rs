@@ -4,25 +4,14 @@
 
 use axum::extract::{Path, Query, State};
 use axum::Json;
+use influxion_api::{ChangeList, ChangeView, PendingChange};
 use influxion_core::{KeyPolicy, Role, Weakening};
 use influxion_store::{AuditEvent, Decision, KeyRecord, Outcome, PolicyChange, RequestOutcome};
-use serde::Serialize;
 
 use super::pending::{self, DecisionBody};
 use super::{audited, now_unix};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
-
-/// Answer to a policy change that must be approved first (HTTP 202).
-#[derive(Serialize)]
-pub struct PendingChange {
-    pub(crate) change_id: String,
-    pub(crate) status: &'static str,
-    pub(crate) location: String,
-    pub(crate) quorum: u32,
-    pub(crate) expires_at: i64,
-    pub(crate) weakens: Vec<Weakening>,
-}
 
 pub(crate) async fn propose(
     st: &AppState,
@@ -68,7 +57,7 @@ pub(crate) async fn propose(
     Ok(PendingChange {
         location: format!("/v1/policy-changes/{id}"),
         change_id: id,
-        status: "pending",
+        status: "pending".into(),
         quorum: base.approvals_required,
         expires_at,
         weakens,
@@ -76,15 +65,6 @@ pub(crate) async fn propose(
 }
 
 /// A change as one caller sees it.
-#[derive(Serialize)]
-pub struct ChangeView {
-    #[serde(flatten)]
-    change: PolicyChange,
-    approvals_count: u32,
-    can_decide: bool,
-    is_requester: bool,
-}
-
 fn view(c: &Caller, mut ch: PolicyChange) -> ChangeView {
     let me = c.principal.identity();
     if ch.status == "pending" && now_unix() > ch.expires_at {
@@ -97,7 +77,22 @@ fn view(c: &Caller, mut ch: PolicyChange) -> ChangeView {
         approvals_count: ch.approvals_count(),
         is_requester: ch.requester == me,
         can_decide,
-        change: ch,
+        id: ch.id,
+        key_id: ch.key_id,
+        key_name: ch.key_name,
+        requester: ch.requester,
+        requester_name: ch.requester_name,
+        reason: ch.reason,
+        base_policy: ch.base_policy,
+        policy: ch.policy,
+        weakens: ch.weakens,
+        quorum: ch.quorum,
+        approver_subjects: ch.approver_subjects,
+        status: ch.status,
+        created_at: ch.created_at,
+        expires_at: ch.expires_at,
+        finished_at: ch.finished_at,
+        approvals: super::approvals(ch.approvals),
     }
 }
 
@@ -112,11 +107,6 @@ fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
         || c.perms.has_role(Role::Auditor)
         || c.perms.allows(Role::KeyAdmin, &ch.key_name)
         || may_approve(c, ch)
-}
-
-#[derive(Serialize)]
-pub struct ChangeList {
-    changes: Vec<ChangeView>,
 }
 
 pub async fn list(

@@ -5,27 +5,19 @@ use axum::extract::{Path, Query, State};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+use influxion_api::{RequestList, RequestView};
 use influxion_core::{Digest, Principal, Role, SignAlgorithm};
 use influxion_store::{
     AuditEvent, Decision, KeyRecord, Outcome, RequestOutcome, SigningRequest, StoreError,
 };
-use serde::Serialize;
+
+use influxion_api::PendingResponse;
 
 use super::keys::lookup;
 use super::pending::{self, DecisionBody};
 use super::{audited, now_unix};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
-
-/// Answer to a sign call on a key that needs approval: the request now waiting.
-#[derive(Serialize)]
-pub struct PendingResponse {
-    pub(crate) request_id: String,
-    pub(crate) status: &'static str,
-    pub(crate) location: String,
-    pub(crate) quorum: u32,
-    pub(crate) expires_at: i64,
-}
 
 pub(crate) async fn create(
     st: &AppState,
@@ -71,26 +63,13 @@ pub(crate) async fn create(
     Ok(PendingResponse {
         location: format!("/v1/signing-requests/{id}"),
         request_id: id,
-        status: "pending",
+        status: "pending".into(),
         quorum,
         expires_at,
     })
 }
 
 /// A request as one caller sees it.
-#[derive(Serialize)]
-pub struct RequestView {
-    #[serde(flatten)]
-    request: SigningRequest,
-    approvals_count: u32,
-    /// Whether this caller may approve or reject it now.
-    can_decide: bool,
-    /// Whether this caller is the requester (and may cancel it while pending).
-    is_requester: bool,
-    /// Base64 signature, once signed.
-    signature: Option<String>,
-}
-
 fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
     let me = c.principal.identity();
     if r.status == "pending" && now_unix() > r.expires_at {
@@ -104,7 +83,22 @@ fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
         is_requester: r.requester == me,
         signature: r.signature.as_ref().map(|s| B64.encode(s)),
         can_decide,
-        request: r,
+        id: r.id,
+        key_id: r.key_id,
+        key_name: r.key_name,
+        algorithm: r.algorithm,
+        digest: r.digest,
+        requester: r.requester,
+        requester_name: r.requester_name,
+        reason: r.reason,
+        metadata: r.metadata,
+        quorum: r.quorum,
+        approver_subjects: r.approver_subjects,
+        status: r.status,
+        created_at: r.created_at,
+        expires_at: r.expires_at,
+        finished_at: r.finished_at,
+        approvals: super::approvals(r.approvals),
     }
 }
 
@@ -114,11 +108,6 @@ fn may_approve(c: &Caller, r: &SigningRequest) -> bool {
 
 fn may_see(c: &Caller, r: &SigningRequest) -> bool {
     r.requester == c.principal.identity() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
-}
-
-#[derive(Serialize)]
-pub struct RequestList {
-    requests: Vec<RequestView>,
 }
 
 pub async fn list(

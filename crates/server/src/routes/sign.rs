@@ -6,40 +6,16 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
+pub use influxion_api::PendingResponse;
+use influxion_api::{SignRequest, SignResponse, VerifyRequest, VerifyResponse};
 use influxion_core::{Digest, KeyStatus, Role, SignAlgorithm};
 use influxion_store::{AuditEvent, KeyRecord, Outcome};
 use influxion_verify as public;
-use serde::{Deserialize, Serialize};
 
 use super::keys::lookup;
-use super::requests::PendingResponse;
 use super::{audited, require_any};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SignRequest {
-    /// Hex-encoded digest of the data, computed by the client.
-    digest: String,
-    /// Defaults to the key's default algorithm.
-    algorithm: Option<String>,
-    /// Why this is being signed; required when the key needs approval.
-    reason: Option<String>,
-    /// What approvers see about the file: name, version, size and the like.
-    metadata: Option<serde_json::Map<String, serde_json::Value>>,
-}
-
-#[derive(Serialize)]
-pub struct SignResponse {
-    key: String,
-    algorithm: SignAlgorithm,
-    digest: String,
-    /// Base64 (standard) signature: DER for ECDSA, raw for RSA and Ed25519.
-    signature: String,
-    /// Sequence number of the audit record of this signature.
-    audit_seq: u64,
-}
 
 pub enum SignOutcome {
     Signed(SignResponse),
@@ -177,22 +153,6 @@ pub async fn sign(
         }))
     })
     .await
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct VerifyRequest {
-    digest: String,
-    algorithm: Option<String>,
-    /// Base64 (standard) signature.
-    signature: String,
-}
-
-#[derive(Serialize)]
-pub struct VerifyResponse {
-    key: String,
-    algorithm: SignAlgorithm,
-    valid: bool,
 }
 
 pub async fn verify(

@@ -86,13 +86,13 @@ pub struct UserConfig {
 }
 
 pub fn config_dir() -> Result<PathBuf> {
-    if let Some(d) = crate::config::env("INFLUXION_CONFIG_DIR") {
+    if let Some(d) = crate::environment::env("INFLUXION_CONFIG_DIR") {
         return Ok(PathBuf::from(d));
     }
-    if let Some(d) = crate::config::env("XDG_CONFIG_HOME") {
+    if let Some(d) = crate::environment::env("XDG_CONFIG_HOME") {
         return Ok(PathBuf::from(d).join("influxion"));
     }
-    let home = crate::config::env("HOME").context("no HOME: set INFLUXION_CONFIG_DIR")?;
+    let home = crate::environment::env("HOME").context("no HOME: set INFLUXION_CONFIG_DIR")?;
     Ok(PathBuf::from(home).join(".config/influxion"))
 }
 
@@ -150,7 +150,7 @@ impl UserConfig {
     /// else "default".
     pub fn profile_name(&self, flag: Option<&str>) -> String {
         flag.map(str::to_owned)
-            .or_else(|| crate::config::env("INFLUXION_PROFILE"))
+            .or_else(|| crate::environment::env("INFLUXION_PROFILE"))
             .or_else(|| self.default_profile.clone())
             .unwrap_or_else(|| "default".into())
     }

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use serde::de::DeserializeOwned;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
 use crate::config::ClientConfig;
@@ -154,23 +154,6 @@ impl Client {
         }
         Ok(resp.text().await?)
     }
-
-    pub async fn post<T: DeserializeOwned>(
-        &mut self,
-        path: &str,
-        body: &serde_json::Value,
-    ) -> Result<T> {
-        let token = self.token().await?;
-        let resp = self
-            .http
-            .post(format!("{}{path}", self.cfg.server))
-            .bearer_auth(token.as_str())
-            .json(body)
-            .send()
-            .await
-            .with_context(|| format!("calling {}", self.cfg.server))?;
-        decode(resp).await
-    }
 }
 
 impl Client {
@@ -198,13 +181,13 @@ impl Client {
         self.token().await
     }
 
-    /// Any method, without turning problems into errors: the status and raw body.
-    /// Transport failures are errors.
-    pub async fn call_raw(
+    /// Any method; the status and the raw body. Problem responses and transport
+    /// failures are errors.
+    pub async fn call_raw<B: Serialize + ?Sized>(
         &mut self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&serde_json::Value>,
+        body: Option<&B>,
     ) -> Result<(reqwest::StatusCode, Vec<u8>)> {
         let token = self.token().await?;
         let mut req = self
@@ -225,21 +208,48 @@ impl Client {
         Ok((status, resp.bytes().await?.to_vec()))
     }
 
-    /// Any method; returns the status and the JSON body (null when empty). Problem
-    /// responses become errors.
-    pub async fn call(
+    /// Any method; the answer as the API type `T` (an empty body reads as JSON null).
+    /// Problem responses become errors.
+    pub async fn call<T: DeserializeOwned, B: Serialize + ?Sized>(
         &mut self,
         method: reqwest::Method,
         path: &str,
-        body: Option<&serde_json::Value>,
-    ) -> Result<(reqwest::StatusCode, serde_json::Value)> {
+        body: Option<&B>,
+    ) -> Result<Reply<T>> {
         let (status, bytes) = self.call_raw(method, path, body).await?;
-        let v = if bytes.is_empty() {
+        let raw = if bytes.is_empty() {
             serde_json::Value::Null
         } else {
             serde_json::from_slice(&bytes).context("the keyserver's response does not parse")?
         };
-        Ok((status, v))
+        let body = T::deserialize(&raw)
+            .context("the keyserver's response is not what the API describes")?;
+        Ok(Reply { status, body, raw })
+    }
+
+    /// [`Client::call`] without a request body.
+    pub async fn fetch<T: DeserializeOwned>(
+        &mut self,
+        method: reqwest::Method,
+        path: &str,
+    ) -> Result<Reply<T>> {
+        self.call(method, path, None::<&()>).await
+    }
+}
+
+/// A keyserver's answer: its status, its body read as the API type, and the body as
+/// it came. Commands read fields from `body`; `--output json` prints `raw`, so a
+/// pipeline sees the server's document itself, including fields newer than this CLI.
+pub struct Reply<T> {
+    pub status: reqwest::StatusCode,
+    pub body: T,
+    pub raw: serde_json::Value,
+}
+
+impl Reply<serde_json::Value> {
+    /// The body as `U`, for answers whose type depends on the status (200 or 202).
+    pub fn read<U: DeserializeOwned>(&self) -> Result<U> {
+        U::deserialize(&self.raw).context("the keyserver's response is not what the API describes")
     }
 }
 

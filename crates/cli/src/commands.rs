@@ -1,4 +1,4 @@
-//! Client commands: keys, sign, verify, audit.
+//! Client commands: keys, sign, verify.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -9,14 +9,18 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
+use influxion_api::{
+    CreateKey, KeyList, KeyView, PendingChange, PendingResponse, PolicyRequest, RequestView,
+    SignRequest, SignResponse,
+};
 use influxion_core::key::HashAlg;
-use influxion_core::{Digest, KeyType, SignAlgorithm};
+use influxion_core::{Digest, SignAlgorithm};
 use influxion_verify as public;
-use serde::Deserialize;
+use reqwest::Method;
 use sha2::Digest as _;
 
-use crate::client::Client;
-use crate::config::{ClientConfig, FileConfig};
+use crate::client::{Client, Reply};
+use crate::config::ClientConfig;
 use crate::output;
 
 #[derive(Subcommand)]
@@ -104,111 +108,33 @@ pub struct VerifyArgs {
     algorithm: Option<String>,
 }
 
-#[derive(Subcommand)]
-pub enum AuditCommand {
-    /// Prove the audit chain unbroken, or report the first broken record. Needs the
-    /// key-encryption key (INFLUXION_KEK, INFLUXION_KEK_FILE or keystore.kek_file).
-    Verify {
-        #[command(flatten)]
-        db: AuditDatabase,
-        /// Check the hash links only, without the KEK: truncation goes unnoticed.
-        #[arg(long)]
-        links_only: bool,
-    },
-    /// Give records written before the chain was keyed a MAC each, from sequence
-    /// number FROM on, after verifying the whole chain; writes an `audit.reseal` record.
-    Reseal {
-        #[command(flatten)]
-        db: AuditDatabase,
-        /// First record to re-seal (records before it stay hash-linked only).
-        #[arg(long, value_parser = clap::value_parser!(i64).range(1..))]
-        from: i64,
-    },
-}
-
-#[derive(Args)]
-pub struct AuditDatabase {
-    /// Data directory of the keyserver (default from configuration).
-    #[arg(long)]
-    data_dir: Option<PathBuf>,
-    /// Database URL (overrides --data-dir).
-    #[arg(long)]
-    database_url: Option<String>,
-}
-
-impl AuditDatabase {
-    /// Only the database location is needed, not the whole server configuration.
-    fn url(self, file: &FileConfig) -> String {
-        match (self.database_url, self.data_dir) {
-            (Some(u), _) => u,
-            (None, Some(d)) => format!("sqlite://{}/influxion.db", d.display()),
-            (None, None) => crate::config::env("INFLUXION_DATABASE_URL")
-                .or_else(|| file.database_url.clone())
-                .unwrap_or_else(|| {
-                    let dir = crate::config::env("INFLUXION_DATA_DIR")
-                        .map(PathBuf::from)
-                        .or_else(|| file.data_dir.clone())
-                        .unwrap_or_else(|| PathBuf::from("./data"));
-                    format!("sqlite://{}/influxion.db", dir.display())
-                }),
-        }
-    }
-}
-
-fn audit_key(file: &FileConfig, db: &AuditDatabase) -> Result<influxion_store::AuditKey> {
-    // `influxion dev` keeps its KEK in the data directory; use it when nothing is configured.
-    let dev_kek = db
-        .data_dir
-        .as_ref()
-        .map(|d| d.join("kek"))
-        .filter(|p| p.is_file())
-        .map(crate::config::KekSource::File);
-    let kek = crate::config::KekSource::configured(file)
-        .or(dev_kek)
-        .context("the audit chain is keyed: set INFLUXION_KEK, INFLUXION_KEK_FILE or keystore.kek_file (or verify with --links-only)")?
-        .load()?;
-    Ok(influxion_store::AuditKey::new(kek.audit_mac_key()))
-}
-
-#[derive(Deserialize)]
-struct KeyInfo {
-    name: String,
-    key_type: KeyType,
-    default_algorithm: String,
-    status: String,
-    backend: String,
-    created_at: String,
-    public_key_pem: String,
-}
-
-#[derive(Deserialize)]
-struct KeyList {
-    keys: Vec<KeyInfo>,
-}
-
 pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
     match cmd {
         KeysCommand::List => {
-            let v: serde_json::Value = c.get("/v1/keys").await?;
+            let r: Reply<KeyList> = c.fetch(Method::GET, "/v1/keys").await?;
             if output::json() {
-                println!("{v}");
+                println!("{}", r.raw);
                 return Ok(ExitCode::SUCCESS);
             }
-            let l: KeyList = serde_json::from_value(v)?;
             println!(
                 "{:<24} {:<10} {:<8} {:<9} {:<9} CREATED",
                 "NAME", "TYPE", "ALG", "STATUS", "BACKEND"
             );
-            for k in l.keys {
+            for k in r.body.keys {
                 println!(
                     "{:<24} {:<10} {:<8} {:<9} {:<9} {}",
-                    k.name, k.key_type, k.default_algorithm, k.status, k.backend, k.created_at
+                    k.name,
+                    k.key_type,
+                    k.default_algorithm,
+                    k.status.as_str(),
+                    k.backend,
+                    k.created_at
                 );
             }
         }
         KeysCommand::Show { name } => {
-            let v: serde_json::Value = c.get(&format!("/v1/keys/{name}")).await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            let r: Reply<KeyView> = c.fetch(Method::GET, &format!("/v1/keys/{name}")).await?;
+            println!("{}", serde_json::to_string_pretty(&r.raw)?);
         }
         KeysCommand::Public {
             name,
@@ -234,13 +160,14 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             }
         }
         KeysCommand::Create { name, key_type } => {
-            let v: serde_json::Value = c
-                .post(
+            let r: Reply<KeyView> = c
+                .call(
+                    Method::POST,
                     "/v1/keys",
-                    &serde_json::json!({"name": name, "key_type": key_type}),
+                    Some(&CreateKey { name, key_type }),
                 )
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            println!("{}", serde_json::to_string_pretty(&r.raw)?);
         }
         KeysCommand::Policy {
             name,
@@ -249,37 +176,40 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             approvers,
             reason,
         } => {
-            let (status, v) = c
-                .call(
-                    reqwest::Method::PUT,
-                    &format!("/v1/keys/{name}/policy"),
-                    Some(&serde_json::json!({"approvals_required": approvals, "approval_ttl_secs": ttl, "approvers": approvers, "reason": reason})),
-                )
+            let body = PolicyRequest {
+                approvals_required: approvals,
+                approval_ttl_secs: Some(ttl),
+                approvers,
+                reason,
+            };
+            let r: Reply<serde_json::Value> = c
+                .call(Method::PUT, &format!("/v1/keys/{name}/policy"), Some(&body))
                 .await?;
             // A weakening change waits for the key's approvers.
-            if status == reqwest::StatusCode::ACCEPTED {
+            if r.status == reqwest::StatusCode::ACCEPTED {
+                let pending: PendingChange = r.read()?;
                 output::note(
-                    &v,
+                    &r.raw,
                     &format!(
                         "policy change {} pending: it weakens the policy and needs {} approval(s) \
                          (influxion policy-changes show {})",
-                        v["change_id"].as_str().unwrap_or(""),
-                        v["quorum"],
-                        v["change_id"].as_str().unwrap_or("")
+                        pending.change_id, pending.quorum, pending.change_id
                     ),
                 );
             } else {
-                output::emit(&v["policy"], || {
-                    println!(
-                        "{}",
-                        serde_json::to_string_pretty(&v["policy"]).unwrap_or_default()
-                    )
-                });
+                let key: KeyView = r.read()?;
+                let policy = serde_json::to_value(&key.policy)?;
+                let pretty = serde_json::to_string_pretty(&policy)?;
+                output::emit(&policy, || println!("{pretty}"));
             }
         }
         KeysCommand::Disable { name } => {
-            let _: serde_json::Value = c
-                .post(&format!("/v1/keys/{name}/disable"), &serde_json::json!({}))
+            let _: Reply<KeyView> = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/keys/{name}/disable"),
+                    Some(&serde_json::json!({})),
+                )
                 .await?;
             output::note(
                 &serde_json::json!({"key": name, "status": "disabled"}),
@@ -352,12 +282,14 @@ pub const EXIT_NOT_SIGNED: u8 = 3;
 pub const EXIT_TIMEOUT: u8 = 6;
 
 pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
-    let key: KeyInfo = c.get(&format!("/v1/keys/{}", args.key)).await?;
-    let alg: SignAlgorithm = args
-        .algorithm
-        .as_deref()
-        .unwrap_or(&key.default_algorithm)
-        .parse()?;
+    let key: KeyView = c
+        .fetch(Method::GET, &format!("/v1/keys/{}", args.key))
+        .await?
+        .body;
+    let alg: SignAlgorithm = match &args.algorithm {
+        Some(a) => a.parse()?,
+        None => key.default_algorithm,
+    };
     if !key.key_type.allows(alg) {
         bail!("key {} ({}) cannot sign with {alg}", key.name, key.key_type);
     }
@@ -375,26 +307,25 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             .with_context(|| format!("--meta {kv:?} is not KEY=VALUE"))?;
         meta.insert(k.to_owned(), v.into());
     }
-    let mut body = serde_json::json!({"digest": hex::encode(&digest), "algorithm": alg.as_str(), "metadata": meta});
-    if let Some(r) = &args.reason {
-        body["reason"] = r.clone().into();
-    }
-    let (status, v) = c
+    let body = SignRequest {
+        digest: hex::encode(&digest),
+        algorithm: Some(alg.as_str().to_owned()),
+        reason: args.reason.clone(),
+        metadata: Some(meta),
+    };
+    let r: Reply<serde_json::Value> = c
         .call(
-            reqwest::Method::POST,
+            Method::POST,
             &format!("/v1/keys/{}/sign", args.key),
             Some(&body),
         )
         .await?;
-    let (sig_b64, summary) = if status == reqwest::StatusCode::ACCEPTED {
-        let id = v["request_id"]
-            .as_str()
-            .context("202 without a request id")?
-            .to_owned();
+    let (sig_b64, summary) = if r.status == reqwest::StatusCode::ACCEPTED {
+        let pending: PendingResponse = r.read()?;
+        let id = pending.request_id;
         eprintln!(
             "key {} needs {} approval(s): signing request {id}",
-            key.name,
-            v["quorum"].as_u64().unwrap_or(0)
+            key.name, pending.quorum
         );
         if args.no_wait {
             output::emit(
@@ -404,13 +335,13 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         match wait_for(&mut c, &id, args.timeout).await? {
-            Waited::Signed(r) => (
-                r["signature"]
-                    .as_str()
-                    .context("signed request without signature")?
-                    .to_owned(),
-                format!("request {id}, approved by {}", approvers(&r)),
-            ),
+            Waited::Signed(r) => {
+                let approved_by = approvers(&r);
+                (
+                    r.signature.context("signed request without signature")?,
+                    format!("request {id}, approved by {approved_by}"),
+                )
+            }
             Waited::Ended(status) => {
                 output::note(
                     &serde_json::json!({"request_id": id, "status": status, "signed": false}),
@@ -427,12 +358,10 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             }
         }
     } else {
+        let signed: SignResponse = r.read().context("no signature in the response")?;
         (
-            v["signature"]
-                .as_str()
-                .context("no signature in the response")?
-                .to_owned(),
-            format!("audit record {}", v["audit_seq"]),
+            signed.signature,
+            format!("audit record {}", signed.audit_seq),
         )
     };
     let sig = B64.decode(sig_b64).context("the signature is not base64")?;
@@ -470,19 +399,18 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn approvers(r: &serde_json::Value) -> String {
-    r["approvals"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|a| a["decision"] == "approve")
-        .filter_map(|a| a["approver"].as_str())
+/// Who approved a request, for the summary line.
+fn approvers(r: &RequestView) -> String {
+    r.approvals
+        .iter()
+        .filter(|a| a.decision == "approve")
+        .map(|a| a.approver.as_str())
         .collect::<Vec<_>>()
         .join(", ")
 }
 
 enum Waited {
-    Signed(serde_json::Value),
+    Signed(Box<RequestView>),
     Ended(String),
     TimedOut,
 }
@@ -504,17 +432,13 @@ async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
     let mut renewed = false;
     loop {
         let used = c.token_now().await?;
-        let r = match c
-            .call(
-                reqwest::Method::GET,
-                &format!("/v1/signing-requests/{id}"),
-                None,
-            )
+        let r: RequestView = match c
+            .fetch(Method::GET, &format!("/v1/signing-requests/{id}"))
             .await
         {
-            Ok((_, r)) => {
+            Ok(r) => {
                 renewed = false;
-                r
+                r.body
             }
             // A wait of hours outlives the access token: fetch a new one (once) and go on.
             Err(e)
@@ -528,20 +452,19 @@ async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
             }
             Err(e) => return Err(e),
         };
-        let status = r["status"].as_str().unwrap_or("").to_owned();
         spinner.set_message(format!(
             "waiting for approval of {id}: {}/{} approvals",
-            r["approvals_count"], r["quorum"]
+            r.approvals_count, r.quorum
         ));
-        match status.as_str() {
+        match r.status.as_str() {
             "signed" => {
                 spinner.finish_and_clear();
-                return Ok(Waited::Signed(r));
+                return Ok(Waited::Signed(Box::new(r)));
             }
             "pending" => {}
             _ => {
                 spinner.finish_and_clear();
-                return Ok(Waited::Ended(status));
+                return Ok(Waited::Ended(r.status));
             }
         }
         if std::time::Instant::now() >= deadline {
@@ -563,9 +486,12 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
         }
         (None, Some(name)) => {
             let mut c = Client::new(cfg)?;
-            let key: KeyInfo = c.get(&format!("/v1/keys/{name}")).await?;
+            let key: KeyView = c
+                .fetch(Method::GET, &format!("/v1/keys/{name}"))
+                .await?
+                .body;
             let spki = public::from_pem(&key.public_key_pem)?;
-            (key.key_type, spki, key.default_algorithm.parse()?)
+            (key.key_type, spki, key.default_algorithm)
         }
         (None, None) => bail!("give --key NAME or --public-key FILE"),
     };
@@ -594,78 +520,5 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
             &format!("signature INVALID for {}", args.file.display()),
         );
         Ok(ExitCode::FAILURE)
-    }
-}
-
-pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
-    match cmd {
-        AuditCommand::Verify { db, links_only } => {
-            let key = if links_only {
-                None
-            } else {
-                Some(audit_key(file, &db)?)
-            };
-            let url = db.url(file);
-            let report = influxion_store::Store::verify_database(&url, key.as_ref())
-                .await
-                .with_context(|| format!("opening {url} read-only"))?;
-            match report {
-                influxion_store::ChainReport::Intact {
-                    records,
-                    head,
-                    unkeyed,
-                    keyed,
-                } => {
-                    output::emit(
-                        &serde_json::json!({"intact": true, "records": records, "head": head, "keyed": keyed, "unkeyed": unkeyed}),
-                        || {
-                            println!("audit chain intact: {records} records, head {head}");
-                            if !keyed {
-                                println!("MACs NOT checked (no key, or a database from before keying): a truncated log would look intact");
-                            }
-                            if unkeyed > 0 {
-                                println!("records 1-{unkeyed} predate keying: covered by the sealed head through the hash links; `influxion audit reseal --from 1` gives each its own MAC");
-                            }
-                        },
-                    );
-                    Ok(ExitCode::SUCCESS)
-                }
-                influxion_store::ChainReport::Broken { seq, reason } => {
-                    output::emit(
-                        &serde_json::json!({"intact": false, "seq": seq, "reason": reason}),
-                        || println!("audit chain BROKEN at record {seq}: {reason}"),
-                    );
-                    Ok(ExitCode::from(2))
-                }
-            }
-        }
-        AuditCommand::Reseal { db, from } => {
-            let key = audit_key(file, &db)?;
-            let url = db.url(file);
-            let store = influxion_store::Store::open(&url, key)
-                .await
-                .with_context(|| format!("opening {url}"))?;
-            let user = crate::config::env("USER").unwrap_or_else(|| "unknown".into());
-            let event = influxion_store::AuditEvent::new(
-                format!("cli:{user}"),
-                "audit.reseal",
-                influxion_store::Outcome::Ok,
-            )
-            .target("audit");
-            let r = store.reseal_audit(from, event).await?;
-            output::emit(
-                &serde_json::json!({"sealed": r.sealed, "head_was_unsealed": r.head_was_unsealed, "seq": r.seq}),
-                || {
-                    println!(
-                        "re-sealed {} records from {from}; recorded as audit record {}",
-                        r.sealed, r.seq
-                    );
-                    if r.head_was_unsealed {
-                        println!("the chain head was not sealed before; it is now");
-                    }
-                },
-            );
-            Ok(ExitCode::SUCCESS)
-        }
     }
 }

@@ -1,0 +1,51 @@
+//! `/v1/keys`: keys and their approval policies.
+
+use influxion_core::{KeyPolicy, KeyStatus, KeyType, SignAlgorithm};
+use serde::{Deserialize, Serialize};
+
+/// A key as the API shows it: `GET /v1/keys/{name}` and the answer of every change.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyView {
+    pub name: String,
+    pub key_type: KeyType,
+    pub algorithms: Vec<SignAlgorithm>,
+    pub default_algorithm: SignAlgorithm,
+    pub backend: String,
+    pub status: KeyStatus,
+    /// `sign` (signs digests over the API) or `ca` (signs its CA's certificates only).
+    pub purpose: String,
+    pub created_at: String,
+    pub created_by: String,
+    pub policy: KeyPolicy,
+    pub public_key_pem: String,
+    pub public_key_jwk: serde_json::Value,
+}
+
+/// `GET /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+}
+
+/// `POST /v1/keys`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateKey {
+    pub name: String,
+    pub key_type: String,
+}
+
+/// `PUT /v1/keys/{name}/policy`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PolicyRequest {
+    /// Approvals needed (M); 0 turns approval off.
+    pub approvals_required: u32,
+    /// Seconds a request waits before it expires (default 1 day, at most 30 days).
+    pub approval_ttl_secs: Option<u32>,
+    /// Subjects allowed to approve; empty = any subject with the approver role on the key.
+    #[serde(default)]
+    pub approvers: Vec<String>,
+    /// Why; shown to approvers when the change weakens the policy and waits for them.
+    pub reason: Option<String>,
+}

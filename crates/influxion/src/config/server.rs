@@ -1,0 +1,520 @@
+//! The configuration of `influxion serve` (and `config check`): listener and
+//! storage, token validation, the key-encryption key, the bootstrap admin and the PKI.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use influxion_auth::AuthConfig;
+
+use super::{
+    entra_metadata_url, env, env_list, env_u64, err, http_limits, ConfigError, FileAuth, FileConfig,
+};
+
+/// Parse `app_id=…,tenant_id=…` (the form of `INFLUXION_BOOTSTRAP_ADMIN`).
+pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigError> {
+    let setting = "bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN";
+    let mut r = influxion_core::SubjectRules::default();
+    for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
+        let (k, v) = part
+            .split_once('=')
+            .ok_or_else(|| err(setting, format!("{part:?} is not key=value")))?;
+        let raw = v.trim();
+        let v = Some(raw.to_owned());
+        match k.trim() {
+            "issuer" => r.issuer = v,
+            "tenant_id" => r.tenant_id = v,
+            "object_id" => r.object_id = v,
+            "app_id" => r.app_id = v,
+            "app_role" => r.app_role = v,
+            "group_id" => r.group_id = v,
+            "caller" => {
+                r.caller = Some(
+                    raw.parse()
+                        .map_err(|e: influxion_core::access::AccessError| {
+                            err(setting, e.to_string())
+                        })?,
+                )
+            }
+            other => return Err(err(setting, format!("unknown rule {other:?}"))),
+        }
+    }
+    r.validate().map_err(|e| err(setting, e.to_string()))?;
+    Ok(r)
+}
+/// The validated configuration of `influxion serve`.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    pub listen: std::net::SocketAddr,
+    pub data_dir: PathBuf,
+    pub database_url: String,
+    pub auth: AuthConfig,
+    pub admin_role: String,
+    pub sign_role: String,
+    pub kek: KekSource,
+    pub vault_url: Option<String>,
+    pub bootstrap_admin: Option<influxion_core::SubjectRules>,
+    pub public_url: Option<String>,
+    pub est_profile: Option<String>,
+    pub http: influxion_edge::Limits,
+}
+
+#[derive(Clone)]
+pub enum KekSource {
+    Env,
+    File(PathBuf),
+}
+
+impl std::fmt::Debug for KekSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KekSource::Env => f.write_str("INFLUXION_KEK ([redacted])"),
+            KekSource::File(p) => write!(f, "file {}", p.display()),
+        }
+    }
+}
+
+impl KekSource {
+    /// INFLUXION_KEK, else INFLUXION_KEK_FILE, else `keystore.kek_file`.
+    pub fn configured(file: &FileConfig) -> Option<Self> {
+        if env("INFLUXION_KEK").is_some() {
+            return Some(KekSource::Env);
+        }
+        env("INFLUXION_KEK_FILE")
+            .map(PathBuf::from)
+            .or_else(|| file.keystore.kek_file.clone())
+            .map(KekSource::File)
+    }
+
+    pub fn load(&self) -> Result<influxion_keystore::Kek, ConfigError> {
+        let text = match self {
+            KekSource::Env => zeroize::Zeroizing::new(env("INFLUXION_KEK").unwrap_or_default()),
+            KekSource::File(p) => zeroize::Zeroizing::new(
+                std::fs::read_to_string(p)
+                    .map_err(|e| err("keystore.kek_file", format!("{}: {e}", p.display())))?,
+            ),
+        };
+        influxion_keystore::Kek::from_text(&text)
+            .map_err(|e| err("INFLUXION_KEK / keystore.kek_file", e.to_string()))
+    }
+}
+
+/// The scope name the API requires in `scp`, derived from a client-side scope such as
+/// `api://influxion/access_as_user` (but not `.default`, which names no scope).
+fn scope_name(default_scope: &str) -> Option<String> {
+    let last = default_scope.rsplit('/').next()?;
+    (!last.is_empty() && last != ".default").then(|| last.to_owned())
+}
+
+fn is_guid(s: &str) -> bool {
+    s.len() == 36
+        && s.char_indices().all(|(i, c)| {
+            if matches!(i, 8 | 13 | 18 | 23) {
+                c == '-'
+            } else {
+                c.is_ascii_hexdigit()
+            }
+        })
+}
+
+fn is_guid_like(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
+}
+
+impl ServerConfig {
+    /// Each setting from its sources, in the order an operator reads them: where it
+    /// listens and stores, whom it trusts, its keys, and what it publishes.
+    pub fn resolve(file: &FileConfig) -> Result<Self, ConfigError> {
+        let listen = listen(file)?;
+        let data_dir = env("INFLUXION_DATA_DIR")
+            .map(PathBuf::from)
+            .or_else(|| file.data_dir.clone())
+            .unwrap_or_else(|| PathBuf::from("./data"));
+        let database_url = database_url(file, &data_dir)?;
+        let (auth, roles) = auth(file)?;
+        let kek = KekSource::configured(file).ok_or_else(|| {
+            err(
+                "keystore.kek_file / INFLUXION_KEK_FILE",
+                "set a key-encryption key file, or INFLUXION_KEK (32 bytes, base64 or hex)",
+            )
+        })?;
+        let vault_url = vault_url(file)?;
+        let bootstrap_admin = bootstrap_admin(file, auth.tenant_id.as_deref())?;
+        let public_url = public_url(file)?;
+        let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
+        Ok(Self {
+            listen,
+            data_dir,
+            database_url,
+            auth,
+            admin_role: roles.admin,
+            sign_role: roles.sign,
+            kek,
+            vault_url,
+            bootstrap_admin,
+            public_url,
+            est_profile,
+            http: http_limits(&file.http)?,
+        })
+    }
+
+    /// Settings that work but are probably not what the operator meant.
+    pub fn warnings(&self) -> Vec<String> {
+        let mut w = Vec::new();
+        if let Some(url) = entra_v1_metadata(&self.auth.metadata_url) {
+            w.push(format!(
+                "INFLUXION_OIDC_METADATA_URL ({url}) is an Entra ID metadata document without v2.0: \
+                 it publishes the v1 issuer (https://sts.windows.net/...), while the setup guide \
+                 asks for v2 tokens (requestedAccessTokenVersion: 2) and the v2.0 document, \
+                 https://login.microsoftonline.com/<tenant>/v2.0/.well-known/openid-configuration"
+            ));
+        }
+        w
+    }
+
+    /// The effective configuration as TOML-like text, with secrets redacted.
+    pub fn describe(&self) -> String {
+        let a = &self.auth;
+        format!(
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
+            self.listen.to_string(),
+            self.data_dir.display().to_string(),
+            self.database_url,
+            a.metadata_url,
+            a.audiences,
+            a.tenant_id.as_deref().unwrap_or(""),
+            a.allowed_tenants,
+            a.extra_issuers,
+            a.required_scope,
+            self.sign_role,
+            self.admin_role,
+            a.accepted_versions,
+            a.algorithms,
+            a.clock_skew.as_secs(),
+            a.jwks_refresh_interval.as_secs(),
+            a.jwks_min_refresh_interval.as_secs(),
+            a.jwks_max_age.as_secs(),
+            a.allow_insecure_http,
+            format!("{:?}", self.kek),
+            self.vault_url.as_deref().unwrap_or(""),
+            self.bootstrap_admin
+                .as_ref()
+                .and_then(|r| serde_json::to_string(r).ok())
+                .unwrap_or_else(|| "\"\"".into()),
+            self.public_url.as_deref().unwrap_or(""),
+            self.est_profile.as_deref().unwrap_or(""),
+            self.http.header_read_timeout.as_secs(),
+            self.http.body_read_timeout.as_secs(),
+            self.http.idle_timeout.as_secs(),
+            self.http.max_connections,
+        )
+    }
+}
+
+fn listen(file: &FileConfig) -> Result<std::net::SocketAddr, ConfigError> {
+    let listen_text = env("INFLUXION_LISTEN")
+        .or_else(|| file.listen.clone())
+        .unwrap_or_else(|| "127.0.0.1:8400".into());
+    listen_text.parse().map_err(|_| {
+        err(
+            "listen / INFLUXION_LISTEN",
+            format!("{listen_text:?} is not an address:port"),
+        )
+    })
+}
+
+fn database_url(file: &FileConfig, data_dir: &Path) -> Result<String, ConfigError> {
+    let database_url = env("INFLUXION_DATABASE_URL")
+        .or_else(|| file.database_url.clone())
+        .unwrap_or_else(|| format!("sqlite://{}/influxion.db", data_dir.display()));
+    if database_url.contains(":memory:") || database_url.contains("mode=memory") {
+        return Err(err(
+            "database_url / INFLUXION_DATABASE_URL",
+            "an in-memory database would lose the audit log",
+        ));
+    }
+    if !database_url.starts_with("sqlite:") {
+        return Err(err(
+            "database_url / INFLUXION_DATABASE_URL",
+            "only sqlite: URLs are supported in this version",
+        ));
+    }
+    Ok(database_url)
+}
+
+/// The app roles of signers and admins.
+struct Roles {
+    sign: String,
+    admin: String,
+}
+
+/// Whom the keyserver trusts, and how it checks their tokens.
+fn auth(file: &FileConfig) -> Result<(AuthConfig, Roles), ConfigError> {
+    let a = &file.auth;
+    let tenant_id = tenant_id(a)?;
+    // `tid` is always the tenant's GUID. A domain name (contoso.onmicrosoft.com) or
+    // `common`/`organizations` only selects the metadata document; then the issuer
+    // is checked (a template for multi-tenant apps) but `tid` is not pinned.
+    let single_tenant = tenant_id.clone().filter(|t| is_guid(t));
+    let metadata_url = env("INFLUXION_OIDC_METADATA_URL")
+        .or_else(|| a.metadata_url.clone())
+        .or_else(|| tenant_id.as_deref().map(entra_metadata_url))
+        .ok_or_else(|| {
+            err(
+                "auth.metadata_url / INFLUXION_OIDC_METADATA_URL",
+                "set it, or set INFLUXION_AZURE_TENANT_ID to use Entra ID's metadata document",
+            )
+        })?;
+    let audiences = audiences(a)?;
+    let default_scope =
+        env("INFLUXION_AZURE_DEFAULT_SCOPE").or_else(|| file.client.default_scope.clone());
+    let required_scope = env("INFLUXION_REQUIRED_SCOPE")
+        .or_else(|| a.required_scope.clone())
+        .or_else(|| default_scope.as_deref().and_then(scope_name))
+        .unwrap_or_else(|| "access_as_user".into());
+    let roles = Roles {
+        sign: env("INFLUXION_APP_ROLE")
+            .or_else(|| a.app_role.clone())
+            .unwrap_or_else(|| "Influxion.Sign".into()),
+        admin: env("INFLUXION_ADMIN_ROLE")
+            .or_else(|| a.admin_role.clone())
+            .unwrap_or_else(|| "Influxion.Admin".into()),
+    };
+    let timing = token_timing(a)?;
+    let extra_issuers = extra_issuers(a, &metadata_url, single_tenant.as_deref());
+    let allow_insecure_http = env("INFLUXION_ALLOW_INSECURE_HTTP")
+        .map(|v| v == "true" || v == "1")
+        .or(a.allow_insecure_http)
+        .unwrap_or(false);
+    let auth = AuthConfig {
+        metadata_url,
+        audiences,
+        tenant_id: single_tenant,
+        allowed_tenants: env_list("INFLUXION_ALLOWED_TENANTS")
+            .or_else(|| a.allowed_tenants.clone())
+            .unwrap_or_default(),
+        extra_issuers,
+        required_scope,
+        app_roles: vec![roles.sign.clone(), roles.admin.clone()],
+        accepted_versions: env_list("INFLUXION_TOKEN_VERSIONS")
+            .or_else(|| a.accepted_versions.clone())
+            .unwrap_or_default(),
+        algorithms: AuthConfig::DEFAULT_ALGORITHMS.to_vec(),
+        clock_skew: timing.clock_skew,
+        jwks_refresh_interval: timing.jwks_refresh,
+        jwks_min_refresh_interval: timing.jwks_min_refresh,
+        jwks_max_age: Duration::from_secs(24 * 3600),
+        max_token_bytes: 16 * 1024,
+        allow_insecure_http,
+    };
+    Ok((auth, roles))
+}
+
+fn tenant_id(a: &FileAuth) -> Result<Option<String>, ConfigError> {
+    let tenant_id = env("INFLUXION_AZURE_TENANT_ID").or_else(|| a.tenant_id.clone());
+    if let Some(t) = &tenant_id {
+        if !is_guid_like(t) {
+            return Err(err(
+                "auth.tenant_id / INFLUXION_AZURE_TENANT_ID",
+                format!("{t:?} is not a tenant id"),
+            ));
+        }
+    }
+    Ok(tenant_id)
+}
+
+/// The API's client id (v2 tokens, and `api://<id>` for v1 unless an audience is
+/// named) and the configured audience.
+fn audiences(a: &FileAuth) -> Result<Vec<String>, ConfigError> {
+    let api_client_id = env("INFLUXION_AZURE_API_CLIENT_ID").or_else(|| a.api_client_id.clone());
+    let audience = env("INFLUXION_AZURE_AUDIENCE").or_else(|| a.audience.clone());
+    let mut audiences = Vec::new();
+    if let Some(id) = &api_client_id {
+        audiences.push(id.clone());
+        if audience.is_none() {
+            audiences.push(format!("api://{id}"));
+        }
+    }
+    audiences.extend(audience);
+    if audiences.is_empty() {
+        return Err(err(
+            "auth.api_client_id / INFLUXION_AZURE_API_CLIENT_ID",
+            "set the API's client id (v2 tokens) or INFLUXION_AZURE_AUDIENCE (v1 tokens)",
+        ));
+    }
+    Ok(audiences)
+}
+
+/// Clock skew and how often the provider's signing keys are fetched.
+struct TokenTiming {
+    clock_skew: Duration,
+    jwks_refresh: Duration,
+    jwks_min_refresh: Duration,
+}
+
+fn token_timing(a: &FileAuth) -> Result<TokenTiming, ConfigError> {
+    let skew = env_u64("INFLUXION_CLOCK_SKEW_SECS")?
+        .or(a.clock_skew_secs)
+        .unwrap_or(300);
+    if skew > 600 {
+        return Err(err(
+            "auth.clock_skew_secs / INFLUXION_CLOCK_SKEW_SECS",
+            "at most 600 seconds",
+        ));
+    }
+    let refresh = env_u64("INFLUXION_JWKS_REFRESH_SECS")?
+        .or(a.jwks_refresh_secs)
+        .unwrap_or(3600);
+    let min_refresh = env_u64("INFLUXION_JWKS_MIN_REFRESH_SECS")?
+        .or(a.jwks_min_refresh_secs)
+        .unwrap_or(300);
+    if min_refresh == 0 {
+        return Err(err(
+            "auth.jwks_min_refresh_secs / INFLUXION_JWKS_MIN_REFRESH_SECS",
+            "must be at least 1 second, or every unknown kid would reach the provider",
+        ));
+    }
+    if refresh == 0 {
+        return Err(err(
+            "auth.jwks_refresh_secs / INFLUXION_JWKS_REFRESH_SECS",
+            "must be positive",
+        ));
+    }
+    Ok(TokenTiming {
+        clock_skew: Duration::from_secs(skew),
+        jwks_refresh: Duration::from_secs(refresh),
+        jwks_min_refresh: Duration::from_secs(min_refresh),
+    })
+}
+
+/// Issuers trusted besides the metadata document's.
+fn extra_issuers(a: &FileAuth, metadata_url: &str, single_tenant: Option<&str>) -> Vec<String> {
+    let mut extra_issuers = Vec::new();
+    if metadata_url.starts_with("https://login.microsoftonline.com/") {
+        // Entra v1 access tokens carry the sts.windows.net issuer.
+        extra_issuers.push(match single_tenant {
+            Some(t) => format!("https://sts.windows.net/{t}/"),
+            None => "https://sts.windows.net/{tenantid}/".to_owned(),
+        });
+    }
+    // Other clouds' v1 issuers (e.g. sts.chinacloudapi.cn) are not derived: name them.
+    extra_issuers.extend(
+        env_list("INFLUXION_EXTRA_ISSUERS")
+            .or_else(|| a.extra_issuers.clone())
+            .unwrap_or_default(),
+    );
+    extra_issuers
+}
+
+fn vault_url(file: &FileConfig) -> Result<Option<String>, ConfigError> {
+    let vault_url = env("INFLUXION_VAULT_URL").or_else(|| file.vault.url.clone());
+    if let Some(v) = &vault_url {
+        if !v.starts_with("https://") {
+            return Err(err(
+                "vault.url / INFLUXION_VAULT_URL",
+                "must be an https:// URL",
+            ));
+        }
+    }
+    Ok(vault_url)
+}
+
+/// The first admin's rules, pinned to `tenant_id` (the single tenant trusted, if any).
+fn bootstrap_admin(
+    file: &FileConfig,
+    tenant_id: Option<&str>,
+) -> Result<Option<influxion_core::SubjectRules>, ConfigError> {
+    let mut bootstrap_admin = match env("INFLUXION_BOOTSTRAP_ADMIN") {
+        Some(t) => Some(parse_rules(&t)?),
+        None => file.bootstrap.admin.clone(),
+    };
+    if let Some(r) = bootstrap_admin.as_mut() {
+        r.validate()
+            .map_err(|e| err("bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN", e.to_string()))?;
+        // Pin the bootstrap admin to our tenant, so an app id alone never matches
+        // a principal of another tenant.
+        if r.tenant_id.is_none() {
+            r.tenant_id = tenant_id.map(str::to_owned);
+        }
+        if r.tenant_id.is_none() {
+            return Err(err(
+                "bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN",
+                "name the tenant_id: tokens may come from several tenants",
+            ));
+        }
+    }
+    Ok(bootstrap_admin)
+}
+
+fn public_url(file: &FileConfig) -> Result<Option<String>, ConfigError> {
+    let public_url = env("INFLUXION_PUBLIC_URL")
+        .or_else(|| file.pki.public_url.clone())
+        .map(|u| u.trim_end_matches('/').to_owned());
+    if let Some(u) = &public_url {
+        let ok = url::Url::parse(u)
+            .is_ok_and(|p| matches!(p.scheme(), "http" | "https") && p.host().is_some());
+        if !ok {
+            return Err(err(
+                "pki.public_url / INFLUXION_PUBLIC_URL",
+                "must be an http:// or https:// URL",
+            ));
+        }
+    }
+    Ok(public_url)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guids() {
+        assert!(is_guid("11111111-2222-3333-4444-555555555555"));
+        assert!(!is_guid("contoso.onmicrosoft.com"));
+        assert!(!is_guid("common"));
+    }
+
+    #[test]
+    fn scope_names() {
+        assert_eq!(
+            scope_name("api://x/access_as_user").as_deref(),
+            Some("access_as_user")
+        );
+        assert_eq!(scope_name("api://x/.default"), None);
+        assert_eq!(scope_name("keyserver").as_deref(), Some("keyserver"));
+    }
+}
+
+/// The metadata URL, if it is an Entra ID (any cloud) document without `/v2.0/`.
+fn entra_v1_metadata(metadata_url: &str) -> Option<&str> {
+    const ENTRA_HOSTS: [&str; 4] = [
+        "login.microsoftonline.com",
+        "login.microsoftonline.us",
+        "login.chinacloudapi.cn",
+        "login.partner.microsoftonline.cn",
+    ];
+    let url = url::Url::parse(metadata_url).ok()?;
+    let host = url.host_str()?.to_ascii_lowercase();
+    let entra = ENTRA_HOSTS.contains(&host.as_str());
+    (entra && !url.path().split('/').any(|seg| seg == "v2.0")).then_some(metadata_url)
+}
+
+#[cfg(test)]
+mod metadata_tests {
+    use super::entra_v1_metadata;
+
+    #[test]
+    fn entra_v1_metadata_documents_are_noticed() {
+        let v1 = "https://login.microsoftonline.com/t/.well-known/openid-configuration";
+        let v2 = "https://login.microsoftonline.com/t/v2.0/.well-known/openid-configuration";
+        assert_eq!(entra_v1_metadata(v1), Some(v1));
+        assert_eq!(entra_v1_metadata(v2), None);
+        assert!(entra_v1_metadata("https://login.microsoftonline.us/t/.well-known/x").is_some());
+        assert_eq!(
+            entra_v1_metadata("https://idp.example/.well-known/openid-configuration"),
+            None
+        );
+    }
+}

@@ -47,7 +47,7 @@ impl Claims {
     /// The one audience this token is for. Entra never issues an array; a token meant
     /// for several audiences is replayable by each of them, so only a string (or an
     /// array of exactly one) names an audience at all.
-    pub fn single_audience(&self) -> Option<&str> {
+    pub(crate) fn single_audience(&self) -> Option<&str> {
         match &self.aud {
             Audience::One(a) => Some(a.as_str()),
             Audience::Many(v) if v.len() == 1 => v.first().map(String::as_str),
@@ -62,14 +62,14 @@ impl Claims {
     /// token's `aud` is the client it was issued to; when the web client and the API
     /// are one app registration, that is the API's own client id, so the audience
     /// check alone cannot tell the two apart.
-    pub fn id_token_only_claims(&self) -> Option<&'static str> {
+    pub(crate) fn id_token_only_claims(&self) -> Option<&'static str> {
         (self.nonce.is_some() || self.at_hash.is_some() || self.c_hash.is_some())
             .then_some("an ID token (nonce, at_hash or c_hash) is not an access token")
     }
 
     /// See [`Claims::id_token_only_claims`]: the client claim this kind of access token
     /// always carries, if it is missing.
-    pub fn missing_client_claim(&self) -> Option<&'static str> {
+    pub(crate) fn missing_client_claim(&self) -> Option<&'static str> {
         let present = |c: &Option<String>| c.as_deref().is_some_and(|v| !v.is_empty());
         match self.ver.as_deref() {
             Some("2.0") if !present(&self.azp) => {
@@ -86,7 +86,7 @@ impl Claims {
         }
     }
 
-    pub fn to_principal(&self) -> Result<Principal, AuthError> {
+    pub(crate) fn to_principal(&self) -> Result<Principal, AuthError> {
         let scopes: Vec<String> = self
             .scp
             .as_deref()

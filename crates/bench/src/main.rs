@@ -83,7 +83,7 @@ async fn drive(
                 };
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
-                        lat.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
                     } else {
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
@@ -320,8 +320,10 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
     if sorted.is_empty() {
         return 0.0;
     }
+    // A percentile's rank: p is in [0, 1], so the product is a valid, non-negative index.
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
     let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i] as f64 / 1000.0
+    sorted[i.min(sorted.len() - 1)] as f64 / 1000.0
 }
 
 #[tokio::main]
@@ -401,13 +403,13 @@ async fn main() -> Result<()> {
     } else {
         format!("{base}/v1/keys/demo/sign")
     };
-    let next = AtomicU64::new(0);
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let client = http.clone();
     let make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
         let body = if csrs.is_empty() {
             format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()))
         } else {
-            let i = next.fetch_add(1, Ordering::Relaxed) as usize % csrs.len();
+            let i = next.fetch_add(1, Ordering::Relaxed) % csrs.len();
             serde_json::json!({"csr": csrs[i]}).to_string()
         };
         client

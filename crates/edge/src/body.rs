@@ -20,11 +20,11 @@ use tokio::time::Sleep;
 use crate::InFlight;
 
 /// Same problem namespace as both servers; the slug is in docs/problems.md.
-pub const PROBLEM_BASE: &str = "https://influxion.dev/problems/";
+pub(crate) const PROBLEM_BASE: &str = "https://influxion.dev/problems/";
 
 /// The error a request body yields once its deadline has passed.
 #[derive(Debug)]
-pub struct BodyTimeout;
+pub(crate) struct BodyTimeout;
 
 impl std::fmt::Display for BodyTimeout {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -61,7 +61,7 @@ async fn deadline(limit: Duration, req: Request, next: Next) -> Response {
 }
 
 /// 408 as a problem document, closing the connection.
-pub fn request_timeout() -> Response {
+pub(crate) fn request_timeout() -> Response {
     let body = serde_json::json!({
         "type": format!("{PROBLEM_BASE}request-timeout"),
         "title": "Request timeout",

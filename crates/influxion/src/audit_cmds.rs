@@ -11,7 +11,7 @@ use influxion_cli::output;
 use crate::config::FileConfig;
 
 #[derive(Subcommand)]
-pub enum AuditCommand {
+pub(crate) enum AuditCommand {
     /// Prove the audit chain unbroken, or report the first broken record. Needs the
     /// key-encryption key (INFLUXION_KEK, INFLUXION_KEK_FILE or keystore.kek_file).
     Verify {
@@ -33,7 +33,7 @@ pub enum AuditCommand {
 }
 
 #[derive(Args)]
-pub struct AuditDatabase {
+pub(crate) struct AuditDatabase {
     /// Data directory of the keyserver (default from configuration).
     #[arg(long)]
     data_dir: Option<PathBuf>,
@@ -76,7 +76,7 @@ fn audit_key(file: &FileConfig, db: &AuditDatabase) -> Result<influxion_store::A
     Ok(influxion_store::AuditKey::new(kek.audit_mac_key()))
 }
 
-pub async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
+pub(crate) async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
     match cmd {
         AuditCommand::Verify { db, links_only } => {
             let key = if links_only {

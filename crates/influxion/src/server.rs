@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use crate::config::{ServerConfig, DEV_AUDIENCE};
 
 /// Open the store, keystore and validator described by `cfg`.
-pub async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
+pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState> {
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -113,7 +113,7 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
-pub async fn serve(cfg: ServerConfig) -> Result<()> {
+pub(crate) async fn serve(cfg: ServerConfig) -> Result<()> {
     let kek = cfg.kek.load()?;
     let state = build_state(&cfg, kek).await?;
     let listener = TcpListener::bind(cfg.listen)
@@ -152,7 +152,7 @@ fn random_secret() -> String {
 }
 
 /// `influxion keyclient`: the backend-for-frontend as its own process.
-pub async fn keyclient(cfg: influxion_keyclient::KeyclientConfig) -> Result<()> {
+pub(crate) async fn keyclient(cfg: influxion_keyclient::KeyclientConfig) -> Result<()> {
     let app = influxion_keyclient::build(&cfg).await?;
     let listener = std::net::TcpListener::bind(cfg.listen)
         .with_context(|| format!("binding the keyclient on {}", cfg.listen))?;
@@ -168,9 +168,9 @@ pub async fn keyclient(cfg: influxion_keyclient::KeyclientConfig) -> Result<()> 
     Ok(())
 }
 
-pub const DEV_CLIENT_ID: &str = "influxion-dev-ci";
+pub(crate) const DEV_CLIENT_ID: &str = "influxion-dev-ci";
 
-pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
+pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     // Only the environment (INFLUXION_HTTP_*): dev mode reads no configuration file.
     let limits = crate::config::http_limits(&Default::default())?;
     std::fs::DirBuilder::new()
@@ -397,7 +397,7 @@ pub async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     Ok(())
 }
 
-pub const DEV_KEYCLIENT_ID: &str = "influxion-dev-keyclient";
+pub(crate) const DEV_KEYCLIENT_ID: &str = "influxion-dev-keyclient";
 
 /// People of the development issuer: login, display name, role on every name.
 const DEV_USERS: [(&str, &str, Role); 3] = [
@@ -406,7 +406,8 @@ const DEV_USERS: [(&str, &str, Role); 3] = [
     ("carol", "Carol Approver", Role::Approver),
 ];
 
-pub const DEV_APPROVERS: [&str; 2] = ["influxion-dev-approver-1", "influxion-dev-approver-2"];
+pub(crate) const DEV_APPROVERS: [&str; 2] =
+    ["influxion-dev-approver-1", "influxion-dev-approver-2"];
 
 /// The development subjects: the CI client is admin; two approver clients.
 async fn ensure_dev_subjects(store: &Store) -> Result<()> {

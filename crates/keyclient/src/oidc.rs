@@ -47,7 +47,7 @@ pub struct OidcSettings {
     pub scopes: Vec<String>,
 }
 
-pub struct Oidc {
+pub(crate) struct Oidc {
     settings: OidcSettings,
     issuer: IssuerUrl,
     http: reqwest::Client,
@@ -72,13 +72,13 @@ const SUFFIX: &str = "/.well-known/openid-configuration";
 
 /// Why a refresh failed: the provider refused the refresh token (the session is over),
 /// or it could not be asked (the session stays; try again later).
-pub enum RefreshError {
+pub(crate) enum RefreshError {
     Refused(String),
     Unavailable(String),
 }
 
 /// Tokens from a code exchange or a refresh.
-pub struct Tokens {
+pub(crate) struct Tokens {
     pub access_token: String,
     pub access_expires_at: i64,
     pub refresh_token: Option<String>,
@@ -86,7 +86,7 @@ pub struct Tokens {
 }
 
 impl Oidc {
-    pub async fn discover(settings: OidcSettings) -> Result<Self, KcError> {
+    pub(crate) async fn discover(settings: OidcSettings) -> Result<Self, KcError> {
         let text = settings.metadata_url.as_str();
         let issuer = text.strip_suffix(SUFFIX).ok_or_else(|| {
             KcError::Provider(format!(
@@ -112,7 +112,7 @@ impl Oidc {
     }
 
     /// The authorization URL and what the callback must check.
-    pub async fn start(&self, return_to: String) -> (Url, LoginData) {
+    pub(crate) async fn start(&self, return_to: String) -> (Url, LoginData) {
         let p = self.provider.read().await.clone();
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let mut req = p.client.authorize_url(
@@ -135,7 +135,7 @@ impl Oidc {
 
     /// Exchange the code (with the client secret and PKCE verifier) and validate the ID
     /// token: signature, issuer, audience, expiry and nonce.
-    pub async fn finish(&self, code: &str, login: &LoginData) -> Result<UserData, KcError> {
+    pub(crate) async fn finish(&self, code: &str, login: &LoginData) -> Result<UserData, KcError> {
         let p = self.provider.read().await.clone();
         let response: CoreTokenResponse = p
             .client
@@ -186,7 +186,7 @@ impl Oidc {
     }
 
     /// A new access token from the refresh token.
-    pub async fn refresh(
+    pub(crate) async fn refresh(
         &self,
         refresh_token: &str,
         granted_scopes: Option<&str>,
@@ -218,13 +218,13 @@ impl Oidc {
     }
 
     /// The issuer, exactly as discovered (for the RFC 9207 `iss` check).
-    pub fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         self.issuer.as_str()
     }
 
     /// RP-initiated logout at the provider, when it offers an end-session endpoint. No
     /// ID token hint: the browser never sees a token, so it cannot carry one.
-    pub async fn logout_url(&self) -> Option<Url> {
+    pub(crate) async fn logout_url(&self) -> Option<Url> {
         let p = self.provider.read().await.clone();
         let end = p.end_session.clone()?;
         let redirect =

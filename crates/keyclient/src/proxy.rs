@@ -15,12 +15,12 @@ use futures::StreamExt;
 use crate::{AppState, KcError};
 
 /// Largest request body forwarded (JSON bodies of the API are small).
-pub const MAX_REQUEST_BYTES: usize = 1024 * 1024;
+pub(crate) const MAX_REQUEST_BYTES: usize = 1024 * 1024;
 /// Largest response body passed back (certificate searches, audit pages).
-pub const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
+pub(crate) const MAX_RESPONSE_BYTES: usize = 8 * 1024 * 1024;
 const MAX_PATH: usize = 512;
 /// Longest query string forwarded (and accepted by `/login`).
-pub const MAX_QUERY: usize = 2048;
+pub(crate) const MAX_QUERY: usize = 2048;
 
 /// The keyserver routes the web app uses; `*` is one path segment.
 const ROUTES: &[(Method, &str)] = &[
@@ -80,7 +80,7 @@ fn valid_path(p: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'/' | b'-' | b'_' | b'.' | b'~'))
 }
 
-pub async fn api(
+pub(crate) async fn api(
     State(st): State<AppState>,
     method: Method,
     uri: Uri,

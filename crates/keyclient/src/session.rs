@@ -23,7 +23,7 @@ use crate::KcError;
 
 /// A signed-in person: who, and the tokens the keyclient uses on their behalf.
 #[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub struct UserData {
+pub(crate) struct UserData {
     pub subject: String,
     pub name: String,
     pub username: String,
@@ -42,7 +42,7 @@ pub struct UserData {
 /// sealed cookie (`signin.rs`); rows of kind `login` from older versions no longer open.
 #[derive(Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case")]
-pub enum SessionData {
+pub(crate) enum SessionData {
     User(UserData),
 }
 
@@ -55,7 +55,7 @@ impl SessionData {
 }
 
 /// A session as loaded for one request.
-pub struct Session {
+pub(crate) struct Session {
     pub id_hash: String,
     pub data: SessionData,
     pub last_seen: i64,
@@ -83,7 +83,7 @@ impl Default for Timeouts {
 }
 
 #[derive(Clone)]
-pub struct SessionStore {
+pub(crate) struct SessionStore {
     pool: SqlitePool,
     cipher: Aes256Gcm,
     timeouts: Timeouts,
@@ -94,7 +94,7 @@ const ID_LEN: usize = 43;
 /// `last_seen` is written at most this often per session, to spare the database.
 const TOUCH_EVERY_SECS: i64 = 60;
 
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_secs() as i64)
@@ -114,7 +114,7 @@ fn well_formed(id: &str) -> bool {
 }
 
 impl SessionStore {
-    pub async fn open(
+    pub(crate) async fn open(
         database_url: &str,
         key: &Zeroizing<[u8; 32]>,
         timeouts: Timeouts,
@@ -154,7 +154,7 @@ impl SessionStore {
     }
 
     /// Whether the sign-in with this id has completed already (its callback is spent).
-    pub async fn login_completed(&self, login_id: &str) -> Result<bool, KcError> {
+    pub(crate) async fn login_completed(&self, login_id: &str) -> Result<bool, KcError> {
         let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM completed_logins WHERE id_hash = ?")
             .bind(hash_id(login_id))
             .fetch_one(&self.pool)
@@ -164,7 +164,11 @@ impl SessionStore {
 
     /// Record a completed sign-in until its cookie expires; false if it was recorded
     /// already (two callbacks racing). Only sign-ins the provider completed get here.
-    pub async fn complete_login(&self, login_id: &str, expires_at: i64) -> Result<bool, KcError> {
+    pub(crate) async fn complete_login(
+        &self,
+        login_id: &str,
+        expires_at: i64,
+    ) -> Result<bool, KcError> {
         let r = sqlx::query(
             "INSERT INTO completed_logins (id_hash, expires_at) VALUES (?, ?)
              ON CONFLICT (id_hash) DO NOTHING",
@@ -177,7 +181,7 @@ impl SessionStore {
     }
 
     /// Store a new session and return the cookie value that opens it.
-    pub async fn create(&self, data: &SessionData) -> Result<Zeroizing<String>, KcError> {
+    pub(crate) async fn create(&self, data: &SessionData) -> Result<Zeroizing<String>, KcError> {
         let mut raw = Zeroizing::new([0u8; 32]);
         rand::rngs::OsRng.fill_bytes(raw.as_mut());
         let id = Zeroizing::new(B64URL.encode(raw.as_ref()));
@@ -206,7 +210,7 @@ impl SessionStore {
     }
 
     /// The live session behind a cookie value, if any. Expired ones are deleted.
-    pub async fn load(&self, id: &str) -> Result<Option<Session>, KcError> {
+    pub(crate) async fn load(&self, id: &str) -> Result<Option<Session>, KcError> {
         if !well_formed(id) {
             return Ok(None);
         }
@@ -240,7 +244,7 @@ impl SessionStore {
     }
 
     /// Record use of a session (at most once a minute).
-    pub async fn touch(&self, s: &Session) -> Result<(), KcError> {
+    pub(crate) async fn touch(&self, s: &Session) -> Result<(), KcError> {
         let now = now();
         if now - s.last_seen >= TOUCH_EVERY_SECS {
             sqlx::query("UPDATE web_sessions SET last_seen = ? WHERE id_hash = ?")
@@ -255,7 +259,11 @@ impl SessionStore {
     /// Take the refresh lease of a session for `secs`: true if this caller holds it now.
     /// Replicas sharing the database thereby refresh a session one at a time, so a
     /// rotating refresh token is never spent twice.
-    pub async fn take_refresh_lease(&self, id_hash: &str, secs: i64) -> Result<bool, KcError> {
+    pub(crate) async fn take_refresh_lease(
+        &self,
+        id_hash: &str,
+        secs: i64,
+    ) -> Result<bool, KcError> {
         let now = now();
         let r = sqlx::query(
             "UPDATE web_sessions SET refresh_lease_until = ?
@@ -269,7 +277,7 @@ impl SessionStore {
         Ok(r.rows_affected() == 1)
     }
 
-    pub async fn release_refresh_lease(&self, id_hash: &str) -> Result<(), KcError> {
+    pub(crate) async fn release_refresh_lease(&self, id_hash: &str) -> Result<(), KcError> {
         sqlx::query("UPDATE web_sessions SET refresh_lease_until = NULL WHERE id_hash = ?")
             .bind(id_hash)
             .execute(&self.pool)
@@ -278,7 +286,7 @@ impl SessionStore {
     }
 
     /// Replace the tokens of a signed-in session (after a refresh).
-    pub async fn update(&self, id_hash: &str, data: &SessionData) -> Result<(), KcError> {
+    pub(crate) async fn update(&self, id_hash: &str, data: &SessionData) -> Result<(), KcError> {
         let sealed = self.seal(id_hash, data)?;
         sqlx::query("UPDATE web_sessions SET sealed = ?, last_seen = ? WHERE id_hash = ?")
             .bind(sealed)
@@ -289,7 +297,7 @@ impl SessionStore {
         Ok(())
     }
 
-    pub async fn delete(&self, id: &str) -> Result<(), KcError> {
+    pub(crate) async fn delete(&self, id: &str) -> Result<(), KcError> {
         if well_formed(id) {
             self.delete_hash(&hash_id(id)).await?;
         }
@@ -305,7 +313,7 @@ impl SessionStore {
     }
 
     /// Delete sessions past their absolute or idle timeout; returns how many.
-    pub async fn purge(&self) -> Result<u64, KcError> {
+    pub(crate) async fn purge(&self) -> Result<u64, KcError> {
         let now = now();
         let r = sqlx::query(
             "DELETE FROM web_sessions WHERE expires_at <= ?

@@ -22,14 +22,14 @@ use crate::KcError;
 
 /// The sign-in cookie, beside the session cookie (which a sign-in leaves alone until it
 /// completes).
-pub const LOGIN_COOKIE: &str = "__Host-influxion-login";
+pub(crate) const LOGIN_COOKIE: &str = "__Host-influxion-login";
 /// Longest cookie value opened; a sealed sign-in is well under 2 KiB.
 const MAX_SEALED: usize = 4096;
 const AAD: &[u8] = b"__Host-influxion-login v1";
 
 /// What the callback must check, as `/login` started it.
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub struct LoginData {
+pub(crate) struct LoginData {
     pub state: String,
     pub nonce: String,
     pub pkce_verifier: String,
@@ -38,20 +38,20 @@ pub struct LoginData {
 
 /// A sealed sign-in: its data, a random id (recorded once it completes) and its expiry.
 #[derive(Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
-pub struct SignIn {
+pub(crate) struct SignIn {
     pub id: String,
     pub expires_at: i64,
     pub login: LoginData,
 }
 
 #[derive(Clone)]
-pub struct Sealer {
+pub(crate) struct Sealer {
     cipher: Aes256Gcm,
     ttl: Duration,
 }
 
 impl Sealer {
-    pub fn new(session_key: &Zeroizing<[u8; 32]>, ttl: Duration) -> Result<Self, KcError> {
+    pub(crate) fn new(session_key: &Zeroizing<[u8; 32]>, ttl: Duration) -> Result<Self, KcError> {
         // A key of its own: a sealed session row never opens as a cookie, nor the reverse.
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(
@@ -66,7 +66,7 @@ impl Sealer {
     }
 
     /// The cookie value for a new sign-in.
-    pub fn seal(&self, login: LoginData) -> Result<Zeroizing<String>, KcError> {
+    pub(crate) fn seal(&self, login: LoginData) -> Result<Zeroizing<String>, KcError> {
         let mut raw = [0u8; 32];
         rand::rngs::OsRng.fill_bytes(&mut raw);
         let signin = SignIn {
@@ -79,7 +79,7 @@ impl Sealer {
     }
 
     /// The sign-in behind a cookie value, if it is genuine and not expired.
-    pub fn open(&self, value: &str) -> Option<SignIn> {
+    pub(crate) fn open(&self, value: &str) -> Option<SignIn> {
         if value.len() > MAX_SEALED {
             return None;
         }
@@ -88,7 +88,7 @@ impl Sealer {
         (now() < signin.expires_at).then_some(signin)
     }
 
-    pub fn set_cookie(&self, value: &str) -> Result<HeaderValue, KcError> {
+    pub(crate) fn set_cookie(&self, value: &str) -> Result<HeaderValue, KcError> {
         HeaderValue::from_str(&format!(
             "{LOGIN_COOKIE}={value}; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age={}",
             self.ttl.as_secs()
@@ -97,7 +97,7 @@ impl Sealer {
     }
 }
 
-pub fn clear_cookie() -> HeaderValue {
+pub(crate) fn clear_cookie() -> HeaderValue {
     HeaderValue::from_static(
         "__Host-influxion-login=; Path=/; Secure; HttpOnly; SameSite=Lax; Max-Age=0",
     )

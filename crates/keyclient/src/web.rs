@@ -10,7 +10,7 @@ const APP_JS: &str = include_str!("../web/app.js");
 const APP_CSS: &str = include_str!("../web/app.css");
 
 /// No inline script or style, nothing from elsewhere, never framed.
-pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
+pub(crate) const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; \
 img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'self'; \
 frame-ancestors 'none'";
 
@@ -26,20 +26,20 @@ fn asset(content_type: &'static str, body: &'static str) -> Response {
         .into_response()
 }
 
-pub async fn index() -> Response {
+pub(crate) async fn index() -> Response {
     asset("text/html; charset=utf-8", INDEX_HTML)
 }
 
-pub async fn app_js() -> Response {
+pub(crate) async fn app_js() -> Response {
     asset("text/javascript; charset=utf-8", APP_JS)
 }
 
-pub async fn app_css() -> Response {
+pub(crate) async fn app_css() -> Response {
     asset("text/css; charset=utf-8", APP_CSS)
 }
 
 /// A small HTML page for errors met on browser navigations (the sign-in callback).
-pub fn error_page(status: axum::http::StatusCode, title: &str, detail: &str) -> Response {
+pub(crate) fn error_page(status: axum::http::StatusCode, title: &str, detail: &str) -> Response {
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\">\
          <meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
@@ -74,9 +74,13 @@ fn escape(s: &str) -> String {
 
 /// Whether the keyclient itself terminates TLS (then HSTS is sent).
 #[derive(Clone, Copy)]
-pub struct Tls(pub bool);
+pub(crate) struct Tls(pub bool);
 
-pub async fn security_headers(State(Tls(tls)): State<Tls>, req: Request, next: Next) -> Response {
+pub(crate) async fn security_headers(
+    State(Tls(tls)): State<Tls>,
+    req: Request,
+    next: Next,
+) -> Response {
     let mut r = next.run(req).await;
     let h = r.headers_mut();
     let set = |h: &mut axum::http::HeaderMap, k: HeaderName, v: &'static str| {

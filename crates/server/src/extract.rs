@@ -15,7 +15,7 @@ use crate::ApiError;
 
 /// A JSON request body (`Content-Type: application/json`, at most
 /// [`crate::MAX_BODY_BYTES`]).
-pub struct JsonBody<T>(pub T);
+pub(crate) struct JsonBody<T>(pub T);
 
 impl<S, T> FromRequest<S> for JsonBody<T>
 where
@@ -43,7 +43,7 @@ fn json_rejection(r: JsonRejection) -> ApiError {
 }
 
 /// A raw request body (EST), refused with the same problems as [`JsonBody`].
-pub struct RawBody(pub Bytes);
+pub(crate) struct RawBody(pub Bytes);
 
 impl<S> FromRequest<S> for RawBody
 where

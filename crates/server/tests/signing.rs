@@ -70,7 +70,11 @@ async fn sign_and_verify_round_trip_with_audit() {
     let seq = r.json["audit_seq"].as_u64().unwrap();
     let a = c.h.last_audit().await;
     assert_eq!(
-        (a.seq as u64, a.action.as_str(), a.outcome.as_str()),
+        (
+            u64::try_from(a.seq).unwrap(),
+            a.action.as_str(),
+            a.outcome.as_str()
+        ),
         (seq, "sign", "ok")
     );
     assert!(a.detail.contains(&digest));

@@ -236,7 +236,7 @@ pub(crate) fn check_tip(
         }
         Some(_) => {}
     }
-    if head.seq as u64 != last.seq || head.hash != last.hash {
+    if u64::try_from(head.seq).ok() != Some(last.seq) || head.hash != last.hash {
         return mismatch(format!(
             "head {} at {} vs last record {} at {}",
             head.hash, head.seq, last.hash, last.seq
@@ -295,7 +295,7 @@ pub(crate) fn record_mac(seq: i64, hash: &str, key: &AuditKey) -> Result<String,
 /// only then does keying seal it where it stands.
 pub(crate) fn legacy_head_consistent(head: Option<&Head>, last: &ChainTip) -> bool {
     match head {
-        Some(h) => h.seq as u64 == last.seq && h.hash == last.hash,
+        Some(h) => u64::try_from(h.seq).ok() == Some(last.seq) && h.hash == last.hash,
         None => last.seq == 0,
     }
 }
@@ -524,7 +524,7 @@ mod tests {
             let e = AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string());
             let r = extend(&tip, &e, "2026-01-01T00:00:00Z".into(), k).unwrap();
             tip = ChainTip {
-                seq: r.seq as u64,
+                seq: u64::try_from(r.seq).unwrap(),
                 hash: r.hash.clone(),
             };
             out.push(r);

@@ -16,7 +16,7 @@ const PAGE: u32 = 1024;
 async fn last_record(conn: &mut dyn Conn) -> Result<ChainTip> {
     Ok(match conn.audit_last().await? {
         Some((seq, hash)) => ChainTip {
-            seq: seq as u64,
+            seq: crate::error::seq_u64(seq)?,
             hash,
         },
         None => ChainTip::genesis(),
@@ -39,7 +39,7 @@ pub(crate) async fn append(
     let r = audit::extend(tip, e, crate::now_rfc3339(), key)?;
     conn.audit_insert(&r).await?;
     Ok(ChainTip {
-        seq: r.seq as u64,
+        seq: crate::error::seq_u64(r.seq)?,
         hash: r.hash,
     })
 }
@@ -141,7 +141,7 @@ async fn verify_in(
     }
     Ok((
         ChainReport::Intact {
-            records: walk.records() as u64,
+            records: crate::error::seq_u64(walk.records())?,
             head: walk.prev.clone(),
             unkeyed: walk.unkeyed,
             keyed: keyed_file && key.is_some(),
@@ -202,7 +202,7 @@ pub(crate) async fn reseal(
             .await?;
     }
     let tip = ChainTip {
-        seq: walk.records() as u64,
+        seq: crate::error::seq_u64(walk.records())?,
         hash: walk.prev.clone(),
     };
     let e = event.clone().detail(serde_json::json!({

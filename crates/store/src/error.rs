@@ -102,3 +102,8 @@ pub enum StoreError {
     #[error("profile {0} has issued certificates")]
     ProfileInUse(String),
 }
+
+/// An audit sequence number as stored (INTEGER, from 1) to the unsigned form reports use.
+pub(crate) fn seq_u64(seq: i64) -> Result<u64, StoreError> {
+    u64::try_from(seq).map_err(|_| StoreError::Corrupt("audit sequence number".into()))
+}

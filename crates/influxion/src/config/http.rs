@@ -6,7 +6,7 @@ use std::time::Duration;
 use super::{env_u64, err, ConfigError, FileHttp};
 
 /// `[http]` / `INFLUXION_HTTP_*`: how long a client may take, and how many may connect.
-pub fn http_limits(file: &FileHttp) -> Result<influxion_edge::Limits, ConfigError> {
+pub(crate) fn http_limits(file: &FileHttp) -> Result<influxion_edge::Limits, ConfigError> {
     let d = influxion_edge::Limits::default();
     let secs = |setting: &'static str,
                 var: &'static str,
@@ -50,6 +50,7 @@ pub fn http_limits(file: &FileHttp) -> Result<influxion_edge::Limits, ConfigErro
             file.idle_timeout_secs,
             d.idle_timeout,
         )?,
-        max_connections: max_connections as usize,
+        // Checked to be at most 1 000 000 above.
+        max_connections: usize::try_from(max_connections).unwrap_or(usize::MAX),
     })
 }

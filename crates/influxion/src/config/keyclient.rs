@@ -10,7 +10,9 @@ use super::{
 
 /// The configuration of `influxion keyclient`, from the environment (and the auth
 /// settings of the TOML file). See docs/configuration.md.
-pub fn keyclient(file: &FileConfig) -> Result<influxion_keyclient::KeyclientConfig, ConfigError> {
+pub(crate) fn keyclient(
+    file: &FileConfig,
+) -> Result<influxion_keyclient::KeyclientConfig, ConfigError> {
     use influxion_keyclient::{KeyclientConfig, OidcSettings, Timeouts};
     let listen_text = env("INFLUXION_KEYCLIENT_LISTEN").unwrap_or_else(|| "127.0.0.1:8402".into());
     let listen: std::net::SocketAddr = listen_text.parse().map_err(|_| {
@@ -174,7 +176,7 @@ pub fn keyclient(file: &FileConfig) -> Result<influxion_keyclient::KeyclientConf
 }
 
 /// A 256-bit key from its base64 text.
-pub fn session_key(text: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, ConfigError> {
+pub(crate) fn session_key(text: &str) -> Result<zeroize::Zeroizing<[u8; 32]>, ConfigError> {
     use base64::Engine as _;
     let raw = zeroize::Zeroizing::new(
         base64::engine::general_purpose::STANDARD

@@ -12,17 +12,17 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use http::http_limits;
-pub use influxion_cli::config::{
+pub(crate) use http::http_limits;
+pub(crate) use influxion_cli::config::{
     entra_metadata_url, env, err, is_loopback_url, ConfigError, DEV_AUDIENCE, DEV_SERVER,
 };
-pub use keyclient::{keyclient, session_key};
-pub use server::{KekSource, ServerConfig};
+pub(crate) use keyclient::{keyclient, session_key};
+pub(crate) use server::{KekSource, ServerConfig};
 
 /// The TOML file, every field optional. Unknown fields are an error, so typos surface.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileConfig {
+pub(crate) struct FileConfig {
     pub listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
@@ -44,7 +44,7 @@ pub struct FileConfig {
 
 impl FileConfig {
     /// The settings of the file the CLI's client side reads.
-    pub fn client_settings(&self) -> influxion_cli::config::FileSettings {
+    pub(crate) fn client_settings(&self) -> influxion_cli::config::FileSettings {
         influxion_cli::config::FileSettings {
             server: self.client.server.clone(),
             client_id: self.client.client_id.clone(),
@@ -59,7 +59,7 @@ impl FileConfig {
 /// Timeouts and the connection cap of the HTTP servers (keyserver and keyclient alike).
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileHttp {
+pub(crate) struct FileHttp {
     pub header_timeout_secs: Option<u64>,
     pub body_timeout_secs: Option<u64>,
     pub idle_timeout_secs: Option<u64>,
@@ -69,7 +69,7 @@ pub struct FileHttp {
 /// The device certificate authority.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FilePki {
+pub(crate) struct FilePki {
     /// Public base URL of the keyserver; CRL distribution points are built from it.
     pub public_url: Option<String>,
     /// Profile for EST requests without a label.
@@ -79,13 +79,13 @@ pub struct FilePki {
 /// The first admin subject, created when the database has no subjects yet.
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileBootstrap {
+pub(crate) struct FileBootstrap {
     pub admin: Option<influxion_core::SubjectRules>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileAuth {
+pub(crate) struct FileAuth {
     pub tenant_id: Option<String>,
     pub api_client_id: Option<String>,
     pub audience: Option<String>,
@@ -105,19 +105,19 @@ pub struct FileAuth {
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileKeystore {
+pub(crate) struct FileKeystore {
     pub kek_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileVault {
+pub(crate) struct FileVault {
     pub url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub struct FileClient {
+pub(crate) struct FileClient {
     pub server: Option<String>,
     pub client_id: Option<String>,
     pub default_scope: Option<String>,
@@ -142,7 +142,10 @@ fn env_u64(name: &'static str) -> Result<Option<u64>, ConfigError> {
 }
 
 /// Load `.env` (if present) and the TOML file (if given or found).
-pub fn load_file(path: Option<&Path>, env_file: Option<&Path>) -> Result<FileConfig, ConfigError> {
+pub(crate) fn load_file(
+    path: Option<&Path>,
+    env_file: Option<&Path>,
+) -> Result<FileConfig, ConfigError> {
     match env_file {
         Some(p) => {
             dotenvy::from_path(p)

@@ -11,7 +11,7 @@ use super::{
 };
 
 /// Parse `app_id=…,tenant_id=…` (the form of `INFLUXION_BOOTSTRAP_ADMIN`).
-pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigError> {
+pub(super) fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigError> {
     let setting = "bootstrap.admin / INFLUXION_BOOTSTRAP_ADMIN";
     let mut r = influxion_core::SubjectRules::default();
     for part in text.split(',').map(str::trim).filter(|p| !p.is_empty()) {
@@ -43,7 +43,7 @@ pub fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, ConfigErr
 }
 /// The validated configuration of `influxion serve`.
 #[derive(Debug, Clone)]
-pub struct ServerConfig {
+pub(crate) struct ServerConfig {
     pub listen: std::net::SocketAddr,
     pub data_dir: PathBuf,
     pub database_url: String,
@@ -59,7 +59,7 @@ pub struct ServerConfig {
 }
 
 #[derive(Clone)]
-pub enum KekSource {
+pub(crate) enum KekSource {
     Env,
     File(PathBuf),
 }
@@ -75,7 +75,7 @@ impl std::fmt::Debug for KekSource {
 
 impl KekSource {
     /// INFLUXION_KEK, else INFLUXION_KEK_FILE, else `keystore.kek_file`.
-    pub fn configured(file: &FileConfig) -> Option<Self> {
+    pub(crate) fn configured(file: &FileConfig) -> Option<Self> {
         if env("INFLUXION_KEK").is_some() {
             return Some(KekSource::Env);
         }
@@ -85,7 +85,7 @@ impl KekSource {
             .map(KekSource::File)
     }
 
-    pub fn load(&self) -> Result<influxion_keystore::Kek, ConfigError> {
+    pub(crate) fn load(&self) -> Result<influxion_keystore::Kek, ConfigError> {
         let text = match self {
             KekSource::Env => zeroize::Zeroizing::new(env("INFLUXION_KEK").unwrap_or_default()),
             KekSource::File(p) => zeroize::Zeroizing::new(
@@ -126,7 +126,7 @@ fn is_guid_like(s: &str) -> bool {
 impl ServerConfig {
     /// Each setting from its sources, in the order an operator reads them: where it
     /// listens and stores, whom it trusts, its keys, and what it publishes.
-    pub fn resolve(file: &FileConfig) -> Result<Self, ConfigError> {
+    pub(crate) fn resolve(file: &FileConfig) -> Result<Self, ConfigError> {
         let listen = listen(file)?;
         let data_dir = env("INFLUXION_DATA_DIR")
             .map(PathBuf::from)
@@ -161,7 +161,7 @@ impl ServerConfig {
     }
 
     /// Settings that work but are probably not what the operator meant.
-    pub fn warnings(&self) -> Vec<String> {
+    pub(crate) fn warnings(&self) -> Vec<String> {
         let mut w = Vec::new();
         if let Some(url) = entra_v1_metadata(&self.auth.metadata_url) {
             w.push(format!(
@@ -175,7 +175,7 @@ impl ServerConfig {
     }
 
     /// The effective configuration as TOML-like text, with secrets redacted.
-    pub fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         let a = &self.auth;
         format!(
             "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-pub const BIN: &str = env!("CARGO_BIN_EXE_influxion");
-pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
-pub const AUDIENCE: &str = "api://influxion-test";
+pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_influxion");
+pub(crate) const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub(crate) const AUDIENCE: &str = "api://influxion-test";
 
-pub fn repo_root() -> PathBuf {
+pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../..")
         .canonicalize()
@@ -20,7 +20,7 @@ pub fn repo_root() -> PathBuf {
 }
 
 /// Whether the external tools are here; under CI their absence is a failure.
-pub fn prerequisites() -> bool {
+pub(crate) fn prerequisites() -> bool {
     let node_modules = repo_root().join("tests/oidc-provider/node_modules/oidc-provider");
     let mut missing = Vec::new();
     if !node_modules.exists() {
@@ -42,7 +42,7 @@ pub fn prerequisites() -> bool {
 /// True if nothing is missing; otherwise the test fails, naming what to install. A
 /// test never passes by skipping, in CI or in a newcomer's run (`scripts/test.sh`
 /// installs everything).
-pub fn require(missing: &[&str]) -> bool {
+pub(crate) fn require(missing: &[&str]) -> bool {
     assert!(
         missing.is_empty(),
         "prerequisites are missing (scripts/test.sh installs them): {missing:?}"
@@ -52,7 +52,7 @@ pub fn require(missing: &[&str]) -> bool {
 
 /// A pkilint command: from `PKILINT_BIN` if set, else the virtualenv scripts/test.sh
 /// makes in target/pkilint.
-pub fn pkilint(cmd: &str) -> PathBuf {
+pub(crate) fn pkilint(cmd: &str) -> PathBuf {
     std::env::var_os("PKILINT_BIN")
         .map(PathBuf::from)
         .unwrap_or_else(|| repo_root().join("target/pkilint/bin"))
@@ -60,7 +60,7 @@ pub fn pkilint(cmd: &str) -> PathBuf {
 }
 
 /// A child process killed when the test ends, however it ends.
-pub struct Proc(pub Child);
+pub(crate) struct Proc(pub Child);
 
 impl Drop for Proc {
     fn drop(&mut self) {
@@ -80,27 +80,27 @@ impl Drop for Proc {
     }
 }
 
-pub struct Provider {
+pub(crate) struct Provider {
     pub _proc: Proc,
     pub issuer: String,
 }
 
-pub fn start_provider(dir: &Path) -> Provider {
+pub(crate) fn start_provider(dir: &Path) -> Provider {
     start_provider_for(dir, None)
 }
 
 /// The keyclient's registration at the test provider.
-pub const KEYCLIENT_ID: &str = "keyclient";
-pub const KEYCLIENT_SECRET: &str = "keyclient-secret-1234567890-abcdef";
+pub(crate) const KEYCLIENT_ID: &str = "keyclient";
+pub(crate) const KEYCLIENT_SECRET: &str = "keyclient-secret-1234567890-abcdef";
 
 /// A provider that also knows the keyclient (a confidential web client) when its port
 /// is given, and a few people who sign in on its login page.
-pub fn start_provider_for(dir: &Path, keyclient_port: Option<u16>) -> Provider {
+pub(crate) fn start_provider_for(dir: &Path, keyclient_port: Option<u16>) -> Provider {
     start_provider_with(dir, keyclient_port, 3600)
 }
 
 /// As [`start_provider_for`], with access tokens living `access_token_ttl` seconds.
-pub fn start_provider_with(
+pub(crate) fn start_provider_with(
     dir: &Path,
     keyclient_port: Option<u16>,
     access_token_ttl: u64,
@@ -109,11 +109,11 @@ pub fn start_provider_with(
 }
 
 /// The public client the CLI signs people in with (any loopback port, RFC 8252).
-pub const CLI_CLIENT_ID: &str = "cli-public";
+pub(crate) const CLI_CLIENT_ID: &str = "cli-public";
 
 /// As [`start_provider_with`], with more clients (client metadata as the provider's
 /// config takes it).
-pub fn start_provider_clients(
+pub(crate) fn start_provider_clients(
     dir: &Path,
     keyclient_port: Option<u16>,
     access_token_ttl: u64,
@@ -154,7 +154,7 @@ pub fn start_provider_clients(
 }
 
 /// The test provider with exactly this configuration (see tests/oidc-provider/README.md).
-pub fn start_provider_config(dir: &Path, cfg: &serde_json::Value) -> Provider {
+pub(crate) fn start_provider_config(dir: &Path, cfg: &serde_json::Value) -> Provider {
     let cfg_path = dir.join("oidc.json");
     std::fs::write(&cfg_path, cfg.to_string()).unwrap();
     let mut child = Command::new("node")
@@ -197,7 +197,7 @@ pub fn start_provider_config(dir: &Path, cfg: &serde_json::Value) -> Provider {
     }
 }
 
-pub fn free_port() -> u16 {
+pub(crate) fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -205,7 +205,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-pub struct Keyserver {
+pub(crate) struct Keyserver {
     pub proc: Option<Proc>,
     pub url: String,
     pub data: PathBuf,
@@ -215,10 +215,10 @@ pub struct Keyserver {
 }
 
 /// The test keyservers' key-encryption key (also needed to verify their audit chain).
-pub const KEK: &str = "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=";
+pub(crate) const KEK: &str = "qNyQ3e3Yq8Vh0m3G2mH8l8mW2l0Zp2b3Qy0rJ8v6dXE=";
 
 /// `influxion audit <args>` with the test KEK, as an auditor holding it runs it.
-pub fn audit_cmd(args: &[&str], data: &Path) -> Command {
+pub(crate) fn audit_cmd(args: &[&str], data: &Path) -> Command {
     let mut c = Command::new(BIN);
     c.arg("audit")
         .args(args)
@@ -228,7 +228,7 @@ pub fn audit_cmd(args: &[&str], data: &Path) -> Command {
     c
 }
 
-pub fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
+pub(crate) fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
     cmd.env_clear()
         .env("PATH", std::env::var("PATH").unwrap_or_default())
         .env(
@@ -248,7 +248,7 @@ pub fn server_env(cmd: &mut Command, issuer: &str, data: &Path, port: u16) {
 }
 
 /// Wait until `url` answers /healthz, or the process has exited (false).
-pub fn healthy_or_exited(child: &mut Proc, url: &str) -> bool {
+pub(crate) fn healthy_or_exited(child: &mut Proc, url: &str) -> bool {
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline && child.0.try_wait().unwrap().is_none() {
         let ok = Command::new("curl")
@@ -263,12 +263,12 @@ pub fn healthy_or_exited(child: &mut Proc, url: &str) -> bool {
     false
 }
 
-pub fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
+pub(crate) fn start_keyserver(dir: &Path, issuer: &str) -> Keyserver {
     start_keyserver_env(dir, issuer, AUDIENCE, &[])
 }
 
 /// As [`start_keyserver`], for an API known as `audience`, with more settings.
-pub fn start_keyserver_env(
+pub(crate) fn start_keyserver_env(
     dir: &Path,
     issuer: &str,
     audience: &str,
@@ -319,7 +319,7 @@ pub fn start_keyserver_env(
 impl Keyserver {
     /// Run the CLI as client `id`.
     /// The CLI as client `id`, configured only through the environment.
-    pub fn command(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Command {
+    pub(crate) fn command(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Command {
         let mut c = Command::new(BIN);
         c.args(args)
             .current_dir(cwd)
@@ -341,20 +341,20 @@ impl Keyserver {
     }
 
     /// Run the CLI as client `id`.
-    pub fn cli(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Output {
+    pub(crate) fn cli(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Output {
         self.command(id, secret, args, cwd).output().unwrap()
     }
 
-    pub fn signer(&self, args: &[&str], cwd: &Path) -> Output {
+    pub(crate) fn signer(&self, args: &[&str], cwd: &Path) -> Output {
         self.cli("ci-signer", "s3cret-value-1234567890", args, cwd)
     }
 
-    pub fn admin(&self, args: &[&str], cwd: &Path) -> Output {
+    pub(crate) fn admin(&self, args: &[&str], cwd: &Path) -> Output {
         self.cli("ci-admin", "admin-secret-1234567890", args, cwd)
     }
 
     /// The CLI as a child process (for `sign`, which waits for approvals).
-    pub fn spawn_signer(&self, args: &[&str], cwd: &Path) -> Child {
+    pub(crate) fn spawn_signer(&self, args: &[&str], cwd: &Path) -> Child {
         self.command("ci-signer", "s3cret-value-1234567890", args, cwd)
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -362,13 +362,13 @@ impl Keyserver {
             .unwrap()
     }
 
-    pub fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.proc.take();
     }
 }
 
 #[track_caller]
-pub fn ok(o: &Output) -> String {
+pub(crate) fn ok(o: &Output) -> String {
     assert!(
         o.status.success(),
         "exit {:?}\nstdout: {}\nstderr: {}",
@@ -379,7 +379,7 @@ pub fn ok(o: &Output) -> String {
     String::from_utf8_lossy(&o.stdout).into_owned()
 }
 
-pub fn openssl(args: &[&str], cwd: &Path) -> Output {
+pub(crate) fn openssl(args: &[&str], cwd: &Path) -> Output {
     Command::new("openssl")
         .args(args)
         .current_dir(cwd)
@@ -390,7 +390,7 @@ pub fn openssl(args: &[&str], cwd: &Path) -> Output {
 /// openssl accepts `sig` as a SHA-256 signature of `file` by the public key `pem`
 /// (paths relative to `d`).
 #[track_caller]
-pub fn assert_sha256_verifies(d: &Path, pem: &str, sig: &str, file: &str) {
+pub(crate) fn assert_sha256_verifies(d: &Path, pem: &str, sig: &str, file: &str) {
     let v = openssl(
         &["dgst", "-sha256", "-verify", pem, "-signature", sig, file],
         d,
@@ -402,12 +402,14 @@ pub fn assert_sha256_verifies(d: &Path, pem: &str, sig: &str, file: &str) {
     );
 }
 
-pub fn write_firmware(dir: &Path, name: &str, len: usize) {
-    let data: Vec<u8> = (0..len).map(|i| (i * 7 % 251) as u8).collect();
+pub(crate) fn write_firmware(dir: &Path, name: &str, len: usize) {
+    let data: Vec<u8> = (0..len)
+        .map(|i| u8::try_from(i * 7 % 251).unwrap())
+        .collect();
     std::fs::write(dir.join(name), data).unwrap();
 }
 
-pub fn pending_id(ks: &Keyserver, d: &Path) -> String {
+pub(crate) fn pending_id(ks: &Keyserver, d: &Path) -> String {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         let out = ok(&ks.cli(
@@ -424,7 +426,7 @@ pub fn pending_id(ks: &Keyserver, d: &Path) -> String {
     }
 }
 
-pub fn access_token(ks: &Keyserver, id: &str, secret: &str) -> String {
+pub(crate) fn access_token(ks: &Keyserver, id: &str, secret: &str) -> String {
     let disc = Command::new("curl")
         .args([
             "-sf",
@@ -450,7 +452,7 @@ pub fn access_token(ks: &Keyserver, id: &str, secret: &str) -> String {
 }
 
 /// The `oid` the test provider gives a person (its `stableUuid('user', login)`).
-pub fn user_oid(login: &str) -> String {
+pub(crate) fn user_oid(login: &str) -> String {
     use sha2::Digest as _;
     let h = hex::encode(sha2::Sha256::digest(format!("influxion-test:user:{login}")));
     let variant = (u8::from_str_radix(&h[16..17], 16).unwrap() & 0x3) | 0x8;
@@ -467,7 +469,7 @@ pub fn user_oid(login: &str) -> String {
 /// `influxion dev` in `dir/devdata`: it takes the port, the next one for its issuer and
 /// the one after for the keyclient. Another test's process may take one between our
 /// probe and its bind; then `dev` exits and we try again.
-pub fn start_dev(dir: &Path) -> (Proc, u16) {
+pub(crate) fn start_dev(dir: &Path) -> (Proc, u16) {
     let mut attempt = 0;
     loop {
         attempt += 1;
@@ -498,7 +500,7 @@ pub fn start_dev(dir: &Path) -> (Proc, u16) {
 }
 
 /// `name`/`value` of the hidden inputs of an HTML page (the login forms are simple).
-pub fn hidden_inputs(html: &str) -> Vec<(String, String)> {
+pub(crate) fn hidden_inputs(html: &str) -> Vec<(String, String)> {
     let attr = |tag: &str, name: &str| {
         tag.split(&format!("{name}=\""))
             .nth(1)?
@@ -514,7 +516,7 @@ pub fn hidden_inputs(html: &str) -> Vec<(String, String)> {
         .collect()
 }
 
-pub fn absolute(base: &str, loc: &str) -> String {
+pub(crate) fn absolute(base: &str, loc: &str) -> String {
     url::Url::parse(base)
         .unwrap()
         .join(loc)
@@ -525,7 +527,7 @@ pub fn absolute(base: &str, loc: &str) -> String {
 /// Sign in at the provider's login page (oidc-provider's or the development issuer's)
 /// starting from `url`, following redirects with `idp` (a client that keeps cookies),
 /// until the provider sends the browser to a URL starting with `until`; returns it.
-pub async fn provider_login(
+pub(crate) async fn provider_login(
     idp: &reqwest::Client,
     mut url: String,
     user: &str,
@@ -577,7 +579,7 @@ pub async fn provider_login(
 }
 
 /// A reqwest client that keeps cookies and follows no redirects.
-pub fn cookie_client() -> reqwest::Client {
+pub(crate) fn cookie_client() -> reqwest::Client {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .cookie_store(true)
@@ -586,18 +588,18 @@ pub fn cookie_client() -> reqwest::Client {
 }
 
 /// Raw HTTP/1.1 over TCP, for clients that misbehave on purpose.
-pub mod raw {
+pub(crate) mod raw {
     use std::io::{Read, Write};
     use std::net::TcpStream;
     use std::time::{Duration, Instant};
 
-    pub fn connect(url: &str) -> TcpStream {
+    pub(crate) fn connect(url: &str) -> TcpStream {
         let addr = url.trim_start_matches("http://").trim_end_matches('/');
         TcpStream::connect(addr).unwrap()
     }
 
     /// Write `first`, then `piece` every `every` from a thread, until a write fails.
-    pub fn drip(s: &TcpStream, first: &[u8], piece: &'static [u8], every: Duration) {
+    pub(crate) fn drip(s: &TcpStream, first: &[u8], piece: &'static [u8], every: Duration) {
         let mut w = s.try_clone().unwrap();
         w.write_all(first).unwrap();
         std::thread::spawn(move || loop {
@@ -611,7 +613,7 @@ pub mod raw {
     /// Read until the server closes the connection, which must happen within `bound`;
     /// returns whatever it sent before closing.
     #[track_caller]
-    pub fn until_closed(s: &mut TcpStream, bound: Duration) -> String {
+    pub(crate) fn until_closed(s: &mut TcpStream, bound: Duration) -> String {
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let deadline = Instant::now() + bound;
@@ -639,7 +641,7 @@ pub mod raw {
     }
 
     /// Whether the connection is still open now (nothing to read, no EOF).
-    pub fn still_open(s: &mut TcpStream) -> bool {
+    pub(crate) fn still_open(s: &mut TcpStream) -> bool {
         s.set_read_timeout(Some(Duration::from_millis(200)))
             .unwrap();
         let mut buf = [0u8; 1];
@@ -648,7 +650,7 @@ pub mod raw {
 }
 
 /// A keyclient's registration at the provider, and its session key.
-pub struct WebClient<'a> {
+pub(crate) struct WebClient<'a> {
     pub id: &'a str,
     pub secret: &'a str,
     pub scope: &'a str,
@@ -657,7 +659,7 @@ pub struct WebClient<'a> {
 
 impl WebClient<'_> {
     /// `influxion keyclient` on `port` in front of `ks`, logging to `log`.
-    pub fn command(&self, dir: &Path, port: u16, ks: &Keyserver, log: &Path) -> Command {
+    pub(crate) fn command(&self, dir: &Path, port: u16, ks: &Keyserver, log: &Path) -> Command {
         let mut cmd = Command::new(BIN);
         cmd.arg("keyclient")
             .current_dir(dir)

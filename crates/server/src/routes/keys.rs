@@ -39,7 +39,7 @@ pub(crate) fn key_view(k: &KeyRecord) -> Result<KeyView, ApiError> {
     })
 }
 
-pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<KeyList>, ApiError> {
+pub(crate) async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<KeyList>, ApiError> {
     require_any(&c)?;
     let keys = st
         .store
@@ -59,7 +59,7 @@ pub(crate) async fn lookup(st: &AppState, name: &str) -> Result<KeyRecord, ApiEr
         .ok_or_else(|| ApiError::UnknownKey(name.to_string()))
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -69,11 +69,11 @@ pub async fn show(
 }
 
 #[derive(Deserialize)]
-pub struct PublicQuery {
+pub(crate) struct PublicQuery {
     format: Option<String>,
 }
 
-pub async fn public(
+pub(crate) async fn public(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -98,7 +98,7 @@ pub async fn public(
     }
 }
 
-pub async fn create(
+pub(crate) async fn create(
     State(st): State<AppState>,
     c: Caller,
     body: Result<JsonBody<CreateKey>, ApiError>,
@@ -122,7 +122,7 @@ pub async fn create(
     .await
 }
 
-pub async fn disable(
+pub(crate) async fn disable(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -145,7 +145,7 @@ pub async fn disable(
     .await
 }
 
-pub async fn set_policy(
+pub(crate) async fn set_policy(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -182,7 +182,7 @@ pub async fn set_policy(
                 return Err(ApiError::InvalidRequest(format!("no subject {a}")));
             }
         }
-        if !req.approvers.is_empty() && (req.approvers.len() as u32) < req.approvals_required {
+        if !req.approvers.is_empty() && req.approvers.len() < req.approvals_required as usize {
             return Err(ApiError::InvalidRequest(
                 "fewer approver subjects than approvals required: no request could ever be signed"
                     .into(),

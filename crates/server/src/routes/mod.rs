@@ -1,10 +1,10 @@
-pub mod keys;
+pub(crate) mod keys;
 mod pending;
-pub mod pki;
-pub mod policy_changes;
-pub mod requests;
-pub mod sign;
-pub mod subjects;
+pub(crate) mod pki;
+pub(crate) mod policy_changes;
+pub(crate) mod requests;
+pub(crate) mod sign;
+pub(crate) mod subjects;
 
 use axum::extract::{Query, State};
 use axum::http::header;
@@ -16,29 +16,29 @@ use serde::{Deserialize, Serialize};
 
 use crate::{ApiError, AppState, Caller};
 
-pub async fn healthz() -> &'static str {
+pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-pub async fn openapi() -> impl IntoResponse {
+pub(crate) async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],
         crate::OPENAPI_JSON,
     )
 }
 
-pub async fn not_found() -> ApiError {
+pub(crate) async fn not_found() -> ApiError {
     ApiError::NotFound
 }
 
-pub async fn method_not_allowed() -> ApiError {
+pub(crate) async fn method_not_allowed() -> ApiError {
     ApiError::MethodNotAllowed
 }
 
 /// Who Influxion thinks the caller is, and what it may do. The one endpoint open to a
 /// valid token that matches no subject.
 #[derive(Serialize)]
-pub struct Me {
+pub(crate) struct Me {
     principal: Principal,
     principal_id: String,
     subjects: Vec<String>,
@@ -47,7 +47,7 @@ pub struct Me {
     roles: Vec<Role>,
 }
 
-pub async fn me(c: Caller) -> Json<Me> {
+pub(crate) async fn me(c: Caller) -> Json<Me> {
     let roles = Role::ALL
         .into_iter()
         .filter(|r| c.perms.has_role(*r))
@@ -157,19 +157,19 @@ pub(crate) async fn audited<T>(
 }
 
 #[derive(Deserialize)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     limit: Option<u32>,
     /// Re-verify the whole chain instead of only what was appended since the last check.
     full: Option<bool>,
 }
 
 #[derive(Serialize)]
-pub struct AuditPage {
+pub(crate) struct AuditPage {
     chain: ChainReport,
     records: Vec<AuditRecord>,
 }
 
-pub async fn audit(
+pub(crate) async fn audit(
     State(st): State<AppState>,
     c: Caller,
     q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,

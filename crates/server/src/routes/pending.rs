@@ -20,7 +20,7 @@ pub(crate) fn may_approve(c: &Caller, key_name: &str, approver_subjects: &[Strin
 
 /// The query of a list of signing requests or policy changes.
 #[derive(Deserialize)]
-pub struct PendingListQuery {
+pub(crate) struct PendingListQuery {
     status: Option<String>,
     limit: Option<u32>,
 }
@@ -50,7 +50,7 @@ pub(crate) fn check_pending_id(id: &str) -> Result<(), ApiError> {
 
 #[derive(Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct DecisionBody {
+pub(crate) struct DecisionBody {
     #[serde(default)]
     pub(crate) comment: String,
 }

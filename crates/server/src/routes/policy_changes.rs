@@ -109,7 +109,7 @@ fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
         || may_approve(c, ch)
 }
 
-pub async fn list(
+pub(crate) async fn list(
     State(st): State<AppState>,
     c: Caller,
     q: Result<Query<pending::PendingListQuery>, axum::extract::rejection::QueryRejection>,
@@ -138,7 +138,7 @@ async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<PolicyChange, Ap
     }
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
@@ -205,7 +205,7 @@ async fn decide(
     .await
 }
 
-pub async fn approve(
+pub(crate) async fn approve(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
@@ -214,7 +214,7 @@ pub async fn approve(
     decide(&st, &c, &id, true, body).await
 }
 
-pub async fn reject(
+pub(crate) async fn reject(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,

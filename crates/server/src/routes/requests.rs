@@ -110,7 +110,7 @@ fn may_see(c: &Caller, r: &SigningRequest) -> bool {
     r.requester == c.principal.identity() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
 }
 
-pub async fn list(
+pub(crate) async fn list(
     State(st): State<AppState>,
     c: Caller,
     q: Result<Query<pending::PendingListQuery>, axum::extract::rejection::QueryRejection>,
@@ -148,7 +148,7 @@ async fn visible(st: &AppState, c: &Caller, id: &str) -> Result<SigningRequest, 
     }
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
@@ -292,7 +292,7 @@ async fn decide(
     .await
 }
 
-pub async fn approve(
+pub(crate) async fn approve(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
@@ -301,7 +301,7 @@ pub async fn approve(
     decide(&st, &c, &id, true, body).await
 }
 
-pub async fn reject(
+pub(crate) async fn reject(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,
@@ -310,7 +310,7 @@ pub async fn reject(
     decide(&st, &c, &id, false, body).await
 }
 
-pub async fn cancel(
+pub(crate) async fn cancel(
     State(st): State<AppState>,
     c: Caller,
     Path(id): Path<String>,

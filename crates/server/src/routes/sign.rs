@@ -6,7 +6,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
-pub use influxion_api::PendingResponse;
+pub(crate) use influxion_api::PendingResponse;
 use influxion_api::{SignRequest, SignResponse, VerifyRequest, VerifyResponse};
 use influxion_core::{Digest, KeyStatus, Role, SignAlgorithm};
 use influxion_store::{AuditEvent, KeyRecord, Outcome};
@@ -17,7 +17,7 @@ use super::{audited, require_any};
 use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
-pub enum SignOutcome {
+pub(crate) enum SignOutcome {
     Signed(SignResponse),
     Pending(PendingResponse),
 }
@@ -81,7 +81,7 @@ fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), 
 }
 
 #[tracing::instrument(skip_all, fields(key = %name))]
-pub async fn sign(
+pub(crate) async fn sign(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -155,7 +155,7 @@ pub async fn sign(
     .await
 }
 
-pub async fn verify(
+pub(crate) async fn verify(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,

@@ -13,7 +13,7 @@ use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 #[derive(Serialize)]
-pub struct SubjectList {
+pub(crate) struct SubjectList {
     subjects: Vec<SubjectRecord>,
 }
 
@@ -25,7 +25,10 @@ async fn require_read(st: &AppState, c: &Caller) -> Result<(), ApiError> {
     require(st, c, Role::Admin, "subjects", "subject.read").await
 }
 
-pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<SubjectList>, ApiError> {
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<SubjectList>, ApiError> {
     require_read(&st, &c).await?;
     Ok(Json(SubjectList {
         subjects: st.store.subjects().await?.as_ref().clone(),
@@ -39,7 +42,7 @@ async fn find(st: &AppState, name: &str) -> Result<SubjectRecord, ApiError> {
         .ok_or_else(|| ApiError::UnknownSubject(name.chars().take(64).collect()))
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -50,7 +53,7 @@ pub async fn show(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct GrantBody {
+pub(crate) struct GrantBody {
     role: String,
     /// Key (or profile) name pattern with `*` wildcards; default `*`.
     pattern: Option<String>,
@@ -82,7 +85,7 @@ impl GrantBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SubjectBody {
+pub(crate) struct SubjectBody {
     name: String,
     #[serde(default)]
     description: String,
@@ -94,7 +97,7 @@ pub struct SubjectBody {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct UpdateBody {
+pub(crate) struct UpdateBody {
     #[serde(default)]
     description: String,
     #[serde(flatten)]
@@ -120,7 +123,7 @@ fn check_rules(st: &AppState, rules: &SubjectRules, description: &str) -> Result
     Ok(())
 }
 
-pub async fn create(
+pub(crate) async fn create(
     State(st): State<AppState>,
     c: Caller,
     body: Result<JsonBody<SubjectBody>, ApiError>,
@@ -155,7 +158,7 @@ pub async fn create(
     .await
 }
 
-pub async fn update(
+pub(crate) async fn update(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -196,7 +199,7 @@ async fn would_remove_last_admin(
     Ok(!remaining.into_iter().any(|g| g.role == Role::Admin))
 }
 
-pub async fn delete(
+pub(crate) async fn delete(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -218,7 +221,7 @@ pub async fn delete(
     .await
 }
 
-pub async fn add_grant(
+pub(crate) async fn add_grant(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -238,7 +241,7 @@ pub async fn add_grant(
     .await
 }
 
-pub async fn remove_grant(
+pub(crate) async fn remove_grant(
     State(st): State<AppState>,
     c: Caller,
     Path((name, id)): Path<(String, String)>,

@@ -463,9 +463,10 @@ pub(crate) async fn regenerate_crl(
             });
         }
         let number = ca.crl_number + 1;
+        let crl_number = u64::try_from(number).map_err(|_| corrupt("CRL number"))?;
         let validity = time::Duration::days(CRL_VALIDITY_DAYS);
         let der = with_ca_key(st, &key, move |k| {
-            build::crl(&cert, k, number as u64, &entries, validity)
+            build::crl(&cert, k, crl_number, &entries, validity)
         })
         .await?;
         let next_update = rfc3339(OffsetDateTime::now_utc() + validity);

@@ -29,14 +29,14 @@ use rsa::traits::PublicKeyParts;
 use serde_json::{json, Value};
 use tower::ServiceExt;
 
-pub const TENANT: &str = "11111111-2222-3333-4444-555555555555";
-pub const AUDIENCE: &str = "api://influxion-test";
-pub const API_CLIENT_ID: &str = "6f1c9a52-0000-4000-8000-00000000a91d";
-pub const SIGN_ROLE: &str = "Influxion.Sign";
-pub const ADMIN_ROLE: &str = "Influxion.Admin";
+pub(crate) const TENANT: &str = "11111111-2222-3333-4444-555555555555";
+pub(crate) const AUDIENCE: &str = "api://influxion-test";
+pub(crate) const API_CLIENT_ID: &str = "6f1c9a52-0000-4000-8000-00000000a91d";
+pub(crate) const SIGN_ROLE: &str = "Influxion.Sign";
+pub(crate) const ADMIN_ROLE: &str = "Influxion.Admin";
 
 /// A signing key the test IdP may publish.
-pub struct TestKey {
+pub(crate) struct TestKey {
     pub kid: String,
     pub alg: Algorithm,
     pub encoding: EncodingKey,
@@ -74,14 +74,14 @@ fn ec_key(kid: &str) -> TestKey {
 }
 
 /// Keys are generated once per test binary: RSA generation is the slow part.
-pub struct Keys {
+pub(crate) struct Keys {
     pub rsa1: TestKey,
     pub rsa2: TestKey,
     pub ec1: TestKey,
     pub attacker: TestKey,
 }
 
-pub fn keys() -> &'static Keys {
+pub(crate) fn keys() -> &'static Keys {
     static KEYS: OnceLock<Keys> = OnceLock::new();
     KEYS.get_or_init(|| Keys {
         rsa1: rsa_key("rsa-1"),
@@ -100,7 +100,7 @@ struct IdpState {
 }
 
 /// A loopback OIDC provider: discovery and JWKS, with keys the test can rotate.
-pub struct TestIdp {
+pub(crate) struct TestIdp {
     pub addr: SocketAddr,
     pub base: String,
     pub issuer: String,
@@ -112,7 +112,7 @@ pub struct TestIdp {
 
 impl TestIdp {
     /// `issuer_path` lets a test publish a templated issuer such as `/{tenantid}/v2.0`.
-    pub async fn start(issuer_path: &str, published: &[&TestKey]) -> Self {
+    pub(crate) async fn start(issuer_path: &str, published: &[&TestKey]) -> Self {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let base = format!("http://{addr}");
@@ -162,25 +162,25 @@ impl TestIdp {
         }
     }
 
-    pub fn metadata_url(&self) -> String {
+    pub(crate) fn metadata_url(&self) -> String {
         format!("{}/.well-known/openid-configuration", self.base)
     }
 
-    pub fn publish(&self, keys: &[&TestKey]) {
+    pub(crate) fn publish(&self, keys: &[&TestKey]) {
         *self.jwks.write().unwrap() = keys.iter().map(|k| k.jwk.clone()).collect();
     }
 
-    pub fn publish_raw(&self, jwks: Vec<Value>) {
+    pub(crate) fn publish_raw(&self, jwks: Vec<Value>) {
         *self.jwks.write().unwrap() = jwks;
     }
 
-    pub fn jwks_fetches(&self) -> usize {
+    pub(crate) fn jwks_fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
 
     /// Stop serving and return once the listener is closed (a fixed sleep instead
     /// would race on a loaded machine).
-    pub async fn stop(&mut self) {
+    pub(crate) async fn stop(&mut self) {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
@@ -190,7 +190,7 @@ impl TestIdp {
     }
 }
 
-pub fn now() -> i64 {
+pub(crate) fn now() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap()
@@ -198,7 +198,7 @@ pub fn now() -> i64 {
 }
 
 /// Claims of a valid app-only token, shaped like Entra ID v2.
-pub fn app_claims(issuer: &str) -> Value {
+pub(crate) fn app_claims(issuer: &str) -> Value {
     let n = now();
     json!({
         "iss": issuer,
@@ -217,7 +217,7 @@ pub fn app_claims(issuer: &str) -> Value {
 }
 
 /// Claims of a valid delegated (user) token.
-pub fn user_claims(issuer: &str) -> Value {
+pub(crate) fn user_claims(issuer: &str) -> Value {
     let mut c = app_claims(issuer);
     let o = c.as_object_mut().unwrap();
     o.remove("roles");
@@ -228,14 +228,14 @@ pub fn user_claims(issuer: &str) -> Value {
     c
 }
 
-pub fn token(key: &TestKey, claims: &Value) -> String {
+pub(crate) fn token(key: &TestKey, claims: &Value) -> String {
     let mut h = Header::new(key.alg);
     h.kid = Some(key.kid.clone());
     jsonwebtoken::encode(&h, claims, &key.encoding).unwrap()
 }
 
 /// Build a token from raw header JSON, payload JSON and a signature made by `sign`.
-pub fn raw_token(header: &Value, claims: &Value, sign: impl Fn(&str) -> String) -> String {
+pub(crate) fn raw_token(header: &Value, claims: &Value, sign: impl Fn(&str) -> String) -> String {
     let h = B64URL.encode(header.to_string());
     let p = B64URL.encode(claims.to_string());
     let input = format!("{h}.{p}");
@@ -243,7 +243,7 @@ pub fn raw_token(header: &Value, claims: &Value, sign: impl Fn(&str) -> String) 
     format!("{input}.{s}")
 }
 
-pub fn auth_config(idp: &TestIdp) -> AuthConfig {
+pub(crate) fn auth_config(idp: &TestIdp) -> AuthConfig {
     AuthConfig {
         metadata_url: idp.metadata_url(),
         audiences: vec![AUDIENCE.into(), API_CLIENT_ID.into()],
@@ -263,20 +263,20 @@ pub fn auth_config(idp: &TestIdp) -> AuthConfig {
     }
 }
 
-pub struct Harness {
+pub(crate) struct Harness {
     pub state: AppState,
     pub router: Router,
     _dir: tempfile::TempDir,
 }
 
 impl Harness {
-    pub async fn new(cfg: AuthConfig) -> Self {
+    pub(crate) async fn new(cfg: AuthConfig) -> Self {
         Self::with_backend(cfg, Arc::new(SoftwareKeystore::new(Kek::generate()))).await
     }
 
     /// As [`Harness::new`], with keys in `backend` (a real keystore, possibly wrapped
     /// by a test to control when it answers).
-    pub async fn with_backend(
+    pub(crate) async fn with_backend(
         cfg: AuthConfig,
         backend: Arc<dyn influxion_core::KeyBackend>,
     ) -> Self {
@@ -328,14 +328,19 @@ impl Harness {
 
     /// The same store and identity provider behind other key backends, as after a
     /// restart with another backend configuration.
-    pub fn with_backends(mut self, backends: influxion_core::Backends) -> Self {
+    pub(crate) fn with_backends(mut self, backends: influxion_core::Backends) -> Self {
         self.state.backends = backends;
         self.router = influxion_server::app(self.state.clone());
         self
     }
 
     /// Create a subject directly in the store (as the bootstrap does).
-    pub async fn add_subject(&self, name: &str, rules: SubjectRules, grants: &[(Role, &str)]) {
+    pub(crate) async fn add_subject(
+        &self,
+        name: &str,
+        rules: SubjectRules,
+        grants: &[(Role, &str)],
+    ) {
         let s = influxion_store::SubjectRecord {
             id: format!("sub-{name}"),
             name: name.into(),
@@ -367,7 +372,7 @@ impl Harness {
             .unwrap();
     }
 
-    pub async fn call(
+    pub(crate) async fn call(
         &self,
         method: &str,
         path: &str,
@@ -388,7 +393,7 @@ impl Harness {
         self.send(req).await
     }
 
-    pub async fn send(&self, req: Request<Body>) -> Resp {
+    pub(crate) async fn send(&self, req: Request<Body>) -> Resp {
         let resp = self.router.clone().oneshot(req).await.unwrap();
         let status = resp.status();
         let headers = resp.headers().clone();
@@ -408,7 +413,7 @@ impl Harness {
     }
 
     /// Create a key directly (as an admin would).
-    pub async fn create_key(&self, admin_token: &str, name: &str, key_type: &str) -> Resp {
+    pub(crate) async fn create_key(&self, admin_token: &str, name: &str, key_type: &str) -> Resp {
         self.call(
             "POST",
             "/v1/keys",
@@ -418,13 +423,13 @@ impl Harness {
         .await
     }
 
-    pub async fn last_audit(&self) -> influxion_store::AuditRecord {
+    pub(crate) async fn last_audit(&self) -> influxion_store::AuditRecord {
         self.state.store.recent_audit(1).await.unwrap().remove(0)
     }
 }
 
 #[derive(Debug)]
-pub struct Resp {
+pub(crate) struct Resp {
     pub status: StatusCode,
     pub www_authenticate: Option<String>,
     pub content_type: Option<String>,
@@ -433,13 +438,13 @@ pub struct Resp {
 }
 
 impl Resp {
-    pub fn problem_type(&self) -> &str {
+    pub(crate) fn problem_type(&self) -> &str {
         self.json["type"].as_str().unwrap_or("")
     }
 
     /// Assert a problem response: status, `type` slug, and the problem media type.
     #[track_caller]
-    pub fn assert_problem(&self, status: u16, slug: &str) {
+    pub(crate) fn assert_problem(&self, status: u16, slug: &str) {
         assert_eq!(self.status.as_u16(), status, "body: {}", self.text);
         assert_eq!(
             self.problem_type(),
@@ -455,7 +460,7 @@ impl Resp {
     }
 
     #[track_caller]
-    pub fn assert_invalid_token(&self, slug: &str) {
+    pub(crate) fn assert_invalid_token(&self, slug: &str) {
         self.assert_problem(401, slug);
         let h = self
             .www_authenticate

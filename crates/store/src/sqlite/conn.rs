@@ -422,7 +422,7 @@ impl Conn for SqliteConn {
             .bind(id)
             .fetch_one(self.c())
             .await?;
-        Ok(n as u32)
+        u32::try_from(n).map_err(|_| crate::StoreError::Corrupt("approval count".into()))
     }
 
     async fn finish(

@@ -17,6 +17,11 @@ fn corrupt(what: &str) -> StoreError {
     StoreError::Corrupt(what.to_owned())
 }
 
+/// A count or duration the store wrote as an INTEGER; out of range means corruption.
+fn u32_col(r: &SqliteRow, col: &str) -> Result<u32> {
+    u32::try_from(r.try_get::<i64, _>(col)?).map_err(|_| corrupt(col))
+}
+
 /// JSON text of a value the store wrote itself (serialising it cannot fail).
 pub(super) fn json<T: Serialize>(v: &T, fallback: &str) -> String {
     serde_json::to_string(v).unwrap_or_else(|_| fallback.into())
@@ -48,8 +53,8 @@ pub(super) fn key(r: &SqliteRow) -> Result<KeyRecord> {
         created_at: r.try_get("created_at")?,
         created_by: r.try_get("created_by")?,
         policy: KeyPolicy {
-            approvals_required: r.try_get::<i64, _>("approvals_required")? as u32,
-            approval_ttl_secs: r.try_get::<i64, _>("approval_ttl_secs")? as u32,
+            approvals_required: u32_col(r, "approvals_required")?,
+            approval_ttl_secs: u32_col(r, "approval_ttl_secs")?,
             approver_subjects: serde_json::from_str(&r.try_get::<String, _>("approver_subjects")?)
                 .map_err(|_| corrupt("approver subjects"))?,
         },
@@ -100,7 +105,7 @@ pub(super) fn request(r: &SqliteRow) -> Result<SigningRequest> {
         requester_name: r.try_get("requester_name")?,
         reason: r.try_get("reason")?,
         metadata,
-        quorum: r.try_get::<i64, _>("quorum")? as u32,
+        quorum: u32_col(r, "quorum")?,
         approver_subjects: approvers,
         status: r.try_get("status")?,
         signature: r.try_get("signature")?,
@@ -122,7 +127,7 @@ pub(super) fn policy_change(r: &SqliteRow) -> Result<PolicyChange> {
         base_policy: parse(r, "base_policy")?,
         policy: parse(r, "policy")?,
         weakens: parse(r, "weakens")?,
-        quorum: r.try_get::<i64, _>("quorum")? as u32,
+        quorum: u32_col(r, "quorum")?,
         approver_subjects: parse(r, "approver_subjects")?,
         status: r.try_get("status")?,
         created_at: r.try_get("created_at")?,

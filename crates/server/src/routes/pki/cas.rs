@@ -21,7 +21,7 @@ use crate::service::pki::{
 use crate::{ApiError, AppState, Caller};
 
 #[derive(Serialize)]
-pub struct CaView {
+pub(crate) struct CaView {
     name: String,
     status: String,
     subject: serde_json::Value,
@@ -101,11 +101,11 @@ pub(super) async fn current_view(st: &AppState, name: &str) -> Result<Json<CaVie
 }
 
 #[derive(Serialize)]
-pub struct CaList {
+pub(crate) struct CaList {
     cas: Vec<CaView>,
 }
 
-pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<CaList>, ApiError> {
+pub(crate) async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<CaList>, ApiError> {
     require_any(&c)?;
     let mut cas = Vec::new();
     for ca in st.store.list_cas().await? {
@@ -114,7 +114,7 @@ pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<CaList>,
     Ok(Json(CaList { cas }))
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -125,7 +125,7 @@ pub async fn show(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct CreateCa {
+pub(crate) struct CreateCa {
     name: String,
     #[serde(default = "default_ca_key")]
     key_type: String,
@@ -143,7 +143,7 @@ fn default_ca_key() -> String {
     "ec-p384".into()
 }
 
-pub async fn create(
+pub(crate) async fn create(
     State(st): State<AppState>,
     c: Caller,
     body: Result<JsonBody<CreateCa>, ApiError>,
@@ -174,7 +174,7 @@ pub async fn create(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct ImportCert {
+pub(crate) struct ImportCert {
     /// The CA's certificate, PEM.
     certificate: String,
     /// The issuer's certificate and any above it up to the root, PEM, nearest first.
@@ -183,7 +183,7 @@ pub struct ImportCert {
 
 /// `PUT /v1/cas/{name}/certificate`: the certificate an external root issued for a
 /// pending CA's CSR; the CA becomes active.
-pub async fn import_certificate(
+pub(crate) async fn import_certificate(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -233,7 +233,7 @@ pub async fn import_certificate(
 
 /// `POST /v1/cas/{name}/disable`: the CA issues nothing more (it still publishes its
 /// CRL). There is no re-enable: create a new CA.
-pub async fn disable(
+pub(crate) async fn disable(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -252,7 +252,7 @@ pub async fn disable(
 
 /// `POST /v1/cas/{name}/revoke`: the parent revokes this intermediate's certificate,
 /// which its CRL lists from now on; the CA is disabled in the same transaction.
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -307,12 +307,12 @@ pub async fn revoke(
 }
 
 #[derive(Deserialize)]
-pub struct ChainQuery {
+pub(crate) struct ChainQuery {
     format: Option<String>,
 }
 
 /// `GET /v1/cas/{name}/chain?format=pem|pkcs7`.
-pub async fn chain(
+pub(crate) async fn chain(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,

@@ -24,7 +24,7 @@ fn may_see(c: &Caller, profile: &str) -> bool {
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct SearchQuery {
+pub(crate) struct SearchQuery {
     device_id: Option<String>,
     serial: Option<String>,
     subject: Option<String>,
@@ -35,11 +35,11 @@ pub struct SearchQuery {
 }
 
 #[derive(Serialize)]
-pub struct CertList {
+pub(crate) struct CertList {
     certificates: Vec<CertRecord>,
 }
 
-pub async fn search(
+pub(crate) async fn search(
     State(st): State<AppState>,
     c: Caller,
     q: Result<Query<SearchQuery>, axum::extract::rejection::QueryRejection>,
@@ -112,7 +112,7 @@ async fn lookup_cert(st: &AppState, c: &Caller, serial: &str) -> Result<CertReco
     Ok(r)
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(serial): Path<String>,
@@ -128,7 +128,7 @@ pub async fn show(
     )
 }
 
-pub async fn revoke(
+pub(crate) async fn revoke(
     State(st): State<AppState>,
     c: Caller,
     Path(serial): Path<String>,

@@ -15,7 +15,7 @@ use crate::service::pki::{lookup_ca, regenerate_crl, CRL_VALIDITY_DAYS};
 use crate::{ApiError, AppState, Caller};
 
 /// `GET /crl/{ca}.crl`: the CA's current CRL (DER), public like any CRL.
-pub async fn crl(
+pub(crate) async fn crl(
     State(st): State<AppState>,
     Path(file): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -54,7 +54,7 @@ pub async fn crl(
 }
 
 /// `POST /v1/cas/{name}/crl`: issue a fresh CRL now.
-pub async fn refresh(
+pub(crate) async fn refresh(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,

@@ -55,12 +55,12 @@ async fn cacerts_for(st: &AppState, profile: &str) -> Result<Response, ApiError>
     ))
 }
 
-pub async fn cacerts(State(st): State<AppState>) -> Result<Response, ApiError> {
+pub(crate) async fn cacerts(State(st): State<AppState>) -> Result<Response, ApiError> {
     let profile = est_profile(&st, None)?;
     cacerts_for(&st, &profile).await
 }
 
-pub async fn cacerts_label(
+pub(crate) async fn cacerts_label(
     State(st): State<AppState>,
     Path(label): Path<String>,
 ) -> Result<Response, ApiError> {
@@ -110,7 +110,7 @@ async fn enroll_for(
     .await
 }
 
-pub async fn simpleenroll(
+pub(crate) async fn simpleenroll(
     State(st): State<AppState>,
     c: Caller,
     headers: HeaderMap,
@@ -120,7 +120,7 @@ pub async fn simpleenroll(
     enroll_for(&st, &c, &profile, &headers, body).await
 }
 
-pub async fn simpleenroll_label(
+pub(crate) async fn simpleenroll_label(
     State(st): State<AppState>,
     c: Caller,
     Path(label): Path<String>,

@@ -20,7 +20,7 @@ use crate::{ApiError, AppState, Caller};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct IssueRequest {
+pub(crate) struct IssueRequest {
     /// PKCS#10 request, PEM.
     csr: String,
     /// Defaults to the CSR's common name.
@@ -67,7 +67,7 @@ async fn replay(
 }
 
 /// `POST /v1/profiles/{name}/certificates?format=json|pem|der|pkcs7`
-pub async fn from_csr(
+pub(crate) async fn from_csr(
     State(st): State<AppState>,
     c: Caller,
     Path(profile): Path<String>,
@@ -126,7 +126,7 @@ pub async fn from_csr(
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct KeygenRequest {
+pub(crate) struct KeygenRequest {
     device_id: String,
     /// Defaults to the profile's first key type.
     key_type: Option<String>,
@@ -138,7 +138,7 @@ pub struct KeygenRequest {
 
 /// `POST /v1/profiles/{name}/keys`: generate the device key here, issue its
 /// certificate, return both, and keep no copy of the private key.
-pub async fn with_new_key(
+pub(crate) async fn with_new_key(
     State(st): State<AppState>,
     c: Caller,
     Path(profile): Path<String>,

@@ -3,14 +3,14 @@
 //! revocation, CRLs and EST (RFC 7030). The operations that build records and audit
 //! events live in [`crate::service::pki`].
 
-pub mod cache;
-pub mod cas;
-pub mod certificates;
-pub mod crl;
+pub(crate) mod cache;
+pub(crate) mod cas;
+pub(crate) mod certificates;
+pub(crate) mod crl;
 mod dev;
-pub mod est;
-pub mod issuance;
-pub mod profiles;
+pub(crate) mod est;
+pub(crate) mod issuance;
+pub(crate) mod profiles;
 
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -27,7 +27,7 @@ use crate::ApiError;
 
 /// A certificate with its chain, as the JSON answers show it.
 #[derive(Serialize)]
-pub struct IssuedView {
+pub(crate) struct IssuedView {
     #[serde(flatten)]
     record: CertRecord,
     certificate_pem: String,
@@ -40,7 +40,7 @@ pub struct IssuedView {
 }
 
 #[derive(Deserialize)]
-pub struct FormatQuery {
+pub(crate) struct FormatQuery {
     format: Option<String>,
 }
 
@@ -102,7 +102,7 @@ fn issued_response(
 /// The body of a revocation, of a certificate or of an intermediate CA.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RevokeRequest {
+pub(crate) struct RevokeRequest {
     #[serde(default = "unspecified")]
     reason: String,
 }

@@ -16,7 +16,7 @@ use crate::service::pki::{corrupt, lookup_ca, lookup_profile};
 use crate::{ApiError, AppState, Caller};
 
 #[derive(Serialize)]
-pub struct ProfileView {
+pub(crate) struct ProfileView {
     name: String,
     #[serde(flatten)]
     spec: ProfileSpec,
@@ -34,11 +34,14 @@ fn profile_view(r: &ProfileRecord) -> Result<ProfileView, ApiError> {
 }
 
 #[derive(Serialize)]
-pub struct ProfileList {
+pub(crate) struct ProfileList {
     profiles: Vec<ProfileView>,
 }
 
-pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<ProfileList>, ApiError> {
+pub(crate) async fn list(
+    State(st): State<AppState>,
+    c: Caller,
+) -> Result<Json<ProfileList>, ApiError> {
     require_any(&c)?;
     let profiles = st
         .store
@@ -50,7 +53,7 @@ pub async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<ProfileL
     Ok(Json(ProfileList { profiles }))
 }
 
-pub async fn show(
+pub(crate) async fn show(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -60,7 +63,7 @@ pub async fn show(
 }
 
 /// `PUT /v1/profiles/{name}`: create (201) or replace (200) a profile.
-pub async fn put(
+pub(crate) async fn put(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,
@@ -129,7 +132,7 @@ pub async fn put(
     .await
 }
 
-pub async fn delete(
+pub(crate) async fn delete(
     State(st): State<AppState>,
     c: Caller,
     Path(name): Path<String>,

@@ -56,7 +56,7 @@ step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
 step "cargo test (unit, property, integration, end-to-end)"
-# Under CI=true, tests whose external components are missing fail instead of skipping.
+# A test whose tool is missing fails (in CI and in a newcomer's run alike); nothing skips.
 cargo test --workspace
 
 step "oidc-provider smoke test"

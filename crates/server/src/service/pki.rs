@@ -485,3 +485,47 @@ pub(crate) async fn regenerate_crl(
     }
     Err(corrupt("CRL generation kept losing races"))
 }
+
+/// Create or replace profile `name` and record `profile.create` or `profile.update`
+/// for `actor`. Returns the stored record and whether it was created. Who may bind a
+/// profile to its CA is the caller's check; what makes a profile valid is here.
+pub async fn put_profile(
+    st: &AppState,
+    actor: &str,
+    name: &KeyName,
+    spec: ProfileSpec,
+) -> Result<(ProfileRecord, bool), ApiError> {
+    spec.validate()
+        .map_err(|e| ApiError::InvalidProfile(e.to_string()))?;
+    let ca = lookup_ca(st, &spec.ca).await.map_err(|_| {
+        ApiError::InvalidProfile(format!("invalid profile: no CA named {}", spec.ca))
+    })?;
+    if spec.crl_distribution_point && st.pki.public_url.is_none() {
+        return Err(ApiError::InvalidProfile(
+            "invalid profile: crl_distribution_point needs the keyserver's public URL (INFLUXION_PUBLIC_URL); set it or set crl_distribution_point to false".into(),
+        ));
+    }
+    let existing = st.store.get_profile(name.as_str()).await?;
+    let now = influxion_store::now_rfc3339();
+    let record = ProfileRecord {
+        name: name.to_string(),
+        ca: ca.name.clone(),
+        spec: serde_json::to_string(&spec).map_err(|_| corrupt("profile"))?,
+        created_at: existing
+            .as_ref()
+            .map(|e| e.created_at.clone())
+            .unwrap_or_else(|| now.clone()),
+        updated_at: now,
+    };
+    let create = existing.is_none();
+    let action = if create {
+        "profile.create"
+    } else {
+        "profile.update"
+    };
+    let event = AuditEvent::new(actor, action, Outcome::Ok)
+        .target(name.to_string())
+        .detail(serde_json::to_value(&spec).unwrap_or_default());
+    st.store.put_profile(record.clone(), create, event).await?;
+    Ok((record, create))
+}

@@ -2,10 +2,8 @@
 
 use influxion_core::{KeyName, KeyType};
 use influxion_pki::{CaSubject, ProfileSpec};
-use influxion_store::pki::ProfileRecord;
-use influxion_store::{AuditEvent, Outcome};
 
-use crate::service::pki::{corrupt, create_ca, NewCa};
+use crate::service::pki::{create_ca, put_profile, NewCa};
 use crate::{ApiError, AppState};
 
 const DEV_CA: &str = "dev-device-ca";
@@ -40,18 +38,7 @@ pub async fn ensure_dev_ca(st: &AppState) -> Result<(), ApiError> {
             "max_per_device": 0,
         }))
         .map_err(|e| ApiError::InvalidProfile(e.to_string()))?;
-        let now = influxion_store::now_rfc3339();
-        let record = ProfileRecord {
-            name: "device".into(),
-            ca: spec.ca.clone(),
-            spec: serde_json::to_string(&spec).map_err(|_| corrupt("profile"))?,
-            created_at: now.clone(),
-            updated_at: now,
-        };
-        let event = AuditEvent::new(actor, "profile.create", Outcome::Ok)
-            .target("device")
-            .detail(serde_json::to_value(&spec).unwrap_or_default());
-        st.store.put_profile(record, true, event).await?;
+        put_profile(st, actor, &"device".parse()?, spec).await?;
     }
     Ok(())
 }

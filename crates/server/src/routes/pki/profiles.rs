@@ -84,44 +84,25 @@ pub(crate) async fn put(
         if !c.perms.allows(Role::KeyAdmin, &ca.name) {
             return Err(forbidden(
                 &c.perms,
-                &format!("binding a profile to CA {} needs the key-admin role on it", ca.name),
+                &format!(
+                    "binding a profile to CA {} needs the key-admin role on it",
+                    ca.name
+                ),
             ));
         }
         if let Some(old) = st.store.get_profile(name.as_str()).await? {
             if old.ca != ca.name && !c.perms.allows(Role::KeyAdmin, &old.ca) {
                 return Err(forbidden(
                     &c.perms,
-                    &format!("moving a profile away from CA {} needs the key-admin role on it", old.ca),
+                    &format!(
+                        "moving a profile away from CA {} needs the key-admin role on it",
+                        old.ca
+                    ),
                 ));
             }
         }
-        if spec.crl_distribution_point && st.pki.public_url.is_none() {
-            return Err(ApiError::InvalidProfile(
-                "invalid profile: crl_distribution_point needs the keyserver's public URL (INFLUXION_PUBLIC_URL); set it or set crl_distribution_point to false".into(),
-            ));
-        }
-        let existing = st.store.get_profile(name.as_str()).await?;
-        let now = influxion_store::now_rfc3339();
-        let record = ProfileRecord {
-            name: name.to_string(),
-            ca: ca.name.clone(),
-            spec: serde_json::to_string(&spec).map_err(|_| corrupt("profile"))?,
-            created_at: existing
-                .as_ref()
-                .map(|e| e.created_at.clone())
-                .unwrap_or_else(|| now.clone()),
-            updated_at: now,
-        };
-        let create = existing.is_none();
-        let action = if create {
-            "profile.create"
-        } else {
-            "profile.update"
-        };
-        let event = AuditEvent::new(p.audit_id(), action, Outcome::Ok)
-            .target(name.to_string())
-            .detail(serde_json::to_value(&spec).unwrap_or_default());
-        st.store.put_profile(record.clone(), create, event).await?;
+        let (record, create) =
+            crate::service::pki::put_profile(&st, &p.audit_id(), &name, spec).await?;
         let status = if create {
             StatusCode::CREATED
         } else {

@@ -194,20 +194,12 @@ async fn refuses_a_handle_of_another_key_type(registry: &Backends, keys: &[TestK
                 public_key_der: key.public_key_der.clone(),
             };
             let d = digest_for(other.default_algorithm(), b"firmware image");
-            if let Ok(sig) = registry.sign(&mislabelled, &d).await {
-                // Whatever came back must not pass as a signature of the claimed type.
-                assert_ne!(
-                    influxion_verify::verify(other, &key.public_key_der, &d, &sig).ok(),
-                    Some(true),
-                    "{}: a {} handle recorded as {other} produced a valid signature",
-                    key.backend,
-                    key.key_type
-                );
-                panic!(
-                    "{}: a {} handle recorded as {other} must be refused",
-                    key.backend, key.key_type
-                );
-            }
+            assert!(
+                registry.sign(&mislabelled, &d).await.is_err(),
+                "{}: a {} handle recorded as {other} must be refused",
+                key.backend,
+                key.key_type
+            );
         }
     }
 }

@@ -78,10 +78,11 @@ pub trait BackendKey {
 }
 
 /// The configured key backends, by name, and the one new keys go to unless a caller
-/// names another.
+/// names another. Cheap to clone: the application state (and so this) is cloned for
+/// every request.
 #[derive(Clone)]
 pub struct Backends {
-    by_name: BTreeMap<&'static str, Arc<dyn KeyBackend>>,
+    by_name: Arc<BTreeMap<&'static str, Arc<dyn KeyBackend>>>,
     default: Arc<dyn KeyBackend>,
 }
 
@@ -89,7 +90,7 @@ impl Backends {
     /// A registry with one backend, which is also the default for new keys.
     pub fn new(default: Arc<dyn KeyBackend>) -> Self {
         Self {
-            by_name: BTreeMap::from([(default.name(), default.clone())]),
+            by_name: Arc::new(BTreeMap::from([(default.name(), default.clone())])),
             default,
         }
     }
@@ -99,7 +100,7 @@ impl Backends {
         if backend.name() == self.default.name() {
             self.default = backend.clone();
         }
-        self.by_name.insert(backend.name(), backend);
+        Arc::make_mut(&mut self.by_name).insert(backend.name(), backend);
         self
     }
 

@@ -75,13 +75,14 @@ pub(crate) async fn with_ca_key<T: Send + 'static>(
     let (alg, sign_alg) = ca_alg(key.key_type).ok_or_else(|| {
         ApiError::InvalidRequest(format!("{} keys cannot be CA keys", key.key_type))
     })?;
-    let backends = st.backends.clone();
+    // Resolved once, before the blocking task: an unconfigured backend is a 503 here.
+    let backend = st.backends.for_key(key)?.clone();
     let key = key.clone();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {
         let signer = |digest: &[u8]| {
             let d = Digest::new(sign_alg, digest.to_vec()).map_err(|e| e.to_string())?;
-            rt.block_on(backends.sign(&key, &d))
+            rt.block_on(backend.sign(&key.id, key.key_type, &key.handle, &d))
                 .map_err(|e| e.to_string())
         };
         let ca_key = CaKey::new(alg, &key.public_key, signer)?;

@@ -8,11 +8,14 @@
 //! Response types do not refuse unknown fields, so a newer server's additions do not
 //! break an older CLI; request types do, as the server always has.
 
+pub mod audit;
 pub mod keys;
 pub mod pki;
 pub mod requests;
 pub mod subjects;
 
+pub use audit::{AuditEntry, AuditPage, AuditRecordView, Chain, RecordChecks};
+pub use influxion_core::Actor;
 pub use keys::{CreateKey, KeyList, KeyView, PolicyRequest};
 pub use requests::{
     Approval, ChangeList, ChangeView, Decision, PendingChange, PendingResponse, RequestList,

@@ -95,7 +95,8 @@ pub struct CertView {
     pub subject: String,
     pub not_before: String,
     pub not_after: String,
-    pub requested_by: String,
+    /// Who had it issued: `id` is `kind:tenant/object`; `label` is what to show.
+    pub requested_by: influxion_core::Actor,
     pub issued_at: String,
     pub key_generated: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,7 +1,7 @@
 //! Signing (`/v1/keys/{name}/sign`, `verify`) and what waits for approvers: signing
 //! requests (`/v1/signing-requests`) and policy changes (`/v1/policy-changes`).
 
-use influxion_core::{KeyPolicy, SignAlgorithm, Weakening};
+use influxion_core::{Actor, KeyPolicy, SignAlgorithm, Weakening};
 use serde::{Deserialize, Serialize};
 
 /// `POST /v1/keys/{name}/sign`.
@@ -60,7 +60,8 @@ pub struct VerifyResponse {
 /// One approver's decision.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Approval {
-    pub approver: String,
+    /// Who decided: `id` is `tenant/object`; `label` is what to show.
+    pub approver: Actor,
     /// `approve` or `reject`.
     pub decision: String,
     pub comment: String,
@@ -84,9 +85,8 @@ pub struct RequestView {
     pub algorithm: String,
     /// Hex digest to be signed.
     pub digest: String,
-    /// The requester's principal id (`kind:tenant/object`).
-    pub requester: String,
-    pub requester_name: Option<String>,
+    /// Who asked: `id` is `tenant/object`; `label` is what to show.
+    pub requester: Actor,
     pub reason: String,
     pub metadata: serde_json::Value,
     pub quorum: u32,
@@ -130,9 +130,8 @@ pub struct ChangeView {
     pub id: String,
     pub key_id: String,
     pub key_name: String,
-    /// The proposer's principal id.
-    pub requester: String,
-    pub requester_name: Option<String>,
+    /// Who proposed it: `id` is `tenant/object`; `label` is what to show.
+    pub requester: Actor,
     pub reason: String,
     /// The policy in force when proposed; the change applies only over this one.
     pub base_policy: KeyPolicy,

@@ -1,6 +1,6 @@
 //! The claims we read from a validated token, and their mapping to a `Principal`.
 
-use influxion_core::{CallerKind, Principal};
+use influxion_core::{display_text, CallerKind, Principal};
 use serde::Deserialize;
 
 use crate::AuthError;
@@ -26,14 +26,31 @@ pub(crate) struct Claims {
     pub scope: Option<String>,
     pub roles: Option<Vec<String>>,
     pub groups: Option<Vec<String>>,
+    /// Display claims: any JSON type is accepted and only a string is used, so that a
+    /// provider's odd profile data never makes a valid token fail.
+    #[serde(default, deserialize_with = "lenient_text")]
     pub name: Option<String>,
+    #[serde(default, deserialize_with = "lenient_text")]
     pub preferred_username: Option<String>,
+    /// Entra v1 tokens name a person by `upn` (and `unique_name`).
+    #[serde(default, deserialize_with = "lenient_text")]
+    pub upn: Option<String>,
+    #[serde(default, deserialize_with = "lenient_text")]
+    pub email: Option<String>,
     /// ID-token-only claims (OpenID Connect Core 2, 3.1.3.6, 3.3.2.11). Their presence
     /// marks a token that was issued to a client to learn who signed in, not to call us.
     /// Kept as raw JSON so that any type, even a wrong one, still counts as present.
     pub nonce: Option<serde_json::Value>,
     pub at_hash: Option<serde_json::Value>,
     pub c_hash: Option<serde_json::Value>,
+}
+
+fn lenient_text<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    let v = Option::<serde_json::Value>::deserialize(d)?;
+    Ok(match v {
+        Some(serde_json::Value::String(s)) => Some(s),
+        _ => None,
+    })
 }
 
 #[derive(Debug, Deserialize)]
@@ -134,10 +151,10 @@ impl Claims {
             },
             roles: self.roles.clone().unwrap_or_default(),
             groups: self.groups.clone().unwrap_or_default(),
-            display_name: self
-                .name
-                .clone()
-                .or_else(|| self.preferred_username.clone()),
+            name: self.name.as_deref().and_then(display_text),
+            username: [&self.preferred_username, &self.upn, &self.email]
+                .into_iter()
+                .find_map(|c| c.as_deref().and_then(display_text)),
         })
     }
 }
@@ -220,6 +237,30 @@ mod tests {
         assert_eq!(aud(serde_json::json!(["a"])), Some("a".into()));
         assert_eq!(aud(serde_json::json!(["a", "b"])), None);
         assert_eq!(aud(serde_json::json!([])), None);
+    }
+
+    #[test]
+    fn display_claims_are_cleaned_and_never_fatal() {
+        let p = claims(serde_json::json!({
+            "name": "  Bob\u{1b}[2J <b>Approver</b>\n",
+            "preferred_username": 42,
+            "upn": "bob@contoso.com",
+        }))
+        .to_principal()
+        .unwrap();
+        assert_eq!(p.name.as_deref(), Some("Bob[2J <b>Approver</b>"));
+        assert_eq!(p.username.as_deref(), Some("bob@contoso.com"));
+        let p = claims(serde_json::json!({"name": {"x": 1}, "preferred_username": "  "}))
+            .to_principal()
+            .unwrap();
+        assert_eq!((p.name, p.username), (None, None));
+        let p = claims(serde_json::json!({"name": "x".repeat(10_000)}))
+            .to_principal()
+            .unwrap();
+        assert_eq!(
+            p.name.map(|n| n.chars().count()),
+            Some(influxion_core::actor::MAX_DISPLAY_CHARS)
+        );
     }
 
     #[test]

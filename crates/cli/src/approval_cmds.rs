@@ -7,7 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Result};
 use clap::Subcommand;
-use influxion_api::{Approval, ChangeList, ChangeView, Decision, RequestList, RequestView};
+use influxion_api::{Actor, Approval, ChangeList, ChangeView, Decision, RequestList, RequestView};
 use reqwest::Method;
 use serde::de::DeserializeOwned;
 
@@ -182,11 +182,7 @@ impl Pending for RequestView {
         println!("status     {}", self.status);
         println!("key        {} ({})", self.key_name, self.algorithm);
         println!("digest     {}", self.digest);
-        print_requester(
-            &self.requester,
-            self.requester_name.as_deref(),
-            &self.reason,
-        );
+        print_requester(&self.requester, &self.reason);
         if let Some(m) = self.metadata.as_object().filter(|m| !m.is_empty()) {
             for (k, v) in m {
                 println!("  {k:<9}  {v}");
@@ -239,11 +235,7 @@ impl Pending for ChangeView {
         println!("change     {}", self.id);
         println!("status     {}", self.status);
         println!("key        {}", self.key_name);
-        print_requester(
-            &self.requester,
-            self.requester_name.as_deref(),
-            &self.reason,
-        );
+        print_requester(&self.requester, &self.reason);
         println!("now        {}", json_text(&self.base_policy));
         println!("proposed   {}", json_text(&self.policy));
         println!("weakens    {}", json_text(&self.weakens));
@@ -261,18 +253,21 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
         .unwrap_or_default()
 }
 
-fn print_requester(requester: &str, name: Option<&str>, reason: &str) {
-    println!(
-        "requester  {requester} {}",
-        name.map(|n| format!("({n})")).unwrap_or_default()
-    );
+fn print_requester(requester: &Actor, reason: &str) {
+    println!("requester  {}", crate::output::who(requester));
     println!("reason     {reason}");
 }
 
 fn print_approvals(count: u32, quorum: u32, approvals: &[Approval]) {
     println!("approvals  {count}/{quorum}");
     for a in approvals {
-        println!("  {:<8} {} {} {}", a.decision, a.approver, a.at, a.comment);
+        println!(
+            "  {:<8} {} {} {}",
+            a.decision,
+            crate::output::who(&a.approver),
+            a.at,
+            a.comment
+        );
     }
 }
 

@@ -404,7 +404,7 @@ fn approvers(r: &RequestView) -> String {
     r.approvals
         .iter()
         .filter(|a| a.decision == "approve")
-        .map(|a| a.approver.as_str())
+        .map(|a| a.approver.label())
         .collect::<Vec<_>>()
         .join(", ")
 }

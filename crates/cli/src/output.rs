@@ -38,3 +38,25 @@ pub fn note(value: &serde_json::Value, text: &str) {
         eprintln!("{text}");
     }
 }
+
+/// Someone as a line shows them: the label first, the stable identity after it when the
+/// label is not the identity (`Bob Approver <bob@contoso.com> [tenant/object]`). The
+/// server cleans labels of control characters; this strips them again, as a terminal
+/// must never receive escapes from an identity provider's profile data.
+pub fn who(a: &influxion_api::Actor) -> String {
+    let label = terminal_safe(&a.label());
+    if a.has_label() {
+        format!("{label} [{}]", terminal_safe(&a.id))
+    } else {
+        label
+    }
+}
+
+/// Text for a terminal: control characters and bidirectional overrides dropped.
+pub fn terminal_safe(s: &str) -> String {
+    s.chars()
+        .filter(|c| {
+            !c.is_control() && !matches!(c, '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}')
+        })
+        .collect()
+}

@@ -345,7 +345,8 @@ mod tests {
             scopes: vec![],
             roles: vec!["Influxion.Sign".into()],
             groups: vec!["g1".into()],
-            display_name: None,
+            name: None,
+            username: None,
         }
     }
 

@@ -5,12 +5,14 @@
 //! edge cannot be confused with another afterwards.
 
 pub mod access;
+pub mod actor;
 pub mod backend;
 pub mod key;
 pub mod policy;
 pub mod principal;
 
 pub use access::{CallerRule, Grant, Permissions, Role, SubjectRules};
+pub use actor::{display_text, Actor};
 pub use backend::{BackendError, BackendKey, Backends, GeneratedKey, KeyBackend};
 pub use key::{Digest, KeyName, KeyStatus, KeyType, ParseError, SignAlgorithm};
 pub use policy::{KeyPolicy, Weakening};

@@ -1,10 +1,10 @@
 //! Who is calling, as established by a validated access token.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Whether the token was issued to a person (delegated) or to an application (app-only,
 /// including client credentials and workload identity federation).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum CallerKind {
     User,
@@ -25,7 +25,10 @@ pub struct Principal {
     pub scopes: Vec<String>,
     pub roles: Vec<String>,
     pub groups: Vec<String>,
-    pub display_name: Option<String>,
+    /// The `name` claim, cleaned for display (see [`crate::actor`]): never for decisions.
+    pub name: Option<String>,
+    /// `preferred_username`, `upn` or `email`, cleaned for display: never for decisions.
+    pub username: Option<String>,
 }
 
 impl Principal {
@@ -49,6 +52,17 @@ impl Principal {
             Some(t) => format!("{kind}:{t}/{}", self.object_id),
             None => format!("{kind}:{}", self.object_id),
         }
+    }
+
+    /// This caller as an audit record names it (see [`crate::Actor`]), with the
+    /// subjects it matched.
+    pub fn audit_actor(&self, subjects: &[String]) -> crate::Actor {
+        crate::Actor::of(self, self.audit_id(), subjects)
+    }
+
+    /// This caller as signing requests and approvals name it ([`Principal::identity`]).
+    pub fn actor(&self, subjects: &[String]) -> crate::Actor {
+        crate::Actor::of(self, self.identity(), subjects)
     }
 
     pub fn has_role(&self, role: &str) -> bool {

@@ -741,7 +741,7 @@ async fn keyserver_validator_accepts_user_tokens() {
     assert_eq!(p.app_id.as_deref(), Some(CLIENT));
     assert!(p.has_scope("access_as_user"));
     assert!(p.has_role("Influxion.Admin"));
-    assert_eq!(p.display_name.as_deref(), Some("Alice <Admin>"));
+    assert_eq!(p.name.as_deref(), Some("Alice <Admin>"));
     // The ID token is not an access token for the API.
     assert!(v.validate(t["id_token"].as_str().unwrap()).await.is_err());
 }

@@ -126,7 +126,7 @@ pub(crate) async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCo
                 .with_context(|| format!("opening {url}"))?;
             let user = crate::config::env("USER").unwrap_or_else(|| "unknown".into());
             let event = influxion_store::AuditEvent::new(
-                format!("cli:{user}"),
+                influxion_core::Actor::id_only(format!("cli:{user}")),
                 "audit.reseal",
                 influxion_store::Outcome::Ok,
             )

@@ -50,6 +50,7 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
             est_profile: cfg.est_profile.clone(),
         }),
         pki_cache: Default::default(),
+        feed: Default::default(),
     })
 }
 
@@ -84,7 +85,7 @@ async fn bootstrap_admin(store: &Store, rules: influxion_core::SubjectRules) -> 
     }
     influxion_server::service::subjects::create(
         store,
-        "system:bootstrap",
+        &influxion_core::Actor::id_only("system:bootstrap"),
         "bootstrap-admin",
         "first admin, from configuration",
         rules,
@@ -453,7 +454,7 @@ async fn ensure_dev_subjects(store: &Store) -> Result<()> {
         let grants = roles.into_iter().map(|role| grant(role, "*")).collect();
         influxion_server::service::subjects::create(
             store,
-            "system:dev",
+            &influxion_core::Actor::id_only("system:dev"),
             &name,
             "development mode",
             rules,
@@ -469,7 +470,7 @@ async fn ensure_key(state: &AppState, name: &str, approvals: u32) -> Result<()> 
     if state.store.get_key(&key_name).await?.is_some() {
         return Ok(());
     }
-    let actor = "system:dev";
+    let actor = &influxion_core::Actor::id_only("system:dev");
     let key = keys::create(
         &state.store,
         &state.backends,

@@ -1344,8 +1344,12 @@ fn audit_cli_catches_truncation_and_reseals_old_records() {
         for i in 0..4 {
             store
                 .audit(
-                    influxion_store::AuditEvent::new("t", "x", influxion_store::Outcome::Ok)
-                        .target(i.to_string()),
+                    influxion_store::AuditEvent::new(
+                        influxion_store::Actor::id_only("t"),
+                        "x",
+                        influxion_store::Outcome::Ok,
+                    )
+                    .target(i.to_string()),
                 )
                 .await
                 .unwrap();

@@ -5,7 +5,7 @@ use axum::extract::FromRequestParts;
 use axum::http::header;
 use axum::http::request::Parts;
 use influxion_auth::AuthError;
-use influxion_core::Principal;
+use influxion_core::{Actor, Principal};
 use influxion_store::{AuditEvent, Outcome};
 
 use crate::{ApiError, AppState};
@@ -16,6 +16,15 @@ pub struct Authenticated(pub Principal);
 pub struct Caller {
     pub principal: Principal,
     pub perms: influxion_core::Permissions,
+    /// The caller as audit records name it: identity and display label.
+    pub actor: Actor,
+}
+
+impl Caller {
+    /// The caller as signing requests, approvals and policy changes name it.
+    pub fn person(&self) -> Actor {
+        self.principal.actor(&self.perms.subjects)
+    }
 }
 
 impl FromRequestParts<AppState> for Caller {
@@ -27,7 +36,12 @@ impl FromRequestParts<AppState> for Caller {
     ) -> Result<Self, Self::Rejection> {
         let Authenticated(principal) = Authenticated::from_request_parts(parts, state).await?;
         let perms = state.store.permissions(&principal).await?;
-        Ok(Caller { principal, perms })
+        let actor = principal.audit_actor(&perms.subjects);
+        Ok(Caller {
+            principal,
+            perms,
+            actor,
+        })
     }
 }
 
@@ -85,13 +99,17 @@ impl FromRequestParts<AppState> for Authenticated {
                 // Refusals are audited too (rate-limited); the token itself never is.
                 match state.refusals.admit() {
                     Some(suppressed) => {
-                        let event = AuditEvent::new("anonymous", "authenticate", Outcome::Refused)
-                            .target(truncate(parts.uri.path(), MAX_AUDIT_TARGET))
-                            .detail(serde_json::json!({
-                                "method": parts.method.as_str(),
-                                "reason": e.slug(),
-                                "suppressed_before": suppressed,
-                            }));
+                        let event = AuditEvent::new(
+                            Actor::id_only("anonymous"),
+                            "authenticate",
+                            Outcome::Refused,
+                        )
+                        .target(truncate(parts.uri.path(), MAX_AUDIT_TARGET))
+                        .detail(serde_json::json!({
+                            "method": parts.method.as_str(),
+                            "reason": e.slug(),
+                            "suppressed_before": suppressed,
+                        }));
                         if let Err(err) = state.store.audit(event).await {
                             tracing::error!(error = %err, "could not audit a refused request");
                         }

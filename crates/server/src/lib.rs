@@ -42,9 +42,12 @@ pub struct AppState {
     pub refusals: Arc<RefusalLimiter>,
     pub pki: Arc<PkiSettings>,
     pub pki_cache: Arc<PkiCache>,
+    /// Export readers of the audit log and the waits in progress.
+    pub feed: Arc<AuditFeed>,
 }
 
 pub use refusals::{Admitted, RefusalLimiter};
+pub use routes::audit::AuditFeed;
 
 pub fn app(state: AppState) -> Router {
     Router::new()
@@ -64,7 +67,8 @@ pub fn app(state: AppState) -> Router {
             "/v1/keys/{name}/policy",
             axum::routing::put(routes::keys::set_policy),
         )
-        .route("/v1/audit", get(routes::audit))
+        .route("/v1/audit", get(routes::audit::list))
+        .route("/v1/audit/{seq}", get(routes::audit::show))
         .route(
             "/v1/subjects",
             get(routes::subjects::list).post(routes::subjects::create),

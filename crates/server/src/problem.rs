@@ -44,6 +44,8 @@ pub enum ApiError {
     MethodNotAllowed,
     #[error("no signing request {0}")]
     UnknownRequest(String),
+    #[error("no audit record {0}")]
+    UnknownAuditRecord(i64),
     #[error("the signing request is {0}; it can no longer change")]
     RequestClosed(String),
     #[error("the signing request has expired")]
@@ -173,7 +175,9 @@ impl ApiError {
             ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::UnknownKey(_) | ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            ApiError::UnknownRequest(_) | ApiError::UnknownSubject(_) => StatusCode::NOT_FOUND,
+            ApiError::UnknownRequest(_)
+            | ApiError::UnknownSubject(_)
+            | ApiError::UnknownAuditRecord(_) => StatusCode::NOT_FOUND,
             ApiError::SelfApproval | ApiError::NotRequester => StatusCode::FORBIDDEN,
             ApiError::RequestClosed(_)
             | ApiError::RequestExpired
@@ -228,6 +232,7 @@ impl ApiError {
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::UnknownRequest(_) => "unknown-request",
+            ApiError::UnknownAuditRecord(_) => "unknown-audit-record",
             ApiError::RequestClosed(_) => "request-closed",
             ApiError::RequestExpired => "request-expired",
             ApiError::SelfApproval => "self-approval",

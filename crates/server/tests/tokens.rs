@@ -42,7 +42,7 @@ async fn valid_app_and_user_tokens_are_accepted() {
     let r = me(&h, &token(&keys().ec1, &user_claims(&idp.issuer))).await;
     assert_eq!(r.status, 200, "{}", r.text);
     assert_eq!(r.json["principal"]["kind"], "user");
-    assert_eq!(r.json["principal"]["display_name"], "Alice Approver");
+    assert_eq!(r.json["principal"]["name"], "Alice Approver");
     // v2 tokens carry the API's client id as audience.
     let r = me(
         &h,

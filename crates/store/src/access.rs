@@ -1,6 +1,6 @@
 //! Subjects, grants, key policies and signing requests, as the store keeps them.
 
-use influxion_core::{Grant, SubjectRules};
+use influxion_core::{Actor, Grant, SubjectRules};
 use serde::Serialize;
 
 /// A subject with its match rules and grants.
@@ -20,7 +20,8 @@ pub use influxion_core::KeyPolicy;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ApprovalRecord {
-    pub approver: String,
+    /// The approver's identity (`tenant/object`) and label at the time of the vote.
+    pub approver: Actor,
     pub decision: String,
     pub comment: String,
     pub at: String,
@@ -35,9 +36,8 @@ pub struct SigningRequest {
     pub algorithm: String,
     /// Hex digest to be signed.
     pub digest: String,
-    /// The requester's principal id (`kind:tenant/object`).
-    pub requester: String,
-    pub requester_name: Option<String>,
+    /// The requester's identity (`tenant/object`) and label at the time of the request.
+    pub requester: Actor,
     pub reason: String,
     pub metadata: serde_json::Value,
     pub quorum: u32,
@@ -62,7 +62,7 @@ impl SigningRequest {
 #[derive(Debug, Clone)]
 pub struct Decision {
     pub request_id: String,
-    pub approver: String,
+    pub approver: Actor,
     pub approve: bool,
     pub comment: String,
     /// Unix seconds, for the expiry check.

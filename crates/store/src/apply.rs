@@ -88,7 +88,7 @@ pub(crate) async fn apply(
                 )
                 .await;
             }
-            rules::may_cancel(&r.requester, requester)?;
+            rules::may_cancel(&r.requester.id, requester)?;
             finish(conn, PendingKind::SigningRequest, request_id, "cancelled").await?;
             let next = chain::append(conn, event, tip, key).await?;
             return Ok((next, Some(RequestOutcome::Cancelled)));
@@ -168,9 +168,13 @@ async fn expire(
     key: &AuditKey,
 ) -> Result<Done> {
     finish(conn, kind, id, "expired").await?;
-    let e = AuditEvent::new("system:expiry", expire_action(kind), Outcome::Ok)
-        .target(id.to_owned())
-        .detail(serde_json::json!({"key": key_name}));
+    let e = AuditEvent::new(
+        influxion_core::Actor::id_only("system:expiry"),
+        expire_action(kind),
+        Outcome::Ok,
+    )
+    .target(id.to_owned())
+    .detail(serde_json::json!({"key": key_name}));
     Ok((
         chain::append(conn, &e, tip, key).await?,
         Some(RequestOutcome::Expired),
@@ -211,7 +215,7 @@ async fn vote(
             expire(conn, b.kind, b.id, b.key_name, tip, key).await?,
         ));
     }
-    rules::may_vote(b.requester, &d.approver)?;
+    rules::may_vote(b.requester, &d.approver.id)?;
     let at = crate::now_rfc3339();
     let row = VoteRow {
         approver: &d.approver,
@@ -258,7 +262,7 @@ async fn decide(
         status: &r.status,
         expires_at: r.expires_at,
         quorum: r.quorum,
-        requester: &r.requester,
+        requester: &r.requester.id,
         key_name: &r.key_name,
     };
     let (tip, approvals) = match vote(conn, &ballot, d, event, tip, key).await? {
@@ -277,14 +281,18 @@ async fn decide(
     {
         return Err(rules::closed("signed"));
     }
-    let signed = AuditEvent::new("system:quorum", "sign", Outcome::Ok)
-        .target(r.key_name.clone())
-        .detail(serde_json::json!({
-            "request": d.request_id,
-            "requester": r.requester,
-            "approvals": approvals,
-            "quorum": r.quorum,
-        }));
+    let signed = AuditEvent::new(
+        influxion_core::Actor::id_only("system:quorum"),
+        "sign",
+        Outcome::Ok,
+    )
+    .target(r.key_name.clone())
+    .detail(serde_json::json!({
+        "request": d.request_id,
+        "requester": r.requester,
+        "approvals": approvals,
+        "quorum": r.quorum,
+    }));
     Ok((
         chain::append(conn, &signed, &tip, key).await?,
         Some(RequestOutcome::Signed),
@@ -310,7 +318,7 @@ async fn decide_policy_change(
         status: &c.status,
         expires_at: c.expires_at,
         quorum: c.quorum,
-        requester: &c.requester,
+        requester: &c.requester.id,
         key_name: &c.key_name,
     };
     let (tip, approvals) = match vote(conn, &ballot, d, event, tip, key).await? {
@@ -330,17 +338,21 @@ async fn decide_policy_change(
             Err(e) => return Err(e),
         };
     finish(conn, PendingKind::PolicyChange, &c.id, status).await?;
-    let e = AuditEvent::new("system:quorum", action, Outcome::Ok)
-        .target(c.key_name.clone())
-        .detail(serde_json::json!({
-            "change": c.id,
-            "requester": c.requester,
-            "before": c.base_policy,
-            "after": c.policy,
-            "weakens": c.weakens,
-            "approvals": approvals,
-            "quorum": c.quorum,
-        }));
+    let e = AuditEvent::new(
+        influxion_core::Actor::id_only("system:quorum"),
+        action,
+        Outcome::Ok,
+    )
+    .target(c.key_name.clone())
+    .detail(serde_json::json!({
+        "change": c.id,
+        "requester": c.requester,
+        "before": c.base_policy,
+        "after": c.policy,
+        "weakens": c.weakens,
+        "approvals": approvals,
+        "quorum": c.quorum,
+    }));
     Ok((chain::append(conn, &e, &tip, key).await?, Some(outcome)))
 }
 

@@ -21,6 +21,7 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::{Hmac, Mac};
+use influxion_core::Actor;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use zeroize::Zeroizing;
@@ -53,7 +54,7 @@ impl Outcome {
 /// What happened, before it is given a place in the chain.
 #[derive(Debug, Clone)]
 pub struct AuditEvent {
-    pub actor: String,
+    pub actor: Actor,
     pub action: String,
     pub target: Option<String>,
     pub outcome: Outcome,
@@ -61,9 +62,10 @@ pub struct AuditEvent {
 }
 
 impl AuditEvent {
-    pub fn new(actor: impl Into<String>, action: impl Into<String>, outcome: Outcome) -> Self {
+    /// `actor` names who acted; `Actor::id_only("system")` for Influxion itself.
+    pub fn new(actor: Actor, action: impl Into<String>, outcome: Outcome) -> Self {
         Self {
-            actor: actor.into(),
+            actor,
             action: action.into(),
             target: None,
             outcome,
@@ -87,7 +89,13 @@ impl AuditEvent {
 pub struct AuditRecord {
     pub seq: i64,
     pub at: String,
+    /// The actor's stable identity.
     pub actor: String,
+    /// Who the actor was, for people to read (JSON text, see [`Actor::stored_label`]);
+    /// hashed when present, so a record's names are as tamper-evident as the rest.
+    /// None in records written before labels were kept, whose hashes it leaves as they
+    /// were.
+    pub actor_label: Option<String>,
     pub action: String,
     pub target: Option<String>,
     pub outcome: String,
@@ -113,6 +121,8 @@ struct Hashed<'a> {
     seq: i64,
     at: &'a str,
     actor: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    actor_label: Option<&'a str>,
     action: &'a str,
     target: Option<&'a str>,
     outcome: &'a str,
@@ -129,12 +139,19 @@ impl Hashed<'_> {
 }
 
 impl AuditRecord {
+    /// Who acted, with the label recorded at the time (the identity alone for records
+    /// from before labels were kept).
+    pub fn actor(&self) -> Actor {
+        Actor::from_stored(self.actor.clone(), self.actor_label.as_deref())
+    }
+
     /// The hash of the record's fields as stored (what verification compares `hash` with).
     pub fn computed_hash(&self) -> String {
         Hashed {
             seq: self.seq,
             at: &self.at,
             actor: &self.actor,
+            actor_label: self.actor_label.as_deref(),
             action: &self.action,
             target: self.target.as_deref(),
             outcome: &self.outcome,
@@ -189,7 +206,7 @@ impl std::fmt::Debug for AuditKey {
 type HmacSha256 = Hmac<Sha256>;
 
 /// Domain labels keep a record's MAC from being replayed as a head's (and vice versa).
-const RECORD_MAC: &[u8] = b"influxion audit record v1";
+pub(crate) const RECORD_MAC: &[u8] = b"influxion audit record v1";
 pub(crate) const HEAD_MAC: &[u8] = b"influxion audit head v1";
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -255,10 +272,12 @@ pub(crate) fn extend(
 ) -> Result<AuditRecord, StoreError> {
     let seq = tip.seq as i64 + 1;
     let detail = e.detail.to_string();
+    let actor_label = e.actor.stored_label();
     let hash = Hashed {
         seq,
         at: &at,
-        actor: &e.actor,
+        actor: &e.actor.id,
+        actor_label: actor_label.as_deref(),
         action: &e.action,
         target: e.target.as_deref(),
         outcome: e.outcome.as_str(),
@@ -270,7 +289,8 @@ pub(crate) fn extend(
     Ok(AuditRecord {
         seq,
         at,
-        actor: e.actor.clone(),
+        actor: e.actor.id.clone(),
+        actor_label,
         action: e.action.clone(),
         target: e.target.clone(),
         outcome: e.outcome.as_str().to_owned(),
@@ -521,7 +541,7 @@ mod tests {
         let mut tip = ChainTip::genesis();
         let mut out = Vec::new();
         for i in 0..n {
-            let e = AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string());
+            let e = AuditEvent::new(Actor::id_only("t"), "x", Outcome::Ok).target(i.to_string());
             let r = extend(&tip, &e, "2026-01-01T00:00:00Z".into(), k).unwrap();
             tip = ChainTip {
                 seq: u64::try_from(r.seq).unwrap(),

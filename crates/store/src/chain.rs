@@ -67,9 +67,13 @@ pub(crate) async fn key_on_upgrade(conn: &mut dyn Conn, key: &AuditKey, fresh: b
     if fresh {
         return set_head(conn, &last, key).await;
     }
-    let e = AuditEvent::new("system:upgrade", "audit.keyed", Outcome::Ok)
-        .target("audit")
-        .detail(serde_json::json!({"unkeyed_records": last.seq}));
+    let e = AuditEvent::new(
+        influxion_core::Actor::id_only("system:upgrade"),
+        "audit.keyed",
+        Outcome::Ok,
+    )
+    .target("audit")
+    .detail(serde_json::json!({"unkeyed_records": last.seq}));
     let tip = append(conn, &e, &last, key).await?;
     set_head(conn, &tip, key).await
 }

@@ -70,7 +70,7 @@ pub(crate) enum PendingKind {
 
 /// A vote as written.
 pub(crate) struct VoteRow<'a> {
-    pub approver: &'a str,
+    pub approver: &'a influxion_core::Actor,
     /// `approve` or `reject`.
     pub decision: &'static str,
     pub comment: &'a str,
@@ -120,8 +120,11 @@ pub(crate) trait Database: Send + Sync {
     async fn policy_change(&self, id: &str) -> Result<Option<PolicyChange>>;
     async fn policy_changes(&self, status: Option<&str>, limit: u32) -> Result<Vec<PolicyChange>>;
 
-    /// Newest first.
-    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>>;
+    /// Records matching `f`: newest first, or oldest first after `f.after_seq`.
+    async fn audit_search(&self, f: &crate::AuditFilter) -> Result<Vec<AuditRecord>>;
+    async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecord>>;
+    /// The last record's sequence number (0 for an empty log).
+    async fn audit_last_seq(&self) -> Result<i64>;
 
     async fn ca(&self, name: &str) -> Result<Option<CaRecord>>;
     async fn cas(&self) -> Result<Vec<CaRecord>>;

@@ -14,6 +14,7 @@
 pub mod access;
 mod apply;
 pub mod audit;
+mod audit_read;
 mod ca;
 mod chain;
 mod databases;
@@ -39,7 +40,9 @@ pub use access::{
     ApprovalRecord, Decision, KeyPolicy, RequestOutcome, SigningRequest, SubjectRecord,
 };
 pub use audit::{AuditEvent, AuditKey, AuditRecord, ChainReport, Outcome, ResealReport};
+pub use audit_read::{AuditFilter, AuditPlace, PlaceChecks};
 pub use error::StoreError;
+pub use influxion_core::Actor;
 pub use keys::{KeyPurpose, KeyRecord};
 pub use policy_changes::PolicyChange;
 pub use writer::Applied;
@@ -68,6 +71,8 @@ pub struct Store {
     audit_checkpoint: Arc<RwLock<Option<audit::Checkpoint>>>,
     /// Audit records verified so far by this process (observable cost of verification).
     audit_checked: Arc<AtomicU64>,
+    /// The last committed audit record's sequence number, for readers that wait.
+    audit_tip: tokio::sync::watch::Receiver<u64>,
 }
 
 impl Store {
@@ -91,6 +96,8 @@ impl Store {
                 }
             }
         }
+        let last = u64::try_from(db.audit_last_seq().await?).unwrap_or(0);
+        let (tip_tx, audit_tip) = tokio::sync::watch::channel(last);
         let (tx, rx) = mpsc::channel(4096);
         let subjects_gen = Arc::new(AtomicU64::new(1));
         let pki_gen = Arc::new(AtomicU64::new(1));
@@ -100,6 +107,7 @@ impl Store {
             subjects_gen.clone(),
             pki_gen.clone(),
             audit_key.clone(),
+            tip_tx,
         ));
         Ok(Self {
             db,
@@ -110,6 +118,7 @@ impl Store {
             audit_key,
             audit_checkpoint: Arc::new(RwLock::new(None)),
             audit_checked: Arc::new(AtomicU64::new(0)),
+            audit_tip,
         })
     }
 
@@ -340,11 +349,6 @@ impl Store {
 
     pub async fn list_keys(&self) -> Result<Vec<KeyRecord>, StoreError> {
         self.db.keys().await
-    }
-
-    /// The newest audit records, newest first.
-    pub async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>, StoreError> {
-        self.db.recent_audit(limit).await
     }
 
     /// Walk the whole chain and report the first broken record, if any.

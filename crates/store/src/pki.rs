@@ -66,7 +66,8 @@ pub struct CertRecord {
     pub not_after: String,
     #[serde(skip)]
     pub der: Vec<u8>,
-    pub requested_by: String,
+    /// Who asked for it (audit identity `kind:tenant/object`) and their label.
+    pub requested_by: influxion_core::Actor,
     pub issued_at: String,
     pub key_generated: bool,
     #[serde(skip_serializing_if = "Option::is_none")]

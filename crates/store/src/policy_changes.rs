@@ -1,7 +1,7 @@
 //! Policy changes that weaken four eyes: proposed, approved by the key's quorum as it
 //! stood when proposed, and applied in the transaction of the vote that completes it.
 
-use influxion_core::{KeyPolicy, Weakening};
+use influxion_core::{Actor, KeyPolicy, Weakening};
 use serde::Serialize;
 
 use crate::access::ApprovalRecord;
@@ -12,9 +12,8 @@ pub struct PolicyChange {
     pub id: String,
     pub key_id: String,
     pub key_name: String,
-    /// The proposer's principal id (`tenant/object`, as for signing requests).
-    pub requester: String,
-    pub requester_name: Option<String>,
+    /// The proposer's identity (`tenant/object`, as for signing requests) and label.
+    pub requester: Actor,
     pub reason: String,
     /// The policy in force when proposed; the change applies only over this one.
     pub base_policy: KeyPolicy,

@@ -225,7 +225,7 @@ mod tests {
 
     fn vote(decision: &str) -> ApprovalRecord {
         ApprovalRecord {
-            approver: "a".into(),
+            approver: influxion_core::Actor::id_only("a"),
             decision: decision.into(),
             comment: String::new(),
             at: String::new(),

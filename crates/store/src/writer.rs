@@ -36,6 +36,7 @@ pub(crate) async fn run(
     subjects_gen: Arc<AtomicU64>,
     pki_gen: Arc<AtomicU64>,
     key: Arc<AuditKey>,
+    tip: tokio::sync::watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
@@ -47,6 +48,20 @@ pub(crate) async fn run(
                 }
                 if jobs.iter().any(|j| j.op.changes_pki()) {
                     pki_gen.fetch_add(1, Ordering::AcqRel);
+                }
+                if let Some(last) = results
+                    .iter()
+                    .filter_map(|r| r.as_ref().ok())
+                    .map(|a| a.seq)
+                    .max()
+                {
+                    tip.send_if_modified(|t| {
+                        let newer = last > *t;
+                        if newer {
+                            *t = last;
+                        }
+                        newer
+                    });
                 }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(result);

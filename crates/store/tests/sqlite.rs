@@ -59,9 +59,12 @@ async fn unkeyed_records_verify_and_reseal_keys_them() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&url(&dir), key()).await.unwrap();
     for i in 0..3 {
-        s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string()))
-            .await
-            .unwrap();
+        s.audit(
+            AuditEvent::new(influxion_store::Actor::id_only("t"), "x", Outcome::Ok)
+                .target(i.to_string()),
+        )
+        .await
+        .unwrap();
     }
     downgrade(s, &url(&dir)).await;
     // An old file verifies as before, and says it is not keyed.
@@ -95,7 +98,14 @@ async fn unkeyed_records_verify_and_reseal_keys_them() {
     exec(&url(&dir), &["DELETE FROM audit_log WHERE seq = 3"]).await;
     assert_eq!(broken(s.verify_audit_chain().await.unwrap()).0, 3);
     let r = s
-        .reseal_audit(1, AuditEvent::new("t", "audit.reseal", Outcome::Ok))
+        .reseal_audit(
+            1,
+            AuditEvent::new(
+                influxion_store::Actor::id_only("t"),
+                "audit.reseal",
+                Outcome::Ok,
+            ),
+        )
         .await;
     assert!(matches!(r, Err(StoreError::Reseal(_))), "{r:?}");
 }
@@ -105,16 +115,25 @@ async fn reseal_from_a_sequence_number_is_audited() {
     let dir = tempfile::tempdir().unwrap();
     let s = Store::open(&url(&dir), key()).await.unwrap();
     for _ in 0..3 {
-        s.audit(AuditEvent::new("t", "x", Outcome::Ok))
-            .await
-            .unwrap();
+        s.audit(AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "x",
+            Outcome::Ok,
+        ))
+        .await
+        .unwrap();
     }
     downgrade(s, &url(&dir)).await;
     let s = Store::open(&url(&dir), key()).await.unwrap();
     let r = s
         .reseal_audit(
             2,
-            AuditEvent::new("operator", "audit.reseal", Outcome::Ok).target("audit"),
+            AuditEvent::new(
+                influxion_store::Actor::id_only("operator"),
+                "audit.reseal",
+                Outcome::Ok,
+            )
+            .target("audit"),
         )
         .await
         .unwrap();

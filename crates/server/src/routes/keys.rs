@@ -103,8 +103,7 @@ pub(crate) async fn create(
     c: Caller,
     body: Result<JsonBody<CreateKey>, ApiError>,
 ) -> Result<(StatusCode, Json<KeyView>), ApiError> {
-    let p = &c.principal;
-    audited(&st, p, "key.create", "keys", async {
+    audited(&st, &c.actor, "key.create", "keys", async {
         let JsonBody(req) = body?;
         let name: KeyName = req.name.parse()?;
         let key_type: KeyType = req.key_type.parse()?;
@@ -115,8 +114,7 @@ pub(crate) async fn create(
             ));
         }
         let record =
-            crate::service::keys::create(&st.store, &st.backends, &p.audit_id(), name, key_type)
-                .await?;
+            crate::service::keys::create(&st.store, &st.backends, &c.actor, name, key_type).await?;
         Ok((StatusCode::CREATED, Json(key_view(&record)?)))
     })
     .await
@@ -128,11 +126,10 @@ pub(crate) async fn disable(
     Path(name): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "key.disable").await?;
-    let p = &c.principal;
-    audited(&st, p, "key.disable", &name, async {
+    audited(&st, &c.actor, "key.disable", &name, async {
         let key = lookup(&st, &name).await?;
-        let event =
-            AuditEvent::new(p.audit_id(), "key.disable", Outcome::Ok).target(key.name.to_string());
+        let event = AuditEvent::new(c.actor.clone(), "key.disable", Outcome::Ok)
+            .target(key.name.to_string());
         st.store
             .set_key_status(&key.name, KeyStatus::Disabled, event)
             .await?;
@@ -152,8 +149,7 @@ pub(crate) async fn set_policy(
     body: Result<JsonBody<PolicyRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "key.policy").await?;
-    let p = &c.principal;
-    audited(&st, p, "key.policy", &name, async {
+    audited(&st, &c.actor, "key.policy", &name, async {
         let JsonBody(req) = body?;
         let key = lookup(&st, &name).await?;
         if req.approvals_required > 16 {
@@ -219,7 +215,7 @@ pub(crate) async fn set_policy(
             )
                 .into_response());
         }
-        let key = crate::service::keys::set_policy(&st.store, &p.audit_id(), key, policy).await?;
+        let key = crate::service::keys::set_policy(&st.store, &c.actor, key, policy).await?;
         Ok(Json(key_view(&key)?).into_response())
     })
     .await

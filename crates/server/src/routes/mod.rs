@@ -1,3 +1,4 @@
+pub(crate) mod audit;
 pub(crate) mod keys;
 mod pending;
 pub(crate) mod pki;
@@ -6,13 +7,12 @@ pub(crate) mod requests;
 pub(crate) mod sign;
 pub(crate) mod subjects;
 
-use axum::extract::{Query, State};
 use axum::http::header;
 use axum::response::IntoResponse;
 use axum::Json;
-use influxion_core::{Permissions, Principal, Role};
-use influxion_store::{AuditEvent, AuditRecord, ChainReport, Outcome};
-use serde::{Deserialize, Serialize};
+use influxion_core::{Actor, Permissions, Principal, Role};
+use influxion_store::{AuditEvent, Outcome};
+use serde::Serialize;
 
 use crate::{ApiError, AppState, Caller};
 
@@ -76,7 +76,7 @@ pub(crate) async fn require(
         &c.perms,
         &format!("{action} on {name} needs the {role} role"),
     );
-    refused(st, &c.principal, action, name, &e).await;
+    refused(st, &c.actor, action, name, &e).await;
     Err(e)
 }
 
@@ -105,7 +105,7 @@ pub(crate) fn forbidden(perms: &Permissions, what: &str) -> ApiError {
 /// Append a refusal to the audit log.
 pub(crate) async fn refused(
     st: &AppState,
-    p: &Principal,
+    actor: &Actor,
     action: &str,
     target: &str,
     e: &ApiError,
@@ -115,10 +115,9 @@ pub(crate) async fn refused(
     } else {
         Outcome::Refused
     };
-    let actor = p.audit_id();
     // Any valid token holder could loop a refused call: the same bound as anonymous
     // refusals, per principal and overall, with the suppressed counts carried forward.
-    let Some(admitted) = st.refusals.admit_principal(&actor) else {
+    let Some(admitted) = st.refusals.admit_principal(&actor.id) else {
         tracing::warn!(
             action,
             reason = e.slug(),
@@ -128,7 +127,7 @@ pub(crate) async fn refused(
     };
     // Targets come from request paths: keep records small whatever the caller sends.
     let target: String = target.chars().take(256).collect();
-    let event = AuditEvent::new(actor, action, outcome)
+    let event = AuditEvent::new(actor.clone(), action, outcome)
         .target(target)
         .detail(serde_json::json!({
             "reason": e.slug(),
@@ -144,62 +143,16 @@ pub(crate) async fn refused(
 /// Run `f`; if it fails, audit the refusal before returning the error.
 pub(crate) async fn audited<T>(
     st: &AppState,
-    p: &Principal,
+    actor: &Actor,
     action: &str,
     target: &str,
     f: impl std::future::Future<Output = Result<T, ApiError>>,
 ) -> Result<T, ApiError> {
     let r = f.await;
     if let Err(e) = &r {
-        refused(st, p, action, target, e).await;
+        refused(st, actor, action, target, e).await;
     }
     r
-}
-
-#[derive(Deserialize)]
-pub(crate) struct AuditQuery {
-    limit: Option<u32>,
-    /// Re-verify the whole chain instead of only what was appended since the last check.
-    full: Option<bool>,
-}
-
-#[derive(Serialize)]
-pub(crate) struct AuditPage {
-    chain: ChainReport,
-    records: Vec<AuditRecord>,
-}
-
-pub(crate) async fn audit(
-    State(st): State<AppState>,
-    c: Caller,
-    q: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Json<AuditPage>, ApiError> {
-    if !c.perms.has_role(Role::Auditor) {
-        let e = forbidden(&c.perms, "reading the audit log needs the auditor role");
-        refused(&st, &c.principal, "audit.read", "audit", &e).await;
-        return Err(e);
-    }
-    let Query(q) = q.map_err(|e| ApiError::InvalidRequest(e.body_text()))?;
-    let limit = q.limit.unwrap_or(100).clamp(1, 1000);
-    let records = st.store.recent_audit(limit).await?;
-    let chain = if q.full.unwrap_or(false) {
-        st.store.verify_audit_chain().await?
-    } else {
-        st.store.verify_audit_chain_incremental().await?
-    };
-    let read = st
-        .store
-        .audit(AuditEvent::new(c.principal.audit_id(), "audit.read", Outcome::Ok).target("audit"))
-        .await;
-    match read {
-        Ok(_) => {}
-        // A damaged log refuses writes; the page saying where it broke is what the
-        // auditor needs, so it is not replaced by an internal error.
-        Err(influxion_store::StoreError::ChainHeadMismatch(_))
-            if matches!(chain, ChainReport::Broken { .. }) => {}
-        Err(e) => return Err(e.into()),
-    }
-    Ok(Json(AuditPage { chain, records }))
 }
 
 pub(crate) fn now_unix() -> i64 {

@@ -21,7 +21,6 @@ pub(crate) async fn propose(
     weakens: Vec<Weakening>,
     reason: String,
 ) -> Result<PendingChange, ApiError> {
-    let p = &c.principal;
     let id = super::new_id();
     let base = &key.policy;
     let expires_at = now_unix() + base.approval_ttl_secs as i64;
@@ -29,8 +28,7 @@ pub(crate) async fn propose(
         id: id.clone(),
         key_id: key.id.clone(),
         key_name: key.name.to_string(),
-        requester: p.identity(),
-        requester_name: p.display_name.clone().or_else(|| p.app_id.clone()),
+        requester: c.person(),
         reason: reason.clone(),
         base_policy: base.clone(),
         policy: policy.clone(),
@@ -43,7 +41,7 @@ pub(crate) async fn propose(
         finished_at: None,
         approvals: Vec::new(),
     };
-    let event = AuditEvent::new(p.audit_id(), "key.policy_change.create", Outcome::Ok)
+    let event = AuditEvent::new(c.actor.clone(), "key.policy_change.create", Outcome::Ok)
         .target(key.name.to_string())
         .detail(serde_json::json!({
             "change": id,
@@ -70,18 +68,17 @@ fn view(c: &Caller, mut ch: PolicyChange) -> ChangeView {
     if ch.status == "pending" && now_unix() > ch.expires_at {
         ch.status = "expired".into();
     }
-    let decided = ch.approvals.iter().any(|a| a.approver == me);
+    let decided = ch.approvals.iter().any(|a| a.approver.id == me);
     let can_decide =
-        ch.status == "pending" && ch.requester != me && !decided && may_approve(c, &ch);
+        ch.status == "pending" && ch.requester.id != me && !decided && may_approve(c, &ch);
     ChangeView {
         approvals_count: ch.approvals_count(),
-        is_requester: ch.requester == me,
+        is_requester: ch.requester.id == me,
         can_decide,
         id: ch.id,
         key_id: ch.key_id,
         key_name: ch.key_name,
         requester: ch.requester,
-        requester_name: ch.requester_name,
         reason: ch.reason,
         base_policy: ch.base_policy,
         policy: ch.policy,
@@ -103,7 +100,7 @@ fn may_approve(c: &Caller, ch: &PolicyChange) -> bool {
 }
 
 fn may_see(c: &Caller, ch: &PolicyChange) -> bool {
-    ch.requester == c.principal.identity()
+    ch.requester.id == c.principal.identity()
         || c.perms.has_role(Role::Auditor)
         || c.perms.allows(Role::KeyAdmin, &ch.key_name)
         || may_approve(c, ch)
@@ -160,7 +157,7 @@ async fn decide(
         "key.policy_change.reject"
     };
     let p = &c.principal;
-    audited(st, p, action, id, async {
+    audited(st, &c.actor, action, id, async {
         let JsonBody(body) = body?;
         body.check(approve)?;
         super::require_any(c)?;
@@ -171,7 +168,7 @@ async fn decide(
             .await?
             .ok_or_else(|| ApiError::UnknownRequest(id.to_owned()))?;
         let me = p.identity();
-        if ch.requester == me {
+        if ch.requester.id == me {
             return Err(ApiError::SelfApproval);
         }
         if !may_approve(c, &ch) {
@@ -180,12 +177,12 @@ async fn decide(
                 "deciding on this policy change needs the approver role on its key (and to be one of its approver subjects)",
             ));
         }
-        let event = AuditEvent::new(p.audit_id(), action, Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), action, Outcome::Ok)
             .target(id.to_owned())
             .detail(serde_json::json!({"key": ch.key_name, "comment": body.comment}));
         let d = Decision {
             request_id: id.to_owned(),
-            approver: me,
+            approver: c.person(),
             approve,
             comment: body.comment.clone(),
             now: now_unix(),

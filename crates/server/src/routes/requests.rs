@@ -6,7 +6,7 @@ use axum::Json;
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
 use influxion_api::{RequestList, RequestView};
-use influxion_core::{Digest, Principal, Role, SignAlgorithm};
+use influxion_core::{Digest, Role, SignAlgorithm};
 use influxion_store::{
     AuditEvent, Decision, KeyRecord, Outcome, RequestOutcome, SigningRequest, StoreError,
 };
@@ -21,7 +21,7 @@ use crate::{ApiError, AppState, Caller};
 
 pub(crate) async fn create(
     st: &AppState,
-    p: &Principal,
+    c: &Caller,
     key: &KeyRecord,
     digest: &Digest,
     reason: String,
@@ -36,8 +36,7 @@ pub(crate) async fn create(
         key_name: key.name.to_string(),
         algorithm: digest.algorithm().as_str().to_owned(),
         digest: digest.to_hex(),
-        requester: p.identity(),
-        requester_name: p.display_name.clone().or_else(|| p.app_id.clone()),
+        requester: c.person(),
         reason: reason.clone(),
         metadata: serde_json::Value::Object(metadata.clone()),
         quorum,
@@ -49,7 +48,7 @@ pub(crate) async fn create(
         finished_at: None,
         approvals: Vec::new(),
     };
-    let event = AuditEvent::new(p.audit_id(), "signing_request.create", Outcome::Ok)
+    let event = AuditEvent::new(c.actor.clone(), "signing_request.create", Outcome::Ok)
         .target(id.clone())
         .detail(serde_json::json!({
             "key": key.name.as_str(),
@@ -76,11 +75,12 @@ fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
         // Shown as it will be recorded at the next attempt to change it.
         r.status = "expired".into();
     }
-    let decided = r.approvals.iter().any(|a| a.approver == me);
-    let can_decide = r.status == "pending" && r.requester != me && !decided && may_approve(c, &r);
+    let decided = r.approvals.iter().any(|a| a.approver.id == me);
+    let can_decide =
+        r.status == "pending" && r.requester.id != me && !decided && may_approve(c, &r);
     RequestView {
         approvals_count: r.approvals_count(),
-        is_requester: r.requester == me,
+        is_requester: r.requester.id == me,
         signature: r.signature.as_ref().map(|s| B64.encode(s)),
         can_decide,
         id: r.id,
@@ -89,7 +89,6 @@ fn view(c: &Caller, mut r: SigningRequest) -> RequestView {
         algorithm: r.algorithm,
         digest: r.digest,
         requester: r.requester,
-        requester_name: r.requester_name,
         reason: r.reason,
         metadata: r.metadata,
         quorum: r.quorum,
@@ -107,7 +106,7 @@ fn may_approve(c: &Caller, r: &SigningRequest) -> bool {
 }
 
 fn may_see(c: &Caller, r: &SigningRequest) -> bool {
-    r.requester == c.principal.identity() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
+    r.requester.id == c.principal.identity() || c.perms.has_role(Role::Auditor) || may_approve(c, r)
 }
 
 pub(crate) async fn list(
@@ -177,7 +176,7 @@ async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError
 /// signature that was thrown away and why.
 async fn record_discarded_signature(
     st: &AppState,
-    p: &Principal,
+    c: &Caller,
     r: &SigningRequest,
     signature: &[u8],
     result: &Result<influxion_store::Applied, ApiError>,
@@ -195,7 +194,7 @@ async fn record_discarded_signature(
         },
         Err(e) => e.slug().to_owned(),
     };
-    let event = AuditEvent::new(p.audit_id(), "sign.discard", Outcome::Refused)
+    let event = AuditEvent::new(c.actor.clone(), "sign.discard", Outcome::Refused)
         .target(r.id.clone())
         .detail(serde_json::json!({
             "key": r.key_name,
@@ -223,13 +222,13 @@ async fn decide(
         "signing_request.reject"
     };
     let p = &c.principal;
-    audited(st, p, action, id, async {
+    audited(st, &c.actor, action, id, async {
         let JsonBody(body) = body?;
         body.check(approve)?;
         super::require_any(c)?;
         let r = fetch(st, id).await?;
         let me = p.identity();
-        if r.requester == me {
+        if r.requester.id == me {
             return Err(ApiError::SelfApproval);
         }
         if !may_approve(c, &r) {
@@ -238,7 +237,7 @@ async fn decide(
                 "deciding on this request needs the approver role on its key",
             ));
         }
-        if r.status == "pending" && r.approvals.iter().any(|a| a.approver == me) {
+        if r.status == "pending" && r.approvals.iter().any(|a| a.approver.id == me) {
             return Err(ApiError::AlreadyDecided);
         }
         // Sign ahead only when this vote may complete the quorum of a live request;
@@ -250,7 +249,7 @@ async fn decide(
             None
         };
         let event = || {
-            AuditEvent::new(p.audit_id(), action, Outcome::Ok)
+            AuditEvent::new(c.actor.clone(), action, Outcome::Ok)
                 .target(id.to_owned())
                 .detail(serde_json::json!({"key": r.key_name, "comment": body.comment}))
         };
@@ -258,7 +257,7 @@ async fn decide(
         let result = loop {
             let d = Decision {
                 request_id: id.to_owned(),
-                approver: p.identity(),
+                approver: c.person(),
                 approve,
                 comment: body.comment.clone(),
                 now: now_unix(),
@@ -275,7 +274,7 @@ async fn decide(
         if let Some(sig) = &signature {
             let stored = matches!(&result, Ok(a) if a.outcome == Some(RequestOutcome::Signed));
             if !stored {
-                record_discarded_signature(st, p, &r, sig, &result).await;
+                record_discarded_signature(st, c, &r, sig, &result).await;
             }
         }
         let applied = result?;
@@ -316,9 +315,9 @@ pub(crate) async fn cancel(
     Path(id): Path<String>,
 ) -> Result<Json<RequestView>, ApiError> {
     let p = &c.principal;
-    audited(&st, p, "signing_request.cancel", &id, async {
+    audited(&st, &c.actor, "signing_request.cancel", &id, async {
         let r = visible(&st, &c, &id).await?;
-        let event = AuditEvent::new(p.audit_id(), "signing_request.cancel", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "signing_request.cancel", Outcome::Ok)
             .target(id.clone())
             .detail(serde_json::json!({"key": r.key_name}));
         let applied = st

@@ -88,7 +88,7 @@ pub(crate) async fn sign(
     body: Result<JsonBody<SignRequest>, ApiError>,
 ) -> Result<SignOutcome, ApiError> {
     let p = &c.principal;
-    audited(&st, p, "sign", &name, async {
+    audited(&st, &c.actor, "sign", &name, async {
         if !c.perms.allows(Role::Signer, &name) {
             return Err(super::forbidden(
                 &c.perms,
@@ -119,7 +119,7 @@ pub(crate) async fn sign(
                     key.name
                 )));
             }
-            return super::requests::create(&st, p, &key, &digest, reason, metadata)
+            return super::requests::create(&st, &c, &key, &digest, reason, metadata)
                 .await
                 .map(SignOutcome::Pending);
         }
@@ -133,7 +133,7 @@ pub(crate) async fn sign(
         if !reason.is_empty() {
             detail["reason"] = reason.into();
         }
-        let event = AuditEvent::new(p.audit_id(), "sign", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "sign", Outcome::Ok)
             .target(key.name.to_string())
             .detail(detail);
         let audit_seq = match st.store.audit_key_use(&key.id, event).await {

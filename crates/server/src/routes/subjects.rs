@@ -129,8 +129,7 @@ pub(crate) async fn create(
     body: Result<JsonBody<SubjectBody>, ApiError>,
 ) -> Result<(StatusCode, Json<SubjectRecord>), ApiError> {
     require(&st, &c, Role::Admin, "subjects", "subject.create").await?;
-    let p = &c.principal;
-    audited(&st, p, "subject.create", "subjects", async {
+    audited(&st, &c.actor, "subject.create", "subjects", async {
         let JsonBody(b) = body?;
         validate_subject_name(&b.name).map_err(|e| ApiError::InvalidRequest(e.to_string()))?;
         check_rules(&st, &b.rules, &b.description)?;
@@ -146,7 +145,7 @@ pub(crate) async fn create(
             .collect::<Result<Vec<_>, _>>()?;
         let s = crate::service::subjects::create(
             &st.store,
-            &p.audit_id(),
+            &c.actor,
             &b.name,
             &b.description,
             b.rules,
@@ -165,8 +164,7 @@ pub(crate) async fn update(
     body: Result<JsonBody<UpdateBody>, ApiError>,
 ) -> Result<Json<SubjectRecord>, ApiError> {
     require(&st, &c, Role::Admin, &name, "subject.update").await?;
-    let p = &c.principal;
-    audited(&st, p, "subject.update", &name, async {
+    audited(&st, &c.actor, "subject.update", &name, async {
         let JsonBody(b) = body?;
         check_rules(&st, &b.rules, &b.description)?;
         let old = find(&st, &name).await?;
@@ -175,7 +173,7 @@ pub(crate) async fn update(
             rules: b.rules.explicit(),
             ..old.clone()
         };
-        let event = AuditEvent::new(p.audit_id(), "subject.update", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "subject.update", Outcome::Ok)
             .target(name.clone())
             .detail(serde_json::json!({"before": old.rules, "after": s.rules}));
         st.store.update_subject(s.clone(), event).await?;
@@ -205,14 +203,13 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&st, &c, Role::Admin, &name, "subject.delete").await?;
-    let p = &c.principal;
-    audited(&st, p, "subject.delete", &name, async {
+    audited(&st, &c.actor, "subject.delete", &name, async {
         let s = find(&st, &name).await?;
         let all: Vec<String> = s.grants.iter().map(|g| g.id.clone()).collect();
         if would_remove_last_admin(&st, &s.id, &all).await? {
             return Err(ApiError::LastAdmin);
         }
-        let event = AuditEvent::new(p.audit_id(), "subject.delete", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "subject.delete", Outcome::Ok)
             .target(name.clone())
             .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
         st.store.delete_subject(&s.id, event).await?;
@@ -228,11 +225,10 @@ pub(crate) async fn add_grant(
     body: Result<JsonBody<GrantBody>, ApiError>,
 ) -> Result<(StatusCode, Json<Grant>), ApiError> {
     require(&st, &c, Role::Admin, &name, "grant.add").await?;
-    let p = &c.principal;
-    audited(&st, p, "grant.add", &name, async {
+    audited(&st, &c.actor, "grant.add", &name, async {
         let g = body?.0.to_grant()?;
         let s = find(&st, &name).await?;
-        let event = AuditEvent::new(p.audit_id(), "grant.add", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "grant.add", Outcome::Ok)
             .target(name.clone())
             .detail(serde_json::json!({"role": g.role, "pattern": g.pattern, "id": g.id}));
         st.store.add_grant(&s.id, g.clone(), event).await?;
@@ -247,8 +243,7 @@ pub(crate) async fn remove_grant(
     Path((name, id)): Path<(String, String)>,
 ) -> Result<StatusCode, ApiError> {
     require(&st, &c, Role::Admin, &name, "grant.remove").await?;
-    let p = &c.principal;
-    audited(&st, p, "grant.remove", &name, async {
+    audited(&st, &c.actor, "grant.remove", &name, async {
         let s = find(&st, &name).await?;
         let g = s.grants.iter().find(|g| g.id == id).ok_or_else(|| {
             ApiError::GrantConflict(format!(
@@ -259,7 +254,7 @@ pub(crate) async fn remove_grant(
         if would_remove_last_admin(&st, &s.id, std::slice::from_ref(&g.id)).await? {
             return Err(ApiError::LastAdmin);
         }
-        let event = AuditEvent::new(p.audit_id(), "grant.remove", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "grant.remove", Outcome::Ok)
             .target(name.clone())
             .detail(serde_json::json!({"role": g.role, "pattern": g.pattern, "id": g.id}));
         st.store.remove_grant(&s.id, &g.id, event).await?;

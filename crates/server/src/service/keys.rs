@@ -1,6 +1,6 @@
 //! Keys: creation on a backend, and policy changes that take effect at once.
 
-use influxion_core::{Backends, KeyName, KeyPolicy, KeyStatus, KeyType};
+use influxion_core::{Actor, Backends, KeyName, KeyPolicy, KeyStatus, KeyType};
 use influxion_store::{AuditEvent, KeyPurpose, KeyRecord, Outcome, Store};
 
 use crate::ApiError;
@@ -41,15 +41,15 @@ pub async fn generate(
 pub async fn create(
     store: &Store,
     backends: &Backends,
-    actor: &str,
+    actor: &Actor,
     name: KeyName,
     key_type: KeyType,
 ) -> Result<KeyRecord, ApiError> {
     if store.get_key(&name).await?.is_some() {
         return Err(ApiError::KeyExists(name.to_string()));
     }
-    let record = generate(backends, None, name, key_type, actor, KeyPurpose::Sign).await?;
-    let event = AuditEvent::new(actor, "key.create", Outcome::Ok)
+    let record = generate(backends, None, name, key_type, &actor.id, KeyPurpose::Sign).await?;
+    let event = AuditEvent::new(actor.clone(), "key.create", Outcome::Ok)
         .target(record.name.to_string())
         .detail(serde_json::json!({"key_type": key_type.as_str(), "backend": record.backend}));
     store.insert_key(record.clone(), event).await?;
@@ -61,11 +61,11 @@ pub async fn create(
 /// is the caller's decision; a weakening otherwise goes through a policy change.
 pub async fn set_policy(
     store: &Store,
-    actor: &str,
+    actor: &Actor,
     key: KeyRecord,
     policy: KeyPolicy,
 ) -> Result<KeyRecord, ApiError> {
-    let event = AuditEvent::new(actor, "key.policy", Outcome::Ok)
+    let event = AuditEvent::new(actor.clone(), "key.policy", Outcome::Ok)
         .target(key.name.to_string())
         .detail(serde_json::json!({
             "before": key.policy,

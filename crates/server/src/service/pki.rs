@@ -2,7 +2,7 @@
 //! builds its records and audit events in one function; the HTTP handlers, EST and the
 //! development seeding call them after checking permissions.
 
-use influxion_core::{Digest, KeyName, KeyStatus, KeyType, Principal, SignAlgorithm};
+use influxion_core::{Actor, Digest, KeyName, KeyStatus, KeyType, SignAlgorithm};
 use influxion_pki::{build, encode, CaKey, CaKeyAlg, CaSubject, CertSpec, ProfileSpec};
 use influxion_store::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use influxion_store::{AuditEvent, KeyPurpose, KeyRecord, Outcome};
@@ -204,7 +204,7 @@ pub(crate) struct NewCa {
 /// certificate or CSR, the CA record and its audit event, and a first CRL.
 pub(crate) async fn create_ca(
     st: &AppState,
-    actor: &str,
+    actor: &Actor,
     req: NewCa,
 ) -> Result<CaRecord, ApiError> {
     let NewCa {
@@ -254,7 +254,7 @@ pub(crate) async fn create_ca(
         None,
         key_name,
         key_type,
-        actor,
+        &actor.id,
         KeyPurpose::Ca,
     )
     .await?;
@@ -314,12 +314,12 @@ pub(crate) async fn create_ca(
         crl: None,
         crl_next_update: None,
         created_at: influxion_store::now_rfc3339(),
-        created_by: actor.to_owned(),
+        created_by: actor.id.clone(),
         serial: serial.clone(),
         revoked_at: None,
         revocation_reason: None,
     };
-    let event = AuditEvent::new(actor.to_owned(), "ca.create", Outcome::Ok)
+    let event = AuditEvent::new(actor.clone(), "ca.create", Outcome::Ok)
         .target(name.to_string())
         .detail(serde_json::json!({
             "mode": mode,
@@ -371,7 +371,7 @@ impl IssuanceContext {
 /// store is audited as discarded.
 pub(crate) async fn issue_certificate(
     st: &AppState,
-    p: &Principal,
+    actor: &Actor,
     profile: &str,
     ctx: &IssuanceContext,
     cert: CertSpec,
@@ -397,7 +397,7 @@ pub(crate) async fn issue_certificate(
         not_before: rfc3339(facts.not_before),
         not_after: rfc3339(facts.not_after),
         der,
-        requested_by: p.audit_id(),
+        requested_by: actor.clone(),
         issued_at: influxion_store::now_rfc3339(),
         key_generated,
         request_key,
@@ -405,7 +405,7 @@ pub(crate) async fn issue_certificate(
         revoked_at: None,
         revocation_reason: None,
     };
-    let event = AuditEvent::new(p.audit_id(), "cert.issue", Outcome::Ok)
+    let event = AuditEvent::new(actor.clone(), "cert.issue", Outcome::Ok)
         .target(profile.to_owned())
         .detail(serde_json::json!({
             "serial": record.serial,
@@ -423,7 +423,7 @@ pub(crate) async fn issue_certificate(
         // CA disabled or request key taken meanwhile): that use of the key is recorded
         // too, with the serial that will never be seen.
         let e = ApiError::from(e);
-        let discarded = AuditEvent::new(p.audit_id(), "cert.discard", Outcome::Refused)
+        let discarded = AuditEvent::new(actor.clone(), "cert.discard", Outcome::Refused)
             .target(profile.to_owned())
             .detail(serde_json::json!({
                 "serial": record.serial,
@@ -446,7 +446,7 @@ pub(crate) async fn issue_certificate(
 pub(crate) async fn regenerate_crl(
     st: &AppState,
     ca_name: &str,
-    actor: &str,
+    actor: &Actor,
 ) -> Result<(), ApiError> {
     // Two regenerations can race; the store keeps CRL numbers increasing, so the loser
     // rebuilds from a fresh view.
@@ -471,7 +471,7 @@ pub(crate) async fn regenerate_crl(
         })
         .await?;
         let next_update = rfc3339(OffsetDateTime::now_utc() + validity);
-        let event = AuditEvent::new(actor.to_owned(), "crl.issue", Outcome::Ok)
+        let event = AuditEvent::new(actor.clone(), "crl.issue", Outcome::Ok)
             .target(ca_name.to_owned())
             .detail(serde_json::json!({"crl_number": number, "revoked": revoked.len()}));
         match st
@@ -492,7 +492,7 @@ pub(crate) async fn regenerate_crl(
 /// profile to its CA is the caller's check; what makes a profile valid is here.
 pub async fn put_profile(
     st: &AppState,
-    actor: &str,
+    actor: &Actor,
     name: &KeyName,
     spec: ProfileSpec,
 ) -> Result<(ProfileRecord, bool), ApiError> {
@@ -524,7 +524,7 @@ pub async fn put_profile(
     } else {
         "profile.update"
     };
-    let event = AuditEvent::new(actor, action, Outcome::Ok)
+    let event = AuditEvent::new(actor.clone(), action, Outcome::Ok)
         .target(name.to_string())
         .detail(serde_json::to_value(&spec).unwrap_or_default());
     st.store.put_profile(record.clone(), create, event).await?;

@@ -1,7 +1,7 @@
 //! Subjects: who a token must be to act, and the roles that gives.
 
 use influxion_core::access::validate_subject_name;
-use influxion_core::{Grant, Role, SubjectRules};
+use influxion_core::{Actor, Grant, Role, SubjectRules};
 use influxion_store::{AuditEvent, Outcome, Store, SubjectRecord};
 
 use crate::ApiError;
@@ -19,7 +19,7 @@ pub fn grant(role: Role, pattern: impl Into<String>) -> Grant {
 /// their caller rule written out, so what a subject admits never changes with defaults.
 pub async fn create(
     store: &Store,
-    actor: &str,
+    actor: &Actor,
     name: &str,
     description: &str,
     rules: SubjectRules,
@@ -41,9 +41,9 @@ pub async fn create(
         rules: rules.explicit(),
         grants,
         created_at: influxion_store::now_rfc3339(),
-        created_by: actor.to_owned(),
+        created_by: actor.id.clone(),
     };
-    let event = AuditEvent::new(actor, "subject.create", Outcome::Ok)
+    let event = AuditEvent::new(actor.clone(), "subject.create", Outcome::Ok)
         .target(s.name.clone())
         .detail(serde_json::json!({"rules": s.rules, "grants": s.grants}));
     store.create_subject(s.clone(), event).await?;

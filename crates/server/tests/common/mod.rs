@@ -298,6 +298,7 @@ impl Harness {
                 est_profile: Some("device".into()),
             }),
             pki_cache: Default::default(),
+            feed: Default::default(),
         };
         let h = Self {
             router: influxion_server::app(state.clone()),
@@ -363,7 +364,7 @@ impl Harness {
             .create_subject(
                 s,
                 influxion_store::AuditEvent::new(
-                    "test",
+                    influxion_store::Actor::id_only("test"),
                     "subject.create",
                     influxion_store::Outcome::Ok,
                 ),

@@ -124,10 +124,19 @@ impl Conn for SqliteConn {
         keyed: bool,
     ) -> Result<Vec<AuditRecord>> {
         let mac = if keyed { "mac" } else { "NULL AS mac" };
-        let sql = format!(
-            "SELECT {}, {mac} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?",
-            rows::AUDIT_COLUMNS
-        );
+        // A read-only verification of an older file (no migrations) may lack labels.
+        let labelled: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM pragma_table_info('audit_log') WHERE name = 'actor_label'",
+        )
+        .fetch_one(self.c())
+        .await?;
+        let columns = if labelled > 0 {
+            rows::AUDIT_COLUMNS.to_owned()
+        } else {
+            rows::AUDIT_COLUMNS.replace("actor_label", "NULL AS actor_label")
+        };
+        let sql =
+            format!("SELECT {columns}, {mac} FROM audit_log WHERE seq > ? ORDER BY seq LIMIT ?");
         let rows = sqlx::query(&sql)
             .bind(seq)
             .bind(i64::from(limit))
@@ -141,12 +150,14 @@ impl Conn for SqliteConn {
 
     async fn audit_insert(&mut self, r: &AuditRecord) -> Result<()> {
         sqlx::query(
-            "INSERT INTO audit_log (seq, at, actor, action, target, outcome, detail, prev_hash, hash, mac)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit_log (seq, at, actor, actor_label, action, target, outcome, detail, prev_hash,
+                 hash, mac)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(r.seq)
         .bind(&r.at)
         .bind(&r.actor)
+        .bind(&r.actor_label)
         .bind(&r.action)
         .bind(&r.target)
         .bind(&r.outcome)
@@ -324,17 +335,19 @@ impl Conn for SqliteConn {
 
     async fn insert_request(&mut self, r: &SigningRequest) -> Result<()> {
         sqlx::query(
-            "INSERT INTO signing_requests (id, key_id, key_name, algorithm, digest, requester, requester_name, reason,
-                 metadata, quorum, approver_subjects, status, signature, created_at, expires_at, finished_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, NULL)",
+            "INSERT INTO signing_requests (id, key_id, key_name, algorithm, digest, requester, requester_name,
+                 requester_label, reason, metadata, quorum, approver_subjects, status, signature, created_at,
+                 expires_at, finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', NULL, ?, ?, NULL)",
         )
         .bind(&r.id)
         .bind(&r.key_id)
         .bind(&r.key_name)
         .bind(&r.algorithm)
         .bind(&r.digest)
-        .bind(&r.requester)
-        .bind(&r.requester_name)
+        .bind(&r.requester.id)
+        .bind(&r.requester.name)
+        .bind(r.requester.stored_label())
         .bind(&r.reason)
         .bind(r.metadata.to_string())
         .bind(r.quorum as i64)
@@ -348,15 +361,17 @@ impl Conn for SqliteConn {
 
     async fn insert_policy_change(&mut self, c: &PolicyChange) -> Result<()> {
         sqlx::query(
-            "INSERT INTO policy_changes (id, key_id, key_name, requester, requester_name, reason, base_policy,
-                 policy, weakens, quorum, approver_subjects, status, created_at, expires_at, finished_at)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL)",
+            "INSERT INTO policy_changes (id, key_id, key_name, requester, requester_name, requester_label, reason,
+                 base_policy, policy, weakens, quorum, approver_subjects, status, created_at, expires_at,
+                 finished_at)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'pending', ?, ?, NULL)",
         )
         .bind(&c.id)
         .bind(&c.key_id)
         .bind(&c.key_name)
-        .bind(&c.requester)
-        .bind(&c.requester_name)
+        .bind(&c.requester.id)
+        .bind(&c.requester.name)
+        .bind(c.requester.stored_label())
         .bind(&c.reason)
         .bind(rows::json(&c.base_policy, "null"))
         .bind(rows::json(&c.policy, "null"))
@@ -398,12 +413,13 @@ impl Conn for SqliteConn {
     ) -> Result<Inserted> {
         let t = tables(kind);
         let sql = format!(
-            "INSERT INTO {} ({}, approver, decision, comment, at) VALUES (?, ?, ?, ?, ?)",
+            "INSERT INTO {} ({}, approver, approver_label, decision, comment, at) VALUES (?, ?, ?, ?, ?, ?)",
             t.votes, t.votes_item
         );
         let r = sqlx::query(&sql)
             .bind(id)
-            .bind(v.approver)
+            .bind(&v.approver.id)
+            .bind(v.approver.stored_label())
             .bind(v.decision)
             .bind(v.comment)
             .bind(v.at)
@@ -642,8 +658,8 @@ impl Conn for SqliteConn {
     async fn insert_certificate(&mut self, c: &CertRecord) -> Result<Inserted> {
         let r = sqlx::query(
             "INSERT INTO certificates (serial, ca, profile, device_id, subject, not_before, not_after, der,
-                requested_by, issued_at, key_generated, request_key, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
+                requested_by, requested_by_label, issued_at, key_generated, request_key, status)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
         )
         .bind(&c.serial)
         .bind(&c.ca)
@@ -653,7 +669,8 @@ impl Conn for SqliteConn {
         .bind(&c.not_before)
         .bind(&c.not_after)
         .bind(&c.der)
-        .bind(&c.requested_by)
+        .bind(&c.requested_by.id)
+        .bind(c.requested_by.stored_label())
         .bind(&c.issued_at)
         .bind(c.key_generated)
         .bind(&c.request_key)

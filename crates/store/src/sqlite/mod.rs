@@ -52,6 +52,23 @@ fn tables(kind: PendingKind) -> PendingTables {
     }
 }
 
+enum Bind {
+    Text(String),
+    Int(i64),
+}
+
+/// `%`, `_` and the escape character itself taken literally in a LIKE pattern.
+fn like_escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
 /// Map a unique violation to [`Inserted::Duplicate`](crate::db::Inserted).
 fn inserted<T>(r: std::result::Result<T, sqlx::Error>) -> Result<crate::db::Inserted> {
     match r {
@@ -126,7 +143,7 @@ impl SqliteDb {
     async fn approvals_of(&self, kind: PendingKind, id: &str) -> Result<Vec<ApprovalRecord>> {
         let t = tables(kind);
         let sql = format!(
-            "SELECT approver, decision, comment, at FROM {} WHERE {} = ? ORDER BY at",
+            "SELECT approver, approver_label, decision, comment, at FROM {} WHERE {} = ? ORDER BY at",
             t.votes, t.votes_item
         );
         let rows = sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?;
@@ -283,18 +300,103 @@ impl Database for SqliteDb {
         Ok(out)
     }
 
-    async fn recent_audit(&self, limit: u32) -> Result<Vec<AuditRecord>> {
-        let rows = sqlx::query(&format!(
-            "SELECT {}, mac FROM audit_log ORDER BY seq DESC LIMIT ?",
+    async fn audit_search(&self, f: &crate::AuditFilter) -> Result<Vec<AuditRecord>> {
+        // Every condition is a constant fragment with bound parameters.
+        let mut sql = format!(
+            "SELECT {}, mac FROM audit_log WHERE 1 = 1",
             rows::AUDIT_COLUMNS
-        ))
-        .bind(limit as i64)
-        .fetch_all(&self.pool)
-        .await?;
+        );
+        let mut binds: Vec<Bind> = Vec::new();
+        if let Some(s) = &f.since {
+            sql.push_str(" AND at >= ?");
+            binds.push(Bind::Text(s.clone()));
+        }
+        if let Some(u) = &f.until {
+            sql.push_str(" AND at < ?");
+            binds.push(Bind::Text(u.clone()));
+        }
+        if !f.actions.is_empty() {
+            sql.push_str(" AND (");
+            for (i, a) in f.actions.iter().enumerate() {
+                if i > 0 {
+                    sql.push_str(" OR ");
+                }
+                match a.strip_suffix('*') {
+                    Some(prefix) => {
+                        sql.push_str("action LIKE ? ESCAPE '\\'");
+                        binds.push(Bind::Text(format!("{}%", like_escape(prefix))));
+                    }
+                    None => {
+                        sql.push_str("action = ?");
+                        binds.push(Bind::Text(a.clone()));
+                    }
+                }
+            }
+            sql.push(')');
+        }
+        if let Some(actor) = &f.actor {
+            // Substring of the identity or the recorded label, ignoring ASCII case.
+            sql.push_str(
+                " AND (actor LIKE ? ESCAPE '\\' OR COALESCE(actor_label, '') LIKE ? ESCAPE '\\')",
+            );
+            let pattern = format!("%{}%", like_escape(actor));
+            binds.push(Bind::Text(pattern.clone()));
+            binds.push(Bind::Text(pattern));
+        }
+        if let Some(key) = &f.key {
+            sql.push_str(
+                " AND (target = ? OR (json_valid(detail) AND json_extract(detail, '$.key') = ?))",
+            );
+            binds.push(Bind::Text(key.clone()));
+            binds.push(Bind::Text(key.clone()));
+        }
+        if let Some(o) = &f.outcome {
+            sql.push_str(" AND outcome = ?");
+            binds.push(Bind::Text(o.clone()));
+        }
+        if let Some(after) = f.after_seq {
+            sql.push_str(" AND seq > ? ORDER BY seq ASC");
+            binds.push(Bind::Int(after));
+        } else {
+            if let Some(before) = f.before_seq {
+                sql.push_str(" AND seq < ?");
+                binds.push(Bind::Int(before));
+            }
+            sql.push_str(" ORDER BY seq DESC");
+        }
+        sql.push_str(" LIMIT ?");
+        binds.push(Bind::Int(i64::from(f.limit)));
+        let mut q = sqlx::query(&sql);
+        for b in binds {
+            q = match b {
+                Bind::Text(s) => q.bind(s),
+                Bind::Int(i) => q.bind(i),
+            };
+        }
+        let rows = q.fetch_all(&self.pool).await?;
         Ok(rows
             .iter()
             .map(rows::audit_record)
             .collect::<std::result::Result<_, _>>()?)
+    }
+
+    async fn audit_record(&self, seq: i64) -> Result<Option<AuditRecord>> {
+        let row = sqlx::query(&format!(
+            "SELECT {}, mac FROM audit_log WHERE seq = ?",
+            rows::AUDIT_COLUMNS
+        ))
+        .bind(seq)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(rows::audit_record).transpose()?)
+    }
+
+    async fn audit_last_seq(&self) -> Result<i64> {
+        Ok(
+            sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_log")
+                .fetch_one(&self.pool)
+                .await?,
+        )
     }
 
     async fn ca(&self, name: &str) -> Result<Option<CaRecord>> {

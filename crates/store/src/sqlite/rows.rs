@@ -101,8 +101,7 @@ pub(super) fn request(r: &SqliteRow) -> Result<SigningRequest> {
         key_name: r.try_get("key_name")?,
         algorithm: r.try_get("algorithm")?,
         digest: r.try_get("digest")?,
-        requester: r.try_get("requester")?,
-        requester_name: r.try_get("requester_name")?,
+        requester: actor(r, "requester", "requester_label")?,
         reason: r.try_get("reason")?,
         metadata,
         quorum: u32_col(r, "quorum")?,
@@ -121,8 +120,7 @@ pub(super) fn policy_change(r: &SqliteRow) -> Result<PolicyChange> {
         id: r.try_get("id")?,
         key_id: r.try_get("key_id")?,
         key_name: r.try_get("key_name")?,
-        requester: r.try_get("requester")?,
-        requester_name: r.try_get("requester_name")?,
+        requester: actor(r, "requester", "requester_label")?,
         reason: r.try_get("reason")?,
         base_policy: parse(r, "base_policy")?,
         policy: parse(r, "policy")?,
@@ -137,9 +135,22 @@ pub(super) fn policy_change(r: &SqliteRow) -> Result<PolicyChange> {
     })
 }
 
+/// An identity column and the label column beside it.
+fn actor(
+    r: &SqliteRow,
+    id: &str,
+    label: &str,
+) -> std::result::Result<influxion_core::Actor, sqlx::Error> {
+    let label: Option<String> = r.try_get(label)?;
+    Ok(influxion_core::Actor::from_stored(
+        r.try_get(id)?,
+        label.as_deref(),
+    ))
+}
+
 pub(super) fn approval(a: &SqliteRow) -> Result<ApprovalRecord> {
     Ok(ApprovalRecord {
-        approver: a.try_get("approver")?,
+        approver: actor(a, "approver", "approver_label")?,
         decision: a.try_get("decision")?,
         comment: a.try_get("comment")?,
         at: a.try_get("at")?,
@@ -197,7 +208,7 @@ pub(super) fn cert(r: &SqliteRow) -> Result<CertRecord> {
         not_before: r.try_get("not_before")?,
         not_after: r.try_get("not_after")?,
         der: r.try_get("der")?,
-        requested_by: r.try_get("requested_by")?,
+        requested_by: actor(r, "requested_by", "requested_by_label")?,
         issued_at: r.try_get("issued_at")?,
         key_generated: r.try_get("key_generated")?,
         request_key: r.try_get("request_key")?,
@@ -209,13 +220,14 @@ pub(super) fn cert(r: &SqliteRow) -> Result<CertRecord> {
 
 /// Named, not `*`: the column set differs between schema versions.
 pub(super) const AUDIT_COLUMNS: &str =
-    "seq, at, actor, action, target, outcome, detail, prev_hash, hash";
+    "seq, at, actor, actor_label, action, target, outcome, detail, prev_hash, hash";
 
 pub(super) fn audit_record(r: &SqliteRow) -> std::result::Result<AuditRecord, sqlx::Error> {
     Ok(AuditRecord {
         seq: r.try_get("seq")?,
         at: r.try_get("at")?,
         actor: r.try_get("actor")?,
+        actor_label: r.try_get("actor_label")?,
         action: r.try_get("action")?,
         target: r.try_get("target")?,
         outcome: r.try_get("outcome")?,

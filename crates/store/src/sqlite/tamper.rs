@@ -25,11 +25,12 @@ impl Tamper for SqliteDb {
 
     async fn put_audit_row(&self, r: &AuditRecord) -> Result<(), StoreError> {
         sqlx::query(
-            "UPDATE audit_log SET at = ?, actor = ?, action = ?, target = ?, outcome = ?, detail = ?,
+            "UPDATE audit_log SET at = ?, actor = ?, actor_label = ?, action = ?, target = ?, outcome = ?, detail = ?,
                  prev_hash = ?, hash = ?, mac = ? WHERE seq = ?",
         )
         .bind(&r.at)
         .bind(&r.actor)
+        .bind(&r.actor_label)
         .bind(&r.action)
         .bind(&r.target)
         .bind(&r.outcome)

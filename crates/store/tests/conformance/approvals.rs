@@ -35,8 +35,7 @@ async fn request(s: &Store, id: &str, quorum: u32, expires_at: i64) {
         key_name: "prod".into(),
         algorithm: "ES256".into(),
         digest: "00".repeat(32),
-        requester: "app:t/requester".into(),
-        requester_name: None,
+        requester: influxion_store::Actor::id_only("app:t/requester"),
         reason: "release 2.1".into(),
         metadata: serde_json::json!({"file": "fw.bin"}),
         quorum,
@@ -58,7 +57,7 @@ const FUTURE: i64 = i64::MAX / 2;
 fn vote(id: &str, approver: &str, approve: bool, sig: bool) -> Decision {
     Decision {
         request_id: id.into(),
-        approver: approver.into(),
+        approver: influxion_store::Actor::id_only(approver),
         approve,
         comment: "ok".into(),
         now: 1000,
@@ -282,8 +281,7 @@ fn change(id: &str, base: &KeyPolicy, policy: KeyPolicy, expires_at: i64) -> Pol
         id: id.into(),
         key_id: "k1".into(),
         key_name: "prod".into(),
-        requester: "t/mallory".into(),
-        requester_name: None,
+        requester: influxion_store::Actor::id_only("t/mallory"),
         reason: "test".into(),
         weakens: base.weakenings(&policy),
         base_policy: base.clone(),

@@ -31,8 +31,11 @@ pub(crate) async fn concurrent_appends_form_one_chain<B: Backend>() {
     for i in 0..200 {
         let s = s.clone();
         tasks.push(tokio::spawn(async move {
-            s.audit(AuditEvent::new("t", "x", Outcome::Ok).target(i.to_string()))
-                .await
+            s.audit(
+                AuditEvent::new(influxion_store::Actor::id_only("t"), "x", Outcome::Ok)
+                    .target(i.to_string()),
+            )
+            .await
         }));
     }
     let mut seqs = Vec::new();
@@ -83,25 +86,42 @@ pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
         policy: Default::default(),
         purpose: Default::default(),
     };
-    s.insert_key(key, AuditEvent::new("t", "key.create", Outcome::Ok))
-        .await
-        .unwrap();
+    s.insert_key(
+        key,
+        AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "key.create",
+            Outcome::Ok,
+        ),
+    )
+    .await
+    .unwrap();
     assert_eq!(
-        s.audit_key_use("k1", AuditEvent::new("t", "sign", Outcome::Ok))
-            .await
-            .unwrap(),
+        s.audit_key_use(
+            "k1",
+            AuditEvent::new(influxion_store::Actor::id_only("t"), "sign", Outcome::Ok)
+        )
+        .await
+        .unwrap(),
         2
     );
     let name = "fw".parse().unwrap();
     s.set_key_status(
         &name,
         KeyStatus::Disabled,
-        AuditEvent::new("t", "key.disable", Outcome::Ok),
+        AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "key.disable",
+            Outcome::Ok,
+        ),
     )
     .await
     .unwrap();
     let r = s
-        .audit_key_use("k1", AuditEvent::new("t", "sign", Outcome::Ok))
+        .audit_key_use(
+            "k1",
+            AuditEvent::new(influxion_store::Actor::id_only("t"), "sign", Outcome::Ok),
+        )
         .await;
     assert!(matches!(r, Err(StoreError::KeyNotActive(_))), "{r:?}");
     assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.disable");
@@ -110,7 +130,13 @@ pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
 pub(crate) async fn writes_stop_after_the_tail_was_deleted<B: Backend>() {
     let (_d, s) = store_with::<B>(3).await;
     s.tamper().delete_audit_rows(3..=3).await.unwrap();
-    let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
+    let r = s
+        .audit(AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "x",
+            Outcome::Ok,
+        ))
+        .await;
     assert!(r.is_err(), "{r:?}");
     match s.verify_audit_chain().await.unwrap() {
         ChainReport::Broken { seq, .. } => assert_eq!(seq, 3),
@@ -156,10 +182,23 @@ pub(crate) async fn truncation_with_a_rewritten_head_is_broken<B: Backend>() {
     let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
     assert_eq!((seq, reason.contains("MAC")), (4, true), "{reason}");
     // Nor can the writer be used to bless the truncation with a fresh seal.
-    let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
+    let r = s
+        .audit(AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "x",
+            Outcome::Ok,
+        ))
+        .await;
     assert!(matches!(r, Err(StoreError::ChainHeadMismatch(_))), "{r:?}");
     let r = s
-        .reseal_audit(1, AuditEvent::new("t", "audit.reseal", Outcome::Ok))
+        .reseal_audit(
+            1,
+            AuditEvent::new(
+                influxion_store::Actor::id_only("t"),
+                "audit.reseal",
+                Outcome::Ok,
+            ),
+        )
         .await;
     assert!(matches!(r, Err(StoreError::Reseal(_))), "{r:?}");
 }
@@ -190,7 +229,13 @@ pub(crate) async fn missing_head_after_records_existed_is_broken<B: Backend>() {
     let (seq, reason) = broken(s.verify_audit_chain().await.unwrap());
     assert_eq!(seq, 1);
     assert!(reason.contains("head is missing"), "{reason}");
-    let r = s.audit(AuditEvent::new("t", "x", Outcome::Ok)).await;
+    let r = s
+        .audit(AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "x",
+            Outcome::Ok,
+        ))
+        .await;
     assert!(matches!(r, Err(StoreError::ChainHeadMismatch(_))), "{r:?}");
     // An empty log loses its sealed genesis head the same way.
     let (_d, s) = store_with::<B>(0).await;
@@ -211,9 +256,13 @@ pub(crate) async fn missing_head_after_records_existed_is_broken<B: Backend>() {
 pub(crate) async fn verifying_without_the_key_checks_links_only<B: Backend>() {
     let db = B::fresh().await;
     let s = db.open().await;
-    s.audit(AuditEvent::new("t", "x", Outcome::Ok))
-        .await
-        .unwrap();
+    s.audit(AuditEvent::new(
+        influxion_store::Actor::id_only("t"),
+        "x",
+        Outcome::Ok,
+    ))
+    .await
+    .unwrap();
     let other = AuditKey::new(zeroize::Zeroizing::new([8u8; 32]));
     let (seq, reason) = broken(Store::verify_database(&db.url, Some(&other)).await.unwrap());
     assert_eq!(seq, 1);
@@ -290,9 +339,13 @@ pub(crate) async fn incremental_verification_checks_only_new_records<B: Backend>
     ));
     assert_eq!(s.audit_records_checked(), 10);
     for _ in 0..3 {
-        s.audit(AuditEvent::new("t", "x", Outcome::Ok))
-            .await
-            .unwrap();
+        s.audit(AuditEvent::new(
+            influxion_store::Actor::id_only("t"),
+            "x",
+            Outcome::Ok,
+        ))
+        .await
+        .unwrap();
     }
     assert!(matches!(
         s.verify_audit_chain_incremental().await.unwrap(),

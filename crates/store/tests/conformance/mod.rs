@@ -41,7 +41,11 @@ pub(crate) fn key() -> AuditKey {
 }
 
 pub(crate) fn ev(action: &str) -> AuditEvent {
-    AuditEvent::new("tester", action, Outcome::Ok)
+    AuditEvent::new(
+        influxion_store::Actor::id_only("tester"),
+        action,
+        Outcome::Ok,
+    )
 }
 
 pub(crate) fn broken(r: ChainReport) -> (i64, String) {
@@ -57,7 +61,14 @@ pub(crate) async fn store_with<B: Backend>(n: usize) -> (TestDb, Store) {
     let store = db.open().await;
     for i in 0..n {
         store
-            .audit(AuditEvent::new("tester", "test", Outcome::Ok).target(format!("t{i}")))
+            .audit(
+                AuditEvent::new(
+                    influxion_store::Actor::id_only("tester"),
+                    "test",
+                    Outcome::Ok,
+                )
+                .target(format!("t{i}")),
+            )
             .await
             .unwrap();
     }

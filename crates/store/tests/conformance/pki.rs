@@ -62,7 +62,7 @@ fn cert(serial: &str, device: &str) -> CertRecord {
         not_before: influxion_store::now_rfc3339(),
         not_after: LATER.into(),
         der: vec![0x30],
-        requested_by: "t".into(),
+        requested_by: influxion_store::Actor::id_only("t"),
         issued_at: influxion_store::now_rfc3339(),
         key_generated: false,
         request_key: None,

@@ -148,8 +148,7 @@ pub(crate) async fn create(
     c: Caller,
     body: Result<JsonBody<CreateCa>, ApiError>,
 ) -> Result<(StatusCode, Json<CaView>), ApiError> {
-    let p = &c.principal;
-    audited(&st, p, "ca.create", "cas", async {
+    audited(&st, &c.actor, "ca.create", "cas", async {
         let JsonBody(req) = body?;
         let name: KeyName = req.name.parse()?;
         if !c.perms.allows(Role::Admin, name.as_str()) {
@@ -166,7 +165,7 @@ pub(crate) async fn create(
             parent: req.parent,
             external: req.external,
         };
-        let ca = crate::service::pki::create_ca(&st, &p.audit_id(), new).await?;
+        let ca = crate::service::pki::create_ca(&st, &c.actor, new).await?;
         Ok((StatusCode::CREATED, Json(ca_view(&st, &ca).await?)))
     })
     .await
@@ -190,8 +189,7 @@ pub(crate) async fn import_certificate(
     body: Result<JsonBody<ImportCert>, ApiError>,
 ) -> Result<Json<CaView>, ApiError> {
     require(&st, &c, Role::Admin, &name, "ca.import").await?;
-    let p = &c.principal;
-    audited(&st, p, "ca.import", &name, async {
+    audited(&st, &c.actor, "ca.import", &name, async {
         let JsonBody(req) = body?;
         let ca = lookup_ca(&st, &name).await?;
         if ca.status != CaStatus::Pending {
@@ -208,7 +206,7 @@ pub(crate) async fn import_certificate(
         })?;
         let chain = encode::certs_from_pem_or_der(req.chain.as_bytes()).map_err(bad)?;
         let facts = build::check_imported(&cert, &key.public_key, &chain).map_err(build_err)?;
-        let event = AuditEvent::new(p.audit_id(), "ca.import", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "ca.import", Outcome::Ok)
             .target(name.clone())
             .detail(serde_json::json!({
                 "subject": facts.subject,
@@ -225,7 +223,7 @@ pub(crate) async fn import_certificate(
                 event,
             )
             .await?;
-        regenerate_crl(&st, &name, &p.audit_id()).await?;
+        regenerate_crl(&st, &name, &c.actor).await?;
         current_view(&st, &name).await
     })
     .await
@@ -239,9 +237,9 @@ pub(crate) async fn disable(
     Path(name): Path<String>,
 ) -> Result<Json<CaView>, ApiError> {
     require(&st, &c, Role::Admin, &name, "ca.disable").await?;
-    let p = &c.principal;
-    audited(&st, p, "ca.disable", &name, async {
-        let event = AuditEvent::new(p.audit_id(), "ca.disable", Outcome::Ok).target(name.clone());
+    audited(&st, &c.actor, "ca.disable", &name, async {
+        let event =
+            AuditEvent::new(c.actor.clone(), "ca.disable", Outcome::Ok).target(name.clone());
         st.store
             .set_ca_status(&name, CaStatus::Disabled, event)
             .await?;
@@ -259,8 +257,7 @@ pub(crate) async fn revoke(
     body: Result<JsonBody<RevokeRequest>, ApiError>,
 ) -> Result<Json<CaView>, ApiError> {
     require(&st, &c, Role::Admin, &name, "ca.revoke").await?;
-    let p = &c.principal;
-    audited(&st, p, "ca.revoke", &name, async {
+    audited(&st, &c.actor, "ca.revoke", &name, async {
         let JsonBody(req) = body?;
         let reason = parse_reason(&req.reason)?;
         let ca = lookup_ca(&st, &name).await?;
@@ -286,7 +283,7 @@ pub(crate) async fn revoke(
             .map_err(|_| corrupt("CA certificate"))?
             .serial_hex;
         let at = influxion_store::now_rfc3339();
-        let event = AuditEvent::new(p.audit_id(), "ca.revoke", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "ca.revoke", Outcome::Ok)
             .target(name.clone())
             .detail(serde_json::json!({
                 "serial": serial,
@@ -298,7 +295,7 @@ pub(crate) async fn revoke(
             .await?;
         // As for certificates: the revocation stands, and a CRL that cannot be made now
         // is made on the next fetch of the parent's CRL URL.
-        if let Err(e) = regenerate_crl(&st, &parent, &p.audit_id()).await {
+        if let Err(e) = regenerate_crl(&st, &parent, &c.actor).await {
             tracing::error!(ca = %parent, error = %e, "CRL regeneration after CA revocation failed");
         }
         current_view(&st, &name).await

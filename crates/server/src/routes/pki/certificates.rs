@@ -134,8 +134,7 @@ pub(crate) async fn revoke(
     Path(serial): Path<String>,
     body: Result<JsonBody<RevokeRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
-    let p = &c.principal;
-    audited(&st, p, "cert.revoke", &serial, async {
+    audited(&st, &c.actor, "cert.revoke", &serial, async {
         let JsonBody(req) = body?;
         let reason = parse_reason(&req.reason)?;
         let r = lookup_cert(&st, &c, &serial).await?;
@@ -151,7 +150,7 @@ pub(crate) async fn revoke(
             ));
         }
         let at = influxion_store::now_rfc3339();
-        let event = AuditEvent::new(p.audit_id(), "cert.revoke", Outcome::Ok)
+        let event = AuditEvent::new(c.actor.clone(), "cert.revoke", Outcome::Ok)
             .target(r.serial.clone())
             .detail(serde_json::json!({
                 "reason": reason.as_str(),
@@ -164,7 +163,7 @@ pub(crate) async fn revoke(
             .await?;
         // The revocation stands either way; a CRL that could not be made now is made
         // on the next fetch of the CRL URL, which sees the newer revocation.
-        if let Err(e) = regenerate_crl(&st, &r.ca, &p.audit_id()).await {
+        if let Err(e) = regenerate_crl(&st, &r.ca, &c.actor).await {
             tracing::error!(ca = %r.ca, error = %e, "CRL regeneration after revocation failed");
         }
         let r = lookup_cert(&st, &c, &r.serial).await?;

@@ -5,7 +5,7 @@ use axum::extract::{Path, State};
 use axum::http::header;
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use influxion_core::Role;
+use influxion_core::{Actor, Role};
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -36,7 +36,7 @@ pub(crate) async fn crl(
             .zip(this_update)
             .is_some_and(|(r, t)| r > t);
     if stale && ca.certificate.is_some() {
-        match regenerate_crl(&st, &name, "influxion").await {
+        match regenerate_crl(&st, &name, &Actor::id_only("influxion")).await {
             Ok(()) => ca = lookup_ca(&st, &name).await?,
             // Serve the CRL we have while it is still valid.
             Err(e) => tracing::error!(ca = %name, error = %e, "CRL regeneration failed"),
@@ -60,9 +60,8 @@ pub(crate) async fn refresh(
     Path(name): Path<String>,
 ) -> Result<Json<CaView>, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "crl.issue").await?;
-    let p = &c.principal;
-    audited(&st, p, "crl.issue", &name, async {
-        regenerate_crl(&st, &name, &p.audit_id()).await?;
+    audited(&st, &c.actor, "crl.issue", &name, async {
+        regenerate_crl(&st, &name, &c.actor).await?;
         current_view(&st, &name).await
     })
     .await

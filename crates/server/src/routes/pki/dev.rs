@@ -1,6 +1,6 @@
 //! Development seeding (`influxion dev`): a root CA and a device profile for it.
 
-use influxion_core::{KeyName, KeyType};
+use influxion_core::{Actor, KeyName, KeyType};
 use influxion_pki::{CaSubject, ProfileSpec};
 
 use crate::service::pki::{create_ca, put_profile, NewCa};
@@ -10,7 +10,7 @@ const DEV_CA: &str = "dev-device-ca";
 
 /// Development mode: a root CA `dev-device-ca` and a profile `device` for it, once.
 pub async fn ensure_dev_ca(st: &AppState) -> Result<(), ApiError> {
-    let actor = "system:dev";
+    let actor = &Actor::id_only("system:dev");
     if st.store.get_ca(DEV_CA).await?.is_none() {
         let name: KeyName = DEV_CA.parse()?;
         let req = NewCa {

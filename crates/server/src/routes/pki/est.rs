@@ -75,8 +75,7 @@ async fn enroll_for(
     body: Result<RawBody, ApiError>,
 ) -> Result<Response, ApiError> {
     require(st, c, Role::Provisioner, profile, "cert.issue").await?;
-    let p = &c.principal;
-    audited(st, p, "cert.issue", profile, async {
+    audited(st, &c.actor, "cert.issue", profile, async {
         let RawBody(body) = body?;
         let ct = headers
             .get(header::CONTENT_TYPE)
@@ -102,7 +101,7 @@ async fn enroll_for(
         let ctx = issuance_context(st, profile).await?;
         let csr = influxion_pki::csr::parse(&der)?;
         let cert = ctx.spec.enforce(&csr, None)?;
-        let (record, _) = issue_certificate(st, p, profile, &ctx, cert, None, false).await?;
+        let (record, _) = issue_certificate(st, &c.actor, profile, &ctx, cert, None, false).await?;
         Ok(est_body(
             encode::pkcs7_certs_only(&[record.der]).map_err(|e| corrupt(&e.to_string()))?,
         ))

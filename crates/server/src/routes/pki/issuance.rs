@@ -75,8 +75,7 @@ pub(crate) async fn from_csr(
     body: Result<JsonBody<IssueRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     require(&st, &c, Role::Provisioner, &profile, "cert.issue").await?;
-    let p = &c.principal;
-    audited(&st, p, "cert.issue", &profile, async {
+    audited(&st, &c.actor, "cert.issue", &profile, async {
         let format = q.format.as_deref().unwrap_or("json");
         if !matches!(format, "json" | "pem" | "der" | "pkcs7") {
             return Err(ApiError::InvalidRequest(format!(
@@ -96,7 +95,7 @@ pub(crate) async fn from_csr(
         }
         let (record, chain) = match issue_certificate(
             &st,
-            p,
+            &c.actor,
             &profile,
             &ctx,
             cert.clone(),
@@ -145,8 +144,7 @@ pub(crate) async fn with_new_key(
     body: Result<JsonBody<KeygenRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     require(&st, &c, Role::Provisioner, &profile, "cert.keygen").await?;
-    let p = &c.principal;
-    audited(&st, p, "cert.keygen", &profile, async {
+    audited(&st, &c.actor, "cert.keygen", &profile, async {
         let JsonBody(req) = body?;
         let ctx = issuance_context(&st, &profile).await?;
         let spec = &ctx.spec;
@@ -207,7 +205,8 @@ pub(crate) async fn with_new_key(
             .map_err(|e| corrupt(&e.to_string()))?
             .map_err(|e| corrupt(&e.to_string()))?;
         let cert = spec.spec_for(&req.device_id, device_key.spki_der.clone())?;
-        let (record, chain) = issue_certificate(&st, p, &profile, &ctx, cert, None, true).await?;
+        let (record, chain) =
+            issue_certificate(&st, &c.actor, &profile, &ctx, cert, None, true).await?;
         let mut full = vec![record.der.clone()];
         full.extend(chain.iter().cloned());
         let (private_key_pem, pkcs12_base64) = match password {

@@ -70,8 +70,7 @@ pub(crate) async fn put(
     body: Result<JsonBody<ProfileSpec>, ApiError>,
 ) -> Result<(StatusCode, Json<ProfileView>), ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "profile.put").await?;
-    let p = &c.principal;
-    audited(&st, p, "profile.put", &name, async {
+    audited(&st, &c.actor, "profile.put", &name, async {
         let name: KeyName = name.parse()?;
         let JsonBody(spec) = body?;
         spec.validate()
@@ -101,8 +100,7 @@ pub(crate) async fn put(
                 ));
             }
         }
-        let (record, create) =
-            crate::service::pki::put_profile(&st, &p.audit_id(), &name, spec).await?;
+        let (record, create) = crate::service::pki::put_profile(&st, &c.actor, &name, spec).await?;
         let status = if create {
             StatusCode::CREATED
         } else {
@@ -119,10 +117,9 @@ pub(crate) async fn delete(
     Path(name): Path<String>,
 ) -> Result<StatusCode, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "profile.delete").await?;
-    let p = &c.principal;
-    audited(&st, p, "profile.delete", &name, async {
+    audited(&st, &c.actor, "profile.delete", &name, async {
         let event =
-            AuditEvent::new(p.audit_id(), "profile.delete", Outcome::Ok).target(name.clone());
+            AuditEvent::new(c.actor.clone(), "profile.delete", Outcome::Ok).target(name.clone());
         st.store.delete_profile(&name, event).await?;
         Ok(StatusCode::NO_CONTENT)
     })

@@ -12,7 +12,7 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 
 use crate::client::{Client, Reply};
-use crate::output;
+use crate::output::{self, terminal_safe};
 
 #[derive(Subcommand)]
 pub enum ApprovalsCommand {
@@ -161,18 +161,19 @@ impl Pending for RequestView {
 
     fn print_list(items: &[Self]) {
         println!(
-            "{:<36}  {:<9} {:<16} {:<9} {:<5} REASON",
-            "ID", "STATUS", "KEY", "APPROVALS", "YOURS"
+            "{:<36}  {:<9} {:<16} {:<9} {:<5} {:<32} REASON",
+            "ID", "STATUS", "KEY", "APPROVALS", "YOURS", "REQUESTER"
         );
         for r in items {
             println!(
-                "{:<36}  {:<9} {:<16} {:<9} {:<5} {}",
+                "{:<36}  {:<9} {:<16} {:<9} {:<5} {:<32} {}",
                 r.id,
                 r.status,
                 r.key_name,
                 format!("{}/{}", r.approvals_count, r.quorum),
                 if r.can_decide { "yes" } else { "" },
-                r.reason
+                output::fit(&terminal_safe(&r.requester.label()), 32),
+                terminal_safe(&r.reason)
             );
         }
     }
@@ -254,8 +255,8 @@ fn json_text<T: serde::Serialize>(v: &T) -> String {
 }
 
 fn print_requester(requester: &Actor, reason: &str) {
-    println!("requester  {}", crate::output::who(requester));
-    println!("reason     {reason}");
+    println!("requester  {}", output::who(requester));
+    println!("reason     {}", terminal_safe(reason));
 }
 
 fn print_approvals(count: u32, quorum: u32, approvals: &[Approval]) {
@@ -264,9 +265,9 @@ fn print_approvals(count: u32, quorum: u32, approvals: &[Approval]) {
         println!(
             "  {:<8} {} {} {}",
             a.decision,
-            crate::output::who(&a.approver),
+            output::who(&a.approver),
             a.at,
-            a.comment
+            terminal_safe(&a.comment)
         );
     }
 }

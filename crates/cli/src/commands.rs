@@ -167,7 +167,16 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                     Some(&CreateKey { name, key_type }),
                 )
                 .await?;
-            println!("{}", serde_json::to_string_pretty(&r.raw)?);
+            let k = &r.body;
+            output::emit(&r.raw, || {
+                println!(
+                    "created key {} ({}, {} backend) {}",
+                    k.name,
+                    k.key_type.as_str(),
+                    k.backend,
+                    fingerprint(&k.public_key_pem)
+                )
+            });
         }
         KeysCommand::Policy {
             name,
@@ -397,6 +406,15 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
         out.display()
     );
     Ok(ExitCode::SUCCESS)
+}
+
+/// `sha256:<hex>` of the public key's SubjectPublicKeyInfo (DER), as `openssl pkey
+/// -pubin -outform DER | sha256sum` prints it.
+fn fingerprint(public_key_pem: &str) -> String {
+    match pem::parse(public_key_pem) {
+        Ok(p) => format!("sha256:{}", hex::encode(sha2::Sha256::digest(p.contents()))),
+        Err(_) => "(public key unreadable)".into(),
+    }
 }
 
 /// Who approved a request, for the summary line.

@@ -7,6 +7,7 @@
 
 pub mod access_cmds;
 pub mod approval_cmds;
+pub mod audit_cmds;
 pub mod client;
 pub mod commands;
 pub mod config;

@@ -60,3 +60,30 @@ pub fn terminal_safe(s: &str) -> String {
         })
         .collect()
 }
+
+/// Cut to `width` characters (marked), so the columns stay aligned.
+pub fn fit(s: &str, width: usize) -> String {
+    if s.chars().count() <= width {
+        return s.to_owned();
+    }
+    let mut out: String = s.chars().take(width.saturating_sub(1)).collect();
+    out.push('…');
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn who_shows_the_label_then_the_identity() {
+        let mut a = influxion_api::Actor::id_only("t/o");
+        assert_eq!(who(&a), "t/o");
+        a.name = Some("Bob\u{1b}[2J".into());
+        a.username = Some("bob@x".into());
+        assert_eq!(who(&a), "Bob[2J <bob@x> [t/o]");
+        assert_eq!(terminal_safe("a\u{202E}b\nc"), "abc");
+        assert_eq!(fit("abc", 5), "abc");
+        assert_eq!(fit("abcdef", 4), "abc…");
+    }
+}

@@ -12,6 +12,18 @@ use crate::config::FileConfig;
 
 #[derive(Subcommand)]
 pub(crate) enum AuditCommand {
+    /// The newest records, filtered by the keyserver (auditor role): a table, or one
+    /// JSON document under --output json.
+    List(influxion_cli::audit_cmds::ListArgs),
+    /// One record with its hash and its place in the chain (auditor role).
+    Show {
+        /// The record's sequence number.
+        #[arg(value_parser = clap::value_parser!(i64).range(1..))]
+        seq: i64,
+    },
+    /// Records as JSON Lines, oldest first, for Splunk, Sentinel or any log pipeline;
+    /// resumable from a sequence number, and with --follow a live stream (auditor role).
+    Export(influxion_cli::audit_cmds::ExportArgs),
     /// Prove the audit chain unbroken, or report the first broken record. Needs the
     /// key-encryption key (INFLUXION_KEK, INFLUXION_KEK_FILE or keystore.kek_file).
     Verify {
@@ -76,8 +88,17 @@ fn audit_key(file: &FileConfig, db: &AuditDatabase) -> Result<influxion_store::A
     Ok(influxion_store::AuditKey::new(kek.audit_mac_key()))
 }
 
-pub(crate) async fn audit(file: &FileConfig, cmd: AuditCommand) -> Result<ExitCode> {
+/// `client` makes the API client for the commands that go through the keyserver.
+pub(crate) async fn audit(
+    file: &FileConfig,
+    cmd: AuditCommand,
+    client: impl FnOnce() -> Result<influxion_cli::client::Client>,
+) -> Result<ExitCode> {
+    use influxion_cli::audit_cmds as online;
     match cmd {
+        AuditCommand::List(a) => online::list(client()?, a).await,
+        AuditCommand::Show { seq } => online::show(client()?, seq).await,
+        AuditCommand::Export(a) => online::export(client()?, a).await,
         AuditCommand::Verify { db, links_only } => {
             let key = if links_only {
                 None

@@ -212,7 +212,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return commands::sign(client::Client::new(client_cfg()?)?, args).await
         }
         Command::Verify(args) => return commands::verify(client_cfg()?, args).await,
-        Command::Audit(cmd) => return audit_cmds::audit(&file, cmd).await,
+        Command::Audit(cmd) => {
+            return audit_cmds::audit(&file, cmd, || client::Client::new(client_cfg()?)).await
+        }
         Command::Whoami => return access_cmds::whoami(client::Client::new(client_cfg()?)?).await,
         Command::Subjects(cmd) => {
             return access_cmds::subjects(client::Client::new(client_cfg()?)?, cmd).await

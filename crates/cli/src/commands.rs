@@ -329,6 +329,8 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             Some(&body),
         )
         .await?;
+    // Who approved, for --output json (the text summary names them too).
+    let mut approvals: Vec<influxion_api::Actor> = Vec::new();
     let (sig_b64, summary) = if r.status == reqwest::StatusCode::ACCEPTED {
         let pending: PendingResponse = r.read()?;
         let id = pending.request_id;
@@ -346,6 +348,12 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
         match wait_for(&mut c, &id, args.timeout).await? {
             Waited::Signed(r) => {
                 let approved_by = approvers(&r);
+                approvals = r
+                    .approvals
+                    .iter()
+                    .filter(|a| a.decision == "approve")
+                    .map(|a| a.approver.clone())
+                    .collect();
                 (
                     r.signature.context("signed request without signature")?,
                     format!("request {id}, approved by {approved_by}"),
@@ -392,7 +400,7 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             serde_json::json!({
                 "file": args.file, "key": key.name, "algorithm": alg.to_string(),
                 "digest": hex::encode(&digest), "signature_file": out, "signed": true,
-                "summary": summary,
+                "summary": summary, "approved_by": approvals,
             })
         );
         return Ok(ExitCode::SUCCESS);
@@ -422,7 +430,7 @@ fn approvers(r: &RequestView) -> String {
     r.approvals
         .iter()
         .filter(|a| a.decision == "approve")
-        .map(|a| a.approver.label())
+        .map(|a| output::terminal_safe(&a.approver.label()))
         .collect::<Vec<_>>()
         .join(", ")
 }

@@ -497,6 +497,18 @@ fn two_approver_flow_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // People and pipelines by name, not by GUID.
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("approved by approver-1 (app), approver-2 (app)"),
+        "{said}"
+    );
+    let shown = ok(&a("1", &["approvals", "show", &id]));
+    assert!(
+        shown.contains("requester  ci (app) [")
+            && shown.contains("approve  approver-1 (app) ["),
+        "{shown}"
+    );
     ok(&ks.signer(&["keys", "public", "rel-prod", "-o", "rel.pem"], d));
     assert_sha256_verifies(d, "rel.pem", "rel.sig", "fw.bin");
 
@@ -1450,4 +1462,137 @@ fn audit_cli_catches_truncation_and_reseals_old_records() {
             .unwrap()
     });
     assert_eq!(actions, ["audit.keyed", "audit.reseal"]);
+}
+
+/// Seq numbers of a JSON Lines export, in file order.
+fn exported_seqs(path: &Path) -> Vec<i64> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| {
+            serde_json::from_str::<serde_json::Value>(l).unwrap()["seq"]
+                .as_i64()
+                .unwrap()
+        })
+        .collect()
+}
+
+#[test]
+fn audit_log_from_the_cli_list_show_export_and_follow() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    write_firmware(d, "fw.bin", 50_000);
+    let created = ok(&ks.admin(&["keys", "create", "fw"], d));
+    // One line: name, type, backend, fingerprint; not the JSON document.
+    assert!(
+        created.starts_with("created key fw (ec-p256, software backend) sha256:")
+            && created.trim().lines().count() == 1,
+        "{created}"
+    );
+    ok(&ks.signer(&["sign", "--key", "fw", "fw.bin", "-o", "fw.sig"], d));
+
+    // A table with the pipeline's name, and the same as one JSON document.
+    let table = ok(&ks.admin(&["audit", "list", "--action", "sign", "--key", "fw"], d));
+    assert!(table.contains("SEQ") && table.contains("ci (app)"), "{table}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &["--output", "json", "audit", "list", "--action", "sign", "--since", "1h"],
+        d,
+    )))
+    .unwrap();
+    let actor = &json["records"][0]["actor"];
+    assert_eq!(actor["name"], "ci", "{json}");
+    assert_eq!(actor["subject"], "ci");
+    assert!(actor["id"].as_str().unwrap().starts_with("app:"), "{json}");
+    assert_eq!(json["chain"]["status"], "intact");
+    let sign_seq = json["records"][0]["seq"].as_i64().unwrap();
+
+    // One record, its hash and its links.
+    let shown = ok(&ks.admin(&["audit", "show", &sign_seq.to_string()], d));
+    for want in [
+        "action     sign",
+        "actor      ci (app) [app:",
+        "matches the record's fields: yes",
+        "mac        valid",
+        "chain intact",
+    ] {
+        assert!(shown.contains(want), "{want}: {shown}");
+    }
+    let missing = ks.admin(&["audit", "show", "999999"], d);
+    assert!(!missing.status.success());
+    assert!(
+        String::from_utf8_lossy(&missing.stderr).contains("unknown-audit-record"),
+        "{}",
+        String::from_utf8_lossy(&missing.stderr)
+    );
+    let bad = ks.admin(&["audit", "list", "--since", "yesterday"], d);
+    assert_eq!(bad.status.code(), Some(1));
+    let denied = ks.signer(&["audit", "list"], d);
+    assert_eq!(denied.status.code(), Some(5), "forbidden: exit 5");
+
+    // Export into a file, then again: it resumes after the file's last record,
+    // without gaps or repeats.
+    let file = d.join("audit.jsonl");
+    ok(&ks.admin(&["audit", "export", "--format", "jsonl", "-o", "audit.jsonl"], d));
+    let first = exported_seqs(&file);
+    assert_eq!(first.first(), Some(&1));
+    ok(&ks.signer(&["sign", "--key", "fw", "fw.bin", "-o", "fw2.sig"], d));
+    ok(&ks.admin(&["audit", "export", "-o", "audit.jsonl", "--page", "2"], d));
+    let all = exported_seqs(&file);
+    assert!(all.len() > first.len());
+    let expected: Vec<i64> = (1..=*all.last().unwrap()).collect();
+    assert_eq!(all, expected, "every record once, in order");
+    // --since SEQ to stdout.
+    let tail = ok(&ks.admin(&["audit", "export", "--since", &sign_seq.to_string()], d));
+    let first_line: serde_json::Value =
+        serde_json::from_str(tail.lines().next().unwrap()).unwrap();
+    assert_eq!(first_line["seq"], sign_seq + 1);
+
+    // --follow receives a record made after it started.
+    let last = *all.last().unwrap();
+    let mut follower = ks
+        .command(
+            "ci-admin",
+            "admin-secret-1234567890",
+            &["audit", "export", "--follow", "--since", &last.to_string(), "--action", "sign"],
+            d,
+        )
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = follower.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stdout).lines() {
+            if tx.send(line.unwrap()).is_err() {
+                break;
+            }
+        }
+    });
+    let signed = ok(&ks.signer(
+        &["--output", "json", "sign", "--key", "fw", "fw.bin", "-o", "fw3.sig"],
+        d,
+    ));
+    let signed: serde_json::Value = serde_json::from_str(&signed).unwrap();
+    // A bound so a broken follower fails the test instead of hanging it.
+    let line = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the follower printed the new record");
+    let rec: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(rec["action"], "sign");
+    assert_eq!(
+        signed["summary"],
+        format!("audit record {}", rec["seq"]),
+        "{line} vs {signed}"
+    );
+    assert_eq!(rec["actor"]["label"], "ci (app)");
+    follower.kill().unwrap();
+    follower.wait().unwrap();
 }

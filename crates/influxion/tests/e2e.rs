@@ -505,8 +505,7 @@ fn two_approver_flow_from_the_cli() {
     );
     let shown = ok(&a("1", &["approvals", "show", &id]));
     assert!(
-        shown.contains("requester  ci (app) [")
-            && shown.contains("approve  approver-1 (app) ["),
+        shown.contains("requester  ci (app) [") && shown.contains("approve  approver-1 (app) ["),
         "{shown}"
     );
     ok(&ks.signer(&["keys", "public", "rel-prod", "-o", "rel.pem"], d));
@@ -1499,9 +1498,14 @@ fn audit_log_from_the_cli_list_show_export_and_follow() {
 
     // A table with the pipeline's name, and the same as one JSON document.
     let table = ok(&ks.admin(&["audit", "list", "--action", "sign", "--key", "fw"], d));
-    assert!(table.contains("SEQ") && table.contains("ci (app)"), "{table}");
+    assert!(
+        table.contains("SEQ") && table.contains("ci (app)"),
+        "{table}"
+    );
     let json: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
-        &["--output", "json", "audit", "list", "--action", "sign", "--since", "1h"],
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--since", "1h",
+        ],
         d,
     )))
     .unwrap();
@@ -1538,7 +1542,10 @@ fn audit_log_from_the_cli_list_show_export_and_follow() {
     // Export into a file, then again: it resumes after the file's last record,
     // without gaps or repeats.
     let file = d.join("audit.jsonl");
-    ok(&ks.admin(&["audit", "export", "--format", "jsonl", "-o", "audit.jsonl"], d));
+    ok(&ks.admin(
+        &["audit", "export", "--format", "jsonl", "-o", "audit.jsonl"],
+        d,
+    ));
     let first = exported_seqs(&file);
     assert_eq!(first.first(), Some(&1));
     ok(&ks.signer(&["sign", "--key", "fw", "fw.bin", "-o", "fw2.sig"], d));
@@ -1549,8 +1556,7 @@ fn audit_log_from_the_cli_list_show_export_and_follow() {
     assert_eq!(all, expected, "every record once, in order");
     // --since SEQ to stdout.
     let tail = ok(&ks.admin(&["audit", "export", "--since", &sign_seq.to_string()], d));
-    let first_line: serde_json::Value =
-        serde_json::from_str(tail.lines().next().unwrap()).unwrap();
+    let first_line: serde_json::Value = serde_json::from_str(tail.lines().next().unwrap()).unwrap();
     assert_eq!(first_line["seq"], sign_seq + 1);
 
     // --follow receives a record made after it started.
@@ -1559,7 +1565,15 @@ fn audit_log_from_the_cli_list_show_export_and_follow() {
         .command(
             "ci-admin",
             "admin-secret-1234567890",
-            &["audit", "export", "--follow", "--since", &last.to_string(), "--action", "sign"],
+            &[
+                "audit",
+                "export",
+                "--follow",
+                "--since",
+                &last.to_string(),
+                "--action",
+                "sign",
+            ],
             d,
         )
         .stdout(std::process::Stdio::piped())
@@ -1577,7 +1591,9 @@ fn audit_log_from_the_cli_list_show_export_and_follow() {
         }
     });
     let signed = ok(&ks.signer(
-        &["--output", "json", "sign", "--key", "fw", "fw.bin", "-o", "fw3.sig"],
+        &[
+            "--output", "json", "sign", "--key", "fw", "fw.bin", "-o", "fw3.sig",
+        ],
         d,
     ));
     let signed: serde_json::Value = serde_json::from_str(&signed).unwrap();

@@ -568,6 +568,44 @@ mod tests {
     }
 
     #[test]
+    fn a_record_without_a_label_hashes_as_records_always_did() {
+        // The fields and order hashed before labels existed (version 0.7 and older).
+        let old = serde_json::json!({
+            "seq": 7, "at": "2026-01-01T00:00:00Z", "actor": "app:t/o", "action": "sign",
+            "target": "fw", "outcome": "ok", "detail": "{}", "prev_hash": GENESIS,
+        });
+        // serde_json keeps insertion order only with preserve_order; spell it out.
+        let old_text = format!(
+            r#"{{"seq":7,"at":"2026-01-01T00:00:00Z","actor":"app:t/o","action":"sign","target":"fw","outcome":"ok","detail":"{{}}","prev_hash":"{GENESIS}"}}"#
+        );
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&old_text).unwrap(),
+            old
+        );
+        let mut r = AuditRecord {
+            seq: 7,
+            at: "2026-01-01T00:00:00Z".into(),
+            actor: "app:t/o".into(),
+            actor_label: None,
+            action: "sign".into(),
+            target: Some("fw".into()),
+            outcome: "ok".into(),
+            detail: "{}".into(),
+            prev_hash: GENESIS.into(),
+            hash: String::new(),
+            mac: None,
+        };
+        assert_eq!(
+            r.computed_hash(),
+            hex::encode(Sha256::digest(old_text.as_bytes()))
+        );
+        // A label is covered by the hash.
+        let unlabelled = r.computed_hash();
+        r.actor_label = Some(r#"{"name":"ci"}"#.into());
+        assert_ne!(r.computed_hash(), unlabelled);
+    }
+
+    #[test]
     fn extending_links_each_record_to_the_one_before() {
         let k = key(1);
         let (records, head) = chain(3, &k);

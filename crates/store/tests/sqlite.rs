@@ -233,3 +233,79 @@ async fn migration_gives_app_only_subjects_the_app_caller_rule() {
         ]
     );
 }
+
+/// A database from before labels (migration 0008): its records keep their hashes and
+/// show the identity; requesters' old display names become their labels; the file
+/// verifies read-only as it is, before and after the upgrade.
+#[tokio::test]
+async fn databases_from_before_labels_upgrade_and_still_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = Store::open(&url(&dir), key()).await.unwrap();
+    for i in 0..3 {
+        s.audit(
+            AuditEvent::new(
+                influxion_store::Actor::id_only("user:t/o1"),
+                "x",
+                Outcome::Ok,
+            )
+            .target(i.to_string()),
+        )
+        .await
+        .unwrap();
+    }
+    drop(s);
+    exec(
+        &url(&dir),
+        &[
+            "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by)
+             SELECT 'k1', 'prod', 'ec-p256', 'software', 'active', x'00', x'00', '2026-01-01T00:00:00Z', 't'
+             WHERE NOT EXISTS (SELECT 1 FROM keys WHERE id = 'k1')",
+            "INSERT INTO signing_requests (id, key_id, key_name, algorithm, digest, requester, requester_name,
+                 reason, metadata, quorum, approver_subjects, status, created_at, expires_at)
+             VALUES ('r1', 'k1', 'prod', 'ES256', 'aa', 't/o1', 'Old Name', 'why', '{}', 1, '[]',
+                 'pending', '2026-01-01T00:00:00Z', 9999999999)",
+            "DROP INDEX audit_log_action",
+            "DROP INDEX audit_log_at",
+            "ALTER TABLE audit_log DROP COLUMN actor_label",
+            "ALTER TABLE signing_requests DROP COLUMN requester_label",
+            "ALTER TABLE policy_changes DROP COLUMN requester_label",
+            "ALTER TABLE approvals DROP COLUMN approver_label",
+            "ALTER TABLE policy_change_approvals DROP COLUMN approver_label",
+            "ALTER TABLE certificates DROP COLUMN requested_by_label",
+            "DELETE FROM _sqlx_migrations WHERE version = 8",
+        ],
+    )
+    .await;
+    // Read-only, unmigrated: the old file verifies.
+    assert!(matches!(
+        Store::verify_database(&url(&dir), Some(&key()))
+            .await
+            .unwrap(),
+        ChainReport::Intact { records: 3, .. }
+    ));
+    let s = Store::open(&url(&dir), key()).await.unwrap();
+    assert!(matches!(
+        s.verify_audit_chain().await.unwrap(),
+        ChainReport::Intact { records: 3, .. }
+    ));
+    let old = s.recent_audit(3).await.unwrap();
+    assert!(old.iter().all(|r| r.actor_label.is_none()));
+    assert_eq!(old[0].actor().label(), "user:t/o1");
+    let r = s.get_request("r1").await.unwrap().unwrap();
+    assert_eq!(r.requester.id, "t/o1");
+    assert_eq!(r.requester.label(), "Old Name");
+    // New records carry labels and extend the same chain.
+    let bob = influxion_store::Actor {
+        id: "user:t/o2".into(),
+        name: Some("Bob".into()),
+        ..Default::default()
+    };
+    s.audit(AuditEvent::new(bob, "y", Outcome::Ok))
+        .await
+        .unwrap();
+    assert!(matches!(
+        s.verify_audit_chain().await.unwrap(),
+        ChainReport::Intact { records: 4, .. }
+    ));
+    assert_eq!(s.recent_audit(1).await.unwrap()[0].actor().label(), "Bob");
+}

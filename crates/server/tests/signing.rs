@@ -639,6 +639,7 @@ async fn openapi_documents_every_route() {
         "/v1/keys/{name}/sign",
         "/v1/keys/{name}/verify",
         "/v1/audit",
+        "/v1/audit/{seq}",
         "/v1/keys/{name}/policy",
         "/v1/subjects",
         "/v1/subjects/{name}",

@@ -7,6 +7,7 @@ use clap::{Args, Subcommand};
 use influxion_api::{GrantBody, Subject, SubjectBody, SubjectList, UpdateBody};
 use influxion_core::{Grant, SubjectRules};
 use reqwest::Method;
+use serde::Deserialize as _;
 use serde_json::json;
 
 use crate::client::{Client, Reply};
@@ -229,9 +230,39 @@ pub async fn grants(mut c: Client, cmd: GrantsCommand) -> Result<ExitCode> {
 }
 
 pub async fn whoami(mut c: Client) -> Result<ExitCode> {
-    // Printed whole: nothing here reads its fields.
     let r: Reply<serde_json::Value> = c.fetch(Method::GET, "/v1/me").await?;
-    let pretty = serde_json::to_string_pretty(&r.raw)?;
-    output::emit(&r.raw, || println!("{pretty}"));
+    let me = &r.raw;
+    let list = |v: &serde_json::Value| -> String {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str())
+                    .map(output::terminal_safe)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            })
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| "none".into())
+    };
+    output::emit(me, || {
+        match influxion_api::Actor::deserialize(&me["actor"]) {
+            Ok(a) => println!("you are    {}", output::who(&a)),
+            Err(_) => println!(
+                "you are    {}",
+                output::terminal_safe(&me["principal_id"].to_string())
+            ),
+        }
+        println!("subjects   {}", list(&me["subjects"]));
+        println!("roles      {}", list(&me["roles"]));
+        if let Some(grants) = me["grants"].as_array().filter(|g| !g.is_empty()) {
+            for g in grants {
+                println!(
+                    "  {} on {}",
+                    output::terminal_safe(g["role"].as_str().unwrap_or("")),
+                    output::terminal_safe(g["pattern"].as_str().unwrap_or(""))
+                );
+            }
+        }
+    });
     Ok(ExitCode::SUCCESS)
 }

@@ -2,6 +2,7 @@
 //! and nonce, ID token validation, refresh and RP-initiated logout, all through the
 //! `openidconnect` crate.
 
+use influxion_core::display_text;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -161,15 +162,17 @@ impl Oidc {
             other => other,
         };
         let claims = verified.map_err(|e| KcError::InvalidIdToken(e.to_string()))?;
+        // Profile claims are the provider's text, shown on pages and written to logs:
+        // cleaned of control and bidirectional characters and capped, like the API's.
         let username = claims
             .preferred_username()
-            .map(|u| u.as_str().to_owned())
-            .or_else(|| claims.email().map(|e| e.as_str().to_owned()))
+            .and_then(|u| display_text(u.as_str()))
+            .or_else(|| claims.email().and_then(|e| display_text(e.as_str())))
             .unwrap_or_default();
         let name = claims
             .name()
             .and_then(|n| n.get(None))
-            .map(|n| n.as_str().to_owned())
+            .and_then(|n| display_text(n.as_str()))
             .unwrap_or_else(|| username.clone());
         let subject = claims.subject().as_str().to_owned();
         let t = tokens(&response, None);

@@ -41,6 +41,8 @@ pub(crate) async fn method_not_allowed() -> ApiError {
 pub(crate) struct Me {
     principal: Principal,
     principal_id: String,
+    /// The caller as audit records will name it.
+    actor: Actor,
     subjects: Vec<String>,
     grants: Vec<influxion_core::Grant>,
     /// Roles held on at least one name, for clients that hide what the caller may not do.
@@ -54,6 +56,7 @@ pub(crate) async fn me(c: Caller) -> Json<Me> {
         .collect();
     Json(Me {
         principal_id: c.principal.audit_id(),
+        actor: c.actor,
         principal: c.principal,
         subjects: c.perms.subjects,
         grants: c.perms.grants,

@@ -15,7 +15,8 @@ pub struct KeyView {
     /// `sign` (signs digests over the API) or `ca` (signs its CA's certificates only).
     pub purpose: String,
     pub created_at: String,
-    pub created_by: String,
+    /// Who made it: `id` is `kind:tenant/object`; `label` is what to show.
+    pub created_by: influxion_core::Actor,
     pub policy: KeyPolicy,
     pub public_key_pem: String,
     pub public_key_jwk: serde_json::Value,

@@ -48,7 +48,8 @@ pub struct CaView {
     pub crl_url: Option<String>,
     pub counters: CaCounters,
     pub created_at: String,
-    pub created_by: String,
+    /// Who made it: `id` is `kind:tenant/object`; `label` is what to show.
+    pub created_by: influxion_core::Actor,
 }
 
 /// `GET /v1/cas`.

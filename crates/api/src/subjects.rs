@@ -13,7 +13,8 @@ pub struct Subject {
     pub rules: SubjectRules,
     pub grants: Vec<Grant>,
     pub created_at: String,
-    pub created_by: String,
+    /// Who made it: `id` is `kind:tenant/object`; `label` is what to show.
+    pub created_by: influxion_core::Actor,
 }
 
 /// `GET /v1/subjects`.

@@ -13,7 +13,8 @@ pub struct SubjectRecord {
     pub rules: SubjectRules,
     pub grants: Vec<Grant>,
     pub created_at: String,
-    pub created_by: String,
+    /// Who made it: identity and label at the time.
+    pub created_by: influxion_core::Actor,
 }
 
 pub use influxion_core::KeyPolicy;

@@ -13,7 +13,8 @@ pub struct KeyRecord {
     pub public_key: Vec<u8>,
     pub handle: Vec<u8>,
     pub created_at: String,
-    pub created_by: String,
+    /// Who made it: identity and label at the time.
+    pub created_by: influxion_core::Actor,
     pub policy: KeyPolicy,
     /// `Sign` keys sign digests over the API; `Ca` keys only their CA's certificates.
     pub purpose: KeyPurpose,

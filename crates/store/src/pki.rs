@@ -37,7 +37,8 @@ pub struct CaRecord {
     pub crl: Option<Vec<u8>>,
     pub crl_next_update: Option<String>,
     pub created_at: String,
-    pub created_by: String,
+    /// Who made it: identity and label at the time.
+    pub created_by: influxion_core::Actor,
     /// Hex serial of this CA's own certificate, recorded under its parent.
     pub serial: Option<String>,
     /// Set when the parent revoked this CA's certificate (the CA is then disabled).

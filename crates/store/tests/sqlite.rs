@@ -272,6 +272,9 @@ async fn databases_from_before_labels_upgrade_and_still_verify() {
             "ALTER TABLE approvals DROP COLUMN approver_label",
             "ALTER TABLE policy_change_approvals DROP COLUMN approver_label",
             "ALTER TABLE certificates DROP COLUMN requested_by_label",
+            "ALTER TABLE keys DROP COLUMN created_by_label",
+            "ALTER TABLE subjects DROP COLUMN created_by_label",
+            "ALTER TABLE cas DROP COLUMN created_by_label",
             "DELETE FROM _sqlx_migrations WHERE version = 8",
         ],
     )

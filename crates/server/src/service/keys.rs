@@ -13,7 +13,7 @@ pub async fn generate(
     backend: Option<&str>,
     name: KeyName,
     key_type: KeyType,
-    created_by: &str,
+    created_by: &Actor,
     purpose: KeyPurpose,
 ) -> Result<KeyRecord, ApiError> {
     let backend = match backend {
@@ -31,7 +31,7 @@ pub async fn generate(
         public_key: generated.public_key_der,
         handle: generated.handle,
         created_at: influxion_store::now_rfc3339(),
-        created_by: created_by.to_owned(),
+        created_by: created_by.clone(),
         policy: KeyPolicy::default(),
         purpose,
     })
@@ -48,7 +48,7 @@ pub async fn create(
     if store.get_key(&name).await?.is_some() {
         return Err(ApiError::KeyExists(name.to_string()));
     }
-    let record = generate(backends, None, name, key_type, &actor.id, KeyPurpose::Sign).await?;
+    let record = generate(backends, None, name, key_type, actor, KeyPurpose::Sign).await?;
     let event = AuditEvent::new(actor.clone(), "key.create", Outcome::Ok)
         .target(record.name.to_string())
         .detail(serde_json::json!({"key_type": key_type.as_str(), "backend": record.backend}));

@@ -254,7 +254,7 @@ pub(crate) async fn create_ca(
         None,
         key_name,
         key_type,
-        &actor.id,
+        actor,
         KeyPurpose::Ca,
     )
     .await?;
@@ -314,7 +314,7 @@ pub(crate) async fn create_ca(
         crl: None,
         crl_next_update: None,
         created_at: influxion_store::now_rfc3339(),
-        created_by: actor.id.clone(),
+        created_by: actor.clone(),
         serial: serial.clone(),
         revoked_at: None,
         revocation_reason: None,

@@ -41,7 +41,7 @@ pub async fn create(
         rules: rules.explicit(),
         grants,
         created_at: influxion_store::now_rfc3339(),
-        created_by: actor.id.clone(),
+        created_by: actor.clone(),
     };
     let event = AuditEvent::new(actor.clone(), "subject.create", Outcome::Ok)
         .target(s.name.clone())

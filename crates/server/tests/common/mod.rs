@@ -357,7 +357,7 @@ impl Harness {
                 })
                 .collect(),
             created_at: influxion_store::now_rfc3339(),
-            created_by: "test".into(),
+            created_by: influxion_store::Actor::id_only("test"),
         };
         self.state
             .store

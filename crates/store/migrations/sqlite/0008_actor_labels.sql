@@ -10,6 +10,9 @@ ALTER TABLE policy_changes ADD COLUMN requester_label TEXT;
 ALTER TABLE approvals ADD COLUMN approver_label TEXT;
 ALTER TABLE policy_change_approvals ADD COLUMN approver_label TEXT;
 ALTER TABLE certificates ADD COLUMN requested_by_label TEXT;
+ALTER TABLE keys ADD COLUMN created_by_label TEXT;
+ALTER TABLE subjects ADD COLUMN created_by_label TEXT;
+ALTER TABLE cas ADD COLUMN created_by_label TEXT;
 
 -- What a requester was called before: the token's display name (or client id).
 UPDATE signing_requests SET requester_label = json_object('name', requester_name)

@@ -194,8 +194,8 @@ impl Conn for SqliteConn {
 
     async fn insert_key(&mut self, k: &KeyRecord) -> Result<Inserted> {
         let r = sqlx::query(
-            "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by, purpose)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by, created_by_label, purpose)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&k.id)
         .bind(k.name.as_str())
@@ -205,7 +205,8 @@ impl Conn for SqliteConn {
         .bind(&k.public_key)
         .bind(&k.handle)
         .bind(&k.created_at)
-        .bind(&k.created_by)
+        .bind(&k.created_by.id)
+        .bind(k.created_by.stored_label())
         .bind(k.purpose.as_str())
         .execute(self.c())
         .await;
@@ -258,8 +259,8 @@ impl Conn for SqliteConn {
 
     async fn insert_subject(&mut self, s: &SubjectRecord) -> Result<Inserted> {
         let r = sqlx::query(
-            "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, caller, created_at, created_by)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO subjects (id, name, description, issuer, tenant_id, object_id, app_id, app_role, group_id, caller, created_at, created_by, created_by_label)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&s.id)
         .bind(&s.name)
@@ -272,7 +273,8 @@ impl Conn for SqliteConn {
         .bind(&s.rules.group_id)
         .bind(s.rules.caller_rule().as_str())
         .bind(&s.created_at)
-        .bind(&s.created_by)
+        .bind(&s.created_by.id)
+        .bind(s.created_by.stored_label())
         .execute(self.c())
         .await;
         inserted(r)
@@ -475,8 +477,8 @@ impl Conn for SqliteConn {
 
     async fn insert_ca(&mut self, ca: &CaRecord) -> Result<Inserted> {
         let r = sqlx::query(
-            "INSERT INTO cas (name, key_id, status, subject, parent, csr_pem, certificate, chain_pem, not_after, created_at, created_by, serial)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO cas (name, key_id, status, subject, parent, csr_pem, certificate, chain_pem, not_after, created_at, created_by, created_by_label, serial)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&ca.name)
         .bind(&ca.key_id)
@@ -488,7 +490,8 @@ impl Conn for SqliteConn {
         .bind(&ca.chain_pem)
         .bind(&ca.not_after)
         .bind(&ca.created_at)
-        .bind(&ca.created_by)
+        .bind(&ca.created_by.id)
+        .bind(ca.created_by.stored_label())
         .bind(&ca.serial)
         .execute(self.c())
         .await;

@@ -51,7 +51,7 @@ pub(super) fn key(r: &SqliteRow) -> Result<KeyRecord> {
         public_key: r.try_get("public_key")?,
         handle: r.try_get("handle")?,
         created_at: r.try_get("created_at")?,
-        created_by: r.try_get("created_by")?,
+        created_by: actor(r, "created_by", "created_by_label")?,
         policy: KeyPolicy {
             approvals_required: u32_col(r, "approvals_required")?,
             approval_ttl_secs: u32_col(r, "approval_ttl_secs")?,
@@ -86,7 +86,7 @@ pub(super) fn subject(r: &SqliteRow) -> std::result::Result<SubjectRecord, sqlx:
         },
         grants: Vec::new(),
         created_at: r.try_get("created_at")?,
-        created_by: r.try_get("created_by")?,
+        created_by: actor(r, "created_by", "created_by_label")?,
     })
 }
 
@@ -181,7 +181,7 @@ pub(super) fn ca(r: &SqliteRow) -> Result<CaRecord> {
         crl: r.try_get("crl")?,
         crl_next_update: r.try_get("crl_next_update")?,
         created_at: r.try_get("created_at")?,
-        created_by: r.try_get("created_by")?,
+        created_by: actor(r, "created_by", "created_by_label")?,
         serial: r.try_get("serial")?,
         revoked_at: r.try_get("revoked_at")?,
         revocation_reason: r.try_get("revocation_reason")?,

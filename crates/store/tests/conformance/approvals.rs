@@ -20,7 +20,7 @@ async fn store<B: Backend>() -> (TestDb, Store) {
         public_key: vec![1],
         handle: vec![2],
         created_at: influxion_store::now_rfc3339(),
-        created_by: "t".into(),
+        created_by: influxion_store::Actor::id_only("t"),
         policy: KeyPolicy::default(),
         purpose: Default::default(),
     };

@@ -82,7 +82,7 @@ pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
         public_key: vec![1],
         handle: vec![2],
         created_at: influxion_store::now_rfc3339(),
-        created_by: "t".into(),
+        created_by: influxion_store::Actor::id_only("t"),
         policy: Default::default(),
         purpose: Default::default(),
     };

@@ -19,7 +19,7 @@ fn ca_key(id: &str) -> KeyRecord {
         public_key: vec![1],
         handle: vec![2],
         created_at: influxion_store::now_rfc3339(),
-        created_by: "t".into(),
+        created_by: influxion_store::Actor::id_only("t"),
         policy: Default::default(),
         purpose: KeyPurpose::Ca,
     }
@@ -45,7 +45,7 @@ fn ca(name: &str, key_id: &str, parent: Option<&str>) -> CaRecord {
         crl: None,
         crl_next_update: None,
         created_at: influxion_store::now_rfc3339(),
-        created_by: "t".into(),
+        created_by: influxion_store::Actor::id_only("t"),
         serial: None,
         revoked_at: None,
         revocation_reason: None,

@@ -52,7 +52,7 @@ pub(crate) struct CaView {
     crl_url: Option<String>,
     counters: influxion_store::pki::CaCounters,
     created_at: String,
-    created_by: String,
+    created_by: influxion_core::Actor,
 }
 
 pub(super) async fn ca_view(st: &AppState, ca: &CaRecord) -> Result<CaView, ApiError> {

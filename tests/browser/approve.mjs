@@ -24,10 +24,14 @@ function env(name, fallback) {
 
 const cfg = (() => {
   try {
-    const forbidden = JSON.parse(process.env.FORBIDDEN || '[]');
-    if (!Array.isArray(forbidden) || !forbidden.every((s) => typeof s === 'string')) {
-      throw new Error('FORBIDDEN must be a JSON array of strings');
-    }
+    const strings = (name) => {
+      const v = JSON.parse(process.env[name] || '[]');
+      if (!Array.isArray(v) || !v.every((s) => typeof s === 'string')) {
+        throw new Error(`${name} must be a JSON array of strings`);
+      }
+      return v;
+    };
+    const forbidden = strings('FORBIDDEN');
     return {
       base: new URL(env('KEYCLIENT_URL')).origin,
       user: env('LOGIN_USER'),
@@ -35,6 +39,10 @@ const cfg = (() => {
       comment: env('COMMENT', 'approved by the browser test'),
       shots: env('SCREENSHOT_DIR'),
       forbidden: forbidden.filter((s) => s.length > 0),
+      deciders: strings('EXPECT_DECIDERS'),
+      auditActors: strings('EXPECT_AUDIT_ACTORS'),
+      hostile: process.env.HOSTILE_NAME || '',
+      hostileId: process.env.HOSTILE_ID || '',
     };
   } catch (e) {
     process.stderr.write(`[browser] FAIL: ${e.message}\n`);
@@ -143,6 +151,53 @@ async function screenshots(page, taken) {
   }
 }
 
+// People and pipelines are shown by their label, as text: every expected name is in the
+// text of `root`, no markup from a name (or a comment) became an element, nothing ran, and
+// the hostile name's element carries the stable id in its title.
+async function checkNames(root, where, names) {
+  const found = await root.evaluate((node, { names, hostile }) => ({
+    missing: names.filter((n) => !node.textContent.includes(n)),
+    injected: [...node.querySelectorAll('img, script, iframe, svg, b, i')].map((e) => e.outerHTML.slice(0, 80)),
+    pwned: typeof window.__pwned,
+    hostileTitles: hostile ? [...node.querySelectorAll('.actor')]
+      .filter((e) => e.textContent.includes(hostile)).map((e) => e.getAttribute('title') || '') : [],
+  }), { names, hostile: cfg.hostile });
+  if (found.missing.length) throw new Error(`${where} does not show ${JSON.stringify(found.missing)}`);
+  if (found.injected.length) throw new Error(`${where} holds elements made from text: ${found.injected.join(', ')}`);
+  if (found.pwned !== 'undefined') throw new Error(`${where}: window.__pwned is ${found.pwned}: a name ran as script`);
+  if (cfg.hostile) {
+    if (!found.hostileTitles.length) throw new Error(`${where} shows ${JSON.stringify(cfg.hostile)} nowhere as an actor`);
+    const bad = found.hostileTitles.filter((t) => !t.includes(cfg.hostileId));
+    if (bad.length) throw new Error(`${where}: the actor's title ${JSON.stringify(bad)} lacks its id ${cfg.hostileId}`);
+  }
+  log(`${where} shows ${names.map((n) => JSON.stringify(n)).join(', ')} as text`);
+}
+
+// After the approval: the audit log names the actors, and a record's detail is shown as
+// labelled fields with the raw JSON one click away.
+async function audit(page, taken) {
+  await page.goto(`${cfg.base}/#/audit`);
+  await pageReady(page, 'audit');
+  const errText = await shown(page, '[data-testid="error"]');
+  if (errText) throw new Error(`the audit page shows an error: ${errText}`);
+  const table = page.locator('main table');
+  await checkNames(table, 'the audit log', cfg.auditActors);
+  const detail = await table.evaluate((t) => ({
+    digest: [...t.querySelectorAll('.audit-detail dt')].some((dt) => dt.textContent === 'Digest'),
+    raw: t.querySelectorAll('.audit-detail details > summary').length,
+  }));
+  if (!detail.digest || !detail.raw) throw new Error(`audit details are not labelled fields with raw JSON: ${JSON.stringify(detail)}`);
+  // The raw JSON opens in place.
+  const first = table.locator('.audit-detail details').first();
+  await first.locator('summary').click();
+  if (!(await first.evaluate((d) => d.open && d.querySelector('pre').textContent.trim().startsWith('{')))) {
+    throw new Error('the raw JSON of an audit record does not open');
+  }
+  const file = path.join(cfg.shots, 'audit-after.png');
+  await page.screenshot({ path: file, fullPage: true });
+  taken.push(file);
+}
+
 async function approve(page, taken) {
   await page.goto(`${cfg.base}/#/approvals`);
   await pageReady(page, 'approvals');
@@ -151,6 +206,7 @@ async function approve(page, taken) {
     const error = await shown(page, '[data-testid="error"]');
     throw new Error(`pending request ${cfg.requestId} is not on #/approvals${error ? ` (error shown: ${error})` : ''}`);
   }
+  await checkNames(card, 'the request card', cfg.deciders);
   await card.locator('[data-testid="approve"]').click();
   const comment = page.locator('dialog[open] [data-testid="comment"]');
   await comment.waitFor({ state: 'visible' });
@@ -272,6 +328,7 @@ async function run() {
   await signIn(page);
   await screenshots(page, taken);
   await approve(page, taken);
+  await audit(page, taken);
   await checkStorage(page);
   await signOut(page, taken);
   await settleChecks();

@@ -98,8 +98,11 @@ fn setup(d: &Path) -> (Provider, Keyserver, Keyclient) {
     (provider, ks, kc)
 }
 
+/// Three approvers: approver-1 (a pipeline, through the CLI), eve (a person whose
+/// identity provider calls her by an HTML snippet, through the keyclient's proxy), then
+/// alice in the browser. The card and the audit log name them by their labels, as text.
 #[test]
-fn approve_in_the_browser_as_the_second_approver() {
+fn approve_in_the_browser_as_the_third_approver() {
     if !browser_prerequisites() {
         return;
     }
@@ -122,13 +125,27 @@ fn approve_in_the_browser_as_the_second_approver() {
     ));
     ok(&ks.admin(
         &[
+            "subjects",
+            "create",
+            "eve",
+            "--object-id",
+            &user_oid("eve"),
+            "--grant",
+            "approver:rel-*",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
             "keys",
             "policy",
             "rel-web",
             "--approvals",
-            "2",
+            "3",
             "--approver",
             "approver-1",
+            "--approver",
+            "eve",
             "--approver",
             "alice",
         ],
@@ -156,6 +173,39 @@ fn approve_in_the_browser_as_the_second_approver() {
         &["approvals", "approve", &id, "--comment", "first"],
         d,
     ));
+    // Eve approves through the keyclient, as her browser would (sign-in, CSRF header).
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let b = Browser::new(&kc.url);
+        let (_, eve, _) = b.sign_in("eve").await;
+        let r = b
+            .send(
+                b.req(
+                    reqwest::Method::POST,
+                    &format!("/api/v1/signing-requests/{id}/approve"),
+                    Some(&eve),
+                )
+                .header("x-influxion-csrf", "1")
+                .header("origin", &kc.url)
+                .header("content-type", "application/json")
+                .body(serde_json::json!({"comment": "<b>second</b>"}).to_string()),
+            )
+            .await;
+        assert_eq!(r.status, 200, "{}", r.body);
+        let v: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+        assert_eq!(v["approvals_count"], 2, "{v}");
+        // The API passes her name on as it came (cleaned of control characters only).
+        let labels = v["approvals"].to_string();
+        assert!(
+            labels.contains(&serde_json::json!(HOSTILE_NAME).to_string()),
+            "{v}"
+        );
+    });
+    let eve_id = format!("{TENANT}/{}", user_oid("eve"));
 
     let shots = repo_root().join("target/web-screenshots");
     std::fs::create_dir_all(&shots).unwrap();
@@ -170,6 +220,16 @@ fn approve_in_the_browser_as_the_second_approver() {
             "FORBIDDEN",
             serde_json::json!([KEYCLIENT_SECRET, SESSION_KEY]).to_string(),
         )
+        .env(
+            "EXPECT_DECIDERS",
+            serde_json::json!(["approver-1 (app)", HOSTILE_NAME]).to_string(),
+        )
+        .env(
+            "EXPECT_AUDIT_ACTORS",
+            serde_json::json!(["Alice Approver", "approver-1 (app)", HOSTILE_NAME]).to_string(),
+        )
+        .env("HOSTILE_NAME", HOSTILE_NAME)
+        .env("HOSTILE_ID", &eve_id)
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);

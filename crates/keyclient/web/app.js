@@ -102,6 +102,32 @@ function bytes(n) {
   return i === 0 ? `${v} bytes` : `${x.toFixed(1)} ${units[i]} (${v} bytes)`;
 }
 
+// A person or pipeline as the API names them (an actor object): the label first, the
+// stable id on hover. The label is the identity provider's unverified text ("Security
+// Officer" is anyone's to claim), so it is only ever text, and the id is always at hand.
+function actorLabel(a) {
+  if (a === null || a === undefined || a === '') return '—';
+  if (typeof a !== 'object') return String(a); // a record from before actor objects
+  return String(a.label || a.name || a.username || a.id || '—');
+}
+
+function actorTitle(a) {
+  if (!a || typeof a !== 'object') return a ? String(a) : null;
+  return [a.id, a.username && !String(a.label || '').includes(a.username) ? a.username : null,
+    a.subject ? `subjects: ${a.subject}` : null].filter(Boolean).join('\n');
+}
+
+function actor(a, { showId = false } = {}) {
+  const id = a && typeof a === 'object' ? a.id : a;
+  const label = actorLabel(a);
+  return el('span', { class: 'actor', title: actorTitle(a), 'data-actor-id': id || null },
+    el('span', { class: 'actor-label', text: label }),
+    showId && id && id !== label ? [' ', el('code', { class: 'actor-id', text: id })] : null);
+}
+
+// Whether actor `a` (an object, or an old bare id) is identity `id`.
+const actorIs = (a, id) => Boolean(id) && (a && typeof a === 'object' ? a.id : a) === id;
+
 function duration(secs) {
   if (!secs) return '—';
   if (secs % 86400 === 0) return `${secs / 86400} d`;
@@ -240,8 +266,11 @@ function confirmDialog({ title, body = [], fields = [], confirm = 'Confirm', dan
 
 // ------------------------------------------------------------------ pages
 
-function requester(r) {
-  return r.requester_name ? `${r.requester_name} (${r.requester})` : r.requester;
+// One line of text (for dialogs and searches): the label, and the id when it differs.
+function requesterText(r) {
+  const label = actorLabel(r.requester);
+  const id = r.requester && typeof r.requester === 'object' ? r.requester.id : null;
+  return id && id !== label ? `${label} (${id})` : label;
 }
 
 async function pageApprovals(root, live) {
@@ -256,7 +285,7 @@ async function pageApprovals(root, live) {
 function requestCard(r) {
   const meta = r.metadata || {};
   const headingId = `req-${r.id}`;
-  const decided = r.approvals.some((a) => a.approver === myIdentity());
+  const decided = r.approvals.some((a) => actorIs(a.approver, myIdentity()));
   const actions = el('div', { class: 'actions' });
   if (r.can_decide) {
     actions.append(
@@ -277,7 +306,8 @@ function requestCard(r) {
     facts([
       ['Key', `${r.key_name} (${r.algorithm})`],
       ['Digest', el('code', { class: 'hash', text: r.digest })],
-      ['Requested by', requester(r)],
+      // The id too: the label is the provider's unverified text, the id is who it is.
+      ['Requested by', actor(r.requester, { showId: true })],
       ['Reason', r.reason || '—'],
       ['Created', time(r.created_at)],
       ['Expires', el('span', {}, time(r.expires_at), ` (${relative(r.expires_at)})`)],
@@ -293,8 +323,8 @@ function requestCard(r) {
       ...Object.entries(meta).filter(([k]) => k !== 'file' && k !== 'size').map(([k, v]) => [k, String(v)]),
     ]) : null,
     r.approvals.length ? el('ul', { class: 'decisions', 'aria-label': 'Decisions so far' }, r.approvals.map((a) =>
-      el('li', {}, `${a.decision === 'approve' ? 'Approved' : 'Rejected'} by ${a.approver} `, time(a.at),
-        a.comment ? `: “${a.comment}”` : ''))) : null,
+      el('li', { testid: 'decision' }, `${a.decision === 'approve' ? 'Approved' : 'Rejected'} by `,
+        actor(a.approver), ' ', time(a.at), a.comment ? `: “${a.comment}”` : ''))) : null,
     actions);
 }
 
@@ -303,7 +333,7 @@ async function decide(r, approve) {
   const ok = await confirmDialog({
     title: approve ? 'Approve signing request' : 'Reject signing request',
     body: [
-      el('p', { text: `${approve ? 'Approve' : 'Reject'} signing with ${r.key_name}, requested by ${requester(r)}.` }),
+      el('p', { text: `${approve ? 'Approve' : 'Reject'} signing with ${r.key_name}, requested by ${requesterText(r)}.` }),
       el('p', {}, 'Digest: ', el('code', { class: 'hash', text: r.digest })),
     ],
     fields: [field(approve ? 'Comment (optional)' : 'Comment (required)', comment)],
@@ -363,12 +393,12 @@ async function pageRequests(root, live) {
   let list = [];
   const draw = () => {
     const q = requestFilter.text.trim().toLowerCase();
-    const rows = list.filter((r) => !q || [r.key_name, r.requester, r.requester_name || '']
+    const rows = list.filter((r) => !q || [r.key_name, requesterText(r)]
       .some((s) => s.toLowerCase().includes(q)));
     put(results, rows.length ? table([
       ['Created', (r) => time(r.created_at)],
       ['Key', (r) => r.key_name],
-      ['Requested by', requester],
+      ['Requested by', (r) => actor(r.requester)],
       ['Reason', (r) => r.reason || '—'],
       ['Status', (r) => badge(r.status)],
       ['Approvals', (r) => `${r.approvals_count} of ${r.quorum}`],
@@ -487,6 +517,7 @@ async function pageCertificates(root, live) {
         ['CA', (c) => c.ca],
         ['Issued', (c) => time(c.issued_at)],
         ['Valid until', (c) => time(c.not_after)],
+        ['Issued by', (c) => actor(c.requested_by)],
         ['Status', (c) => el('span', {}, badge(c.status),
           c.status === 'revoked' ? [' ', time(c.revoked_at), ` (${c.revocation_reason || 'unspecified'})`] : '')],
         ['', (c) => (c.status === 'valid' && (allows('key-admin', c.profile) || allows('provisioner', c.profile))
@@ -591,56 +622,133 @@ async function removeGrant(s, g) {
   refresh();
 }
 
-const auditFilter = { limit: '100', action: '', actor: '', outcome: '' };
+// Readable names for the keys of an audit record's detail; others show as they are.
+const DETAIL_LABELS = {
+  key: 'Key', key_id: 'Key id', key_type: 'Key type', backend: 'Backend', digest: 'Digest',
+  algorithm: 'Algorithm', reason: 'Reason', comment: 'Comment', metadata: 'Metadata (from the requester)',
+  request: 'Signing request', change: 'Policy change', requester: 'Requested by', approvals: 'Approvals',
+  quorum: 'Quorum', before: 'Policy before', after: 'Policy after', weakens: 'Weakens', serial: 'Serial',
+  device_id: 'Device', subject: 'Subject', profile: 'Profile', ca: 'CA', parent: 'Parent CA',
+  issuer: 'Issuer', not_after: 'Valid until', revoked: 'Revoked', crl_number: 'CRL number', status: 'Status',
+  role: 'Role', pattern: 'Pattern', grants: 'Grants', rules: 'Rules', id: 'Id', method: 'Method',
+  mode: 'Mode', from: 'From', through: 'Through', key_generated: 'Key generated on the server',
+  signature_sha256: 'Signature (SHA-256)', suppressed_before: 'Refusals not recorded before this one',
+  suppressed_total: 'Refusals not recorded in all', sealed: 'Sealed', head_was_unsealed: 'Head was unsealed',
+  unkeyed_records: 'Records without a MAC',
+};
+const HEX_KEYS = new Set(['digest', 'signature_sha256', 'serial', 'key_id', 'id', 'request', 'change']);
+
+const detailLabel = (k) => DETAIL_LABELS[k] || k.replace(/_/g, ' ').replace(/^./, (c) => c.toUpperCase());
+const isActor = (v) => v && typeof v === 'object' && !Array.isArray(v) && typeof v.id === 'string' && 'label' in v;
+
+// One value of a detail: text, an actor, a list, or (nested) labelled fields. Every
+// string becomes a text node, whatever it holds.
+function detailValue(k, v, depth = 0) {
+  if (v === null || v === undefined || v === '') return '—';
+  if (isActor(v)) return actor(v, { showId: true });
+  if (typeof v === 'boolean') return v ? 'yes' : 'no';
+  if (typeof v !== 'object') return HEX_KEYS.has(k) ? el('code', { class: 'hash', text: String(v) }) : String(v);
+  if (Array.isArray(v)) {
+    if (!v.length) return '—';
+    if (v.every((x) => x === null || typeof x !== 'object')) return v.map(String).join(', ');
+    return el('ul', { class: 'detail-list' }, v.map((x) => el('li', {}, detailValue(k, x, depth + 1))));
+  }
+  const entries = Object.entries(v);
+  if (!entries.length) return '—';
+  if (depth >= 2) return el('code', { class: 'detail', text: JSON.stringify(v) });
+  return facts(entries.map(([ck, cv]) => [k === 'metadata' ? ck : detailLabel(ck), detailValue(ck, cv, depth + 1)]));
+}
+
+function auditDetail(r) {
+  const d = r.detail;
+  if (d === null || d === undefined || (typeof d === 'object' && !Object.keys(d).length)) return '';
+  if (typeof d !== 'object' || Array.isArray(d)) return el('code', { class: 'detail', text: JSON.stringify(d) });
+  // A refusal: `reason` is the problem's slug and `status` the HTTP status.
+  const refusal = typeof d.status === 'number' && typeof d.reason === 'string' && r.outcome !== 'ok';
+  const rows = [];
+  for (const [k, v] of Object.entries(d)) {
+    if (k === 'quorum' && typeof d.approvals === 'number') continue; // shown with approvals
+    if (refusal && (k === 'suppressed_before' || k === 'suppressed_total') && !v) continue;
+    let label = detailLabel(k);
+    let value = detailValue(k, v);
+    if (k === 'approvals' && typeof v === 'number' && typeof d.quorum === 'number') value = `${v} of ${d.quorum} required`;
+    if (refusal && k === 'reason') { label = 'Refused as'; value = el('code', { text: v }); }
+    if (refusal && k === 'status') label = 'HTTP status';
+    rows.push([label, value]);
+  }
+  return el('div', { class: 'audit-detail' }, facts(rows),
+    el('details', {}, el('summary', { text: 'Raw JSON' }),
+      el('pre', { class: 'detail', text: JSON.stringify(d, null, 2) })));
+}
+
+const auditFilter = { limit: '100', action: '', actor: '', key: '', outcome: '' };
 
 async function pageAudit(root, live) {
   const limit = select('audit-limit', ['50', '100', '500', '1000'].map((n) => [n, n]), auditFilter.limit);
-  const action = el('input', { id: 'audit-action', type: 'search', value: auditFilter.action, autocomplete: 'off' });
-  const actor = el('input', { id: 'audit-actor', type: 'search', value: auditFilter.actor, autocomplete: 'off' });
+  const text = (k, label, placeholder, title) => {
+    const input = el('input', { id: `audit-${k}`, type: 'search', value: auditFilter[k], autocomplete: 'off', maxlength: 128, placeholder, title });
+    return [input, field(label, input)];
+  };
+  const [action, actionField] = text('action', 'Action', 'sign,cert.*', 'Actions separated by commas; a trailing * matches a prefix');
+  const [who, actorField] = text('actor', 'Actor contains', 'name, username or id');
+  const [key, keyField] = text('key', 'Key', 'key name');
   const outcome = select('audit-outcome', [['', 'any'], ['ok', 'ok'], ['refused', 'refused'], ['error', 'error']], auditFilter.outcome);
   const form = el('form', { class: 'filters', role: 'search' }, field('Newest records', limit),
-    field('Action contains', action), field('Actor contains', actor), field('Outcome', outcome));
-  form.addEventListener('submit', (e) => e.preventDefault());
+    actionField, actorField, keyField, field('Outcome', outcome),
+    el('div', { class: 'field field-button' }, el('button', { type: 'submit', class: 'primary', text: 'Search' })));
   const chain = el('div', {});
   const results = el('div', {}, loading());
-  put(root, chain, form, results);
+  const more = el('div', { class: 'actions' });
+  put(root, chain, form, results, more);
   let records = [];
   const draw = () => {
-    const rows = records.filter((r) => r.action.includes(auditFilter.action.trim())
-      && r.actor.toLowerCase().includes(auditFilter.actor.trim().toLowerCase())
-      && (!auditFilter.outcome || r.outcome === auditFilter.outcome));
-    put(results, rows.length ? table([
+    put(results, records.length ? table([
       ['Seq', (r) => String(r.seq)],
       ['Time', (r) => time(r.at)],
-      ['Actor', (r) => r.actor],
-      ['Action', (r) => r.action],
+      ['Actor', (r) => actor(r.actor)],
+      ['Action', (r) => el('code', { text: r.action })],
       ['Target', (r) => r.target ?? '—'],
       ['Outcome', (r) => badge(r.outcome)],
-      ['Detail', (r) => (r.detail && Object.keys(r.detail).length ? el('code', { class: 'detail', text: JSON.stringify(r.detail) }) : '')],
-    ], rows, `${rows.length} of ${records.length} records`) : empty('No audit records match.'));
+      ['Detail', auditDetail],
+    ], records, `${records.length} record${records.length === 1 ? '' : 's'}, newest first`)
+      : empty('No audit records match.'));
   };
-  const load = async () => {
-    put(results, loading());
+  // The filters are the keyserver's (GET /v1/audit): `before` pages on to older records.
+  const load = async (before) => {
+    const q = new URLSearchParams({ limit: auditFilter.limit });
+    for (const k of ['action', 'actor', 'key', 'outcome']) if (auditFilter[k].trim()) q.set(k, auditFilter[k].trim());
+    if (before) q.set('before', String(before));
+    if (!before) put(results, loading());
+    more.replaceChildren();
     try {
-      const page = await api(`/v1/audit?limit=${enc(auditFilter.limit)}`);
+      const page = await api(`/v1/audit?${q}`);
       if (!live()) return;
       const c = page.chain;
-      const intact = c.status === 'intact';
-      put(chain, el('div', { class: `chain ${intact ? 'chain-ok' : 'chain-bad'}`, testid: 'chain-status', 'data-status': c.status },
-        el('strong', { text: intact ? 'Audit chain intact' : 'Audit chain BROKEN' }),
-        el('span', { text: intact ? `${c.records} records verified; head ${String(c.head).slice(0, 16)}…`
-          : `The chain breaks at record ${c.seq}: ${c.reason}` })));
-      records = page.records;
+      if (c) {
+        const intact = c.status === 'intact';
+        put(chain, el('div', { class: `chain ${intact ? 'chain-ok' : 'chain-bad'}`, testid: 'chain-status', 'data-status': c.status },
+          el('strong', { text: intact ? 'Audit chain intact' : 'Audit chain BROKEN' }),
+          el('span', { text: intact ? `${c.records} records verified; head ${String(c.head).slice(0, 16)}…`
+            : `The chain breaks at record ${c.seq}: ${c.reason}` })));
+      }
+      records = before ? [...records, ...page.records] : page.records;
       draw();
+      const oldest = records.length ? records[records.length - 1].seq : null;
+      if (page.records.length >= Number(auditFilter.limit) && oldest > 1) {
+        more.append(button('Older records', () => load(oldest), { testid: 'audit-older' }));
+      }
     } catch (e) {
-      if (live()) { put(results, empty('Could not read the audit log.')); showError(e); }
+      if (live()) { if (!before) put(results, empty('Could not read the audit log.')); showError(e); }
     }
   };
-  limit.addEventListener('change', () => { auditFilter.limit = limit.value; load(); });
-  for (const [k, input] of Object.entries({ action, actor })) {
-    input.addEventListener('input', () => { auditFilter[k] = input.value; draw(); });
-  }
-  outcome.addEventListener('change', () => { auditFilter.outcome = outcome.value; draw(); });
+  const inputs = { limit, action, actor: who, key, outcome };
+  form.addEventListener('submit', (e) => {
+    e.preventDefault();
+    for (const [k, input] of Object.entries(inputs)) auditFilter[k] = input.value;
+    clearMessages();
+    load();
+  });
+  for (const s of [limit, outcome]) s.addEventListener('change', () => form.requestSubmit());
   await load();
 }
 
@@ -707,10 +815,12 @@ async function signOut(btn) {
 }
 
 function header() {
-  const name = session.user?.name || session.user?.username || me?.principal?.display_name || 'Signed in';
+  const p = me?.principal;
+  const name = session.user?.name || p?.name || session.user?.username || p?.username || 'Signed in';
+  const title = [session.user?.username || p?.username, me?.principal_id].filter(Boolean).join('\n');
   const r = [...roles];
   put($('who'),
-    el('span', { class: 'user', testid: 'user', title: session.user?.username || '', text: name }),
+    el('span', { class: 'user', testid: 'user', title: title || null, text: name }),
     el('span', { class: 'roles', testid: 'roles', 'aria-label': 'Your roles' },
       me ? (r.length ? r.flatMap((x, i) => [i ? ' ' : null, el('span', { class: 'role', text: x })]) : 'no roles') : 'roles unknown'),
     button('Sign out', (e) => signOut(e.currentTarget), { testid: 'signout' }));

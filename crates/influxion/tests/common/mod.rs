@@ -11,6 +11,9 @@ use std::time::{Duration, Instant};
 pub(crate) const BIN: &str = env!("CARGO_BIN_EXE_influxion");
 pub(crate) const TENANT: &str = "11111111-2222-3333-4444-555555555555";
 pub(crate) const AUDIENCE: &str = "api://influxion-test";
+/// The `name` claim the test provider gives `eve`: markup, which every client must
+/// show as the text it is.
+pub(crate) const HOSTILE_NAME: &str = "<img src=x onerror=window.__pwned=1>Eve";
 
 pub(crate) fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -145,7 +148,11 @@ pub(crate) fn start_provider_clients(
         "tenant_id": TENANT,
         "scope": "access_as_user",
         "clients": clients,
-        "users": {"alice": {"name": "Alice Approver"}, "mallory": {"name": "Mallory"}},
+        "users": {
+            "alice": {"name": "Alice Approver"},
+            "mallory": {"name": "Mallory"},
+            "eve": {"name": HOSTILE_NAME},
+        },
         "signing_keys": null,
         "access_token_ttl": access_token_ttl,
         "rotate_refresh_tokens": true

@@ -579,7 +579,7 @@ function subjectCard(s) {
   return el('article', { class: 'card', testid: `subject-${s.name}`, 'aria-labelledby': `subject-${s.id}` },
     el('h2', { id: `subject-${s.id}`, text: s.name }),
     s.description ? el('p', { text: s.description }) : null,
-    facts([...rules, ['Created', el('span', {}, time(s.created_at), ` by ${s.created_by}`)]]),
+    facts([...rules, ['Created', el('span', {}, time(s.created_at), ' by ', actor(s.created_by))]]),
     s.grants.length ? table([
       ['Role', (g) => g.role],
       ['Pattern', (g) => el('code', { text: g.pattern })],

@@ -277,6 +277,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         sign_role: "Influxion.Sign".into(),
         kek: crate::config::KekSource::File(kek_path),
         vault_url: None,
+        vault_credential: None,
         public_url: Some(format!("http://127.0.0.1:{port}")),
         est_profile: Some("device".into()),
         bootstrap_admin: None,

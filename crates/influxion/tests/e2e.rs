@@ -293,6 +293,43 @@ fn invalid_configuration_names_the_setting() {
     let j: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(j["warnings"].as_array().map(Vec::len), Some(1), "{out}");
 
+    // With a vault, config check says which Azure credential reaches it and why,
+    // without secrets; a half-configured credential names what is missing.
+    let mut vault = base.to_vec();
+    vault.push(("INFLUXION_VAULT_URL", "https://contoso.vault.azure.net"));
+    let (okk, _, err) = run(&vault, &["config", "check"]);
+    assert!(!okk && err.contains("INFLUXION_AZURE_CLIENT_ID"), "{err}");
+    vault.push(("INFLUXION_AZURE_CLIENT_ID", "kv-app"));
+    let (okk, out, err) = run(&vault, &["config", "check"]);
+    assert!(okk, "{err}");
+    assert!(
+        out.contains("credential = \"client secret: INFLUXION_AZURE_CLIENT_SECRET is set; application kv-app in tenant 11111111-2222-3333-4444-555555555555"),
+        "{out}"
+    );
+    assert!(!out.contains("do-not-print-me"), "{out}");
+    let managed: Vec<_> = vault
+        .iter()
+        .filter(|(k, _)| !k.starts_with("INFLUXION_AZURE_CLIENT"))
+        .copied()
+        .collect();
+    let (okk, out, err) = run(&managed, &["config", "check"]);
+    assert!(okk, "{err}");
+    assert!(
+        out.contains("instance metadata managed identity")
+            && out.contains("http://169.254.169.254/")
+            && out.contains("system-assigned"),
+        "{out}"
+    );
+    let mut app_service = managed.clone();
+    app_service.push(("IDENTITY_ENDPOINT", "http://127.0.0.1:41234/msi/token"));
+    app_service.push(("IDENTITY_HEADER", "hidden-header-value"));
+    let (okk, out, err) = run(&app_service, &["config", "check"]);
+    assert!(okk, "{err}");
+    assert!(
+        out.contains("App Service managed identity") && !out.contains("hidden-header-value"),
+        "{out}"
+    );
+
     let mut bad = base.to_vec();
     bad.push(("INFLUXION_CLOCK_SKEW_SECS", "lots"));
     let (okk, _, err) = run(&bad, &["config", "check"]);

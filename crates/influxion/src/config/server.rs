@@ -52,6 +52,8 @@ pub(crate) struct ServerConfig {
     pub sign_role: String,
     pub kek: KekSource,
     pub vault_url: Option<String>,
+    /// With a vault: which Azure credential reaches it, and why (no secrets).
+    pub vault_credential: Option<String>,
     pub bootstrap_admin: Option<influxion_core::SubjectRules>,
     pub public_url: Option<String>,
     pub est_profile: Option<String>,
@@ -141,6 +143,7 @@ impl ServerConfig {
             )
         })?;
         let vault_url = vault_url(file)?;
+        let vault_credential = vault_url.as_ref().map(|_| vault_credential()).transpose()?;
         let bootstrap_admin = bootstrap_admin(file, auth.tenant_id.as_deref())?;
         let public_url = public_url(file)?;
         let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
@@ -153,6 +156,7 @@ impl ServerConfig {
             sign_role: roles.sign,
             kek,
             vault_url,
+            vault_credential,
             bootstrap_admin,
             public_url,
             est_profile,
@@ -178,7 +182,7 @@ impl ServerConfig {
     pub(crate) fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.database_url,
@@ -199,6 +203,7 @@ impl ServerConfig {
             a.allow_insecure_http,
             format!("{:?}", self.kek),
             self.vault_url.as_deref().unwrap_or(""),
+            self.vault_credential.as_deref().unwrap_or(""),
             self.bootstrap_admin
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok())
@@ -406,6 +411,21 @@ fn extra_issuers(a: &FileAuth, metadata_url: &str, single_tenant: Option<&str>) 
             .unwrap_or_default(),
     );
     extra_issuers
+}
+
+/// The Azure credential the vault will be reached with (see `influxion_azure`), as
+/// `config check` shows it; a half-configured one fails here, naming the setting.
+fn vault_credential() -> Result<String, ConfigError> {
+    let settings = influxion_azure::Settings::from_vars(env).map_err(azure_err)?;
+    let source = influxion_azure::Source::select(&settings).map_err(azure_err)?;
+    Ok(source.describe())
+}
+
+fn azure_err(e: influxion_azure::CredentialError) -> ConfigError {
+    match e {
+        influxion_azure::CredentialError::Config { setting, why } => err(setting, why),
+        other => err("INFLUXION_VAULT_URL", other.to_string()),
+    }
 }
 
 fn vault_url(file: &FileConfig) -> Result<Option<String>, ConfigError> {

@@ -18,6 +18,10 @@
 //! was sent; faults (status codes with an optional `Retry-After`) can be queued per
 //! endpoint.
 
+pub mod vault;
+
+pub use vault::{VaultRequest, VaultStandIn};
+
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};

@@ -11,6 +11,7 @@
 
 use std::collections::HashMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::Deserialize;
@@ -323,7 +324,9 @@ pub struct Credential {
     source: Source,
     http: reqwest::Client,
     retry: Retry,
-    cache: Mutex<HashMap<String, AccessToken>>,
+    /// One slot per resource; a slot's lock is held while its token is fetched, so
+    /// callers for one resource share one request and other resources are not held up.
+    cache: std::sync::Mutex<HashMap<String, Arc<Mutex<Option<AccessToken>>>>>,
 }
 
 impl std::fmt::Debug for Credential {
@@ -390,7 +393,7 @@ impl Credential {
             source,
             http,
             retry,
-            cache: Mutex::new(HashMap::new()),
+            cache: std::sync::Mutex::new(HashMap::new()),
         }
     }
 
@@ -402,8 +405,15 @@ impl Credential {
     /// minutes before it expires. If a refresh fails while the cached token is still
     /// valid, the cached one is used (and the failure logged without the token).
     pub async fn token(&self, resource: &str) -> Result<AccessToken, CredentialError> {
-        let mut cache = self.cache.lock().await;
-        let cached = cache.get(resource).cloned();
+        let slot = {
+            let mut all = match self.cache.lock() {
+                Ok(g) => g,
+                Err(p) => p.into_inner(),
+            };
+            all.entry(resource.to_owned()).or_default().clone()
+        };
+        let mut slot = slot.lock().await;
+        let cached = slot.clone();
         let t = now();
         if let Some(c) = &cached {
             if c.expires_on - REFRESH_MARGIN_SECS > t {
@@ -412,7 +422,7 @@ impl Credential {
         }
         match self.fetch(resource).await {
             Ok(fresh) => {
-                cache.insert(resource.to_owned(), fresh.clone());
+                *slot = Some(fresh.clone());
                 Ok(fresh)
             }
             Err(e) => match cached {

@@ -207,7 +207,7 @@ fn print_list(page: &AuditPage) {
             short_time(&r.at),
             terminal_safe(&r.outcome),
             terminal_safe(&r.action),
-            fit(&terminal_safe(&r.actor.label()), 40),
+            fit(&short_who(&r.actor), 40),
             terminal_safe(r.target.as_deref().unwrap_or("")),
         );
     }
@@ -217,6 +217,25 @@ fn print_list(page: &AuditPage) {
             last.seq
         );
     }
+}
+
+/// The label with the end of the identity, so that two people who call themselves
+/// the same are told apart in a table (the whole identity: `audit show`, JSON).
+fn short_who(a: &influxion_api::Actor) -> String {
+    let label = terminal_safe(&a.label());
+    if !a.has_label() {
+        return label;
+    }
+    let id = terminal_safe(&a.id);
+    let tail: String = id
+        .chars()
+        .rev()
+        .take(6)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+        .collect();
+    format!("{label} …{tail}")
 }
 
 /// `2026-12-01T09:00:00.123456Z` to the second.
@@ -326,13 +345,39 @@ impl Sink {
     }
 }
 
-/// The last record's sequence number in an export file (its last complete line).
+/// The last record's sequence number in an export file. A last line without its
+/// newline (an export killed mid-write) is cut off first, so the resumed export
+/// rewrites that record whole instead of appending to half of it.
 fn last_exported(path: &PathBuf) -> Result<Option<i64>> {
-    let f = match std::fs::File::open(path) {
+    let f = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+    {
         Ok(f) => f,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
     };
+    let len = f.metadata()?.len();
+    if len > 0 {
+        use std::io::{Read, Seek, SeekFrom};
+        let mut r = &f;
+        let mut content = Vec::new();
+        r.seek(SeekFrom::Start(0))?;
+        r.read_to_end(&mut content)?;
+        if content.last() != Some(&b'\n') {
+            let keep = content
+                .iter()
+                .rposition(|b| *b == b'\n')
+                .map_or(0, |i| i + 1);
+            f.set_len(u64::try_from(keep).unwrap_or(0))
+                .with_context(|| {
+                    format!("cutting the unfinished last line of {}", path.display())
+                })?;
+            eprintln!("{}: an unfinished last line was removed", path.display());
+        }
+    }
+    let f = std::fs::File::open(path).with_context(|| format!("reading {}", path.display()))?;
     let mut last = None;
     for line in std::io::BufReader::new(f).lines() {
         let line = line.with_context(|| format!("reading {}", path.display()))?;
@@ -385,6 +430,7 @@ pub async fn export(mut c: Client, a: ExportArgs) -> Result<ExitCode> {
             p.push(("wait", FOLLOW_WAIT_SECS.to_string()));
         }
         let path = format!("/v1/audit?{}", query(&p));
+        let asked = std::time::Instant::now();
         let page: Reply<AuditPage> = match c.fetch(Method::GET, &path).await {
             Ok(r) => {
                 failures = 0;
@@ -426,6 +472,11 @@ pub async fn export(mut c: Client, a: ExportArgs) -> Result<ExitCode> {
         }
         if typed.is_empty() && !a.follow {
             break;
+        }
+        // An empty page long before the wait was up: the keyserver had no room for
+        // another waiting request. Pause instead of asking again at once.
+        if typed.is_empty() && asked.elapsed() < Duration::from_secs(FOLLOW_WAIT_SECS / 5) {
+            tokio::time::sleep(Duration::from_secs(2)).await;
         }
     }
     // stdout is the export itself: the summary goes to stderr whatever --output says.
@@ -491,6 +542,10 @@ mod tests {
         assert_eq!(last_exported(&p).unwrap(), Some(2));
         std::fs::write(&p, "{\"seq\":1}\nnot json\n").unwrap();
         assert!(last_exported(&p).is_err());
+        // Killed mid-line: the half record goes, the resume starts after record 1.
+        std::fs::write(&p, "{\"seq\":1}\n{\"seq\":2,\"at").unwrap();
+        assert_eq!(last_exported(&p).unwrap(), Some(1));
+        assert_eq!(std::fs::read_to_string(&p).unwrap(), "{\"seq\":1}\n");
     }
 
     #[test]

@@ -16,21 +16,52 @@ pub const MAX_DISPLAY_CHARS: usize = 128;
 
 /// Someone or something that acted: a person, an application, or Influxion itself
 /// (`system`, `bootstrap`, `anonymous`).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Actor {
     /// The stable identity: `tenant/object` (with `user:`/`app:` in audit records).
     pub id: String,
-    #[serde(default)]
     pub kind: Option<CallerKind>,
     /// A person's `name` claim; for an application, the subject it matched.
-    #[serde(default)]
     pub name: Option<String>,
     /// A person's `preferred_username` or `upn`; an application's client id.
-    #[serde(default)]
     pub username: Option<String>,
     /// The subjects the caller matched, comma-separated.
-    #[serde(default)]
     pub subject: Option<String>,
+}
+
+/// Read from the API's object, or from a bare identity string (what servers before
+/// labels sent), so a newer client still reads an older server's answers.
+impl<'de> Deserialize<'de> for Actor {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wire {
+            id: String,
+            #[serde(default)]
+            kind: Option<CallerKind>,
+            #[serde(default)]
+            name: Option<String>,
+            #[serde(default)]
+            username: Option<String>,
+            #[serde(default)]
+            subject: Option<String>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Either {
+            Id(String),
+            Full(Wire),
+        }
+        Ok(match Either::deserialize(d)? {
+            Either::Id(id) => Actor::id_only(id),
+            Either::Full(w) => Actor {
+                id: w.id,
+                kind: w.kind,
+                name: w.name,
+                username: w.username,
+                subject: w.subject,
+            },
+        })
+    }
 }
 
 /// What is stored beside the identity (one JSON text column).
@@ -273,6 +304,9 @@ mod tests {
         assert_eq!(v["label"], "Bob <bob@x>");
         let back: Actor = serde_json::from_value(v).unwrap();
         assert_eq!(back.name.as_deref(), Some("Bob"));
+        // An older server's bare identity reads as an actor without a label.
+        let old: Actor = serde_json::from_value(serde_json::json!("t/o")).unwrap();
+        assert_eq!(old, Actor::id_only("t/o"));
     }
 
     #[test]

@@ -311,6 +311,9 @@ async fn the_audit_log_is_filtered_by_the_keyserver() {
         "identity, ASCII case ignored: {}",
         r.text
     );
+    // The label's fields are searched, not its JSON text.
+    let r = audit(&w, "?actor=username").await;
+    assert!(seqs(&r).is_empty(), "JSON keys never match: {}", r.text);
     let r = audit(&w, "?actor=50%25").await;
     assert!(seqs(&r).is_empty(), "% is literal: {}", r.text);
     let r = audit(&w, "?outcome=error").await;

@@ -289,7 +289,7 @@ async fn decide(
     .target(r.key_name.clone())
     .detail(serde_json::json!({
         "request": d.request_id,
-        "requester": r.requester,
+        "requester": r.requester.id,
         "approvals": approvals,
         "quorum": r.quorum,
     }));
@@ -346,7 +346,7 @@ async fn decide_policy_change(
     .target(c.key_name.clone())
     .detail(serde_json::json!({
         "change": c.id,
-        "requester": c.requester,
+        "requester": c.requester.id,
         "before": c.base_policy,
         "after": c.policy,
         "weakens": c.weakens,

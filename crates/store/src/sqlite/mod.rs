@@ -336,12 +336,18 @@ impl Database for SqliteDb {
         }
         if let Some(actor) = &f.actor {
             // Substring of the identity or the recorded label, ignoring ASCII case.
+            // The label's fields, not its JSON text (whose keys and escapes would match).
             sql.push_str(
-                " AND (actor LIKE ? ESCAPE '\\' OR COALESCE(actor_label, '') LIKE ? ESCAPE '\\')",
+                " AND (actor LIKE ? ESCAPE '\\'
+                   OR (json_valid(actor_label) AND (
+                       json_extract(actor_label, '$.name') LIKE ? ESCAPE '\\'
+                    OR json_extract(actor_label, '$.username') LIKE ? ESCAPE '\\'
+                    OR json_extract(actor_label, '$.subject') LIKE ? ESCAPE '\\')))",
             );
             let pattern = format!("%{}%", like_escape(actor));
-            binds.push(Bind::Text(pattern.clone()));
-            binds.push(Bind::Text(pattern));
+            for _ in 0..4 {
+                binds.push(Bind::Text(pattern.clone()));
+            }
         }
         if let Some(key) = &f.key {
             sql.push_str(

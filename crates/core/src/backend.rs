@@ -33,6 +33,10 @@ pub enum BackendError {
     Crypto(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// The backend answered, and said no: a permission the keyserver's identity lacks,
+    /// a key or version deleted there. Not transient; an operator must act.
+    #[error("the key backend refused: {0}")]
+    Refused(String),
 }
 
 /// A place private keys live. Object safe so the HTTP layer holds `Arc<dyn KeyBackend>`

@@ -207,6 +207,7 @@ impl ApiError {
             | ApiError::CaKey(_) => StatusCode::CONFLICT,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Backend(BackendError::Refused(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -268,6 +269,7 @@ impl ApiError {
             ApiError::ProfileInUse(_) => "profile-in-use",
             ApiError::CaKey(_) => "ca-key",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
+            ApiError::Backend(BackendError::Refused(_)) => "backend-refused",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",
         }
     }
@@ -283,12 +285,17 @@ impl ApiError {
             StatusCode::METHOD_NOT_ALLOWED => "Method not allowed",
             StatusCode::CONFLICT => "Conflict",
             StatusCode::SERVICE_UNAVAILABLE => "Temporarily unavailable",
+            StatusCode::BAD_GATEWAY => "Refused by the key backend",
             _ => "Internal error",
         }
     }
 
     fn detail(&self) -> String {
         match self {
+            // What the operator must fix, without secrets: the backend's own words.
+            ApiError::Backend(e @ (BackendError::Refused(_) | BackendError::Unavailable(_))) => {
+                e.to_string()
+            }
             // Database and crypto error text stays in the log.
             ApiError::Store(_) | ApiError::Backend(_) => {
                 "the keyserver could not complete the operation".into()

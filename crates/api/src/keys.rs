@@ -34,6 +34,10 @@ pub struct KeyList {
 pub struct CreateKey {
     pub name: String,
     pub key_type: String,
+    /// The key backend to create it in (`software`, `azure-keyvault`); default: the
+    /// keyserver's default backend.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// `PUT /v1/keys/{name}/policy`.

@@ -44,6 +44,9 @@ pub enum KeysCommand {
         /// ec-p256, ec-p384, ed25519, rsa-3072 or rsa-4096.
         #[arg(long = "type", default_value = "ec-p256")]
         key_type: String,
+        /// The key backend: software or azure-keyvault (default: the keyserver's).
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Disable a key: it can no longer sign (key-admin).
     Disable { name: String },
@@ -159,12 +162,20 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                 ),
             }
         }
-        KeysCommand::Create { name, key_type } => {
+        KeysCommand::Create {
+            name,
+            key_type,
+            backend,
+        } => {
             let r: Reply<KeyView> = c
                 .call(
                     Method::POST,
                     "/v1/keys",
-                    Some(&CreateKey { name, key_type }),
+                    Some(&CreateKey {
+                        name,
+                        key_type,
+                        backend,
+                    }),
                 )
                 .await?;
             let k = &r.body;

@@ -69,6 +69,12 @@ pub trait KeyBackend: Send + Sync {
         key_type: KeyType,
         handle: &[u8],
     ) -> Result<(), BackendError>;
+
+    /// Where the key behind `handle` lives, for audit records (vault URL, key name and
+    /// version; token and object id). Never secret material; empty by default.
+    fn describe(&self, _handle: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+        serde_json::Map::new()
+    }
 }
 
 /// What the registry needs to know of a stored key. The store's key record implements

@@ -33,7 +33,10 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
     .with_context(|| format!("opening {}", cfg.database_url))?;
     // One registration line per key backend; keys name theirs, the first is where new
     // keys go.
-    let backends = Backends::new(Arc::new(SoftwareKeystore::new(kek)));
+    let mut backends = Backends::new(Arc::new(SoftwareKeystore::new(kek)));
+    if let Some(vault) = &cfg.vault {
+        backends = backends.with(Arc::new(key_vault(vault)?));
+    }
     check_backends(&store, &backends).await?;
     if let Some(rules) = &cfg.bootstrap_admin {
         bootstrap_admin(&store, rules.clone()).await?;
@@ -52,6 +55,20 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
         pki_cache: Default::default(),
         feed: Default::default(),
     })
+}
+
+/// The Azure Key Vault backend of `vault.url`, reached with the configured credential.
+fn key_vault(v: &crate::config::VaultConfig) -> Result<influxion_keyvault::KeyVaultBackend> {
+    let http =
+        influxion_azure::http_client(v.ca_file.as_deref()).context("INFLUXION_VAULT_CA_FILE")?;
+    let credential = influxion_azure::Credential::new(v.credential.clone(), http.clone());
+    Ok(influxion_keyvault::KeyVaultBackend::new(
+        v.url.clone(),
+        http,
+        Arc::new(credential),
+        influxion_azure::KEY_VAULT_RESOURCE,
+    )
+    .hsm(v.hsm))
 }
 
 /// Prove at start that each configured backend can use a key it holds: a wrong
@@ -278,6 +295,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         kek: crate::config::KekSource::File(kek_path),
         vault_url: None,
         vault_credential: None,
+        vault: None,
         public_url: Some(format!("http://127.0.0.1:{port}")),
         est_profile: Some("device".into()),
         bootstrap_admin: None,
@@ -478,6 +496,7 @@ async fn ensure_key(state: &AppState, name: &str, approvals: u32) -> Result<()> 
         actor,
         key_name,
         KeyType::EcP256,
+        None,
     )
     .await?;
     if approvals > 0 {

@@ -435,6 +435,16 @@ impl KeyBackend for KeyVaultBackend {
         }
     }
 
+    fn describe(&self, handle: &[u8]) -> serde_json::Map<String, Value> {
+        let mut m = serde_json::Map::new();
+        if let Ok(h) = serde_json::from_slice::<Handle>(handle) {
+            m.insert("vault".into(), json!(h.vault));
+            m.insert("vault_key".into(), json!(h.name));
+            m.insert("vault_key_version".into(), json!(h.version));
+        }
+        m
+    }
+
     async fn check(
         &self,
         _key_id: &str,

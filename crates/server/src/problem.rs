@@ -36,6 +36,8 @@ pub enum ApiError {
     },
     #[error("a key named {0} already exists")]
     KeyExists(String),
+    #[error("the {backend} key backend has no {key_type} keys; create it in the software keystore or on an HSM (pkcs11)")]
+    UnsupportedKeyType { backend: String, key_type: String },
     #[error("the policy of key {0} changed meanwhile; read it again and retry")]
     PolicyChanged(String),
     #[error("no such resource")]
@@ -186,6 +188,7 @@ impl ApiError {
             | ApiError::GrantConflict(_)
             | ApiError::LastAdmin => StatusCode::CONFLICT,
             ApiError::KeyDisabled(_) | ApiError::KeyExists(_) => StatusCode::CONFLICT,
+            ApiError::UnsupportedKeyType { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Csr(influxion_pki::CsrError::TooLarge) => StatusCode::BAD_REQUEST,
             ApiError::Csr(_)
             | ApiError::Policy(_)
@@ -229,6 +232,7 @@ impl ApiError {
             ApiError::KeyDisabled(_) => "key-disabled",
             ApiError::AlgorithmNotAllowed { .. } => "algorithm-not-allowed",
             ApiError::KeyExists(_) => "key-exists",
+            ApiError::UnsupportedKeyType { .. } => "unsupported-key-type",
             ApiError::PolicyChanged(_) => "policy-changed",
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",

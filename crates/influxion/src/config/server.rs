@@ -54,6 +54,8 @@ pub(crate) struct ServerConfig {
     pub vault_url: Option<String>,
     /// With a vault: which Azure credential reaches it, and why (no secrets).
     pub vault_credential: Option<String>,
+    /// The Key Vault backend's settings, when `vault.url` is set.
+    pub vault: Option<VaultConfig>,
     pub bootstrap_admin: Option<influxion_core::SubjectRules>,
     pub public_url: Option<String>,
     pub est_profile: Option<String>,
@@ -143,7 +145,8 @@ impl ServerConfig {
             )
         })?;
         let vault_url = vault_url(file)?;
-        let vault_credential = vault_url.as_ref().map(|_| vault_credential()).transpose()?;
+        let vault = vault_url.as_deref().map(vault_config).transpose()?;
+        let vault_credential = vault.as_ref().map(|v| v.credential.describe());
         let bootstrap_admin = bootstrap_admin(file, auth.tenant_id.as_deref())?;
         let public_url = public_url(file)?;
         let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
@@ -157,6 +160,7 @@ impl ServerConfig {
             kek,
             vault_url,
             vault_credential,
+            vault,
             bootstrap_admin,
             public_url,
             est_profile,
@@ -413,12 +417,52 @@ fn extra_issuers(a: &FileAuth, metadata_url: &str, single_tenant: Option<&str>) 
     extra_issuers
 }
 
-/// The Azure credential the vault will be reached with (see `influxion_azure`), as
-/// `config check` shows it; a half-configured one fails here, naming the setting.
-fn vault_credential() -> Result<String, ConfigError> {
+/// How the Key Vault backend reaches its vault.
+#[derive(Clone)]
+pub(crate) struct VaultConfig {
+    pub url: url::Url,
+    /// The Azure credential (see `influxion_azure`); a half-configured one fails at
+    /// load, naming the setting.
+    pub credential: influxion_azure::Source,
+    /// `INFLUXION_VAULT_CA_FILE`: trust roots added to the system's.
+    pub ca_file: Option<PathBuf>,
+    /// `INFLUXION_VAULT_HSM=true`: create EC-HSM/RSA-HSM keys (Premium vaults).
+    pub hsm: bool,
+}
+
+impl std::fmt::Debug for VaultConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("VaultConfig")
+            .field("url", &self.url.as_str())
+            .field("credential", &self.credential.name())
+            .finish()
+    }
+}
+
+fn vault_config(url: &str) -> Result<VaultConfig, ConfigError> {
+    let mut url = url::Url::parse(url).map_err(|e| {
+        err(
+            "vault.url / INFLUXION_VAULT_URL",
+            format!("not a URL ({e})"),
+        )
+    })?;
+    // Paths are joined onto it: keys/... under the vault's root.
+    if !url.path().ends_with('/') {
+        url.set_path(&format!("{}/", url.path()));
+    }
     let settings = influxion_azure::Settings::from_vars(env).map_err(azure_err)?;
-    let source = influxion_azure::Source::select(&settings).map_err(azure_err)?;
-    Ok(source.describe())
+    let credential = influxion_azure::Source::select(&settings).map_err(azure_err)?;
+    let hsm = match env("INFLUXION_VAULT_HSM").as_deref() {
+        None | Some("false") | Some("0") => false,
+        Some("true") | Some("1") => true,
+        Some(_) => return Err(err("INFLUXION_VAULT_HSM", "true or false")),
+    };
+    Ok(VaultConfig {
+        url,
+        credential,
+        ca_file: env("INFLUXION_VAULT_CA_FILE").map(PathBuf::from),
+        hsm,
+    })
 }
 
 fn azure_err(e: influxion_azure::CredentialError) -> ConfigError {

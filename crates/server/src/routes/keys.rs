@@ -113,8 +113,15 @@ pub(crate) async fn create(
                 &format!("creating key {name} needs the key-admin role"),
             ));
         }
-        let record =
-            crate::service::keys::create(&st.store, &st.backends, &c.actor, name, key_type).await?;
+        let record = crate::service::keys::create(
+            &st.store,
+            &st.backends,
+            &c.actor,
+            name,
+            key_type,
+            req.backend.as_deref(),
+        )
+        .await?;
         Ok((StatusCode::CREATED, Json(key_view(&record)?)))
     })
     .await

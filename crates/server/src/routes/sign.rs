@@ -129,7 +129,14 @@ pub(crate) async fn sign(
             "algorithm": digest.algorithm().as_str(),
             "digest": digest.to_hex(),
             "app_id": p.app_id,
+            "backend": key.backend,
         });
+        // Where the key lives in its backend (vault, key, version): part of the record.
+        if let Ok(b) = st.backends.for_key(&key) {
+            for (k, v) in b.describe(&key.handle) {
+                detail[k] = v;
+            }
+        }
         if !reason.is_empty() {
             detail["reason"] = reason.into();
         }

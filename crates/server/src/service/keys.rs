@@ -17,11 +17,23 @@ pub async fn generate(
     purpose: KeyPurpose,
 ) -> Result<KeyRecord, ApiError> {
     let backend = match backend {
-        Some(b) => backends.get(b)?,
+        // Naming a backend this keyserver lacks is the caller's mistake, not an outage.
+        Some(b) => backends.get(b).map_err(|_| {
+            ApiError::InvalidRequest(format!(
+                "no key backend {b:?} is configured here (configured: {})",
+                backends.names().collect::<Vec<_>>().join(", ")
+            ))
+        })?,
         None => backends.default_backend(),
     };
     let id = uuid::Uuid::new_v4().to_string();
-    let generated = backend.generate(&id, key_type).await?;
+    let generated = backend.generate(&id, key_type).await.map_err(|e| match e {
+        influxion_core::BackendError::Unsupported(kt) => ApiError::UnsupportedKeyType {
+            backend: backend.name().to_owned(),
+            key_type: kt.as_str().to_owned(),
+        },
+        other => other.into(),
+    })?;
     Ok(KeyRecord {
         id,
         name,
@@ -44,11 +56,12 @@ pub async fn create(
     actor: &Actor,
     name: KeyName,
     key_type: KeyType,
+    backend: Option<&str>,
 ) -> Result<KeyRecord, ApiError> {
     if store.get_key(&name).await?.is_some() {
         return Err(ApiError::KeyExists(name.to_string()));
     }
-    let record = generate(backends, None, name, key_type, actor, KeyPurpose::Sign).await?;
+    let record = generate(backends, backend, name, key_type, actor, KeyPurpose::Sign).await?;
     let event = AuditEvent::new(actor.clone(), "key.create", Outcome::Ok)
         .target(record.name.to_string())
         .detail(serde_json::json!({"key_type": key_type.as_str(), "backend": record.backend}));

@@ -1,0 +1,137 @@
+//! The real binary with keys in Azure Key Vault: the loopback HTTPS vault stand-in
+//! (its own CA, passed as INFLUXION_VAULT_CA_FILE) reached with a managed-identity
+//! token from the instance-metadata stand-in (INFLUXION_IMDS_ENDPOINT), people and
+//! pipelines from the Node OIDC provider. Signatures are checked with openssl.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
+
+mod common;
+
+use common::*;
+use influxion_azure_standin::{Endpoint, IdentityStandIn, VaultStandIn};
+
+#[test]
+fn keys_in_key_vault_sign_through_the_keyserver() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // The stand-ins run on their own runtime for the whole test.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (idp, vault) = rt.block_on(async {
+        let idp = IdentityStandIn::start().await.unwrap();
+        let vault = VaultStandIn::start(d, "https://login.microsoftonline.com/t1")
+            .await
+            .unwrap();
+        vault.accept_standin_tokens();
+        (idp, vault)
+    });
+    let provider = start_provider(d);
+    let imds = idp.url();
+    let vault_url = vault.url();
+    let ca = vault.ca_file.display().to_string();
+    let ks = start_keyserver_env(
+        d,
+        &provider.issuer,
+        AUDIENCE,
+        &[
+            ("INFLUXION_VAULT_URL", vault_url.as_str()),
+            ("INFLUXION_IMDS_ENDPOINT", imds.as_str()),
+            ("INFLUXION_VAULT_CA_FILE", ca.as_str()),
+        ],
+    );
+    write_firmware(d, "fw.bin", 100_000);
+
+    let created = ok(&ks.admin(
+        &["keys", "create", "kv-fw", "--backend", "azure-keyvault"],
+        d,
+    ));
+    assert!(
+        created.starts_with("created key kv-fw (ec-p256, azure-keyvault backend) sha256:"),
+        "{created}"
+    );
+    // Made in the vault as a non-exportable key.
+    let made = vault
+        .requests()
+        .into_iter()
+        .find(|r| r.path.ends_with("/create"))
+        .unwrap();
+    assert_eq!(made.body.unwrap()["attributes"]["exportable"], false);
+    assert!(made.bearer.unwrap().starts_with("standin-imds-token-"));
+
+    let before = vault.requests().len();
+    ok(&ks.signer(&["sign", "--key", "kv-fw", "fw.bin", "-o", "fw.sig"], d));
+    ok(&ks.signer(&["sign", "--key", "kv-fw", "fw.bin", "-o", "fw2.sig"], d));
+    let calls: Vec<_> = vault.requests()[before..].to_vec();
+    assert_eq!(calls.len(), 2, "one vault call per signature: {calls:?}");
+    assert!(calls.iter().all(|c| c.path.ends_with("/sign")));
+    ok(&ks.signer(&["keys", "public", "kv-fw", "-o", "kv.pem"], d));
+    assert_sha256_verifies(d, "kv.pem", "fw.sig", "fw.bin");
+    assert_sha256_verifies(d, "kv.pem", "fw2.sig", "fw.bin");
+
+    // The audit record names the backend, the vault, the key and its version.
+    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--key", "kv-fw",
+        ],
+        d,
+    )))
+    .unwrap();
+    let detail = &audit["records"][0]["detail"];
+    assert_eq!(detail["backend"], "azure-keyvault", "{audit}");
+    assert_eq!(detail["vault"], vault_url);
+    assert!(detail["vault_key"]
+        .as_str()
+        .unwrap()
+        .starts_with("influxion-"));
+    assert!(!detail["vault_key_version"].as_str().unwrap().is_empty());
+
+    // No Ed25519 in Key Vault: refused with a problem pointing elsewhere.
+    let ed = ks.admin(
+        &[
+            "keys",
+            "create",
+            "kv-ed",
+            "--backend",
+            "azure-keyvault",
+            "--type",
+            "ed25519",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&ed.stderr);
+    assert!(
+        !ed.status.success()
+            && err.contains("unsupported-key-type")
+            && err.contains("software keystore"),
+        "{err}"
+    );
+    let unknown = ks.admin(&["keys", "create", "x", "--backend", "hsm-9"], d);
+    let err = String::from_utf8_lossy(&unknown.stderr);
+    assert!(
+        err.contains("invalid-request") && err.contains("hsm-9"),
+        "{err}"
+    );
+
+    // A permission removed in the vault: 502 backend-refused, naming the role; keys of
+    // the software keystore keep working.
+    vault.forbid("sign");
+    let refused = ks.signer(&["sign", "--key", "kv-fw", "fw.bin", "-o", "no.sig"], d);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("backend-refused")
+            && err.contains("Key Vault Crypto User"),
+        "{err}"
+    );
+    assert!(!d.join("no.sig").exists());
+    ok(&ks.admin(&["keys", "create", "sw-fw"], d));
+    ok(&ks.signer(&["sign", "--key", "sw-fw", "fw.bin", "-o", "sw.sig"], d));
+
+    // The managed identity was asked once (the token is cached), for the vault.
+    assert_eq!(idp.count(Endpoint::Imds), 1);
+    assert_eq!(idp.seen()[0].query["resource"], "https://vault.azure.net");
+    assert_eq!(idp.seen()[0].headers["metadata"], "true");
+    drop(rt);
+}

@@ -145,6 +145,11 @@ impl VaultStandIn {
         lock(&self.inner).forbidden.push(operation);
     }
 
+    /// Grant `operation` again.
+    pub fn allow(&self, operation: &'static str) {
+        lock(&self.inner).forbidden.retain(|o| *o != operation);
+    }
+
     pub fn fail_next(&self, faults: &[Fault]) {
         lock(&self.inner).faults.extend(faults.iter().cloned());
     }

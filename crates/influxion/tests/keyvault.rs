@@ -129,6 +129,99 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
     ok(&ks.admin(&["keys", "create", "sw-fw"], d));
     ok(&ks.signer(&["sign", "--key", "sw-fw", "fw.bin", "-o", "sw.sig"], d));
 
+    // A device CA whose key is in the vault: its certificate, its CRL and the device
+    // certificates it issues are signed there, and openssl accepts the chain.
+    let vault_signs = |v: &VaultStandIn| {
+        v.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/sign"))
+            .count()
+    };
+    let signs_before = vault_signs(&vault);
+    // The permission granted again.
+    vault.allow("sign");
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "vault-root",
+            "--cn",
+            "Vault Root CA",
+            "--backend",
+            "azure-keyvault",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "vdev",
+            "--ca",
+            "vault-root",
+            "--cn",
+            "{device_id}",
+            "--key-types",
+            "ec-p256",
+        ],
+        d,
+    ));
+    let csr = std::process::Command::new("openssl")
+        .args([
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "dev.key",
+            "-subj",
+            "/CN=dev-1",
+            "-out",
+            "dev.csr",
+        ])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(csr.status.success());
+    ok(&ks.admin(
+        &[
+            "cert",
+            "issue",
+            "--profile",
+            "vdev",
+            "--csr",
+            "dev.csr",
+            "-o",
+            "dev.pem",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["ca", "chain", "vault-root", "-o", "vroot.pem"], d));
+    let v = std::process::Command::new("openssl")
+        .args(["verify", "-CAfile", "vroot.pem", "dev.pem"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("dev.pem: OK"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    // Root certificate, first CRL and the device certificate: three vault signatures.
+    assert_eq!(vault_signs(&vault) - signs_before, 3);
+    let ca: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &["--output", "json", "audit", "list", "--action", "ca.create"],
+        d,
+    )))
+    .unwrap();
+    assert_eq!(
+        ca["records"][0]["detail"]["backend"], "azure-keyvault",
+        "{ca}"
+    );
+
     // The managed identity was asked once (the token is cached), for the vault.
     assert_eq!(idp.count(Endpoint::Imds), 1);
     assert_eq!(idp.seen()[0].query["resource"], "https://vault.azure.net");

@@ -83,6 +83,10 @@ pub struct CaCreateArgs {
     /// With --external: where to write the CSR (default: standard output).
     #[arg(long)]
     csr_out: Option<PathBuf>,
+    /// The key backend of the CA key: software or azure-keyvault (default: the
+    /// keyserver's).
+    #[arg(long)]
+    backend: Option<String>,
 }
 
 fn print_ca(v: &CaView) {
@@ -125,6 +129,9 @@ pub async fn ca(mut c: Client, cmd: CaCommand) -> Result<ExitCode> {
             }
             if let Some(d) = a.validity_days {
                 body["validity_days"] = json!(d);
+            }
+            if let Some(b) = &a.backend {
+                body["backend"] = json!(b);
             }
             let r: Reply<CaView> = c.call(Method::POST, "/v1/cas", Some(&body)).await?;
             if a.external {

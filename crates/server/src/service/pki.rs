@@ -198,6 +198,8 @@ pub(crate) struct NewCa {
     pub validity_days: Option<u32>,
     pub parent: Option<String>,
     pub external: bool,
+    /// Where the CA key is made (`azure-keyvault`); None: the default backend.
+    pub backend: Option<String>,
 }
 
 /// Create a CA as `actor` (the caller has checked permissions): its key, its
@@ -214,6 +216,7 @@ pub(crate) async fn create_ca(
         validity_days,
         parent,
         external,
+        backend,
     } = req;
     if ca_alg(key_type).is_none() {
         return Err(ApiError::InvalidRequest(format!(
@@ -251,7 +254,7 @@ pub(crate) async fn create_ca(
 
     let key = super::keys::generate(
         &st.backends,
-        None,
+        backend.as_deref(),
         key_name,
         key_type,
         actor,

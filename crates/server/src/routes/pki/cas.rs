@@ -137,6 +137,8 @@ pub(crate) struct CreateCa {
     /// certificate with `PUT /v1/cas/{name}/certificate`.
     #[serde(default)]
     external: bool,
+    /// The key backend of the CA key (default: the keyserver's).
+    backend: Option<String>,
 }
 
 fn default_ca_key() -> String {
@@ -164,6 +166,7 @@ pub(crate) async fn create(
             validity_days: req.validity_days,
             parent: req.parent,
             external: req.external,
+            backend: req.backend,
         };
         let ca = crate::service::pki::create_ca(&st, &c.actor, new).await?;
         Ok((StatusCode::CREATED, Json(ca_view(&st, &ca).await?)))

@@ -25,6 +25,7 @@ pub async fn ensure_dev_ca(st: &AppState) -> Result<(), ApiError> {
             validity_days: Some(3650),
             parent: None,
             external: false,
+            backend: None,
         };
         create_ca(st, actor, req).await?;
     }

@@ -222,6 +222,27 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
         "{ca}"
     );
 
+    // Readiness names each backend; a vault that refuses to read keys makes it 503.
+    let ready = |url: String| {
+        rt.block_on(async move {
+            let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    let (status, body) = ready(ks.url.clone());
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["backends"]["azure-keyvault"], "ok");
+    assert_eq!(body["backends"]["software"], "ok");
+    vault.forbid("get");
+    let (status, body) = ready(ks.url.clone());
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["backends"]["azure-keyvault"], "refused");
+    assert_eq!(body["backends"]["software"], "ok");
+    vault.allow("get");
+
     // The managed identity was asked once (the token is cached), for the vault.
     assert_eq!(idp.count(Endpoint::Imds), 1);
     assert_eq!(idp.seen()[0].query["resource"], "https://vault.azure.net");

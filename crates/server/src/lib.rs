@@ -52,6 +52,7 @@ pub use routes::audit::AuditFeed;
 pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(routes::healthz))
+        .route("/readyz", get(routes::readyz))
         .route("/openapi.json", get(routes::openapi))
         .route("/v1/me", get(routes::me))
         .route(

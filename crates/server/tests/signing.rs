@@ -640,6 +640,7 @@ async fn openapi_documents_every_route() {
         "/v1/keys/{name}/verify",
         "/v1/audit",
         "/v1/audit/{seq}",
+        "/readyz",
         "/v1/keys/{name}/policy",
         "/v1/subjects",
         "/v1/subjects/{name}",

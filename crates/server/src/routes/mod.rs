@@ -20,6 +20,68 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
+/// Ready to serve: the database answers and every configured key backend can use a
+/// key it holds (one stored key each, as at start). Unauthenticated, for load
+/// balancers: states only; the reasons go to the log. `/healthz` stays process-only.
+pub(crate) async fn readyz(
+    axum::extract::State(st): axum::extract::State<AppState>,
+) -> impl IntoResponse {
+    use axum::http::StatusCode;
+    let mut ready = true;
+    let mut backends = serde_json::Map::new();
+    let keys = match st.store.list_keys().await {
+        Ok(k) => Some(k),
+        Err(e) => {
+            tracing::warn!(error = %e, "readiness: the database does not answer");
+            ready = false;
+            None
+        }
+    };
+    for name in st.backends.names() {
+        let state = match keys
+            .as_ref()
+            .and_then(|ks| ks.iter().find(|k| k.backend == name))
+        {
+            None if keys.is_none() => "unknown",
+            None => "ok (no keys)",
+            Some(k) => match st.backends.check(k).await {
+                Ok(()) => "ok",
+                Err(e) => {
+                    tracing::warn!(backend = name, error = %e, "readiness: key backend not usable");
+                    ready = false;
+                    match e {
+                        influxion_core::BackendError::Unavailable(_) => "unavailable",
+                        influxion_core::BackendError::Refused(_) => "refused",
+                        _ => "failing",
+                    }
+                }
+            },
+        };
+        backends.insert(name.to_owned(), serde_json::Value::from(state));
+    }
+    let database = if keys.is_some() { "ok" } else { "unavailable" };
+    if ready {
+        let body =
+            serde_json::json!({"status": "ready", "database": database, "backends": backends});
+        return (StatusCode::OK, Json(body)).into_response();
+    }
+    // Every error answer is a problem document; the states are extension members.
+    let body = serde_json::json!({
+        "type": "https://influxion.dev/problems/not-ready",
+        "title": "Not ready",
+        "status": 503,
+        "detail": "the database or a key backend is not usable (the keyserver's log says why)",
+        "database": database,
+        "backends": backends,
+    });
+    (
+        StatusCode::SERVICE_UNAVAILABLE,
+        [(header::CONTENT_TYPE, "application/problem+json")],
+        body.to_string(),
+    )
+        .into_response()
+}
+
 pub(crate) async fn openapi() -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "application/json")],

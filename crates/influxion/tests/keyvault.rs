@@ -87,6 +87,69 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
         .starts_with("influxion-"));
     assert!(!detail["vault_key_version"].as_str().unwrap().is_empty());
 
+    // With approvals: the approver's completing vote signs in the vault, and the
+    // quorum's record names the vault key and version.
+    ok(&ks.admin(
+        &["keys", "create", "kv-rel", "--backend", "azure-keyvault"],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "approver-1",
+            "--app-id",
+            "approver-1",
+            "--grant",
+            "approver:kv-*",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "keys",
+            "policy",
+            "kv-rel",
+            "--approvals",
+            "1",
+            "--approver",
+            "approver-1",
+        ],
+        d,
+    ));
+    let signer = ks.spawn_signer(
+        &[
+            "sign", "--key", "kv-rel", "fw.bin", "--reason", "release", "-o", "rel.sig",
+        ],
+        d,
+    );
+    let id = pending_id(&ks, d);
+    ok(&ks.cli(
+        "approver-1",
+        "approver-1-secret-123456",
+        &["approvals", "approve", &id, "--comment", "ok"],
+        d,
+    ));
+    let out = signer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&ks.signer(&["keys", "public", "kv-rel", "-o", "rel.pem"], d));
+    assert_sha256_verifies(d, "rel.pem", "rel.sig", "fw.bin");
+    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--key", "kv-rel",
+        ],
+        d,
+    )))
+    .unwrap();
+    let rec = &audit["records"][0];
+    assert_eq!(rec["actor"]["id"], "system:quorum", "{audit}");
+    assert_eq!(rec["detail"]["backend"], "azure-keyvault");
+    assert!(rec["detail"]["vault_key_version"].is_string(), "{audit}");
+
     // No Ed25519 in Key Vault: refused with a problem pointing elsewhere.
     let ed = ks.admin(
         &[
@@ -210,6 +273,23 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
         "{}",
         String::from_utf8_lossy(&v.stderr)
     );
+    let issued: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output",
+            "json",
+            "audit",
+            "list",
+            "--action",
+            "cert.issue",
+        ],
+        d,
+    )))
+    .unwrap();
+    assert_eq!(
+        issued["records"][0]["detail"]["backend"], "azure-keyvault",
+        "{issued}"
+    );
+    assert!(issued["records"][0]["detail"]["vault_key_version"].is_string());
     // Root certificate, first CRL and the device certificate: three vault signatures.
     assert_eq!(vault_signs(&vault) - signs_before, 3);
     let ca: serde_json::Value = serde_json::from_str(&ok(&ks.admin(

@@ -71,6 +71,9 @@ pub struct Decision {
     /// The signature, made in advance by an approver whose vote may complete the
     /// quorum. Without it, a completing vote fails with `NeedSignature`.
     pub signature: Option<Vec<u8>>,
+    /// Where that signature was made (backend, vault, key version), added to the
+    /// quorum's `sign` record.
+    pub signed_with: serde_json::Map<String, serde_json::Value>,
 }
 
 /// What an approval, rejection or cancellation did.

@@ -287,12 +287,18 @@ async fn decide(
         Outcome::Ok,
     )
     .target(r.key_name.clone())
-    .detail(serde_json::json!({
-        "request": d.request_id,
-        "requester": r.requester.id,
-        "approvals": approvals,
-        "quorum": r.quorum,
-    }));
+    .detail({
+        let mut detail = serde_json::json!({
+            "request": d.request_id,
+            "requester": r.requester.id,
+            "approvals": approvals,
+            "quorum": r.quorum,
+        });
+        for (k, v) in &d.signed_with {
+            detail[k.as_str()] = v.clone();
+        }
+        detail
+    });
     Ok((
         chain::append(conn, &signed, &tip, key).await?,
         Some(RequestOutcome::Signed),

@@ -187,6 +187,7 @@ async fn decide(
             comment: body.comment.clone(),
             now: now_unix(),
             signature: None,
+            signed_with: Default::default(),
         };
         let applied = st.store.decide_policy_change(d, event).await?;
         if applied.outcome == Some(RequestOutcome::Expired) {

@@ -157,7 +157,8 @@ pub(crate) async fn show(
     Ok(Json(view(&c, r)))
 }
 
-async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError> {
+/// The signature for `r`, and where it was made (for the quorum's `sign` record).
+async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Signed, ApiError> {
     let key = lookup(st, &r.key_name).await?;
     // Keys are never renamed or deleted, but check identity and state anyway: nothing
     // is signed for a request whose key is not the one it was made for, or disabled.
@@ -167,7 +168,18 @@ async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Vec<u8>, ApiError
     let alg: SignAlgorithm = r.algorithm.parse()?;
     let bytes = hex::decode(&r.digest).map_err(|_| StoreError::Corrupt("request digest".into()))?;
     let digest = Digest::new(alg, bytes)?;
-    Ok(st.backends.sign(&key, &digest).await?)
+    let signature = st.backends.sign(&key, &digest).await?;
+    let mut with = serde_json::Map::new();
+    with.insert("backend".into(), serde_json::json!(key.backend));
+    if let Ok(b) = st.backends.for_key(&key) {
+        with.extend(b.describe(&key.handle));
+    }
+    Ok(Signed { signature, with })
+}
+
+struct Signed {
+    signature: Vec<u8>,
+    with: serde_json::Map<String, serde_json::Value>,
 }
 
 /// The key signed for this request, but the store kept no signature: another vote, a
@@ -261,7 +273,11 @@ async fn decide(
                 approve,
                 comment: body.comment.clone(),
                 now: now_unix(),
-                signature: signature.clone(),
+                signature: signature.as_ref().map(|s| s.signature.clone()),
+                signed_with: signature
+                    .as_ref()
+                    .map(|s| s.with.clone())
+                    .unwrap_or_default(),
             };
             match st.store.decide(d, event()).await {
                 Err(StoreError::NeedSignature) if attempt == 0 => {
@@ -271,7 +287,7 @@ async fn decide(
                 other => break other.map_err(ApiError::from),
             }
         };
-        if let Some(sig) = &signature {
+        if let Some(Signed { signature: sig, .. }) = &signature {
             let stored = matches!(&result, Ok(a) if a.outcome == Some(RequestOutcome::Signed));
             if !stored {
                 record_discarded_signature(st, c, &r, sig, &result).await;

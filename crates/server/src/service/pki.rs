@@ -408,15 +408,23 @@ pub(crate) async fn issue_certificate(
         revoked_at: None,
         revocation_reason: None,
     };
+    let mut detail = serde_json::json!({
+        "serial": record.serial,
+        "ca": ca.name,
+        "device_id": device_id,
+        "subject": subject,
+        "key_generated": key_generated,
+        "backend": key.backend,
+    });
+    // Where the CA key signed (vault, key, version).
+    if let Ok(b) = st.backends.for_key(key) {
+        for (k, v) in b.describe(&key.handle) {
+            detail[k] = v;
+        }
+    }
     let event = AuditEvent::new(actor.clone(), "cert.issue", Outcome::Ok)
         .target(profile.to_owned())
-        .detail(serde_json::json!({
-            "serial": record.serial,
-            "ca": ca.name,
-            "device_id": device_id,
-            "subject": subject,
-            "key_generated": key_generated,
-        }));
+        .detail(detail);
     if let Err(e) = st
         .store
         .record_certificate(record.clone(), &key.id, spec.max_per_device, event)

@@ -62,6 +62,7 @@ fn vote(id: &str, approver: &str, approve: bool, sig: bool) -> Decision {
         comment: "ok".into(),
         now: 1000,
         signature: sig.then(|| vec![0xAA; 70]),
+        signed_with: Default::default(),
     }
 }
 

@@ -321,7 +321,36 @@ impl Inner {
                 .take_refresh_lease(&s.id_hash, REFRESH_LEASE_SECS)
                 .await?
             {
-                break s;
+                // Read again under the lease: another replica may have refreshed (and
+                // released) between the read above and taking the lease, and its
+                // refresh token is spent; using the one read before would be a reuse,
+                // which the provider answers by revoking the whole grant.
+                let fresh = match self.sessions.load(id).await {
+                    Ok(Some(f)) => f,
+                    Ok(None) => {
+                        let _ = self.sessions.release_refresh_lease(&s.id_hash).await;
+                        return Err(KcError::NotSignedIn);
+                    }
+                    Err(e) => {
+                        let _ = self.sessions.release_refresh_lease(&s.id_hash).await;
+                        return Err(e.into());
+                    }
+                };
+                match usable(&fresh) {
+                    Usable::Refresh => break fresh,
+                    other => {
+                        if let Err(e) = self.sessions.release_refresh_lease(&s.id_hash).await {
+                            tracing::warn!(error = %e, "could not release a refresh lease");
+                        }
+                        return match other {
+                            Usable::Yes(t) => Ok(t),
+                            _ => {
+                                self.sessions.delete(id).await?;
+                                Err(KcError::NotSignedIn)
+                            }
+                        };
+                    }
+                }
             }
             waited += 1;
             if waited > 50 {

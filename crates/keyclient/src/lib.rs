@@ -333,7 +333,7 @@ impl Inner {
                     }
                     Err(e) => {
                         let _ = self.sessions.release_refresh_lease(&s.id_hash).await;
-                        return Err(e.into());
+                        return Err(e);
                     }
                 };
                 match usable(&fresh) {

@@ -115,11 +115,7 @@ impl IdentityStandIn {
     }
 
     fn with<T>(&self, f: impl FnOnce(&mut Inner) -> T) -> T {
-        let mut g = match self.inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        f(&mut g)
+        f(&mut lock(&self.inner))
     }
 
     /// `http://127.0.0.1:port`: the authority host and the instance metadata endpoint.
@@ -180,6 +176,14 @@ impl IdentityStandIn {
     }
 }
 
+/// A poisoned lock still holds usable test state.
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    match m.lock() {
+        Ok(g) => g,
+        Err(p) => p.into_inner(),
+    }
+}
+
 fn headers_of(h: &HeaderMap) -> HashMap<String, String> {
     [
         "metadata",
@@ -198,10 +202,7 @@ fn headers_of(h: &HeaderMap) -> HashMap<String, String> {
 
 /// Record the request; a queued fault, if any, is the answer.
 fn arrive(inner: &Mutex<Inner>, seen: Seen) -> Result<(), Box<Response>> {
-    let mut g = match inner.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut g = lock(inner);
     let endpoint = seen.endpoint;
     g.seen.push(seen);
     let Some(f) = g.faults.get_mut(&endpoint).and_then(VecDeque::pop_front) else {
@@ -230,10 +231,7 @@ fn arrive(inner: &Mutex<Inner>, seen: Seen) -> Result<(), Box<Response>> {
 }
 
 fn issue(inner: &Mutex<Inner>, kind: &str) -> (String, i64) {
-    let mut g = match inner.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    };
+    let mut g = lock(inner);
     g.issued += 1;
     (
         format!("standin-{kind}-token-{}", g.issued),
@@ -303,10 +301,7 @@ async fn token(
         );
     };
     let (secret, assertion) = {
-        let g = match inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let g = lock(&inner);
         (
             g.secrets.get(client_id).cloned(),
             g.assertions.get(client_id).cloned(),
@@ -391,10 +386,7 @@ async fn app_service(
             .into_response()
     };
     let (expected, known) = {
-        let g = match inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let g = lock(&inner);
         (g.identity_header.clone(), g.user_assigned.clone())
     };
     if headers
@@ -479,10 +471,7 @@ async fn imds(
         );
     };
     let known = {
-        let g = match inner.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
+        let g = lock(&inner);
         g.user_assigned.clone()
     };
     if let Some(c) = q.get("client_id") {

@@ -22,7 +22,7 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 use base64::Engine as _;
 use serde_json::{json, Value};
 
-use crate::Fault;
+use crate::{lock, Fault};
 
 /// A key the vault holds: every version, newest last.
 enum Private {
@@ -69,13 +69,6 @@ pub struct VaultStandIn {
     /// Where its 401 challenges send clients (`authorization=`).
     pub authority: String,
     inner: Arc<Mutex<Inner>>,
-}
-
-fn lock(inner: &Mutex<Inner>) -> std::sync::MutexGuard<'_, Inner> {
-    match inner.lock() {
-        Ok(g) => g,
-        Err(p) => p.into_inner(),
-    }
 }
 
 fn vault_error(status: StatusCode, code: &str, message: &str) -> Response {

@@ -138,6 +138,17 @@ impl Backends {
         self.by_name.keys().copied()
     }
 
+    /// Where `key` lives, for its audit records: `backend` and what its backend adds
+    /// (vault, key, version).
+    pub fn describe(&self, key: &impl BackendKey) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        m.insert("backend".into(), key.backend_name().into());
+        if let Ok(b) = self.for_key(key) {
+            m.extend(b.describe(key.handle()));
+        }
+        m
+    }
+
     /// Sign with the backend that holds `key`.
     pub async fn sign(
         &self,

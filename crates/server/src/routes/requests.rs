@@ -169,11 +169,7 @@ async fn sign_for(st: &AppState, r: &SigningRequest) -> Result<Signed, ApiError>
     let bytes = hex::decode(&r.digest).map_err(|_| StoreError::Corrupt("request digest".into()))?;
     let digest = Digest::new(alg, bytes)?;
     let signature = st.backends.sign(&key, &digest).await?;
-    let mut with = serde_json::Map::new();
-    with.insert("backend".into(), serde_json::json!(key.backend));
-    if let Ok(b) = st.backends.for_key(&key) {
-        with.extend(b.describe(&key.handle));
-    }
+    let with = st.backends.describe(&key);
     Ok(Signed { signature, with })
 }
 

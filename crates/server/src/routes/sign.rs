@@ -129,13 +129,10 @@ pub(crate) async fn sign(
             "algorithm": digest.algorithm().as_str(),
             "digest": digest.to_hex(),
             "app_id": p.app_id,
-            "backend": key.backend,
         });
-        // Where the key lives in its backend (vault, key, version): part of the record.
-        if let Ok(b) = st.backends.for_key(&key) {
-            for (k, v) in b.describe(&key.handle) {
-                detail[k] = v;
-            }
+        // Where the key lives (backend, vault, key, version): part of the record.
+        for (k, v) in st.backends.describe(&key) {
+            detail[k] = v;
         }
         if !reason.is_empty() {
             detail["reason"] = reason.into();

@@ -414,13 +414,10 @@ pub(crate) async fn issue_certificate(
         "device_id": device_id,
         "subject": subject,
         "key_generated": key_generated,
-        "backend": key.backend,
     });
-    // Where the CA key signed (vault, key, version).
-    if let Ok(b) = st.backends.for_key(key) {
-        for (k, v) in b.describe(&key.handle) {
-            detail[k] = v;
-        }
+    // Where the CA key signed (backend, vault, key, version).
+    for (k, v) in st.backends.describe(key) {
+        detail[k] = v;
     }
     let event = AuditEvent::new(actor.clone(), "cert.issue", Outcome::Ok)
         .target(profile.to_owned())

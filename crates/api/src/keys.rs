@@ -20,6 +20,13 @@ pub struct KeyView {
     pub policy: KeyPolicy,
     pub public_key_pem: String,
     pub public_key_jwk: serde_json::Value,
+    /// The key has a certificate chain (`GET /v1/keys/{name}/certificate`).
+    #[serde(default)]
+    pub has_certificate: bool,
+    /// Where the key lives in its backend: vault, vault key and version; empty for the
+    /// software keystore.
+    #[serde(default, skip_serializing_if = "serde_json::Map::is_empty")]
+    pub location: serde_json::Map<String, serde_json::Value>,
 }
 
 /// `GET /v1/keys`.
@@ -38,6 +45,32 @@ pub struct CreateKey {
     /// keyserver's default backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
+}
+
+/// `POST /v1/keys/{name}/import`: bind a key that already exists in a backend. Exactly
+/// one of `vault_key` and `vault_certificate`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImportKey {
+    /// A Key Vault key, `NAME` (its newest version, pinned now) or `NAME/VERSION`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_key: Option<String>,
+    /// A Key Vault certificate: its key signs, its chain is served with the key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vault_certificate: Option<String>,
+    /// With `vault_certificate`: read the private key from the certificate's secret
+    /// (for vaults that grant only secrets/get) and hold it in memory.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub from_secret: bool,
+}
+
+/// `POST /v1/keys/{name}/rotate`: bind another version of the key's backend key.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateKey {
+    /// The version to bind; default: the newest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
 }
 
 /// `PUT /v1/keys/{name}/policy`.

@@ -16,7 +16,7 @@ pub mod subjects;
 
 pub use audit::{AuditEntry, AuditPage, AuditRecordView, Chain, RecordChecks};
 pub use influxion_core::Actor;
-pub use keys::{CreateKey, KeyList, KeyView, PolicyRequest};
+pub use keys::{CreateKey, ImportKey, KeyList, KeyView, PolicyRequest, RotateKey};
 pub use requests::{
     Approval, ChangeList, ChangeView, Decision, PendingChange, PendingResponse, RequestList,
     RequestView, SignRequest, SignResponse, VerifyRequest, VerifyResponse,

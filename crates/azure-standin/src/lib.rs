@@ -20,7 +20,7 @@
 
 pub mod vault;
 
-pub use vault::{VaultRequest, VaultStandIn};
+pub use vault::{CertificateKey, SecretFormat, VaultRequest, VaultStandIn};
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;

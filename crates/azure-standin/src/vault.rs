@@ -7,6 +7,14 @@
 //! `WWW-Authenticate: Bearer authorization="…", resource="https://vault.azure.net"`;
 //! throttling is 429 with `Retry-After`. Signatures are made with real keys it holds.
 //! Its own test CA signs its certificate; tests trust it through a PEM file.
+//!
+//! Certificates: `GET /certificates/{name}[/{version}]` answers a certificate bundle
+//! (`id`, `kid`, `sid`, `x5t`, `cer` as base64 DER, `attributes`, `policy`), and
+//! `GET /secrets/{name}[/{version}]` the certificate's secret (`value`, `contentType`
+//! `application/x-pkcs12` as base64 PFX without a password, or `application/x-pem-file`
+//! with the key first; no private key when the certificate's key is not exportable).
+//! A certificate's key is a key of the same name, usable through `keys/…/sign`, as in
+//! Key Vault. Certificates are issued by a second test CA, `signing_ca_pem`.
 
 use std::collections::{HashMap, VecDeque};
 use std::net::SocketAddr;
@@ -37,9 +45,49 @@ struct Version {
     kty: String,
 }
 
+/// What a certificate's secret is encoded as.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretFormat {
+    Pkcs12,
+    Pem,
+}
+
+impl SecretFormat {
+    fn content_type(self) -> &'static str {
+        match self {
+            SecretFormat::Pkcs12 => "application/x-pkcs12",
+            SecretFormat::Pem => "application/x-pem-file",
+        }
+    }
+}
+
+/// The key type of a certificate the vault makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertificateKey {
+    P256,
+    P384,
+    Rsa3072,
+    /// A key type Influxion does not use, to test refusals.
+    Rsa2048,
+}
+
+struct CertVersion {
+    id: String,
+    cer: Vec<u8>,
+    /// Certificates beyond the leaf (the issuing CA).
+    rest: Vec<Vec<u8>>,
+    /// PKCS#8 of the key when it is exportable.
+    pkcs8: Option<Vec<u8>>,
+    format: SecretFormat,
+    key: CertificateKey,
+}
+
 #[derive(Default)]
 struct Inner {
     keys: HashMap<String, Vec<Version>>,
+    certificates: HashMap<String, Vec<CertVersion>>,
+    /// The CA certificates are issued by (DER) and its key (PKCS#8).
+    signing_ca: Option<(Vec<u8>, Vec<u8>)>,
     /// Bearer tokens accepted; any other answers 401.
     tokens: Vec<String>,
     /// Operations refused with 403 (`sign`, `get`, `create`).
@@ -97,6 +145,10 @@ impl VaultStandIn {
             .route("/keys/{name}", get(get_latest))
             .route("/keys/{name}/{version}", get(get_version))
             .route("/keys/{name}/{version}/sign", post(sign))
+            .route("/certificates/{name}", get(certificate_latest))
+            .route("/certificates/{name}/{version}", get(certificate_version))
+            .route("/secrets/{name}", get(secret_latest))
+            .route("/secrets/{name}/{version}", get(secret_version))
             .with_state((inner.clone(), authority.to_owned()));
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
         let addr = listener.local_addr()?;
@@ -186,6 +238,93 @@ impl VaultStandIn {
         Some(id)
     }
 
+    /// Make a certificate (a new version if it exists): a key of the same name, a
+    /// certificate for it issued by the signing CA, and its secret. Returns the version.
+    pub fn create_certificate(
+        &self,
+        name: &str,
+        key: CertificateKey,
+        format: SecretFormat,
+        exportable: bool,
+    ) -> Result<String, String> {
+        use rsa::pkcs8::EncodePrivateKey as _;
+        let mut rng = rand::thread_rng();
+        let (private, pkcs8) = match key {
+            CertificateKey::P256 => {
+                let k = p256::ecdsa::SigningKey::random(&mut rng);
+                let der = k.to_pkcs8_der().map_err(|e| e.to_string())?;
+                (Private::P256(k), der.as_bytes().to_vec())
+            }
+            CertificateKey::P384 => {
+                let k = p384::ecdsa::SigningKey::random(&mut rng);
+                let der = k.to_pkcs8_der().map_err(|e| e.to_string())?;
+                (Private::P384(k), der.as_bytes().to_vec())
+            }
+            CertificateKey::Rsa3072 | CertificateKey::Rsa2048 => {
+                let bits = if key == CertificateKey::Rsa3072 {
+                    3072
+                } else {
+                    2048
+                };
+                let k = rsa::RsaPrivateKey::new(&mut rng, bits).map_err(|e| e.to_string())?;
+                let der = k.to_pkcs8_der().map_err(|e| e.to_string())?;
+                (Private::Rsa(Box::new(k)), der.as_bytes().to_vec())
+            }
+        };
+        let kty = if matches!(private, Private::Rsa(_)) {
+            "RSA"
+        } else {
+            "EC"
+        };
+        let mut g = lock(&self.inner);
+        if g.signing_ca.is_none() {
+            g.signing_ca = Some(signing_ca()?);
+        }
+        let (ca_der, ca_key) = g.signing_ca.clone().ok_or("no signing CA")?;
+        let cer = issue(name, &pkcs8, &ca_der, &ca_key)?;
+        g.next_version += 1;
+        let id = format!("{:032x}", g.next_version);
+        g.keys.entry(name.to_owned()).or_default().push(Version {
+            id: id.clone(),
+            key: private,
+            kty: kty.into(),
+        });
+        g.certificates
+            .entry(name.to_owned())
+            .or_default()
+            .push(CertVersion {
+                id: id.clone(),
+                cer,
+                rest: vec![ca_der],
+                pkcs8: exportable.then_some(pkcs8),
+                format,
+                key,
+            });
+        Ok(id)
+    }
+
+    /// A new version of a certificate, with a new key of the same type.
+    pub fn renew_certificate(&self, name: &str) -> Result<String, String> {
+        let (key, format, exportable) = {
+            let g = lock(&self.inner);
+            let last = g
+                .certificates
+                .get(name)
+                .and_then(|v| v.last())
+                .ok_or("no such certificate")?;
+            (last.key, last.format, last.pkcs8.is_some())
+        };
+        self.create_certificate(name, key, format, exportable)
+    }
+
+    /// The PEM of the CA that issues the vault's certificates (a test's trust anchor).
+    pub fn signing_ca_pem(&self) -> Option<String> {
+        let g = lock(&self.inner);
+        g.signing_ca
+            .as_ref()
+            .map(|(der, _)| pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())))
+    }
+
     pub fn requests(&self) -> Vec<VaultRequest> {
         lock(&self.inner).seen.clone()
     }
@@ -207,6 +346,52 @@ fn test_certificates() -> Result<(String, String, String), rcgen::Error> {
         .push(SanType::IpAddress(std::net::IpAddr::from([127, 0, 0, 1])));
     let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
     Ok((ca_cert.pem(), leaf_cert.pem(), leaf_key.serialize_pem()))
+}
+
+/// The CA the vault's certificates are issued by: (certificate DER, key PKCS#8).
+fn signing_ca() -> Result<(Vec<u8>, Vec<u8>), String> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Influxion test vault signing CA");
+    let cert = ca.self_signed(&key).map_err(|e| e.to_string())?;
+    Ok((cert.der().to_vec(), key.serialize_der()))
+}
+
+/// A code-signing certificate named `name` for the key `pkcs8`, issued by the CA.
+fn issue(name: &str, pkcs8: &[u8], ca_der: &[u8], ca_key: &[u8]) -> Result<Vec<u8>, String> {
+    use rcgen::{
+        CertificateParams, DnType, ExtendedKeyUsagePurpose, Issuer, KeyPair, KeyUsagePurpose,
+    };
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::try_from(ca_key).map_err(e)?;
+    let issuer = Issuer::from_ca_cert_der(&ca_der.to_vec().into(), ca_key).map_err(e)?;
+    let subject_key = subject_key(pkcs8)?;
+    let mut params = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::CodeSigning];
+    let cert = params.signed_by(&subject_key, &issuer).map_err(e)?;
+    Ok(cert.der().to_vec())
+}
+
+/// The public half of a PKCS#8 key, as rcgen takes it for a certificate's subject.
+fn subject_key(pkcs8: &[u8]) -> Result<rcgen::SubjectPublicKeyInfo, String> {
+    use p256::pkcs8::{DecodePrivateKey as _, EncodePublicKey as _};
+    let spki = if let Ok(k) = p256::ecdsa::SigningKey::from_pkcs8_der(pkcs8) {
+        k.verifying_key().to_public_key_der()
+    } else if let Ok(k) = p384::ecdsa::SigningKey::from_pkcs8_der(pkcs8) {
+        k.verifying_key().to_public_key_der()
+    } else {
+        rsa::RsaPrivateKey::from_pkcs8_der(pkcs8)
+            .map_err(|e| e.to_string())?
+            .to_public_key()
+            .to_public_key_der()
+    }
+    .map_err(|e| e.to_string())?;
+    rcgen::SubjectPublicKeyInfo::from_der(spki.as_bytes()).map_err(|e| e.to_string())
 }
 
 type St = State<(Arc<Mutex<Inner>>, String)>;
@@ -282,10 +467,23 @@ fn admit(
         return Err(Box::new(vault_error(
             StatusCode::FORBIDDEN,
             "Forbidden",
-            &format!("Caller is not authorized to perform action on resource. Action: 'Microsoft.KeyVault/vaults/keys/{operation}/action'."),
+            &format!(
+                "Caller is not authorized to perform action on resource. Action: '{}'.",
+                data_action(operation)
+            ),
         )));
     }
     Ok(())
+}
+
+/// The RBAC data action an operation needs, as Key Vault names it in a 403.
+fn data_action(operation: &str) -> String {
+    match operation {
+        "get" => "Microsoft.KeyVault/vaults/keys/read".into(),
+        "certificates-get" => "Microsoft.KeyVault/vaults/certificates/read".into(),
+        "secrets-get" => "Microsoft.KeyVault/vaults/secrets/getSecret/action".into(),
+        op => format!("Microsoft.KeyVault/vaults/keys/{op}/action"),
+    }
 }
 
 fn kid(headers: &HeaderMap, name: &str, version: &str) -> String {
@@ -505,4 +703,202 @@ async fn sign(
             .into_response(),
         Err(e) => vault_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e),
     }
+}
+
+fn object_url(headers: &HeaderMap, collection: &str, name: &str, version: &str) -> String {
+    let host = headers
+        .get("host")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("localhost");
+    format!("https://{host}/{collection}/{name}/{version}")
+}
+
+/// Find a certificate version (the newest when `version` is `None`) and run `f` on it.
+fn with_certificate(
+    st: &(Arc<Mutex<Inner>>, String),
+    name: &str,
+    version: Option<&str>,
+    code: &str,
+    f: impl FnOnce(&CertVersion) -> Response,
+) -> Response {
+    let g = lock(&st.0);
+    let found = g.certificates.get(name).and_then(|vs| match version {
+        Some(id) => vs.iter().find(|v| v.id == id),
+        None => vs.last(),
+    });
+    match found {
+        Some(v) => f(v),
+        None => vault_error(
+            StatusCode::NOT_FOUND,
+            code,
+            &format!("A certificate with (name/id) {name} was not found in this key vault."),
+        ),
+    }
+}
+
+async fn certificate_latest(
+    st: St,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    certificate(st, name, None, headers, q).await
+}
+
+async fn certificate_version(
+    st: St,
+    UrlPath((name, version)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    certificate(st, name, Some(version), headers, q).await
+}
+
+async fn certificate(
+    State(st): St,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let path = match &version {
+        Some(v) => format!("/certificates/{name}/{v}"),
+        None => format!("/certificates/{name}"),
+    };
+    if let Err(r) = admit(&st, "GET", path, &headers, &q, None, "certificates-get") {
+        return *r;
+    }
+    use base64::engine::general_purpose::STANDARD as B64;
+    use sha1::Digest as _;
+    with_certificate(&st, &name, version.as_deref(), "CertificateNotFound", |v| {
+        let key_props = match v.key {
+            CertificateKey::P256 => json!({"kty": "EC", "crv": "P-256"}),
+            CertificateKey::P384 => json!({"kty": "EC", "crv": "P-384"}),
+            CertificateKey::Rsa3072 => json!({"kty": "RSA", "key_size": 3072}),
+            CertificateKey::Rsa2048 => json!({"kty": "RSA", "key_size": 2048}),
+        };
+        let mut key_props = key_props;
+        key_props["exportable"] = json!(v.pkcs8.is_some());
+        key_props["reuse_key"] = json!(false);
+        Json(json!({
+            "id": object_url(&headers, "certificates", &name, &v.id),
+            "kid": object_url(&headers, "keys", &name, &v.id),
+            "sid": object_url(&headers, "secrets", &name, &v.id),
+            "x5t": B64URL.encode(sha1::Sha1::digest(&v.cer)),
+            "cer": B64.encode(&v.cer),
+            "attributes": {"enabled": true, "created": 1764669600, "updated": 1764669600,
+                           "recoveryLevel": "Recoverable+Purgeable"},
+            "policy": {
+                "id": object_url(&headers, "certificates", &name, "policy"),
+                "key_props": key_props,
+                "secret_props": {"contentType": v.format.content_type()},
+                "x509_props": {"subject": format!("CN={name}"), "ekus": ["1.3.6.1.5.5.7.3.3"],
+                               "key_usage": ["digitalSignature"], "validity_months": 12},
+                "issuer": {"name": "Unknown"},
+            },
+        }))
+        .into_response()
+    })
+}
+
+async fn secret_latest(
+    st: St,
+    UrlPath(name): UrlPath<String>,
+    headers: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    secret(st, name, None, headers, q).await
+}
+
+async fn secret_version(
+    st: St,
+    UrlPath((name, version)): UrlPath<(String, String)>,
+    headers: HeaderMap,
+    q: Query<HashMap<String, String>>,
+) -> Response {
+    secret(st, name, Some(version), headers, q).await
+}
+
+/// The secret Key Vault keeps beside a certificate, in its policy's content type.
+fn secret_value(v: &CertVersion) -> Result<String, String> {
+    use base64::engine::general_purpose::STANDARD as B64;
+    let chain: Vec<&Vec<u8>> = std::iter::once(&v.cer).chain(&v.rest).collect();
+    match v.format {
+        SecretFormat::Pem => {
+            let mut out = String::new();
+            if let Some(k) = &v.pkcs8 {
+                out.push_str(&pem::encode(&pem::Pem::new("PRIVATE KEY", k.clone())));
+            }
+            for c in chain {
+                out.push_str(&pem::encode(&pem::Pem::new("CERTIFICATE", c.clone())));
+            }
+            Ok(out)
+        }
+        SecretFormat::Pkcs12 => {
+            let certs = chain
+                .iter()
+                .map(|c| p12_keystore::Certificate::from_der(c))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| e.to_string())?;
+            let mut ks = p12_keystore::KeyStore::new();
+            match &v.pkcs8 {
+                Some(k) => {
+                    let entry = p12_keystore::PrivateKeyChain::new(k, [1u8; 20], certs);
+                    ks.add_entry("1", p12_keystore::KeyStoreEntry::PrivateKeyChain(entry));
+                }
+                None => {
+                    for (i, c) in certs.into_iter().enumerate() {
+                        ks.add_entry(&i.to_string(), p12_keystore::KeyStoreEntry::Certificate(c));
+                    }
+                }
+            }
+            // Key Vault's exports: no password, legacy 3DES and SHA-1 MAC.
+            let der = ks
+                .writer("")
+                .encryption_algorithm(
+                    p12_keystore::EncryptionAlgorithm::PbeWithShaAnd3KeyTripleDesCbc,
+                )
+                .mac_algorithm(p12_keystore::MacAlgorithm::HmacSha1)
+                .encryption_iterations(2048)
+                .mac_iterations(2048)
+                .write()
+                .map_err(|e| e.to_string())?;
+            Ok(B64.encode(der))
+        }
+    }
+}
+
+async fn secret(
+    State(st): St,
+    name: String,
+    version: Option<String>,
+    headers: HeaderMap,
+    Query(q): Query<HashMap<String, String>>,
+) -> Response {
+    let path = match &version {
+        Some(v) => format!("/secrets/{name}/{v}"),
+        None => format!("/secrets/{name}"),
+    };
+    if let Err(r) = admit(&st, "GET", path, &headers, &q, None, "secrets-get") {
+        return *r;
+    }
+    with_certificate(
+        &st,
+        &name,
+        version.as_deref(),
+        "SecretNotFound",
+        |v| match secret_value(v) {
+            Ok(value) => Json(json!({
+                "value": value,
+                "contentType": v.format.content_type(),
+                "id": object_url(&headers, "secrets", &name, &v.id),
+                "kid": object_url(&headers, "keys", &name, &v.id),
+                "managed": true,
+                "attributes": {"enabled": true, "created": 1764669600, "updated": 1764669600,
+                               "recoveryLevel": "Recoverable+Purgeable"},
+            }))
+            .into_response(),
+            Err(e) => vault_error(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", &e),
+        },
+    )
 }

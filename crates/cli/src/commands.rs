@@ -10,8 +10,8 @@ use base64::Engine as _;
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use influxion_api::{
-    CreateKey, KeyList, KeyView, PendingChange, PendingResponse, PolicyRequest, RequestView,
-    SignRequest, SignResponse,
+    CreateKey, ImportKey, KeyList, KeyView, PendingChange, PendingResponse, PolicyRequest,
+    RequestView, SignRequest, SignResponse,
 };
 use influxion_core::key::HashAlg;
 use influxion_core::{Digest, SignAlgorithm};
@@ -47,6 +47,35 @@ pub enum KeysCommand {
         /// The key backend: software or azure-keyvault (default: the keyserver's).
         #[arg(long)]
         backend: Option<String>,
+    },
+    /// Bind a key that already exists in Azure Key Vault (key-admin).
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["vault_key", "vault_certificate"])))]
+    Import {
+        name: String,
+        /// A vault key, NAME or NAME/VERSION; the version is pinned (default: the newest now).
+        #[arg(long)]
+        vault_key: Option<String>,
+        /// A vault certificate: its key signs in the vault, its chain is kept with the key.
+        #[arg(long)]
+        vault_certificate: Option<String>,
+        /// Read the certificate's private key from its secret and hold it in memory (for
+        /// vaults that grant only secrets get; prefer signing in the vault).
+        #[arg(long, requires = "vault_certificate")]
+        from_secret: bool,
+    },
+    /// Bind a newer version of the key's vault key or certificate (key-admin, audited).
+    Rotate {
+        name: String,
+        /// The version to bind (default: the newest).
+        #[arg(long)]
+        version: Option<String>,
+    },
+    /// The key's certificate chain, PEM, leaf first.
+    Certificate {
+        name: String,
+        /// Write here instead of standard output.
+        #[arg(short = 'o', long = "out")]
+        output: Option<PathBuf>,
     },
     /// Disable a key: it can no longer sign (key-admin).
     Disable { name: String },
@@ -189,6 +218,77 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                 )
             });
         }
+        KeysCommand::Import {
+            name,
+            vault_key,
+            vault_certificate,
+            from_secret,
+        } => {
+            let body = ImportKey {
+                vault_key,
+                vault_certificate,
+                from_secret,
+            };
+            let r: Reply<KeyView> = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/keys/{name}/import"),
+                    Some(&body),
+                )
+                .await?;
+            let k = &r.body;
+            output::emit(&r.raw, || {
+                println!(
+                    "imported key {} ({}, {}{}) {}{}",
+                    k.name,
+                    k.key_type.as_str(),
+                    k.backend,
+                    location(k),
+                    fingerprint(&k.public_key_pem),
+                    if k.has_certificate {
+                        ", with certificate"
+                    } else {
+                        ""
+                    }
+                )
+            });
+        }
+        KeysCommand::Rotate { name, version } => {
+            let body = influxion_api::RotateKey { version };
+            let r: Reply<KeyView> = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/keys/{name}/rotate"),
+                    Some(&body),
+                )
+                .await?;
+            let k = &r.body;
+            output::emit(&r.raw, || {
+                println!(
+                    "key {} now bound to{} {}",
+                    k.name,
+                    location(k),
+                    fingerprint(&k.public_key_pem)
+                )
+            });
+        }
+        KeysCommand::Certificate { name, output } => {
+            let text = c.get_text(&format!("/v1/keys/{name}/certificate")).await?;
+            match output {
+                Some(p) => {
+                    std::fs::write(&p, &text)
+                        .with_context(|| format!("writing {}", p.display()))?;
+                    output::note(
+                        &serde_json::json!({"key": name, "written": p}),
+                        &format!("certificate chain of {name} written to {}", p.display()),
+                    );
+                }
+                None => output::emit(
+                    &serde_json::json!({"key": name, "certificate_chain": text}),
+                    || print!("{text}"),
+                ),
+            }
+        }
         KeysCommand::Policy {
             name,
             approvals,
@@ -238,6 +338,20 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// ` vault key NAME/VERSION` (or the secret) for keys whose backend says where they live.
+fn location(k: &KeyView) -> String {
+    let l = &k.location;
+    let s = |f: &str| l.get(f).and_then(|v| v.as_str());
+    match (s("vault_key"), s("vault_key_version"), s("vault_secret")) {
+        (Some(n), Some(v), _) => format!(" vault key {n}/{v}"),
+        (_, _, Some(n)) => format!(
+            " vault secret {n}/{}",
+            s("vault_secret_version").unwrap_or("?")
+        ),
+        _ => String::new(),
+    }
 }
 
 /// No progress bars or spinners: in pipelines, for JSON output, or off a terminal.

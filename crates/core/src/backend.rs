@@ -19,6 +19,30 @@ pub struct GeneratedKey {
     pub public_key_der: Vec<u8>,
 }
 
+/// A key that already exists in a backend, named by an operator to be bound to an
+/// Influxion key (`influxion keys import`), in the backend's own terms.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ExistingKey {
+    /// A Key Vault key, at a version (the newest when `None`).
+    VaultKey {
+        name: String,
+        version: Option<String>,
+    },
+    /// A Key Vault certificate. Its key signs through `keys/sign`; with `from_secret`
+    /// the private key is read from the certificate's secret and held in memory.
+    VaultCertificate { name: String, from_secret: bool },
+}
+
+/// What a backend returns when it binds an existing key or a newer version of one.
+#[derive(Debug)]
+pub struct BoundKey {
+    pub key_type: KeyType,
+    pub handle: Vec<u8>,
+    pub public_key_der: Vec<u8>,
+    /// DER certificates, leaf first, when the key comes with a certificate.
+    pub certificate_chain: Vec<Vec<u8>>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum BackendError {
     #[error(
@@ -37,6 +61,10 @@ pub enum BackendError {
     /// a key or version deleted there. Not transient; an operator must act.
     #[error("the key backend refused: {0}")]
     Refused(String),
+    /// The existing key an operator named cannot be bound (a key type Influxion has
+    /// no use for, a key that may not sign, an operation this backend lacks).
+    #[error("{0}")]
+    Unfit(String),
 }
 
 /// A place private keys live. Object safe so the HTTP layer holds `Arc<dyn KeyBackend>`
@@ -74,6 +102,29 @@ pub trait KeyBackend: Send + Sync {
     /// version; token and object id). Never secret material; empty by default.
     fn describe(&self, _handle: &[u8]) -> serde_json::Map<String, serde_json::Value> {
         serde_json::Map::new()
+    }
+
+    /// Bind a key that already exists in this backend (`influxion keys import`).
+    async fn bind(&self, _key_id: &str, existing: &ExistingKey) -> Result<BoundKey, BackendError> {
+        Err(BackendError::Unfit(format!(
+            "the {} key backend cannot bind {existing:?}",
+            self.name()
+        )))
+    }
+
+    /// Bind another version of the key behind `handle` (`version`, or the newest):
+    /// rotation that the operator asks for, never implicit.
+    async fn rotate(
+        &self,
+        _key_id: &str,
+        _key_type: KeyType,
+        _handle: &[u8],
+        _version: Option<&str>,
+    ) -> Result<BoundKey, BackendError> {
+        Err(BackendError::Unfit(format!(
+            "keys of the {} key backend have no versions to rotate to; create a new key",
+            self.name()
+        )))
     }
 }
 
@@ -157,6 +208,17 @@ impl Backends {
     ) -> Result<Vec<u8>, BackendError> {
         self.for_key(key)?
             .sign(key.key_id(), key.key_type(), key.handle(), digest)
+            .await
+    }
+
+    /// Bind another version of `key` with the backend that holds it.
+    pub async fn rotate(
+        &self,
+        key: &impl BackendKey,
+        version: Option<&str>,
+    ) -> Result<BoundKey, BackendError> {
+        self.for_key(key)?
+            .rotate(key.key_id(), key.key_type(), key.handle(), version)
             .await
     }
 

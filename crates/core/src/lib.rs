@@ -13,7 +13,9 @@ pub mod principal;
 
 pub use access::{CallerRule, Grant, Permissions, Role, SubjectRules};
 pub use actor::{display_text, Actor};
-pub use backend::{BackendError, BackendKey, Backends, GeneratedKey, KeyBackend};
+pub use backend::{
+    BackendError, BackendKey, Backends, BoundKey, ExistingKey, GeneratedKey, KeyBackend,
+};
 pub use key::{Digest, KeyName, KeyStatus, KeyType, ParseError, SignAlgorithm};
 pub use policy::{KeyPolicy, Weakening};
 pub use principal::{CallerKind, Principal};

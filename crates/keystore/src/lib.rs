@@ -121,6 +121,41 @@ impl PrivateKey {
     }
 }
 
+/// A private key held in memory only, for backends that receive key material from
+/// elsewhere (a Key Vault certificate's secret) and must never store it. Zeroized on
+/// drop, like the keystore's own cached keys.
+pub struct MemoryKey(PrivateKey);
+
+impl MemoryKey {
+    /// Parse a PKCS#8 private key of whatever supported type it is.
+    pub fn from_pkcs8(der: &[u8]) -> Result<Self, BackendError> {
+        for kt in [
+            KeyType::EcP256,
+            KeyType::EcP384,
+            KeyType::Ed25519,
+            KeyType::Rsa3072,
+        ] {
+            if let Ok(k) = PrivateKey::from_pkcs8(kt, der) {
+                return Ok(Self(k));
+            }
+        }
+        Err(BackendError::Unwrap)
+    }
+
+    /// `None` for a key of a type Influxion has no use for (RSA-2048).
+    pub fn key_type(&self) -> Option<KeyType> {
+        self.0.key_type()
+    }
+
+    pub fn public_key_der(&self) -> Result<Vec<u8>, BackendError> {
+        self.0.public_key_der()
+    }
+
+    pub fn sign(&self, digest: &Digest) -> Result<Vec<u8>, BackendError> {
+        self.0.sign(digest)
+    }
+}
+
 fn rsa_sign(
     key: &rsa::RsaPrivateKey,
     alg: SignAlgorithm,

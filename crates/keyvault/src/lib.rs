@@ -8,14 +8,20 @@
 //! version or a misbehaving vault never reaches a device. ECDSA answers are raw r‖s
 //! (IEEE P1363) and are returned as DER, as the API and the formats expect.
 
+mod secret;
+
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use base64::engine::general_purpose::{STANDARD as B64, URL_SAFE_NO_PAD as B64URL};
 use base64::Engine as _;
 use influxion_azure::Credential;
-use influxion_core::{BackendError, Digest, GeneratedKey, KeyBackend, KeyType};
+use influxion_core::{
+    BackendError, BoundKey, Digest, ExistingKey, GeneratedKey, KeyBackend, KeyType,
+};
+use influxion_keystore::MemoryKey;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use url::Url;
@@ -38,6 +44,9 @@ pub struct KeyVaultBackend {
     /// Retries of throttling and server errors stop after this long.
     deadline: Duration,
     calls: AtomicU64,
+    /// Private keys read from certificate secrets (`--from-secret`), by secret
+    /// name/version: in memory only, zeroized when dropped, read again after a restart.
+    secrets: Mutex<HashMap<String, Arc<MemoryKey>>>,
 }
 
 /// What the key record holds for a vault key.
@@ -49,6 +58,69 @@ struct Handle {
     key_type: String,
     /// DER SubjectPublicKeyInfo (base64), read when the key was made or bound.
     spki: String,
+    /// The Key Vault certificate the key was bound through, if any (rotation reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    certificate: Option<String>,
+    /// `name`/`version` are a certificate's secret whose private key signs in memory,
+    /// not a vault key that signs in the vault.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    from_secret: bool,
+}
+
+/// `https://{vault}/{collection}/{name}/{version}` → (name, version), checking the URL
+/// is of this vault's collection.
+fn object_id(id: &str, collection: &str) -> Result<(String, String), BackendError> {
+    let url = Url::parse(id)
+        .map_err(|_| crypto(format!("the vault's {collection} id does not parse")))?;
+    let parts: Vec<&str> = url.path_segments().map(|p| p.collect()).unwrap_or_default();
+    match parts.as_slice() {
+        [c, name, version] if *c == collection && valid_name(name) && valid_name(version) => {
+            Ok(((*name).to_owned(), (*version).to_owned()))
+        }
+        _ => Err(crypto(format!(
+            "the vault's id {id:?} is not of a {collection} version"
+        ))),
+    }
+}
+
+/// Key Vault object names and versions: letters, digits and dashes.
+fn valid_name(s: &str) -> bool {
+    !s.is_empty() && s.len() <= 127 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+}
+
+fn unfit(m: impl Into<String>) -> BackendError {
+    BackendError::Unfit(m.into())
+}
+
+/// The Influxion key type of a Key Vault JWK.
+fn key_type_of(jwk: &Value) -> Result<KeyType, BackendError> {
+    let kty = jwk["kty"].as_str().unwrap_or("");
+    match kty.trim_end_matches("-HSM") {
+        "EC" => match jwk["crv"].as_str() {
+            Some("P-256") => Ok(KeyType::EcP256),
+            Some("P-384") => Ok(KeyType::EcP384),
+            other => Err(unfit(format!(
+                "the vault key is on curve {other:?}; Influxion signs with P-256 and P-384"
+            ))),
+        },
+        "RSA" => {
+            let bits = jwk["n"]
+                .as_str()
+                .and_then(|n| B64URL.decode(n).ok())
+                .map(|n| n.iter().skip_while(|b| **b == 0).count() * 8)
+                .unwrap_or(0);
+            match bits {
+                3072 => Ok(KeyType::Rsa3072),
+                4096 => Ok(KeyType::Rsa4096),
+                _ => Err(unfit(format!(
+                    "the vault key is RSA-{bits}; Influxion signs with RSA-3072 and RSA-4096"
+                ))),
+            }
+        }
+        other => Err(unfit(format!(
+            "the vault key is of type {other:?}, which cannot sign"
+        ))),
+    }
 }
 
 fn crypto(what: impl Into<String>) -> BackendError {
@@ -72,6 +144,7 @@ impl KeyVaultBackend {
             hsm: false,
             deadline: Duration::from_secs(30),
             calls: AtomicU64::new(0),
+            secrets: Mutex::new(HashMap::new()),
         }
     }
 
@@ -235,11 +308,6 @@ impl KeyVaultBackend {
                 h.vault, self.vault
             )));
         }
-        let valid_name = |s: &str| {
-            !s.is_empty()
-                && s.len() <= 127
-                && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
-        };
         if !valid_name(&h.name) || !valid_name(&h.version) {
             return Err(crypto(
                 "the Key Vault handle names an invalid key or version",
@@ -254,6 +322,231 @@ impl KeyVaultBackend {
             ));
         }
         Ok((h, spki))
+    }
+}
+
+impl KeyVaultBackend {
+    /// A vault key, at `version` or the newest: its type, version and public key,
+    /// refused if it is disabled or may not sign.
+    async fn read_key(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(KeyType, String, Vec<u8>), BackendError> {
+        if !valid_name(name) || !version.is_none_or(valid_name) {
+            return Err(unfit(format!(
+                "{name:?} is not a Key Vault key name (letters, digits and dashes)"
+            )));
+        }
+        let path = match version {
+            Some(v) => format!("keys/{name}/{v}"),
+            None => format!("keys/{name}"),
+        };
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &path,
+                None,
+                &format!("read key {name}"),
+            )
+            .await?;
+        let jwk = &answer["key"];
+        let key_type = key_type_of(jwk)?;
+        let kid = jwk["kid"]
+            .as_str()
+            .ok_or_else(|| crypto("the vault's answer names no kid"))?;
+        let (_, version) = object_id(kid, "keys")?;
+        if let Some(ops) = jwk["key_ops"].as_array() {
+            if !ops.iter().any(|o| o == "sign") {
+                return Err(unfit(format!(
+                    "vault key {name}/{version} does not allow sign (key_ops {ops:?})"
+                )));
+            }
+        }
+        if answer["attributes"]["enabled"] == json!(false) {
+            return Err(unfit(format!(
+                "vault key {name}/{version} is disabled in the vault"
+            )));
+        }
+        Ok((key_type, version, spki_of(key_type, jwk)?))
+    }
+
+    /// Read a certificate's secret (`secrets/{name}[/{version}]`): its version and
+    /// what it holds.
+    async fn read_secret(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<(String, secret::SecretContents), BackendError> {
+        if !valid_name(name) || !version.is_none_or(valid_name) {
+            return Err(unfit(format!(
+                "{name:?} is not a Key Vault certificate name"
+            )));
+        }
+        let path = match version {
+            Some(v) => format!("secrets/{name}/{v}"),
+            None => format!("secrets/{name}"),
+        };
+        let mut answer = self
+            .call(
+                reqwest::Method::GET,
+                &path,
+                None,
+                &format!("read the secret of certificate {name}"),
+            )
+            .await?;
+        let id = answer["id"]
+            .as_str()
+            .ok_or_else(|| crypto("the vault's secret has no id"))?;
+        let (_, version) = object_id(id, "secrets")?;
+        // Moved out of the answer so that it is zeroized when dropped.
+        let value = match answer["value"].take() {
+            Value::String(v) => zeroize::Zeroizing::new(v),
+            _ => return Err(crypto("the vault's secret has no value")),
+        };
+        let content_type = answer["contentType"].as_str().unwrap_or("");
+        Ok((version, secret::parse(content_type, &value)?))
+    }
+
+    /// Bind a certificate through its key: the key signs in the vault; the chain is
+    /// the certificate's `cer`, extended from its secret when the identity may read it.
+    async fn bind_certificate(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<BoundKey, BackendError> {
+        if !valid_name(name) || !version.is_none_or(valid_name) {
+            return Err(unfit(format!(
+                "{name:?} is not a Key Vault certificate name"
+            )));
+        }
+        let path = match version {
+            Some(v) => format!("certificates/{name}/{v}"),
+            None => format!("certificates/{name}"),
+        };
+        let answer = self
+            .call(
+                reqwest::Method::GET,
+                &path,
+                None,
+                &format!("read certificate {name}"),
+            )
+            .await?;
+        let cer = answer["cer"]
+            .as_str()
+            .and_then(|c| B64.decode(c).ok())
+            .ok_or_else(|| crypto("the vault's certificate has no cer"))?;
+        let kid = answer["kid"]
+            .as_str()
+            .ok_or_else(|| crypto("the vault's certificate names no kid"))?;
+        let (key_name, key_version) = object_id(kid, "keys")?;
+        let (key_type, key_version, spki) = self.read_key(&key_name, Some(&key_version)).await?;
+        if secret::certificate_spki(&cer)? != spki {
+            return Err(crypto(format!(
+                "certificate {name} does not certify its key {key_name}/{key_version}"
+            )));
+        }
+        let mut chain = vec![cer.clone()];
+        if let Some(sid) = answer["sid"].as_str() {
+            let (secret_name, secret_version) = object_id(sid, "secrets")?;
+            // The chain beyond the leaf is only in the secret. Without secrets/get the
+            // leaf alone is served; other failures are real and reported.
+            match self.read_secret(&secret_name, Some(&secret_version)).await {
+                Ok((_, contents)) => {
+                    let rest = contents.chain.into_iter().filter(|c| *c != cer);
+                    chain.extend(rest);
+                }
+                Err(BackendError::Refused(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        let handle = Handle {
+            vault: self.vault.to_string(),
+            name: key_name,
+            version: key_version,
+            key_type: key_type.as_str().to_owned(),
+            spki: B64.encode(&spki),
+            certificate: Some(name.to_owned()),
+            from_secret: false,
+        };
+        Ok(BoundKey {
+            key_type,
+            handle: serde_json::to_vec(&handle).map_err(|e| crypto(e.to_string()))?,
+            public_key_der: spki,
+            certificate_chain: chain,
+        })
+    }
+
+    /// Bind a certificate through its secret: the private key is held in memory.
+    async fn bind_secret(
+        &self,
+        name: &str,
+        version: Option<&str>,
+    ) -> Result<BoundKey, BackendError> {
+        let (version, contents) = self.read_secret(name, version).await?;
+        let Some(key) = contents.key else {
+            return Err(unfit(format!(
+                "the secret of certificate {name} holds no private key (its key is not exportable): bind it without --from-secret, so it signs in the vault"
+            )));
+        };
+        let key_type = key.key_type().filter(|t| *t != KeyType::Ed25519).ok_or_else(|| {
+            unfit(format!("the private key of certificate {name} is of a type Influxion does not sign with"))
+        })?;
+        let spki = key.public_key_der()?;
+        let Some(leaf) = contents.chain.first() else {
+            return Err(unfit(format!(
+                "the secret of certificate {name} holds no certificate"
+            )));
+        };
+        if secret::certificate_spki(leaf)? != spki {
+            return Err(unfit(format!(
+                "the secret of certificate {name}: its first certificate is not of its private key"
+            )));
+        }
+        let handle = Handle {
+            vault: self.vault.to_string(),
+            name: name.to_owned(),
+            version: version.clone(),
+            key_type: key_type.as_str().to_owned(),
+            spki: B64.encode(&spki),
+            certificate: Some(name.to_owned()),
+            from_secret: true,
+        };
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.insert(format!("{name}/{version}"), Arc::new(key));
+        }
+        Ok(BoundKey {
+            key_type,
+            handle: serde_json::to_vec(&handle).map_err(|e| crypto(e.to_string()))?,
+            public_key_der: spki,
+            certificate_chain: contents.chain,
+        })
+    }
+
+    /// The in-memory key of a secret-mode handle, read from the vault if this process
+    /// has not read it yet (after a restart), and checked against the pinned key.
+    async fn secret_key(&self, h: &Handle, spki: &[u8]) -> Result<Arc<MemoryKey>, BackendError> {
+        let id = format!("{}/{}", h.name, h.version);
+        if let Some(k) = self.secrets.lock().ok().and_then(|c| c.get(&id).cloned()) {
+            return Ok(k);
+        }
+        let (_, contents) = self.read_secret(&h.name, Some(&h.version)).await?;
+        let key = contents.key.ok_or_else(|| {
+            BackendError::Refused(format!(
+                "the secret {id} in Key Vault {} no longer holds a private key",
+                self.vault
+            ))
+        })?;
+        if key.public_key_der()? != spki {
+            return Err(crypto(format!(
+                "the secret {id} holds another key than the one this record was bound to"
+            )));
+        }
+        let key = Arc::new(key);
+        if let Ok(mut cache) = self.secrets.lock() {
+            cache.insert(id, key.clone());
+        }
+        Ok(key)
     }
 }
 
@@ -390,6 +683,8 @@ impl KeyBackend for KeyVaultBackend {
             version,
             key_type: key_type.as_str().to_owned(),
             spki: B64.encode(&spki),
+            certificate: None,
+            from_secret: false,
         };
         Ok(GeneratedKey {
             handle: serde_json::to_vec(&handle).map_err(|e| crypto(e.to_string()))?,
@@ -407,6 +702,20 @@ impl KeyBackend for KeyVaultBackend {
         let (h, spki) = self.handle(key_type, handle)?;
         if !key_type.allows(digest.algorithm()) {
             return Err(BackendError::AlgorithmMismatch);
+        }
+        if h.from_secret {
+            let key = self.secret_key(&h, &spki).await?;
+            let d = digest.clone();
+            // An RSA private operation takes milliseconds: off the async workers.
+            let sig = tokio::task::spawn_blocking(move || key.sign(&d))
+                .await
+                .map_err(|e| crypto(e.to_string()))??;
+            return match influxion_verify::verify(key_type, &spki, digest, &sig) {
+                Ok(true) => Ok(sig),
+                _ => Err(crypto(
+                    "a signature made with a certificate's secret key does not verify",
+                )),
+            };
         }
         let body =
             json!({"alg": digest.algorithm().as_str(), "value": B64URL.encode(digest.as_bytes())});
@@ -439,10 +748,77 @@ impl KeyBackend for KeyVaultBackend {
         let mut m = serde_json::Map::new();
         if let Ok(h) = serde_json::from_slice::<Handle>(handle) {
             m.insert("vault".into(), json!(h.vault));
-            m.insert("vault_key".into(), json!(h.name));
-            m.insert("vault_key_version".into(), json!(h.version));
+            if h.from_secret {
+                m.insert("vault_secret".into(), json!(h.name));
+                m.insert("vault_secret_version".into(), json!(h.version));
+            } else {
+                m.insert("vault_key".into(), json!(h.name));
+                m.insert("vault_key_version".into(), json!(h.version));
+            }
+            if let Some(c) = h.certificate {
+                m.insert("vault_certificate".into(), json!(c));
+            }
         }
         m
+    }
+
+    async fn bind(&self, _key_id: &str, existing: &ExistingKey) -> Result<BoundKey, BackendError> {
+        match existing {
+            ExistingKey::VaultKey { name, version } => {
+                let (key_type, version, spki) = self.read_key(name, version.as_deref()).await?;
+                let handle = Handle {
+                    vault: self.vault.to_string(),
+                    name: name.clone(),
+                    version,
+                    key_type: key_type.as_str().to_owned(),
+                    spki: B64.encode(&spki),
+                    certificate: None,
+                    from_secret: false,
+                };
+                Ok(BoundKey {
+                    key_type,
+                    handle: serde_json::to_vec(&handle).map_err(|e| crypto(e.to_string()))?,
+                    public_key_der: spki,
+                    certificate_chain: Vec::new(),
+                })
+            }
+            ExistingKey::VaultCertificate {
+                name,
+                from_secret: false,
+            } => self.bind_certificate(name, None).await,
+            ExistingKey::VaultCertificate {
+                name,
+                from_secret: true,
+            } => self.bind_secret(name, None).await,
+        }
+    }
+
+    async fn rotate(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+        version: Option<&str>,
+    ) -> Result<BoundKey, BackendError> {
+        let (h, _) = self.handle(key_type, handle)?;
+        let bound = match (&h.certificate, h.from_secret) {
+            (Some(c), true) => self.bind_secret(c, version).await?,
+            (Some(c), false) => self.bind_certificate(c, version).await?,
+            (None, _) => {
+                let existing = ExistingKey::VaultKey {
+                    name: h.name.clone(),
+                    version: version.map(str::to_owned),
+                };
+                self.bind(key_id, &existing).await?
+            }
+        };
+        if bound.key_type != key_type {
+            return Err(unfit(format!(
+                "the newer version is a {} key; the Influxion key is {key_type} (create a new key instead)",
+                bound.key_type
+            )));
+        }
+        Ok(bound)
     }
 
     async fn check(
@@ -452,6 +828,9 @@ impl KeyBackend for KeyVaultBackend {
         handle: &[u8],
     ) -> Result<(), BackendError> {
         let (h, spki) = self.handle(key_type, handle)?;
+        if h.from_secret {
+            return self.secret_key(&h, &spki).await.map(|_| ());
+        }
         let answer = self
             .call(
                 reqwest::Method::GET,

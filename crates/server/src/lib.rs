@@ -62,6 +62,12 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{name}", get(routes::keys::show))
         .route("/v1/keys/{name}/public", get(routes::keys::public))
         .route("/v1/keys/{name}/disable", post(routes::keys::disable))
+        .route("/v1/keys/{name}/import", post(routes::keys::import))
+        .route("/v1/keys/{name}/rotate", post(routes::keys::rotate))
+        .route(
+            "/v1/keys/{name}/certificate",
+            get(routes::keys::certificate),
+        )
         .route("/v1/keys/{name}/sign", post(routes::sign::sign))
         .route("/v1/keys/{name}/verify", post(routes::sign::verify))
         .route(

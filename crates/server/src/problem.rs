@@ -40,6 +40,10 @@ pub enum ApiError {
     UnsupportedKeyType { backend: String, key_type: String },
     #[error("the policy of key {0} changed meanwhile; read it again and retry")]
     PolicyChanged(String),
+    #[error("key {0} was rotated by someone else meanwhile; read it again and retry")]
+    KeyChanged(String),
+    #[error("key {0} has no certificate")]
+    NoCertificate(String),
     #[error("no such resource")]
     NotFound,
     #[error("this method is not allowed on this resource")]
@@ -114,6 +118,7 @@ impl From<StoreError> for ApiError {
             StoreError::DuplicateKey(k) => ApiError::KeyExists(k),
             StoreError::NoSuchKey(k) => ApiError::UnknownKey(k),
             StoreError::PolicyChanged(k) => ApiError::PolicyChanged(k),
+            StoreError::KeyChanged(k) => ApiError::KeyChanged(k),
             StoreError::NoSuchRequest(r) => ApiError::UnknownRequest(r),
             StoreError::RequestExpired => ApiError::RequestExpired,
             StoreError::RequestClosed { status } => ApiError::RequestClosed(status),
@@ -170,6 +175,8 @@ impl ApiError {
             ApiError::Auth(_) => StatusCode::UNAUTHORIZED,
             ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::PolicyChanged(_) => StatusCode::CONFLICT,
+            ApiError::KeyChanged(_) => StatusCode::CONFLICT,
+            ApiError::NoCertificate(_) => StatusCode::NOT_FOUND,
             ApiError::Parse(_)
             | ApiError::InvalidRequest(_)
             | ApiError::AlgorithmNotAllowed { .. } => StatusCode::BAD_REQUEST,
@@ -211,6 +218,7 @@ impl ApiError {
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Backend(BackendError::Refused(_)) => StatusCode::BAD_GATEWAY,
+            ApiError::Backend(BackendError::Unfit(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -234,6 +242,8 @@ impl ApiError {
             ApiError::KeyExists(_) => "key-exists",
             ApiError::UnsupportedKeyType { .. } => "unsupported-key-type",
             ApiError::PolicyChanged(_) => "policy-changed",
+            ApiError::KeyChanged(_) => "key-changed",
+            ApiError::NoCertificate(_) => "no-certificate",
             ApiError::NotFound => "not-found",
             ApiError::MethodNotAllowed => "method-not-allowed",
             ApiError::UnknownRequest(_) => "unknown-request",
@@ -274,6 +284,7 @@ impl ApiError {
             ApiError::CaKey(_) => "ca-key",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             ApiError::Backend(BackendError::Refused(_)) => "backend-refused",
+            ApiError::Backend(BackendError::Unfit(_)) => "unfit-key",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",
         }
     }
@@ -290,6 +301,7 @@ impl ApiError {
             StatusCode::CONFLICT => "Conflict",
             StatusCode::SERVICE_UNAVAILABLE => "Temporarily unavailable",
             StatusCode::BAD_GATEWAY => "Refused by the key backend",
+            StatusCode::UNPROCESSABLE_ENTITY => "Cannot be processed",
             _ => "Internal error",
         }
     }
@@ -297,9 +309,11 @@ impl ApiError {
     fn detail(&self) -> String {
         match self {
             // What the operator must fix, without secrets: the backend's own words.
-            ApiError::Backend(e @ (BackendError::Refused(_) | BackendError::Unavailable(_))) => {
-                e.to_string()
-            }
+            ApiError::Backend(
+                e @ (BackendError::Refused(_)
+                | BackendError::Unavailable(_)
+                | BackendError::Unfit(_)),
+            ) => e.to_string(),
             // Database and crypto error text stays in the log.
             ApiError::Store(_) | ApiError::Backend(_) => {
                 "the keyserver could not complete the operation".into()

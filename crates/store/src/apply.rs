@@ -36,6 +36,11 @@ pub(crate) async fn apply(
                 return Err(StoreError::NoSuchKey(name.to_string()));
             }
         }
+        Op::RebindKey(r) => {
+            if conn.rebind_key(r).await? == 0 {
+                return Err(StoreError::KeyChanged(r.key_id.clone()));
+            }
+        }
         Op::SetKeyPolicy(key_id, change) => {
             let (expected, p) = &**change;
             set_policy(conn, key_id, expected, p).await?;

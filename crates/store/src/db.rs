@@ -187,6 +187,8 @@ pub(crate) trait Conn: Send {
     async fn key_status(&mut self, id: &str) -> Result<Option<KeyStatus>>;
     async fn set_key_status(&mut self, name: &KeyName, status: KeyStatus) -> Result<u64>;
     async fn set_key_policy(&mut self, id: &str, p: &KeyPolicy) -> Result<u64>;
+    /// Rows changed: 0 when the key no longer has `r.expected_handle`.
+    async fn rebind_key(&mut self, r: &crate::Rebind) -> Result<u64>;
 
     // Subjects and grants.
     async fn insert_subject(&mut self, s: &SubjectRecord) -> Result<Inserted>;

@@ -35,6 +35,8 @@ pub enum StoreError {
     NoSuchKey(String),
     #[error("the policy of key {0} changed while this change was being decided")]
     PolicyChanged(String),
+    #[error("key {0} was rebound while this rotation ran")]
+    KeyChanged(String),
     #[error("key {0} is not active")]
     KeyNotActive(String),
     #[error("a subject named {0} already exists")]

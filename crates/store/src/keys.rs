@@ -18,6 +18,19 @@ pub struct KeyRecord {
     pub policy: KeyPolicy,
     /// `Sign` keys sign digests over the API; `Ca` keys only their CA's certificates.
     pub purpose: KeyPurpose,
+    /// The key's certificate chain, PEM, leaf first, when it has one.
+    pub certificate_pem: Option<String>,
+}
+
+/// A key bound again: another version of the same backend key (rotation). Applied only
+/// if the key still has `expected_handle`, so two rotations never silently race.
+#[derive(Debug, Clone)]
+pub struct Rebind {
+    pub key_id: String,
+    pub expected_handle: Vec<u8>,
+    pub handle: Vec<u8>,
+    pub public_key: Vec<u8>,
+    pub certificate_pem: Option<String>,
 }
 
 /// The registry finds a key's backend by the name recorded with it.

@@ -43,7 +43,7 @@ pub use audit::{AuditEvent, AuditKey, AuditRecord, ChainReport, Outcome, ResealR
 pub use audit_read::{AuditFilter, AuditPlace, PlaceChecks};
 pub use error::StoreError;
 pub use influxion_core::Actor;
-pub use keys::{KeyPurpose, KeyRecord};
+pub use keys::{KeyPurpose, KeyRecord, Rebind};
 pub use policy_changes::PolicyChange;
 pub use writer::Applied;
 
@@ -326,6 +326,12 @@ impl Store {
     /// Insert a key and its audit record in one transaction.
     pub async fn insert_key(&self, key: KeyRecord, event: AuditEvent) -> Result<u64, StoreError> {
         self.submit(Op::InsertKey(Box::new(key)), event).await
+    }
+
+    /// Bind a key to another version of its backend key and record it in one
+    /// transaction; fails with `KeyChanged` if it was rebound meanwhile.
+    pub async fn rebind_key(&self, rebind: Rebind, event: AuditEvent) -> Result<u64, StoreError> {
+        self.submit(Op::RebindKey(Box::new(rebind)), event).await
     }
 
     /// Change a key's status and record it in one transaction.

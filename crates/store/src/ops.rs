@@ -7,7 +7,7 @@ use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
 use crate::access::{Decision, SigningRequest, SubjectRecord};
 use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use crate::policy_changes::PolicyChange;
-use crate::KeyRecord;
+use crate::{KeyRecord, Rebind};
 
 pub(crate) enum Op {
     None,
@@ -17,6 +17,7 @@ pub(crate) enum Op {
     InsertKey(Box<KeyRecord>),
     Pki(Box<PkiOp>),
     SetKeyStatus(KeyName, KeyStatus),
+    RebindKey(Box<Rebind>),
     /// Key id, the policy the change was decided against, the new policy.
     SetKeyPolicy(String, Box<(KeyPolicy, KeyPolicy)>),
     CreateSubject(Box<SubjectRecord>),
@@ -79,7 +80,7 @@ impl Op {
     /// Revoke) do not change them.
     pub(crate) fn changes_pki(&self) -> bool {
         match self {
-            Op::SetKeyStatus(..) => true,
+            Op::SetKeyStatus(..) | Op::RebindKey(_) => true,
             Op::Pki(op) => !matches!(**op, PkiOp::Issue { .. } | PkiOp::Revoke { .. }),
             _ => false,
         }

@@ -4,8 +4,8 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use influxion_api::{CreateKey, KeyList, KeyView, PolicyRequest};
-use influxion_core::{KeyName, KeyStatus, KeyType, Role};
+use influxion_api::{CreateKey, ImportKey, KeyList, KeyView, PolicyRequest, RotateKey};
+use influxion_core::{ExistingKey, KeyName, KeyStatus, KeyType, Role};
 use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome};
 use influxion_verify as public;
 use serde::Deserialize;
@@ -15,7 +15,7 @@ use crate::extract::JsonBody;
 use crate::{ApiError, AppState, Caller};
 
 /// A key as the API shows it.
-pub(crate) fn key_view(k: &KeyRecord) -> Result<KeyView, ApiError> {
+pub(crate) fn key_view(st: &AppState, k: &KeyRecord) -> Result<KeyView, ApiError> {
     let corrupt = |_| ApiError::Store(influxion_store::StoreError::Corrupt("public key".into()));
     let mut jwk = public::to_jwk(k.key_type, &k.public_key).map_err(corrupt)?;
     if let Some(o) = jwk.as_object_mut() {
@@ -36,6 +36,12 @@ pub(crate) fn key_view(k: &KeyRecord) -> Result<KeyView, ApiError> {
         policy: k.policy.clone(),
         public_key_pem: public::to_pem(&k.public_key).map_err(corrupt)?,
         public_key_jwk: jwk,
+        has_certificate: k.certificate_pem.is_some(),
+        location: {
+            let mut m = st.backends.describe(k);
+            m.remove("backend");
+            m
+        },
     })
 }
 
@@ -46,7 +52,7 @@ pub(crate) async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<K
         .list_keys()
         .await?
         .iter()
-        .map(key_view)
+        .map(|k| key_view(&st, k))
         .collect::<Result<_, _>>()?;
     Ok(Json(KeyList { keys }))
 }
@@ -65,7 +71,7 @@ pub(crate) async fn show(
     Path(name): Path<String>,
 ) -> Result<Json<KeyView>, ApiError> {
     require_any(&c)?;
-    Ok(Json(key_view(&lookup(&st, &name).await?)?))
+    Ok(Json(key_view(&st, &lookup(&st, &name).await?)?))
 }
 
 #[derive(Deserialize)]
@@ -80,7 +86,7 @@ pub(crate) async fn public(
     Query(q): Query<PublicQuery>,
 ) -> Result<Response, ApiError> {
     require_any(&c)?;
-    let view = key_view(&lookup(&st, &name).await?)?;
+    let view = key_view(&st, &lookup(&st, &name).await?)?;
     match q.format.as_deref().unwrap_or("pem") {
         "pem" => Ok((
             [(header::CONTENT_TYPE, "application/x-pem-file")],
@@ -122,9 +128,132 @@ pub(crate) async fn create(
             req.backend.as_deref(),
         )
         .await?;
-        Ok((StatusCode::CREATED, Json(key_view(&record)?)))
+        Ok((StatusCode::CREATED, Json(key_view(&st, &record)?)))
     })
     .await
+}
+
+/// `POST /v1/keys/{name}/import`: bind an existing backend key as key `name`.
+pub(crate) async fn import(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<JsonBody<ImportKey>, ApiError>,
+) -> Result<(StatusCode, Json<KeyView>), ApiError> {
+    require(&st, &c, Role::KeyAdmin, &name, "key.import").await?;
+    audited(&st, &c.actor, "key.import", &name, async {
+        let JsonBody(req) = body?;
+        let key_name: KeyName = name.parse()?;
+        let existing = existing_key(&req)?;
+        let record = crate::service::keys::import(
+            &st.store,
+            &st.backends,
+            &c.actor,
+            key_name,
+            VAULT_BACKEND,
+            existing,
+        )
+        .await?;
+        Ok((StatusCode::CREATED, Json(key_view(&st, &record)?)))
+    })
+    .await
+}
+
+/// The backend vault imports go to, by name: the server does not depend on the Key
+/// Vault crate.
+const VAULT_BACKEND: &str = "azure-keyvault";
+
+/// What an import names, checked at the edge: exactly one source, each a vault name
+/// (letters, digits, dashes; at most 127) and an optional 32-hex version.
+fn existing_key(req: &ImportKey) -> Result<ExistingKey, ApiError> {
+    let vault_name = |what: &str, s: &str| {
+        if s.is_empty()
+            || s.len() > 127
+            || !s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        {
+            Err(ApiError::InvalidRequest(format!(
+                "{what} {s:?} is not a Key Vault name (1 to 127 letters, digits and dashes)"
+            )))
+        } else {
+            Ok(s.to_owned())
+        }
+    };
+    match (&req.vault_key, &req.vault_certificate) {
+        (Some(k), None) => {
+            if req.from_secret {
+                return Err(ApiError::InvalidRequest(
+                    "from_secret applies to vault_certificate only".into(),
+                ));
+            }
+            let (name, version) = match k.split_once('/') {
+                Some((n, v)) => (n, Some(vault_name("vault key version", v)?)),
+                None => (k.as_str(), None),
+            };
+            Ok(ExistingKey::VaultKey {
+                name: vault_name("vault key", name)?,
+                version,
+            })
+        }
+        (None, Some(c)) => Ok(ExistingKey::VaultCertificate {
+            name: vault_name("vault certificate", c)?,
+            from_secret: req.from_secret,
+        }),
+        _ => Err(ApiError::InvalidRequest(
+            "name exactly one of vault_key and vault_certificate".into(),
+        )),
+    }
+}
+
+/// `POST /v1/keys/{name}/rotate`: bind another version of the key's backend key.
+pub(crate) async fn rotate(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<JsonBody<RotateKey>, ApiError>,
+) -> Result<Json<KeyView>, ApiError> {
+    require(&st, &c, Role::KeyAdmin, &name, "key.rotate").await?;
+    audited(&st, &c.actor, "key.rotate", &name, async {
+        let JsonBody(req) = body?;
+        if let Some(v) = &req.version {
+            if v.is_empty()
+                || v.len() > 127
+                || !v.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+            {
+                return Err(ApiError::InvalidRequest(format!(
+                    "version {v:?} is not a Key Vault version"
+                )));
+            }
+        }
+        let key = lookup(&st, &name).await?;
+        let key = crate::service::keys::rotate(
+            &st.store,
+            &st.backends,
+            &c.actor,
+            key,
+            req.version.as_deref(),
+        )
+        .await?;
+        Ok(Json(key_view(&st, &key)?))
+    })
+    .await
+}
+
+/// `GET /v1/keys/{name}/certificate`: the key's certificate chain, PEM, leaf first.
+pub(crate) async fn certificate(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+) -> Result<Response, ApiError> {
+    require_any(&c)?;
+    let key = lookup(&st, &name).await?;
+    let pem = key
+        .certificate_pem
+        .ok_or_else(|| ApiError::NoCertificate(key.name.to_string()))?;
+    Ok((
+        [(header::CONTENT_TYPE, "application/pem-certificate-chain")],
+        pem,
+    )
+        .into_response())
 }
 
 pub(crate) async fn disable(
@@ -140,10 +269,13 @@ pub(crate) async fn disable(
         st.store
             .set_key_status(&key.name, KeyStatus::Disabled, event)
             .await?;
-        key_view(&KeyRecord {
-            status: KeyStatus::Disabled,
-            ..key
-        })
+        key_view(
+            &st,
+            &KeyRecord {
+                status: KeyStatus::Disabled,
+                ..key
+            },
+        )
         .map(Json)
     })
     .await
@@ -223,7 +355,7 @@ pub(crate) async fn set_policy(
                 .into_response());
         }
         let key = crate::service::keys::set_policy(&st.store, &c.actor, key, policy).await?;
-        Ok(Json(key_view(&key)?).into_response())
+        Ok(Json(key_view(&st, &key)?).into_response())
     })
     .await
 }

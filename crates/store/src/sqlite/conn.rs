@@ -194,8 +194,8 @@ impl Conn for SqliteConn {
 
     async fn insert_key(&mut self, k: &KeyRecord) -> Result<Inserted> {
         let r = sqlx::query(
-            "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by, created_by_label, purpose)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO keys (id, name, key_type, backend, status, public_key, handle, created_at, created_by, created_by_label, purpose, certificate_pem)
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(&k.id)
         .bind(k.name.as_str())
@@ -208,6 +208,7 @@ impl Conn for SqliteConn {
         .bind(&k.created_by.id)
         .bind(k.created_by.stored_label())
         .bind(k.purpose.as_str())
+        .bind(&k.certificate_pem)
         .execute(self.c())
         .await;
         inserted(r)
@@ -232,6 +233,20 @@ impl Conn for SqliteConn {
                     .map_err(|_| crate::StoreError::Corrupt("key status".into()))
             })
             .transpose()
+    }
+
+    async fn rebind_key(&mut self, r: &crate::Rebind) -> Result<u64> {
+        let done = sqlx::query(
+            "UPDATE keys SET handle = ?, public_key = ?, certificate_pem = ? WHERE id = ? AND handle = ?",
+        )
+        .bind(&r.handle)
+        .bind(&r.public_key)
+        .bind(&r.certificate_pem)
+        .bind(&r.key_id)
+        .bind(&r.expected_handle)
+        .execute(self.c())
+        .await?;
+        Ok(done.rows_affected())
     }
 
     async fn set_key_status(&mut self, name: &KeyName, status: KeyStatus) -> Result<u64> {

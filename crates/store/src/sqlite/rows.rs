@@ -63,6 +63,7 @@ pub(super) fn key(r: &SqliteRow) -> Result<KeyRecord> {
             "ca" => KeyPurpose::Ca,
             _ => return Err(corrupt("key purpose")),
         },
+        certificate_pem: r.try_get("certificate_pem")?,
     })
 }
 

@@ -23,6 +23,7 @@ async fn store<B: Backend>() -> (TestDb, Store) {
         created_by: influxion_store::Actor::id_only("t"),
         policy: KeyPolicy::default(),
         purpose: Default::default(),
+        certificate_pem: None,
     };
     s.insert_key(key, ev("key.create")).await.unwrap();
     (db, s)

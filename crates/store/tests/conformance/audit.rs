@@ -85,6 +85,7 @@ pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
         created_by: influxion_store::Actor::id_only("t"),
         policy: Default::default(),
         purpose: Default::default(),
+        certificate_pem: None,
     };
     s.insert_key(
         key,

@@ -22,6 +22,7 @@ fn ca_key(id: &str) -> KeyRecord {
         created_by: influxion_store::Actor::id_only("t"),
         policy: Default::default(),
         purpose: KeyPurpose::Ca,
+        certificate_pem: None,
     }
 }
 

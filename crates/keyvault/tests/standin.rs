@@ -9,9 +9,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use influxion_azure::{http_client, Credential, Retry, Settings, Source, KEY_VAULT_RESOURCE};
-use influxion_azure_standin::{Endpoint, Fault, IdentityStandIn, VaultStandIn};
+use influxion_azure_standin::{
+    CertificateKey, Endpoint, Fault, IdentityStandIn, SecretFormat, VaultStandIn,
+};
 use influxion_backend_conformance as conformance;
-use influxion_core::{BackendError, KeyBackend, KeyType};
+use influxion_core::{BackendError, BoundKey, ExistingKey, KeyBackend, KeyType, SignAlgorithm};
 use influxion_keyvault::KeyVaultBackend;
 
 struct World {
@@ -34,6 +36,18 @@ async fn world_with(authority_resource: &str, accept: bool) -> World {
     if accept {
         vault.accept_standin_tokens();
     }
+    let backend = backend_for(&idp, &vault, authority_resource);
+    World {
+        _dir: dir,
+        idp,
+        vault,
+        backend: Arc::new(backend),
+    }
+}
+
+/// A backend for `vault` with its own credential and caches: what a restarted
+/// keyserver has.
+fn backend_for(idp: &IdentityStandIn, vault: &VaultStandIn, resource: &str) -> KeyVaultBackend {
     let settings =
         Settings::from_vars(|k| (k == "INFLUXION_IMDS_ENDPOINT").then(|| idp.url())).unwrap();
     let http = http_client(Some(&vault.ca_file)).unwrap();
@@ -46,19 +60,13 @@ async fn world_with(authority_resource: &str, accept: bool) -> World {
             max_backoff: Duration::from_millis(20),
         },
     );
-    let backend = KeyVaultBackend::new(
+    KeyVaultBackend::new(
         vault.url().parse().unwrap(),
         http,
         Arc::new(credential),
-        authority_resource,
+        resource,
     )
-    .deadline(Duration::from_secs(3));
-    World {
-        _dir: dir,
-        idp,
-        vault,
-        backend: Arc::new(backend),
-    }
+    .deadline(Duration::from_secs(3))
 }
 
 #[tokio::test]
@@ -251,4 +259,197 @@ async fn a_challenge_for_another_resource_is_refused() {
         "{e:?}"
     );
     assert_eq!(w.vault.requests().len(), 2);
+}
+
+async fn sign_and_verify(backend: &KeyVaultBackend, key: &BoundKey, alg: SignAlgorithm) {
+    let d = conformance::digest_for(alg, b"firmware");
+    let sig = backend
+        .sign("id", key.key_type, &key.handle, &d)
+        .await
+        .unwrap();
+    assert!(influxion_verify::verify(key.key_type, &key.public_key_der, &d, &sig).unwrap());
+}
+
+fn vault_key(name: &str, version: Option<&str>) -> ExistingKey {
+    ExistingKey::VaultKey {
+        name: name.into(),
+        version: version.map(Into::into),
+    }
+}
+
+#[tokio::test]
+async fn existing_vault_keys_bind_at_a_pinned_version_and_rotate_only_when_asked() {
+    let w = world(KEY_VAULT_RESOURCE).await;
+    let made = conformance::generate(w.backend.as_ref(), "made", KeyType::Rsa3072).await;
+    // Bound by name: the newest version now, pinned in the handle.
+    let bound = w
+        .backend
+        .bind("id", &vault_key("influxion-made", None))
+        .await
+        .unwrap();
+    assert_eq!(bound.key_type, KeyType::Rsa3072);
+    assert_eq!(bound.public_key_der, made.public_key_der);
+    assert!(bound.certificate_chain.is_empty());
+    sign_and_verify(&w.backend, &bound, SignAlgorithm::Ps256).await;
+    let first = w.backend.describe(&bound.handle);
+    let v1 = first["vault_key_version"].as_str().unwrap().to_owned();
+
+    // A new version in the vault changes nothing until rotation is asked for.
+    let v2 = w.vault.rotate("influxion-made").unwrap();
+    sign_and_verify(&w.backend, &bound, SignAlgorithm::Rs256).await;
+    assert!(w.vault.requests().last().unwrap().path.contains(&v1));
+    let rotated = w
+        .backend
+        .rotate("id", KeyType::Rsa3072, &bound.handle, None)
+        .await
+        .unwrap();
+    assert_eq!(w.backend.describe(&rotated.handle)["vault_key_version"], v2.as_str());
+    assert_ne!(rotated.public_key_der, bound.public_key_der);
+    sign_and_verify(&w.backend, &rotated, SignAlgorithm::Ps384).await;
+    // Back to an explicit version.
+    let back = w
+        .backend
+        .rotate("id", KeyType::Rsa3072, &rotated.handle, Some(&v1))
+        .await
+        .unwrap();
+    assert_eq!(back.public_key_der, bound.public_key_der);
+    let pinned = w
+        .backend
+        .bind("id", &vault_key("influxion-made", Some(&v1)))
+        .await
+        .unwrap();
+    assert_eq!(pinned.handle, back.handle);
+
+    // What cannot be bound, and why.
+    let e = w.backend.bind("id", &vault_key("nope", None)).await;
+    assert!(
+        matches!(&e, Err(BackendError::Refused(m)) if m.contains("no such key")),
+        "{e:?}"
+    );
+    w.vault
+        .create_certificate("old-rsa", CertificateKey::Rsa2048, SecretFormat::Pem, true)
+        .unwrap();
+    let e = w.backend.bind("id", &vault_key("old-rsa", None)).await;
+    assert!(
+        matches!(&e, Err(BackendError::Unfit(m)) if m.contains("RSA-2048")),
+        "{e:?}"
+    );
+    let e = w
+        .backend
+        .rotate("id", KeyType::EcP256, &made.handle, None)
+        .await;
+    assert!(matches!(e, Err(BackendError::Crypto(_))), "{e:?}");
+}
+
+#[tokio::test]
+async fn a_vault_certificate_signs_in_the_vault_and_brings_its_chain() {
+    let w = world(KEY_VAULT_RESOURCE).await;
+    let v1 = w
+        .vault
+        .create_certificate("fw-signing", CertificateKey::P256, SecretFormat::Pkcs12, false)
+        .unwrap();
+    let cert = ExistingKey::VaultCertificate {
+        name: "fw-signing".into(),
+        from_secret: false,
+    };
+    let bound = w.backend.bind("id", &cert).await.unwrap();
+    assert_eq!(bound.key_type, KeyType::EcP256);
+    // Leaf and issuing CA: the chain came from the (PKCS#12) secret.
+    assert_eq!(bound.certificate_chain.len(), 2);
+    let before = w.vault.requests().len();
+    sign_and_verify(&w.backend, &bound, SignAlgorithm::Es256).await;
+    let after = w.vault.requests();
+    assert_eq!(after.len(), before + 1, "one call per signature");
+    assert_eq!(
+        after.last().unwrap().path,
+        format!("/keys/fw-signing/{v1}/sign")
+    );
+    let at = w.backend.describe(&bound.handle);
+    assert_eq!(at["vault_certificate"], "fw-signing");
+    assert_eq!(at["vault_key"], "fw-signing");
+
+    // Without secrets get, the chain is the certificate alone.
+    w.vault.forbid("secrets-get");
+    let leaf_only = w.backend.bind("id", &cert).await.unwrap();
+    assert_eq!(leaf_only.certificate_chain, bound.certificate_chain[..1]);
+
+    // Renewal makes a new key and certificate; rotation binds them.
+    let v2 = w.vault.renew_certificate("fw-signing").unwrap();
+    let rotated = w
+        .backend
+        .rotate("id", KeyType::EcP256, &bound.handle, None)
+        .await
+        .unwrap();
+    assert_eq!(w.backend.describe(&rotated.handle)["vault_key_version"], v2.as_str());
+    assert_ne!(rotated.certificate_chain[0], bound.certificate_chain[0]);
+    sign_and_verify(&w.backend, &rotated, SignAlgorithm::Es256).await;
+
+    // No certificates/get permission: a problem naming the vault.
+    w.vault.forbid("certificates-get");
+    let e = w.backend.bind("id", &cert).await;
+    assert!(
+        matches!(&e, Err(BackendError::Refused(m)) if m.contains("refused")),
+        "{e:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_certificate_secret_signs_in_memory_with_only_secrets_get() {
+    let w = world(KEY_VAULT_RESOURCE).await;
+    // The setup guide's vault: the identity may get secrets, nothing else.
+    for op in ["sign", "get", "create", "certificates-get"] {
+        w.vault.forbid(op);
+    }
+    for (name, key, format, alg) in [
+        ("p12-cert", CertificateKey::P256, SecretFormat::Pkcs12, SignAlgorithm::Es256),
+        ("pem-cert", CertificateKey::Rsa3072, SecretFormat::Pem, SignAlgorithm::Ps256),
+        ("p384-cert", CertificateKey::P384, SecretFormat::Pem, SignAlgorithm::Es384),
+    ] {
+        w.vault.create_certificate(name, key, format, true).unwrap();
+        let existing = ExistingKey::VaultCertificate {
+            name: name.into(),
+            from_secret: true,
+        };
+        let bound = w.backend.bind("id", &existing).await.unwrap();
+        assert_eq!(bound.certificate_chain.len(), 2, "{name}");
+        let before = w.vault.requests().len();
+        sign_and_verify(&w.backend, &bound, alg).await;
+        assert_eq!(w.vault.requests().len(), before, "signed in memory, no vault call");
+        let at = w.backend.describe(&bound.handle);
+        assert_eq!(at["vault_secret"], name);
+        assert!(at.get("vault_key").is_none());
+
+        // A restarted keyserver has nothing in memory: check reads the secret again.
+        let restarted = backend_for(&w.idp, &w.vault, KEY_VAULT_RESOURCE);
+        restarted
+            .check("id", bound.key_type, &bound.handle)
+            .await
+            .unwrap();
+        assert!(w
+            .vault
+            .requests()
+            .last()
+            .unwrap()
+            .path
+            .starts_with(&format!("/secrets/{name}/")));
+        sign_and_verify(&restarted, &bound, alg).await;
+    }
+    // A certificate whose key is not exportable has no private key in its secret.
+    w.vault
+        .create_certificate("locked", CertificateKey::P256, SecretFormat::Pkcs12, false)
+        .unwrap();
+    let e = w
+        .backend
+        .bind(
+            "id",
+            &ExistingKey::VaultCertificate {
+                name: "locked".into(),
+                from_secret: true,
+            },
+        )
+        .await;
+    assert!(
+        matches!(&e, Err(BackendError::Unfit(m)) if m.contains("not exportable")),
+        "{e:?}"
+    );
 }

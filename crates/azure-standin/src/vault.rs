@@ -317,6 +317,13 @@ impl VaultStandIn {
         self.create_certificate(name, key, format, exportable)
     }
 
+    /// The PKCS#8 private key in a certificate's newest secret (for tests asserting it
+    /// never lands anywhere it should not).
+    pub fn exportable_key(&self, name: &str) -> Option<Vec<u8>> {
+        let g = lock(&self.inner);
+        g.certificates.get(name)?.last()?.pkcs8.clone()
+    }
+
     /// The PEM of the CA that issues the vault's certificates (a test's trust anchor).
     pub fn signing_ca_pem(&self) -> Option<String> {
         let g = lock(&self.inner);

@@ -77,8 +77,10 @@ fn key_vault(v: &crate::config::VaultConfig) -> Result<influxion_keyvault::KeyVa
 /// configured are reported; they answer 503 `backend-unavailable` until it is.
 async fn check_backends(store: &Store, backends: &Backends) -> Result<()> {
     let keys = store.list_keys().await?;
+    let mut checked = Vec::new();
     for name in backends.names() {
         if let Some(k) = keys.iter().find(|k| k.backend == name) {
+            checked.push(k.id.as_str());
             backends.check(k).await.with_context(|| match name {
                 "software" => format!(
                     "the key-encryption key does not open stored key {} (wrong INFLUXION_KEK / keystore.kek_file?)",
@@ -86,6 +88,18 @@ async fn check_backends(store: &Store, backends: &Backends) -> Result<()> {
                 ),
                 _ => format!("the {name} key backend cannot use stored key {}", k.name),
             })?;
+        }
+    }
+    // The other keys of remote backends are checked too, so what they need in memory
+    // (a certificate's secret key) is read now; a key that fails is reported and
+    // answers with a problem, the others keep working.
+    for k in keys
+        .iter()
+        .filter(|k| k.backend != "software" && backends.get(&k.backend).is_ok())
+        .filter(|k| !checked.contains(&k.id.as_str()))
+    {
+        if let Err(e) = backends.check(k).await {
+            tracing::warn!(key = %k.name, backend = %k.backend, error = %e, "stored key not usable");
         }
     }
     for k in keys.iter().filter(|k| backends.get(&k.backend).is_err()) {

@@ -8,7 +8,9 @@
 mod common;
 
 use common::*;
-use influxion_azure_standin::{Endpoint, IdentityStandIn, VaultStandIn};
+use influxion_azure_standin::{
+    CertificateKey, Endpoint, IdentityStandIn, SecretFormat, VaultStandIn,
+};
 
 #[test]
 fn keys_in_key_vault_sign_through_the_keyserver() {
@@ -327,5 +329,412 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
     assert_eq!(idp.count(Endpoint::Imds), 1);
     assert_eq!(idp.seen()[0].query["resource"], "https://vault.azure.net");
     assert_eq!(idp.seen()[0].headers["metadata"], "true");
+    drop(rt);
+}
+
+/// The last audit record of `action` on `key`.
+fn last_audit(ks: &Keyserver, d: &std::path::Path, action: &str, key: &str) -> serde_json::Value {
+    let out: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", action, "--key", key,
+        ],
+        d,
+    )))
+    .unwrap();
+    out["records"][0].clone()
+}
+
+#[test]
+fn vault_keys_and_certificates_are_imported_rotated_and_served() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (_idp, vault, imds) = rt.block_on(async {
+        let idp = IdentityStandIn::start().await.unwrap();
+        let vault = VaultStandIn::start(d, "https://login.microsoftonline.com/t1")
+            .await
+            .unwrap();
+        vault.accept_standin_tokens();
+        let imds = idp.url();
+        (idp, vault, imds)
+    });
+    // What an operator made in the vault before Influxion came: a certificate whose
+    // key is not exportable (signs only in the vault), and one whose key is (its
+    // secret holds it).
+    let v1 = vault
+        .create_certificate("legacy-fw", CertificateKey::P256, SecretFormat::Pem, false)
+        .unwrap();
+    vault
+        .create_certificate(
+            "code-sign",
+            CertificateKey::P256,
+            SecretFormat::Pkcs12,
+            false,
+        )
+        .unwrap();
+    vault
+        .create_certificate(
+            "secret-sign",
+            CertificateKey::P384,
+            SecretFormat::Pkcs12,
+            true,
+        )
+        .unwrap();
+    vault
+        .create_certificate("rsa-2048", CertificateKey::Rsa2048, SecretFormat::Pem, true)
+        .unwrap();
+    std::fs::write(
+        d.join("vault-signing-ca.pem"),
+        vault.signing_ca_pem().unwrap(),
+    )
+    .unwrap();
+    let provider = start_provider(d);
+    let vault_url = vault.url();
+    let ca = vault.ca_file.display().to_string();
+    let env = [
+        ("INFLUXION_VAULT_URL", vault_url.as_str()),
+        ("INFLUXION_IMDS_ENDPOINT", imds.as_str()),
+        ("INFLUXION_VAULT_CA_FILE", ca.as_str()),
+    ];
+    let mut ks = start_keyserver_env(d, &provider.issuer, AUDIENCE, &env);
+    write_firmware(d, "fw.bin", 50_000);
+
+    // A vault key, bound by name: the newest version, pinned.
+    let imported = ok(&ks.admin(&["keys", "import", "legacy", "--vault-key", "legacy-fw"], d));
+    assert!(
+        imported.starts_with(&format!(
+            "imported key legacy (ec-p256, azure-keyvault vault key legacy-fw/{v1}) sha256:"
+        )),
+        "{imported}"
+    );
+    let rec = last_audit(&ks, d, "key.import", "legacy");
+    assert_eq!(rec["detail"]["vault_key_version"], v1.as_str(), "{rec}");
+    ok(&ks.signer(&["sign", "--key", "legacy", "fw.bin", "-o", "l1.sig"], d));
+    ok(&ks.signer(&["keys", "public", "legacy", "-o", "l1.pem"], d));
+    assert_sha256_verifies(d, "l1.pem", "l1.sig", "fw.bin");
+
+    // A newer version in the vault is not used until someone rotates, explicitly.
+    let v2 = vault.renew_certificate("legacy-fw").unwrap();
+    ok(&ks.signer(&["sign", "--key", "legacy", "fw.bin", "-o", "l2.sig"], d));
+    assert_sha256_verifies(d, "l1.pem", "l2.sig", "fw.bin");
+    assert!(vault.requests().last().unwrap().path.contains(&v1));
+    let rotated = ok(&ks.admin(&["keys", "rotate", "legacy"], d));
+    assert!(
+        rotated.starts_with(&format!(
+            "key legacy now bound to vault key legacy-fw/{v2} sha256:"
+        )),
+        "{rotated}"
+    );
+    let rec = last_audit(&ks, d, "key.rotate", "legacy");
+    assert_eq!(
+        rec["detail"]["from"]["vault_key_version"],
+        v1.as_str(),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["detail"]["to"]["vault_key_version"],
+        v2.as_str(),
+        "{rec}"
+    );
+    assert_eq!(
+        rec["actor"]["id"].as_str().unwrap().starts_with("app:"),
+        true
+    );
+    ok(&ks.signer(&["sign", "--key", "legacy", "fw.bin", "-o", "l3.sig"], d));
+    ok(&ks.signer(&["keys", "public", "legacy", "-o", "l3.pem"], d));
+    assert_sha256_verifies(d, "l3.pem", "l3.sig", "fw.bin");
+    // Rotating again finds nothing newer.
+    let again = ks.admin(&["keys", "rotate", "legacy"], d);
+    let err = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        !again.status.success() && err.contains("unfit-key") && err.contains("already bound"),
+        "{err}"
+    );
+    // A signer may not rotate.
+    let denied = ks.signer(&["keys", "rotate", "legacy", "--version", &v1], d);
+    assert!(String::from_utf8_lossy(&denied.stderr).contains("forbidden"));
+
+    // A vault certificate: the key signs in the vault, the chain is served.
+    ok(&ks.admin(
+        &[
+            "keys",
+            "import",
+            "fw-cert",
+            "--vault-certificate",
+            "code-sign",
+        ],
+        d,
+    ));
+    ok(&ks.signer(&["keys", "certificate", "fw-cert", "-o", "chain.pem"], d));
+    let chain = std::fs::read_to_string(d.join("chain.pem")).unwrap();
+    assert_eq!(
+        chain.matches("BEGIN CERTIFICATE").count(),
+        2,
+        "leaf and issuing CA"
+    );
+    let v = openssl(
+        &["verify", "-CAfile", "vault-signing-ca.pem", "chain.pem"],
+        d,
+    );
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("chain.pem: OK"),
+        "{v:?}"
+    );
+    let leaf_key = openssl(&["x509", "-in", "chain.pem", "-noout", "-pubkey"], d);
+    ok(&ks.signer(&["keys", "public", "fw-cert", "-o", "cert-key.pem"], d));
+    assert_eq!(
+        String::from_utf8_lossy(&leaf_key.stdout),
+        std::fs::read_to_string(d.join("cert-key.pem")).unwrap()
+    );
+    let before = vault.requests().len();
+    ok(&ks.signer(&["sign", "--key", "fw-cert", "fw.bin", "-o", "c.sig"], d));
+    assert_eq!(
+        vault.requests().len(),
+        before + 1,
+        "one vault call per signature"
+    );
+    assert_sha256_verifies(d, "cert-key.pem", "c.sig", "fw.bin");
+    let show: serde_json::Value =
+        serde_json::from_str(&ok(&ks.signer(&["keys", "show", "fw-cert"], d))).unwrap();
+    assert_eq!(show["has_certificate"], true);
+    assert_eq!(show["location"]["vault_certificate"], "code-sign");
+
+    // The guide's permissions: Get on secrets only. The private key is read from the
+    // certificate's secret and held in memory; signing makes no vault call.
+    ok(&ks.admin(
+        &[
+            "keys",
+            "import",
+            "sec",
+            "--vault-certificate",
+            "secret-sign",
+            "--from-secret",
+        ],
+        d,
+    ));
+    let before = vault.requests().len();
+    ok(&ks.signer(&["sign", "--key", "sec", "fw.bin", "-o", "s1.sig"], d));
+    assert_eq!(vault.requests().len(), before);
+    ok(&ks.signer(&["keys", "public", "sec", "-o", "sec.pem"], d));
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "sec.pem",
+            "-signature",
+            "s1.sig",
+            "fw.bin",
+        ],
+        d,
+    );
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    let rec = last_audit(&ks, d, "sign", "sec");
+    assert_eq!(rec["detail"]["vault_secret"], "secret-sign", "{rec}");
+    // Nothing of it on disk: the database holds the public key and the secret's name.
+    let pkcs8 = vault.exportable_key("secret-sign").unwrap();
+    let b64 = {
+        use base64::Engine as _;
+        base64::engine::general_purpose::STANDARD.encode(&pkcs8)
+    };
+    let mut on_disk = Vec::new();
+    for f in std::fs::read_dir(&ks.data).unwrap() {
+        let p = f.unwrap().path();
+        if p.is_file() {
+            on_disk.extend(std::fs::read(p).unwrap());
+        }
+    }
+    assert!(!on_disk.is_empty());
+    let scalar = {
+        use p384::pkcs8::DecodePrivateKey as _;
+        p384::SecretKey::from_pkcs8_der(&pkcs8).unwrap().to_bytes()
+    };
+    assert!(
+        !on_disk.windows(48).any(|w| w == &scalar[..]),
+        "the private key is not on disk"
+    );
+    assert!(!String::from_utf8_lossy(&on_disk).contains(&b64[8..40]));
+
+    // After a restart the secret is read again at start, then signing needs only it.
+    ks.restart(d, &env);
+    let reads = vault
+        .requests()
+        .iter()
+        .filter(|r| r.path.starts_with("/secrets/secret-sign"))
+        .count();
+    assert!(
+        reads >= 2,
+        "read at import and again at start: {:?}",
+        vault.requests().iter().map(|r| &r.path).collect::<Vec<_>>()
+    );
+    for op in ["sign", "get", "create", "certificates-get"] {
+        vault.forbid(op);
+    }
+    ok(&ks.signer(&["sign", "--key", "sec", "fw.bin", "-o", "s2.sig"], d));
+    let v = openssl(
+        &[
+            "dgst",
+            "-sha384",
+            "-verify",
+            "sec.pem",
+            "-signature",
+            "s2.sig",
+            "fw.bin",
+        ],
+        d,
+    );
+    assert_eq!(String::from_utf8_lossy(&v.stdout).trim(), "Verified OK");
+    for op in ["sign", "get", "create", "certificates-get"] {
+        vault.allow(op);
+    }
+
+    // Bad imports, each with its exact status and problem.
+    let token = access_token(&ks, "ci-admin", "admin-secret-1234567890");
+    let post = |path: &str, body: serde_json::Value| {
+        let url = format!("{}{path}", ks.url);
+        let token = token.clone();
+        rt.block_on(async move {
+            let r = reqwest::Client::new()
+                .post(url)
+                .bearer_auth(token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    let cases = [
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "a", "vault_certificate": "b"}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "bad/name/x"}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "a b"}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "a", "from_secret": true}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "a", "extra": 1}),
+            400,
+            "invalid-request",
+        ),
+        (
+            "/v1/keys/legacy/import",
+            serde_json::json!({"vault_key": "legacy-fw"}),
+            409,
+            "key-exists",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "missing"}),
+            502,
+            "backend-refused",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_key": "rsa-2048"}),
+            422,
+            "unfit-key",
+        ),
+        (
+            "/v1/keys/x1/import",
+            serde_json::json!({"vault_certificate": "code-sign", "from_secret": true}),
+            422,
+            "unfit-key",
+        ),
+        (
+            "/v1/keys/nope/rotate",
+            serde_json::json!({}),
+            404,
+            "unknown-key",
+        ),
+        (
+            "/v1/keys/legacy/rotate",
+            serde_json::json!({"version": "../x"}),
+            400,
+            "invalid-request",
+        ),
+    ];
+    for (path, body, status, slug) in cases {
+        let (got, problem) = post(path, body.clone());
+        assert_eq!(got, status, "{path} {body}: {problem}");
+        assert_eq!(
+            problem["type"],
+            format!("https://influxion.dev/problems/{slug}"),
+            "{problem}"
+        );
+    }
+    // A software key has no versions to rotate to, and no certificate.
+    ok(&ks.admin(&["keys", "create", "sw"], d));
+    let (got, problem) = post("/v1/keys/sw/rotate", serde_json::json!({}));
+    assert_eq!(
+        (got, problem["type"].as_str().unwrap()),
+        (422, "https://influxion.dev/problems/unfit-key")
+    );
+    let none = ks.signer(&["keys", "certificate", "sw"], d);
+    let err = String::from_utf8_lossy(&none.stderr);
+    assert!(
+        err.contains("no-certificate") && err.contains("404"),
+        "{err}"
+    );
+    // A CA key is never rotated: its certificate certifies the old key.
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "vroot",
+            "--cn",
+            "V",
+            "--backend",
+            "azure-keyvault",
+        ],
+        d,
+    ));
+    let ca_key = serde_json::from_str::<serde_json::Value>(&ok(
+        &ks.admin(&["--output", "json", "keys", "list"], d)
+    ))
+    .unwrap()["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["purpose"] == "ca")
+        .unwrap()["name"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let (got, problem) = post(&format!("/v1/keys/{ca_key}/rotate"), serde_json::json!({}));
+    assert_eq!(
+        (got, problem["type"].as_str().unwrap()),
+        (409, "https://influxion.dev/problems/ca-key")
+    );
     drop(rt);
 }

@@ -303,7 +303,10 @@ async fn existing_vault_keys_bind_at_a_pinned_version_and_rotate_only_when_asked
         .rotate("id", KeyType::Rsa3072, &bound.handle, None)
         .await
         .unwrap();
-    assert_eq!(w.backend.describe(&rotated.handle)["vault_key_version"], v2.as_str());
+    assert_eq!(
+        w.backend.describe(&rotated.handle)["vault_key_version"],
+        v2.as_str()
+    );
     assert_ne!(rotated.public_key_der, bound.public_key_der);
     sign_and_verify(&w.backend, &rotated, SignAlgorithm::Ps384).await;
     // Back to an explicit version.
@@ -346,7 +349,12 @@ async fn a_vault_certificate_signs_in_the_vault_and_brings_its_chain() {
     let w = world(KEY_VAULT_RESOURCE).await;
     let v1 = w
         .vault
-        .create_certificate("fw-signing", CertificateKey::P256, SecretFormat::Pkcs12, false)
+        .create_certificate(
+            "fw-signing",
+            CertificateKey::P256,
+            SecretFormat::Pkcs12,
+            false,
+        )
         .unwrap();
     let cert = ExistingKey::VaultCertificate {
         name: "fw-signing".into(),
@@ -380,7 +388,10 @@ async fn a_vault_certificate_signs_in_the_vault_and_brings_its_chain() {
         .rotate("id", KeyType::EcP256, &bound.handle, None)
         .await
         .unwrap();
-    assert_eq!(w.backend.describe(&rotated.handle)["vault_key_version"], v2.as_str());
+    assert_eq!(
+        w.backend.describe(&rotated.handle)["vault_key_version"],
+        v2.as_str()
+    );
     assert_ne!(rotated.certificate_chain[0], bound.certificate_chain[0]);
     sign_and_verify(&w.backend, &rotated, SignAlgorithm::Es256).await;
 
@@ -401,9 +412,24 @@ async fn a_certificate_secret_signs_in_memory_with_only_secrets_get() {
         w.vault.forbid(op);
     }
     for (name, key, format, alg) in [
-        ("p12-cert", CertificateKey::P256, SecretFormat::Pkcs12, SignAlgorithm::Es256),
-        ("pem-cert", CertificateKey::Rsa3072, SecretFormat::Pem, SignAlgorithm::Ps256),
-        ("p384-cert", CertificateKey::P384, SecretFormat::Pem, SignAlgorithm::Es384),
+        (
+            "p12-cert",
+            CertificateKey::P256,
+            SecretFormat::Pkcs12,
+            SignAlgorithm::Es256,
+        ),
+        (
+            "pem-cert",
+            CertificateKey::Rsa3072,
+            SecretFormat::Pem,
+            SignAlgorithm::Ps256,
+        ),
+        (
+            "p384-cert",
+            CertificateKey::P384,
+            SecretFormat::Pem,
+            SignAlgorithm::Es384,
+        ),
     ] {
         w.vault.create_certificate(name, key, format, true).unwrap();
         let existing = ExistingKey::VaultCertificate {
@@ -414,7 +440,11 @@ async fn a_certificate_secret_signs_in_memory_with_only_secrets_get() {
         assert_eq!(bound.certificate_chain.len(), 2, "{name}");
         let before = w.vault.requests().len();
         sign_and_verify(&w.backend, &bound, alg).await;
-        assert_eq!(w.vault.requests().len(), before, "signed in memory, no vault call");
+        assert_eq!(
+            w.vault.requests().len(),
+            before,
+            "signed in memory, no vault call"
+        );
         let at = w.backend.describe(&bound.handle);
         assert_eq!(at["vault_secret"], name);
         assert!(at.get("vault_key").is_none());

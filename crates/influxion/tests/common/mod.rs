@@ -282,24 +282,7 @@ pub(crate) fn start_keyserver_env(
     extra_env: &[(&str, &str)],
 ) -> Keyserver {
     let data = dir.join("data");
-    // A port found free can be taken by another test's process before the keyserver
-    // binds it; the keyserver then exits and we pick another.
-    let mut attempt = 0;
-    let (child, url) = loop {
-        attempt += 1;
-        let port = free_port();
-        let mut cmd = Command::new(BIN);
-        cmd.arg("serve").current_dir(dir);
-        server_env(&mut cmd, issuer, &data, port);
-        cmd.env("INFLUXION_AZURE_AUDIENCE", audience)
-            .envs(extra_env.iter().copied());
-        let mut child = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
-        let url = format!("http://127.0.0.1:{port}");
-        if healthy_or_exited(&mut child, &url) {
-            break (child, url);
-        }
-        assert!(attempt < 5, "the keyserver did not start on a free port");
-    };
+    let (child, url) = spawn_keyserver(dir, issuer, audience, &data, extra_env);
     let ks = Keyserver {
         proc: Some(child),
         url,
@@ -323,7 +306,44 @@ pub(crate) fn start_keyserver_env(
     ks
 }
 
+/// `influxion serve` on a free port, healthy. A port found free can be taken by another
+/// test's process before the keyserver binds it; the keyserver then exits and we pick
+/// another.
+fn spawn_keyserver(
+    dir: &Path,
+    issuer: &str,
+    audience: &str,
+    data: &Path,
+    extra_env: &[(&str, &str)],
+) -> (Proc, String) {
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let port = free_port();
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve").current_dir(dir);
+        server_env(&mut cmd, issuer, data, port);
+        cmd.env("INFLUXION_AZURE_AUDIENCE", audience)
+            .envs(extra_env.iter().copied());
+        let mut child = Proc(cmd.stdout(Stdio::null()).spawn().unwrap());
+        let url = format!("http://127.0.0.1:{port}");
+        if healthy_or_exited(&mut child, &url) {
+            return (child, url);
+        }
+        assert!(attempt < 5, "the keyserver did not start on a free port");
+    }
+}
+
 impl Keyserver {
+    /// Stop the keyserver and start it again on the same data (a new port).
+    pub(crate) fn restart(&mut self, dir: &Path, extra_env: &[(&str, &str)]) {
+        self.stop();
+        let (child, url) =
+            spawn_keyserver(dir, &self.issuer, &self.audience, &self.data, extra_env);
+        self.proc = Some(child);
+        self.url = url;
+    }
+
     /// Run the CLI as client `id`.
     /// The CLI as client `id`, configured only through the environment.
     pub(crate) fn command(&self, id: &str, secret: &str, args: &[&str], cwd: &Path) -> Command {

@@ -439,10 +439,7 @@ fn vault_keys_and_certificates_are_imported_rotated_and_served() {
         v2.as_str(),
         "{rec}"
     );
-    assert_eq!(
-        rec["actor"]["id"].as_str().unwrap().starts_with("app:"),
-        true
-    );
+    assert!(rec["actor"]["id"].as_str().unwrap().starts_with("app:"));
     ok(&ks.signer(&["sign", "--key", "legacy", "fw.bin", "-o", "l3.sig"], d));
     ok(&ks.signer(&["keys", "public", "legacy", "-o", "l3.pem"], d));
     assert_sha256_verifies(d, "l3.pem", "l3.sig", "fw.bin");

@@ -22,6 +22,14 @@
 //! driven directly at the keyserver with a bearer token (the baseline) and through the
 //! keyclient's `/api/v1/me` with the session cookie (session lookup, decryption and the
 //! proxy hop added), at the same concurrency, one after the other.
+//!
+//! With `--mode vault` the key is in Azure Key Vault: the loopback HTTPS vault stand-in
+//! and the instance-metadata stand-in run in this process, `influxion dev` is pointed
+//! at them (`INFLUXION_VAULT_URL`, `INFLUXION_IMDS_ENDPOINT`, `INFLUXION_VAULT_CA_FILE`)
+//! and creates a P-256 key there. The baseline is the stand-in's own rate for `POST
+//! keys/{name}/{version}/sign` driven directly over HTTPS at the same concurrency; the
+//! end-to-end figure is `POST /v1/keys/vault-demo/sign`; vault sign calls are counted
+//! per signature the keyserver returned (it must be 1.0).
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -50,7 +58,8 @@ struct Args {
     port: u16,
     /// `sign`: digests with the demo key; `certs`: device certificates from P-256 CSRs
     /// with the development device CA (software CA key); `web`: GET /v1/me directly vs
-    /// through the keyclient with a session cookie.
+    /// through the keyclient with a session cookie; `vault`: a Key Vault key through the
+    /// stand-in vault, beside the stand-in's own sign rate.
     #[arg(long, default_value = "sign")]
     mode: String,
 }
@@ -62,16 +71,28 @@ async fn drive(
     seconds: u64,
     make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync>,
 ) -> Result<(Vec<u32>, f64, u64)> {
+    let (lat, elapsed, errors, _) = drive_counting(concurrency, seconds, make).await?;
+    Ok((lat, elapsed, errors))
+}
+
+/// As [`drive`], and also how many requests succeeded in all, warm-up included.
+async fn drive_counting(
+    concurrency: usize,
+    seconds: u64,
+    make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync>,
+) -> Result<(Vec<u32>, f64, u64, u64)> {
+    let all_ok = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
     let measuring = Arc::new(AtomicBool::new(false));
     let errors = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (make, stop, measuring, errors) = (
+        let (make, stop, measuring, errors, all_ok) = (
             make.clone(),
             stop.clone(),
             measuring.clone(),
             errors.clone(),
+            all_ok.clone(),
         );
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
@@ -81,6 +102,9 @@ async fn drive(
                     Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
                     _ => false,
                 };
+                if ok {
+                    all_ok.fetch_add(1, Ordering::Relaxed);
+                }
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
                         lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
@@ -104,7 +128,12 @@ async fn drive(
         lat.extend(t.await?);
     }
     lat.sort_unstable();
-    Ok((lat, elapsed, errors.load(Ordering::Relaxed)))
+    Ok((
+        lat,
+        elapsed,
+        errors.load(Ordering::Relaxed),
+        all_ok.load(Ordering::Relaxed),
+    ))
 }
 
 /// Sign `user` in at the keyclient through the development issuer's user picker;
@@ -331,13 +360,26 @@ async fn main() -> Result<()> {
     let args = Args::parse();
     let dir = std::env::temp_dir().join(format!("influxion-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir)?;
+    let vault = if args.mode == "vault" {
+        Some(vault_standins(&dir).await?)
+    } else {
+        None
+    };
+    let mut dev = Command::new(&args.influxion);
+    dev.args(["dev", "--data-dir"])
+        .arg(&dir)
+        .args(["--port", &args.port.to_string()])
+        .env("INFLUXION_LOG", "warn");
+    if let Some((_, v)) = &vault {
+        dev.env("INFLUXION_VAULT_URL", v.url())
+            .env("INFLUXION_VAULT_CA_FILE", &v.ca_file);
+    }
+    if let Some((idp, _)) = &vault {
+        dev.env("INFLUXION_IMDS_ENDPOINT", idp.url());
+    }
     let server = Guard(
-        Command::new(&args.influxion)
-            .args(["dev", "--data-dir"])
-            .arg(&dir)
-            .args(["--port", &args.port.to_string()])
-            .env("INFLUXION_LOG", "warn")
-            .stdout(Stdio::null())
+        dev.stdout(Stdio::null())
             .spawn()
             .with_context(|| format!("starting {}", args.influxion.display()))?,
     );
@@ -376,6 +418,9 @@ async fn main() -> Result<()> {
 
     if args.mode == "web" {
         return web(&args, &http, &base, token, server, &dir).await;
+    }
+    if let Some((_idp, v)) = vault {
+        return vault_mode(&args, &http, &base, token, server, &dir, v).await;
     }
     let cpus = cores();
     let certs = args.mode == "certs";
@@ -500,4 +545,126 @@ async fn web(
     );
     println!("ratio keyclient / direct: {:.3}", k_rps / d_rps);
     Ok(())
+}
+
+/// The identity and vault stand-ins for `--mode vault`, on loopback in this process.
+async fn vault_standins(
+    dir: &std::path::Path,
+) -> Result<(
+    influxion_azure_standin::IdentityStandIn,
+    influxion_azure_standin::VaultStandIn,
+)> {
+    let idp = influxion_azure_standin::IdentityStandIn::start().await?;
+    let vault = influxion_azure_standin::VaultStandIn::start(
+        dir,
+        "https://login.microsoftonline.com/bench",
+    )
+    .await?;
+    vault.accept_standin_tokens();
+    Ok((idp, vault))
+}
+
+/// `--mode vault`: a Key Vault key through the keyserver, beside the vault's own rate.
+async fn vault_mode(
+    args: &Args,
+    http: &reqwest::Client,
+    base: &str,
+    token: Arc<String>,
+    server: Guard,
+    dir: &std::path::Path,
+    vault: influxion_azure_standin::VaultStandIn,
+) -> Result<()> {
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/keys"))
+        .bearer_auth(token.as_str())
+        .json(&serde_json::json!({"name": "vault-demo", "key_type": "ec-p256", "backend": "azure-keyvault"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let at = &created["location"];
+    let (name, version) = (
+        at["vault_key"].as_str().context("no vault key")?.to_owned(),
+        at["vault_key_version"]
+            .as_str()
+            .context("no vault key version")?
+            .to_owned(),
+    );
+    let vault_http = reqwest::Client::builder()
+        .add_root_certificate(reqwest::Certificate::from_pem(&std::fs::read(
+            &vault.ca_file,
+        )?)?)
+        .pool_max_idle_per_host(args.concurrency)
+        .build()?;
+    eprintln!(
+        "vault stand-in directly: POST keys/{name}/{version}/sign, concurrency {} for {}s",
+        args.concurrency, args.seconds
+    );
+    let sign_url = format!("{}keys/{name}/{version}/sign?api-version=7.5", vault.url());
+    let client = vault_http.clone();
+    let direct: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
+        let value = base64_url(&random_digest());
+        client
+            .post(sign_url.as_str())
+            .bearer_auth("standin-bench")
+            .json(&serde_json::json!({"alg": "ES256", "value": value}))
+    });
+    let (d_lat, d_elapsed, d_err) = drive(args.concurrency, args.seconds, direct).await?;
+    let vault_signs = |v: &influxion_azure_standin::VaultStandIn| {
+        v.requests()
+            .iter()
+            .filter(|r| r.path.ends_with("/sign") && r.bearer.as_deref() != Some("standin-bench"))
+            .count() as u64
+    };
+    let signs_before = vault_signs(&vault);
+    eprintln!(
+        "end to end: POST /v1/keys/vault-demo/sign, concurrency {} for {}s (after 2s warm-up)",
+        args.concurrency, args.seconds
+    );
+    let (client, url) = (http.clone(), format!("{base}/v1/keys/vault-demo/sign"));
+    let e2e: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
+        client
+            .post(url.as_str())
+            .bearer_auth(token.as_str())
+            .header("content-type", "application/json")
+            .body(format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest())))
+    });
+    let (lat, elapsed, errors, returned) =
+        drive_counting(args.concurrency, args.seconds, e2e).await?;
+    let calls = vault_signs(&vault) - signs_before;
+    let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
+    let audit = Command::new(&args.influxion)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+    let d_rps = d_lat.len() as f64 / d_elapsed;
+    let rps = lat.len() as f64 / elapsed;
+    println!(
+        "vault stand-in sign (ES256) over HTTPS directly, concurrency {}: {d_rps:.0} signatures/s, p50 {:.2} ms, p99 {:.2} ms, errors {d_err}",
+        args.concurrency,
+        percentile(&d_lat, 0.50),
+        percentile(&d_lat, 0.99)
+    );
+    println!(
+        "end-to-end sign with the vault key over HTTP, concurrency {}: {rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {errors}",
+        args.concurrency,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+    println!(
+        "vault sign calls per returned signature: {:.3} ({calls} calls, {returned} signatures)",
+        calls as f64 / returned.max(1) as f64
+    );
+    println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!("ratio end-to-end / vault direct: {:.3}", rps / d_rps);
+    println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
+    Ok(())
+}
+
+fn base64_url(b: &[u8]) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(b)
 }

@@ -309,7 +309,12 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         kek: crate::config::KekSource::File(kek_path),
         vault_url: None,
         vault_credential: None,
-        vault: None,
+        // A vault for development keys too (`keys create --backend azure-keyvault`),
+        // with the same settings as `serve`; none by default.
+        vault: std::env::var("INFLUXION_VAULT_URL")
+            .ok()
+            .map(|u| crate::config::vault_config(&u))
+            .transpose()?,
         public_url: Some(format!("http://127.0.0.1:{port}")),
         est_profile: Some("device".into()),
         bootstrap_admin: None,

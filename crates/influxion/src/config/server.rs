@@ -439,7 +439,7 @@ impl std::fmt::Debug for VaultConfig {
     }
 }
 
-fn vault_config(url: &str) -> Result<VaultConfig, ConfigError> {
+pub(crate) fn vault_config(url: &str) -> Result<VaultConfig, ConfigError> {
     let mut url = url::Url::parse(url).map_err(|e| {
         err(
             "vault.url / INFLUXION_VAULT_URL",

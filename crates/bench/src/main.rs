@@ -660,8 +660,36 @@ async fn vault_mode(
     );
     println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!("ratio end-to-end / vault direct: {:.3}", rps / d_rps);
+    match openssl_p256_limit(args.seconds.min(5)) {
+        Some(limit) => println!(
+            "machine limit (openssl speed -multi {} ecdsap256): {limit:.0} signatures/s; vault stand-in direct / limit: {:.3}",
+            cores(),
+            d_rps / limit
+        ),
+        None => println!("machine limit: openssl speed did not run"),
+    }
     println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
     Ok(())
+}
+
+/// The machine's limit for ECDSA P-256 signing: `openssl speed -multi <cores>
+/// ecdsap256` for `seconds`, in signatures/s (`None` if openssl is missing or its
+/// machine-readable `+F4` line does not parse).
+fn openssl_p256_limit(seconds: u64) -> Option<f64> {
+    let out = Command::new("openssl")
+        .args(["speed", "-mr", "-seconds", &seconds.to_string(), "-multi", &cores().to_string(), "ecdsap256"])
+        .stderr(Stdio::null())
+        .output()
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // `+F4:<index>:<bits>:<signs/s>:<verifies/s>`; with -multi the last is the sum.
+    text.lines()
+        .rev()
+        .find(|l| l.starts_with("+F4:"))?
+        .split(':')
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 fn base64_url(b: &[u8]) -> String {

@@ -628,7 +628,10 @@ async fn vault_mode(
             .post(url.as_str())
             .bearer_auth(token.as_str())
             .header("content-type", "application/json")
-            .body(format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest())))
+            .body(format!(
+                r#"{{"digest":"{}"}}"#,
+                hex::encode(random_digest())
+            ))
     });
     let (lat, elapsed, errors, returned) =
         drive_counting(args.concurrency, args.seconds, e2e).await?;
@@ -677,7 +680,15 @@ async fn vault_mode(
 /// machine-readable `+F4` line does not parse).
 fn openssl_p256_limit(seconds: u64) -> Option<f64> {
     let out = Command::new("openssl")
-        .args(["speed", "-mr", "-seconds", &seconds.to_string(), "-multi", &cores().to_string(), "ecdsap256"])
+        .args([
+            "speed",
+            "-mr",
+            "-seconds",
+            &seconds.to_string(),
+            "-multi",
+            &cores().to_string(),
+            "ecdsap256",
+        ])
         .stderr(Stdio::null())
         .output()
         .ok()?;

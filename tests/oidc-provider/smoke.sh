@@ -134,7 +134,7 @@ check_token cc-private-key-jwt "$R" "$APP_ASSERT && p.azp === 'jwt-client' && p.
 pkce_login() {
   local scope="$1" login="$2" jar="$WORK/cookies.$RANDOM" verifier challenge loc uid code state
   verifier="$(node -e 'console.log(require("node:crypto").randomBytes(32).toString("base64url"))')"
-  challenge="$(node -e 'console.log(require("node:crypto").createHash("sha256").update(process.argv[1]).digest("base64url"))' "$verifier")"
+  challenge="$(node -e 'console.log(require("node:crypto").createHash("sha256").update(process.argv[1]).digest("base64url"))' -- "$verifier")"
   state="st$RANDOM"
   # Loopback redirect on an arbitrary port (registered without one): RFC 8252 section 7.3.
   local redirect="http://127.0.0.1:53682/callback"

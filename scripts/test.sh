@@ -11,7 +11,8 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
 missing=()
-for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3; do
+# softhsm2 and opensc (pkcs11-tool): the PKCS#11 backend's tests.
+for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3 softhsm2-util:softhsm2 pkcs11-tool:opensc; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 # Debian's Chromium for the browser tests of the web app (driven by playwright-core;

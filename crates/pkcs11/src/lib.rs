@@ -1,0 +1,520 @@
+//! The PKCS#11 key backend (`pkcs11`): key pairs generated on a token and used
+//! there, never extractable (`CKA_SENSITIVE`, `CKA_EXTRACTABLE=false`, `CKA_TOKEN`).
+//!
+//! A key's handle names the token, the object's `CKA_ID` and `CKA_LABEL`, and the
+//! public key read when it was made. Signing hashes nothing on the token: Influxion
+//! already has the digest, so ECDSA is `CKM_ECDSA` over it (r‖s from the token becomes
+//! DER), RSA PKCS#1 v1.5 is `CKM_RSA_PKCS` over a DigestInfo built here, RSA-PSS is
+//! `CKM_RSA_PKCS_PSS` with the digest's hash, MGF1 of the same hash and a salt as long
+//! as the hash, and Ed25519 is `CKM_EDDSA` over the digest, as the software keystore
+//! signs it. Every signature is verified against the pinned public key before it is
+//! returned.
+//!
+//! Sessions: login is per token, not per session, so the pool logs in once and every
+//! session of the pool may sign; concurrent signatures use different sessions.
+
+use std::sync::Mutex;
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine as _;
+use cryptoki::context::{CInitializeArgs, Pkcs11};
+use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
+use cryptoki::mechanism::{Mechanism, MechanismType};
+use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectClass};
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+use influxion_core::{BackendError, Digest, GeneratedKey, KeyBackend, KeyType, SignAlgorithm};
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+/// The backend's name, stored with each of its keys.
+pub const NAME: &str = "pkcs11";
+
+/// Why the token could not be opened at start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("loading the PKCS#11 module {module}: {why}")]
+    Module { module: String, why: String },
+    #[error("no token labelled {0:?} is present")]
+    NoToken(String),
+    /// Not retried: a loop of wrong PINs locks the token.
+    #[error(
+        "the token refused the user PIN (INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE): {0}"
+    )]
+    Pin(String),
+    #[error("the token: {0}")]
+    Token(String),
+}
+
+/// One token, and a pool of sessions logged in on it.
+pub struct Pkcs11Backend {
+    token: String,
+    sessions: Mutex<Vec<Session>>,
+    available: tokio::sync::Semaphore,
+    _context: Pkcs11,
+}
+
+#[derive(Serialize, Deserialize)]
+struct Handle {
+    token: String,
+    /// `CKA_ID`, hex.
+    id: String,
+    label: String,
+    key_type: String,
+    /// DER SubjectPublicKeyInfo, base64.
+    spki: String,
+}
+
+fn crypto(what: impl std::fmt::Display) -> BackendError {
+    BackendError::Crypto(what.to_string())
+}
+
+/// A token's error as the backend reports it: a token that went away is unavailable
+/// (the caller may retry), anything else is an error of the operation.
+fn token_error(e: cryptoki::error::Error) -> BackendError {
+    use cryptoki::error::{Error, RvError};
+    match e {
+        Error::Pkcs11(
+            RvError::DeviceRemoved
+            | RvError::DeviceError
+            | RvError::SessionHandleInvalid
+            | RvError::SessionClosed
+            | RvError::TokenNotPresent
+            | RvError::UserNotLoggedIn,
+            _,
+        ) => BackendError::Unavailable(format!("the PKCS#11 token: {e}")),
+        other => crypto(format!("the PKCS#11 token: {other}")),
+    }
+}
+
+/// DER OIDs of the named curves, as `CKA_EC_PARAMS`.
+const P256_OID: &[u8] = &[0x06, 0x08, 0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
+const P384_OID: &[u8] = &[0x06, 0x05, 0x2B, 0x81, 0x04, 0x00, 0x22];
+/// Ed25519 as SoftHSM and PKCS#11 3.0 name it: the printable string "edwards25519".
+const ED25519_PARAMS: &[u8] = &[
+    0x13, 0x0c, b'e', b'd', b'w', b'a', b'r', b'd', b's', b'2', b'5', b'5', b'1', b'9',
+];
+
+/// DigestInfo prefixes (RFC 8017 section 9.2, note 1) for PKCS#1 v1.5 over a digest.
+fn digest_info_prefix(alg: SignAlgorithm) -> Option<&'static [u8]> {
+    Some(match alg {
+        SignAlgorithm::Rs256 => &[
+            0x30, 0x31, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x01, 0x05, 0x00, 0x04, 0x20,
+        ],
+        SignAlgorithm::Rs384 => &[
+            0x30, 0x41, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x02, 0x05, 0x00, 0x04, 0x30,
+        ],
+        SignAlgorithm::Rs512 => &[
+            0x30, 0x51, 0x30, 0x0d, 0x06, 0x09, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02,
+            0x03, 0x05, 0x00, 0x04, 0x40,
+        ],
+        _ => return None,
+    })
+}
+
+impl Pkcs11Backend {
+    /// Load `module`, find the token labelled `token`, open `pool` sessions and log in
+    /// once with `pin`. A wrong PIN fails here and is not retried.
+    pub fn open(
+        module: &str,
+        token: &str,
+        pin: &Zeroizing<String>,
+        pool: usize,
+    ) -> Result<Self, OpenError> {
+        let context = Pkcs11::new(module).map_err(|e| OpenError::Module {
+            module: module.to_owned(),
+            why: e.to_string(),
+        })?;
+        context
+            .initialize(CInitializeArgs::OsThreads)
+            .map_err(|e| OpenError::Token(e.to_string()))?;
+        let slot = find_token(&context, token)?;
+        let pool = pool.clamp(1, 64);
+        let mut sessions = Vec::with_capacity(pool);
+        for i in 0..pool {
+            let s = context
+                .open_rw_session(slot)
+                .map_err(|e| OpenError::Token(e.to_string()))?;
+            if i == 0 {
+                s.login(UserType::User, Some(&AuthPin::new(pin.as_str().into())))
+                    .map_err(|e| OpenError::Pin(e.to_string()))?;
+            }
+            sessions.push(s);
+        }
+        Ok(Self {
+            token: token.to_owned(),
+            sessions: Mutex::new(sessions),
+            available: tokio::sync::Semaphore::new(pool),
+            _context: context,
+        })
+    }
+
+    /// Run `f` on a session of the pool, off the async workers (tokens block).
+    async fn with_session<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Session) -> Result<T, BackendError> + Send + 'static,
+    ) -> Result<T, BackendError> {
+        let _permit = self
+            .available
+            .acquire()
+            .await
+            .map_err(|_| BackendError::Unavailable("the session pool is closed".into()))?;
+        let session = self
+            .sessions
+            .lock()
+            .map_err(|_| crypto("session pool poisoned"))?
+            .pop()
+            .ok_or_else(|| crypto("no session free despite a permit"))?;
+        let (session, result) = tokio::task::spawn_blocking(move || {
+            let r = f(&session);
+            (session, r)
+        })
+        .await
+        .map_err(crypto)?;
+        if let Ok(mut pool) = self.sessions.lock() {
+            pool.push(session);
+        }
+        result
+    }
+
+    fn handle(&self, key_type: KeyType, handle: &[u8]) -> Result<(Handle, Vec<u8>), BackendError> {
+        let h: Handle = serde_json::from_slice(handle)
+            .map_err(|_| crypto("the PKCS#11 handle does not parse"))?;
+        if h.key_type != key_type.as_str() {
+            return Err(crypto("the PKCS#11 handle is of another key type"));
+        }
+        if h.token != self.token {
+            return Err(BackendError::Unavailable(format!(
+                "the key is on token {:?}, this keyserver has {:?}",
+                h.token, self.token
+            )));
+        }
+        let spki = B64
+            .decode(&h.spki)
+            .map_err(|_| crypto("the PKCS#11 handle's public key does not parse"))?;
+        Ok((h, spki))
+    }
+}
+
+fn find_token(context: &Pkcs11, label: &str) -> Result<Slot, OpenError> {
+    let slots = context
+        .get_slots_with_token()
+        .map_err(|e| OpenError::Token(e.to_string()))?;
+    for slot in slots {
+        if let Ok(info) = context.get_token_info(slot) {
+            if info.label().trim_end() == label {
+                return Ok(slot);
+            }
+        }
+    }
+    Err(OpenError::NoToken(label.to_owned()))
+}
+
+/// The private key object with `CKA_ID` `id` and `CKA_LABEL` `label`: both, so a
+/// handle changed in either part finds nothing.
+fn private_key(
+    session: &Session,
+    id: &[u8],
+    label: &str,
+) -> Result<cryptoki::object::ObjectHandle, BackendError> {
+    let found = session
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PRIVATE_KEY),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ])
+        .map_err(token_error)?;
+    match found.as_slice() {
+        [one] => Ok(*one),
+        [] => Err(BackendError::Refused(format!(
+            "the token has no private key with id {}",
+            hex::encode(id)
+        ))),
+        _ => Err(crypto(format!(
+            "the token has several private keys with id {}",
+            hex::encode(id)
+        ))),
+    }
+}
+
+/// The public key of a generated pair as DER SubjectPublicKeyInfo.
+fn spki_of(
+    session: &Session,
+    key_type: KeyType,
+    public: cryptoki::object::ObjectHandle,
+) -> Result<Vec<u8>, BackendError> {
+    use p256::pkcs8::EncodePublicKey as _;
+    let der = match key_type {
+        KeyType::EcP256 | KeyType::EcP384 | KeyType::Ed25519 => {
+            let attrs = session
+                .get_attributes(public, &[AttributeType::EcPoint])
+                .map_err(token_error)?;
+            let Some(Attribute::EcPoint(point)) = attrs.into_iter().next() else {
+                return Err(crypto("the token returned no EC point"));
+            };
+            // CKA_EC_POINT is a DER OCTET STRING around the point; a few tokens give
+            // the bare point.
+            let point = unwrap_octet_string(&point).unwrap_or(&point).to_vec();
+            match key_type {
+                KeyType::EcP256 => p256::PublicKey::from_sec1_bytes(&point)
+                    .map_err(|_| crypto("the token's P-256 point is not on the curve"))?
+                    .to_public_key_der(),
+                KeyType::EcP384 => p384::PublicKey::from_sec1_bytes(&point)
+                    .map_err(|_| crypto("the token's P-384 point is not on the curve"))?
+                    .to_public_key_der(),
+                _ => {
+                    let bytes: [u8; 32] = point
+                        .as_slice()
+                        .try_into()
+                        .map_err(|_| crypto("the token's Ed25519 key is not 32 bytes"))?;
+                    ed25519_dalek::VerifyingKey::from_bytes(&bytes)
+                        .map_err(|_| crypto("the token's Ed25519 key is not valid"))?
+                        .to_public_key_der()
+                }
+            }
+        }
+        KeyType::Rsa3072 | KeyType::Rsa4096 => {
+            let attrs = session
+                .get_attributes(
+                    public,
+                    &[AttributeType::Modulus, AttributeType::PublicExponent],
+                )
+                .map_err(token_error)?;
+            let (mut n, mut e) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(m) => n = Some(m),
+                    Attribute::PublicExponent(x) => e = Some(x),
+                    _ => {}
+                }
+            }
+            let (Some(n), Some(e)) = (n, e) else {
+                return Err(crypto("the token returned no RSA public key"));
+            };
+            rsa::RsaPublicKey::new(
+                rsa::BigUint::from_bytes_be(&n),
+                rsa::BigUint::from_bytes_be(&e),
+            )
+            .map_err(|_| crypto("the token's RSA key is not valid"))?
+            .to_public_key_der()
+        }
+    };
+    Ok(der.map_err(crypto)?.into_vec())
+}
+
+/// The contents of a short DER OCTET STRING.
+fn unwrap_octet_string(der: &[u8]) -> Option<&[u8]> {
+    match der {
+        [0x04, len, rest @ ..] if usize::from(*len) == rest.len() && *len < 0x80 => Some(rest),
+        [0x04, 0x81, len, rest @ ..] if usize::from(*len) == rest.len() => Some(rest),
+        _ => None,
+    }
+}
+
+/// The token's raw r‖s as DER.
+fn ecdsa_der(key_type: KeyType, rs: &[u8]) -> Result<Vec<u8>, BackendError> {
+    let bad = || crypto("the token's ECDSA signature is not r‖s of the curve's size");
+    Ok(match key_type {
+        KeyType::EcP256 => p256::ecdsa::Signature::from_slice(rs)
+            .map_err(|_| bad())?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+        _ => p384::ecdsa::Signature::from_slice(rs)
+            .map_err(|_| bad())?
+            .to_der()
+            .as_bytes()
+            .to_vec(),
+    })
+}
+
+fn hash_mechanism(alg: SignAlgorithm) -> Option<(MechanismType, PkcsMgfType, u64)> {
+    Some(match alg {
+        SignAlgorithm::Ps256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32),
+        SignAlgorithm::Ps384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384, 48),
+        SignAlgorithm::Ps512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512, 64),
+        _ => return None,
+    })
+}
+
+#[async_trait::async_trait]
+impl KeyBackend for Pkcs11Backend {
+    fn name(&self) -> &'static str {
+        NAME
+    }
+
+    async fn generate(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+    ) -> Result<GeneratedKey, BackendError> {
+        let id = uuid_bytes(key_id);
+        let label = format!("influxion-{key_id}");
+        let token = self.token.clone();
+        let (id2, label2) = (id.clone(), label.clone());
+        let (spki, id, label) = self
+            .with_session(move |s| {
+                let common = |public: bool| {
+                    vec![
+                        Attribute::Token(true),
+                        Attribute::Id(id2.clone()),
+                        Attribute::Label(label2.clone().into_bytes()),
+                        Attribute::Private(!public),
+                    ]
+                };
+                let mut public = common(true);
+                public.push(Attribute::Verify(true));
+                let mut private = common(false);
+                private.extend([
+                    Attribute::Sign(true),
+                    Attribute::Sensitive(true),
+                    Attribute::Extractable(false),
+                ]);
+                let mechanism = match key_type {
+                    KeyType::EcP256 | KeyType::EcP384 => {
+                        public.push(Attribute::KeyType(CkKeyType::EC));
+                        public.push(Attribute::EcParams(
+                            if key_type == KeyType::EcP256 {
+                                P256_OID
+                            } else {
+                                P384_OID
+                            }
+                            .to_vec(),
+                        ));
+                        Mechanism::EccKeyPairGen
+                    }
+                    KeyType::Ed25519 => {
+                        public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
+                        Mechanism::EccEdwardsKeyPairGen
+                    }
+                    KeyType::Rsa3072 | KeyType::Rsa4096 => {
+                        let bits: u64 = if key_type == KeyType::Rsa3072 {
+                            3072
+                        } else {
+                            4096
+                        };
+                        public.push(Attribute::ModulusBits(bits.into()));
+                        public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));
+                        Mechanism::RsaPkcsKeyPairGen
+                    }
+                };
+                let (pub_handle, _) =
+                    s.generate_key_pair(&mechanism, &public, &private)
+                        .map_err(|e| match e {
+                            cryptoki::error::Error::Pkcs11(
+                                cryptoki::error::RvError::MechanismInvalid,
+                                _,
+                            ) => BackendError::Unsupported(key_type),
+                            other => token_error(other),
+                        })?;
+                Ok((spki_of(s, key_type, pub_handle)?, id2, label2))
+            })
+            .await?;
+        let handle = Handle {
+            token,
+            id: hex::encode(id),
+            label,
+            key_type: key_type.as_str().to_owned(),
+            spki: B64.encode(&spki),
+        };
+        Ok(GeneratedKey {
+            handle: serde_json::to_vec(&handle).map_err(crypto)?,
+            public_key_der: spki,
+        })
+    }
+
+    async fn sign(
+        &self,
+        _key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+        digest: &Digest,
+    ) -> Result<Vec<u8>, BackendError> {
+        let (h, spki) = self.handle(key_type, handle)?;
+        let alg = digest.algorithm();
+        if !key_type.allows(alg) {
+            return Err(BackendError::AlgorithmMismatch);
+        }
+        let id = hex::decode(&h.id).map_err(|_| crypto("the PKCS#11 handle's id is not hex"))?;
+        let d = digest.as_bytes().to_vec();
+        let label = h.label.clone();
+        let raw = self
+            .with_session(move |s| {
+                let key = private_key(s, &id, &label)?;
+                let sign = |m: &Mechanism, data: &[u8]| s.sign(m, key, data).map_err(token_error);
+                match (key_type, alg) {
+                    (KeyType::EcP256 | KeyType::EcP384, _) => sign(&Mechanism::Ecdsa, &d),
+                    (KeyType::Ed25519, _) => {
+                        let params = cryptoki::mechanism::eddsa::EddsaParams::new(
+                            cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
+                        );
+                        sign(&Mechanism::Eddsa(params), &d)
+                    }
+                    (_, alg) => match (digest_info_prefix(alg), hash_mechanism(alg)) {
+                        (Some(prefix), _) => {
+                            let mut info = prefix.to_vec();
+                            info.extend_from_slice(&d);
+                            sign(&Mechanism::RsaPkcs, &info)
+                        }
+                        (None, Some((hash_alg, mgf, s_len))) => {
+                            let params = PkcsPssParams {
+                                hash_alg,
+                                mgf,
+                                s_len: s_len.into(),
+                            };
+                            sign(&Mechanism::RsaPkcsPss(params), &d)
+                        }
+                        _ => Err(BackendError::AlgorithmMismatch),
+                    },
+                }
+            })
+            .await?;
+        let sig = match key_type {
+            KeyType::EcP256 | KeyType::EcP384 => ecdsa_der(key_type, &raw)?,
+            _ => raw,
+        };
+        match influxion_verify::verify(key_type, &spki, digest, &sig) {
+            Ok(true) => Ok(sig),
+            _ => Err(crypto(format!(
+                "the signature from token {} key {} does not verify with the key's public key",
+                h.token, h.id
+            ))),
+        }
+    }
+
+    async fn check(
+        &self,
+        _key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+    ) -> Result<(), BackendError> {
+        let (h, _) = self.handle(key_type, handle)?;
+        let id = hex::decode(&h.id).map_err(|_| crypto("the PKCS#11 handle's id is not hex"))?;
+        let label = h.label.clone();
+        self.with_session(move |s| private_key(s, &id, &label).map(|_| ()))
+            .await
+    }
+
+    fn describe(&self, handle: &[u8]) -> serde_json::Map<String, serde_json::Value> {
+        let mut m = serde_json::Map::new();
+        if let Ok(h) = serde_json::from_slice::<Handle>(handle) {
+            m.insert("token".into(), h.token.into());
+            m.insert("key_id".into(), h.id.into());
+            m.insert("label".into(), h.label.into());
+        }
+        m
+    }
+}
+
+/// `CKA_ID` of a key: its Influxion key id's bytes (a UUID, without dashes, 16 bytes),
+/// so the object on the token and the record name each other.
+fn uuid_bytes(key_id: &str) -> Vec<u8> {
+    let hexed: String = key_id.chars().filter(char::is_ascii_hexdigit).collect();
+    match hex::decode(&hexed) {
+        Ok(b) if !b.is_empty() && hexed.len() == key_id.chars().filter(|c| *c != '-').count() => b,
+        _ => key_id.as_bytes().to_vec(),
+    }
+}

@@ -611,22 +611,13 @@ fn spki_of(key_type: KeyType, jwk: &Value) -> Result<Vec<u8>, BackendError> {
     Ok(der)
 }
 
-/// Key Vault's raw r‖s as DER (the API's and the formats' encoding).
+/// Key Vault's raw r‖s as DER (the API's and the formats' encoding); RSA as it is.
 fn ecdsa_der(key_type: KeyType, rs: &[u8]) -> Result<Vec<u8>, BackendError> {
-    let bad = || crypto("the vault's ECDSA signature is not r‖s of the curve's size");
-    Ok(match key_type {
-        KeyType::EcP256 => p256::ecdsa::Signature::from_slice(rs)
-            .map_err(|_| bad())?
-            .to_der()
-            .as_bytes()
-            .to_vec(),
-        KeyType::EcP384 => p384::ecdsa::Signature::from_slice(rs)
-            .map_err(|_| bad())?
-            .to_der()
-            .as_bytes()
-            .to_vec(),
-        _ => rs.to_vec(),
-    })
+    match key_type {
+        KeyType::EcP256 | KeyType::EcP384 => influxion_verify::ecdsa_raw_to_der(key_type, rs)
+            .ok_or_else(|| crypto("the vault's ECDSA signature is not r‖s of the curve's size")),
+        _ => Ok(rs.to_vec()),
+    }
 }
 
 #[async_trait::async_trait]

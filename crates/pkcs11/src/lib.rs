@@ -314,23 +314,6 @@ fn unwrap_octet_string(der: &[u8]) -> Option<&[u8]> {
     }
 }
 
-/// The token's raw r‖s as DER.
-fn ecdsa_der(key_type: KeyType, rs: &[u8]) -> Result<Vec<u8>, BackendError> {
-    let bad = || crypto("the token's ECDSA signature is not r‖s of the curve's size");
-    Ok(match key_type {
-        KeyType::EcP256 => p256::ecdsa::Signature::from_slice(rs)
-            .map_err(|_| bad())?
-            .to_der()
-            .as_bytes()
-            .to_vec(),
-        _ => p384::ecdsa::Signature::from_slice(rs)
-            .map_err(|_| bad())?
-            .to_der()
-            .as_bytes()
-            .to_vec(),
-    })
-}
-
 fn hash_mechanism(alg: SignAlgorithm) -> Option<(MechanismType, PkcsMgfType, u64)> {
     Some(match alg {
         SignAlgorithm::Ps256 => (MechanismType::SHA256, PkcsMgfType::MGF1_SHA256, 32),
@@ -473,7 +456,10 @@ impl KeyBackend for Pkcs11Backend {
             })
             .await?;
         let sig = match key_type {
-            KeyType::EcP256 | KeyType::EcP384 => ecdsa_der(key_type, &raw)?,
+            KeyType::EcP256 | KeyType::EcP384 => influxion_verify::ecdsa_raw_to_der(key_type, &raw)
+                .ok_or_else(|| {
+                    crypto("the token's ECDSA signature is not r‖s of the curve's size")
+                })?,
             _ => raw,
         };
         match influxion_verify::verify(key_type, &spki, digest, &sig) {
@@ -491,11 +477,34 @@ impl KeyBackend for Pkcs11Backend {
         key_type: KeyType,
         handle: &[u8],
     ) -> Result<(), BackendError> {
-        let (h, _) = self.handle(key_type, handle)?;
+        let (h, spki) = self.handle(key_type, handle)?;
         let id = hex::decode(&h.id).map_err(|_| crypto("the PKCS#11 handle's id is not hex"))?;
         let label = h.label.clone();
-        self.with_session(move |s| private_key(s, &id, &label).map(|_| ()))
-            .await
+        self.with_session(move |s| {
+            private_key(s, &id, &label)?;
+            // The token's public key must be the one the record pinned.
+            let public = s
+                .find_objects(&[
+                    Attribute::Class(ObjectClass::PUBLIC_KEY),
+                    Attribute::Id(id.clone()),
+                    Attribute::Label(label.as_bytes().to_vec()),
+                ])
+                .map_err(token_error)?;
+            let [public] = public.as_slice() else {
+                return Err(BackendError::Refused(format!(
+                    "the token has no single public key with id {}",
+                    hex::encode(&id)
+                )));
+            };
+            if spki_of(s, key_type, *public)? != spki {
+                return Err(crypto(format!(
+                    "the token's key {} is not the key this record was made with",
+                    hex::encode(&id)
+                )));
+            }
+            Ok(())
+        })
+        .await
     }
 
     fn describe(&self, handle: &[u8]) -> serde_json::Map<String, serde_json::Value> {

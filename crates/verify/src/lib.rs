@@ -66,6 +66,21 @@ pub fn verify(
 }
 
 /// SubjectPublicKeyInfo DER as a `PUBLIC KEY` PEM block (what openssl reads).
+/// An ECDSA signature as IEEE P1363 r‖s (what Key Vault and PKCS#11 tokens return) in
+/// DER (what the API and the formats carry). `None` if it is not r‖s of the curve's
+/// size, or the key type is not ECDSA.
+pub fn ecdsa_raw_to_der(key_type: KeyType, rs: &[u8]) -> Option<Vec<u8>> {
+    match key_type {
+        KeyType::EcP256 => p256::ecdsa::Signature::from_slice(rs)
+            .ok()
+            .map(|s| s.to_der().as_bytes().to_vec()),
+        KeyType::EcP384 => p384::ecdsa::Signature::from_slice(rs)
+            .ok()
+            .map(|s| s.to_der().as_bytes().to_vec()),
+        _ => None,
+    }
+}
+
 pub fn to_pem(spki: &[u8]) -> Result<String, PublicKeyError> {
     p256::pkcs8::der::pem::encode_string("PUBLIC KEY", p256::pkcs8::LineEnding::LF, spki)
         .map_err(|_| PublicKeyError::Pem)

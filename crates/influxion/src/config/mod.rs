@@ -17,7 +17,7 @@ pub(crate) use influxion_cli::config::{
     entra_metadata_url, env, err, is_loopback_url, ConfigError, DEV_AUDIENCE, DEV_SERVER,
 };
 pub(crate) use keyclient::{keyclient, session_key};
-pub(crate) use server::{vault_config, KekSource, ServerConfig, VaultConfig};
+pub(crate) use server::{pkcs11_config, vault_config, KekSource, ServerConfig, VaultConfig};
 
 /// The TOML file, every field optional. Unknown fields are an error, so typos surface.
 #[derive(Debug, Default, Deserialize, Serialize)]

@@ -56,6 +56,8 @@ pub(crate) struct ServerConfig {
     pub vault_credential: Option<String>,
     /// The Key Vault backend's settings, when `vault.url` is set.
     pub vault: Option<VaultConfig>,
+    /// The PKCS#11 backend's token, when `INFLUXION_PKCS11_MODULE` is set.
+    pub pkcs11: Option<Pkcs11Config>,
     pub bootstrap_admin: Option<influxion_core::SubjectRules>,
     pub public_url: Option<String>,
     pub est_profile: Option<String>,
@@ -147,6 +149,7 @@ impl ServerConfig {
         let vault_url = vault_url(file)?;
         let vault = vault_url.as_deref().map(vault_config).transpose()?;
         let vault_credential = vault.as_ref().map(|v| v.credential.describe());
+        let pkcs11 = pkcs11_config()?;
         let bootstrap_admin = bootstrap_admin(file, auth.tenant_id.as_deref())?;
         let public_url = public_url(file)?;
         let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
@@ -161,6 +164,7 @@ impl ServerConfig {
             vault_url,
             vault_credential,
             vault,
+            pkcs11,
             bootstrap_admin,
             public_url,
             est_profile,
@@ -415,6 +419,74 @@ fn extra_issuers(a: &FileAuth, metadata_url: &str, single_tenant: Option<&str>) 
             .unwrap_or_default(),
     );
     extra_issuers
+}
+
+/// The PKCS#11 token keys may live on. The PIN comes from the environment or a file
+/// only, never from the TOML file, and is zeroized.
+#[derive(Clone)]
+pub(crate) struct Pkcs11Config {
+    pub module: String,
+    pub token: String,
+    pub pin: zeroize::Zeroizing<String>,
+    /// Sessions in the pool (default 4).
+    pub pool: usize,
+}
+
+impl std::fmt::Debug for Pkcs11Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pkcs11Config")
+            .field("module", &self.module)
+            .field("token", &self.token)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `INFLUXION_PKCS11_MODULE`, `_TOKEN`, `_PIN` or `_PIN_FILE`, `_POOL`.
+pub(crate) fn pkcs11_config() -> Result<Option<Pkcs11Config>, ConfigError> {
+    let Some(module) = env("INFLUXION_PKCS11_MODULE") else {
+        return Ok(None);
+    };
+    let token = env("INFLUXION_PKCS11_TOKEN").ok_or_else(|| {
+        err(
+            "INFLUXION_PKCS11_TOKEN",
+            "the label of the token keys live on",
+        )
+    })?;
+    let pin = match (
+        env("INFLUXION_PKCS11_PIN"),
+        env("INFLUXION_PKCS11_PIN_FILE"),
+    ) {
+        (Some(p), None) => zeroize::Zeroizing::new(p),
+        (None, Some(f)) => zeroize::Zeroizing::new(
+            std::fs::read_to_string(&f)
+                .map_err(|e| err("INFLUXION_PKCS11_PIN_FILE", format!("reading {f}: {e}")))?
+                .trim_end_matches(['\r', '\n'])
+                .to_owned(),
+        ),
+        (Some(_), Some(_)) => {
+            return Err(err(
+                "INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE",
+                "set one, not both",
+            ))
+        }
+        (None, None) => {
+            return Err(err(
+                "INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE",
+                "the token's user PIN is required",
+            ))
+        }
+    };
+    let pool = env_u64("INFLUXION_PKCS11_POOL")?.unwrap_or(4);
+    if !(1..=64).contains(&pool) {
+        return Err(err("INFLUXION_PKCS11_POOL", "between 1 and 64 sessions"));
+    }
+    Ok(Some(Pkcs11Config {
+        module,
+        token,
+        pin,
+        pool: usize::try_from(pool).unwrap_or(4),
+    }))
 }
 
 /// How the Key Vault backend reaches its vault.

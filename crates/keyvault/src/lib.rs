@@ -88,6 +88,23 @@ fn valid_name(s: &str) -> bool {
     !s.is_empty() && s.len() <= 127 && s.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
 }
 
+/// `{collection}/{name}[/{version}]` for a name and version the vault allows.
+fn object_path(
+    collection: &str,
+    name: &str,
+    version: Option<&str>,
+) -> Result<String, BackendError> {
+    if !valid_name(name) || !version.is_none_or(valid_name) {
+        return Err(unfit(format!(
+            "{name:?} is not a Key Vault name (letters, digits and dashes)"
+        )));
+    }
+    Ok(match version {
+        Some(v) => format!("{collection}/{name}/{v}"),
+        None => format!("{collection}/{name}"),
+    })
+}
+
 fn unfit(m: impl Into<String>) -> BackendError {
     BackendError::Unfit(m.into())
 }
@@ -333,15 +350,7 @@ impl KeyVaultBackend {
         name: &str,
         version: Option<&str>,
     ) -> Result<(KeyType, String, Vec<u8>), BackendError> {
-        if !valid_name(name) || !version.is_none_or(valid_name) {
-            return Err(unfit(format!(
-                "{name:?} is not a Key Vault key name (letters, digits and dashes)"
-            )));
-        }
-        let path = match version {
-            Some(v) => format!("keys/{name}/{v}"),
-            None => format!("keys/{name}"),
-        };
+        let path = object_path("keys", name, version)?;
         let answer = self
             .call(
                 reqwest::Method::GET,
@@ -378,15 +387,7 @@ impl KeyVaultBackend {
         name: &str,
         version: Option<&str>,
     ) -> Result<(String, secret::SecretContents), BackendError> {
-        if !valid_name(name) || !version.is_none_or(valid_name) {
-            return Err(unfit(format!(
-                "{name:?} is not a Key Vault certificate name"
-            )));
-        }
-        let path = match version {
-            Some(v) => format!("secrets/{name}/{v}"),
-            None => format!("secrets/{name}"),
-        };
+        let path = object_path("secrets", name, version)?;
         let mut answer = self
             .call(
                 reqwest::Method::GET,
@@ -415,15 +416,7 @@ impl KeyVaultBackend {
         name: &str,
         version: Option<&str>,
     ) -> Result<BoundKey, BackendError> {
-        if !valid_name(name) || !version.is_none_or(valid_name) {
-            return Err(unfit(format!(
-                "{name:?} is not a Key Vault certificate name"
-            )));
-        }
-        let path = match version {
-            Some(v) => format!("certificates/{name}/{v}"),
-            None => format!("certificates/{name}"),
-        };
+        let path = object_path("certificates", name, version)?;
         let answer = self
             .call(
                 reqwest::Method::GET,

@@ -13,7 +13,9 @@
 //! Sessions: login is per token, not per session, so the pool logs in once and every
 //! session of the pool may sign; concurrent signatures use different sessions.
 
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine as _;
@@ -47,12 +49,32 @@ pub enum OpenError {
     Token(String),
 }
 
-/// One token, and a pool of sessions logged in on it.
+/// One token, and a pool of sessions logged in on it. When the token goes away the
+/// pool is dropped, operations answer "unavailable", and a background task finalizes
+/// the module, loads it again, finds the token and logs in once more.
 pub struct Pkcs11Backend {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    module: String,
     token: String,
+    pin: Zeroizing<String>,
+    pool: usize,
+    /// The live connection; `None` while the token is away.
+    current: RwLock<Option<Arc<Connection>>>,
+    reconnecting: AtomicBool,
+    /// Why the token is away, for the answers given meanwhile.
+    away: Mutex<String>,
+}
+
+/// A loaded module, the token's slot and the sessions logged in on it. Dropping the
+/// last reference (the sessions hold the context) finalizes the module.
+struct Connection {
+    slot: Slot,
     sessions: Mutex<Vec<Session>>,
     available: tokio::sync::Semaphore,
-    _context: Pkcs11,
+    context: Pkcs11,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -124,57 +146,70 @@ impl Pkcs11Backend {
         pin: &Zeroizing<String>,
         pool: usize,
     ) -> Result<Self, OpenError> {
-        let context = Pkcs11::new(module).map_err(|e| OpenError::Module {
-            module: module.to_owned(),
-            why: e.to_string(),
-        })?;
-        context
-            .initialize(CInitializeArgs::OsThreads)
-            .map_err(|e| OpenError::Token(e.to_string()))?;
-        let slot = find_token(&context, token)?;
         let pool = pool.clamp(1, 64);
-        let mut sessions = Vec::with_capacity(pool);
-        for i in 0..pool {
-            let s = context
-                .open_rw_session(slot)
-                .map_err(|e| OpenError::Token(e.to_string()))?;
-            if i == 0 {
-                s.login(UserType::User, Some(&AuthPin::new(pin.as_str().into())))
-                    .map_err(|e| OpenError::Pin(e.to_string()))?;
-            }
-            sessions.push(s);
-        }
+        let connection = connect(module, token, pin, pool)?;
         Ok(Self {
-            token: token.to_owned(),
-            sessions: Mutex::new(sessions),
-            available: tokio::sync::Semaphore::new(pool),
-            _context: context,
+            inner: Arc::new(Inner {
+                module: module.to_owned(),
+                token: token.to_owned(),
+                pin: pin.clone(),
+                pool,
+                current: RwLock::new(Some(Arc::new(connection))),
+                reconnecting: AtomicBool::new(false),
+                away: Mutex::new(String::new()),
+            }),
         })
     }
 
-    /// Run `f` on a session of the pool, off the async workers (tokens block).
+    /// Whether the token is connected now (false while it is away and the backend
+    /// reconnects).
+    pub fn connected(&self) -> bool {
+        self.inner.connection().is_some()
+    }
+
+    /// Run `f` on a session of the pool, off the async workers (tokens block). A token
+    /// fault drops the pool and starts the reconnection.
     async fn with_session<T: Send + 'static>(
         &self,
         f: impl FnOnce(&Session) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
-        let _permit = self
+        let Some(conn) = self.inner.connection() else {
+            return Err(self.inner.away_error());
+        };
+        let _permit = conn
             .available
             .acquire()
             .await
             .map_err(|_| BackendError::Unavailable("the session pool is closed".into()))?;
-        let session = self
+        let session = conn
             .sessions
             .lock()
             .map_err(|_| crypto("session pool poisoned"))?
             .pop()
             .ok_or_else(|| crypto("no session free despite a permit"))?;
+        let probe = conn.clone();
         let (session, result) = tokio::task::spawn_blocking(move || {
-            let r = f(&session);
+            let mut r = f(&session);
+            // SoftHSM, when its token directory goes, answers with no objects rather
+            // than an error: a key not found on a token whose info cannot be read is
+            // a token away, not a deleted key.
+            if let Err(BackendError::Refused(why)) = &r {
+                if let Err(e) = probe.context.get_token_info(probe.slot) {
+                    r = Err(BackendError::Unavailable(format!(
+                        "the PKCS#11 token does not answer ({e}) and {why}"
+                    )));
+                }
+            }
             (session, r)
         })
         .await
         .map_err(crypto)?;
-        if let Ok(mut pool) = self.sessions.lock() {
+        if let Err(BackendError::Unavailable(why)) = &result {
+            drop(session);
+            self.inner.token_away(&conn, why);
+            return result;
+        }
+        if let Ok(mut pool) = conn.sessions.lock() {
             pool.push(session);
         }
         result
@@ -186,16 +221,134 @@ impl Pkcs11Backend {
         if h.key_type != key_type.as_str() {
             return Err(crypto("the PKCS#11 handle is of another key type"));
         }
-        if h.token != self.token {
+        if h.token != self.inner.token {
             return Err(BackendError::Unavailable(format!(
                 "the key is on token {:?}, this keyserver has {:?}",
-                h.token, self.token
+                h.token, self.inner.token
             )));
         }
         let spki = B64
             .decode(&h.spki)
             .map_err(|_| crypto("the PKCS#11 handle's public key does not parse"))?;
         Ok((h, spki))
+    }
+}
+
+/// Load the module, find the token, open `pool` sessions, log in once.
+fn connect(
+    module: &str,
+    token: &str,
+    pin: &Zeroizing<String>,
+    pool: usize,
+) -> Result<Connection, OpenError> {
+    let context = Pkcs11::new(module).map_err(|e| OpenError::Module {
+        module: module.to_owned(),
+        why: e.to_string(),
+    })?;
+    context
+        .initialize(CInitializeArgs::OsThreads)
+        .map_err(|e| OpenError::Token(e.to_string()))?;
+    let slot = find_token(&context, token)?;
+    let mut sessions = Vec::with_capacity(pool);
+    for i in 0..pool {
+        let s = context
+            .open_rw_session(slot)
+            .map_err(|e| OpenError::Token(e.to_string()))?;
+        if i == 0 {
+            s.login(UserType::User, Some(&AuthPin::new(pin.as_str().into())))
+                .map_err(|e| match e {
+                    cryptoki::error::Error::Pkcs11(
+                        cryptoki::error::RvError::PinIncorrect
+                        | cryptoki::error::RvError::PinInvalid
+                        | cryptoki::error::RvError::PinLenRange
+                        | cryptoki::error::RvError::PinExpired
+                        | cryptoki::error::RvError::PinLocked,
+                        _,
+                    ) => OpenError::Pin(e.to_string()),
+                    other => OpenError::Token(other.to_string()),
+                })?;
+        }
+        sessions.push(s);
+    }
+    Ok(Connection {
+        slot,
+        sessions: Mutex::new(sessions),
+        available: tokio::sync::Semaphore::new(pool),
+        context,
+    })
+}
+
+impl Inner {
+    fn connection(&self) -> Option<Arc<Connection>> {
+        self.current.read().ok().and_then(|c| c.clone())
+    }
+
+    fn away_error(&self) -> BackendError {
+        let why = self.away.lock().map(|w| w.clone()).unwrap_or_default();
+        BackendError::Unavailable(format!(
+            "the PKCS#11 token {:?} is away; reconnecting in the background ({why})",
+            self.token
+        ))
+    }
+
+    /// `conn` failed with a token fault: drop it (once) and reconnect in the
+    /// background.
+    fn token_away(self: &Arc<Self>, conn: &Arc<Connection>, why: &str) {
+        if let Ok(mut current) = self.current.write() {
+            match current.as_ref() {
+                Some(c) if Arc::ptr_eq(c, conn) => *current = None,
+                _ => return, // another request already dropped it
+            }
+        }
+        if let Ok(mut away) = self.away.lock() {
+            *away = why.to_owned();
+        }
+        tracing::warn!(token = %self.token, error = why, "PKCS#11 token away; reconnecting");
+        if self.reconnecting.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let old = Arc::downgrade(conn);
+        let inner = self.clone();
+        std::thread::spawn(move || inner.reconnect(old));
+    }
+
+    /// Wait until the old connection's last session is gone (that finalizes the
+    /// module), then load it again until the token is back. A refused PIN ends the
+    /// attempts: retrying a wrong PIN would lock the token.
+    fn reconnect(self: Arc<Self>, old: Weak<Connection>) {
+        let mut waited = Duration::ZERO;
+        while old.strong_count() > 0 && waited < Duration::from_secs(60) {
+            std::thread::sleep(Duration::from_millis(50));
+            waited += Duration::from_millis(50);
+        }
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match connect(&self.module, &self.token, &self.pin, self.pool) {
+                Ok(c) => {
+                    if let Ok(mut current) = self.current.write() {
+                        *current = Some(Arc::new(c));
+                    }
+                    tracing::info!(token = %self.token, "PKCS#11 token back; logged in again");
+                    break;
+                }
+                Err(OpenError::Pin(e)) => {
+                    tracing::error!(token = %self.token, error = %e, "the token refused the PIN on reconnection; not retrying (INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE)");
+                    if let Ok(mut away) = self.away.lock() {
+                        *away =
+                            format!("the token refused the PIN: {e}; restart with the right PIN");
+                    }
+                    break;
+                }
+                Err(e) => {
+                    if let Ok(mut away) = self.away.lock() {
+                        *away = e.to_string();
+                    }
+                    std::thread::sleep(delay);
+                    delay = (delay * 2).min(Duration::from_secs(10));
+                }
+            }
+        }
+        self.reconnecting.store(false, Ordering::SeqCst);
     }
 }
 
@@ -336,7 +489,7 @@ impl KeyBackend for Pkcs11Backend {
     ) -> Result<GeneratedKey, BackendError> {
         let id = uuid_bytes(key_id);
         let label = format!("influxion-{key_id}");
-        let token = self.token.clone();
+        let token = self.inner.token.clone();
         let (id2, label2) = (id.clone(), label.clone());
         let (spki, id, label) = self
             .with_session(move |s| {

@@ -680,26 +680,6 @@ fn subjects_grants_and_whoami_from_the_cli() {
     assert!(audit.contains("intact"), "{audit}");
 }
 
-/// Lint a certificate (or CRL) with pkilint, an independent X.509 linter; any finding
-/// at WARNING or above fails.
-#[track_caller]
-fn lint_clean(args: &[&str], file: &Path) {
-    let (cmd, rest) = args.split_first().unwrap();
-    let out = Command::new(pkilint(cmd))
-        .args(rest)
-        .args(["-s", "WARNING"])
-        .arg(file)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success() && out.stdout.iter().all(u8::is_ascii_whitespace),
-        "pkilint {cmd} {}: {}{}",
-        file.display(),
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 fn x509_text(file: &str, d: &Path) -> String {
     String::from_utf8(ok_openssl(&["x509", "-in", file, "-noout", "-text"], d)).unwrap()
 }

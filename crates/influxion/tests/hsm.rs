@@ -1,6 +1,7 @@
 //! The real binary with keys on a PKCS#11 token: SoftHSM2 with a token initialised in
 //! a temporary directory, configured by INFLUXION_PKCS11_* settings. Signatures are
-//! checked with openssl; a wrong PIN stops the keyserver at start, naming the setting.
+//! checked with openssl; a wrong PIN stops the keyserver at start, naming the setting;
+//! a device CA with its key on the token; the token going away and coming back.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 
@@ -101,4 +102,127 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     assert_eq!(detail["backend"], "pkcs11", "{audit}");
     assert_eq!(detail["token"], "line-1");
     assert_eq!(detail["key_id"].as_str().unwrap().len(), 32);
+
+    // A device CA whose key is on the token: its certificates verify and lint clean.
+    ok(&ks.admin(
+        &[
+            "ca",
+            "create",
+            "hsm-root",
+            "--cn",
+            "HSM Root CA",
+            "--backend",
+            "pkcs11",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "hdev",
+            "--ca",
+            "hsm-root",
+            "--cn",
+            "{device_id}",
+            "--key-types",
+            "ec-p256",
+        ],
+        d,
+    ));
+    let csr = openssl(
+        &[
+            "req",
+            "-new",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "dev.key",
+            "-subj",
+            "/CN=dev-1",
+            "-out",
+            "dev.csr",
+        ],
+        d,
+    );
+    assert!(csr.status.success());
+    ok(&ks.admin(
+        &[
+            "cert",
+            "issue",
+            "--profile",
+            "hdev",
+            "--csr",
+            "dev.csr",
+            "-o",
+            "dev.pem",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["ca", "chain", "hsm-root", "-o", "hroot.pem"], d));
+    let v = openssl(&["verify", "-CAfile", "hroot.pem", "dev.pem"], d);
+    assert!(
+        String::from_utf8_lossy(&v.stdout).contains("dev.pem: OK"),
+        "{}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    lint_clean(&["lint_pkix_cert", "lint"], &d.join("dev.pem"));
+    lint_clean(&["lint_pkix_cert", "lint"], &d.join("hroot.pem"));
+    let ca: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &["--output", "json", "audit", "list", "--action", "ca.create"],
+        d,
+    )))
+    .unwrap();
+    assert_eq!(ca["records"][0]["detail"]["backend"], "pkcs11", "{ca}");
+    assert_eq!(ca["records"][0]["detail"]["token"], "line-1", "{ca}");
+
+    // The token goes away mid-run: its keys answer 503 backend-unavailable, /readyz
+    // says so, software keys keep signing; once it is back the keyserver has logged in
+    // again by itself.
+    ok(&ks.admin(&["keys", "create", "sw-fw", "--backend", "software"], d));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ready = || {
+        rt.block_on(async {
+            let r = reqwest::get(format!("{}/readyz", ks.url)).await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    let (status, body) = ready();
+    assert_eq!(
+        (status, &body["backends"]["pkcs11"]),
+        (200, &"ok".into()),
+        "{body}"
+    );
+    let tokens = d.join("tokens");
+    std::fs::rename(&tokens, d.join("tokens-away")).unwrap();
+    let away = ks.signer(&["sign", "--key", "hsm-fw", "fw.bin", "-o", "away.sig"], d);
+    let err = String::from_utf8_lossy(&away.stderr);
+    assert!(!away.status.success(), "{err}");
+    assert!(err.contains("backend-unavailable"), "{err}");
+    assert!(!d.join("away.sig").exists());
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["type"], "https://influxion.dev/problems/not-ready");
+    assert_eq!(body["backends"]["pkcs11"], "unavailable", "{body}");
+    assert_eq!(body["backends"]["software"], "ok", "{body}");
+    ok(&ks.signer(&["sign", "--key", "sw-fw", "fw.bin", "-o", "sw.sig"], d));
+
+    std::fs::rename(d.join("tokens-away"), &tokens).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ready().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the token did not come back: {}",
+            ready().1
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ok(&ks.signer(&["sign", "--key", "hsm-fw", "fw.bin", "-o", "back.sig"], d));
+    assert_sha256_verifies(d, "hsm.pem", "back.sig", "fw.bin");
 }

@@ -322,16 +322,20 @@ pub(crate) async fn create_ca(
         revoked_at: None,
         revocation_reason: None,
     };
+    // Where the CA key lives (backend, token and object id, vault key) beside the rest.
+    let mut detail = st.backends.describe(&key);
+    for (k, v) in [
+        ("mode", serde_json::json!(mode)),
+        ("key_type", key_type.as_str().into()),
+        ("parent", serde_json::json!(parent)),
+        ("serial", serde_json::json!(serial)),
+        ("subject", serde_json::json!(subject)),
+    ] {
+        detail.insert(k.into(), v);
+    }
     let event = AuditEvent::new(actor.clone(), "ca.create", Outcome::Ok)
         .target(name.to_string())
-        .detail(serde_json::json!({
-            "mode": mode,
-            "key_type": key_type.as_str(),
-            "backend": key.backend,
-            "parent": parent,
-            "serial": serial,
-            "subject": subject,
-        }));
+        .detail(serde_json::Value::Object(detail));
     st.store.create_ca(key, record.clone(), event).await?;
     if record.status == CaStatus::Active {
         regenerate_crl(st, name.as_str(), actor).await?;

@@ -62,6 +62,16 @@ pub struct ImportKey {
     /// (for vaults that grant only secrets/get) and hold it in memory.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub from_secret: bool,
+    /// A private key on the PKCS#11 token, by its `CKA_LABEL`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11_label: Option<String>,
+    /// A private key on the PKCS#11 token, by its `CKA_ID`, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pkcs11_id: Option<String>,
+    /// Accept a token key that the token would let out (extractable or not
+    /// sensitive); the import's audit record says so.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_extractable: bool,
 }
 
 /// `POST /v1/keys/{name}/rotate`: bind another version of the key's backend key.

@@ -48,8 +48,8 @@ pub enum KeysCommand {
         #[arg(long)]
         backend: Option<String>,
     },
-    /// Bind a key that already exists in Azure Key Vault (key-admin).
-    #[command(group(clap::ArgGroup::new("source").required(true).args(["vault_key", "vault_certificate"])))]
+    /// Bind a key that already exists in Azure Key Vault or on the PKCS#11 token (key-admin).
+    #[command(group(clap::ArgGroup::new("source").required(true).args(["vault_key", "vault_certificate", "pkcs11_label", "pkcs11_id"])))]
     Import {
         name: String,
         /// A vault key, NAME or NAME/VERSION; the version is pinned (default: the newest now).
@@ -62,6 +62,16 @@ pub enum KeysCommand {
         /// vaults that grant only secrets get; prefer signing in the vault).
         #[arg(long, requires = "vault_certificate")]
         from_secret: bool,
+        /// A private key on the PKCS#11 token, by its label (CKA_LABEL).
+        #[arg(long)]
+        pkcs11_label: Option<String>,
+        /// A private key on the PKCS#11 token, by its id (CKA_ID), hex.
+        #[arg(long)]
+        pkcs11_id: Option<String>,
+        /// Accept a token key that can leave the token (extractable or not sensitive);
+        /// the audit record of the import says so.
+        #[arg(long)]
+        allow_extractable: bool,
     },
     /// Bind a newer version of the key's vault key or certificate (key-admin, audited).
     Rotate {
@@ -223,11 +233,17 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             vault_key,
             vault_certificate,
             from_secret,
+            pkcs11_label,
+            pkcs11_id,
+            allow_extractable,
         } => {
             let body = ImportKey {
                 vault_key,
                 vault_certificate,
                 from_secret,
+                pkcs11_label,
+                pkcs11_id,
+                allow_extractable,
             };
             let r: Reply<KeyView> = c
                 .call(

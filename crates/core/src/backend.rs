@@ -31,6 +31,14 @@ pub enum ExistingKey {
     /// A Key Vault certificate. Its key signs through `keys/sign`; with `from_secret`
     /// the private key is read from the certificate's secret and held in memory.
     VaultCertificate { name: String, from_secret: bool },
+    /// A private key on a PKCS#11 token, by `CKA_LABEL` or `CKA_ID` (one of them).
+    /// One the token would let out (extractable, or not sensitive) is refused unless
+    /// `allow_extractable`.
+    TokenKey {
+        label: Option<String>,
+        id: Option<Vec<u8>>,
+        allow_extractable: bool,
+    },
 }
 
 /// What a backend returns when it binds an existing key or a newer version of one.

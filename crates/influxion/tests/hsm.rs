@@ -179,6 +179,117 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     assert_eq!(ca["records"][0]["detail"]["backend"], "pkcs11", "{ca}");
     assert_eq!(ca["records"][0]["detail"]["token"], "line-1", "{ca}");
 
+    // Keys made outside Influxion, bound by label or id. One the token would let out is
+    // refused unless the operator accepts it, and that is audited.
+    let keygen = |label: &str, id: &str, extra: &str| {
+        let out = Command::new("pkcs11-tool")
+            .env("SOFTHSM2_CONF", &conf_s)
+            .args([
+                "--module",
+                MODULE,
+                "--token-label",
+                "line-1",
+                "--login",
+                "--pin",
+                "user-pin-1",
+                "--keypairgen",
+                "--key-type",
+                "EC:prime256v1",
+                "--usage-sign",
+                "--label",
+                label,
+                "--id",
+                id,
+                extra,
+            ])
+            .output()
+            .expect("pkcs11-tool (Debian opensc)");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    keygen("made-outside", "0a0b0c", "--sensitive");
+    keygen("let-out", "0d0e", "--extractable");
+    let imported = ok(&ks.admin(
+        &[
+            "keys",
+            "import",
+            "outside",
+            "--pkcs11-label",
+            "made-outside",
+        ],
+        d,
+    ));
+    assert!(
+        imported.starts_with("imported key outside (ec-p256, pkcs11"),
+        "{imported}"
+    );
+    ok(&ks.signer(
+        &["sign", "--key", "outside", "fw.bin", "-o", "outside.sig"],
+        d,
+    ));
+    ok(&ks.signer(&["keys", "public", "outside", "-o", "outside.pem"], d));
+    assert_sha256_verifies(d, "outside.pem", "outside.sig", "fw.bin");
+    let refused = ks.admin(&["keys", "import", "let-out", "--pkcs11-id", "0d0e"], d);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success(), "{err}");
+    assert!(
+        err.contains("unfit-key") && err.contains("--allow-extractable"),
+        "{err}"
+    );
+    let bad_id = ks.admin(&["keys", "import", "let-out", "--pkcs11-id", "not-hex"], d);
+    let err = String::from_utf8_lossy(&bad_id.stderr);
+    assert!(
+        !bad_id.status.success() && err.contains("invalid-request"),
+        "{err}"
+    );
+    let missing = ks.admin(
+        &["keys", "import", "nothing", "--pkcs11-label", "no-such"],
+        d,
+    );
+    let err = String::from_utf8_lossy(&missing.stderr);
+    assert!(
+        !missing.status.success() && err.contains("unfit-key"),
+        "{err}"
+    );
+    ok(&ks.admin(
+        &[
+            "keys",
+            "import",
+            "let-out",
+            "--pkcs11-id",
+            "0d0e",
+            "--allow-extractable",
+        ],
+        d,
+    ));
+    let imports: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output",
+            "json",
+            "audit",
+            "list",
+            "--action",
+            "key.import",
+        ],
+        d,
+    )))
+    .unwrap();
+    let latest = &imports["records"][0]["detail"];
+    assert_eq!(latest["allow_extractable"], true, "{imports}");
+    assert_eq!(latest["extractable"], true, "{imports}");
+    assert_eq!(latest["key_id"], "0d0e", "{imports}");
+    assert_eq!(latest["token"], "line-1", "{imports}");
+    // Refusals are audited too; the first import is the oldest record.
+    let records = imports["records"].as_array().unwrap();
+    let refused = records.iter().filter(|r| r["outcome"] == "refused").count();
+    assert_eq!(refused, 3, "{imports}");
+    let first = &records[records.len() - 1]["detail"];
+    assert_eq!(first["label"], "made-outside", "{imports}");
+    assert!(first.get("extractable").is_none(), "{imports}");
+
     // The token goes away mid-run: its keys answer 503 backend-unavailable, /readyz
     // says so, software keys keep signing; once it is back the keyserver has logged in
     // again by itself.

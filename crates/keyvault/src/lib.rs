@@ -774,6 +774,9 @@ impl KeyBackend for KeyVaultBackend {
                 name,
                 from_secret: true,
             } => self.bind_secret(name, None).await,
+            ExistingKey::TokenKey { .. } => Err(unfit(
+                "a PKCS#11 token key cannot be bound in Azure Key Vault".to_owned(),
+            )),
         }
     }
 

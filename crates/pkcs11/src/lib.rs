@@ -26,7 +26,9 @@ use cryptoki::object::{Attribute, AttributeType, KeyType as CkKeyType, ObjectCla
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
-use influxion_core::{BackendError, Digest, GeneratedKey, KeyBackend, KeyType, SignAlgorithm};
+use influxion_core::{
+    BackendError, BoundKey, Digest, ExistingKey, GeneratedKey, KeyBackend, KeyType, SignAlgorithm,
+};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -86,6 +88,9 @@ struct Handle {
     key_type: String,
     /// DER SubjectPublicKeyInfo, base64.
     spki: String,
+    /// An imported key the token would let out, bound with `allow_extractable`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    extractable: bool,
 }
 
 fn crypto(what: impl std::fmt::Display) -> BackendError {
@@ -393,6 +398,137 @@ fn private_key(
     }
 }
 
+fn unfit(why: impl Into<String>) -> BackendError {
+    BackendError::Unfit(why.into())
+}
+
+/// An existing private key by label or id: exactly one, able to sign, of a type
+/// Influxion signs with, with its public key object beside it (same id). Returns its
+/// handle (the object's id and label, whether it is extractable), type and public key.
+fn find_existing(
+    s: &Session,
+    token: String,
+    label: Option<String>,
+    id: Option<Vec<u8>>,
+    allow_extractable: bool,
+) -> Result<(Handle, KeyType, Vec<u8>), BackendError> {
+    let mut template = vec![Attribute::Class(ObjectClass::PRIVATE_KEY)];
+    let named = match (&label, &id) {
+        (Some(l), None) => {
+            template.push(Attribute::Label(l.as_bytes().to_vec()));
+            format!("label {l:?}")
+        }
+        (None, Some(i)) => {
+            template.push(Attribute::Id(i.clone()));
+            format!("id {}", hex::encode(i))
+        }
+        _ => return Err(unfit("name the token key by exactly one of label and id")),
+    };
+    let found = s.find_objects(&template).map_err(token_error)?;
+    let key = match found.as_slice() {
+        [one] => *one,
+        [] => return Err(unfit(format!("the token has no private key with {named}"))),
+        _ => {
+            return Err(unfit(format!(
+                "the token has several private keys with {named}; name it by id"
+            )))
+        }
+    };
+    let attrs = s
+        .get_attributes(
+            key,
+            &[
+                AttributeType::KeyType,
+                AttributeType::Id,
+                AttributeType::Label,
+                AttributeType::Sign,
+                AttributeType::Sensitive,
+                AttributeType::Extractable,
+                AttributeType::EcParams,
+                AttributeType::Modulus,
+            ],
+        )
+        .map_err(token_error)?;
+    let (mut ck_type, mut obj_id, mut obj_label) = (None, Vec::new(), String::new());
+    let (mut sign, mut sensitive, mut extractable) = (false, false, true);
+    let (mut params, mut modulus_bits) = (None, 0usize);
+    for a in attrs {
+        match a {
+            Attribute::KeyType(t) => ck_type = Some(t),
+            Attribute::Id(i) => obj_id = i,
+            Attribute::Label(l) => obj_label = String::from_utf8_lossy(&l).into_owned(),
+            Attribute::Sign(b) => sign = b,
+            Attribute::Sensitive(b) => sensitive = b,
+            Attribute::Extractable(b) => extractable = b,
+            Attribute::EcParams(p) => params = Some(p),
+            Attribute::Modulus(m) => modulus_bits = m.len() * 8,
+            _ => {}
+        }
+    }
+    if !sign {
+        return Err(unfit(format!(
+            "the token key with {named} may not sign (CKA_SIGN is false)"
+        )));
+    }
+    let lets_out = extractable || !sensitive;
+    if lets_out && !allow_extractable {
+        return Err(unfit(format!(
+            "the token key with {named} can leave the token (CKA_EXTRACTABLE={extractable}, \
+             CKA_SENSITIVE={sensitive}); import it with --allow-extractable to accept that"
+        )));
+    }
+    let key_type = match (ck_type, params.as_deref(), modulus_bits) {
+        (Some(t), Some(P256_OID), _) if t == CkKeyType::EC => KeyType::EcP256,
+        (Some(t), Some(P384_OID), _) if t == CkKeyType::EC => KeyType::EcP384,
+        (Some(t), Some(_), _) if t == CkKeyType::EC_EDWARDS => KeyType::Ed25519,
+        (Some(t), _, 3072) if t == CkKeyType::RSA => KeyType::Rsa3072,
+        (Some(t), _, 4096) if t == CkKeyType::RSA => KeyType::Rsa4096,
+        _ => {
+            return Err(unfit(format!(
+                "the token key with {named} is of a type Influxion does not sign with \
+                 (it signs with EC P-256, P-384, Ed25519, RSA-3072 and RSA-4096)"
+            )))
+        }
+    };
+    if key_type == KeyType::Ed25519 && params.as_deref() != Some(ED25519_PARAMS) {
+        // CKA_EC_PARAMS of an Edwards key may also be the OID 1.3.101.112.
+        if params.as_deref() != Some(&[0x06, 0x03, 0x2b, 0x65, 0x70][..]) {
+            return Err(unfit(format!(
+                "the token key with {named} is not on edwards25519"
+            )));
+        }
+    }
+    let public = s
+        .find_objects(&[
+            Attribute::Class(ObjectClass::PUBLIC_KEY),
+            Attribute::Id(obj_id.clone()),
+        ])
+        .map_err(token_error)?;
+    let [public] = public.as_slice() else {
+        return Err(unfit(format!(
+            "the token has no single public key with the id {} of the key with {named}",
+            hex::encode(&obj_id)
+        )));
+    };
+    let spki = spki_of(s, key_type, *public)?;
+    // Imported keys are found again by id and label, as generated ones are.
+    let again = private_key(s, &obj_id, &obj_label)?;
+    if again != key {
+        return Err(unfit(format!(
+            "the token key with {named} is not the only one with its id and label"
+        )));
+    }
+    let handle = Handle {
+        token,
+        id: hex::encode(obj_id),
+        label: obj_label,
+        key_type: key_type.as_str().to_owned(),
+        spki: B64.encode(&spki),
+        extractable: lets_out,
+    };
+    Ok((handle, key_type, spki))
+}
+
 /// The public key of a generated pair as DER SubjectPublicKeyInfo.
 fn spki_of(
     session: &Session,
@@ -555,6 +691,7 @@ impl KeyBackend for Pkcs11Backend {
             label,
             key_type: key_type.as_str().to_owned(),
             spki: B64.encode(&spki),
+            extractable: false,
         };
         Ok(GeneratedKey {
             handle: serde_json::to_vec(&handle).map_err(crypto)?,
@@ -666,8 +803,34 @@ impl KeyBackend for Pkcs11Backend {
             m.insert("token".into(), h.token.into());
             m.insert("key_id".into(), h.id.into());
             m.insert("label".into(), h.label.into());
+            if h.extractable {
+                m.insert("extractable".into(), true.into());
+            }
         }
         m
+    }
+
+    async fn bind(&self, _key_id: &str, existing: &ExistingKey) -> Result<BoundKey, BackendError> {
+        let ExistingKey::TokenKey {
+            label,
+            id,
+            allow_extractable,
+        } = existing.clone()
+        else {
+            return Err(BackendError::Unfit(format!(
+                "the PKCS#11 backend binds token keys only, not {existing:?}"
+            )));
+        };
+        let token = self.inner.token.clone();
+        let (handle, key_type, spki) = self
+            .with_session(move |s| find_existing(s, token, label, id, allow_extractable))
+            .await?;
+        Ok(BoundKey {
+            key_type,
+            handle: serde_json::to_vec(&handle).map_err(crypto)?,
+            public_key_der: spki,
+            certificate_chain: Vec::new(),
+        })
     }
 }
 

@@ -144,13 +144,13 @@ pub(crate) async fn import(
     audited(&st, &c.actor, "key.import", &name, async {
         let JsonBody(req) = body?;
         let key_name: KeyName = name.parse()?;
-        let existing = existing_key(&req)?;
+        let (backend, existing) = existing_key(&req)?;
         let record = crate::service::keys::import(
             &st.store,
             &st.backends,
             &c.actor,
             key_name,
-            VAULT_BACKEND,
+            backend,
             existing,
         )
         .await?;
@@ -159,13 +159,65 @@ pub(crate) async fn import(
     .await
 }
 
-/// The backend vault imports go to, by name: the server does not depend on the Key
-/// Vault crate.
+/// The backends imports go to, by name: the server depends on neither crate.
 const VAULT_BACKEND: &str = "azure-keyvault";
+const PKCS11_BACKEND: &str = "pkcs11";
 
 /// What an import names, checked at the edge: exactly one source, each a vault name
-/// (letters, digits, dashes; at most 127) and an optional 32-hex version.
-fn existing_key(req: &ImportKey) -> Result<ExistingKey, ApiError> {
+/// (letters, digits, dashes; at most 127) and an optional 32-hex version, or a token
+/// label (printable, at most 128) or id (hex, at most 64 bytes).
+fn existing_key(req: &ImportKey) -> Result<(&'static str, ExistingKey), ApiError> {
+    let token = req.pkcs11_label.is_some() || req.pkcs11_id.is_some();
+    let vault = req.vault_key.is_some() || req.vault_certificate.is_some();
+    if req.allow_extractable && !token {
+        return Err(ApiError::InvalidRequest(
+            "allow_extractable applies to pkcs11_label and pkcs11_id only".into(),
+        ));
+    }
+    if token {
+        if vault {
+            return Err(ApiError::InvalidRequest(
+                "name exactly one of vault_key, vault_certificate, pkcs11_label and pkcs11_id"
+                    .into(),
+            ));
+        }
+        return token_key(req).map(|k| (PKCS11_BACKEND, k));
+    }
+    vault_key(req).map(|k| (VAULT_BACKEND, k))
+}
+
+fn token_key(req: &ImportKey) -> Result<ExistingKey, ApiError> {
+    let (label, id) = match (&req.pkcs11_label, &req.pkcs11_id) {
+        (Some(l), None) => {
+            if l.is_empty() || l.len() > 128 || l.chars().any(char::is_control) {
+                return Err(ApiError::InvalidRequest(format!(
+                    "pkcs11_label {l:?} is not a token object label (1 to 128 printable characters)"
+                )));
+            }
+            (Some(l.clone()), None)
+        }
+        (None, Some(i)) => match hex::decode(i) {
+            Ok(b) if !b.is_empty() && b.len() <= 64 => (None, Some(b)),
+            _ => {
+                return Err(ApiError::InvalidRequest(format!(
+                    "pkcs11_id {i:?} is not a token object id (1 to 64 bytes, hex)"
+                )))
+            }
+        },
+        _ => {
+            return Err(ApiError::InvalidRequest(
+                "name exactly one of pkcs11_label and pkcs11_id".into(),
+            ))
+        }
+    };
+    Ok(ExistingKey::TokenKey {
+        label,
+        id,
+        allow_extractable: req.allow_extractable,
+    })
+}
+
+fn vault_key(req: &ImportKey) -> Result<ExistingKey, ApiError> {
     let vault_name = |what: &str, s: &str| {
         if s.is_empty()
             || s.len() > 127

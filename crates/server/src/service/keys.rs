@@ -67,6 +67,13 @@ pub async fn import(
     let mut detail = backends.describe(&record);
     detail.insert("key_type".into(), record.key_type.as_str().into());
     detail.insert("certificates".into(), bound.certificate_chain.len().into());
+    if let ExistingKey::TokenKey {
+        allow_extractable: true,
+        ..
+    } = existing
+    {
+        detail.insert("allow_extractable".into(), true.into());
+    }
     let event = AuditEvent::new(actor.clone(), "key.import", Outcome::Ok)
         .target(record.name.to_string())
         .detail(serde_json::Value::Object(detail));

@@ -276,6 +276,20 @@ fn invalid_configuration_names_the_setting() {
     );
 
     assert!(!err.contains("warning"), "{err}");
+    // The PKCS#11 token's settings are shown, its PIN never.
+    let mut hsm = base.to_vec();
+    hsm.extend([
+        ("INFLUXION_PKCS11_MODULE", "/usr/lib/softhsm/libsofthsm2.so"),
+        ("INFLUXION_PKCS11_TOKEN", "line-1"),
+        ("INFLUXION_PKCS11_PIN", "pin-never-shown"),
+    ]);
+    let (okk, out, err) = run(&hsm, &["config", "check"]);
+    assert!(okk, "{err}");
+    assert!(
+        out.contains("[pkcs11]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"line-1\"\npin = \"(set, redacted)\"\npool = 4\n"),
+        "{out}"
+    );
+    assert!(!out.contains("pin-never-shown"), "{out}");
     // An Entra metadata document without v2.0 works but gets a warning (issue 12 item 3).
     let mut v1 = base.to_vec();
     v1.push((

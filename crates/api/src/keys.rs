@@ -41,8 +41,8 @@ pub struct KeyList {
 pub struct CreateKey {
     pub name: String,
     pub key_type: String,
-    /// The key backend to create it in (`software`, `azure-keyvault`); default: the
-    /// keyserver's default backend.
+    /// The key backend to create it in (`software`, `azure-keyvault`, `pkcs11` or
+    /// `pkcs11:TOKEN` with several tokens); default: the keyserver's default backend.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backend: Option<String>,
 }
@@ -72,6 +72,10 @@ pub struct ImportKey {
     /// sensitive); the import's audit record says so.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_extractable: bool,
+    /// The backend the key is in, when several of its kind are configured
+    /// (`pkcs11:line-1`); default: the only one of the source's kind.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<String>,
 }
 
 /// `POST /v1/keys/{name}/rotate`: bind another version of the key's backend key.

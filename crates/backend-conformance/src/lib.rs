@@ -31,7 +31,7 @@ pub fn digest_for(alg: SignAlgorithm, msg: &[u8]) -> Digest {
 
 /// A key as the store would keep it, made by the backend under test.
 pub struct TestKey {
-    pub backend: &'static str,
+    pub backend: String,
     pub id: String,
     pub key_type: KeyType,
     pub handle: Vec<u8>,
@@ -40,7 +40,7 @@ pub struct TestKey {
 
 impl BackendKey for TestKey {
     fn backend_name(&self) -> &str {
-        self.backend
+        &self.backend
     }
     fn key_id(&self) -> &str {
         &self.id
@@ -60,7 +60,7 @@ pub async fn generate(backend: &dyn KeyBackend, id: &str, key_type: KeyType) -> 
         .await
         .unwrap_or_else(|e| panic!("{}: generating {key_type}: {e}", backend.name()));
     TestKey {
-        backend: backend.name(),
+        backend: backend.name().to_owned(),
         id: id.to_owned(),
         key_type,
         handle: g.handle,
@@ -158,7 +158,7 @@ async fn refuses_a_damaged_handle(registry: &Backends, key: &TestKey) {
         *b ^= 0x5a;
     }
     let damaged = TestKey {
-        backend: key.backend,
+        backend: key.backend.clone(),
         id: format!("{}-damaged", key.id),
         key_type: key.key_type,
         handle,
@@ -187,7 +187,7 @@ async fn refuses_a_handle_of_another_key_type(registry: &Backends, keys: &[TestK
                 continue;
             }
             let mislabelled = TestKey {
-                backend: key.backend,
+                backend: key.backend.clone(),
                 id: key.id.clone(),
                 key_type: other,
                 handle: key.handle.clone(),
@@ -218,7 +218,7 @@ fn refuses_digests_of_the_wrong_length() {
 
 async fn unconfigured_backend_is_unavailable(registry: &Backends, key: &TestKey) {
     let elsewhere = TestKey {
-        backend: "not-configured",
+        backend: "not-configured".into(),
         id: key.id.clone(),
         key_type: key.key_type,
         handle: key.handle.clone(),

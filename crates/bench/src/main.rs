@@ -30,6 +30,13 @@
 //! keys/{name}/{version}/sign` driven directly over HTTPS at the same concurrency; the
 //! end-to-end figure is `POST /v1/keys/vault-demo/sign`; vault sign calls are counted
 //! per signature the keyserver returned (it must be 1.0).
+//!
+//! With `--mode pkcs11` the key is on a SoftHSM2 token (a token made in the bench's
+//! directory, `--pool` sessions in the keyserver): the baseline is SoftHSM's own sign
+//! rate through the same module driven directly in this process at the same
+//! concurrency, the end-to-end figure is `POST /v1/keys/hsm-demo/sign`.
+
+mod pkcs11;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -59,9 +66,13 @@ struct Args {
     /// `sign`: digests with the demo key; `certs`: device certificates from P-256 CSRs
     /// with the development device CA (software CA key); `web`: GET /v1/me directly vs
     /// through the keyclient with a session cookie; `vault`: a Key Vault key through the
-    /// stand-in vault, beside the stand-in's own sign rate.
+    /// stand-in vault, beside the stand-in's own sign rate; `pkcs11`: a
+    /// SoftHSM2 key, beside SoftHSM's own sign rate.
     #[arg(long, default_value = "sign")]
     mode: String,
+    /// With `--mode pkcs11`: the keyserver's session pool (INFLUXION_PKCS11_POOL).
+    #[arg(long, default_value_t = 4)]
+    pool: usize,
 }
 
 /// Drive requests made by `make` at `concurrency` for `seconds` (after 2 s of warm-up):
@@ -378,6 +389,9 @@ async fn main() -> Result<()> {
     if let Some((idp, _)) = &vault {
         dev.env("INFLUXION_IMDS_ENDPOINT", idp.url());
     }
+    if args.mode == "pkcs11" {
+        dev.envs(pkcs11::token_env(&dir, args.pool)?);
+    }
     let server = Guard(
         dev.stdout(Stdio::null())
             .spawn()
@@ -421,6 +435,9 @@ async fn main() -> Result<()> {
     }
     if let Some((_idp, v)) = vault {
         return vault_mode(&args, &http, &base, token, server, &dir, v).await;
+    }
+    if args.mode == "pkcs11" {
+        return pkcs11_mode(&args, &http, &base, token, server, &dir).await;
     }
     let cpus = cores();
     let certs = args.mode == "certs";
@@ -668,6 +685,87 @@ async fn vault_mode(
             "machine limit (openssl speed -multi {} ecdsap256): {limit:.0} signatures/s; vault stand-in direct / limit: {:.3}",
             cores(),
             d_rps / limit
+        ),
+        None => println!("machine limit: openssl speed did not run"),
+    }
+    println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
+    Ok(())
+}
+
+/// `--mode pkcs11`: a SoftHSM key through the keyserver, beside SoftHSM driven directly.
+async fn pkcs11_mode(
+    args: &Args,
+    http: &reqwest::Client,
+    base: &str,
+    token: Arc<String>,
+    server: Guard,
+    dir: &std::path::Path,
+) -> Result<()> {
+    let created: serde_json::Value = http
+        .post(format!("{base}/v1/keys"))
+        .bearer_auth(token.as_str())
+        .json(&serde_json::json!({"name": "hsm-demo", "key_type": "ec-p256", "backend": "pkcs11"}))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let id = hex::decode(
+        created["location"]["key_id"]
+            .as_str()
+            .context("no CKA_ID in the key's location")?,
+    )?;
+    eprintln!(
+        "SoftHSM directly: C_Sign CKM_ECDSA on {} sessions for {}s",
+        args.concurrency, args.seconds
+    );
+    let (concurrency, seconds) = (args.concurrency, args.seconds);
+    let direct =
+        tokio::task::spawn_blocking(move || pkcs11::direct_rate(&id, concurrency, seconds))
+            .await??;
+    eprintln!(
+        "end to end: POST /v1/keys/hsm-demo/sign, concurrency {} for {}s (after 2s warm-up), pool {}",
+        args.concurrency, args.seconds, args.pool
+    );
+    let (client, url) = (http.clone(), format!("{base}/v1/keys/hsm-demo/sign"));
+    let e2e: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
+        client
+            .post(url.as_str())
+            .bearer_auth(token.as_str())
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"digest":"{}"}}"#,
+                hex::encode(random_digest())
+            ))
+    });
+    let (lat, elapsed, errors) = drive(args.concurrency, args.seconds, e2e).await?;
+    let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
+    let audit = Command::new(&args.influxion)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()?;
+    drop(server);
+    let _ = std::fs::remove_dir_all(dir);
+    let rps = lat.len() as f64 / elapsed;
+    println!(
+        "SoftHSM ECDSA P-256 directly ({}), {} sessions: {direct:.0} signatures/s",
+        pkcs11::MODULE,
+        args.concurrency
+    );
+    println!(
+        "end-to-end sign with the SoftHSM key over HTTP, concurrency {}, pool {}: {rps:.0} requests/s, p50 {:.2} ms, p99 {:.2} ms, errors {errors}",
+        args.concurrency,
+        args.pool,
+        percentile(&lat, 0.50),
+        percentile(&lat, 0.99)
+    );
+    println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
+    println!("ratio end-to-end / SoftHSM direct: {:.3}", rps / direct);
+    match openssl_p256_limit(args.seconds.min(5)) {
+        Some(limit) => println!(
+            "machine limit (openssl speed -multi {} ecdsap256): {limit:.0} signatures/s; SoftHSM direct / limit: {:.3}",
+            cores(),
+            direct / limit
         ),
         None => println!("machine limit: openssl speed did not run"),
     }

@@ -44,7 +44,8 @@ pub enum KeysCommand {
         /// ec-p256, ec-p384, ed25519, rsa-3072 or rsa-4096.
         #[arg(long = "type", default_value = "ec-p256")]
         key_type: String,
-        /// The key backend: software or azure-keyvault (default: the keyserver's).
+        /// The key backend: software, azure-keyvault, pkcs11 or pkcs11:TOKEN (default:
+        /// the keyserver's).
         #[arg(long)]
         backend: Option<String>,
     },
@@ -72,6 +73,10 @@ pub enum KeysCommand {
         /// the audit record of the import says so.
         #[arg(long)]
         allow_extractable: bool,
+        /// The backend holding it when several of its kind are configured:
+        /// pkcs11:TOKEN (default: the only PKCS#11 token, or the vault).
+        #[arg(long)]
+        backend: Option<String>,
     },
     /// Bind a newer version of the key's vault key or certificate (key-admin, audited).
     Rotate {
@@ -236,6 +241,7 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
             pkcs11_label,
             pkcs11_id,
             allow_extractable,
+            backend,
         } => {
             let body = ImportKey {
                 vault_key,
@@ -244,6 +250,7 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                 pkcs11_label,
                 pkcs11_id,
                 allow_extractable,
+                backend,
             };
             let r: Reply<KeyView> = c
                 .call(

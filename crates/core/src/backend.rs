@@ -79,8 +79,9 @@ pub enum BackendError {
 /// and never knows which implementation runs.
 #[async_trait::async_trait]
 pub trait KeyBackend: Send + Sync {
-    /// A short name stored beside each key (`software`, `pkcs11`, `azure-keyvault`).
-    fn name(&self) -> &'static str;
+    /// A short name stored beside each key (`software`, `azure-keyvault`, `pkcs11` or
+    /// `pkcs11:TOKEN` for one of several named tokens).
+    fn name(&self) -> &str;
 
     /// Create a new private key. `key_id` is a stable identifier the backend may bind
     /// into the handle (for example as authenticated data).
@@ -151,7 +152,7 @@ pub trait BackendKey {
 /// every request.
 #[derive(Clone)]
 pub struct Backends {
-    by_name: Arc<BTreeMap<&'static str, Arc<dyn KeyBackend>>>,
+    by_name: Arc<BTreeMap<String, Arc<dyn KeyBackend>>>,
     default: Arc<dyn KeyBackend>,
 }
 
@@ -159,7 +160,10 @@ impl Backends {
     /// A registry with one backend, which is also the default for new keys.
     pub fn new(default: Arc<dyn KeyBackend>) -> Self {
         Self {
-            by_name: Arc::new(BTreeMap::from([(default.name(), default.clone())])),
+            by_name: Arc::new(BTreeMap::from([(
+                default.name().to_owned(),
+                default.clone(),
+            )])),
             default,
         }
     }
@@ -169,7 +173,7 @@ impl Backends {
         if backend.name() == self.default.name() {
             self.default = backend.clone();
         }
-        Arc::make_mut(&mut self.by_name).insert(backend.name(), backend);
+        Arc::make_mut(&mut self.by_name).insert(backend.name().to_owned(), backend);
         self
     }
 
@@ -193,8 +197,29 @@ impl Backends {
     }
 
     /// The configured backend names, sorted.
-    pub fn names(&self) -> impl Iterator<Item = &'static str> + '_ {
-        self.by_name.keys().copied()
+    pub fn names(&self) -> impl Iterator<Item = &str> + '_ {
+        self.by_name.keys().map(String::as_str)
+    }
+
+    /// The backend a caller named for a new key: its exact name, or a kind of backend
+    /// (`pkcs11`) when exactly one backend of that kind (`pkcs11`, `pkcs11:line-1`) is
+    /// configured. `None` when the name matches none, or several (the caller must
+    /// choose).
+    pub fn resolve(&self, name: &str) -> Option<&Arc<dyn KeyBackend>> {
+        if let Some(b) = self.by_name.get(name) {
+            return Some(b);
+        }
+        if name.contains(':') {
+            return None;
+        }
+        let mut of_kind = self
+            .by_name
+            .iter()
+            .filter(|(n, _)| n.split_once(':').is_some_and(|(kind, _)| kind == name));
+        match (of_kind.next(), of_kind.next()) {
+            (Some((_, b)), None) => Some(b),
+            _ => None,
+        }
     }
 
     /// Where `key` lives, for its audit records: `backend` and what its backend adds
@@ -291,6 +316,7 @@ mod tests {
         assert_eq!(b.sign(&Key("software"), &d).await.unwrap(), b"software");
         assert_eq!(b.default_backend().name(), "software");
         assert_eq!(b.names().collect::<Vec<_>>(), ["pkcs11", "software"]);
+        assert_eq!(b.resolve("pkcs11").map(|b| b.name()), Some("pkcs11"));
         assert!(matches!(
             b.sign(&Key("azure-keyvault"), &d).await,
             Err(BackendError::Unavailable(m)) if m.contains("azure-keyvault")
@@ -299,5 +325,29 @@ mod tests {
             b.check(&Key("azure-keyvault")).await,
             Err(BackendError::Unavailable(_))
         ));
+    }
+
+    #[test]
+    fn a_kind_of_backend_resolves_to_its_only_one() {
+        let one = Backends::new(Arc::new(Named("software"))).with(Arc::new(Named("pkcs11:line-1")));
+        assert_eq!(
+            one.resolve("pkcs11").map(|b| b.name()),
+            Some("pkcs11:line-1")
+        );
+        assert_eq!(
+            one.resolve("pkcs11:line-1").map(|b| b.name()),
+            Some("pkcs11:line-1")
+        );
+        assert!(one.resolve("pkcs11:line-2").is_none());
+        assert!(one.resolve("pkcs").is_none());
+        let two = one.with(Arc::new(Named("pkcs11:line-2")));
+        assert!(
+            two.resolve("pkcs11").is_none(),
+            "two tokens: the caller must choose"
+        );
+        assert_eq!(
+            two.resolve("pkcs11:line-2").map(|b| b.name()),
+            Some("pkcs11:line-2")
+        );
     }
 }

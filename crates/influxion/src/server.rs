@@ -37,9 +37,10 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
     if let Some(vault) = &cfg.vault {
         backends = backends.with(Arc::new(key_vault(vault)?));
     }
-    if let Some(p) = &cfg.pkcs11 {
-        let token = influxion_pkcs11::Pkcs11Backend::open(&p.module, &p.token, &p.pin, p.pool)
-            .with_context(|| format!("opening PKCS#11 token {:?} with {}", p.token, p.module))?;
+    for p in &cfg.pkcs11 {
+        let token = influxion_pkcs11::Pkcs11Backend::open(p.clone()).with_context(|| {
+            format!("opening {} (backend {}) with {}", p.token, p.name, p.module)
+        })?;
         backends = backends.with(Arc::new(token));
     }
     check_backends(&store, &backends).await?;
@@ -320,7 +321,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
             .ok()
             .map(|u| crate::config::vault_config(&u))
             .transpose()?,
-        pkcs11: crate::config::pkcs11_config()?,
+        pkcs11: crate::config::pkcs11_config(&Default::default())?,
         public_url: Some(format!("http://127.0.0.1:{port}")),
         est_profile: Some("device".into()),
         bootstrap_admin: None,

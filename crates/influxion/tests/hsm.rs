@@ -13,13 +13,9 @@ use common::*;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 
-#[test]
-fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
-    if !prerequisites() {
-        return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path();
+/// A SoftHSM token directory under `d` with a token for each label (user PIN
+/// `user-pin-1`); returns the `SOFTHSM2_CONF` path.
+fn softhsm(d: &std::path::Path, labels: &[&str]) -> String {
     std::fs::create_dir_all(d.join("tokens")).unwrap();
     let conf = d.join("softhsm2.conf");
     std::fs::write(
@@ -27,26 +23,38 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
         format!("directories.tokendir = {}\n", d.join("tokens").display()),
     )
     .unwrap();
-    let init = Command::new("softhsm2-util")
-        .env("SOFTHSM2_CONF", &conf)
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "line-1",
-            "--so-pin",
-            "so-pin-1",
-            "--pin",
-            "user-pin-1",
-        ])
-        .output()
-        .expect("softhsm2-util (Debian softhsm2; scripts/test.sh installs it)");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let conf_s = conf.display().to_string();
+    for label in labels {
+        let init = Command::new("softhsm2-util")
+            .env("SOFTHSM2_CONF", &conf)
+            .args([
+                "--init-token",
+                "--free",
+                "--label",
+                label,
+                "--so-pin",
+                "so-pin-1",
+                "--pin",
+                "user-pin-1",
+            ])
+            .output()
+            .expect("softhsm2-util (Debian softhsm2; scripts/test.sh installs it)");
+        assert!(
+            init.status.success(),
+            "{}",
+            String::from_utf8_lossy(&init.stderr)
+        );
+    }
+    conf.display().to_string()
+}
+
+#[test]
+fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf_s = softhsm(d, &["line-1"]);
     std::fs::write(d.join("pin"), "user-pin-1\n").unwrap();
     let pin_file = d.join("pin").display().to_string();
 
@@ -336,4 +344,216 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     }
     ok(&ks.signer(&["sign", "--key", "hsm-fw", "fw.bin", "-o", "back.sig"], d));
     assert_sha256_verifies(d, "hsm.pem", "back.sig", "fw.bin");
+}
+
+/// The token directory of SoftHSM's token `label` (a directory per token, its label in
+/// `token.object`).
+fn token_dir(d: &std::path::Path, label: &str) -> std::path::PathBuf {
+    std::fs::read_dir(d.join("tokens"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| {
+            std::fs::read(p.join("token.object")).is_ok_and(|b| {
+                b.windows(label.len() + 1)
+                    .any(|w| w.starts_with(label.as_bytes()) && w[label.len()] == b' ')
+            })
+        })
+        .unwrap_or_else(|| panic!("no SoftHSM directory for token {label}"))
+}
+
+/// Two tokens named in the TOML file (`[pkcs11.line-a]`, `[pkcs11.line-b]`), each a
+/// backend with its own PIN setting: keys are created, imported and signed on the token
+/// they name, audit records say which, and when one token goes away the other keeps
+/// signing while the first reconnects by itself. line-b is reached through a second
+/// copy of the SoftHSM library, as two HSMs of different vendors would be: each module
+/// is loaded, initialized and reloaded on its own.
+#[test]
+fn several_named_tokens_are_backends_of_their_own() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let conf_s = softhsm(d, &["line-a", "line-b"]);
+    let second_module = d.join("libsofthsm2-copy.so");
+    std::fs::copy(MODULE, &second_module).unwrap();
+    std::fs::write(d.join("pin-b"), "user-pin-1\n").unwrap();
+    std::fs::write(
+        d.join("influxion.toml"),
+        format!(
+            "[pkcs11.line-a]\nmodule = {MODULE:?}\ntoken = \"line-a\"\npool = 2\n\n\
+             [pkcs11.line-b]\nmodule = {:?}\ntoken = \"line-b\"\n",
+            second_module.display().to_string()
+        ),
+    )
+    .unwrap();
+    let config = d.join("influxion.toml").display().to_string();
+    let pin_b = d.join("pin-b").display().to_string();
+    let env = [
+        ("SOFTHSM2_CONF", conf_s.as_str()),
+        ("INFLUXION_CONFIG", config.as_str()),
+        ("INFLUXION_PKCS11_LINE_A_PIN", "user-pin-1"),
+        ("INFLUXION_PKCS11_LINE_B_PIN_FILE", pin_b.as_str()),
+    ];
+
+    // `config check` names each token and the setting its PIN comes from, never the PIN.
+    let provider = start_provider(d);
+    let mut check = Command::new(BIN);
+    check.args(["config", "check"]).current_dir(d);
+    server_env(&mut check, &provider.issuer, &d.join("data"), free_port());
+    let out = ok(&check.envs(env).output().unwrap());
+    assert!(
+        out.contains("[pkcs11.line-a]\nmodule = \"/usr/lib/softhsm/libsofthsm2.so\"\ntoken = \"line-a\"\npin = \"(set, redacted; INFLUXION_PKCS11_LINE_A_PIN / INFLUXION_PKCS11_LINE_A_PIN_FILE)\"\npool = 2\n"),
+        "{out}"
+    );
+    assert!(out.contains("[pkcs11.line-b]\n"), "{out}");
+    assert!(!out.contains("user-pin-1"), "{out}");
+
+    let ks = start_keyserver_env(d, &provider.issuer, AUDIENCE, &env);
+    write_firmware(d, "fw.bin", 5_000);
+    // With two tokens, `pkcs11` alone does not say which.
+    let vague = ks.admin(&["keys", "create", "x", "--backend", "pkcs11"], d);
+    let err = String::from_utf8_lossy(&vague.stderr);
+    assert!(!vague.status.success(), "{err}");
+    assert!(
+        err.contains("invalid-request") && err.contains("pkcs11:line-a, pkcs11:line-b"),
+        "{err}"
+    );
+    for (key, backend) in [("a-fw", "pkcs11:line-a"), ("b-fw", "pkcs11:line-b")] {
+        let created = ok(&ks.admin(&["keys", "create", key, "--backend", backend], d));
+        assert!(
+            created.starts_with(&format!("created key {key} (ec-p256, {backend} backend)")),
+            "{created}"
+        );
+        ok(&ks.signer(&["keys", "public", key, "-o", &format!("{key}.pem")], d));
+        ok(&ks.signer(
+            &["sign", "--key", key, "fw.bin", "-o", &format!("{key}.sig")],
+            d,
+        ));
+        assert_sha256_verifies(d, &format!("{key}.pem"), &format!("{key}.sig"), "fw.bin");
+    }
+    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--key", "b-fw",
+        ],
+        d,
+    )))
+    .unwrap();
+    let detail = &audit["records"][0]["detail"];
+    assert_eq!(detail["backend"], "pkcs11:line-b", "{audit}");
+    assert_eq!(detail["token"], "line-b", "{audit}");
+
+    // An existing key is imported from the token named; without a name it is ambiguous.
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", &conf_s)
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            "line-b",
+            "--login",
+            "--pin",
+            "user-pin-1",
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--usage-sign",
+            "--sensitive",
+            "--label",
+            "made-on-b",
+            "--id",
+            "0b0b",
+        ])
+        .output()
+        .expect("pkcs11-tool (Debian opensc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vague = ks.admin(
+        &["keys", "import", "from-b", "--pkcs11-label", "made-on-b"],
+        d,
+    );
+    let err = String::from_utf8_lossy(&vague.stderr);
+    assert!(
+        !vague.status.success() && err.contains("invalid-request"),
+        "{err}"
+    );
+    let wrong_kind = ks.admin(
+        &[
+            "keys",
+            "import",
+            "from-b",
+            "--pkcs11-label",
+            "made-on-b",
+            "--backend",
+            "software",
+        ],
+        d,
+    );
+    let err = String::from_utf8_lossy(&wrong_kind.stderr);
+    assert!(
+        !wrong_kind.status.success() && err.contains("invalid-request"),
+        "{err}"
+    );
+    let imported = ok(&ks.admin(
+        &[
+            "keys",
+            "import",
+            "from-b",
+            "--pkcs11-label",
+            "made-on-b",
+            "--backend",
+            "pkcs11:line-b",
+        ],
+        d,
+    ));
+    assert!(
+        imported.starts_with("imported key from-b (ec-p256, pkcs11:line-b"),
+        "{imported}"
+    );
+    ok(&ks.signer(
+        &["sign", "--key", "from-b", "fw.bin", "-o", "from-b.sig"],
+        d,
+    ));
+
+    // line-b goes away: its keys answer 503, line-a's keep signing, /readyz names it.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ready = || {
+        rt.block_on(async {
+            let r = reqwest::get(format!("{}/readyz", ks.url)).await.unwrap();
+            (
+                r.status().as_u16(),
+                r.json::<serde_json::Value>().await.unwrap(),
+            )
+        })
+    };
+    let b_dir = token_dir(d, "line-b");
+    std::fs::rename(&b_dir, d.join("line-b-away")).unwrap();
+    let away = ks.signer(&["sign", "--key", "b-fw", "fw.bin", "-o", "away.sig"], d);
+    let err = String::from_utf8_lossy(&away.stderr);
+    assert!(
+        !away.status.success() && err.contains("backend-unavailable"),
+        "{err}"
+    );
+    ok(&ks.signer(&["sign", "--key", "a-fw", "fw.bin", "-o", "a2.sig"], d));
+    assert_sha256_verifies(d, "a-fw.pem", "a2.sig", "fw.bin");
+    let (status, body) = ready();
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["backends"]["pkcs11:line-b"], "unavailable", "{body}");
+    assert_eq!(body["backends"]["pkcs11:line-a"], "ok", "{body}");
+
+    std::fs::rename(d.join("line-b-away"), &b_dir).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while ready().0 != 200 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "line-b did not come back: {}",
+            ready().1
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    ok(&ks.signer(&["sign", "--key", "b-fw", "fw.bin", "-o", "b2.sig"], d));
+    assert_sha256_verifies(d, "b-fw.pem", "b2.sig", "fw.bin");
 }

@@ -1,5 +1,6 @@
-//! The PKCS#11 key backend (`pkcs11`): key pairs generated on a token and used
-//! there, never extractable (`CKA_SENSITIVE`, `CKA_EXTRACTABLE=false`, `CKA_TOKEN`).
+//! The PKCS#11 key backend (`pkcs11`, or `pkcs11:NAME` for one of several tokens):
+//! key pairs generated on a token and used there, never extractable
+//! (`CKA_SENSITIVE`, `CKA_EXTRACTABLE=false`, `CKA_TOKEN`).
 //!
 //! A key's handle names the token, the object's `CKA_ID` and `CKA_LABEL`, and the
 //! public key read when it was made. Signing hashes nothing on the token: Influxion
@@ -12,9 +13,14 @@
 //!
 //! Sessions: login is per token, not per session, so the pool logs in once and every
 //! session of the pool may sign; concurrent signatures use different sessions.
+//!
+//! Modules: `C_Initialize` and `C_Finalize` act on the whole module in the process, so
+//! the tokens of one module share one loaded module ([`Module`]); it is finalized only
+//! when no token uses it any more.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, LazyLock, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use base64::engine::general_purpose::STANDARD as B64;
@@ -32,37 +38,81 @@ use influxion_core::{
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-/// The backend's name, stored with each of its keys.
+/// The backend's name for a single token; `pkcs11:NAME` for one of several.
 pub const NAME: &str = "pkcs11";
+
+/// Which token of a module keys live on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TokenSelector {
+    /// The token's label (`CKA_LABEL` of the token info), the usual way to name it.
+    Label(String),
+    /// A slot id, for modules whose tokens share a label. The label found in the slot
+    /// at start is what reconnection looks for afterwards (slot ids may change).
+    Slot(u64),
+}
+
+impl std::fmt::Display for TokenSelector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            TokenSelector::Label(l) => write!(f, "token {l:?}"),
+            TokenSelector::Slot(s) => write!(f, "the token in slot {s}"),
+        }
+    }
+}
+
+/// How to reach one token. The PIN never comes from a configuration file; the caller
+/// reads it from the environment or a file and names that setting in `pin_setting`.
+#[derive(Clone)]
+pub struct TokenConfig {
+    /// The backend's name, recorded with each of its keys: `pkcs11` or `pkcs11:NAME`.
+    pub name: String,
+    /// The vendor's PKCS#11 library.
+    pub module: String,
+    pub token: TokenSelector,
+    pub pin: Zeroizing<String>,
+    /// Where the PIN came from (`INFLUXION_PKCS11_PIN`), named when it is refused.
+    pub pin_setting: String,
+    /// Sessions in the pool, 1 to 64.
+    pub pool: usize,
+}
+
+impl std::fmt::Debug for TokenConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenConfig")
+            .field("name", &self.name)
+            .field("module", &self.module)
+            .field("token", &self.token)
+            .field("pin_setting", &self.pin_setting)
+            .field("pool", &self.pool)
+            .finish_non_exhaustive()
+    }
+}
 
 /// Why the token could not be opened at start.
 #[derive(Debug, thiserror::Error)]
 pub enum OpenError {
     #[error("loading the PKCS#11 module {module}: {why}")]
     Module { module: String, why: String },
-    #[error("no token labelled {0:?} is present")]
+    #[error("no {0} is present")]
     NoToken(String),
     /// Not retried: a loop of wrong PINs locks the token.
-    #[error(
-        "the token refused the user PIN (INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE): {0}"
-    )]
-    Pin(String),
+    #[error("the token refused the user PIN ({setting}): {why}")]
+    Pin { setting: String, why: String },
     #[error("the token: {0}")]
     Token(String),
 }
 
 /// One token, and a pool of sessions logged in on it. When the token goes away the
-/// pool is dropped, operations answer "unavailable", and a background task finalizes
-/// the module, loads it again, finds the token and logs in once more.
+/// pool is dropped, operations answer "unavailable", and a background task loads the
+/// module again (once no other token holds it), finds the token and logs in once more.
 pub struct Pkcs11Backend {
     inner: Arc<Inner>,
 }
 
 struct Inner {
-    module: String,
-    token: String,
-    pin: Zeroizing<String>,
-    pool: usize,
+    cfg: TokenConfig,
+    /// The token's label, read at start: handles record it, reconnection finds it.
+    label: String,
     /// The live connection; `None` while the token is away.
     current: RwLock<Option<Arc<Connection>>>,
     reconnecting: AtomicBool,
@@ -70,13 +120,26 @@ struct Inner {
     away: Mutex<String>,
 }
 
-/// A loaded module, the token's slot and the sessions logged in on it. Dropping the
-/// last reference (the sessions hold the context) finalizes the module.
+/// A loaded, initialized module, shared by the tokens reached through it. Dropping the
+/// last reference (connections and their sessions hold it) finalizes the module.
+struct Module {
+    context: Pkcs11,
+    /// The tokens using it: when one cannot find its token here, the others check
+    /// theirs, so a module whose tokens all went away is released and loaded afresh.
+    users: Mutex<Vec<Weak<Inner>>>,
+}
+
+/// The modules loaded in this process, by canonical path. Process-wide because
+/// `C_Initialize` is: a module loaded twice would be initialized twice and finalized
+/// under its other users.
+static MODULES: LazyLock<Mutex<HashMap<String, Weak<Module>>>> = LazyLock::new(Default::default);
+
+/// The token's slot and the sessions logged in on it.
 struct Connection {
     slot: Slot,
     sessions: Mutex<Vec<Session>>,
     available: tokio::sync::Semaphore,
-    context: Pkcs11,
+    module: Arc<Module>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -143,33 +206,38 @@ fn digest_info_prefix(alg: SignAlgorithm) -> Option<&'static [u8]> {
 }
 
 impl Pkcs11Backend {
-    /// Load `module`, find the token labelled `token`, open `pool` sessions and log in
-    /// once with `pin`. A wrong PIN fails here and is not retried.
-    pub fn open(
-        module: &str,
-        token: &str,
-        pin: &Zeroizing<String>,
-        pool: usize,
-    ) -> Result<Self, OpenError> {
-        let pool = pool.clamp(1, 64);
-        let connection = connect(module, token, pin, pool)?;
-        Ok(Self {
-            inner: Arc::new(Inner {
-                module: module.to_owned(),
-                token: token.to_owned(),
-                pin: pin.clone(),
-                pool,
-                current: RwLock::new(Some(Arc::new(connection))),
-                reconnecting: AtomicBool::new(false),
-                away: Mutex::new(String::new()),
-            }),
-        })
+    /// Load the module (or share it with tokens already open on it), find the token,
+    /// open `pool` sessions and log in once. A wrong PIN fails here and is not retried.
+    pub fn open(cfg: TokenConfig) -> Result<Self, OpenError> {
+        let mut cfg = cfg;
+        cfg.pool = cfg.pool.clamp(1, 64);
+        let (connection, label) = connect(
+            &cfg.module,
+            &cfg.token,
+            &cfg.pin,
+            &cfg.pin_setting,
+            cfg.pool,
+        )?;
+        let inner = Arc::new(Inner {
+            cfg,
+            label,
+            current: RwLock::new(None),
+            reconnecting: AtomicBool::new(false),
+            away: Mutex::new(String::new()),
+        });
+        inner.attach(connection);
+        Ok(Self { inner })
     }
 
     /// Whether the token is connected now (false while it is away and the backend
     /// reconnects).
     pub fn connected(&self) -> bool {
         self.inner.connection().is_some()
+    }
+
+    /// The token's label (read from the token at start when it was chosen by slot).
+    pub fn token_label(&self) -> &str {
+        &self.inner.label
     }
 
     /// Run `f` on a session of the pool, off the async workers (tokens block). A token
@@ -199,7 +267,7 @@ impl Pkcs11Backend {
             // than an error: a key not found on a token whose info cannot be read is
             // a token away, not a deleted key.
             if let Err(BackendError::Refused(why)) = &r {
-                if let Err(e) = probe.context.get_token_info(probe.slot) {
+                if let Err(e) = probe.module.context.get_token_info(probe.slot) {
                     r = Err(BackendError::Unavailable(format!(
                         "the PKCS#11 token does not answer ({e}) and {why}"
                     )));
@@ -226,10 +294,10 @@ impl Pkcs11Backend {
         if h.key_type != key_type.as_str() {
             return Err(crypto("the PKCS#11 handle is of another key type"));
         }
-        if h.token != self.inner.token {
+        if h.token != self.inner.label {
             return Err(BackendError::Unavailable(format!(
-                "the key is on token {:?}, this keyserver has {:?}",
-                h.token, self.inner.token
+                "the key is on token {:?}, backend {} has {:?}",
+                h.token, self.inner.cfg.name, self.inner.label
             )));
         }
         let spki = B64
@@ -239,48 +307,92 @@ impl Pkcs11Backend {
     }
 }
 
-/// Load the module, find the token, open `pool` sessions, log in once.
-fn connect(
-    module: &str,
-    token: &str,
-    pin: &Zeroizing<String>,
-    pool: usize,
-) -> Result<Connection, OpenError> {
-    let context = Pkcs11::new(module).map_err(|e| OpenError::Module {
-        module: module.to_owned(),
+/// The module at `path`, loaded and initialized once for the process and shared.
+fn load_module(path: &str) -> Result<Arc<Module>, OpenError> {
+    // Two spellings of one library (a symlink) are one module to the dynamic loader.
+    let key = std::fs::canonicalize(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_owned());
+    let mut modules = MODULES
+        .lock()
+        .map_err(|_| OpenError::Token("the module registry is poisoned".into()))?;
+    if let Some(m) = modules.get(&key).and_then(Weak::upgrade) {
+        return Ok(m);
+    }
+    let context = Pkcs11::new(path).map_err(|e| OpenError::Module {
+        module: path.to_owned(),
         why: e.to_string(),
     })?;
     context
         .initialize(CInitializeArgs::OsThreads)
-        .map_err(|e| OpenError::Token(e.to_string()))?;
-    let slot = find_token(&context, token)?;
+        .map_err(|e| OpenError::Module {
+            module: path.to_owned(),
+            why: format!("C_Initialize: {e}"),
+        })?;
+    let module = Arc::new(Module {
+        context,
+        users: Mutex::new(Vec::new()),
+    });
+    modules.retain(|_, m| m.strong_count() > 0);
+    modules.insert(key, Arc::downgrade(&module));
+    Ok(module)
+}
+
+/// Find the token on the (shared) module, open `pool` sessions, log in once. Returns
+/// the connection and the token's label.
+fn connect(
+    module_path: &str,
+    token: &TokenSelector,
+    pin: &Zeroizing<String>,
+    pin_setting: &str,
+    pool: usize,
+) -> Result<(Connection, String), OpenError> {
+    let module = load_module(module_path)?;
+    let (slot, label) = find_token(&module.context, token)?;
     let mut sessions = Vec::with_capacity(pool);
     for i in 0..pool {
-        let s = context
+        let s = module
+            .context
             .open_rw_session(slot)
             .map_err(|e| OpenError::Token(e.to_string()))?;
         if i == 0 {
-            s.login(UserType::User, Some(&AuthPin::new(pin.as_str().into())))
-                .map_err(|e| match e {
-                    cryptoki::error::Error::Pkcs11(
+            match s.login(UserType::User, Some(&AuthPin::new(pin.as_str().into()))) {
+                Ok(()) => {}
+                // Login is per token: another backend of this process (or a session
+                // left from before) logged in already.
+                Err(cryptoki::error::Error::Pkcs11(
+                    cryptoki::error::RvError::UserAlreadyLoggedIn,
+                    _,
+                )) => {}
+                Err(
+                    e @ cryptoki::error::Error::Pkcs11(
                         cryptoki::error::RvError::PinIncorrect
                         | cryptoki::error::RvError::PinInvalid
                         | cryptoki::error::RvError::PinLenRange
                         | cryptoki::error::RvError::PinExpired
                         | cryptoki::error::RvError::PinLocked,
                         _,
-                    ) => OpenError::Pin(e.to_string()),
-                    other => OpenError::Token(other.to_string()),
-                })?;
+                    ),
+                ) => {
+                    return Err(OpenError::Pin {
+                        setting: pin_setting.to_owned(),
+                        why: e.to_string(),
+                    })
+                }
+                Err(other) => return Err(OpenError::Token(other.to_string())),
+            }
         }
         sessions.push(s);
     }
-    Ok(Connection {
-        slot,
-        sessions: Mutex::new(sessions),
-        available: tokio::sync::Semaphore::new(pool),
-        context,
-    })
+    Ok((
+        Connection {
+            slot,
+            sessions: Mutex::new(sessions),
+            available: tokio::sync::Semaphore::new(pool),
+            module,
+        },
+        label,
+    ))
 }
 
 impl Inner {
@@ -288,11 +400,22 @@ impl Inner {
         self.current.read().ok().and_then(|c| c.clone())
     }
 
+    /// Make `c` the live connection and register with its module.
+    fn attach(self: &Arc<Self>, c: Connection) {
+        if let Ok(mut users) = c.module.users.lock() {
+            users.retain(|u| u.strong_count() > 0 && !std::ptr::eq(u.as_ptr(), Arc::as_ptr(self)));
+            users.push(Arc::downgrade(self));
+        }
+        if let Ok(mut current) = self.current.write() {
+            *current = Some(Arc::new(c));
+        }
+    }
+
     fn away_error(&self) -> BackendError {
         let why = self.away.lock().map(|w| w.clone()).unwrap_or_default();
         BackendError::Unavailable(format!(
-            "the PKCS#11 token {:?} is away; reconnecting in the background ({why})",
-            self.token
+            "the PKCS#11 token {:?} ({}) is away; reconnecting in the background ({why})",
+            self.label, self.cfg.name
         ))
     }
 
@@ -308,7 +431,7 @@ impl Inner {
         if let Ok(mut away) = self.away.lock() {
             *away = why.to_owned();
         }
-        tracing::warn!(token = %self.token, error = why, "PKCS#11 token away; reconnecting");
+        tracing::warn!(backend = %self.cfg.name, token = %self.label, error = why, "PKCS#11 token away; reconnecting");
         if self.reconnecting.swap(true, Ordering::SeqCst) {
             return;
         }
@@ -317,9 +440,20 @@ impl Inner {
         std::thread::spawn(move || inner.reconnect(old));
     }
 
-    /// Wait until the old connection's last session is gone (that finalizes the
-    /// module), then load it again until the token is back. A refused PIN ends the
-    /// attempts: retrying a wrong PIN would lock the token.
+    /// Whether the live connection's token still answers; if not, it is away. Asked
+    /// when another token of the same module cannot find its own.
+    fn probe(self: &Arc<Self>) {
+        if let Some(conn) = self.connection() {
+            if let Err(e) = conn.module.context.get_token_info(conn.slot) {
+                self.token_away(&conn, &format!("the token does not answer: {e}"));
+            }
+        }
+    }
+
+    /// Wait until the old connection's last session is gone, then find the token again
+    /// until it is back. The module is loaded afresh when no other token holds it
+    /// (SoftHSM, for one, sees a token directory again only then). A refused PIN ends
+    /// the attempts: retrying a wrong PIN would lock the token.
     fn reconnect(self: Arc<Self>, old: Weak<Connection>) {
         let mut waited = Duration::ZERO;
         while old.strong_count() > 0 && waited < Duration::from_secs(60) {
@@ -327,20 +461,19 @@ impl Inner {
             waited += Duration::from_millis(50);
         }
         let mut delay = Duration::from_millis(250);
+        let by_label = TokenSelector::Label(self.label.clone());
         loop {
-            match connect(&self.module, &self.token, &self.pin, self.pool) {
-                Ok(c) => {
-                    if let Ok(mut current) = self.current.write() {
-                        *current = Some(Arc::new(c));
-                    }
-                    tracing::info!(token = %self.token, "PKCS#11 token back; logged in again");
+            let c = &self.cfg;
+            match connect(&c.module, &by_label, &c.pin, &c.pin_setting, c.pool) {
+                Ok((conn, _)) => {
+                    self.attach(conn);
+                    tracing::info!(backend = %c.name, token = %self.label, "PKCS#11 token back; logged in again");
                     break;
                 }
-                Err(OpenError::Pin(e)) => {
-                    tracing::error!(token = %self.token, error = %e, "the token refused the PIN on reconnection; not retrying (INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE)");
+                Err(e @ OpenError::Pin { .. }) => {
+                    tracing::error!(backend = %c.name, token = %self.label, error = %e, "the token refused the PIN on reconnection; not retrying");
                     if let Ok(mut away) = self.away.lock() {
-                        *away =
-                            format!("the token refused the PIN: {e}; restart with the right PIN");
+                        *away = format!("{e}; restart with the right PIN");
                     }
                     break;
                 }
@@ -348,6 +481,7 @@ impl Inner {
                     if let Ok(mut away) = self.away.lock() {
                         *away = e.to_string();
                     }
+                    self.probe_module_peers();
                     std::thread::sleep(delay);
                     delay = (delay * 2).min(Duration::from_secs(10));
                 }
@@ -355,20 +489,50 @@ impl Inner {
         }
         self.reconnecting.store(false, Ordering::SeqCst);
     }
+
+    /// Ask the other tokens of this module whether theirs still answer, so a module
+    /// whose tokens are all gone is not held by one that has not noticed yet.
+    fn probe_module_peers(self: &Arc<Self>) {
+        let peers: Vec<Arc<Inner>> = MODULES
+            .lock()
+            .ok()
+            .and_then(|m| {
+                let key = std::fs::canonicalize(&self.cfg.module)
+                    .map(|p| p.display().to_string())
+                    .unwrap_or_else(|_| self.cfg.module.clone());
+                m.get(&key).and_then(Weak::upgrade)
+            })
+            .and_then(|module| {
+                module
+                    .users
+                    .lock()
+                    .ok()
+                    .map(|u| u.iter().filter_map(Weak::upgrade).collect())
+            })
+            .unwrap_or_default();
+        for peer in peers.iter().filter(|p| !Arc::ptr_eq(p, self)) {
+            peer.probe();
+        }
+    }
 }
 
-fn find_token(context: &Pkcs11, label: &str) -> Result<Slot, OpenError> {
+fn find_token(context: &Pkcs11, token: &TokenSelector) -> Result<(Slot, String), OpenError> {
     let slots = context
         .get_slots_with_token()
         .map_err(|e| OpenError::Token(e.to_string()))?;
     for slot in slots {
         if let Ok(info) = context.get_token_info(slot) {
-            if info.label().trim_end() == label {
-                return Ok(slot);
+            let label = info.label().trim_end().to_owned();
+            let hit = match token {
+                TokenSelector::Label(l) => *l == label,
+                TokenSelector::Slot(id) => slot.id() == *id,
+            };
+            if hit {
+                return Ok((slot, label));
             }
         }
     }
-    Err(OpenError::NoToken(label.to_owned()))
+    Err(OpenError::NoToken(token.to_string()))
 }
 
 /// The private key object with `CKA_ID` `id` and `CKA_LABEL` `label`: both, so a
@@ -614,8 +778,8 @@ fn hash_mechanism(alg: SignAlgorithm) -> Option<(MechanismType, PkcsMgfType, u64
 
 #[async_trait::async_trait]
 impl KeyBackend for Pkcs11Backend {
-    fn name(&self) -> &'static str {
-        NAME
+    fn name(&self) -> &str {
+        &self.inner.cfg.name
     }
 
     async fn generate(
@@ -625,7 +789,7 @@ impl KeyBackend for Pkcs11Backend {
     ) -> Result<GeneratedKey, BackendError> {
         let id = uuid_bytes(key_id);
         let label = format!("influxion-{key_id}");
-        let token = self.inner.token.clone();
+        let token = self.inner.label.clone();
         let (id2, label2) = (id.clone(), label.clone());
         let (spki, id, label) = self
             .with_session(move |s| {
@@ -821,7 +985,7 @@ impl KeyBackend for Pkcs11Backend {
                 "the PKCS#11 backend binds token keys only, not {existing:?}"
             )));
         };
-        let token = self.inner.token.clone();
+        let token = self.inner.label.clone();
         let (handle, key_type, spki) = self
             .with_session(move |s| find_existing(s, token, label, id, allow_extractable))
             .await?;

@@ -5,56 +5,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 
-use std::path::Path;
 use std::process::Command;
 use std::sync::Arc;
 
 use influxion_backend_conformance as conformance;
 use influxion_core::KeyType;
 use influxion_pkcs11::{OpenError, Pkcs11Backend};
-use zeroize::Zeroizing;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "1234-user-pin";
-
-/// A fresh SoftHSM token labelled `label` under `dir`; sets `SOFTHSM2_CONF` for this
-/// process (each test binary runs its SoftHSM tests in one test function).
-fn token(dir: &Path, label: &str) {
-    assert!(
-        Path::new(MODULE).exists(),
-        "{MODULE} is missing: install Debian's softhsm2 (scripts/test.sh does)"
-    );
-    let tokens = dir.join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let out = Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            label,
-            "--so-pin",
-            "5678-so-pin",
-            "--pin",
-            PIN,
-        ])
-        .output()
-        .expect("softhsm2-util (Debian softhsm2)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
+mod common;
+use common::{config, token, MODULE, PIN};
 
 #[tokio::test]
 async fn the_pkcs11_backend_conforms_on_softhsm() {
@@ -62,9 +21,9 @@ async fn the_pkcs11_backend_conforms_on_softhsm() {
     token(dir.path(), "influxion-test");
 
     // A wrong PIN fails at open, naming the setting.
-    let wrong = Pkcs11Backend::open(MODULE, "influxion-test", &Zeroizing::new("0000".into()), 2);
+    let wrong = Pkcs11Backend::open(config("pkcs11", "influxion-test", "0000", 2));
     assert!(
-        matches!(&wrong, Err(OpenError::Pin(m)) if !m.is_empty()),
+        matches!(&wrong, Err(OpenError::Pin { why, .. }) if !why.is_empty()),
         "{:?}",
         wrong.as_ref().err()
     );
@@ -73,12 +32,11 @@ async fn the_pkcs11_backend_conforms_on_softhsm() {
         .unwrap()
         .to_string()
         .contains("INFLUXION_PKCS11_PIN"));
-    let missing = Pkcs11Backend::open(MODULE, "no-such-token", &Zeroizing::new(PIN.into()), 2);
+    let missing = Pkcs11Backend::open(config("pkcs11", "no-such-token", PIN, 2));
     assert!(matches!(missing, Err(OpenError::NoToken(_))));
 
-    let backend = Arc::new(
-        Pkcs11Backend::open(MODULE, "influxion-test", &Zeroizing::new(PIN.into()), 4).unwrap(),
-    );
+    let backend =
+        Arc::new(Pkcs11Backend::open(config("pkcs11", "influxion-test", PIN, 4)).unwrap());
     conformance::run(
         backend.clone(),
         &[

@@ -4,50 +4,21 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 
-use std::process::Command;
 use std::time::Duration;
 
 use influxion_core::{BackendError, Digest, KeyBackend, KeyType, SignAlgorithm};
 use influxion_pkcs11::Pkcs11Backend;
-use zeroize::Zeroizing;
 
-const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+mod common;
+use common::{config, token, PIN};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_that_goes_away_comes_back_without_restart() {
     let dir = tempfile::tempdir().unwrap();
+    token(dir.path(), "away");
     let tokens = dir.path().join("tokens");
-    std::fs::create_dir_all(&tokens).unwrap();
-    let conf = dir.path().join("softhsm2.conf");
-    std::fs::write(
-        &conf,
-        format!(
-            "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
-            tokens.display()
-        ),
-    )
-    .unwrap();
-    std::env::set_var("SOFTHSM2_CONF", &conf);
-    let init = Command::new("softhsm2-util")
-        .args([
-            "--init-token",
-            "--free",
-            "--label",
-            "away",
-            "--so-pin",
-            "5678",
-            "--pin",
-            "1234",
-        ])
-        .output()
-        .expect("softhsm2-util (Debian softhsm2)");
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
 
-    let backend = Pkcs11Backend::open(MODULE, "away", &Zeroizing::new("1234".into()), 4).unwrap();
+    let backend = Pkcs11Backend::open(config("pkcs11", "away", PIN, 4)).unwrap();
     let key = backend
         .generate("0f0e0d0c-0b0a-4908-8706-050403020100", KeyType::EcP256)
         .await

@@ -609,7 +609,7 @@ struct GatedKeystore {
 
 #[async_trait::async_trait]
 impl influxion_core::KeyBackend for GatedKeystore {
-    fn name(&self) -> &'static str {
+    fn name(&self) -> &str {
         self.inner.name()
     }
 

@@ -32,6 +32,9 @@ pub(crate) struct FileConfig {
     pub keystore: FileKeystore,
     #[serde(default)]
     pub vault: FileVault,
+    /// Named PKCS#11 tokens, `[pkcs11.NAME]`: backend `pkcs11:NAME`.
+    #[serde(default)]
+    pub pkcs11: std::collections::BTreeMap<String, FilePkcs11Token>,
     #[serde(default)]
     pub client: FileClient,
     #[serde(default)]
@@ -113,6 +116,17 @@ pub(crate) struct FileKeystore {
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileVault {
     pub url: Option<String>,
+}
+
+/// One `[pkcs11.NAME]` table: the module, the token (by label, or by slot id) and the
+/// session pool. Never the PIN: that is `INFLUXION_PKCS11_<NAME>_PIN` or `_PIN_FILE`.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FilePkcs11Token {
+    pub module: Option<String>,
+    pub token: Option<String>,
+    pub slot: Option<u64>,
+    pub pool: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize, Serialize)]

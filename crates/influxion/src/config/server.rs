@@ -56,8 +56,8 @@ pub(crate) struct ServerConfig {
     pub vault_credential: Option<String>,
     /// The Key Vault backend's settings, when `vault.url` is set.
     pub vault: Option<VaultConfig>,
-    /// The PKCS#11 backend's token, when `INFLUXION_PKCS11_MODULE` is set.
-    pub pkcs11: Option<Pkcs11Config>,
+    /// The PKCS#11 tokens: `INFLUXION_PKCS11_MODULE`'s, and `[pkcs11.NAME]` tables.
+    pub pkcs11: Vec<influxion_pkcs11::TokenConfig>,
     pub bootstrap_admin: Option<influxion_core::SubjectRules>,
     pub public_url: Option<String>,
     pub est_profile: Option<String>,
@@ -149,7 +149,7 @@ impl ServerConfig {
         let vault_url = vault_url(file)?;
         let vault = vault_url.as_deref().map(vault_config).transpose()?;
         let vault_credential = vault.as_ref().map(|v| v.credential.describe());
-        let pkcs11 = pkcs11_config()?;
+        let pkcs11 = pkcs11_config(file)?;
         let bootstrap_admin = bootstrap_admin(file, auth.tenant_id.as_deref())?;
         let public_url = public_url(file)?;
         let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
@@ -190,7 +190,7 @@ impl ServerConfig {
     pub(crate) fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n[pkcs11]\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.database_url,
@@ -212,13 +212,7 @@ impl ServerConfig {
             format!("{:?}", self.kek),
             self.vault_url.as_deref().unwrap_or(""),
             self.vault_credential.as_deref().unwrap_or(""),
-            self.pkcs11
-                .as_ref()
-                .map(|p| format!(
-                    "module = {:?}\ntoken = {:?}\npin = \"(set, redacted)\"\npool = {}\n",
-                    p.module, p.token, p.pool
-                ))
-                .unwrap_or_else(|| "module = \"\"\n".into()),
+            describe_pkcs11(&self.pkcs11),
             self.bootstrap_admin
                 .as_ref()
                 .and_then(|r| serde_json::to_string(r).ok())
@@ -428,72 +422,143 @@ fn extra_issuers(a: &FileAuth, metadata_url: &str, single_tenant: Option<&str>) 
     extra_issuers
 }
 
-/// The PKCS#11 token keys may live on. The PIN comes from the environment or a file
-/// only, never from the TOML file, and is zeroized.
-#[derive(Clone)]
-pub(crate) struct Pkcs11Config {
-    pub module: String,
-    pub token: String,
-    pub pin: zeroize::Zeroizing<String>,
-    /// Sessions in the pool (default 4).
-    pub pool: usize,
+/// The PKCS#11 tokens keys may live on: the one of `INFLUXION_PKCS11_MODULE`
+/// (backend `pkcs11`) and each `[pkcs11.NAME]` table (backend `pkcs11:NAME`). PINs come
+/// from the environment or a file only, never from the TOML file, and are zeroized.
+pub(crate) fn pkcs11_config(
+    file: &FileConfig,
+) -> Result<Vec<influxion_pkcs11::TokenConfig>, ConfigError> {
+    let mut tokens = Vec::new();
+    if let Some(module) = env("INFLUXION_PKCS11_MODULE") {
+        let token = match (
+            env("INFLUXION_PKCS11_TOKEN"),
+            env_u64("INFLUXION_PKCS11_SLOT")?,
+        ) {
+            (Some(l), None) => influxion_pkcs11::TokenSelector::Label(l),
+            (None, Some(s)) => influxion_pkcs11::TokenSelector::Slot(s),
+            _ => {
+                return Err(err(
+                    "INFLUXION_PKCS11_TOKEN / INFLUXION_PKCS11_SLOT",
+                    "the label of the token keys live on (or its slot id), one of them",
+                ))
+            }
+        };
+        tokens.push(influxion_pkcs11::TokenConfig {
+            name: influxion_pkcs11::NAME.to_owned(),
+            module,
+            token,
+            pin: pin("INFLUXION_PKCS11_PIN", "INFLUXION_PKCS11_PIN_FILE")?,
+            pin_setting: "INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE".into(),
+            pool: pool(env_u64("INFLUXION_PKCS11_POOL")?, "INFLUXION_PKCS11_POOL")?,
+        });
+    }
+    for (name, t) in &file.pkcs11 {
+        let table = format!("[pkcs11.{name}]");
+        let ok_name = !name.is_empty()
+            && name.len() <= 32
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        if !ok_name {
+            return Err(err(
+                "pkcs11.<name>",
+                format!("{table}: a token name is 1 to 32 of a-z, 0-9 and -"),
+            ));
+        }
+        let module = t.module.clone().ok_or_else(|| {
+            err(
+                "pkcs11.<name>.module",
+                format!("{table} needs module, the vendor's PKCS#11 library"),
+            )
+        })?;
+        let token = match (&t.token, t.slot) {
+            (Some(l), None) => influxion_pkcs11::TokenSelector::Label(l.clone()),
+            (None, Some(s)) => influxion_pkcs11::TokenSelector::Slot(s),
+            _ => {
+                return Err(err(
+                    "pkcs11.<name>.token / pkcs11.<name>.slot",
+                    format!(
+                    "{table} needs the token's label (token) or its slot id (slot), one of them"
+                ),
+                ))
+            }
+        };
+        let var = format!(
+            "INFLUXION_PKCS11_{}",
+            name.to_ascii_uppercase().replace('-', "_")
+        );
+        let (pin_var, file_var) = (format!("{var}_PIN"), format!("{var}_PIN_FILE"));
+        tokens.push(influxion_pkcs11::TokenConfig {
+            name: format!("{}:{name}", influxion_pkcs11::NAME),
+            module,
+            token,
+            pool: pool(t.pool, "pkcs11.<name>.pool")?,
+            pin: pin(&pin_var, &file_var)?,
+            pin_setting: format!("{pin_var} / {file_var}"),
+        });
+    }
+    Ok(tokens)
 }
 
-impl std::fmt::Debug for Pkcs11Config {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Pkcs11Config")
-            .field("module", &self.module)
-            .field("token", &self.token)
-            .field("pool", &self.pool)
-            .finish_non_exhaustive()
+/// A token's user PIN from `var`, or from the file `file_var` names.
+fn pin(var: &str, file_var: &str) -> Result<zeroize::Zeroizing<String>, ConfigError> {
+    let setting = "INFLUXION_PKCS11[_<NAME>]_PIN / _PIN_FILE";
+    match (env(var), env(file_var)) {
+        (Some(p), None) => Ok(zeroize::Zeroizing::new(p)),
+        (None, Some(f)) => {
+            let text = zeroize::Zeroizing::new(
+                std::fs::read_to_string(&f)
+                    .map_err(|e| err(setting, format!("{file_var}: reading {f}: {e}")))?,
+            );
+            Ok(zeroize::Zeroizing::new(
+                text.trim_end_matches(['\r', '\n']).to_owned(),
+            ))
+        }
+        (Some(_), Some(_)) => Err(err(
+            setting,
+            format!("set one of {var} and {file_var}, not both"),
+        )),
+        (None, None) => Err(err(
+            setting,
+            format!("the token's user PIN is required: {var} or {file_var}"),
+        )),
     }
 }
 
-/// `INFLUXION_PKCS11_MODULE`, `_TOKEN`, `_PIN` or `_PIN_FILE`, `_POOL`.
-pub(crate) fn pkcs11_config() -> Result<Option<Pkcs11Config>, ConfigError> {
-    let Some(module) = env("INFLUXION_PKCS11_MODULE") else {
-        return Ok(None);
-    };
-    let token = env("INFLUXION_PKCS11_TOKEN").ok_or_else(|| {
-        err(
-            "INFLUXION_PKCS11_TOKEN",
-            "the label of the token keys live on",
-        )
-    })?;
-    let pin = match (
-        env("INFLUXION_PKCS11_PIN"),
-        env("INFLUXION_PKCS11_PIN_FILE"),
-    ) {
-        (Some(p), None) => zeroize::Zeroizing::new(p),
-        (None, Some(f)) => zeroize::Zeroizing::new(
-            std::fs::read_to_string(&f)
-                .map_err(|e| err("INFLUXION_PKCS11_PIN_FILE", format!("reading {f}: {e}")))?
-                .trim_end_matches(['\r', '\n'])
-                .to_owned(),
-        ),
-        (Some(_), Some(_)) => {
-            return Err(err(
-                "INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE",
-                "set one, not both",
-            ))
-        }
-        (None, None) => {
-            return Err(err(
-                "INFLUXION_PKCS11_PIN / INFLUXION_PKCS11_PIN_FILE",
-                "the token's user PIN is required",
-            ))
-        }
-    };
-    let pool = env_u64("INFLUXION_PKCS11_POOL")?.unwrap_or(4);
+fn pool(pool: Option<u64>, setting: &'static str) -> Result<usize, ConfigError> {
+    let pool = pool.unwrap_or(4);
     if !(1..=64).contains(&pool) {
-        return Err(err("INFLUXION_PKCS11_POOL", "between 1 and 64 sessions"));
+        return Err(err(setting, "between 1 and 64 sessions"));
     }
-    Ok(Some(Pkcs11Config {
-        module,
-        token,
-        pin,
-        pool: usize::try_from(pool).unwrap_or(4),
-    }))
+    Ok(usize::try_from(pool).unwrap_or(4))
+}
+
+/// The `[pkcs11]` part of `config check`, the PINs redacted.
+fn describe_pkcs11(tokens: &[influxion_pkcs11::TokenConfig]) -> String {
+    if tokens.is_empty() {
+        return "[pkcs11]\nmodule = \"\"\n".into();
+    }
+    let mut out = String::new();
+    for t in tokens {
+        let header = match t.name.split_once(':') {
+            Some((_, n)) => format!("[pkcs11.{n}]"),
+            None => "[pkcs11]".into(),
+        };
+        let token = match &t.token {
+            influxion_pkcs11::TokenSelector::Label(l) => format!("token = {l:?}"),
+            influxion_pkcs11::TokenSelector::Slot(s) => format!("slot = {s}"),
+        };
+        let pin = if t.name == influxion_pkcs11::NAME {
+            "(set, redacted)".to_owned()
+        } else {
+            format!("(set, redacted; {})", t.pin_setting)
+        };
+        out.push_str(&format!(
+            "{header}\nmodule = {:?}\n{token}\npin = {pin:?}\npool = {}\n",
+            t.module, t.pool
+        ));
+    }
+    out
 }
 
 /// How the Key Vault backend reaches its vault.
@@ -617,6 +682,35 @@ mod tests {
         assert!(is_guid("11111111-2222-3333-4444-555555555555"));
         assert!(!is_guid("contoso.onmicrosoft.com"));
         assert!(!is_guid("common"));
+    }
+
+    fn tables(toml: &str) -> Result<Vec<influxion_pkcs11::TokenConfig>, ConfigError> {
+        pkcs11_config(&toml::from_str::<FileConfig>(toml).unwrap())
+    }
+
+    #[test]
+    fn pkcs11_tables_are_checked_naming_the_setting() {
+        let e = tables("[pkcs11.Line_1]\nmodule = \"m.so\"\ntoken = \"t\"\n").unwrap_err();
+        assert_eq!(e.setting, "pkcs11.<name>");
+        assert!(e.message.contains("[pkcs11.Line_1]"), "{}", e.message);
+        let e = tables("[pkcs11.cfg-test-a]\ntoken = \"t\"\n").unwrap_err();
+        assert_eq!(e.setting, "pkcs11.<name>.module");
+        let e = tables("[pkcs11.cfg-test-b]\nmodule = \"m.so\"\ntoken = \"t\"\nslot = 1\n")
+            .unwrap_err();
+        assert!(e.message.contains("one of them"), "{}", e.message);
+        let e = tables("[pkcs11.cfg-test-c]\nmodule = \"m.so\"\nslot = 1\n").unwrap_err();
+        assert!(
+            e.message.contains(
+                "INFLUXION_PKCS11_CFG_TEST_C_PIN or INFLUXION_PKCS11_CFG_TEST_C_PIN_FILE"
+            ),
+            "{}",
+            e.message
+        );
+        let e = tables("[pkcs11.cfg-test-d]\nmodule = \"m.so\"\ntoken = \"t\"\npool = 65\n")
+            .unwrap_err();
+        assert_eq!(e.setting, "pkcs11.<name>.pool");
+        // The PIN is never a setting of the file.
+        assert!(toml::from_str::<FileConfig>("[pkcs11.x]\npin = \"1234\"\n").is_err());
     }
 
     #[test]

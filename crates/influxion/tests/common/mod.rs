@@ -713,8 +713,24 @@ impl WebClient<'_> {
 
 /// Lint a certificate (or CRL) with pkilint, an independent X.509 linter; any finding
 /// at WARNING or above fails.
+/// A PEM file with several certificates (a chain) is linted one certificate at a time:
+/// pkilint reads one document per file.
 #[track_caller]
 pub(crate) fn lint_clean(args: &[&str], file: &Path) {
+    let text = std::fs::read_to_string(file).unwrap_or_default();
+    const END: &str = "-----END CERTIFICATE-----";
+    if text.matches(END).count() > 1 {
+        for (i, pem) in text
+            .split_inclusive(END)
+            .filter(|p| p.contains("BEGIN"))
+            .enumerate()
+        {
+            let one = file.with_extension(format!("{i}.pem"));
+            std::fs::write(&one, pem.trim_start()).unwrap();
+            lint_clean(args, &one);
+        }
+        return;
+    }
     let (cmd, rest) = args.split_first().unwrap();
     let out = Command::new(pkilint(cmd))
         .args(rest)

@@ -150,7 +150,7 @@ pub(crate) async fn import(
             &st.backends,
             &c.actor,
             key_name,
-            backend,
+            &backend,
             existing,
         )
         .await?;
@@ -165,8 +165,9 @@ const PKCS11_BACKEND: &str = "pkcs11";
 
 /// What an import names, checked at the edge: exactly one source, each a vault name
 /// (letters, digits, dashes; at most 127) and an optional 32-hex version, or a token
-/// label (printable, at most 128) or id (hex, at most 64 bytes).
-fn existing_key(req: &ImportKey) -> Result<(&'static str, ExistingKey), ApiError> {
+/// label (printable, at most 128) or id (hex, at most 64 bytes); and the backend it
+/// is in, which must be of the source's kind (`pkcs11:line-1` for a token key).
+fn existing_key(req: &ImportKey) -> Result<(String, ExistingKey), ApiError> {
     let token = req.pkcs11_label.is_some() || req.pkcs11_id.is_some();
     let vault = req.vault_key.is_some() || req.vault_certificate.is_some();
     if req.allow_extractable && !token {
@@ -174,6 +175,24 @@ fn existing_key(req: &ImportKey) -> Result<(&'static str, ExistingKey), ApiError
             "allow_extractable applies to pkcs11_label and pkcs11_id only".into(),
         ));
     }
+    let kind = if token { PKCS11_BACKEND } else { VAULT_BACKEND };
+    let backend = match req.backend.as_deref() {
+        None => kind.to_owned(),
+        Some(b) if b.len() > 64 => {
+            return Err(ApiError::InvalidRequest(
+                "backend is a backend's name, at most 64 characters".into(),
+            ))
+        }
+        Some(b) if b == kind || b.strip_prefix(kind).is_some_and(|t| t.starts_with(':')) => {
+            b.to_owned()
+        }
+        Some(b) => {
+            return Err(ApiError::InvalidRequest(format!(
+                "backend {b:?} does not hold {} keys; name {kind} or {kind}:NAME",
+                if token { "token" } else { "vault" }
+            )))
+        }
+    };
     if token {
         if vault {
             return Err(ApiError::InvalidRequest(
@@ -181,9 +200,9 @@ fn existing_key(req: &ImportKey) -> Result<(&'static str, ExistingKey), ApiError
                     .into(),
             ));
         }
-        return token_key(req).map(|k| (PKCS11_BACKEND, k));
+        return token_key(req).map(|k| (backend, k));
     }
-    vault_key(req).map(|k| (VAULT_BACKEND, k))
+    vault_key(req).map(|k| (backend, k))
 }
 
 fn token_key(req: &ImportKey) -> Result<ExistingKey, ApiError> {
@@ -410,4 +429,49 @@ pub(crate) async fn set_policy(
         Ok(Json(key_view(&st, &key)?).into_response())
     })
     .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn token_import(backend: Option<&str>) -> ImportKey {
+        ImportKey {
+            pkcs11_label: Some("fw".into()),
+            backend: backend.map(str::to_owned),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_import_names_a_backend_of_its_sources_kind() {
+        let (b, k) = existing_key(&token_import(None)).unwrap();
+        assert_eq!(b, "pkcs11");
+        assert!(matches!(k, ExistingKey::TokenKey { label: Some(l), .. } if l == "fw"));
+        assert_eq!(
+            existing_key(&token_import(Some("pkcs11:line-1")))
+                .unwrap()
+                .0,
+            "pkcs11:line-1"
+        );
+        for wrong in ["software", "azure-keyvault", "pkcs11x", "pkcs11line"] {
+            assert!(
+                matches!(existing_key(&token_import(Some(wrong))), Err(ApiError::InvalidRequest(m)) if m.contains("does not hold token keys")),
+                "{wrong}"
+            );
+        }
+        let long = format!("pkcs11:{}", "a".repeat(60));
+        assert!(matches!(
+            existing_key(&token_import(Some(&long))),
+            Err(ApiError::InvalidRequest(m)) if m.contains("at most 64")
+        ));
+        let vault = ImportKey {
+            vault_key: Some("fw".into()),
+            backend: Some("pkcs11:line-1".into()),
+            ..Default::default()
+        };
+        assert!(
+            matches!(existing_key(&vault), Err(ApiError::InvalidRequest(m)) if m.contains("vault keys"))
+        );
+    }
 }

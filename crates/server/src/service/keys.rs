@@ -14,9 +14,11 @@ fn backend_named<'a>(
 ) -> Result<&'a std::sync::Arc<dyn influxion_core::KeyBackend>, ApiError> {
     match name {
         // Naming a backend this keyserver lacks is the caller's mistake, not an outage.
-        Some(b) => backends.get(b).map_err(|_| {
+        // A kind (`pkcs11`) stands for its only configured backend; with several
+        // tokens the caller names one (`pkcs11:line-1`).
+        Some(b) => backends.resolve(b).ok_or_else(|| {
             ApiError::InvalidRequest(format!(
-                "no key backend {b:?} is configured here (configured: {})",
+                "no single key backend {b:?} is configured here (configured: {})",
                 backends.names().collect::<Vec<_>>().join(", ")
             ))
         }),

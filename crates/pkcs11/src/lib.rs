@@ -140,6 +140,36 @@ struct Connection {
     sessions: Mutex<Vec<Session>>,
     available: tokio::sync::Semaphore,
     module: Arc<Module>,
+    /// Private key handles by (CKA_ID, CKA_LABEL). A handle any session of the
+    /// application found is valid in all of them (PKCS#11 2.40, 2.4): signing skips
+    /// C_FindObjects*, three calls (round trips on a network HSM) per signature.
+    keys: Mutex<HashMap<(Vec<u8>, String), cryptoki::object::ObjectHandle>>,
+}
+
+impl Connection {
+    /// The private key `id`/`label`, from the cache or found on the token.
+    fn key_handle(
+        &self,
+        s: &Session,
+        id: &[u8],
+        label: &str,
+    ) -> Result<cryptoki::object::ObjectHandle, BackendError> {
+        let cache_key = (id.to_vec(), label.to_owned());
+        if let Some(h) = self.keys.lock().ok().and_then(|k| k.get(&cache_key).copied()) {
+            return Ok(h);
+        }
+        let h = private_key(s, id, label)?;
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(cache_key, h);
+        }
+        Ok(h)
+    }
+
+    fn forget_key(&self, id: &[u8], label: &str) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.remove(&(id.to_vec(), label.to_owned()));
+        }
+    }
 }
 
 #[derive(Serialize, Deserialize)]
@@ -244,7 +274,7 @@ impl Pkcs11Backend {
     /// fault drops the pool and starts the reconnection.
     async fn with_session<T: Send + 'static>(
         &self,
-        f: impl FnOnce(&Session) -> Result<T, BackendError> + Send + 'static,
+        f: impl FnOnce(&Session, &Connection) -> Result<T, BackendError> + Send + 'static,
     ) -> Result<T, BackendError> {
         let Some(conn) = self.inner.connection() else {
             return Err(self.inner.away_error());
@@ -262,11 +292,12 @@ impl Pkcs11Backend {
             .ok_or_else(|| crypto("no session free despite a permit"))?;
         let probe = conn.clone();
         let (session, result) = tokio::task::spawn_blocking(move || {
-            let mut r = f(&session);
-            // SoftHSM, when its token directory goes, answers with no objects rather
-            // than an error: a key not found on a token whose info cannot be read is
-            // a token away, not a deleted key.
-            if let Err(BackendError::Refused(why)) = &r {
+            let mut r = f(&session, &probe);
+            // SoftHSM, when its token directory goes, answers with no objects (or a
+            // general error for a cached handle) rather than "token not present": a
+            // failure on a token whose info cannot be read is a token away, not a
+            // deleted key or a bad request.
+            if let Err(BackendError::Refused(why) | BackendError::Crypto(why)) = &r {
                 if let Err(e) = probe.module.context.get_token_info(probe.slot) {
                     r = Err(BackendError::Unavailable(format!(
                         "the PKCS#11 token does not answer ({e}) and {why}"
@@ -390,6 +421,7 @@ fn connect(
             sessions: Mutex::new(sessions),
             available: tokio::sync::Semaphore::new(pool),
             module,
+            keys: Mutex::new(HashMap::new()),
         },
         label,
     ))
@@ -792,7 +824,7 @@ impl KeyBackend for Pkcs11Backend {
         let token = self.inner.label.clone();
         let (id2, label2) = (id.clone(), label.clone());
         let (spki, id, label) = self
-            .with_session(move |s| {
+            .with_session(move |s, _| {
                 let common = |public: bool| {
                     vec![
                         Attribute::Token(true),
@@ -879,9 +911,21 @@ impl KeyBackend for Pkcs11Backend {
         let d = digest.as_bytes().to_vec();
         let label = h.label.clone();
         let raw = self
-            .with_session(move |s| {
-                let key = private_key(s, &id, &label)?;
-                let sign = |m: &Mechanism, data: &[u8]| s.sign(m, key, data).map_err(token_error);
+            .with_session(move |s, conn| {
+                let key = conn.key_handle(s, &id, &label)?;
+                let sign = |m: &Mechanism, data: &[u8]| match s.sign(m, key, data) {
+                    // The object was replaced since its handle was cached: find it again.
+                    Err(cryptoki::error::Error::Pkcs11(
+                        cryptoki::error::RvError::ObjectHandleInvalid
+                        | cryptoki::error::RvError::KeyHandleInvalid,
+                        _,
+                    )) => {
+                        conn.forget_key(&id, &label);
+                        let key = conn.key_handle(s, &id, &label)?;
+                        s.sign(m, key, data).map_err(token_error)
+                    }
+                    r => r.map_err(token_error),
+                };
                 match (key_type, alg) {
                     (KeyType::EcP256 | KeyType::EcP384, _) => sign(&Mechanism::Ecdsa, &d),
                     (KeyType::Ed25519, _) => {
@@ -934,7 +978,7 @@ impl KeyBackend for Pkcs11Backend {
         let (h, spki) = self.handle(key_type, handle)?;
         let id = hex::decode(&h.id).map_err(|_| crypto("the PKCS#11 handle's id is not hex"))?;
         let label = h.label.clone();
-        self.with_session(move |s| {
+        self.with_session(move |s, _| {
             private_key(s, &id, &label)?;
             // The token's public key must be the one the record pinned.
             let public = s
@@ -987,7 +1031,7 @@ impl KeyBackend for Pkcs11Backend {
         };
         let token = self.inner.label.clone();
         let (handle, key_type, spki) = self
-            .with_session(move |s| find_existing(s, token, label, id, allow_extractable))
+            .with_session(move |s, _| find_existing(s, token, label, id, allow_extractable))
             .await?;
         Ok(BoundKey {
             key_type,

@@ -20,8 +20,13 @@ pub enum DeviceKeyType {
     EcP256,
     EcP384,
     Ed25519,
+    // Spelled as the keyserver's key types are (`rsa-3072`); kebab-case alone would
+    // give `rsa3072`, still read for profiles stored that way.
+    #[serde(rename = "rsa-2048", alias = "rsa2048")]
     Rsa2048,
+    #[serde(rename = "rsa-3072", alias = "rsa3072")]
     Rsa3072,
+    #[serde(rename = "rsa-4096", alias = "rsa4096")]
     Rsa4096,
 }
 
@@ -327,6 +332,17 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn device_key_types_are_spelled_as_key_types() {
+        for t in DeviceKeyType::ALL {
+            let json = serde_json::to_value(t).unwrap();
+            assert_eq!(json, t.as_str());
+            assert_eq!(serde_json::from_value::<DeviceKeyType>(json).unwrap(), t);
+        }
+        let old: DeviceKeyType = serde_json::from_str("\"rsa3072\"").unwrap();
+        assert_eq!(old, DeviceKeyType::Rsa3072);
+    }
 
     fn csr_with(params: rcgen::CertificateParams, key: &rcgen::KeyPair) -> Vec<u8> {
         params.serialize_request(key).unwrap().der().to_vec()

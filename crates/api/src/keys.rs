@@ -101,3 +101,19 @@ pub struct PolicyRequest {
     /// Why; shown to approvers when the change weakens the policy and waits for them.
     pub reason: Option<String>,
 }
+
+/// `PUT /v1/keys/{name}/certificate`: the key's certificate chain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyCertificate {
+    /// PEM certificates, leaf first; the leaf carries the key's public key.
+    pub chain: String,
+}
+
+/// `POST /v1/keys/{name}/certify`: a code-signing certificate from a profile.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CertifyKey {
+    /// A certificate profile with extendedKeyUsage codeSigning.
+    pub profile: String,
+}

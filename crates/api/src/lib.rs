@@ -16,9 +16,11 @@ pub mod subjects;
 
 pub use audit::{AuditEntry, AuditPage, AuditRecordView, Chain, RecordChecks};
 pub use influxion_core::Actor;
-pub use keys::{CreateKey, ImportKey, KeyList, KeyView, PolicyRequest, RotateKey};
+pub use keys::{
+    CertifyKey, CreateKey, ImportKey, KeyCertificate, KeyList, KeyView, PolicyRequest, RotateKey,
+};
 pub use requests::{
     Approval, ChangeList, ChangeView, Decision, PendingChange, PendingResponse, RequestList,
-    RequestView, SignRequest, SignResponse, VerifyRequest, VerifyResponse,
+    RequestView, SignRequest, SignResponse, VerifyRequest, VerifyResponse, SIGNATURE_FORMATS,
 };
 pub use subjects::{GrantBody, Subject, SubjectBody, SubjectList, UpdateBody};

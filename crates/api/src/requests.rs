@@ -16,7 +16,15 @@ pub struct SignRequest {
     pub reason: Option<String>,
     /// What approvers see about the file: name, version, size and the like.
     pub metadata: Option<serde_json::Map<String, serde_json::Value>>,
+    /// The signature format the digest is for (one of [`SIGNATURE_FORMATS`]; default
+    /// `raw`): recorded in the audit log and shown to approvers, never the file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
 }
+
+/// The signature formats a signature may be made for: a detached raw signature, CMS
+/// SignedData, an MCUboot image, an Authenticode-signed PE file.
+pub const SIGNATURE_FORMATS: [&str; 4] = ["raw", "cms", "mcuboot", "authenticode"];
 
 /// A signature made at once (HTTP 200).
 #[derive(Debug, Clone, Serialize, Deserialize)]

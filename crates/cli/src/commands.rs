@@ -1,26 +1,21 @@
 //! Client commands: keys, sign, verify.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{bail, Context, Result};
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine as _;
-use clap::{Args, Subcommand};
+use anyhow::{Context, Result};
+use clap::Subcommand;
 use indicatif::{ProgressBar, ProgressStyle};
 use influxion_api::{
-    CreateKey, ImportKey, KeyList, KeyView, PendingChange, PendingResponse, PolicyRequest,
-    RequestView, SignRequest, SignResponse,
+    CertifyKey, CreateKey, ImportKey, KeyCertificate, KeyList, KeyView, PendingChange,
+    PolicyRequest, RequestView,
 };
 use influxion_core::key::HashAlg;
-use influxion_core::{Digest, SignAlgorithm};
-use influxion_verify as public;
 use reqwest::Method;
 use sha2::Digest as _;
 
 use crate::client::{Client, Reply};
-use crate::config::ClientConfig;
 use crate::output;
 
 #[derive(Subcommand)]
@@ -85,12 +80,24 @@ pub enum KeysCommand {
         #[arg(long)]
         version: Option<String>,
     },
-    /// The key's certificate chain, PEM, leaf first.
+    /// The key's certificate chain, PEM, leaf first; with --chain, give the key one
+    /// (key-admin, audited: the leaf must carry the key's public key).
     Certificate {
         name: String,
         /// Write here instead of standard output.
-        #[arg(short = 'o', long = "out")]
+        #[arg(short = 'o', long = "out", conflicts_with = "chain")]
         output: Option<PathBuf>,
+        /// A PEM file of the key's certificate and its issuers, leaf first.
+        #[arg(long)]
+        chain: Option<PathBuf>,
+    },
+    /// Give the key a code-signing certificate from one of the keyserver's certificate
+    /// profiles (extendedKeyUsage codeSigning), its CA's chain included (key-admin).
+    Certify {
+        name: String,
+        /// The certificate profile.
+        #[arg(long)]
+        profile: String,
     },
     /// Disable a key: it can no longer sign (key-admin).
     Disable { name: String },
@@ -110,49 +117,6 @@ pub enum KeysCommand {
         #[arg(long)]
         reason: Option<String>,
     },
-}
-
-#[derive(Args)]
-pub struct SignArgs {
-    /// Key to sign with.
-    #[arg(long)]
-    key: String,
-    /// File to sign.
-    file: PathBuf,
-    /// Where to write the signature (default: FILE.sig).
-    #[arg(short = 'o', long = "out")]
-    output: Option<PathBuf>,
-    /// Signing algorithm (default: the key's default).
-    #[arg(long)]
-    algorithm: Option<String>,
-    /// Why: shown to approvers and kept in the audit log (required for keys that need approval).
-    #[arg(long)]
-    reason: Option<String>,
-    /// Extra facts for approvers, as KEY=VALUE (repeatable); file name and size are added.
-    #[arg(long = "meta")]
-    meta: Vec<String>,
-    /// For keys that need approval: print the request id and return at once.
-    #[arg(long)]
-    no_wait: bool,
-    /// Give up waiting for approval after this many seconds.
-    #[arg(long, default_value_t = 86_400)]
-    timeout: u64,
-}
-
-#[derive(Args)]
-pub struct VerifyArgs {
-    /// Key whose public key to use (fetched from the keyserver unless --public-key is given).
-    #[arg(long)]
-    key: Option<String>,
-    /// Public key PEM file, for verifying offline.
-    #[arg(long)]
-    public_key: Option<PathBuf>,
-    file: PathBuf,
-    /// Signature file (default: FILE.sig).
-    #[arg(long)]
-    signature: Option<PathBuf>,
-    #[arg(long)]
-    algorithm: Option<String>,
 }
 
 pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
@@ -295,7 +259,46 @@ pub async fn keys(mut c: Client, cmd: KeysCommand) -> Result<ExitCode> {
                 )
             });
         }
-        KeysCommand::Certificate { name, output } => {
+        KeysCommand::Certificate {
+            name,
+            chain: Some(chain),
+            ..
+        } => {
+            let pem = std::fs::read_to_string(&chain)
+                .with_context(|| format!("reading {}", chain.display()))?;
+            let r: Reply<KeyView> = c
+                .call(
+                    Method::PUT,
+                    &format!("/v1/keys/{name}/certificate"),
+                    Some(&KeyCertificate { chain: pem }),
+                )
+                .await?;
+            output::emit(&r.raw, || {
+                println!(
+                    "key {name} now has the certificate chain of {}",
+                    chain.display()
+                )
+            });
+        }
+        KeysCommand::Certify { name, profile } => {
+            let r: Reply<KeyView> = c
+                .call(
+                    Method::POST,
+                    &format!("/v1/keys/{name}/certify"),
+                    Some(&CertifyKey {
+                        profile: profile.clone(),
+                    }),
+                )
+                .await?;
+            output::emit(&r.raw, || {
+                println!("key {name} now has a code-signing certificate from profile {profile}")
+            });
+        }
+        KeysCommand::Certificate {
+            name,
+            output,
+            chain: None,
+        } => {
             let text = c.get_text(&format!("/v1/keys/{name}/certificate")).await?;
             match output {
                 Some(p) => {
@@ -386,50 +389,11 @@ pub fn quiet() -> bool {
 
 /// Hash a file in fixed-size chunks (constant memory), with a progress bar for large files.
 pub fn hash_file(path: &Path, hash: HashAlg) -> Result<Vec<u8>> {
-    let mut f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let bar = if len >= 16 * 1024 * 1024 && !quiet() {
-        let b = ProgressBar::new(len);
-        b.set_style(
-            ProgressStyle::with_template(
-                "hashing {bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
-            )
-            .unwrap_or_else(|_| ProgressStyle::default_bar()),
-        );
-        b
-    } else {
-        ProgressBar::hidden()
-    };
-    let mut buf = vec![0u8; 1 << 20];
-    let mut s256 = sha2::Sha256::new();
-    let mut s384 = sha2::Sha384::new();
-    let mut s512 = sha2::Sha512::new();
-    loop {
-        let n = f
-            .read(&mut buf)
-            .with_context(|| format!("reading {}", path.display()))?;
-        if n == 0 {
-            break;
-        }
-        match hash {
-            HashAlg::Sha256 => s256.update(&buf[..n]),
-            HashAlg::Sha384 => s384.update(&buf[..n]),
-            HashAlg::Sha512 => s512.update(&buf[..n]),
-        }
-        bar.inc(n as u64);
-    }
+    let f = std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
+    let bar = crate::signing::progress_for(path);
+    let digest = influxion_formats::hash_stream(f, hash, path, &|n| bar.inc(n))?;
     bar.finish_and_clear();
-    Ok(match hash {
-        HashAlg::Sha256 => s256.finalize().to_vec(),
-        HashAlg::Sha384 => s384.finalize().to_vec(),
-        HashAlg::Sha512 => s512.finalize().to_vec(),
-    })
-}
-
-fn sig_path(file: &Path) -> PathBuf {
-    let mut s = file.as_os_str().to_owned();
-    s.push(".sig");
-    PathBuf::from(s)
+    Ok(digest)
 }
 
 /// Exit code when a signing request ends without a signature (rejected, cancelled,
@@ -437,132 +401,6 @@ fn sig_path(file: &Path) -> PathBuf {
 pub const EXIT_NOT_SIGNED: u8 = 3;
 /// Gave up waiting for approvals (the request is still pending).
 pub const EXIT_TIMEOUT: u8 = 6;
-
-pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
-    let key: KeyView = c
-        .fetch(Method::GET, &format!("/v1/keys/{}", args.key))
-        .await?
-        .body;
-    let alg: SignAlgorithm = match &args.algorithm {
-        Some(a) => a.parse()?,
-        None => key.default_algorithm,
-    };
-    if !key.key_type.allows(alg) {
-        bail!("key {} ({}) cannot sign with {alg}", key.name, key.key_type);
-    }
-    let digest = hash_file(&args.file, alg.hash())?;
-    let mut meta = serde_json::Map::new();
-    if let Some(n) = args.file.file_name() {
-        meta.insert("file".into(), n.to_string_lossy().into());
-    }
-    if let Ok(m) = std::fs::metadata(&args.file) {
-        meta.insert("size".into(), m.len().into());
-    }
-    for kv in &args.meta {
-        let (k, v) = kv
-            .split_once('=')
-            .with_context(|| format!("--meta {kv:?} is not KEY=VALUE"))?;
-        meta.insert(k.to_owned(), v.into());
-    }
-    let body = SignRequest {
-        digest: hex::encode(&digest),
-        algorithm: Some(alg.as_str().to_owned()),
-        reason: args.reason.clone(),
-        metadata: Some(meta),
-    };
-    let r: Reply<serde_json::Value> = c
-        .call(
-            Method::POST,
-            &format!("/v1/keys/{}/sign", args.key),
-            Some(&body),
-        )
-        .await?;
-    // Who approved, for --output json (the text summary names them too).
-    let mut approvals: Vec<influxion_api::Actor> = Vec::new();
-    let (sig_b64, summary) = if r.status == reqwest::StatusCode::ACCEPTED {
-        let pending: PendingResponse = r.read()?;
-        let id = pending.request_id;
-        eprintln!(
-            "key {} needs {} approval(s): signing request {id}",
-            key.name, pending.quorum
-        );
-        if args.no_wait {
-            output::emit(
-                &serde_json::json!({"request_id": id, "status": "pending"}),
-                || println!("{id}"),
-            );
-            return Ok(ExitCode::SUCCESS);
-        }
-        match wait_for(&mut c, &id, args.timeout).await? {
-            Waited::Signed(r) => {
-                let approved_by = approvers(&r);
-                approvals = r
-                    .approvals
-                    .iter()
-                    .filter(|a| a.decision == "approve")
-                    .map(|a| a.approver.clone())
-                    .collect();
-                (
-                    r.signature.context("signed request without signature")?,
-                    format!("request {id}, approved by {approved_by}"),
-                )
-            }
-            Waited::Ended(status) => {
-                output::note(
-                    &serde_json::json!({"request_id": id, "status": status, "signed": false}),
-                    &format!("signing request {id} was {status}; no signature"),
-                );
-                return Ok(ExitCode::from(EXIT_NOT_SIGNED));
-            }
-            Waited::TimedOut => {
-                output::note(
-                    &serde_json::json!({"request_id": id, "status": "pending", "signed": false, "timed_out": true}),
-                    &format!("gave up waiting for signing request {id} (still pending; see `influxion approvals show {id}`)"),
-                );
-                return Ok(ExitCode::from(EXIT_TIMEOUT));
-            }
-        }
-    } else {
-        let signed: SignResponse = r.read().context("no signature in the response")?;
-        (
-            signed.signature,
-            format!("audit record {}", signed.audit_seq),
-        )
-    };
-    let sig = B64.decode(sig_b64).context("the signature is not base64")?;
-    // Check before writing: a signature that does not verify is never handed on.
-    let spki = public::from_pem(&key.public_key_pem)?;
-    if !public::verify(
-        key.key_type,
-        &spki,
-        &Digest::new(alg, digest.clone())?,
-        &sig,
-    )? {
-        bail!("the keyserver returned a signature that does not verify; nothing written");
-    }
-    let out = args.output.unwrap_or_else(|| sig_path(&args.file));
-    std::fs::write(&out, &sig).with_context(|| format!("writing {}", out.display()))?;
-    if output::json() {
-        println!(
-            "{}",
-            serde_json::json!({
-                "file": args.file, "key": key.name, "algorithm": alg.to_string(),
-                "digest": hex::encode(&digest), "signature_file": out, "signed": true,
-                "summary": summary, "approved_by": approvals,
-            })
-        );
-        return Ok(ExitCode::SUCCESS);
-    }
-    eprintln!(
-        "signed {} with {} ({alg}), {} {}, {summary}, signature in {}",
-        args.file.display(),
-        key.name,
-        alg.hash().as_str(),
-        hex::encode(&digest),
-        out.display()
-    );
-    Ok(ExitCode::SUCCESS)
-}
 
 /// `sha256:<hex>` of the public key's SubjectPublicKeyInfo (DER), as `openssl pkey
 /// -pubin -outform DER | sha256sum` prints it.
@@ -574,7 +412,7 @@ fn fingerprint(public_key_pem: &str) -> String {
 }
 
 /// Who approved a request, for the summary line.
-fn approvers(r: &RequestView) -> String {
+pub(crate) fn approvers(r: &RequestView) -> String {
     r.approvals
         .iter()
         .filter(|a| a.decision == "approve")
@@ -583,14 +421,14 @@ fn approvers(r: &RequestView) -> String {
         .join(", ")
 }
 
-enum Waited {
+pub(crate) enum Waited {
     Signed(Box<RequestView>),
     Ended(String),
     TimedOut,
 }
 
 /// Poll a signing request until it ends, with a spinner on a terminal.
-async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
+pub(crate) async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
     let spinner = if quiet() {
         ProgressBar::hidden()
     } else {
@@ -646,53 +484,5 @@ async fn wait_for(c: &mut Client, id: &str, timeout: u64) -> Result<Waited> {
             return Ok(Waited::TimedOut);
         }
         tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
-    }
-}
-
-pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
-    let (key_type, spki, default_alg) = match (&args.public_key, &args.key) {
-        (Some(p), _) => {
-            let pem =
-                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
-            let spki = public::from_pem(&pem)?;
-            let kt = public::detect_key_type(&spki).context("unsupported public key type")?;
-            (kt, spki, kt.default_algorithm())
-        }
-        (None, Some(name)) => {
-            let mut c = Client::new(cfg)?;
-            let key: KeyView = c
-                .fetch(Method::GET, &format!("/v1/keys/{name}"))
-                .await?
-                .body;
-            let spki = public::from_pem(&key.public_key_pem)?;
-            (key.key_type, spki, key.default_algorithm)
-        }
-        (None, None) => bail!("give --key NAME or --public-key FILE"),
-    };
-    let alg: SignAlgorithm = match &args.algorithm {
-        Some(a) => a.parse()?,
-        None => default_alg,
-    };
-    let sig_file = args
-        .signature
-        .clone()
-        .unwrap_or_else(|| sig_path(&args.file));
-    let sig =
-        std::fs::read(&sig_file).with_context(|| format!("reading {}", sig_file.display()))?;
-    let digest = Digest::new(alg, hash_file(&args.file, alg.hash())?)?;
-    let valid = public::verify(key_type, &spki, &digest, &sig)?;
-    let v = serde_json::json!({"file": args.file, "algorithm": alg.to_string(), "valid": valid});
-    if valid {
-        output::note(
-            &v,
-            &format!("signature OK ({alg}, {})", args.file.display()),
-        );
-        Ok(ExitCode::SUCCESS)
-    } else {
-        output::note(
-            &v,
-            &format!("signature INVALID for {}", args.file.display()),
-        );
-        Ok(ExitCode::FAILURE)
     }
 }

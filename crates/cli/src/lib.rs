@@ -17,6 +17,7 @@ pub mod output;
 pub mod pki_cmds;
 pub mod profiles;
 pub mod session_cmds;
+pub mod signing;
 mod urls;
 
 /// Exit codes (documented in docs/cli.md): 0 success, 1 any other error, 2 usage, 3

@@ -61,9 +61,9 @@ enum Command {
     #[command(subcommand)]
     Keys(commands::KeysCommand),
     /// Sign a file: it is hashed here, and only the digest is sent.
-    Sign(commands::SignArgs),
+    Sign(influxion_cli::signing::SignArgs),
     /// Verify a file's signature.
-    Verify(commands::VerifyArgs),
+    Verify(influxion_cli::signing::VerifyArgs),
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit_cmds::AuditCommand),
@@ -209,9 +209,9 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             return commands::keys(client::Client::new(client_cfg()?)?, cmd).await
         }
         Command::Sign(args) => {
-            return commands::sign(client::Client::new(client_cfg()?)?, args).await
+            return influxion_cli::signing::sign(client::Client::new(client_cfg()?)?, args).await
         }
-        Command::Verify(args) => return commands::verify(client_cfg()?, args).await,
+        Command::Verify(args) => return influxion_cli::signing::verify(client_cfg()?, args).await,
         Command::Audit(cmd) => {
             return audit_cmds::audit(&file, cmd, || client::Client::new(client_cfg()?)).await
         }

@@ -332,6 +332,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     ensure_key(&state, "demo", 0).await?;
     ensure_key(&state, "demo-release", 2).await?;
     influxion_server::ensure_dev_ca(&state).await?;
+    influxion_server::ensure_dev_code_signing(&state, &["demo", "demo-release"]).await?;
 
     let session_key_path = data_dir.join("keyclient-session-key");
     if !session_key_path.exists() {

@@ -155,7 +155,12 @@ impl Connection {
         label: &str,
     ) -> Result<cryptoki::object::ObjectHandle, BackendError> {
         let cache_key = (id.to_vec(), label.to_owned());
-        if let Some(h) = self.keys.lock().ok().and_then(|k| k.get(&cache_key).copied()) {
+        if let Some(h) = self
+            .keys
+            .lock()
+            .ok()
+            .and_then(|k| k.get(&cache_key).copied())
+        {
             return Ok(h);
         }
         let h = private_key(s, id, label)?;

@@ -26,6 +26,8 @@ pub enum BuildError {
     Name(String),
     #[error("the certificate is not usable as this CA's certificate: {0}")]
     BadCaCertificate(String),
+    #[error("the certificate chain is not usable for this key: {0}")]
+    BadKeyCertificate(String),
 }
 
 impl From<rcgen::Error> for BuildError {
@@ -396,6 +398,58 @@ pub fn check_imported(
     }
     check_issuer_name_round_trip(cert_der)?;
     Ok(f)
+}
+
+/// Check a certificate chain an operator gives a signing key (`keys certificate NAME
+/// --chain`), leaf first: 1 to 8 certificates, the leaf carries `expected_spki`, is not
+/// a CA and is valid now, and each certificate verifies under the next one (its
+/// issuer). The last may be a root or an intermediate: trust anchors are the
+/// verifier's choice. Returns the leaf's facts.
+pub fn check_signer_chain(
+    chain: &[Vec<u8>],
+    expected_spki: &[u8],
+) -> Result<CertFacts, BuildError> {
+    let bad = |m: String| BuildError::BadKeyCertificate(m);
+    let leaf_der = match chain {
+        [] => return Err(bad("no certificate given".into())),
+        c if c.len() > 8 => return Err(bad("at most 8 certificates".into())),
+        [leaf, ..] => leaf,
+    };
+    let leaf = facts(leaf_der).map_err(|e| bad(format!("the first certificate: {e}")))?;
+    if leaf.spki_der != expected_spki {
+        return Err(bad(
+            "the first certificate's public key is not this key's public key".into(),
+        ));
+    }
+    if leaf.is_ca {
+        return Err(bad(
+            "the first certificate is a CA certificate, not a signer's".into(),
+        ));
+    }
+    for (i, pair) in chain.windows(2).enumerate() {
+        let (_, c) = X509Certificate::from_der(&pair[0]).map_err(|e| bad(e.to_string()))?;
+        let (_, p) = X509Certificate::from_der(&pair[1])
+            .map_err(|e| bad(format!("certificate {}: {e}", i + 2)))?;
+        if p.subject() != c.issuer() {
+            return Err(bad(format!(
+                "certificate {} is not the issuer of certificate {} (order the chain leaf first)",
+                i + 2,
+                i + 1
+            )));
+        }
+        c.verify_signature(Some(p.public_key())).map_err(|_| {
+            bad(format!(
+                "certificate {} does not verify under certificate {}",
+                i + 1,
+                i + 2
+            ))
+        })?;
+    }
+    let (_, c) = X509Certificate::from_der(leaf_der).map_err(|e| bad(e.to_string()))?;
+    if !c.validity().is_valid() {
+        return Err(bad("the first certificate is not valid now".into()));
+    }
+    Ok(leaf)
 }
 
 /// rcgen rebuilds the issuer name from the parsed CA certificate; names it cannot

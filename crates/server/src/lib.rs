@@ -23,7 +23,7 @@ use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticated, Caller};
 pub use problem::ApiError;
-pub use routes::pki::{ensure_dev_ca, PkiCache};
+pub use routes::pki::{ensure_dev_ca, ensure_dev_code_signing, PkiCache};
 pub use service::pki::PkiSettings;
 
 /// Largest request body accepted anywhere in the API. Signing requests carry a digest,
@@ -66,8 +66,9 @@ pub fn app(state: AppState) -> Router {
         .route("/v1/keys/{name}/rotate", post(routes::keys::rotate))
         .route(
             "/v1/keys/{name}/certificate",
-            get(routes::keys::certificate),
+            get(routes::keys::certificate).put(routes::keys::set_certificate),
         )
+        .route("/v1/keys/{name}/certify", post(routes::keys::certify))
         .route("/v1/keys/{name}/sign", post(routes::sign::sign))
         .route("/v1/keys/{name}/verify", post(routes::sign::verify))
         .route(

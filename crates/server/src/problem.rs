@@ -82,6 +82,9 @@ pub enum ApiError {
     InvalidProfile(String),
     #[error("{0}")]
     BadCaCertificate(String),
+    /// A chain given to a signing key that does not fit it.
+    #[error("{0}")]
+    BadKeyCertificate(String),
     #[error("no CA named {0}")]
     UnknownCa(String),
     #[error("no profile named {0}")]
@@ -203,6 +206,7 @@ impl ApiError {
             | ApiError::BadPassword(_)
             | ApiError::InvalidProfile(_)
             | ApiError::BadCaCertificate(_) => StatusCode::BAD_REQUEST,
+            ApiError::BadKeyCertificate(_) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::UnknownCa(_)
             | ApiError::UnknownProfile(_)
             | ApiError::UnknownCertificate(_) => StatusCode::NOT_FOUND,
@@ -271,6 +275,7 @@ impl ApiError {
             ApiError::BadPassword(_) => "bad-password",
             ApiError::InvalidProfile(_) => "invalid-profile",
             ApiError::BadCaCertificate(_) => "bad-ca-certificate",
+            ApiError::BadKeyCertificate(_) => "bad-key-certificate",
             ApiError::UnknownCa(_) => "unknown-ca",
             ApiError::UnknownProfile(_) => "unknown-profile",
             ApiError::UnknownCertificate(_) => "unknown-certificate",

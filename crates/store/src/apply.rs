@@ -302,6 +302,10 @@ async fn decide(
         for (k, v) in &d.signed_with {
             detail[k.as_str()] = v.clone();
         }
+        // The signature format the requester named (raw, cms, mcuboot, authenticode).
+        if let Some(format) = r.metadata.get("format") {
+            detail["format"] = format.clone();
+        }
         detail
     });
     Ok((

@@ -4,7 +4,9 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use influxion_api::{CreateKey, ImportKey, KeyList, KeyView, PolicyRequest, RotateKey};
+use influxion_api::{
+    CertifyKey, CreateKey, ImportKey, KeyCertificate, KeyList, KeyView, PolicyRequest, RotateKey,
+};
 use influxion_core::{ExistingKey, KeyName, KeyStatus, KeyType, Role};
 use influxion_store::{AuditEvent, KeyPolicy, KeyRecord, Outcome};
 use influxion_verify as public;
@@ -304,6 +306,56 @@ pub(crate) async fn rotate(
             req.version.as_deref(),
         )
         .await?;
+        Ok(Json(key_view(&st, &key)?))
+    })
+    .await
+}
+
+/// `PUT /v1/keys/{name}/certificate`: give the key a certificate chain (PEM, leaf
+/// first) whose leaf carries the key's public key.
+pub(crate) async fn set_certificate(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<JsonBody<KeyCertificate>, ApiError>,
+) -> Result<Json<KeyView>, ApiError> {
+    require(&st, &c, Role::KeyAdmin, &name, "key.certificate").await?;
+    audited(&st, &c.actor, "key.certificate", &name, async {
+        let JsonBody(req) = body?;
+        if req.chain.len() > 64 * 1024 {
+            return Err(ApiError::InvalidRequest(
+                "chain is at most 64 KiB of PEM".into(),
+            ));
+        }
+        let chain = influxion_pki::encode::certs_from_pem_or_der(req.chain.as_bytes())
+            .map_err(|e| ApiError::BadKeyCertificate(e.to_string()))?;
+        let key = lookup(&st, &name).await?;
+        let key = crate::service::keys::set_certificate(
+            &st.store,
+            &c.actor,
+            key,
+            chain,
+            serde_json::json!("given"),
+        )
+        .await?;
+        Ok(Json(key_view(&st, &key)?))
+    })
+    .await
+}
+
+/// `POST /v1/keys/{name}/certify`: a code-signing certificate for the key from one of
+/// the keyserver's own certificate profiles.
+pub(crate) async fn certify(
+    State(st): State<AppState>,
+    c: Caller,
+    Path(name): Path<String>,
+    body: Result<JsonBody<CertifyKey>, ApiError>,
+) -> Result<Json<KeyView>, ApiError> {
+    require(&st, &c, Role::KeyAdmin, &name, "key.certify").await?;
+    audited(&st, &c.actor, "key.certify", &name, async {
+        let JsonBody(req) = body?;
+        let key = lookup(&st, &name).await?;
+        let key = crate::service::pki::certify_key(&st, &c.actor, key, &req.profile).await?;
         Ok(Json(key_view(&st, &key)?))
     })
     .await

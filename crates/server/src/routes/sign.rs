@@ -80,6 +80,22 @@ fn check_metadata(m: &serde_json::Map<String, serde_json::Value>) -> Result<(), 
     Ok(())
 }
 
+/// The signature format a sign request names (default `raw`).
+fn signature_format(format: Option<&str>) -> Result<&'static str, ApiError> {
+    match format {
+        None => Ok("raw"),
+        Some(f) => influxion_api::SIGNATURE_FORMATS
+            .into_iter()
+            .find(|known| *known == f)
+            .ok_or_else(|| {
+                ApiError::InvalidRequest(format!(
+                    "format must be one of {}",
+                    influxion_api::SIGNATURE_FORMATS.join(", ")
+                ))
+            }),
+    }
+}
+
 #[tracing::instrument(skip_all, fields(key = %name))]
 pub(crate) async fn sign(
     State(st): State<AppState>,
@@ -104,8 +120,9 @@ pub(crate) async fn sign(
             return Err(ApiError::CaKey(key.name.to_string()));
         }
         let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
-        let metadata = req.metadata.unwrap_or_default();
+        let mut metadata = req.metadata.unwrap_or_default();
         check_metadata(&metadata)?;
+        let format = signature_format(req.format.as_deref())?;
         let reason = req.reason.unwrap_or_default();
         if reason.len() > 1000 {
             return Err(ApiError::InvalidRequest(
@@ -119,6 +136,9 @@ pub(crate) async fn sign(
                     key.name
                 )));
             }
+            // Approvers see the format beside the file's facts; the quorum's sign
+            // record carries it.
+            metadata.insert("format".into(), format.into());
             return super::requests::create(&st, &c, &key, &digest, reason, metadata)
                 .await
                 .map(SignOutcome::Pending);
@@ -129,6 +149,7 @@ pub(crate) async fn sign(
             "algorithm": digest.algorithm().as_str(),
             "digest": digest.to_hex(),
             "app_id": p.app_id,
+            "format": format,
         });
         // Where the key lives (backend, vault, key, version): part of the record.
         for (k, v) in st.backends.describe(&key) {
@@ -179,4 +200,21 @@ pub(crate) async fn verify(
         algorithm: digest.algorithm(),
         valid,
     }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sign_requests_name_a_known_format() {
+        assert_eq!(signature_format(None).unwrap(), "raw");
+        assert_eq!(signature_format(Some("mcuboot")).unwrap(), "mcuboot");
+        for bad in ["", "RAW", "pkcs7", "uboot-fit", &"x".repeat(5000)] {
+            assert!(
+                matches!(signature_format(Some(bad)), Err(ApiError::InvalidRequest(m)) if m.contains("raw, cms, mcuboot, authenticode")),
+                "{bad:?}"
+            );
+        }
+    }
 }

@@ -210,3 +210,49 @@ pub async fn set_policy(
         .await?;
     Ok(KeyRecord { policy, ..key })
 }
+
+/// Give signing key `key` the certificate chain `chain` (DER, leaf first), checked
+/// against the key (see [`influxion_pki::build::check_signer_chain`]), and record
+/// `key.certificate` in the same transaction. Formats that carry a signer's chain
+/// (CMS, Authenticode) use it; `GET /v1/keys/{name}/certificate` serves it.
+pub async fn set_certificate(
+    store: &Store,
+    actor: &Actor,
+    key: KeyRecord,
+    chain: Vec<Vec<u8>>,
+    source: serde_json::Value,
+) -> Result<KeyRecord, ApiError> {
+    if key.purpose == KeyPurpose::Ca {
+        return Err(ApiError::CaKey(key.name.to_string()));
+    }
+    let leaf = influxion_pki::build::check_signer_chain(&chain, &key.public_key)
+        .map_err(crate::service::pki::build_err)?;
+    let certified = KeyRecord {
+        certificate_pem: chain_pem(&chain),
+        ..key.clone()
+    };
+    let event = AuditEvent::new(actor.clone(), "key.certificate", Outcome::Ok)
+        .target(key.name.to_string())
+        .detail(serde_json::json!({
+            "subject": leaf.subject,
+            "issuer": leaf.issuer,
+            "serial": leaf.serial_hex,
+            "not_after": crate::service::pki::rfc3339(leaf.not_after),
+            "certificates": chain.len(),
+            "sha256": hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&chain[0])),
+            "source": source,
+        }));
+    store
+        .rebind_key(
+            Rebind {
+                key_id: key.id.clone(),
+                expected_handle: key.handle.clone(),
+                handle: key.handle.clone(),
+                public_key: key.public_key.clone(),
+                certificate_pem: certified.certificate_pem.clone(),
+            },
+            event,
+        )
+        .await?;
+    Ok(certified)
+}

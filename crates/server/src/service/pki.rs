@@ -46,6 +46,7 @@ pub(crate) fn corrupt(what: &str) -> ApiError {
 pub(crate) fn build_err(e: build::BuildError) -> ApiError {
     match e {
         build::BuildError::BadCaCertificate(m) => ApiError::BadCaCertificate(m),
+        build::BuildError::BadKeyCertificate(m) => ApiError::BadKeyCertificate(m),
         build::BuildError::Name(m) => ApiError::InvalidRequest(m),
         build::BuildError::UnsupportedCaKey(m) => ApiError::InvalidRequest(format!(
             "CA keys must be ec-p256, ec-p384, rsa-3072 or rsa-4096 ({m})"
@@ -449,6 +450,61 @@ pub(crate) async fn issue_certificate(
         return Err(e);
     }
     Ok((record, ctx.chain.clone()))
+}
+
+/// Issue a code-signing certificate for signing key `key` under `profile` (its CA
+/// signs; the profile must give extendedKeyUsage codeSigning and allow the key's type)
+/// and give it to the key with the CA's chain. The key never leaves its backend and
+/// the keyserver holds it, so no CSR proves possession. Two records: `cert.issue`
+/// with the certificate, `key.certificate` with the key.
+pub(crate) async fn certify_key(
+    st: &AppState,
+    actor: &Actor,
+    key: KeyRecord,
+    profile: &str,
+) -> Result<KeyRecord, ApiError> {
+    if key.purpose == KeyPurpose::Ca {
+        return Err(ApiError::CaKey(key.name.to_string()));
+    }
+    if key.status != KeyStatus::Active {
+        return Err(ApiError::KeyDisabled(key.name.to_string()));
+    }
+    let ctx = IssuanceContext::load(st, profile).await?;
+    if !ctx
+        .spec
+        .extended_key_usage
+        .contains(&influxion_pki::profile::ExtKeyUsage::CodeSigning)
+    {
+        return Err(ApiError::InvalidProfile(format!(
+            "profile {profile} does not give extendedKeyUsage codeSigning, which a signing key's certificate needs"
+        )));
+    }
+    if !ctx
+        .spec
+        .key_types
+        .iter()
+        .any(|t| t.as_str() == key.key_type.as_str())
+    {
+        return Err(ApiError::InvalidProfile(format!(
+            "profile {profile} issues for {}, not {}",
+            ctx.spec.allowed_key_types(),
+            key.key_type
+        )));
+    }
+    // Key names may hold '.', which device ids (and DNS labels) may not.
+    let device_id = key.name.as_str().replace('.', "-");
+    let spec = ctx.spec.spec_for(&device_id, key.public_key.clone())?;
+    let (record, chain) = issue_certificate(st, actor, profile, &ctx, spec, None, false).await?;
+    let mut full = vec![record.der.clone()];
+    full.extend(chain);
+    crate::service::keys::set_certificate(
+        &st.store,
+        actor,
+        key,
+        full,
+        serde_json::json!({"profile": profile, "ca": ctx.ca.name, "serial": record.serial}),
+    )
+    .await
 }
 
 // ---------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-//! Development seeding (`influxion dev`): a root CA and a device profile for it.
+//! Development seeding (`influxion dev`): a root CA, a device profile and a
+//! code-signing profile for it, and code-signing certificates for the demo keys.
 
 use influxion_core::{Actor, KeyName, KeyType};
 use influxion_pki::{CaSubject, ProfileSpec};
@@ -40,6 +41,36 @@ pub async fn ensure_dev_ca(st: &AppState) -> Result<(), ApiError> {
         }))
         .map_err(|e| ApiError::InvalidProfile(e.to_string()))?;
         put_profile(st, actor, &"device".parse()?, spec).await?;
+    }
+    if st.store.get_profile(CODE_SIGNING).await?.is_none() {
+        let spec: ProfileSpec = serde_json::from_value(serde_json::json!({
+            "ca": DEV_CA,
+            "validity_days": 365,
+            "key_types": ["ec-p256", "ec-p384", "rsa-3072", "rsa-4096"],
+            "extended_key_usage": ["code_signing"],
+            "subject": {"common_name": "{device_id}", "organization": "Influxion development code signing"},
+            "max_per_device": 0,
+            "allow_server_keygen": false,
+        }))
+        .map_err(|e| ApiError::InvalidProfile(e.to_string()))?;
+        put_profile(st, actor, &CODE_SIGNING.parse()?, spec).await?;
+    }
+    Ok(())
+}
+
+const CODE_SIGNING: &str = "code-signing";
+
+/// Development mode: each of `keys` without a certificate gets one from the
+/// `code-signing` profile, so every signature format works from the quick start.
+pub async fn ensure_dev_code_signing(st: &AppState, keys: &[&str]) -> Result<(), ApiError> {
+    let actor = &Actor::id_only("system:dev");
+    for name in keys {
+        let Some(key) = st.store.get_key(&name.parse()?).await? else {
+            continue;
+        };
+        if key.certificate_pem.is_none() {
+            crate::service::pki::certify_key(st, actor, key, CODE_SIGNING).await?;
+        }
     }
     Ok(())
 }

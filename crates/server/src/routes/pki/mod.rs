@@ -20,7 +20,7 @@ use influxion_store::pki::CertRecord;
 use serde::{Deserialize, Serialize};
 
 pub use cache::PkiCache;
-pub use dev::ensure_dev_ca;
+pub use dev::{ensure_dev_ca, ensure_dev_code_signing};
 
 use crate::service::pki::{corrupt, pem_all};
 use crate::ApiError;

@@ -1,0 +1,388 @@
+//! CMS (PKCS#7) detached SignedData (RFC 5652) with signed attributes: content type,
+//! message digest and signing time, and the signer's certificate chain. The client
+//! hashes the firmware and builds the signed attributes; the keyserver signs their
+//! digest. `openssl cms -verify -binary -inform DER -content fw.bin` checks the output.
+//!
+//! ECDSA (P-256 with SHA-256, P-384 with SHA-384) and RSA (PKCS#1 v1.5 or PSS). Ed25519
+//! is refused: CMS signs signed attributes with pure EdDSA (RFC 8419), while the
+//! keyserver signs digests.
+
+use std::path::Path;
+
+use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
+use cms::content_info::{CmsVersion, ContentInfo};
+use cms::signed_data::{
+    CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignedData, SignerIdentifier,
+    SignerInfo, SignerInfos,
+};
+use const_oid::db::{rfc5911, rfc5912};
+use der::asn1::{OctetString, SetOfVec};
+use der::{Any, Decode, Encode};
+use influxion_core::{Digest, KeyType, SignAlgorithm};
+use spki::{AlgorithmIdentifierOwned, ObjectIdentifier};
+use x509_cert::attr::Attribute;
+use x509_cert::Certificate;
+
+use crate::{FormatError, Prepared, SignerKey};
+
+/// CMS detached SignedData, signed with `algorithm`.
+pub struct Cms {
+    pub algorithm: SignAlgorithm,
+}
+
+fn der_err(e: der::Error) -> FormatError {
+    FormatError::Invalid(format!("CMS encoding: {e}"))
+}
+
+fn digest_oid(alg: SignAlgorithm) -> ObjectIdentifier {
+    match alg.hash() {
+        influxion_core::key::HashAlg::Sha256 => rfc5912::ID_SHA_256,
+        influxion_core::key::HashAlg::Sha384 => rfc5912::ID_SHA_384,
+        influxion_core::key::HashAlg::Sha512 => rfc5912::ID_SHA_512,
+    }
+}
+
+/// The signatureAlgorithm of a SignerInfo for `alg`; EdDSA is refused (see above).
+fn signature_algorithm(alg: SignAlgorithm) -> Result<AlgorithmIdentifierOwned, FormatError> {
+    let null = || Some(Any::from(der::asn1::Null));
+    let pss = |params: Result<Any, der::Error>| -> Result<AlgorithmIdentifierOwned, FormatError> {
+        Ok(AlgorithmIdentifierOwned {
+            oid: rfc5912::ID_RSASSA_PSS,
+            parameters: Some(params.map_err(der_err)?),
+        })
+    };
+    use rsa::pkcs1::RsaPssParams;
+    Ok(match alg {
+        SignAlgorithm::Es256 => AlgorithmIdentifierOwned {
+            oid: rfc5912::ECDSA_WITH_SHA_256,
+            parameters: None,
+        },
+        SignAlgorithm::Es384 => AlgorithmIdentifierOwned {
+            oid: rfc5912::ECDSA_WITH_SHA_384,
+            parameters: None,
+        },
+        SignAlgorithm::Rs256 => AlgorithmIdentifierOwned {
+            oid: rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
+            parameters: null(),
+        },
+        SignAlgorithm::Rs384 => AlgorithmIdentifierOwned {
+            oid: rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
+            parameters: null(),
+        },
+        SignAlgorithm::Rs512 => AlgorithmIdentifierOwned {
+            oid: rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
+            parameters: null(),
+        },
+        // The keyserver's PSS: MGF1 with the same hash, salt as long as the hash.
+        SignAlgorithm::Ps256 => pss(Any::encode_from(&RsaPssParams::new::<rsa::sha2::Sha256>(
+            32,
+        )))?,
+        SignAlgorithm::Ps384 => pss(Any::encode_from(&RsaPssParams::new::<rsa::sha2::Sha384>(
+            48,
+        )))?,
+        SignAlgorithm::Ps512 => pss(Any::encode_from(&RsaPssParams::new::<rsa::sha2::Sha512>(
+            64,
+        )))?,
+        SignAlgorithm::EdDsa => {
+            return Err(FormatError::KeyUnfit(
+                "CMS signs with Ed25519 over the signed attributes themselves (RFC 8419), \
+                 and the keyserver signs digests: use an ECDSA or RSA key for CMS"
+                    .into(),
+            ))
+        }
+    })
+}
+
+fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute, FormatError> {
+    let mut values = SetOfVec::new();
+    values.insert(value).map_err(der_err)?;
+    Ok(Attribute { oid, values })
+}
+
+/// The leaf of `key`'s chain, which must carry the key's public key.
+fn leaf(key: &SignerKey) -> Result<Certificate, FormatError> {
+    let der = key.chain.first().ok_or_else(|| {
+        FormatError::KeyUnfit(
+            "CMS carries the signer's certificate, and this key has none: give it one with \
+             `influxion keys certificate NAME --chain chain.pem` or `keys certify NAME`"
+                .into(),
+        )
+    })?;
+    let cert = Certificate::from_der(der)
+        .map_err(|e| FormatError::KeyUnfit(format!("the key's certificate does not parse: {e}")))?;
+    let spki = cert
+        .tbs_certificate
+        .subject_public_key_info
+        .to_der()
+        .map_err(der_err)?;
+    if spki != key.public_key_der {
+        return Err(FormatError::KeyUnfit(
+            "the key's certificate is for another public key".into(),
+        ));
+    }
+    Ok(cert)
+}
+
+struct PreparedCms {
+    algorithm: SignAlgorithm,
+    to_sign: Digest,
+    signed_attrs: SignedAttributes,
+    leaf: Certificate,
+    chain: Vec<Vec<u8>>,
+}
+
+impl Prepared for PreparedCms {
+    fn to_sign(&self) -> &Digest {
+        &self.to_sign
+    }
+
+    fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
+        let digest_alg = AlgorithmIdentifierOwned {
+            oid: digest_oid(self.algorithm),
+            parameters: None,
+        };
+        let signer = SignerInfo {
+            version: CmsVersion::V1,
+            sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
+                issuer: self.leaf.tbs_certificate.issuer.clone(),
+                serial_number: self.leaf.tbs_certificate.serial_number.clone(),
+            }),
+            digest_alg: digest_alg.clone(),
+            signed_attrs: Some(self.signed_attrs),
+            signature_algorithm: signature_algorithm(self.algorithm)?,
+            signature: OctetString::new(signature).map_err(der_err)?,
+            unsigned_attrs: None,
+        };
+        let mut certs = SetOfVec::new();
+        for c in &self.chain {
+            let cert = Certificate::from_der(c).map_err(der_err)?;
+            certs
+                .insert(CertificateChoices::Certificate(cert))
+                .map_err(der_err)?;
+        }
+        let mut digest_algs = SetOfVec::new();
+        digest_algs.insert(digest_alg).map_err(der_err)?;
+        let mut signers = SetOfVec::new();
+        signers.insert(signer).map_err(der_err)?;
+        let sd = SignedData {
+            version: CmsVersion::V1,
+            digest_algorithms: digest_algs,
+            encap_content_info: EncapsulatedContentInfo {
+                econtent_type: rfc5911::ID_DATA,
+                econtent: None,
+            },
+            certificates: Some(CertificateSet(certs)),
+            crls: None,
+            signer_infos: SignerInfos(signers),
+        };
+        let ci = ContentInfo {
+            content_type: rfc5911::ID_SIGNED_DATA,
+            content: Any::encode_from(&sd).map_err(der_err)?,
+        };
+        let der = ci.to_der().map_err(der_err)?;
+        std::fs::write(out, der).map_err(|e| FormatError::io(out, e))
+    }
+}
+
+/// The digest the signature covers: the DER of the signed attributes as a SET OF.
+fn attrs_digest(attrs: &SignedAttributes, alg: SignAlgorithm) -> Result<Digest, FormatError> {
+    let der = attrs.to_der().map_err(der_err)?;
+    let mut h = crate::Hasher::new(alg.hash());
+    h.update(&der);
+    Digest::new(alg, h.finish()).map_err(|e| FormatError::Invalid(e.to_string()))
+}
+
+fn check_key(key: &SignerKey, alg: SignAlgorithm) -> Result<(), FormatError> {
+    if key.key_type == KeyType::Ed25519 {
+        signature_algorithm(SignAlgorithm::EdDsa)?;
+    }
+    if !key.key_type.allows(alg) {
+        return Err(FormatError::KeyUnfit(format!(
+            "a {} key cannot sign with {alg}",
+            key.key_type
+        )));
+    }
+    Ok(())
+}
+
+impl crate::Format for Cms {
+    fn name(&self) -> &'static str {
+        "cms"
+    }
+
+    fn prepare(
+        &self,
+        input: &Path,
+        key: &SignerKey,
+        progress: &dyn Fn(u64),
+    ) -> Result<Box<dyn Prepared>, FormatError> {
+        check_key(key, self.algorithm)?;
+        let leaf = leaf(key)?;
+        signature_algorithm(self.algorithm)?;
+        let file = std::fs::File::open(input).map_err(|e| FormatError::io(input, e))?;
+        let content = crate::hash_reader(file, self.algorithm, input, progress)?;
+        // UTCTime through 2049, GeneralizedTime after (RFC 5652 11.3).
+        let time =
+            x509_cert::time::Time::try_from(std::time::SystemTime::now()).map_err(der_err)?;
+        let mut attrs = SignedAttributes::new();
+        for a in [
+            attribute(
+                rfc5911::ID_CONTENT_TYPE,
+                Any::encode_from(&rfc5911::ID_DATA).map_err(der_err)?,
+            )?,
+            attribute(
+                rfc5911::ID_SIGNING_TIME,
+                Any::encode_from(&time).map_err(der_err)?,
+            )?,
+            attribute(
+                rfc5911::ID_MESSAGE_DIGEST,
+                Any::encode_from(&OctetString::new(content.as_bytes()).map_err(der_err)?)
+                    .map_err(der_err)?,
+            )?,
+        ] {
+            attrs.insert(a).map_err(der_err)?;
+        }
+        let to_sign = attrs_digest(&attrs, self.algorithm)?;
+        Ok(Box::new(PreparedCms {
+            algorithm: self.algorithm,
+            to_sign,
+            signed_attrs: attrs,
+            leaf,
+            chain: key.chain.clone(),
+        }))
+    }
+
+    fn verify(
+        &self,
+        signed: &Path,
+        content: Option<&Path>,
+        key: &SignerKey,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<String>, FormatError> {
+        let content = content
+            .ok_or_else(|| FormatError::Invalid("detached CMS needs the signed file".into()))?;
+        let der = std::fs::read(signed).map_err(|e| FormatError::io(signed, e))?;
+        let bad = |what: &str| FormatError::Verify(format!("{}: {what}", signed.display()));
+        let ci = ContentInfo::from_der(&der).map_err(|e| bad(&format!("not CMS ({e})")))?;
+        if ci.content_type != rfc5911::ID_SIGNED_DATA {
+            return Err(bad("not SignedData"));
+        }
+        let sd: SignedData = ci
+            .content
+            .decode_as()
+            .map_err(|e| bad(&format!("SignedData does not parse ({e})")))?;
+        if sd.encap_content_info.econtent.is_some() {
+            return Err(bad("the content is attached, not detached"));
+        }
+        let [signer] = sd.signer_infos.0.as_slice() else {
+            return Err(bad("not exactly one signer"));
+        };
+        let mut checked = Vec::new();
+        // The signer's certificate: the one its identifier names, with the key's
+        // public key.
+        let SignerIdentifier::IssuerAndSerialNumber(sid) = &signer.sid else {
+            return Err(bad("the signer is not named by issuer and serial number"));
+        };
+        let cert = sd
+            .certificates
+            .as_ref()
+            .and_then(|cs| {
+                cs.0.iter().find_map(|c| match c {
+                    CertificateChoices::Certificate(c)
+                        if c.tbs_certificate.issuer == sid.issuer
+                            && c.tbs_certificate.serial_number == sid.serial_number =>
+                    {
+                        Some(c)
+                    }
+                    _ => None,
+                })
+            })
+            .ok_or_else(|| bad("the signer's certificate is not included"))?;
+        let spki = cert
+            .tbs_certificate
+            .subject_public_key_info
+            .to_der()
+            .map_err(der_err)?;
+        if spki != key.public_key_der {
+            return Err(bad(
+                "the signer's certificate is not for the key's public key",
+            ));
+        }
+        checked.push(format!(
+            "the signer's certificate ({}) carries the key's public key",
+            cert.tbs_certificate.subject
+        ));
+        let alg = match (key.key_type, signer.signature_algorithm.oid) {
+            (_, o) if o == rfc5912::ECDSA_WITH_SHA_256 => SignAlgorithm::Es256,
+            (_, o) if o == rfc5912::ECDSA_WITH_SHA_384 => SignAlgorithm::Es384,
+            (_, o) if o == rfc5912::SHA_256_WITH_RSA_ENCRYPTION => SignAlgorithm::Rs256,
+            (_, o) if o == rfc5912::SHA_384_WITH_RSA_ENCRYPTION => SignAlgorithm::Rs384,
+            (_, o) if o == rfc5912::SHA_512_WITH_RSA_ENCRYPTION => SignAlgorithm::Rs512,
+            (_, o) if o == rfc5912::ID_RSASSA_PSS => match signer.digest_alg.oid {
+                d if d == rfc5912::ID_SHA_256 => SignAlgorithm::Ps256,
+                d if d == rfc5912::ID_SHA_384 => SignAlgorithm::Ps384,
+                _ => SignAlgorithm::Ps512,
+            },
+            (_, o) => {
+                return Err(bad(&format!(
+                    "signature algorithm {o} is not one Influxion makes"
+                )))
+            }
+        };
+        if signer.digest_alg.oid != digest_oid(alg) {
+            return Err(bad(
+                "the digest algorithm does not match the signature algorithm",
+            ));
+        }
+        let attrs = signer
+            .signed_attrs
+            .as_ref()
+            .ok_or_else(|| bad("no signed attributes"))?;
+        let find = |oid: ObjectIdentifier| {
+            attrs
+                .iter()
+                .find(|a| a.oid == oid)
+                .and_then(|a| a.values.get(0))
+        };
+        let ct: ObjectIdentifier = find(rfc5911::ID_CONTENT_TYPE)
+            .ok_or_else(|| bad("no content-type attribute"))?
+            .decode_as()
+            .map_err(|_| bad("the content-type attribute does not parse"))?;
+        if ct != rfc5911::ID_DATA {
+            return Err(bad("the content type is not id-data"));
+        }
+        let md: OctetString = find(rfc5911::ID_MESSAGE_DIGEST)
+            .ok_or_else(|| bad("no message-digest attribute"))?
+            .decode_as()
+            .map_err(|_| bad("the message-digest attribute does not parse"))?;
+        let file = std::fs::File::open(content).map_err(|e| FormatError::io(content, e))?;
+        let actual = crate::hash_reader(file, alg, content, progress)?;
+        if md.as_bytes() != actual.as_bytes() {
+            return Err(FormatError::Verify(format!(
+                "the message digest in {} is not the {} of {}",
+                signed.display(),
+                alg.hash().as_str(),
+                content.display()
+            )));
+        }
+        checked.push(format!(
+            "the message digest is the {} of {} ({})",
+            alg.hash().as_str(),
+            content.display(),
+            hex::encode(actual.as_bytes())
+        ));
+        let digest = attrs_digest(attrs, alg)?;
+        match influxion_verify::verify(key.key_type, &key.public_key_der, &digest, signer.signature.as_bytes()) {
+            Ok(true) => checked.push(format!(
+                "the {alg} signature over the signed attributes (content type, message digest{}) verifies with the key's public key",
+                if find(rfc5911::ID_SIGNING_TIME).is_some() { ", signing time" } else { "" }
+            )),
+            _ => return Err(bad(&format!("the {alg} signature over the signed attributes does not verify"))),
+        }
+        checked.push(format!(
+            "{} certificate(s) included; the chain is not checked against a trust anchor here (openssl cms -verify -CAfile does)",
+            sd.certificates.map(|c| c.0.len()).unwrap_or(0)
+        ));
+        Ok(checked)
+    }
+}

@@ -1,0 +1,173 @@
+//! Firmware signature formats, on the client side.
+//!
+//! Each format is one module behind one interface, [`Format`]: *prepare* reads and
+//! checks the input and computes the digest the keyserver is asked to sign (streaming:
+//! an image of gigabytes is read in chunks, never held whole), the caller asks the
+//! keyserver's sign API for a signature over that digest (or waits for a signing
+//! request's approvals), and [`Prepared::assemble`] writes the output. The keyserver
+//! learns the format's name, never the file. [`Format::verify`] checks an output
+//! offline and says what it checked.
+//!
+//! A new format (U-Boot FIT, ESP32 Secure Boot v2, TF-M, UEFI capsules) is a new module
+//! implementing [`Format`] and a line in [`by_name`]; nothing else changes.
+
+use std::io::Read;
+use std::path::Path;
+
+use influxion_core::{Digest, KeyType, SignAlgorithm};
+
+pub mod cms;
+pub mod mcuboot;
+pub mod raw;
+
+/// Why a format could not prepare, assemble or verify. Every variant is a refusal the
+/// CLI prints and exits non-zero for, with nothing written and no request sent.
+#[derive(Debug, thiserror::Error)]
+pub enum FormatError {
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    /// The input is not what the format takes (not a PE, a truncated header, sizes
+    /// that disagree with the file).
+    #[error("{0}")]
+    Invalid(String),
+    /// The key cannot be used with this format (its type, or a missing certificate).
+    #[error("{0}")]
+    KeyUnfit(String),
+    /// A checked output does not verify; says which check failed.
+    #[error("does not verify: {0}")]
+    Verify(String),
+}
+
+impl FormatError {
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        FormatError::Io {
+            path: path.display().to_string(),
+            source,
+        }
+    }
+}
+
+/// What the client knows of the key it signs with: its type, public key and, for the
+/// formats that carry one, its certificate chain.
+#[derive(Debug, Clone)]
+pub struct SignerKey {
+    pub key_type: KeyType,
+    /// DER SubjectPublicKeyInfo.
+    pub public_key_der: Vec<u8>,
+    /// DER certificates, leaf first; empty when the key has none.
+    pub chain: Vec<Vec<u8>>,
+}
+
+/// A file made ready for signing: the digest to ask the keyserver for, and how to
+/// write the output once the signature is back.
+pub trait Prepared: Send {
+    /// The algorithm and digest for the keyserver's sign API.
+    fn to_sign(&self) -> &Digest;
+
+    /// Write the signed output to `out`. `signature` is what the sign API returned
+    /// (DER for ECDSA) and has been verified against the key by the caller.
+    fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError>;
+}
+
+/// One signature format.
+pub trait Format {
+    /// The name the CLI takes (`--format`) and the keyserver audits.
+    fn name(&self) -> &'static str;
+
+    /// Read and check `input`, and compute what the key is asked to sign.
+    /// `progress` is told how many bytes were read, for a progress bar.
+    fn prepare(
+        &self,
+        input: &Path,
+        key: &SignerKey,
+        progress: &dyn Fn(u64),
+    ) -> Result<Box<dyn Prepared>, FormatError>;
+
+    /// Check `signed` (and, for detached formats, `content`) against `key` offline.
+    /// Returns the checks that passed, in the words the CLI prints.
+    fn verify(
+        &self,
+        signed: &Path,
+        content: Option<&Path>,
+        key: &SignerKey,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<String>, FormatError>;
+}
+
+/// The format names the CLI and the keyserver accept.
+pub const NAMES: [&str; 3] = ["raw", "cms", "mcuboot"];
+
+/// The digest of everything `reader` yields for signing with `alg`.
+pub fn hash_reader(
+    reader: impl Read,
+    alg: SignAlgorithm,
+    path: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<Digest, FormatError> {
+    let bytes = hash_stream(reader, alg.hash(), path, progress)?;
+    Digest::new(alg, bytes).map_err(|e| FormatError::Invalid(e.to_string()))
+}
+
+/// The SHA-2 hash of everything `reader` yields, read in 1 MiB chunks: constant
+/// memory whatever the file's size.
+pub fn hash_stream(
+    mut reader: impl Read,
+    hash: influxion_core::key::HashAlg,
+    path: &Path,
+    progress: &dyn Fn(u64),
+) -> Result<Vec<u8>, FormatError> {
+    let mut buf = vec![0u8; 1 << 20];
+    let mut hasher = Hasher::new(hash);
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FormatError::io(path, e)),
+        };
+        hasher.update(&buf[..n]);
+        progress(n as u64);
+    }
+    Ok(hasher.finish())
+}
+
+/// A SHA-2 hasher of the algorithm's hash.
+pub struct Hasher(HasherInner);
+
+enum HasherInner {
+    Sha256(sha2::Sha256),
+    Sha384(sha2::Sha384),
+    Sha512(sha2::Sha512),
+}
+
+impl Hasher {
+    pub fn new(hash: influxion_core::key::HashAlg) -> Self {
+        use sha2::Digest as _;
+        Hasher(match hash {
+            influxion_core::key::HashAlg::Sha256 => HasherInner::Sha256(sha2::Sha256::new()),
+            influxion_core::key::HashAlg::Sha384 => HasherInner::Sha384(sha2::Sha384::new()),
+            influxion_core::key::HashAlg::Sha512 => HasherInner::Sha512(sha2::Sha512::new()),
+        })
+    }
+
+    pub fn update(&mut self, data: &[u8]) {
+        use sha2::Digest as _;
+        match &mut self.0 {
+            HasherInner::Sha256(h) => h.update(data),
+            HasherInner::Sha384(h) => h.update(data),
+            HasherInner::Sha512(h) => h.update(data),
+        }
+    }
+
+    pub fn finish(self) -> Vec<u8> {
+        use sha2::Digest as _;
+        match self.0 {
+            HasherInner::Sha256(h) => h.finalize().to_vec(),
+            HasherInner::Sha384(h) => h.finalize().to_vec(),
+            HasherInner::Sha512(h) => h.finalize().to_vec(),
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! Raw: a detached signature over the file's digest, as the sign API returns it (DER
+//! for ECDSA, the bare signature for RSA and Ed25519). `openssl dgst -verify` checks it.
+
+use std::path::{Path, PathBuf};
+
+use influxion_core::{Digest, SignAlgorithm};
+
+use crate::{FormatError, Prepared, SignerKey};
+
+/// The raw format, with the algorithm to sign with.
+pub struct Raw {
+    pub algorithm: SignAlgorithm,
+}
+
+struct PreparedRaw {
+    digest: Digest,
+}
+
+impl Prepared for PreparedRaw {
+    fn to_sign(&self) -> &Digest {
+        &self.digest
+    }
+
+    fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
+        std::fs::write(out, signature).map_err(|e| FormatError::io(out, e))
+    }
+}
+
+fn open(path: &Path) -> Result<std::fs::File, FormatError> {
+    std::fs::File::open(path).map_err(|e| FormatError::io(path, e))
+}
+
+impl crate::Format for Raw {
+    fn name(&self) -> &'static str {
+        "raw"
+    }
+
+    fn prepare(
+        &self,
+        input: &Path,
+        key: &SignerKey,
+        progress: &dyn Fn(u64),
+    ) -> Result<Box<dyn Prepared>, FormatError> {
+        if !key.key_type.allows(self.algorithm) {
+            return Err(FormatError::KeyUnfit(format!(
+                "a {} key cannot sign with {}",
+                key.key_type, self.algorithm
+            )));
+        }
+        let digest = crate::hash_reader(open(input)?, self.algorithm, input, progress)?;
+        Ok(Box::new(PreparedRaw { digest }))
+    }
+
+    fn verify(
+        &self,
+        signed: &Path,
+        content: Option<&Path>,
+        key: &SignerKey,
+        progress: &dyn Fn(u64),
+    ) -> Result<Vec<String>, FormatError> {
+        let content: PathBuf = content
+            .map(Path::to_path_buf)
+            .ok_or_else(|| FormatError::Invalid("a raw signature needs the signed file".into()))?;
+        let sig = std::fs::read(signed).map_err(|e| FormatError::io(signed, e))?;
+        let digest = crate::hash_reader(open(&content)?, self.algorithm, &content, progress)?;
+        match influxion_verify::verify(key.key_type, &key.public_key_der, &digest, &sig) {
+            Ok(true) => Ok(vec![format!(
+                "{} signature over the {} of {} ({}) verifies with the key's public key",
+                self.algorithm,
+                self.algorithm.hash().as_str(),
+                content.display(),
+                hex::encode(digest.as_bytes())
+            )]),
+            Ok(false) => Err(FormatError::Verify(format!(
+                "the {} signature does not match {} and the key",
+                self.algorithm,
+                content.display()
+            ))),
+            Err(e) => Err(FormatError::Verify(e.to_string())),
+        }
+    }
+}

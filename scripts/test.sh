@@ -11,8 +11,9 @@ step() { printf '\n==> %s\n' "$*"; }
 
 step "system packages"
 missing=()
-# softhsm2 and opensc (pkcs11-tool): the PKCS#11 backend's tests.
-for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3 softhsm2-util:softhsm2 pkcs11-tool:opensc; do
+# softhsm2 and opensc (pkcs11-tool): the PKCS#11 backend's tests. osslsigncode,
+# sbverify and mingw-w64 (test PE and EFI files are built, not downloaded): Authenticode.
+for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3 softhsm2-util:softhsm2 pkcs11-tool:opensc osslsigncode:osslsigncode sbverify:sbsigntool x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
 # Debian's Chromium for the browser tests of the web app (driven by playwright-core;
@@ -45,6 +46,14 @@ if [ ! -x target/pkilint/bin/lint_pkix_cert ]; then
   target/pkilint/bin/pip install --quiet --disable-pip-version-check pkilint==0.13.3
 fi
 target/pkilint/bin/lint_pkix_cert --help >/dev/null
+
+step "MCUboot's imgtool (from PyPI)"
+if [ ! -x target/imgtool/bin/imgtool ]; then
+  mkdir -p target
+  python3 -m venv target/imgtool
+  target/imgtool/bin/pip install --quiet --disable-pip-version-check imgtool==2.5.0
+fi
+target/imgtool/bin/imgtool version
 
 step "cargo fmt --check"
 cargo fmt --all -- --check

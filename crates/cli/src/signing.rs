@@ -64,6 +64,9 @@ pub struct McubootArgs {
     /// Accept an image that is already signed: its signature and TLVs are replaced.
     #[arg(long, help_heading = "MCUboot (--format mcuboot)")]
     replace_signature: bool,
+    /// Load address for RAM-loaded images (sets IMAGE_F_RAM_LOAD).
+    #[arg(long, value_parser = parse_u32, help_heading = "MCUboot (--format mcuboot)")]
+    load_addr: Option<u32>,
 }
 
 /// A number as imgtool takes it: decimal or 0x-prefixed hex.
@@ -76,16 +79,21 @@ fn parse_u32(s: &str) -> Result<u32, String> {
 }
 
 impl FormatArgs {
-    /// The format, for a key of `key_type` signing with `algorithm`.
-    fn format(&self, algorithm: SignAlgorithm) -> Result<Box<dyn Format>> {
+    /// The format, signing with `algorithm`. Verifying reads the layout from the
+    /// file, so imgtool's layout options are needed only for signing.
+    fn format(&self, algorithm: SignAlgorithm, signing: bool) -> Result<Box<dyn Format>> {
         Ok(match self.format.as_str() {
             "raw" => Box::new(influxion_formats::raw::Raw { algorithm }),
             "cms" => Box::new(influxion_formats::cms::Cms { algorithm }),
             "mcuboot" => {
                 let m = &self.mcuboot;
-                let header_size = m.header_size.context(
-                    "--format mcuboot needs --header-size (e.g. 0x200), as imgtool does",
-                )?;
+                let header_size = match (m.header_size, signing) {
+                    (Some(h), _) => h,
+                    (None, false) => 0,
+                    (None, true) => {
+                        bail!("--format mcuboot needs --header-size (e.g. 0x200), as imgtool does")
+                    }
+                };
                 let version = influxion_formats::mcuboot::parse_version(&m.image_version)
                     .map_err(anyhow::Error::msg)?;
                 let security_counter = m
@@ -102,7 +110,7 @@ impl FormatArgs {
                         align: m.align,
                         version,
                         security_counter,
-                        load_addr: None,
+                        load_addr: m.load_addr,
                         replace_signature: m.replace_signature,
                     },
                 })
@@ -243,7 +251,7 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
         key.key_type,
         key.default_algorithm,
     )?;
-    let format = args.format.format(alg)?;
+    let format = args.format.format(alg, true)?;
     let out = match &args.output {
         Some(o) => o.clone(),
         None => args.format.default_output(&args.file)?,
@@ -252,7 +260,7 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     let bar = progress_for(&args.file);
     let prepared = format
         .prepare(&args.file, &signer, &|n| bar.inc(n))
-        .with_context(|| format!("{} ({} format)", args.file.display(), format.name()))?;
+        .with_context(|| format!("{} format", format.name()))?;
     bar.finish_and_clear();
     let digest = prepared.to_sign().clone();
     let mut meta = serde_json::Map::new();
@@ -400,7 +408,7 @@ pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
         (None, None) => bail!("give --key NAME or --public-key FILE"),
     };
     let alg = algorithm(args.algorithm.as_deref(), key.key_type, default_alg)?;
-    let format = args.format.format(alg)?;
+    let format = args.format.format(alg, false)?;
     let (signed, content) = if args.format.detached() {
         let sig = match &args.signature {
             Some(s) => s.clone(),

@@ -1645,11 +1645,19 @@ dWkkV4IvSpvwcduBxwqR+OS/1DqSBaRn7FFtU71MZW/tAgMBAAE=
         std::fs::create_dir_all(&dir).unwrap();
         let raw = write(&dir, "raw.bin", &raw_data());
         let zero = write(&dir, "zero.bin", &zero_header_data());
+        // The RSA key is random: keep the one an earlier run wrote, which imgtool used.
+        let rsa = match std::fs::read_to_string(dir.join("rsa3072.pem")) {
+            Ok(pem) => {
+                use rsa::pkcs8::DecodePrivateKey;
+                TestKey::Rsa(rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap())
+            }
+            Err(_) => rsa_key(),
+        };
         for (key, name) in [
             (p256_key(), "p256"),
             (p384_key(), "p384"),
             (ed_key(), "ed25519"),
-            (rsa_key(), "rsa3072"),
+            (rsa, "rsa3072"),
         ] {
             let signer = key.signer();
             let pem = influxion_verify::to_pem(&signer.public_key_der).unwrap();

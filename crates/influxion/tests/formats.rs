@@ -297,3 +297,244 @@ fn cms_signatures_verify_with_openssl() {
     assert_eq!(latest["detail"]["subject"], "CN=ext-fw", "{records}");
     assert_eq!(latest["detail"]["source"], "given", "{records}");
 }
+
+/// imgtool from PyPI, in the virtualenv scripts/test.sh makes.
+fn imgtool() -> std::path::PathBuf {
+    let p = repo_root().join("target/imgtool/bin/imgtool");
+    assert!(
+        p.exists(),
+        "imgtool is missing: scripts/test.sh installs it into target/imgtool"
+    );
+    p
+}
+
+/// The signature TLV (ECDSA_SIG 0x22, RSA3072_PSS 0x23, ED25519 0x24) of a signed
+/// MCUboot image, read by its header's sizes.
+fn signature_tlv(image: &[u8]) -> Vec<u8> {
+    let u16_at = |o: usize| usize::from(u16::from_le_bytes([image[o], image[o + 1]]));
+    let u32_at = |o: usize| {
+        usize::try_from(u32::from_le_bytes(image[o..o + 4].try_into().unwrap())).unwrap()
+    };
+    let (hdr, prot, img) = (u16_at(8), u16_at(10), u32_at(12));
+    let mut at = hdr + img + prot;
+    assert_eq!(u16_at(at), 0x6907, "no TLV area where the header says");
+    let end = at + u16_at(at + 2);
+    at += 4;
+    while at < end {
+        let (kind, len) = (image[at], u16_at(at + 2));
+        if matches!(kind, 0x22..=0x24) {
+            return image[at + 4..at + 4 + len].to_vec();
+        }
+        at += 4 + len;
+    }
+    panic!("no signature TLV");
+}
+
+#[test]
+fn mcuboot_images_verify_with_imgtool() {
+    use base64::Engine as _;
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    write_firmware(d, "app.bin", 40_000);
+    // Zephyr's zephyr.bin with CONFIG_ROM_START_OFFSET: the header region is zeros.
+    let mut zeroed = vec![0u8; 0x200];
+    zeroed.extend(std::fs::read(d.join("app.bin")).unwrap());
+    std::fs::write(d.join("zephyr.bin"), &zeroed).unwrap();
+    let imgtool = imgtool();
+    let options: [(&str, Vec<&str>); 2] = [
+        (
+            "app.bin",
+            vec![
+                "--header-size",
+                "0x200",
+                "--pad-header",
+                "--version",
+                "1.2.3+4",
+                "--security-counter",
+                "auto",
+                "--slot-size",
+                "0x20000",
+                "--align",
+                "8",
+            ],
+        ),
+        (
+            "zephyr.bin",
+            vec![
+                "--header-size",
+                "0x200",
+                "--version",
+                "2.0.0",
+                "--slot-size",
+                "0x20000",
+            ],
+        ),
+    ];
+    for (key, key_type) in [
+        ("mcu-p256", "ec-p256"),
+        ("mcu-p384", "ec-p384"),
+        ("mcu-ed", "ed25519"),
+        ("mcu-rsa", "rsa-3072"),
+    ] {
+        ok(&ks.admin(&["keys", "create", key, "--type", key_type], d));
+        let public = format!("{key}.pub.pem");
+        ok(&ks.signer(&["keys", "public", key, "-o", &public], d));
+        for (input, opts) in &options {
+            let out = format!("{key}-{input}.signed");
+            let mut args = vec![
+                "sign", "--key", key, "--format", "mcuboot", input, "-o", &out,
+            ];
+            args.extend(opts.iter().copied());
+            ok(&ks.signer(&args, d));
+            let v = std::process::Command::new(&imgtool)
+                .args(["verify", "-k", &public, &out])
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                v.status.success(),
+                "imgtool verify {key} {input}: {}{}",
+                String::from_utf8_lossy(&v.stdout),
+                String::from_utf8_lossy(&v.stderr)
+            );
+            // imgtool with the same options and our signature writes the same bytes:
+            // header, protected TLVs, image hash and key hash are imgtool's.
+            let ours = std::fs::read(d.join(&out)).unwrap();
+            let sig = base64::engine::general_purpose::STANDARD.encode(signature_tlv(&ours));
+            std::fs::write(d.join("sig.b64"), sig).unwrap();
+            let fixed = format!("{out}.imgtool");
+            let mut it = vec!["sign", "--fix-sig", "sig.b64", "--fix-sig-pubkey", &public];
+            it.extend(
+                opts.iter()
+                    .copied()
+                    .filter(|o| *o != "--security-counter" && *o != "auto"),
+            );
+            if opts.contains(&"--security-counter") {
+                it.extend(["-s", "auto"]);
+            }
+            it.extend([*input, fixed.as_str()]);
+            let s = std::process::Command::new(&imgtool)
+                .args(&it)
+                .current_dir(d)
+                .output()
+                .unwrap();
+            assert!(
+                s.status.success(),
+                "imgtool sign --fix-sig: {}",
+                String::from_utf8_lossy(&s.stderr)
+            );
+            assert!(
+                std::fs::read(d.join(&fixed)).unwrap() == ours,
+                "{key} {input}: imgtool's image differs from ours"
+            );
+            let checked = ok(&ks.signer(&["verify", "--format", "mcuboot", "--key", key, &out], d));
+            assert!(checked.contains("image hash"), "{checked}");
+        }
+    }
+    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--key", "mcu-ed",
+        ],
+        d,
+    )))
+    .unwrap();
+    assert_eq!(
+        audit["records"][0]["detail"]["format"], "mcuboot",
+        "{audit}"
+    );
+
+    // A modified image fails imgtool and influxion verify.
+    tampered(d, "mcu-p256-app.bin.signed", "changed.signed");
+    let v = std::process::Command::new(&imgtool)
+        .args(["verify", "-k", "mcu-p256.pub.pem", "changed.signed"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(!v.status.success(), "imgtool accepted a modified image");
+    let refused = ks.signer(
+        &[
+            "verify",
+            "--format",
+            "mcuboot",
+            "--key",
+            "mcu-p256",
+            "changed.signed",
+        ],
+        d,
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+
+    // Refused before any request, nothing written.
+    let mut resized = std::fs::read(d.join("mcu-p256-zephyr.bin.signed")).unwrap();
+    resized[12] ^= 0x10; // img_size no longer matches the file
+    std::fs::write(d.join("resized.signed"), resized).unwrap();
+    ok(&ks.admin(&["keys", "create", "mcu-rsa4096", "--type", "rsa-4096"], d));
+    let cases: [(&str, Vec<&str>, &str); 6] = [
+        (
+            "mcu-p256",
+            vec!["app.bin", "--header-size", "0x200"],
+            "--pad-header",
+        ),
+        (
+            "mcu-p256",
+            vec!["mcu-p256-zephyr.bin.signed", "--header-size", "0x200"],
+            "already a signed MCUboot image",
+        ),
+        (
+            "mcu-p256",
+            vec![
+                "resized.signed",
+                "--header-size",
+                "0x200",
+                "--replace-signature",
+            ],
+            "does not fit the file",
+        ),
+        (
+            "mcu-p256",
+            vec![
+                "zephyr.bin",
+                "--header-size",
+                "0x200",
+                "--slot-size",
+                "0x4000",
+            ],
+            "slot",
+        ),
+        ("mcu-p256", vec!["zephyr.bin"], "--header-size"),
+        (
+            "mcu-rsa4096",
+            vec!["zephyr.bin", "--header-size", "0x200"],
+            "rsa-4096",
+        ),
+    ];
+    let before = sign_records(&ks, d, "mcu-p256");
+    for (key, opts, says) in cases {
+        let mut args = vec![
+            "sign",
+            "--key",
+            key,
+            "--format",
+            "mcuboot",
+            "-o",
+            "refused.signed",
+        ];
+        args.extend(opts.iter().copied());
+        let out = ks.signer(&args, d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{opts:?}: {err}");
+        assert!(err.contains(says), "{opts:?}: wanted {says:?} in {err}");
+        assert!(!d.join("refused.signed").exists(), "{opts:?} wrote a file");
+    }
+    assert_eq!(
+        sign_records(&ks, d, "mcu-p256"),
+        before,
+        "a refused image reached the server"
+    );
+    assert_eq!(sign_records(&ks, d, "mcu-rsa4096"), 0);
+}

@@ -424,37 +424,64 @@ fn dev_mode_quick_start() {
             .mode();
         assert_eq!(mode & 0o077, 0, "{f} is readable by others");
     }
-    let mut cmd = Command::new(BIN);
-    cmd.current_dir(d)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
-    for line in env_file.lines() {
-        let (k, v) = line.trim_start_matches("export ").split_once('=').unwrap();
-        cmd.env(k, v);
-    }
+    // The CLI with nothing but dev.env's settings.
+    let dev_cli = |args: &[&str]| {
+        let mut c = Command::new(BIN);
+        c.current_dir(d)
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default());
+        for line in env_file.lines() {
+            let (k, v) = line.trim_start_matches("export ").split_once('=').unwrap();
+            c.env(k, v);
+        }
+        ok(&c.args(args).output().unwrap())
+    };
     write_firmware(d, "firmware.bin", 20 * 1024 * 1024);
-    ok(&cmd
-        .args([
-            "sign",
-            "--key",
-            "demo",
-            "firmware.bin",
-            "-o",
-            "firmware.sig",
-        ])
-        .output()
-        .unwrap());
-    let mut cmd2 = Command::new(BIN);
-    cmd2.current_dir(d).env_clear();
-    for line in env_file.lines() {
-        let (k, v) = line.trim_start_matches("export ").split_once('=').unwrap();
-        cmd2.env(k, v);
-    }
-    ok(&cmd2
-        .args(["keys", "public", "demo", "-o", "pub.pem"])
-        .output()
-        .unwrap());
+    dev_cli(&[
+        "sign",
+        "--key",
+        "demo",
+        "firmware.bin",
+        "-o",
+        "firmware.sig",
+    ]);
+    dev_cli(&["keys", "public", "demo", "-o", "pub.pem"]);
     assert_sha256_verifies(d, "pub.pem", "firmware.sig", "firmware.bin");
+
+    // The demo key carries a code-signing certificate from the development CA, so the
+    // formats that need one work from the quick start.
+    dev_cli(&[
+        "sign",
+        "--key",
+        "demo",
+        "--format",
+        "cms",
+        "firmware.bin",
+        "-o",
+        "firmware.p7s",
+    ]);
+    dev_cli(&["ca", "chain", "dev-device-ca", "-o", "dev-ca.pem"]);
+    let v = openssl(
+        &[
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            "firmware.p7s",
+            "-content",
+            "firmware.bin",
+            "-CAfile",
+            "dev-ca.pem",
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
+        ],
+        d,
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
 }
 
 /// The pending request id of key `key`, as approver 1 sees it, waiting for it to appear.

@@ -538,3 +538,94 @@ fn mcuboot_images_verify_with_imgtool() {
     );
     assert_eq!(sign_records(&ks, d, "mcu-rsa4096"), 0);
 }
+
+/// A key that needs an approval: the format is prepared before the request, shown to
+/// the approver, and the image is assembled once the quorum signs; the quorum's sign
+/// record names the format.
+#[test]
+fn a_format_signs_through_an_approval() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    write_firmware(d, "app.bin", 30_000);
+    ok(&ks.admin(&["keys", "create", "rel-mcu"], d));
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "approver-1",
+            "--app-id",
+            "approver-1",
+            "--grant",
+            "approver:rel-*",
+        ],
+        d,
+    ));
+    ok(&ks.admin(
+        &[
+            "keys",
+            "policy",
+            "rel-mcu",
+            "--approvals",
+            "1",
+            "--approver",
+            "approver-1",
+        ],
+        d,
+    ));
+    let signer = ks.spawn_signer(
+        &[
+            "sign",
+            "--key",
+            "rel-mcu",
+            "--format",
+            "mcuboot",
+            "--header-size",
+            "0x200",
+            "--pad-header",
+            "--version",
+            "3.1.0",
+            "app.bin",
+            "-o",
+            "rel.signed",
+            "--reason",
+            "release 3.1",
+        ],
+        d,
+    );
+    let id = pending_id(&ks, d);
+    let approver = |args: &[&str]| ks.cli("approver-1", "approver-1-secret-123456", args, d);
+    let shown = ok(&approver(&["approvals", "show", &id]));
+    assert!(
+        shown.contains("mcuboot"),
+        "the approver does not see the format: {shown}"
+    );
+    ok(&approver(&["approvals", "approve", &id]));
+    let out = signer.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    ok(&ks.signer(&["keys", "public", "rel-mcu", "-o", "rel.pem"], d));
+    let v = std::process::Command::new(imgtool())
+        .args(["verify", "-k", "rel.pem", "rel.signed"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--key", "rel-mcu",
+        ],
+        d,
+    )))
+    .unwrap();
+    let quorum = &audit["records"][0];
+    assert_eq!(quorum["actor"]["id"], "system:quorum", "{audit}");
+    assert_eq!(quorum["detail"]["format"], "mcuboot", "{audit}");
+}

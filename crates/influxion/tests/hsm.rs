@@ -187,6 +187,75 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     assert_eq!(ca["records"][0]["detail"]["backend"], "pkcs11", "{ca}");
     assert_eq!(ca["records"][0]["detail"]["token"], "line-1", "{ca}");
 
+    // The firmware formats with the token's key: a code-signing certificate from the
+    // token's CA, CMS checked by openssl, an MCUboot image checked by imgtool.
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "hsm-code",
+            "--ca",
+            "hsm-root",
+            "--cn",
+            "{device_id}",
+            "--key-types",
+            "ec-p256",
+            "--eku",
+            "code_signing",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["keys", "certify", "hsm-fw", "--profile", "hsm-code"], d));
+    ok(&ks.signer(
+        &[
+            "sign", "--key", "hsm-fw", "--format", "cms", "fw.bin", "-o", "fw.p7s",
+        ],
+        d,
+    ));
+    let v = openssl(
+        &[
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            "fw.p7s",
+            "-content",
+            "fw.bin",
+            "-CAfile",
+            "hroot.pem",
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
+        ],
+        d,
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "hsm-fw",
+            "--format",
+            "mcuboot",
+            "--header-size",
+            "0x200",
+            "--pad-header",
+            "fw.bin",
+            "-o",
+            "fw.signed",
+        ],
+        d,
+    ));
+    let v = Command::new(repo_root().join("target/imgtool/bin/imgtool"))
+        .args(["verify", "-k", "hsm.pem", "fw.signed"])
+        .current_dir(d)
+        .output()
+        .expect("imgtool (scripts/test.sh installs it into target/imgtool)");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
     // Keys made outside Influxion, bound by label or id. One the token would let out is
     // refused unless the operator accepts it, and that is audited.
     let keygen = |label: &str, id: &str, extra: &str| {

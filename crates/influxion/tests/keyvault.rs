@@ -89,6 +89,75 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
         .starts_with("influxion-"));
     assert!(!detail["vault_key_version"].as_str().unwrap().is_empty());
 
+    // The firmware formats with the vault's key: an MCUboot image imgtool accepts, and
+    // CMS with a code-signing certificate from the keyserver's CA.
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "kv-fw",
+            "--format",
+            "mcuboot",
+            "--header-size",
+            "0x200",
+            "--pad-header",
+            "fw.bin",
+            "-o",
+            "fw.signed",
+        ],
+        d,
+    ));
+    let v = std::process::Command::new(repo_root().join("target/imgtool/bin/imgtool"))
+        .args(["verify", "-k", "kv.pem", "fw.signed"])
+        .current_dir(d)
+        .output()
+        .expect("imgtool (scripts/test.sh installs it into target/imgtool)");
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    ok(&ks.admin(&["ca", "create", "cs-root", "--cn", "Code Signing Root"], d));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "code",
+            "--ca",
+            "cs-root",
+            "--cn",
+            "{device_id}",
+            "--eku",
+            "code_signing",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["keys", "certify", "kv-fw", "--profile", "code"], d));
+    ok(&ks.admin(&["ca", "chain", "cs-root", "-o", "cs-root.pem"], d));
+    ok(&ks.signer(
+        &[
+            "sign", "--key", "kv-fw", "--format", "cms", "fw.bin", "-o", "fw.p7s",
+        ],
+        d,
+    ));
+    let v = openssl(
+        &[
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            "fw.p7s",
+            "-content",
+            "fw.bin",
+            "-CAfile",
+            "cs-root.pem",
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
+        ],
+        d,
+    );
+    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+
     // With approvals: the approver's completing vote signs in the vault, and the
     // quorum's record names the vault key and version.
     ok(&ks.admin(

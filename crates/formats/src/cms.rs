@@ -30,11 +30,11 @@ pub struct Cms {
     pub algorithm: SignAlgorithm,
 }
 
-fn der_err(e: der::Error) -> FormatError {
+pub(crate) fn der_err(e: der::Error) -> FormatError {
     FormatError::Invalid(format!("CMS encoding: {e}"))
 }
 
-fn digest_oid(alg: SignAlgorithm) -> ObjectIdentifier {
+pub(crate) fn digest_oid(alg: SignAlgorithm) -> ObjectIdentifier {
     match alg.hash() {
         influxion_core::key::HashAlg::Sha256 => rfc5912::ID_SHA_256,
         influxion_core::key::HashAlg::Sha384 => rfc5912::ID_SHA_384,
@@ -93,20 +93,20 @@ fn signature_algorithm(alg: SignAlgorithm) -> Result<AlgorithmIdentifierOwned, F
     })
 }
 
-fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute, FormatError> {
+pub(crate) fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute, FormatError> {
     let mut values = SetOfVec::new();
     values.insert(value).map_err(der_err)?;
     Ok(Attribute { oid, values })
 }
 
-/// The leaf of `key`'s chain, which must carry the key's public key.
-fn leaf(key: &SignerKey) -> Result<Certificate, FormatError> {
+/// The leaf of `key`'s chain, which must carry the key's public key. `format` names
+/// the format that needs it, for the refusal.
+pub(crate) fn leaf(key: &SignerKey, format: &str) -> Result<Certificate, FormatError> {
     let der = key.chain.first().ok_or_else(|| {
-        FormatError::KeyUnfit(
-            "CMS carries the signer's certificate, and this key has none: give it one with \
+        FormatError::KeyUnfit(format!(
+            "{format} carries the signer's certificate, and this key has none: give it one with \
              `influxion keys certificate NAME --chain chain.pem` or `keys certify NAME`"
-                .into(),
-        )
+        ))
     })?;
     let cert = Certificate::from_der(der)
         .map_err(|e| FormatError::KeyUnfit(format!("the key's certificate does not parse: {e}")))?;
@@ -185,7 +185,7 @@ impl Prepared for PreparedCms {
 }
 
 /// The digest the signature covers: the DER of the signed attributes as a SET OF.
-fn attrs_digest(attrs: &SignedAttributes, alg: SignAlgorithm) -> Result<Digest, FormatError> {
+pub(crate) fn attrs_digest(attrs: &SignedAttributes, alg: SignAlgorithm) -> Result<Digest, FormatError> {
     let der = attrs.to_der().map_err(der_err)?;
     let mut h = crate::Hasher::new(alg.hash());
     h.update(&der);
@@ -217,7 +217,7 @@ impl crate::Format for Cms {
         progress: &dyn Fn(u64),
     ) -> Result<Box<dyn Prepared>, FormatError> {
         check_key(key, self.algorithm)?;
-        let leaf = leaf(key)?;
+        let leaf = leaf(key, "CMS")?;
         signature_algorithm(self.algorithm)?;
         let file = std::fs::File::open(input).map_err(|e| FormatError::io(input, e))?;
         let content = crate::hash_reader(file, self.algorithm, input, progress)?;

@@ -31,11 +31,16 @@
 //! end-to-end figure is `POST /v1/keys/vault-demo/sign`; vault sign calls are counted
 //! per signature the keyserver returned (it must be 1.0).
 //!
+//! With `--mode formats` the client side is measured on a large file: `sha256sum`
+//! beside Influxion's streaming hash, and `influxion sign --format F` for each format
+//! with its wall time and peak RSS (see `formats.rs`).
+//!
 //! With `--mode pkcs11` the key is on a SoftHSM2 token (a token made in the bench's
 //! directory, `--pool` sessions in the keyserver): the baseline is SoftHSM's own sign
 //! rate through the same module driven directly in this process at the same
 //! concurrency, the end-to-end figure is `POST /v1/keys/hsm-demo/sign`.
 
+mod formats;
 mod pkcs11;
 
 use std::path::PathBuf;
@@ -73,6 +78,13 @@ struct Args {
     /// With `--mode pkcs11`: the keyserver's session pool (INFLUXION_PKCS11_POOL).
     #[arg(long, default_value_t = 4)]
     pool: usize,
+    /// With `--mode formats`: the size of the file signed, in MiB.
+    #[arg(long, default_value_t = 2048)]
+    size_mib: usize,
+    /// Run this command, wait for it, and print its peak RSS in KiB (used by `--mode
+    /// formats` to measure the CLI).
+    #[arg(long, num_args = 1.., allow_hyphen_values = true)]
+    rss_of: Vec<String>,
 }
 
 /// Drive requests made by `make` at `concurrency` for `seconds` (after 2 s of warm-up):
@@ -367,8 +379,11 @@ fn percentile(sorted: &[u32], p: f64) -> f64 {
 }
 
 #[tokio::main]
-async fn main() -> Result<()> {
+async fn main() -> Result<std::process::ExitCode> {
     let args = Args::parse();
+    if !args.rss_of.is_empty() {
+        return formats::rss_of(&args.rss_of);
+    }
     let dir = std::env::temp_dir().join(format!("influxion-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -431,13 +446,25 @@ async fn main() -> Result<()> {
     let token = Arc::new(tok["access_token"].as_str().context("no token")?.to_owned());
 
     if args.mode == "web" {
-        return web(&args, &http, &base, token, server, &dir).await;
+        return web(&args, &http, &base, token, server, &dir)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS);
     }
     if let Some((_idp, v)) = vault {
-        return vault_mode(&args, &http, &base, token, server, &dir, v).await;
+        return vault_mode(&args, &http, &base, token, server, &dir, v)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS);
     }
     if args.mode == "pkcs11" {
-        return pkcs11_mode(&args, &http, &base, token, server, &dir).await;
+        return pkcs11_mode(&args, &http, &base, token, server, &dir)
+            .await
+            .map(|()| std::process::ExitCode::SUCCESS);
+    }
+    if args.mode == "formats" {
+        formats::run(&args.influxion, &dir, &env, args.size_mib)?;
+        drop(server);
+        let _ = std::fs::remove_dir_all(&dir);
+        return Ok(std::process::ExitCode::SUCCESS);
     }
     let cpus = cores();
     let certs = args.mode == "certs";
@@ -506,7 +533,7 @@ async fn main() -> Result<()> {
     println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!("ratio end-to-end / raw: {:.3}", rps / raw);
     println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
-    Ok(())
+    Ok(std::process::ExitCode::SUCCESS)
 }
 
 /// `--mode web`: the keyclient's overhead over calling the keyserver directly.

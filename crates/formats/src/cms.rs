@@ -184,8 +184,25 @@ impl Prepared for PreparedCms {
     }
 }
 
+/// Now, for a signingTime attribute: UTCTime through 2049, GeneralizedTime after
+/// (RFC 5652 11.3). x509-cert's `Time::try_from(SystemTime)` always gives
+/// GeneralizedTime, which osslsigncode, reading a UTCTime, rejects.
+pub(crate) fn signing_time() -> Result<x509_cert::time::Time, FormatError> {
+    use x509_cert::time::Time;
+    let now = std::time::SystemTime::now();
+    match der::asn1::UtcTime::from_system_time(now) {
+        Ok(t) => Ok(Time::UtcTime(t)),
+        Err(_) => Ok(Time::GeneralTime(
+            der::asn1::GeneralizedTime::from_system_time(now).map_err(der_err)?,
+        )),
+    }
+}
+
 /// The digest the signature covers: the DER of the signed attributes as a SET OF.
-pub(crate) fn attrs_digest(attrs: &SignedAttributes, alg: SignAlgorithm) -> Result<Digest, FormatError> {
+pub(crate) fn attrs_digest(
+    attrs: &SignedAttributes,
+    alg: SignAlgorithm,
+) -> Result<Digest, FormatError> {
     let der = attrs.to_der().map_err(der_err)?;
     let mut h = crate::Hasher::new(alg.hash());
     h.update(&der);
@@ -221,9 +238,7 @@ impl crate::Format for Cms {
         signature_algorithm(self.algorithm)?;
         let file = std::fs::File::open(input).map_err(|e| FormatError::io(input, e))?;
         let content = crate::hash_reader(file, self.algorithm, input, progress)?;
-        // UTCTime through 2049, GeneralizedTime after (RFC 5652 11.3).
-        let time =
-            x509_cert::time::Time::try_from(std::time::SystemTime::now()).map_err(der_err)?;
+        let time = signing_time()?;
         let mut attrs = SignedAttributes::new();
         for a in [
             attribute(

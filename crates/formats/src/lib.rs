@@ -16,6 +16,7 @@ use std::path::Path;
 
 use influxion_core::{Digest, KeyType, SignAlgorithm};
 
+pub mod authenticode;
 pub mod cms;
 pub mod mcuboot;
 pub mod raw;
@@ -98,7 +99,7 @@ pub trait Format {
 }
 
 /// The format names the CLI and the keyserver accept.
-pub const NAMES: [&str; 3] = ["raw", "cms", "mcuboot"];
+pub const NAMES: [&str; 4] = ["raw", "cms", "mcuboot", "authenticode"];
 
 /// The digest of everything `reader` yields for signing with `alg`.
 pub fn hash_reader(

@@ -28,7 +28,8 @@ use crate::output;
 #[derive(Args)]
 pub struct FormatArgs {
     /// Signature format: raw (a detached signature), cms (detached CMS SignedData with
-    /// the key's certificate chain), mcuboot (a signed MCUboot image).
+    /// the key's certificate chain), mcuboot (a signed MCUboot image), authenticode (a
+    /// signed Windows PE or UEFI image).
     #[arg(long, default_value = "raw", value_parser = influxion_formats::NAMES)]
     format: String,
     #[command(flatten)]
@@ -85,6 +86,7 @@ impl FormatArgs {
         Ok(match self.format.as_str() {
             "raw" => Box::new(influxion_formats::raw::Raw { algorithm }),
             "cms" => Box::new(influxion_formats::cms::Cms { algorithm }),
+            "authenticode" => Box::new(influxion_formats::authenticode::Authenticode { algorithm }),
             "mcuboot" => {
                 let m = &self.mcuboot;
                 let header_size = match (m.header_size, signing) {

@@ -47,6 +47,37 @@ fn tampered(d: &Path, file: &str, to: &str) {
     std::fs::write(d.join(to), bytes).unwrap();
 }
 
+/// A code-signing profile of the keyserver's own CA (`cs-root`, its chain in
+/// `root.pem`) and `keys`, each certified by it.
+fn code_signing_keys(ks: &Keyserver, d: &Path, keys: &[(&str, &str)]) {
+    ok(&ks.admin(&["ca", "create", "cs-root", "--cn", "Code Signing Root"], d));
+    ok(&ks.admin(
+        &[
+            "profiles",
+            "set",
+            "code-signing",
+            "--ca",
+            "cs-root",
+            "--cn",
+            "{device_id}",
+            "--key-types",
+            "ec-p256,ec-p384,rsa-3072",
+            "--eku",
+            "code_signing",
+        ],
+        d,
+    ));
+    ok(&ks.admin(&["ca", "chain", "cs-root", "-o", "root.pem"], d));
+    for (key, key_type) in keys {
+        ok(&ks.admin(&["keys", "create", key, "--type", key_type], d));
+        let certified = ok(&ks.admin(&["keys", "certify", key, "--profile", "code-signing"], d));
+        assert!(
+            certified.contains("code-signing certificate"),
+            "{certified}"
+        );
+    }
+}
+
 fn sign_records(ks: &Keyserver, d: &Path, key: &str) -> usize {
     let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
         &[
@@ -69,37 +100,15 @@ fn cms_signatures_verify_with_openssl() {
     let ks = start_keyserver(d, &provider.issuer);
     write_firmware(d, "fw.bin", 300_000);
 
-    // A code-signing profile of the keyserver's own CA certifies the keys.
-    ok(&ks.admin(&["ca", "create", "cs-root", "--cn", "Code Signing Root"], d));
-    ok(&ks.admin(
-        &[
-            "profiles",
-            "set",
-            "code-signing",
-            "--ca",
-            "cs-root",
-            "--cn",
-            "{device_id}",
-            "--key-types",
-            "ec-p256,ec-p384,rsa-3072",
-            "--eku",
-            "code_signing",
-        ],
+    code_signing_keys(
+        &ks,
         d,
-    ));
-    ok(&ks.admin(&["ca", "chain", "cs-root", "-o", "root.pem"], d));
-    for (key, key_type) in [
-        ("fw-p256", "ec-p256"),
-        ("fw-p384", "ec-p384"),
-        ("fw-rsa", "rsa-3072"),
-    ] {
-        ok(&ks.admin(&["keys", "create", key, "--type", key_type], d));
-        let certified = ok(&ks.admin(&["keys", "certify", key, "--profile", "code-signing"], d));
-        assert!(
-            certified.contains("code-signing certificate"),
-            "{certified}"
-        );
-    }
+        &[
+            ("fw-p256", "ec-p256"),
+            ("fw-p384", "ec-p384"),
+            ("fw-rsa", "rsa-3072"),
+        ],
+    );
     let cases = [
         ("fw-p256", None),
         ("fw-p384", None),
@@ -628,4 +637,195 @@ fn a_format_signs_through_an_approval() {
     let quorum = &audit["records"][0];
     assert_eq!(quorum["actor"]["id"], "system:quorum", "{audit}");
     assert_eq!(quorum["detail"]["format"], "mcuboot", "{audit}");
+}
+
+/// `name` compiled by mingw-w64 from `source` with `flags`: test PE files are built,
+/// not downloaded.
+fn mingw(d: &Path, name: &str, source: &str, flags: &[&str]) {
+    let c = format!("{name}.c");
+    std::fs::write(d.join(&c), source).unwrap();
+    let out = std::process::Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-O2", "-o", name, &c])
+        .args(flags)
+        .current_dir(d)
+        .output()
+        .expect(
+            "x86_64-w64-mingw32-gcc (Debian gcc-mingw-w64-x86-64; scripts/test.sh installs it)",
+        );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+fn tool(d: &Path, prog: &str, args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(prog)
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog} (scripts/test.sh installs it): {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn authenticode_signatures_verify_with_osslsigncode_and_sbverify() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    mingw(d, "hello.exe", "int main(void) { return 0; }\n", &[]);
+    mingw(
+        d,
+        "hello.efi",
+        "unsigned long long efi_main(void *image, void *system_table) { return 0; }\n",
+        &["-nostdlib", "-Wl,--subsystem,10", "-e", "efi_main"],
+    );
+    code_signing_keys(&ks, d, &[("win-p256", "ec-p256"), ("win-rsa", "rsa-3072")]);
+    for (key, alg) in [("win-p256", "ES256"), ("win-rsa", "RS256")] {
+        let exe = format!("{key}.exe");
+        ok(&ks.signer(
+            &[
+                "sign",
+                "--key",
+                key,
+                "--format",
+                "authenticode",
+                "--algorithm",
+                alg,
+                "hello.exe",
+                "-o",
+                &exe,
+            ],
+            d,
+        ));
+        let (verified, said) = tool(
+            d,
+            "osslsigncode",
+            &["verify", "-CAfile", "root.pem", "-in", &exe],
+        );
+        assert!(verified, "osslsigncode {key}: {said}");
+        let checked = ok(&ks.signer(
+            &["verify", "--format", "authenticode", "--key", key, &exe],
+            d,
+        ));
+        assert!(
+            checked.starts_with("signature OK (authenticode format"),
+            "{checked}"
+        );
+
+        // A UEFI application, checked as shim and the firmware do, by sbverify.
+        let efi = format!("{key}.efi");
+        ok(&ks.signer(
+            &[
+                "sign",
+                "--key",
+                key,
+                "--format",
+                "authenticode",
+                "--algorithm",
+                alg,
+                "hello.efi",
+                "-o",
+                &efi,
+            ],
+            d,
+        ));
+        ok(&ks.signer(&["keys", "certificate", key, "-o", "chain.pem"], d));
+        let chain = std::fs::read_to_string(d.join("chain.pem")).unwrap();
+        let end = chain.find("-----END CERTIFICATE-----").unwrap() + 25;
+        std::fs::write(d.join("leaf.pem"), &chain[..end]).unwrap();
+        let (verified, said) = tool(d, "sbverify", &["--cert", "leaf.pem", &efi]);
+        assert!(verified, "sbverify {key}: {said}");
+    }
+    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+        &[
+            "--output", "json", "audit", "list", "--action", "sign", "--key", "win-rsa",
+        ],
+        d,
+    )))
+    .unwrap();
+    assert_eq!(
+        audit["records"][0]["detail"]["format"], "authenticode",
+        "{audit}"
+    );
+
+    // One byte of the program changed: both verifiers refuse.
+    tampered(d, "win-p256.exe", "changed.exe");
+    let (verified, _) = tool(
+        d,
+        "osslsigncode",
+        &["verify", "-CAfile", "root.pem", "-in", "changed.exe"],
+    );
+    assert!(!verified, "osslsigncode accepted a changed program");
+    let refused = ks.signer(
+        &[
+            "verify",
+            "--format",
+            "authenticode",
+            "--key",
+            "win-p256",
+            "changed.exe",
+        ],
+        d,
+    );
+    assert_eq!(refused.status.code(), Some(1), "{refused:?}");
+
+    // Refused before any request, nothing written: not a PE, a truncated PE, a key type
+    // Authenticode cannot use, a key without a certificate.
+    write_firmware(d, "fw.bin", 5_000);
+    let exe = std::fs::read(d.join("hello.exe")).unwrap();
+    std::fs::write(d.join("truncated.exe"), &exe[..300]).unwrap();
+    ok(&ks.admin(&["keys", "create", "win-ed", "--type", "ed25519"], d));
+    ok(&ks.admin(&["keys", "create", "win-nocert"], d));
+    let before = sign_records(&ks, d, "win-p256");
+    for (key, input, says) in [
+        ("win-p256", "fw.bin", "not a PE"),
+        ("win-p256", "truncated.exe", "truncated"),
+        ("win-ed", "hello.exe", "Ed25519"),
+        ("win-nocert", "hello.exe", "has none"),
+    ] {
+        let out = ks.signer(
+            &[
+                "sign",
+                "--key",
+                key,
+                "--format",
+                "authenticode",
+                input,
+                "-o",
+                "refused.exe",
+            ],
+            d,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{key} {input}: {err}");
+        assert!(
+            err.contains(says),
+            "{key} {input}: wanted {says:?} in {err}"
+        );
+        assert!(
+            !d.join("refused.exe").exists(),
+            "{key} {input} wrote a file"
+        );
+    }
+    assert_eq!(
+        sign_records(&ks, d, "win-p256"),
+        before,
+        "a refused file reached the server"
+    );
+    assert_eq!(
+        sign_records(&ks, d, "win-ed") + sign_records(&ks, d, "win-nocert"),
+        0
+    );
 }

@@ -79,7 +79,10 @@ pub(crate) fn run(influxion: &Path, dir: &Path, env_file: &str, mib: usize) -> R
     // writing the file's size to this disk with fsync, which formats that write a new
     // image (MCUboot, Authenticode) cannot beat.
     let t = Instant::now();
-    let out = Command::new("openssl").args(["dgst", "-sha256"]).arg(&file).output()?;
+    let out = Command::new("openssl")
+        .args(["dgst", "-sha256"])
+        .arg(&file)
+        .output()?;
     if !out.status.success() {
         bail!("openssl dgst failed");
     }
@@ -102,7 +105,13 @@ pub(crate) fn run(influxion: &Path, dir: &Path, env_file: &str, mib: usize) -> R
     // appended, which Authenticode hashes as trailing data.
     let pe = dir.join("big.exe");
     big_pe(dir, &file, &pe)?;
-    let mcuboot: &[&str] = &["--header-size", "0x200", "--pad-header", "--version", "1.0.0"];
+    let mcuboot: &[&str] = &[
+        "--header-size",
+        "0x200",
+        "--pad-header",
+        "--version",
+        "1.0.0",
+    ];
     let formats: [(&str, &Path, &[&str]); 4] = [
         ("raw", &file, &[]),
         ("cms", &file, &[]),

@@ -34,6 +34,23 @@ pub struct FormatArgs {
     format: String,
     #[command(flatten)]
     mcuboot: McubootArgs,
+    /// Ask this RFC 3161 Time-Stamping Authority (http or https) for a timestamp of the
+    /// signature and embed it (sign, --format authenticode or cms), as signtool /tr and
+    /// osslsigncode -ts do.
+    #[arg(long, value_parser = parse_tsa_url, value_name = "URL")]
+    timestamp_url: Option<url::Url>,
+}
+
+/// A TSA URL: http or https only (RFC 3161 over HTTP, section 3.4).
+fn parse_tsa_url(s: &str) -> Result<url::Url, String> {
+    let u = url::Url::parse(s).map_err(|e| format!("{s:?} is not a URL: {e}"))?;
+    match u.scheme() {
+        "http" | "https" if u.host().is_some() => Ok(u),
+        "http" | "https" => Err(format!("{s:?} names no host")),
+        other => Err(format!(
+            "a timestamp URL is http or https, not {other}: RFC 3161 over HTTP"
+        )),
+    }
 }
 
 /// imgtool's options, with imgtool's names and meanings (`--format mcuboot`).
@@ -133,6 +150,17 @@ impl FormatArgs {
             "raw" => Ok(beside(".sig")),
             "cms" => Ok(beside(".p7s")),
             f => bail!("--format {f} writes a new file: name it with -o OUT"),
+        }
+    }
+
+    /// The TSA to ask, if any, refused for formats that carry no timestamp.
+    fn timestamp_url(&self) -> Result<Option<&url::Url>> {
+        match (&self.timestamp_url, self.format.as_str()) {
+            (Some(_), "authenticode" | "cms") | (None, _) => Ok(self.timestamp_url.as_ref()),
+            (Some(_), f) => bail!(
+                "--timestamp-url is for --format authenticode and cms: the {f} format carries \
+                 no timestamp"
+            ),
         }
     }
 
@@ -243,7 +271,67 @@ fn algorithm(
     Ok(alg)
 }
 
+/// The largest TSA answer read: a token with its certificates is a few kilobytes.
+const MAX_TSA_RESPONSE: usize = influxion_formats::tsp::MAX_RESPONSE;
+
+/// An RFC 3161 timestamp token over `signature` (its `hash`), from the TSA at `url`:
+/// POST a TimeStampReq with a random nonce, read at most 64 KiB, and check the answer.
+async fn timestamp(
+    url: &url::Url,
+    hash: influxion_core::key::HashAlg,
+    signature: &[u8],
+) -> Result<Vec<u8>> {
+    use reqwest::header::{ACCEPT, CONTENT_TYPE};
+    let request = influxion_formats::tsp::request(hash, signature, rand::random())?;
+    let http = reqwest::Client::builder()
+        .timeout(std::time::Duration::from_secs(30))
+        // The request goes to the URL named, never elsewhere.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .context("building the HTTP client")?;
+    let mut resp = http
+        .post(url.clone())
+        .header(CONTENT_TYPE, "application/timestamp-query")
+        .header(ACCEPT, "application/timestamp-reply")
+        .body(request.clone())
+        .send()
+        .await
+        .with_context(|| format!("asking the TSA at {url}"))?;
+    let status = resp.status();
+    if !status.is_success() {
+        bail!("the TSA at {url} answered HTTP {status}");
+    }
+    let content_type = resp
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("none")
+        .to_owned();
+    let too_large = || anyhow::anyhow!("the TSA at {url} answered more than 64 KiB");
+    if resp
+        .content_length()
+        .is_some_and(|n| usize::try_from(n).map_or(true, |n| n > MAX_TSA_RESPONSE))
+    {
+        return Err(too_large());
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .with_context(|| format!("reading the TSA's answer from {url}"))?
+    {
+        if body.len() + chunk.len() > MAX_TSA_RESPONSE {
+            return Err(too_large());
+        }
+        body.extend_from_slice(&chunk);
+    }
+    influxion_formats::tsp::token_from_response(&body, &request)
+        .with_context(|| format!("the TSA at {url} (Content-Type {content_type:?})"))
+}
+
 pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
+    // A usage error, before any request.
+    let tsa = args.format.timestamp_url()?.cloned();
     let key: KeyView = c
         .fetch(Method::GET, &format!("/v1/keys/{}", args.key))
         .await?
@@ -260,7 +348,7 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     };
     let signer = signer_key(&mut c, &key).await?;
     let bar = progress_for(&args.file);
-    let prepared = format
+    let mut prepared = format
         .prepare(&args.file, &signer, &|n| bar.inc(n))
         .with_context(|| format!("{} format", format.name()))?;
     bar.finish_and_clear();
@@ -349,6 +437,18 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
     if !public::verify(key.key_type, &signer.public_key_der, &digest, &sig)? {
         bail!("the keyserver returned a signature that does not verify; nothing written");
     }
+    if let Some(url) = &tsa {
+        // The signature is made and audited; without its timestamp nothing is written.
+        let failed = |e: anyhow::Error| {
+            anyhow::anyhow!("signed ({summary}) but the timestamp failed: {e:#}; nothing written")
+        };
+        let token = timestamp(url, digest.algorithm().hash(), &sig)
+            .await
+            .map_err(failed)?;
+        prepared
+            .set_timestamp(token)
+            .map_err(|e| failed(e.into()))?;
+    }
     // Written beside the output and renamed into place, so a failure leaves nothing.
     let partial = {
         let mut s = out.as_os_str().to_owned();
@@ -370,12 +470,17 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
                 "format": name, "digest": digest.to_hex(), "output": out,
                 "signature_file": out, "signed": true,
                 "summary": summary, "approved_by": approvals,
+                "timestamp_url": tsa.as_ref().map(url::Url::as_str),
             })
         );
         return Ok(ExitCode::SUCCESS);
     }
+    let stamped = tsa
+        .as_ref()
+        .map(|u| format!(", timestamped by {u}"))
+        .unwrap_or_default();
     eprintln!(
-        "signed {} with {} ({alg}, {name}), signed {} {}, {summary}, output in {}",
+        "signed {} with {} ({alg}, {name}), signed {} {}, {summary}{stamped}, output in {}",
         args.file.display(),
         key.name,
         alg.hash().as_str(),
@@ -386,6 +491,9 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
 }
 
 pub async fn verify(cfg: ClientConfig, args: VerifyArgs) -> Result<ExitCode> {
+    if args.format.timestamp_url.is_some() {
+        bail!("--timestamp-url is for sign: verify checks the timestamp a file carries");
+    }
     let (key, default_alg) = match (&args.public_key, &args.key) {
         (Some(p), _) => {
             let pem =

@@ -694,6 +694,8 @@ struct PreparedAuthenticode {
     to_sign: Digest,
     leaf: Certificate,
     chain: Vec<Vec<u8>>,
+    /// An RFC 3161 timestamp token over the signature, for the unsigned attributes.
+    timestamp: Option<Vec<u8>>,
 }
 
 impl PreparedAuthenticode {
@@ -709,8 +711,12 @@ impl PreparedAuthenticode {
             signed_attrs: Some(self.signed_attrs.clone()),
             signature_algorithm: signature_alg(self.algorithm)?,
             signature: OctetString::new(signature).map_err(der_err)?,
-            // Where an RFC 3161 timestamp (a countersignature) would go.
-            unsigned_attrs: None,
+            // The RFC 3161 timestamp, where signtool /tr and osslsigncode -ts put it.
+            unsigned_attrs: crate::tsp::unsigned_attrs(
+                crate::tsp::SPC_RFC3161,
+                self.timestamp.as_deref(),
+                signature,
+            )?,
         };
         let mut certs = SetOfVec::new();
         for (i, c) in self.chain.iter().enumerate() {
@@ -815,6 +821,12 @@ impl Prepared for PreparedAuthenticode {
         &self.to_sign
     }
 
+    fn set_timestamp(&mut self, token: Vec<u8>) -> Result<(), FormatError> {
+        crate::tsp::check_shape(&token)?;
+        self.timestamp = Some(token);
+        Ok(())
+    }
+
     fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
         let table = win_certificate(&self.pkcs7(signature)?)?;
         let (mut tmp, file) = temp_next_to(out)?;
@@ -877,6 +889,7 @@ impl crate::Format for Authenticode {
             to_sign,
             leaf,
             chain: key.chain.clone(),
+            timestamp: None,
         }))
     }
 
@@ -1116,6 +1129,9 @@ impl crate::Format for Authenticode {
              key",
             names.join(", ")
         ));
+        if let Some(ts) = crate::tsp::find(signer, crate::tsp::SPC_RFC3161).map_err(|e| bad(&e))? {
+            checked.push(ts.to_string());
+        }
 
         let actual = sum.finish();
         if actual != layout.checksum {
@@ -1797,6 +1813,60 @@ mod tests {
             .map(|e| e.unwrap().file_name())
             .collect();
         assert_eq!(names.len(), 3, "{names:?}");
+    }
+
+    #[test]
+    fn a_timestamp_is_embedded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let input = write(dir.path(), "app.exe", &exe());
+        let out = dir.path().join("ts.exe");
+        for (alg, key) in [
+            (SignAlgorithm::Es256, p256_key()),
+            (SignAlgorithm::Rs384, rsa_key()),
+        ] {
+            let mut prepared = Authenticode { algorithm: alg }
+                .prepare(&input, &key.signer(), &|_| {})
+                .unwrap();
+            let sig = key.sign(prepared.to_sign());
+            let token = crate::tsp::test_tsa::token_over(alg.hash(), &sig);
+            prepared.set_timestamp(token.clone()).unwrap();
+            prepared.assemble(&sig, &out).unwrap();
+            let checks = verify(alg, &key, &out).unwrap();
+            assert!(
+                checks.iter().any(|c| c.starts_with(
+                    "RFC 3161 timestamp by CN=Influxion test TSA at 2025-01-02T03:04:05.5Z \
+                     over the signature"
+                )),
+                "{checks:#?}"
+            );
+            // The token is in the file as the TSA made it.
+            let signed = std::fs::read(&out).unwrap();
+            assert!(signed.windows(token.len()).any(|w| w == token.as_slice()));
+
+            // A token over another signature is refused when assembling.
+            let mut prepared = Authenticode { algorithm: alg }
+                .prepare(&input, &key.signer(), &|_| {})
+                .unwrap();
+            let sig = key.sign(prepared.to_sign());
+            prepared
+                .set_timestamp(crate::tsp::test_tsa::token_over(alg.hash(), b"other"))
+                .unwrap();
+            let err = prepared
+                .assemble(&sig, &dir.path().join("no.exe"))
+                .unwrap_err();
+            assert!(
+                matches!(&err, FormatError::Invalid(m) if m.contains("over another signature")),
+                "{err}"
+            );
+            assert!(!dir.path().join("no.exe").exists());
+        }
+        // Not a token at all.
+        let mut prepared = Authenticode {
+            algorithm: SignAlgorithm::Es256,
+        }
+        .prepare(&input, &p256_key().signer(), &|_| {})
+        .unwrap();
+        assert!(prepared.set_timestamp(b"\x30\x00".to_vec()).is_err());
     }
 
     #[test]

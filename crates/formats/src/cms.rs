@@ -129,11 +129,19 @@ struct PreparedCms {
     signed_attrs: SignedAttributes,
     leaf: Certificate,
     chain: Vec<Vec<u8>>,
+    /// An RFC 3161 timestamp token over the signature, for the unsigned attributes.
+    timestamp: Option<Vec<u8>>,
 }
 
 impl Prepared for PreparedCms {
     fn to_sign(&self) -> &Digest {
         &self.to_sign
+    }
+
+    fn set_timestamp(&mut self, token: Vec<u8>) -> Result<(), FormatError> {
+        crate::tsp::check_shape(&token)?;
+        self.timestamp = Some(token);
+        Ok(())
     }
 
     fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
@@ -151,7 +159,12 @@ impl Prepared for PreparedCms {
             signed_attrs: Some(self.signed_attrs),
             signature_algorithm: signature_algorithm(self.algorithm)?,
             signature: OctetString::new(signature).map_err(der_err)?,
-            unsigned_attrs: None,
+            // RFC 3161 appendix A: the timestamp of the signature value.
+            unsigned_attrs: crate::tsp::unsigned_attrs(
+                crate::tsp::ID_AA_TIME_STAMP_TOKEN,
+                self.timestamp.as_deref(),
+                signature,
+            )?,
         };
         let mut certs = SetOfVec::new();
         for c in &self.chain {
@@ -264,6 +277,7 @@ impl crate::Format for Cms {
             signed_attrs: attrs,
             leaf,
             chain: key.chain.clone(),
+            timestamp: None,
         }))
     }
 
@@ -394,10 +408,119 @@ impl crate::Format for Cms {
             )),
             _ => return Err(bad(&format!("the {alg} signature over the signed attributes does not verify"))),
         }
+        if let Some(ts) =
+            crate::tsp::find(signer, crate::tsp::ID_AA_TIME_STAMP_TOKEN).map_err(|e| bad(&e))?
+        {
+            checked.push(ts.to_string());
+        }
         checked.push(format!(
             "{} certificate(s) included; the chain is not checked against a trust anchor here (openssl cms -verify -CAfile does)",
             sd.certificates.map(|c| c.0.len()).unwrap_or(0)
         ));
         Ok(checked)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use crate::Format;
+    use p256::ecdsa::signature::hazmat::PrehashSigner;
+    use p256::pkcs8::EncodePublicKey;
+
+    struct Public(Vec<u8>);
+
+    impl rcgen::PublicKeyData for Public {
+        fn der_bytes(&self) -> &[u8] {
+            &self.0
+        }
+
+        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+            &rcgen::PKCS_ECDSA_P256_SHA256
+        }
+    }
+
+    /// A P-256 key with a self-made chain: a leaf issued by a test root.
+    fn signer() -> (p256::ecdsa::SigningKey, SignerKey) {
+        let key = p256::ecdsa::SigningKey::from_slice(&[5u8; 32]).unwrap();
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut root = rcgen::CertificateParams::new(vec![]).unwrap();
+        root.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let root_cert = root.self_signed(&root_key).unwrap();
+        let issuer = rcgen::Issuer::new(root, root_key);
+        let point = key
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        let leaf = rcgen::CertificateParams::new(vec![])
+            .unwrap()
+            .signed_by(&Public(point), &issuer)
+            .unwrap();
+        let signer = SignerKey {
+            key_type: KeyType::EcP256,
+            public_key_der: key
+                .verifying_key()
+                .to_public_key_der()
+                .unwrap()
+                .as_bytes()
+                .to_vec(),
+            chain: vec![leaf.der().to_vec(), root_cert.der().to_vec()],
+        };
+        (key, signer)
+    }
+
+    #[test]
+    fn a_timestamp_is_embedded_and_checked() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("fw.bin");
+        std::fs::write(&content, b"firmware").unwrap();
+        let out = dir.path().join("fw.bin.p7s");
+        let (key, signer) = signer();
+        let cms = Cms {
+            algorithm: SignAlgorithm::Es256,
+        };
+        let mut prepared = cms.prepare(&content, &signer, &|_| {}).unwrap();
+        let sig: p256::ecdsa::Signature = key.sign_prehash(prepared.to_sign().as_bytes()).unwrap();
+        let sig = sig.to_der().as_bytes().to_vec();
+        let token = crate::tsp::test_tsa::token_over(influxion_core::key::HashAlg::Sha256, &sig);
+        prepared.set_timestamp(token).unwrap();
+        prepared.assemble(&sig, &out).unwrap();
+        let checks = cms.verify(&out, Some(&content), &signer, &|_| {}).unwrap();
+        assert!(
+            checks.iter().any(|c| c.starts_with(
+                "RFC 3161 timestamp by CN=Influxion test TSA at 2025-01-02T03:04:05.5Z"
+            )),
+            "{checks:#?}"
+        );
+        // Without a timestamp, no such line.
+        let prepared = cms.prepare(&content, &signer, &|_| {}).unwrap();
+        let sig: p256::ecdsa::Signature = key.sign_prehash(prepared.to_sign().as_bytes()).unwrap();
+        prepared.assemble(sig.to_der().as_bytes(), &out).unwrap();
+        let checks = cms.verify(&out, Some(&content), &signer, &|_| {}).unwrap();
+        assert!(
+            !checks.iter().any(|c| c.contains("RFC 3161")),
+            "{checks:#?}"
+        );
+    }
+
+    #[test]
+    fn raw_signatures_carry_no_timestamp() {
+        let dir = tempfile::tempdir().unwrap();
+        let content = dir.path().join("fw.bin");
+        std::fs::write(&content, b"firmware").unwrap();
+        let (_, signer) = signer();
+        let mut prepared = crate::raw::Raw {
+            algorithm: SignAlgorithm::Es256,
+        }
+        .prepare(&content, &signer, &|_| {})
+        .unwrap();
+        let err = prepared.set_timestamp(vec![0x30, 0]).unwrap_err();
+        assert!(
+            matches!(&err, FormatError::Invalid(m) if m.contains("carries no timestamp")),
+            "{err}"
+        );
     }
 }

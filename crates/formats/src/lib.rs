@@ -6,7 +6,10 @@
 //! keyserver's sign API for a signature over that digest (or waits for a signing
 //! request's approvals), and [`Prepared::assemble`] writes the output. The keyserver
 //! learns the format's name, never the file. [`Format::verify`] checks an output
-//! offline and says what it checked.
+//! offline and says what it checked. Authenticode and CMS can carry an RFC 3161
+//! timestamp of the signature: the caller asks a TSA with [`tsp::request`], checks the
+//! answer with [`tsp::token_from_response`] and hands the token to
+//! [`Prepared::set_timestamp`] before assembling.
 //!
 //! A new format (U-Boot FIT, ESP32 Secure Boot v2, TF-M, UEFI capsules) is a new module
 //! implementing [`Format`] and a line in [`by_name`]; nothing else changes.
@@ -20,6 +23,7 @@ pub mod authenticode;
 pub mod cms;
 pub mod mcuboot;
 pub mod raw;
+pub mod tsp;
 
 /// Why a format could not prepare, assemble or verify. Every variant is a refusal the
 /// CLI prints and exits non-zero for, with nothing written and no request sent.
@@ -71,6 +75,15 @@ pub trait Prepared: Send {
     /// Write the signed output to `out`. `signature` is what the sign API returned
     /// (DER for ECDSA) and has been verified against the key by the caller.
     fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError>;
+
+    /// Embed an RFC 3161 timestamp token (from [`tsp::token_from_response`]) over the
+    /// signature that `assemble` is then given. Formats without timestamps refuse.
+    fn set_timestamp(&mut self, token: Vec<u8>) -> Result<(), FormatError> {
+        let _ = token;
+        Err(FormatError::Invalid(
+            "this format carries no timestamp: --timestamp-url is for authenticode and cms".into(),
+        ))
+    }
 }
 
 /// One signature format.

@@ -1631,59 +1631,6 @@ dWkkV4IvSpvwcduBxwqR+OS/1DqSBaRn7FFtU71MZW/tAgMBAAE=
         verify_file(&key, &out).unwrap();
     }
 
-    /// Writes signed samples, the public keys and the raw signatures for a cross-check
-    /// with imgtool (`imgtool verify`, `imgtool sign --fix-sig`), and verifies any
-    /// `imgtool-<key>.bin` that imgtool signed with the same keys:
-    /// `MCUBOOT_SAMPLES=/tmp/x cargo test -p influxion-formats -- --ignored samples`.
-    #[test]
-    #[ignore]
-    fn write_samples_for_imgtool() {
-        let Ok(dir) = std::env::var("MCUBOOT_SAMPLES") else {
-            return;
-        };
-        let dir = PathBuf::from(dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let raw = write(&dir, "raw.bin", &raw_data());
-        let zero = write(&dir, "zero.bin", &zero_header_data());
-        // The RSA key is random: keep the one an earlier run wrote, which imgtool used.
-        let rsa = match std::fs::read_to_string(dir.join("rsa3072.pem")) {
-            Ok(pem) => {
-                use rsa::pkcs8::DecodePrivateKey;
-                TestKey::Rsa(rsa::RsaPrivateKey::from_pkcs8_pem(&pem).unwrap())
-            }
-            Err(_) => rsa_key(),
-        };
-        for (key, name) in [
-            (p256_key(), "p256"),
-            (p384_key(), "p384"),
-            (ed_key(), "ed25519"),
-            (rsa, "rsa3072"),
-        ] {
-            let signer = key.signer();
-            let pem = influxion_verify::to_pem(&signer.public_key_der).unwrap();
-            std::fs::write(dir.join(format!("{name}.pub.pem")), pem).unwrap();
-            if let TestKey::Rsa(k) = &key {
-                use rsa::pkcs8::EncodePrivateKey;
-                let pem = k.to_pkcs8_pem(rsa::pkcs8::LineEnding::LF).unwrap();
-                std::fs::write(dir.join("rsa3072.pem"), pem.as_bytes()).unwrap();
-            }
-            for (input, options, config) in [(&raw, options_a(), "a"), (&zero, options_b(), "b")] {
-                let fmt = Mcuboot { options };
-                let prepared = fmt.prepare(input, &signer, &|_| {}).unwrap();
-                let sig = key.sign(prepared.to_sign());
-                prepared
-                    .assemble(&sig, &dir.join(format!("{name}-{config}.bin")))
-                    .unwrap();
-                std::fs::write(dir.join(format!("{name}-{config}.sig")), sig).unwrap();
-            }
-            let theirs = dir.join(format!("imgtool-{name}.bin"));
-            if theirs.exists() {
-                let checks = verify_file(&key, &theirs).unwrap();
-                println!("{}: {checks:?}", theirs.display());
-            }
-        }
-    }
-
     /// A header with small sizes, so that the fuzzed tail reaches the TLV parsing.
     fn plausible_image() -> impl Strategy<Value = Vec<u8>> {
         (

@@ -829,3 +829,411 @@ fn authenticode_signatures_verify_with_osslsigncode_and_sbverify() {
         0
     );
 }
+
+/// RFC 3161 timestamps from a local TSA (`openssl ts -reply` behind a minimal HTTP
+/// server): osslsigncode checks the Authenticode timestamp against the TSA's CA,
+/// openssl still verifies the timestamped CMS, and influxion verify reports both. A TSA
+/// that fails leaves nothing written, though the signature was made.
+#[test]
+fn timestamps_from_a_local_tsa_verify_with_osslsigncode_and_openssl() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let ks = start_keyserver(d, &provider.issuer);
+    mingw(d, "hello.exe", "int main(void) { return 0; }\n", &[]);
+    write_firmware(d, "fw.bin", 20_000);
+    code_signing_keys(&ks, d, &[("ts-p256", "ec-p256"), ("ts-rsa", "rsa-3072")]);
+    tsa_pki(d);
+    let tsa = LocalTsa::start(d, TsaMode::Grant);
+    let url = tsa.url();
+
+    for (key, alg) in [("ts-p256", "ES256"), ("ts-rsa", "RS256")] {
+        let exe = format!("{key}-ts.exe");
+        let said = ks.signer(
+            &[
+                "sign",
+                "--key",
+                key,
+                "--format",
+                "authenticode",
+                "--algorithm",
+                alg,
+                "--timestamp-url",
+                &url,
+                "hello.exe",
+                "-o",
+                &exe,
+            ],
+            d,
+        );
+        ok(&said);
+        assert!(
+            String::from_utf8_lossy(&said.stderr).contains(&format!("timestamped by {url}")),
+            "{said:?}"
+        );
+        let (verified, out) = tool(
+            d,
+            "osslsigncode",
+            &[
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-TSA-CAfile",
+                "tsa-ca.pem",
+                "-in",
+                &exe,
+            ],
+        );
+        assert!(verified, "osslsigncode {key}: {out}");
+        for needle in [
+            "Timestamp Server Signature verification: ok",
+            "Timestamp verified using:",
+            "Subject: /CN=Influxion Test TSA\n",
+            "Signature verification time:",
+            "Signature verification: ok",
+        ] {
+            assert!(out.contains(needle), "{key}: wanted {needle:?} in {out}");
+        }
+        let checked = ok(&ks.signer(
+            &["verify", "--format", "authenticode", "--key", key, &exe],
+            d,
+        ));
+        assert!(
+            checked.contains("checked: RFC 3161 timestamp by CN=Influxion Test TSA at ")
+                && checked.contains("RSA PKCS#1 v1.5 sha256 signature over the TSTInfo verifies"),
+            "{checked}"
+        );
+        // Another TSA root: osslsigncode 2.9 says the timestamp fails (and still accepts
+        // the signature itself, checked at the current time).
+        let (verified, out) = tool(
+            d,
+            "osslsigncode",
+            &[
+                "verify",
+                "-CAfile",
+                "root.pem",
+                "-TSA-CAfile",
+                "root.pem",
+                "-in",
+                &exe,
+            ],
+        );
+        assert!(
+            out.contains("Timestamp Server Signature verification: failed"),
+            "osslsigncode accepted an untrusted TSA ({verified}): {out}"
+        );
+    }
+    assert_eq!(
+        tsa.content_types(),
+        vec!["application/timestamp-query"; 2],
+        "what the TSA was sent"
+    );
+
+    // CMS: openssl still verifies the signature; influxion verify checks the token.
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "ts-p256",
+            "--format",
+            "cms",
+            "--timestamp-url",
+            &url,
+            "fw.bin",
+            "-o",
+            "fw-ts.p7s",
+        ],
+        d,
+    ));
+    let (verified, err) = openssl_cms_verifies(d, "fw-ts.p7s", "fw.bin", "root.pem");
+    assert!(verified, "{err}");
+    let printed = openssl(
+        &[
+            "cms",
+            "-cmsout",
+            "-print",
+            "-inform",
+            "DER",
+            "-in",
+            "fw-ts.p7s",
+        ],
+        d,
+    );
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    assert!(printed.contains("id-smime-aa-timeStampToken"), "{printed}");
+    let checked = ok(&ks.signer(
+        &[
+            "verify",
+            "--format",
+            "cms",
+            "--key",
+            "ts-p256",
+            "fw.bin",
+            "--signature",
+            "fw-ts.p7s",
+        ],
+        d,
+    ));
+    assert!(
+        checked.contains("checked: RFC 3161 timestamp by CN=Influxion Test TSA"),
+        "{checked}"
+    );
+
+    // A TSA that fails: the signature is made and audited, nothing is written.
+    for mode in [TsaMode::Error, TsaMode::Garbage] {
+        let bad = LocalTsa::start(d, mode);
+        let before = sign_records(&ks, d, "ts-p256");
+        let out = ks.signer(
+            &[
+                "sign",
+                "--key",
+                "ts-p256",
+                "--format",
+                "authenticode",
+                "--timestamp-url",
+                &bad.url(),
+                "hello.exe",
+                "-o",
+                "failed.exe",
+            ],
+            d,
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{mode:?}: {err}");
+        assert!(
+            err.contains("signed (audit record ")
+                && err.contains("but the timestamp failed")
+                && err.contains("nothing written"),
+            "{mode:?}: {err}"
+        );
+        let says = match mode {
+            TsaMode::Error => "HTTP 500",
+            _ => "not an RFC 3161 TimeStampResp",
+        };
+        assert!(err.contains(says), "{mode:?}: wanted {says:?} in {err}");
+        assert!(!d.join("failed.exe").exists() && !d.join("failed.exe.partial").exists());
+        assert_eq!(sign_records(&ks, d, "ts-p256"), before + 1);
+    }
+
+    // Refused before any request: a format without timestamps, a scheme not HTTP.
+    let before = sign_records(&ks, d, "ts-p256");
+    for (args, says) in [
+        (
+            vec!["--format", "raw", "--timestamp-url", url.as_str()],
+            "--timestamp-url is for --format authenticode and cms",
+        ),
+        (
+            vec!["--format", "cms", "--timestamp-url", "ftp://127.0.0.1/"],
+            "http or https",
+        ),
+    ] {
+        let mut all = vec!["sign", "--key", "ts-p256", "fw.bin", "-o", "refused.sig"];
+        all.extend(args);
+        let out = ks.signer(&all, d);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{err}");
+        assert!(err.contains(says), "wanted {says:?} in {err}");
+        assert!(!d.join("refused.sig").exists());
+    }
+    assert_eq!(sign_records(&ks, d, "ts-p256"), before);
+}
+
+/// A TSA root and a TSA certificate (RSA, extendedKeyUsage critical timeStamping)
+/// made with openssl: `tsa-ca.pem`, `tsa.pem`, `tsa.key`, and `ts.cnf` for `openssl
+/// ts -reply`.
+fn tsa_pki(d: &Path) {
+    std::fs::write(
+        d.join("tsa.ext"),
+        "[tsa]\nbasicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=critical,timeStamping\nsubjectKeyIdentifier=hash\n\
+         authorityKeyIdentifier=keyid\n",
+    )
+    .unwrap();
+    std::fs::write(
+        d.join("ts.cnf"),
+        "[tsa]\ndefault_tsa = tsa_config1\n\n[tsa_config1]\nserial = ./tsaserial\n\
+         crypto_device = builtin\nsigner_digest = sha256\ndefault_policy = 1.2.3.4.1\n\
+         digests = sha256, sha384, sha512\naccuracy = secs:1, millisecs:500, microsecs:100\n\
+         clock_precision_digits = 0\nordering = no\ntsa_name = yes\n\
+         ess_cert_id_chain = no\ness_cert_id_alg = sha256\n",
+    )
+    .unwrap();
+    std::fs::write(d.join("tsaserial"), "01\n").unwrap();
+    for args in [
+        vec![
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "tsa-ca.key",
+            "-subj",
+            "/CN=Influxion Test TSA Root",
+            "-days",
+            "30",
+            "-out",
+            "tsa-ca.pem",
+        ],
+        vec![
+            "req",
+            "-new",
+            "-newkey",
+            "rsa:3072",
+            "-nodes",
+            "-keyout",
+            "tsa.key",
+            "-subj",
+            "/CN=Influxion Test TSA",
+            "-out",
+            "tsa.csr",
+        ],
+        vec![
+            "x509",
+            "-req",
+            "-in",
+            "tsa.csr",
+            "-CA",
+            "tsa-ca.pem",
+            "-CAkey",
+            "tsa-ca.key",
+            "-days",
+            "30",
+            "-extfile",
+            "tsa.ext",
+            "-extensions",
+            "tsa",
+            "-out",
+            "tsa.pem",
+        ],
+    ] {
+        let out = openssl(&args, d);
+        assert!(
+            out.status.success(),
+            "openssl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum TsaMode {
+    /// Answer with `openssl ts -reply`.
+    Grant,
+    /// HTTP 500.
+    Error,
+    /// 200 with a body that is no TimeStampResp.
+    Garbage,
+}
+
+/// A TSA on 127.0.0.1: one HTTP POST per connection, answered by `openssl ts -reply`
+/// in `d` (with `tsa_pki`'s files). Its thread ends with the test process.
+struct LocalTsa {
+    port: u16,
+    content_types: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+impl LocalTsa {
+    fn start(d: &Path, mode: TsaMode) -> LocalTsa {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let content_types = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = content_types.clone();
+        let d = d.to_path_buf();
+        std::thread::spawn(move || {
+            for (n, conn) in listener.incoming().enumerate() {
+                let Ok(stream) = conn else { continue };
+                if let Err(e) = answer(&d, mode, n, stream, &seen) {
+                    eprintln!("local TSA: {e}");
+                }
+            }
+        });
+        LocalTsa {
+            port,
+            content_types,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("http://127.0.0.1:{}/", self.port)
+    }
+
+    fn content_types(&self) -> Vec<String> {
+        self.content_types.lock().unwrap().clone()
+    }
+}
+
+fn answer(
+    d: &Path,
+    mode: TsaMode,
+    n: usize,
+    mut stream: std::net::TcpStream,
+    seen: &std::sync::Mutex<Vec<String>>,
+) -> std::io::Result<()> {
+    use std::io::{BufRead, Read, Write};
+    let mut reader = std::io::BufReader::new(stream.try_clone()?);
+    let (mut len, mut content_type) = (0usize, String::new());
+    loop {
+        let mut line = String::new();
+        if reader.read_line(&mut line)? == 0 || line.trim_end().is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.trim_end().split_once(':') {
+            match k.trim().to_ascii_lowercase().as_str() {
+                "content-length" => len = v.trim().parse().unwrap_or(0),
+                "content-type" => content_type = v.trim().to_owned(),
+                _ => {}
+            }
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    seen.lock().unwrap().push(content_type);
+    let (status, reply) = match mode {
+        TsaMode::Grant => {
+            let (q, r) = (format!("q{n}.tsq"), format!("r{n}.tsr"));
+            std::fs::write(d.join(&q), &body)?;
+            let out = openssl(
+                &[
+                    "ts",
+                    "-reply",
+                    "-queryfile",
+                    &q,
+                    "-signer",
+                    "tsa.pem",
+                    "-inkey",
+                    "tsa.key",
+                    "-config",
+                    "ts.cnf",
+                    "-out",
+                    &r,
+                ],
+                d,
+            );
+            if out.status.success() {
+                ("200 OK", std::fs::read(d.join(&r))?)
+            } else {
+                eprintln!(
+                    "openssl ts -reply: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                ("500 Internal Server Error", Vec::new())
+            }
+        }
+        TsaMode::Error => ("500 Internal Server Error", b"busy".to_vec()),
+        TsaMode::Garbage => ("200 OK", b"<html>not a timestamp</html>".to_vec()),
+    };
+    write!(
+        stream,
+        "HTTP/1.1 {status}\r\nContent-Type: application/timestamp-reply\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n",
+        reply.len()
+    )?;
+    stream.write_all(&reply)?;
+    stream.flush()
+}

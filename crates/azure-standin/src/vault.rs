@@ -67,7 +67,7 @@ pub enum CertificateKey {
     P256,
     P384,
     Rsa3072,
-    /// A key type Influxion does not use, to test refusals.
+    /// The smallest RSA key Influxion binds (for MCUboot's RSA-2048 devices).
     Rsa2048,
 }
 

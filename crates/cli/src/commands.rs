@@ -36,7 +36,7 @@ pub enum KeysCommand {
     /// Create a key (key-admin).
     Create {
         name: String,
-        /// ec-p256, ec-p384, ed25519, rsa-3072 or rsa-4096.
+        /// ec-p256, ec-p384, ed25519, rsa-2048 (for devices that verify nothing stronger), rsa-3072 or rsa-4096.
         #[arg(long = "type", default_value = "ec-p256")]
         key_type: String,
         /// The key backend: software, azure-keyvault, pkcs11 or pkcs11:TOKEN (default:

@@ -78,6 +78,11 @@ pub enum KeyType {
     EcP384,
     #[serde(rename = "ed25519")]
     Ed25519,
+    /// For devices whose boot ROM or bootloader verifies RSA-2048 only (MCUboot's
+    /// RSA2048_PSS, older Secure Boot chains): 112-bit strength, NIST-acceptable
+    /// through 2030. Prefer ec-p256 or rsa-3072 for new keys.
+    #[serde(rename = "rsa-2048")]
+    Rsa2048,
     #[serde(rename = "rsa-3072")]
     Rsa3072,
     #[serde(rename = "rsa-4096")]
@@ -85,10 +90,11 @@ pub enum KeyType {
 }
 
 impl KeyType {
-    pub const ALL: [KeyType; 5] = [
+    pub const ALL: [KeyType; 6] = [
         KeyType::EcP256,
         KeyType::EcP384,
         KeyType::Ed25519,
+        KeyType::Rsa2048,
         KeyType::Rsa3072,
         KeyType::Rsa4096,
     ];
@@ -98,6 +104,7 @@ impl KeyType {
             KeyType::EcP256 => "ec-p256",
             KeyType::EcP384 => "ec-p384",
             KeyType::Ed25519 => "ed25519",
+            KeyType::Rsa2048 => "rsa-2048",
             KeyType::Rsa3072 => "rsa-3072",
             KeyType::Rsa4096 => "rsa-4096",
         }
@@ -110,7 +117,9 @@ impl KeyType {
             KeyType::EcP256 => &[Es256],
             KeyType::EcP384 => &[Es384],
             KeyType::Ed25519 => &[EdDsa],
-            KeyType::Rsa3072 | KeyType::Rsa4096 => &[Rs256, Rs384, Rs512, Ps256, Ps384, Ps512],
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+                &[Rs256, Rs384, Rs512, Ps256, Ps384, Ps512]
+            }
         }
     }
 

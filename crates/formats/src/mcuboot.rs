@@ -31,6 +31,7 @@ const TLV_SHA256: u16 = 0x10;
 const TLV_SHA384: u16 = 0x11;
 const TLV_SHA512: u16 = 0x12;
 const TLV_ECDSA_SIG: u16 = 0x22;
+const TLV_RSA2048: u16 = 0x20;
 const TLV_RSA3072: u16 = 0x23;
 const TLV_ED25519: u16 = 0x24;
 const TLV_SIG_PURE: u16 = 0x25;
@@ -188,6 +189,13 @@ fn profile(key_type: KeyType) -> Result<Profile, FormatError> {
             name: "Ed25519",
             sig_len: (64, 64),
         },
+        KeyType::Rsa2048 => Profile {
+            alg: SignAlgorithm::Ps256,
+            hash_tlv: TLV_SHA256,
+            sig_tlv: TLV_RSA2048,
+            name: "RSA-2048 PSS",
+            sig_len: (256, 256),
+        },
         KeyType::Rsa3072 => Profile {
             alg: SignAlgorithm::Ps256,
             hash_tlv: TLV_SHA256,
@@ -198,7 +206,7 @@ fn profile(key_type: KeyType) -> Result<Profile, FormatError> {
         KeyType::Rsa4096 => {
             return Err(FormatError::KeyUnfit(format!(
                 "MCUboot cannot take a {key_type} key: it verifies ec-p256, ec-p384, \
-                 ed25519 and rsa-3072 keys (and RSA-2048, which Influxion does not make)"
+                 ed25519, rsa-2048 and rsa-3072 keys"
             )))
         }
     })
@@ -237,11 +245,16 @@ fn public_bytes(key: &SignerKey) -> Result<Vec<u8>, FormatError> {
             .map_err(|_| unfit())?
             .to_public_key_der()
             .map_err(|_| unfit())?,
-        KeyType::Rsa3072 => {
+        KeyType::Rsa2048 | KeyType::Rsa3072 => {
             use rsa::pkcs1::EncodeRsaPublicKey;
             use rsa::traits::PublicKeyParts;
             let k = rsa::RsaPublicKey::from_public_key_der(der).map_err(|_| unfit())?;
-            if k.size() != 384 {
+            let bytes = if key.key_type == KeyType::Rsa2048 {
+                256
+            } else {
+                384
+            };
+            if k.size() != bytes {
                 return Err(unfit());
             }
             let pkcs1 = k.to_pkcs1_der().map_err(|_| unfit())?;

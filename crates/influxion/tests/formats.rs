@@ -317,7 +317,7 @@ fn imgtool() -> std::path::PathBuf {
     p
 }
 
-/// The signature TLV (ECDSA_SIG 0x22, RSA3072_PSS 0x23, ED25519 0x24) of a signed
+/// The signature TLV (RSA2048_PSS 0x20, ECDSA_SIG 0x22, RSA3072_PSS 0x23, ED25519 0x24) of a signed
 /// MCUboot image, read by its header's sizes.
 fn signature_tlv(image: &[u8]) -> Vec<u8> {
     let u16_at = |o: usize| usize::from(u16::from_le_bytes([image[o], image[o + 1]]));
@@ -331,7 +331,7 @@ fn signature_tlv(image: &[u8]) -> Vec<u8> {
     at += 4;
     while at < end {
         let (kind, len) = (image[at], u16_at(at + 2));
-        if matches!(kind, 0x22..=0x24) {
+        if matches!(kind, 0x20 | 0x22..=0x24) {
             return image[at + 4..at + 4 + len].to_vec();
         }
         at += 4 + len;
@@ -388,6 +388,7 @@ fn mcuboot_images_verify_with_imgtool() {
         ("mcu-p256", "ec-p256"),
         ("mcu-p384", "ec-p384"),
         ("mcu-ed", "ed25519"),
+        ("mcu-rsa2048", "rsa-2048"),
         ("mcu-rsa", "rsa-3072"),
     ] {
         ok(&ks.admin(&["keys", "create", key, "--type", key_type], d));

@@ -36,6 +36,9 @@ impl PrivateKey {
             KeyType::Ed25519 => {
                 PrivateKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
             }
+            KeyType::Rsa2048 => PrivateKey::Rsa(Box::new(
+                rsa::RsaPrivateKey::new(&mut OsRng, 2048).map_err(crypto)?,
+            )),
             KeyType::Rsa3072 => PrivateKey::Rsa(Box::new(
                 rsa::RsaPrivateKey::new(&mut OsRng, 3072).map_err(crypto)?,
             )),
@@ -57,7 +60,7 @@ impl PrivateKey {
             KeyType::Ed25519 => {
                 PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(bad)?)
             }
-            KeyType::Rsa3072 | KeyType::Rsa4096 => PrivateKey::Rsa(Box::new(
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => PrivateKey::Rsa(Box::new(
                 rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(bad)?,
             )),
         })
@@ -71,6 +74,7 @@ impl PrivateKey {
             PrivateKey::P384(_) => KeyType::EcP384,
             PrivateKey::Ed25519(_) => KeyType::Ed25519,
             PrivateKey::Rsa(k) => match k.size() * 8 {
+                2048 => KeyType::Rsa2048,
                 3072 => KeyType::Rsa3072,
                 4096 => KeyType::Rsa4096,
                 _ => return None,
@@ -142,7 +146,7 @@ impl MemoryKey {
         Err(BackendError::Unwrap)
     }
 
-    /// `None` for a key of a type Influxion has no use for (RSA-2048).
+    /// `None` for a key of a type Influxion has no use for (RSA-1024, P-521).
     pub fn key_type(&self) -> Option<KeyType> {
         self.0.key_type()
     }

@@ -127,10 +127,11 @@ fn key_type_of(jwk: &Value) -> Result<KeyType, BackendError> {
                 .map(|n| n.iter().skip_while(|b| **b == 0).count() * 8)
                 .unwrap_or(0);
             match bits {
+                2048 => Ok(KeyType::Rsa2048),
                 3072 => Ok(KeyType::Rsa3072),
                 4096 => Ok(KeyType::Rsa4096),
                 _ => Err(unfit(format!(
-                    "the vault key is RSA-{bits}; Influxion signs with RSA-3072 and RSA-4096"
+                    "the vault key is RSA-{bits}; Influxion signs with RSA-2048, RSA-3072 and RSA-4096"
                 ))),
             }
         }
@@ -588,7 +589,7 @@ fn spki_of(key_type: KeyType, jwk: &Value) -> Result<Vec<u8>, BackendError> {
                     .to_public_key_der()
             }
         }
-        KeyType::Rsa3072 | KeyType::Rsa4096 => {
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
             let n = rsa::BigUint::from_bytes_be(&field("n")?);
             let e = rsa::BigUint::from_bytes_be(&field("e")?);
             rsa::RsaPublicKey::new(n, e)
@@ -628,6 +629,7 @@ impl KeyBackend for KeyVaultBackend {
         let body = match key_type {
             KeyType::EcP256 => json!({"kty": format!("EC{hsm}"), "crv": "P-256"}),
             KeyType::EcP384 => json!({"kty": format!("EC{hsm}"), "crv": "P-384"}),
+            KeyType::Rsa2048 => json!({"kty": format!("RSA{hsm}"), "key_size": 2048}),
             KeyType::Rsa3072 => json!({"kty": format!("RSA{hsm}"), "key_size": 3072}),
             KeyType::Rsa4096 => json!({"kty": format!("RSA{hsm}"), "key_size": 4096}),
             // Key Vault has no Ed25519 keys.

@@ -682,12 +682,13 @@ fn find_existing(
         (Some(t), Some(P256_OID), _) if t == CkKeyType::EC => KeyType::EcP256,
         (Some(t), Some(P384_OID), _) if t == CkKeyType::EC => KeyType::EcP384,
         (Some(t), Some(_), _) if t == CkKeyType::EC_EDWARDS => KeyType::Ed25519,
+        (Some(t), _, 2048) if t == CkKeyType::RSA => KeyType::Rsa2048,
         (Some(t), _, 3072) if t == CkKeyType::RSA => KeyType::Rsa3072,
         (Some(t), _, 4096) if t == CkKeyType::RSA => KeyType::Rsa4096,
         _ => {
             return Err(unfit(format!(
                 "the token key with {named} is of a type Influxion does not sign with \
-                 (it signs with EC P-256, P-384, Ed25519, RSA-3072 and RSA-4096)"
+                 (it signs with EC P-256, P-384, Ed25519, RSA-2048, RSA-3072 and RSA-4096)"
             )))
         }
     };
@@ -766,7 +767,7 @@ fn spki_of(
                 }
             }
         }
-        KeyType::Rsa3072 | KeyType::Rsa4096 => {
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
             let attrs = session
                 .get_attributes(
                     public,
@@ -863,11 +864,11 @@ impl KeyBackend for Pkcs11Backend {
                         public.push(Attribute::EcParams(ED25519_PARAMS.to_vec()));
                         Mechanism::EccEdwardsKeyPairGen
                     }
-                    KeyType::Rsa3072 | KeyType::Rsa4096 => {
-                        let bits: u64 = if key_type == KeyType::Rsa3072 {
-                            3072
-                        } else {
-                            4096
+                    KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+                        let bits: u64 = match key_type {
+                            KeyType::Rsa2048 => 2048,
+                            KeyType::Rsa3072 => 3072,
+                            _ => 4096,
                         };
                         public.push(Attribute::ModulusBits(bits.into()));
                         public.push(Attribute::PublicExponent(vec![0x01, 0x00, 0x01]));

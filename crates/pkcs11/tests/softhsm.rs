@@ -42,6 +42,7 @@ async fn the_pkcs11_backend_conforms_on_softhsm() {
         &[
             KeyType::EcP256,
             KeyType::EcP384,
+            KeyType::Rsa2048,
             KeyType::Rsa3072,
             KeyType::Ed25519,
         ],

@@ -47,7 +47,7 @@ pub fn verify(
             let k = ed25519_dalek::VerifyingKey::from_public_key_der(spki).map_err(parse)?;
             ed25519_dalek::Signature::from_slice(sig).is_ok_and(|s| k.verify(d, &s).is_ok())
         }
-        KeyType::Rsa3072 | KeyType::Rsa4096 => {
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
             use rsa::{Pkcs1v15Sign, Pss};
             use sha2::{Sha256, Sha384, Sha512};
             let k = rsa::RsaPublicKey::from_public_key_der(spki).map_err(parse)?;
@@ -109,6 +109,7 @@ pub fn detect_key_type(spki: &[u8]) -> Option<KeyType> {
     }
     let k = rsa::RsaPublicKey::from_public_key_der(spki).ok()?;
     match k.size() * 8 {
+        2048 => Some(KeyType::Rsa2048),
         3072 => Some(KeyType::Rsa3072),
         4096 => Some(KeyType::Rsa4096),
         _ => None,
@@ -131,7 +132,7 @@ pub fn to_jwk(key_type: KeyType, spki: &[u8]) -> Result<serde_json::Value, Publi
             let k = ed25519_dalek::VerifyingKey::from_public_key_der(spki).map_err(parse)?;
             serde_json::json!({"kty": "OKP", "crv": "Ed25519", "x": B64URL.encode(k.as_bytes())})
         }
-        KeyType::Rsa3072 | KeyType::Rsa4096 => {
+        KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
             let k = rsa::RsaPublicKey::from_public_key_der(spki).map_err(parse)?;
             serde_json::json!({
                 "kty": "RSA",

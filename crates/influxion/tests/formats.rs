@@ -11,34 +11,6 @@ use std::path::Path;
 
 use common::*;
 
-/// `openssl cms -verify` of a detached signature over `content`, trusting `ca`.
-fn openssl_cms_verifies(d: &Path, p7s: &str, content: &str, ca: &str) -> (bool, String) {
-    let out = openssl(
-        &[
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            p7s,
-            "-content",
-            content,
-            "-CAfile",
-            ca,
-            "-purpose",
-            "any",
-            "-out",
-            "/dev/null",
-        ],
-        d,
-    );
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 /// A copy of `file` with one byte changed.
 fn tampered(d: &Path, file: &str, to: &str) {
     let mut bytes = std::fs::read(d.join(file)).unwrap();
@@ -307,16 +279,6 @@ fn cms_signatures_verify_with_openssl() {
     assert_eq!(latest["detail"]["source"], "given", "{records}");
 }
 
-/// imgtool from PyPI, in the virtualenv scripts/test.sh makes.
-fn imgtool() -> std::path::PathBuf {
-    let p = repo_root().join("target/imgtool/bin/imgtool");
-    assert!(
-        p.exists(),
-        "imgtool is missing: scripts/test.sh installs it into target/imgtool"
-    );
-    p
-}
-
 /// The signature TLV (RSA2048_PSS 0x20, ECDSA_SIG 0x22, RSA3072_PSS 0x23, ED25519 0x24) of a signed
 /// MCUboot image, read by its header's sizes.
 fn signature_tlv(image: &[u8]) -> Vec<u8> {
@@ -354,7 +316,6 @@ fn mcuboot_images_verify_with_imgtool() {
     let mut zeroed = vec![0u8; 0x200];
     zeroed.extend(std::fs::read(d.join("app.bin")).unwrap());
     std::fs::write(d.join("zephyr.bin"), &zeroed).unwrap();
-    let imgtool = imgtool();
     let options: [(&str, Vec<&str>); 2] = [
         (
             "app.bin",
@@ -401,17 +362,8 @@ fn mcuboot_images_verify_with_imgtool() {
             ];
             args.extend(opts.iter().copied());
             ok(&ks.signer(&args, d));
-            let v = std::process::Command::new(&imgtool)
-                .args(["verify", "-k", &public, &out])
-                .current_dir(d)
-                .output()
-                .unwrap();
-            assert!(
-                v.status.success(),
-                "imgtool verify {key} {input}: {}{}",
-                String::from_utf8_lossy(&v.stdout),
-                String::from_utf8_lossy(&v.stderr)
-            );
+            let (verified, said) = imgtool_verifies(d, &public, &out);
+            assert!(verified, "imgtool verify {key} {input}: {said}");
             // imgtool with the same options and our signature writes the same bytes:
             // header, protected TLVs, image hash and key hash are imgtool's.
             let ours = std::fs::read(d.join(&out)).unwrap();
@@ -428,16 +380,8 @@ fn mcuboot_images_verify_with_imgtool() {
                 it.extend(["-s", "auto"]);
             }
             it.extend([*input, fixed.as_str()]);
-            let s = std::process::Command::new(&imgtool)
-                .args(&it)
-                .current_dir(d)
-                .output()
-                .unwrap();
-            assert!(
-                s.status.success(),
-                "imgtool sign --fix-sig: {}",
-                String::from_utf8_lossy(&s.stderr)
-            );
+            let (fixed_ok, said) = tool(d, imgtool(), &it);
+            assert!(fixed_ok, "imgtool sign --fix-sig: {said}");
             assert!(
                 std::fs::read(d.join(&fixed)).unwrap() == ours,
                 "{key} {input}: imgtool's image differs from ours"
@@ -460,12 +404,8 @@ fn mcuboot_images_verify_with_imgtool() {
 
     // A modified image fails imgtool and influxion verify.
     tampered(d, "mcu-p256-app.bin.signed", "changed.signed");
-    let v = std::process::Command::new(&imgtool)
-        .args(["verify", "-k", "mcu-p256.pub.pem", "changed.signed"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(!v.status.success(), "imgtool accepted a modified image");
+    let (verified, _) = imgtool_verifies(d, "mcu-p256.pub.pem", "changed.signed");
+    assert!(!verified, "imgtool accepted a modified image");
     let refused = ks.signer(
         &[
             "verify",
@@ -622,12 +562,8 @@ fn a_format_signs_through_an_approval() {
         String::from_utf8_lossy(&out.stderr)
     );
     ok(&ks.signer(&["keys", "public", "rel-mcu", "-o", "rel.pem"], d));
-    let v = std::process::Command::new(imgtool())
-        .args(["verify", "-k", "rel.pem", "rel.signed"])
-        .current_dir(d)
-        .output()
-        .unwrap();
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let (verified, said) = imgtool_verifies(d, "rel.pem", "rel.signed");
+    assert!(verified, "{said}");
     let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
         &[
             "--output", "json", "audit", "list", "--action", "sign", "--key", "rel-mcu",
@@ -658,22 +594,6 @@ fn mingw(d: &Path, name: &str, source: &str, flags: &[&str]) {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-}
-
-fn tool(d: &Path, prog: &str, args: &[&str]) -> (bool, String) {
-    let out = std::process::Command::new(prog)
-        .args(args)
-        .current_dir(d)
-        .output()
-        .unwrap_or_else(|e| panic!("{prog} (scripts/test.sh installs it): {e}"));
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
 }
 
 #[test]

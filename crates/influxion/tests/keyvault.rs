@@ -107,12 +107,8 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
         ],
         d,
     ));
-    let v = std::process::Command::new(repo_root().join("target/imgtool/bin/imgtool"))
-        .args(["verify", "-k", "kv.pem", "fw.signed"])
-        .current_dir(d)
-        .output()
-        .expect("imgtool (scripts/test.sh installs it into target/imgtool)");
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let (verified, said) = imgtool_verifies(d, "kv.pem", "fw.signed");
+    assert!(verified, "{said}");
     ok(&ks.admin(&["ca", "create", "cs-root", "--cn", "Code Signing Root"], d));
     ok(&ks.admin(
         &[
@@ -136,27 +132,8 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
         ],
         d,
     ));
-    let v = openssl(
-        &[
-            "cms",
-            "-verify",
-            "-binary",
-            "-inform",
-            "DER",
-            "-in",
-            "fw.p7s",
-            "-content",
-            "fw.bin",
-            "-CAfile",
-            "cs-root.pem",
-            "-purpose",
-            "any",
-            "-out",
-            "/dev/null",
-        ],
-        d,
-    );
-    assert!(v.status.success(), "{}", String::from_utf8_lossy(&v.stderr));
+    let (verified, said) = openssl_cms_verifies(d, "fw.p7s", "fw.bin", "cs-root.pem");
+    assert!(verified, "{said}");
 
     // With approvals: the approver's completing vote signs in the vault, and the
     // quorum's record names the vault key and version.

@@ -746,3 +746,65 @@ pub(crate) fn lint_clean(args: &[&str], file: &Path) {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// `openssl cms -verify` of a detached DER signature over `content`, trusting `ca`:
+/// whether it verified, and what openssl said.
+pub(crate) fn openssl_cms_verifies(d: &Path, p7s: &str, content: &str, ca: &str) -> (bool, String) {
+    let out = openssl(
+        &[
+            "cms",
+            "-verify",
+            "-binary",
+            "-inform",
+            "DER",
+            "-in",
+            p7s,
+            "-content",
+            content,
+            "-CAfile",
+            ca,
+            "-purpose",
+            "any",
+            "-out",
+            "/dev/null",
+        ],
+        d,
+    );
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// MCUboot's imgtool from PyPI, in the virtualenv scripts/test.sh makes.
+pub(crate) fn imgtool() -> PathBuf {
+    let p = repo_root().join("target/imgtool/bin/imgtool");
+    assert!(
+        p.exists(),
+        "imgtool is missing: scripts/test.sh installs it into target/imgtool"
+    );
+    p
+}
+
+/// `prog args` in `d`: whether it succeeded, and its stdout and stderr.
+pub(crate) fn tool(d: &Path, prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> (bool, String) {
+    let prog = prog.as_ref();
+    let out = Command::new(prog)
+        .args(args)
+        .current_dir(d)
+        .output()
+        .unwrap_or_else(|e| panic!("{prog:?} (scripts/test.sh installs it): {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// `imgtool verify -k public image` in `d`.
+pub(crate) fn imgtool_verifies(d: &Path, public: &str, image: &str) -> (bool, String) {
+    tool(d, imgtool(), &["verify", "-k", public, image])
+}

@@ -704,12 +704,6 @@ fn vault_keys_and_certificates_are_imported_rotated_and_served() {
         ),
         (
             "/v1/keys/x1/import",
-            serde_json::json!({"vault_key": "rsa-2048"}),
-            422,
-            "unfit-key",
-        ),
-        (
-            "/v1/keys/x1/import",
             serde_json::json!({"vault_certificate": "code-sign", "from_secret": true}),
             422,
             "unfit-key",
@@ -736,6 +730,14 @@ fn vault_keys_and_certificates_are_imported_rotated_and_served() {
             "{problem}"
         );
     }
+    // An RSA-2048 vault key binds as rsa-2048 (for boot chains that verify nothing
+    // stronger).
+    let (got, body) = post(
+        "/v1/keys/old-rsa/import",
+        serde_json::json!({"vault_key": "rsa-2048"}),
+    );
+    assert_eq!(got, 201, "{body}");
+    assert_eq!(body["key_type"], "rsa-2048", "{body}");
     // A software key has no versions to rotate to, and no certificate.
     ok(&ks.admin(&["keys", "create", "sw"], d));
     let (got, problem) = post("/v1/keys/sw/rotate", serde_json::json!({}));

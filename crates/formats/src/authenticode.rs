@@ -20,32 +20,29 @@
 //! signtool write PKCS#1 v1.5, and osslsigncode cannot verify PSS. UEFI tools (sbverify,
 //! shim) check SHA-256 only.
 
-use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
-use cms::content_info::{CmsVersion, ContentInfo};
-use cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignedData, SignerIdentifier,
-    SignerInfo, SignerInfos,
-};
+use cms::content_info::ContentInfo;
+use cms::signed_data::{EncapsulatedContentInfo, SignedAttributes};
 use const_oid::db::{rfc5911, rfc5912};
-use der::asn1::{OctetString, SetOfVec};
+use der::asn1::OctetString;
 use der::{Any, Decode, Encode, Reader, Tag, Tagged};
 use influxion_core::{Digest, KeyType, SignAlgorithm};
 use spki::{AlgorithmIdentifierOwned, ObjectIdentifier};
 use x509_cert::Certificate;
 
-use crate::cms::{attribute, attrs_digest, der_err, digest_oid, leaf, signing_time};
-use crate::{FormatError, Hasher, Prepared, SignerKey};
+use crate::signed_data::{
+    attribute, attrs_digest, check_signer_cert, content_attrs, der_err, hash_alg_with_null, leaf,
+    SignedDataParts, RSA_PKCS1,
+};
+use crate::{FormatError, Hasher, Prepared, SignerKey, CHUNK};
 
 /// Authenticode signing of PE files, with the algorithm to sign with.
 pub struct Authenticode {
     pub algorithm: SignAlgorithm,
 }
 
-const CHUNK: usize = 1 << 20;
 /// The largest certificate table `verify` reads: a signature with a few certificates is
 /// kilobytes.
 const MAX_CERT_TABLE: u64 = 16 << 20;
@@ -529,10 +526,7 @@ fn win_certificate(der: &[u8]) -> Result<Vec<u8>, FormatError> {
 /// A digest AlgorithmIdentifier with NULL parameters, as signtool and osslsigncode
 /// write them.
 fn digest_alg(alg: SignAlgorithm) -> AlgorithmIdentifierOwned {
-    AlgorithmIdentifierOwned {
-        oid: digest_oid(alg),
-        parameters: Some(Any::from(der::asn1::Null)),
-    }
+    hash_alg_with_null(alg.hash())
 }
 
 /// The SignerInfo's signatureAlgorithm: ecdsa-with-SHAn for ECDSA, and for RSA
@@ -574,13 +568,7 @@ fn check_key(key: &SignerKey, alg: SignAlgorithm) -> Result<(), FormatError> {
         return Err(unfit(SignAlgorithm::EdDsa));
     }
     signature_alg(alg)?;
-    if !key.key_type.allows(alg) {
-        return Err(FormatError::KeyUnfit(format!(
-            "a {} key cannot sign with {alg}",
-            key.key_type
-        )));
-    }
-    Ok(())
+    crate::check_allows(key, alg)
 }
 
 /// The DER of the SpcIndirectDataContent carrying the image hash.
@@ -603,85 +591,29 @@ fn indirect_data(alg: SignAlgorithm, image_hash: &[u8]) -> Result<Vec<u8>, Forma
 /// Authenticode messageDigest covers.
 fn contents_hash(alg: SignAlgorithm, der: &[u8]) -> Result<Vec<u8>, FormatError> {
     let any = Any::from_der(der).map_err(der_err)?;
-    let mut h = Hasher::new(alg.hash());
-    h.update(any.value());
-    Ok(h.finish())
+    Ok(crate::hash_bytes(alg.hash(), any.value()))
 }
 
 /// The signed attributes: content type, signing time, statement type (individual code
 /// signing), opus info and message digest, as osslsigncode writes them by default.
 fn signed_attrs(alg: SignAlgorithm, idc_der: &[u8]) -> Result<SignedAttributes, FormatError> {
     let md = contents_hash(alg, idc_der)?;
-    // Not trusted by Windows (a countersignature or RFC 3161 timestamp is), but a record.
-    let time = signing_time()?;
-    let mut attrs = SignedAttributes::new();
-    for a in [
-        attribute(
-            rfc5911::ID_CONTENT_TYPE,
-            Any::encode_from(&SPC_INDIRECT_DATA).map_err(der_err)?,
-        )?,
-        attribute(
-            rfc5911::ID_SIGNING_TIME,
-            Any::encode_from(&time).map_err(der_err)?,
-        )?,
-        attribute(
-            SPC_STATEMENT_TYPE,
-            Any::encode_from(&vec![SPC_INDIVIDUAL_SP_KEY_PURPOSE]).map_err(der_err)?,
-        )?,
-        attribute(
-            SPC_SP_OPUS_INFO,
-            Any::from_der(&EMPTY_OPUS_INFO).map_err(der_err)?,
-        )?,
-        attribute(
-            rfc5911::ID_MESSAGE_DIGEST,
-            Any::encode_from(&OctetString::new(md).map_err(der_err)?).map_err(der_err)?,
-        )?,
-    ] {
-        attrs.insert(a).map_err(der_err)?;
-    }
-    Ok(attrs)
-}
-
-/// A temporary file next to the output, removed unless it was renamed into place.
-struct TempOut {
-    path: PathBuf,
-    done: bool,
-}
-
-impl Drop for TempOut {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn temp_next_to(out: &Path) -> Result<(TempOut, File), FormatError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = out
-        .file_name()
-        .ok_or_else(|| FormatError::Invalid(format!("{}: not a file name", out.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let path = out.with_file_name(tmp_name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| FormatError::io(&path, e))?;
-    Ok((TempOut { path, done: false }, file))
-}
-
-fn open(path: &Path) -> Result<(File, u64), FormatError> {
-    let file = File::open(path).map_err(|e| FormatError::io(path, e))?;
-    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
-    Ok((file, len))
+    // The signing time is not trusted by Windows (a countersignature or RFC 3161
+    // timestamp is), but a record.
+    crate::signed_data::signed_attrs(
+        SPC_INDIRECT_DATA,
+        &md,
+        vec![
+            attribute(
+                SPC_STATEMENT_TYPE,
+                Any::encode_from(&vec![SPC_INDIVIDUAL_SP_KEY_PURPOSE]).map_err(der_err)?,
+            )?,
+            attribute(
+                SPC_SP_OPUS_INFO,
+                Any::from_der(&EMPTY_OPUS_INFO).map_err(der_err)?,
+            )?,
+        ],
+    )
 }
 
 struct PreparedAuthenticode {
@@ -701,60 +633,25 @@ struct PreparedAuthenticode {
 impl PreparedAuthenticode {
     /// The ContentInfo DER of the SignedData around `signature`.
     fn pkcs7(&self, signature: &[u8]) -> Result<Vec<u8>, FormatError> {
-        let signer = SignerInfo {
-            version: CmsVersion::V1,
-            sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-                issuer: self.leaf.tbs_certificate.issuer.clone(),
-                serial_number: self.leaf.tbs_certificate.serial_number.clone(),
-            }),
-            digest_alg: digest_alg(self.algorithm),
-            signed_attrs: Some(self.signed_attrs.clone()),
-            signature_algorithm: signature_alg(self.algorithm)?,
-            signature: OctetString::new(signature).map_err(der_err)?,
-            // The RFC 3161 timestamp, where signtool /tr and osslsigncode -ts put it.
-            unsigned_attrs: crate::tsp::unsigned_attrs(
-                crate::tsp::SPC_RFC3161,
-                self.timestamp.as_deref(),
-                signature,
-            )?,
-        };
-        let mut certs = SetOfVec::new();
-        for (i, c) in self.chain.iter().enumerate() {
-            let cert = Certificate::from_der(c).map_err(der_err)?;
+        SignedDataParts {
+            leaf: &self.leaf,
+            chain: &self.chain,
             // The root stays out, as signtool leaves it: a verifier has its own trust
             // anchor, and sbverify refuses a self-signed certificate it was not given.
-            let tbs = &cert.tbs_certificate;
-            if i > 0 && tbs.subject == tbs.issuer {
-                continue;
-            }
-            certs
-                .insert(CertificateChoices::Certificate(cert))
-                .map_err(der_err)?;
-        }
-        let mut digest_algs = SetOfVec::new();
-        digest_algs
-            .insert(digest_alg(self.algorithm))
-            .map_err(der_err)?;
-        let mut signers = SetOfVec::new();
-        signers.insert(signer).map_err(der_err)?;
-        // Version 1 (PKCS#7 v1.5), as Authenticode has it, though the content is not data.
-        let sd = SignedData {
-            version: CmsVersion::V1,
-            digest_algorithms: digest_algs,
-            encap_content_info: EncapsulatedContentInfo {
+            omit_root: true,
+            digest_alg: digest_alg(self.algorithm),
+            signature_alg: signature_alg(self.algorithm)?,
+            signed_attrs: self.signed_attrs.clone(),
+            // Attached: the SpcIndirectDataContent carrying the image hash.
+            content: EncapsulatedContentInfo {
                 econtent_type: SPC_INDIRECT_DATA,
                 econtent: Some(Any::from_der(&self.idc_der).map_err(der_err)?),
             },
-            certificates: Some(CertificateSet(certs)),
-            crls: None,
-            signer_infos: SignerInfos(signers),
-        };
-        ContentInfo {
-            content_type: rfc5911::ID_SIGNED_DATA,
-            content: Any::encode_from(&sd).map_err(der_err)?,
+            // The RFC 3161 timestamp, where signtool /tr and osslsigncode -ts put it.
+            timestamp_oid: crate::tsp::SPC_RFC3161,
+            timestamp: self.timestamp.as_deref(),
         }
-        .to_der()
-        .map_err(der_err)
+        .encode(signature)
     }
 
     /// Copy the input before its old certificate table, patching the checksum and the
@@ -783,7 +680,7 @@ impl PreparedAuthenticode {
         );
         u32::try_from(table_off + len64(table.len())).map_err(|_| bad_size())?;
 
-        let (mut file, len) = open(&self.input)?;
+        let (mut file, len) = crate::open_sized(&self.input)?;
         let changed = || {
             FormatError::Invalid(format!(
                 "{} changed after it was prepared: the signature is over its old content",
@@ -829,7 +726,7 @@ impl Prepared for PreparedAuthenticode {
 
     fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
         let table = win_certificate(&self.pkcs7(signature)?)?;
-        let (mut tmp, file) = temp_next_to(out)?;
+        let (tmp, file) = crate::temp_next_to(out)?;
         let mut w = BufWriter::with_capacity(CHUNK, file);
         let checksum = self.write(&table, &mut w, out)?;
         let mut file = w
@@ -838,16 +735,12 @@ impl Prepared for PreparedAuthenticode {
         // The checksum covers the whole output, so it goes in last.
         file.seek(SeekFrom::Start(self.layout.checksum_off))
             .and_then(|_| file.write_all(&checksum.to_le_bytes()))
-            .and_then(|_| file.sync_all())
             .map_err(|e| FormatError::io(out, e))?;
         // An executable stays executable.
         if let Ok(meta) = std::fs::metadata(&self.input) {
             let _ = file.set_permissions(meta.permissions());
         }
-        drop(file);
-        std::fs::rename(&tmp.path, out).map_err(|e| FormatError::io(out, e))?;
-        tmp.done = true;
-        Ok(())
+        tmp.persist(file, out)
     }
 }
 
@@ -865,7 +758,7 @@ impl crate::Format for Authenticode {
         let alg = self.algorithm;
         check_key(key, alg)?;
         let leaf = leaf(key, "Authenticode")?;
-        let (mut file, file_len) = open(input)?;
+        let (mut file, file_len) = crate::open_sized(input)?;
         let layout = parse_pe(&mut file, file_len, input)?;
         let end = layout.content_end();
         // The table offset is 32 bits; leave room for the signature.
@@ -909,7 +802,7 @@ impl crate::Format for Authenticode {
         }
         let name = signed.display();
         let bad = |what: &str| FormatError::Verify(format!("{name}: {what}"));
-        let (mut file, file_len) = open(signed)?;
+        let (mut file, file_len) = crate::open_sized(signed)?;
         let layout = parse_pe(&mut file, file_len, signed)?;
         let (table_off, table_len) = layout
             .cert_table
@@ -949,13 +842,7 @@ impl crate::Format for Authenticode {
         }
         let body = table.get(8..entry_len).unwrap_or_default();
         let ci = decode_padded(body).map_err(|e| bad(&format!("not PKCS#7 ({e})")))?;
-        if ci.content_type != rfc5911::ID_SIGNED_DATA {
-            return Err(bad("the PKCS#7 is not SignedData"));
-        }
-        let sd: SignedData = ci
-            .content
-            .decode_as()
-            .map_err(|e| bad(&format!("SignedData does not parse ({e})")))?;
+        let sd = crate::signed_data::decode_signed_data(&ci, "the PKCS#7 is not SignedData", &bad)?;
         if sd.encap_content_info.econtent_type != SPC_INDIRECT_DATA {
             return Err(bad("the signed content is not SpcIndirectDataContent"));
         }
@@ -976,57 +863,15 @@ impl crate::Format for Authenticode {
         let [signer] = sd.signer_infos.0.as_slice() else {
             return Err(bad("not exactly one signer"));
         };
+        checked.push(check_signer_cert(&sd, signer, key, &bad)?);
 
-        // The signer's certificate: the one its identifier names, with the key's
-        // public key.
-        let SignerIdentifier::IssuerAndSerialNumber(sid) = &signer.sid else {
-            return Err(bad("the signer is not named by issuer and serial number"));
-        };
-        let cert = sd
-            .certificates
-            .as_ref()
-            .and_then(|cs| {
-                cs.0.iter().find_map(|c| match c {
-                    CertificateChoices::Certificate(c)
-                        if c.tbs_certificate.issuer == sid.issuer
-                            && c.tbs_certificate.serial_number == sid.serial_number =>
-                    {
-                        Some(c)
-                    }
-                    _ => None,
-                })
-            })
-            .ok_or_else(|| bad("the signer's certificate is not included"))?;
-        let spki = cert
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .map_err(der_err)?;
-        if spki != key.public_key_der {
-            return Err(bad(
-                "the signer's certificate is not for the key's public key",
-            ));
-        }
-        checked.push(format!(
-            "the signer's certificate ({}) carries the key's public key",
-            cert.tbs_certificate.subject
-        ));
-
-        // RSA PKCS#1 v1.5 is named by rsaEncryption (signtool, osslsigncode) or
-        // shaNWithRSAEncryption; the digest algorithm gives the hash.
-        let rsa = [
-            rfc5912::RSA_ENCRYPTION,
-            rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
-            rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
-            rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
-        ];
         let (sig_oid, hash_oid) = (signer.signature_algorithm.oid, signer.digest_alg.oid);
         let alg = match sig_oid {
             o if o == rfc5912::ECDSA_WITH_SHA_256 => SignAlgorithm::Es256,
             o if o == rfc5912::ECDSA_WITH_SHA_384 => SignAlgorithm::Es384,
-            o if rsa.contains(&o) && hash_oid == rfc5912::ID_SHA_256 => SignAlgorithm::Rs256,
-            o if rsa.contains(&o) && hash_oid == rfc5912::ID_SHA_384 => SignAlgorithm::Rs384,
-            o if rsa.contains(&o) && hash_oid == rfc5912::ID_SHA_512 => SignAlgorithm::Rs512,
+            o if RSA_PKCS1.contains(&o) && hash_oid == rfc5912::ID_SHA_256 => SignAlgorithm::Rs256,
+            o if RSA_PKCS1.contains(&o) && hash_oid == rfc5912::ID_SHA_384 => SignAlgorithm::Rs384,
+            o if RSA_PKCS1.contains(&o) && hash_oid == rfc5912::ID_SHA_512 => SignAlgorithm::Rs512,
             o => {
                 return Err(bad(&format!(
                     "signature algorithm {o} with digest {hash_oid} is not one Influxion makes \
@@ -1034,9 +879,8 @@ impl crate::Format for Authenticode {
                 )))
             }
         };
-        if signer.digest_alg.oid != digest_oid(alg)
-            || idc.message_digest.digest_algorithm.oid != digest_oid(alg)
-        {
+        let want = crate::signed_data::hash_oid(alg.hash());
+        if signer.digest_alg.oid != want || idc.message_digest.digest_algorithm.oid != want {
             return Err(bad(
                 "the digest algorithms do not match the signature algorithm",
             ));
@@ -1068,32 +912,14 @@ impl crate::Format for Authenticode {
             hex::encode(&image_hash)
         ));
 
-        let attrs = signer
-            .signed_attrs
-            .as_ref()
-            .ok_or_else(|| bad("no signed attributes"))?;
-        let find = |oid: ObjectIdentifier| {
-            attrs
-                .iter()
-                .find(|a| a.oid == oid)
-                .and_then(|a| a.values.get(0))
-        };
-        let ct: ObjectIdentifier = find(rfc5911::ID_CONTENT_TYPE)
-            .ok_or_else(|| bad("no content-type attribute"))?
-            .decode_as()
-            .map_err(|_| bad("the content-type attribute does not parse"))?;
-        if ct != SPC_INDIRECT_DATA {
-            return Err(bad(
-                "the content-type attribute is not SpcIndirectDataContent",
-            ));
-        }
-        let md: OctetString = find(rfc5911::ID_MESSAGE_DIGEST)
-            .ok_or_else(|| bad("no message-digest attribute"))?
-            .decode_as()
-            .map_err(|_| bad("the message-digest attribute does not parse"))?;
-        let mut h = Hasher::new(alg.hash());
-        h.update(econtent.value());
-        if md.as_bytes() != h.finish().as_slice() {
+        let (attrs, md) = content_attrs(
+            signer,
+            SPC_INDIRECT_DATA,
+            "the content-type attribute is not SpcIndirectDataContent",
+            &bad,
+        )?;
+        // The messageDigest covers the content's value, without its tag and length.
+        if md.as_bytes() != crate::hash_bytes(alg.hash(), econtent.value()).as_slice() {
             return Err(bad(&format!(
                 "the message-digest attribute is not the {hash_name} of the SpcIndirectDataContent"
             )));
@@ -1102,7 +928,6 @@ impl crate::Format for Authenticode {
             "the message-digest attribute is the {hash_name} of the SpcIndirectDataContent"
         ));
 
-        let digest = attrs_digest(attrs, alg)?;
         let names: Vec<&str> = attrs
             .iter()
             .map(|a| match a.oid {
@@ -1114,11 +939,7 @@ impl crate::Format for Authenticode {
                 _ => "other",
             })
             .collect();
-        let sig = signer.signature.as_bytes();
-        if !matches!(
-            influxion_verify::verify(key.key_type, &key.public_key_der, &digest, sig),
-            Ok(true)
-        ) {
+        if !crate::signed_data::attrs_signature_verifies(key, signer, attrs, alg)? {
             return Err(bad(&format!(
                 "the {alg} signature over the signed attributes does not verify with the key's \
                  public key"
@@ -1172,6 +993,9 @@ mod tests {
 
     use super::*;
     use crate::Format;
+    use cms::cert::CertificateChoices;
+    use cms::content_info::CmsVersion;
+    use cms::signed_data::SignedData;
     use p256::pkcs8::EncodePublicKey;
     use proptest::prelude::*;
     use std::io::Cursor;

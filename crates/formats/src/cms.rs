@@ -9,37 +9,22 @@
 
 use std::path::Path;
 
-use cms::cert::{CertificateChoices, IssuerAndSerialNumber};
-use cms::content_info::{CmsVersion, ContentInfo};
-use cms::signed_data::{
-    CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignedData, SignerIdentifier,
-    SignerInfo, SignerInfos,
-};
+use cms::content_info::ContentInfo;
+use cms::signed_data::{EncapsulatedContentInfo, SignedAttributes};
 use const_oid::db::{rfc5911, rfc5912};
-use der::asn1::{OctetString, SetOfVec};
-use der::{Any, Decode, Encode};
+use der::{Any, Decode};
 use influxion_core::{Digest, KeyType, SignAlgorithm};
-use spki::{AlgorithmIdentifierOwned, ObjectIdentifier};
-use x509_cert::attr::Attribute;
+use spki::AlgorithmIdentifierOwned;
 use x509_cert::Certificate;
 
+use crate::signed_data::{
+    attr_value, attrs_digest, check_signer_cert, content_attrs, der_err, hash_oid, SignedDataParts,
+};
 use crate::{FormatError, Prepared, SignerKey};
 
 /// CMS detached SignedData, signed with `algorithm`.
 pub struct Cms {
     pub algorithm: SignAlgorithm,
-}
-
-pub(crate) fn der_err(e: der::Error) -> FormatError {
-    FormatError::Invalid(format!("CMS encoding: {e}"))
-}
-
-pub(crate) fn digest_oid(alg: SignAlgorithm) -> ObjectIdentifier {
-    match alg.hash() {
-        influxion_core::key::HashAlg::Sha256 => rfc5912::ID_SHA_256,
-        influxion_core::key::HashAlg::Sha384 => rfc5912::ID_SHA_384,
-        influxion_core::key::HashAlg::Sha512 => rfc5912::ID_SHA_512,
-    }
 }
 
 /// The signatureAlgorithm of a SignerInfo for `alg`; EdDSA is refused (see above).
@@ -93,36 +78,6 @@ fn signature_algorithm(alg: SignAlgorithm) -> Result<AlgorithmIdentifierOwned, F
     })
 }
 
-pub(crate) fn attribute(oid: ObjectIdentifier, value: Any) -> Result<Attribute, FormatError> {
-    let mut values = SetOfVec::new();
-    values.insert(value).map_err(der_err)?;
-    Ok(Attribute { oid, values })
-}
-
-/// The leaf of `key`'s chain, which must carry the key's public key. `format` names
-/// the format that needs it, for the refusal.
-pub(crate) fn leaf(key: &SignerKey, format: &str) -> Result<Certificate, FormatError> {
-    let der = key.chain.first().ok_or_else(|| {
-        FormatError::KeyUnfit(format!(
-            "{format} carries the signer's certificate, and this key has none: give it one with \
-             `influxion keys certificate NAME --chain chain.pem` or `keys certify NAME`"
-        ))
-    })?;
-    let cert = Certificate::from_der(der)
-        .map_err(|e| FormatError::KeyUnfit(format!("the key's certificate does not parse: {e}")))?;
-    let spki = cert
-        .tbs_certificate
-        .subject_public_key_info
-        .to_der()
-        .map_err(der_err)?;
-    if spki != key.public_key_der {
-        return Err(FormatError::KeyUnfit(
-            "the key's certificate is for another public key".into(),
-        ));
-    }
-    Ok(cert)
-}
-
 struct PreparedCms {
     algorithm: SignAlgorithm,
     to_sign: Digest,
@@ -145,94 +100,35 @@ impl Prepared for PreparedCms {
     }
 
     fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
-        let digest_alg = AlgorithmIdentifierOwned {
-            oid: digest_oid(self.algorithm),
-            parameters: None,
-        };
-        let signer = SignerInfo {
-            version: CmsVersion::V1,
-            sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-                issuer: self.leaf.tbs_certificate.issuer.clone(),
-                serial_number: self.leaf.tbs_certificate.serial_number.clone(),
-            }),
-            digest_alg: digest_alg.clone(),
-            signed_attrs: Some(self.signed_attrs),
-            signature_algorithm: signature_algorithm(self.algorithm)?,
-            signature: OctetString::new(signature).map_err(der_err)?,
-            // RFC 3161 appendix A: the timestamp of the signature value.
-            unsigned_attrs: crate::tsp::unsigned_attrs(
-                crate::tsp::ID_AA_TIME_STAMP_TOKEN,
-                self.timestamp.as_deref(),
-                signature,
-            )?,
-        };
-        let mut certs = SetOfVec::new();
-        for c in &self.chain {
-            let cert = Certificate::from_der(c).map_err(der_err)?;
-            certs
-                .insert(CertificateChoices::Certificate(cert))
-                .map_err(der_err)?;
-        }
-        let mut digest_algs = SetOfVec::new();
-        digest_algs.insert(digest_alg).map_err(der_err)?;
-        let mut signers = SetOfVec::new();
-        signers.insert(signer).map_err(der_err)?;
-        let sd = SignedData {
-            version: CmsVersion::V1,
-            digest_algorithms: digest_algs,
-            encap_content_info: EncapsulatedContentInfo {
+        let der = SignedDataParts {
+            leaf: &self.leaf,
+            chain: &self.chain,
+            omit_root: false,
+            digest_alg: AlgorithmIdentifierOwned {
+                oid: hash_oid(self.algorithm.hash()),
+                parameters: None,
+            },
+            signature_alg: signature_algorithm(self.algorithm)?,
+            signed_attrs: self.signed_attrs,
+            // Detached: the content is the file beside the signature.
+            content: EncapsulatedContentInfo {
                 econtent_type: rfc5911::ID_DATA,
                 econtent: None,
             },
-            certificates: Some(CertificateSet(certs)),
-            crls: None,
-            signer_infos: SignerInfos(signers),
-        };
-        let ci = ContentInfo {
-            content_type: rfc5911::ID_SIGNED_DATA,
-            content: Any::encode_from(&sd).map_err(der_err)?,
-        };
-        let der = ci.to_der().map_err(der_err)?;
+            // RFC 3161 appendix A: the timestamp of the signature value.
+            timestamp_oid: crate::tsp::ID_AA_TIME_STAMP_TOKEN,
+            timestamp: self.timestamp.as_deref(),
+        }
+        .encode(signature)?;
         std::fs::write(out, der).map_err(|e| FormatError::io(out, e))
     }
-}
-
-/// Now, for a signingTime attribute: UTCTime through 2049, GeneralizedTime after
-/// (RFC 5652 11.3). x509-cert's `Time::try_from(SystemTime)` always gives
-/// GeneralizedTime, which osslsigncode, reading a UTCTime, rejects.
-pub(crate) fn signing_time() -> Result<x509_cert::time::Time, FormatError> {
-    use x509_cert::time::Time;
-    let now = std::time::SystemTime::now();
-    match der::asn1::UtcTime::from_system_time(now) {
-        Ok(t) => Ok(Time::UtcTime(t)),
-        Err(_) => Ok(Time::GeneralTime(
-            der::asn1::GeneralizedTime::from_system_time(now).map_err(der_err)?,
-        )),
-    }
-}
-
-/// The digest the signature covers: the DER of the signed attributes as a SET OF.
-pub(crate) fn attrs_digest(
-    attrs: &SignedAttributes,
-    alg: SignAlgorithm,
-) -> Result<Digest, FormatError> {
-    let der = attrs.to_der().map_err(der_err)?;
-    let mut h = crate::Hasher::new(alg.hash());
-    h.update(&der);
-    Digest::new(alg, h.finish()).map_err(|e| FormatError::Invalid(e.to_string()))
 }
 
 fn check_key(key: &SignerKey, alg: SignAlgorithm) -> Result<(), FormatError> {
     if key.key_type == KeyType::Ed25519 {
         signature_algorithm(SignAlgorithm::EdDsa)?;
     }
-    if !key.key_type.allows(alg) {
-        return Err(FormatError::KeyUnfit(format!(
-            "a {} key cannot sign with {alg}",
-            key.key_type
-        )));
-    }
-    Ok(())
+    crate::check_allows(key, alg)
 }
 
 impl crate::Format for Cms {
@@ -247,29 +143,10 @@ impl crate::Format for Cms {
         progress: &dyn Fn(u64),
     ) -> Result<Box<dyn Prepared>, FormatError> {
         check_key(key, self.algorithm)?;
-        let leaf = leaf(key, "CMS")?;
+        let leaf = crate::signed_data::leaf(key, "CMS")?;
         signature_algorithm(self.algorithm)?;
-        let file = std::fs::File::open(input).map_err(|e| FormatError::io(input, e))?;
-        let content = crate::hash_reader(file, self.algorithm, input, progress)?;
-        let time = signing_time()?;
-        let mut attrs = SignedAttributes::new();
-        for a in [
-            attribute(
-                rfc5911::ID_CONTENT_TYPE,
-                Any::encode_from(&rfc5911::ID_DATA).map_err(der_err)?,
-            )?,
-            attribute(
-                rfc5911::ID_SIGNING_TIME,
-                Any::encode_from(&time).map_err(der_err)?,
-            )?,
-            attribute(
-                rfc5911::ID_MESSAGE_DIGEST,
-                Any::encode_from(&OctetString::new(content.as_bytes()).map_err(der_err)?)
-                    .map_err(der_err)?,
-            )?,
-        ] {
-            attrs.insert(a).map_err(der_err)?;
-        }
+        let content = crate::hash_reader(crate::open(input)?, self.algorithm, input, progress)?;
+        let attrs = crate::signed_data::signed_attrs(rfc5911::ID_DATA, content.as_bytes(), vec![])?;
         let to_sign = attrs_digest(&attrs, self.algorithm)?;
         Ok(Box::new(PreparedCms {
             algorithm: self.algorithm,
@@ -293,54 +170,14 @@ impl crate::Format for Cms {
         let der = std::fs::read(signed).map_err(|e| FormatError::io(signed, e))?;
         let bad = |what: &str| FormatError::Verify(format!("{}: {what}", signed.display()));
         let ci = ContentInfo::from_der(&der).map_err(|e| bad(&format!("not CMS ({e})")))?;
-        if ci.content_type != rfc5911::ID_SIGNED_DATA {
-            return Err(bad("not SignedData"));
-        }
-        let sd: SignedData = ci
-            .content
-            .decode_as()
-            .map_err(|e| bad(&format!("SignedData does not parse ({e})")))?;
+        let sd = crate::signed_data::decode_signed_data(&ci, "not SignedData", &bad)?;
         if sd.encap_content_info.econtent.is_some() {
             return Err(bad("the content is attached, not detached"));
         }
         let [signer] = sd.signer_infos.0.as_slice() else {
             return Err(bad("not exactly one signer"));
         };
-        let mut checked = Vec::new();
-        // The signer's certificate: the one its identifier names, with the key's
-        // public key.
-        let SignerIdentifier::IssuerAndSerialNumber(sid) = &signer.sid else {
-            return Err(bad("the signer is not named by issuer and serial number"));
-        };
-        let cert = sd
-            .certificates
-            .as_ref()
-            .and_then(|cs| {
-                cs.0.iter().find_map(|c| match c {
-                    CertificateChoices::Certificate(c)
-                        if c.tbs_certificate.issuer == sid.issuer
-                            && c.tbs_certificate.serial_number == sid.serial_number =>
-                    {
-                        Some(c)
-                    }
-                    _ => None,
-                })
-            })
-            .ok_or_else(|| bad("the signer's certificate is not included"))?;
-        let spki = cert
-            .tbs_certificate
-            .subject_public_key_info
-            .to_der()
-            .map_err(der_err)?;
-        if spki != key.public_key_der {
-            return Err(bad(
-                "the signer's certificate is not for the key's public key",
-            ));
-        }
-        checked.push(format!(
-            "the signer's certificate ({}) carries the key's public key",
-            cert.tbs_certificate.subject
-        ));
+        let mut checked = vec![check_signer_cert(&sd, signer, key, &bad)?];
         let alg = match (key.key_type, signer.signature_algorithm.oid) {
             (_, o) if o == rfc5912::ECDSA_WITH_SHA_256 => SignAlgorithm::Es256,
             (_, o) if o == rfc5912::ECDSA_WITH_SHA_384 => SignAlgorithm::Es384,
@@ -358,34 +195,18 @@ impl crate::Format for Cms {
                 )))
             }
         };
-        if signer.digest_alg.oid != digest_oid(alg) {
+        if signer.digest_alg.oid != hash_oid(alg.hash()) {
             return Err(bad(
                 "the digest algorithm does not match the signature algorithm",
             ));
         }
-        let attrs = signer
-            .signed_attrs
-            .as_ref()
-            .ok_or_else(|| bad("no signed attributes"))?;
-        let find = |oid: ObjectIdentifier| {
-            attrs
-                .iter()
-                .find(|a| a.oid == oid)
-                .and_then(|a| a.values.get(0))
-        };
-        let ct: ObjectIdentifier = find(rfc5911::ID_CONTENT_TYPE)
-            .ok_or_else(|| bad("no content-type attribute"))?
-            .decode_as()
-            .map_err(|_| bad("the content-type attribute does not parse"))?;
-        if ct != rfc5911::ID_DATA {
-            return Err(bad("the content type is not id-data"));
-        }
-        let md: OctetString = find(rfc5911::ID_MESSAGE_DIGEST)
-            .ok_or_else(|| bad("no message-digest attribute"))?
-            .decode_as()
-            .map_err(|_| bad("the message-digest attribute does not parse"))?;
-        let file = std::fs::File::open(content).map_err(|e| FormatError::io(content, e))?;
-        let actual = crate::hash_reader(file, alg, content, progress)?;
+        let (attrs, md) = content_attrs(
+            signer,
+            rfc5911::ID_DATA,
+            "the content type is not id-data",
+            &bad,
+        )?;
+        let actual = crate::hash_reader(crate::open(content)?, alg, content, progress)?;
         if md.as_bytes() != actual.as_bytes() {
             return Err(FormatError::Verify(format!(
                 "the message digest in {} is not the {} of {}",
@@ -400,14 +221,20 @@ impl crate::Format for Cms {
             content.display(),
             hex::encode(actual.as_bytes())
         ));
-        let digest = attrs_digest(attrs, alg)?;
-        match influxion_verify::verify(key.key_type, &key.public_key_der, &digest, signer.signature.as_bytes()) {
-            Ok(true) => checked.push(format!(
-                "the {alg} signature over the signed attributes (content type, message digest{}) verifies with the key's public key",
-                if find(rfc5911::ID_SIGNING_TIME).is_some() { ", signing time" } else { "" }
-            )),
-            _ => return Err(bad(&format!("the {alg} signature over the signed attributes does not verify"))),
+        if !crate::signed_data::attrs_signature_verifies(key, signer, attrs, alg)? {
+            return Err(bad(&format!(
+                "the {alg} signature over the signed attributes does not verify"
+            )));
         }
+        checked.push(format!(
+            "the {alg} signature over the signed attributes (content type, message digest{}) \
+             verifies with the key's public key",
+            if attr_value(attrs, rfc5911::ID_SIGNING_TIME).is_some() {
+                ", signing time"
+            } else {
+                ""
+            }
+        ));
         if let Some(ts) =
             crate::tsp::find(signer, crate::tsp::ID_AA_TIME_STAMP_TOKEN).map_err(|e| bad(&e))?
         {
@@ -426,21 +253,10 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::tsp::test_tsa::Public;
     use crate::Format;
     use p256::ecdsa::signature::hazmat::PrehashSigner;
     use p256::pkcs8::EncodePublicKey;
-
-    struct Public(Vec<u8>);
-
-    impl rcgen::PublicKeyData for Public {
-        fn der_bytes(&self) -> &[u8] {
-            &self.0
-        }
-
-        fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
-            &rcgen::PKCS_ECDSA_P256_SHA256
-        }
-    }
 
     /// A P-256 key with a self-made chain: a leaf issued by a test root.
     fn signer() -> (p256::ecdsa::SigningKey, SignerKey) {

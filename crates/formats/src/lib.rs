@@ -14,8 +14,9 @@
 //! A new format (U-Boot FIT, ESP32 Secure Boot v2, TF-M, UEFI capsules) is a new module
 //! implementing [`Format`] and a line in [`by_name`]; nothing else changes.
 
+use std::fs::File;
 use std::io::Read;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use influxion_core::{Digest, KeyType, SignAlgorithm};
 
@@ -23,6 +24,7 @@ pub mod authenticode;
 pub mod cms;
 pub mod mcuboot;
 pub mod raw;
+mod signed_data;
 pub mod tsp;
 
 /// Why a format could not prepare, assemble or verify. Every variant is a refusal the
@@ -114,6 +116,97 @@ pub trait Format {
 /// The format names the CLI and the keyserver accept.
 pub const NAMES: [&str; 4] = ["raw", "cms", "mcuboot", "authenticode"];
 
+/// How much is read or written at a time: memory stays constant whatever the file's size.
+pub(crate) const CHUNK: usize = 1 << 20;
+
+pub(crate) fn open(path: &Path) -> Result<File, FormatError> {
+    File::open(path).map_err(|e| FormatError::io(path, e))
+}
+
+/// The file at `path`, open, and its length.
+pub(crate) fn open_sized(path: &Path) -> Result<(File, u64), FormatError> {
+    let file = open(path)?;
+    let len = file.metadata().map_err(|e| FormatError::io(path, e))?.len();
+    Ok((file, len))
+}
+
+/// A temporary file next to the output, removed unless it was renamed into place.
+pub(crate) struct TempOut {
+    path: PathBuf,
+    done: bool,
+}
+
+impl Drop for TempOut {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
+impl TempOut {
+    /// Sync `file` (this temporary file, written) and rename it to `out`.
+    pub(crate) fn persist(mut self, file: File, out: &Path) -> Result<(), FormatError> {
+        file.sync_all().map_err(|e| FormatError::io(out, e))?;
+        drop(file);
+        std::fs::rename(&self.path, out).map_err(|e| FormatError::io(out, e))?;
+        self.done = true;
+        Ok(())
+    }
+}
+
+/// A new temporary file in `out`'s directory, so that the rename is atomic.
+pub(crate) fn temp_next_to(out: &Path) -> Result<(TempOut, File), FormatError> {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let name = out
+        .file_name()
+        .ok_or_else(|| FormatError::Invalid(format!("{}: not a file name", out.display())))?;
+    let mut tmp_name = std::ffi::OsString::from(".");
+    tmp_name.push(name);
+    tmp_name.push(format!(
+        ".{}-{}.tmp",
+        std::process::id(),
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    ));
+    let path = out.with_file_name(tmp_name);
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .map_err(|e| FormatError::io(&path, e))?;
+    Ok((TempOut { path, done: false }, file))
+}
+
+/// Refuse a key whose type cannot sign with `alg`.
+pub(crate) fn check_allows(key: &SignerKey, alg: SignAlgorithm) -> Result<(), FormatError> {
+    if !key.key_type.allows(alg) {
+        return Err(FormatError::KeyUnfit(format!(
+            "a {} key cannot sign with {alg}",
+            key.key_type
+        )));
+    }
+    Ok(())
+}
+
+/// Whether `signature` over `digest` verifies with `key`'s public key; a key or
+/// signature that cannot be checked is a [`FormatError::Verify`].
+pub(crate) fn signature_verifies(
+    key: &SignerKey,
+    digest: &Digest,
+    signature: &[u8],
+) -> Result<bool, FormatError> {
+    influxion_verify::verify(key.key_type, &key.public_key_der, digest, signature)
+        .map_err(|e| FormatError::Verify(e.to_string()))
+}
+
+/// The SHA-2 hash of `data`.
+pub(crate) fn hash_bytes(hash: influxion_core::key::HashAlg, data: &[u8]) -> Vec<u8> {
+    let mut h = Hasher::new(hash);
+    h.update(data);
+    h.finish()
+}
+
 /// The digest of everything `reader` yields for signing with `alg`.
 pub fn hash_reader(
     reader: impl Read,
@@ -133,7 +226,7 @@ pub fn hash_stream(
     path: &Path,
     progress: &dyn Fn(u64),
 ) -> Result<Vec<u8>, FormatError> {
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; CHUNK];
     let mut hasher = Hasher::new(hash);
     loop {
         let n = match reader.read(&mut buf) {

@@ -12,11 +12,10 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
-use influxion_core::key::HashAlg;
 use influxion_core::{Digest, KeyType, SignAlgorithm};
 use p256::pkcs8::{DecodePublicKey, EncodePublicKey};
 
-use crate::{FormatError, Hasher, Prepared, SignerKey};
+use crate::{hash_bytes, open, FormatError, Hasher, Prepared, SignerKey, CHUNK};
 
 /// The first word of an MCUboot image header.
 pub const IMAGE_MAGIC: u32 = 0x96f3_b83d;
@@ -48,7 +47,6 @@ const ERASED_VAL: u8 = 0xff;
 const MAX_SECTORS: u64 = 128;
 /// The `--align` values imgtool takes.
 pub const ALIGNS: [u8; 6] = [1, 2, 4, 8, 16, 32];
-const CHUNK: usize = 1 << 20;
 
 /// The options of `imgtool sign` that Influxion supports.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -263,12 +261,6 @@ fn public_bytes(key: &SignerKey) -> Result<Vec<u8>, FormatError> {
         KeyType::Rsa4096 => return Err(unfit()),
     };
     Ok(doc.as_bytes().to_vec())
-}
-
-fn hash_bytes(hash: HashAlg, bytes: &[u8]) -> Vec<u8> {
-    let mut h = Hasher::new(hash);
-    h.update(bytes);
-    h.finish()
 }
 
 /// The image header, little endian as imgtool writes it (`--endian little`).
@@ -517,10 +509,6 @@ fn tlv_area_len(profile: &Profile, sig_len: usize) -> u64 {
     u64::try_from(len).unwrap_or(u64::MAX)
 }
 
-fn open(path: &Path) -> Result<File, FormatError> {
-    File::open(path).map_err(|e| FormatError::io(path, e))
-}
-
 /// Feed `len` bytes of `file` from `off` to `sink` in chunks.
 fn stream(
     file: &mut File,
@@ -723,42 +711,6 @@ impl PreparedMcuboot {
     }
 }
 
-/// A temporary file next to the output, removed unless it was renamed into place.
-struct TempOut {
-    path: PathBuf,
-    done: bool,
-}
-
-impl Drop for TempOut {
-    fn drop(&mut self) {
-        if !self.done {
-            let _ = std::fs::remove_file(&self.path);
-        }
-    }
-}
-
-fn temp_next_to(out: &Path) -> Result<(TempOut, File), FormatError> {
-    use std::sync::atomic::{AtomicU64, Ordering};
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let name = out
-        .file_name()
-        .ok_or_else(|| FormatError::Invalid(format!("{}: not a file name", out.display())))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(
-        ".{}-{}.tmp",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    ));
-    let path = out.with_file_name(tmp_name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)
-        .map_err(|e| FormatError::io(&path, e))?;
-    Ok((TempOut { path, done: false }, file))
-}
-
 impl Prepared for PreparedMcuboot {
     fn to_sign(&self) -> &Digest {
         &self.digest
@@ -785,17 +737,13 @@ impl Prepared for PreparedMcuboot {
             ],
         )?;
         check_slot(&self.options, self.image_len(signature.len()))?;
-        let (mut tmp, file) = temp_next_to(out)?;
+        let (tmp, file) = crate::temp_next_to(out)?;
         let mut w = BufWriter::with_capacity(CHUNK, file);
         self.write(&tlvs, &mut w, out)?;
         let file = w
             .into_inner()
             .map_err(|e| FormatError::io(out, e.into_error()))?;
-        file.sync_all().map_err(|e| FormatError::io(out, e))?;
-        drop(file);
-        std::fs::rename(&tmp.path, out).map_err(|e| FormatError::io(out, e))?;
-        tmp.done = true;
-        Ok(())
+        tmp.persist(file, out)
     }
 }
 
@@ -814,11 +762,7 @@ impl crate::Format for Mcuboot {
         let key_hash = hash_bytes(profile.alg.hash(), &public_bytes(key)?);
         let header_size = self.check_options()?;
         let o = &self.options;
-        let mut file = open(input)?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| FormatError::io(input, e))?
-            .len();
+        let (mut file, file_len) = crate::open_sized(input)?;
         let source = self.source(&mut file, input, file_len, header_size)?;
         let img_size = u32::try_from(source.body_len).map_err(|_| {
             FormatError::Invalid(format!(
@@ -898,11 +842,7 @@ impl crate::Format for Mcuboot {
         }
         let p = profile(key.key_type)?;
         let public = public_bytes(key)?;
-        let mut file = open(signed)?;
-        let file_len = file
-            .metadata()
-            .map_err(|e| FormatError::io(signed, e))?
-            .len();
+        let (mut file, file_len) = crate::open_sized(signed)?;
         let layout = read_layout(&mut file, file_len, signed)?;
         let h = layout.header;
         let (major, minor, revision, build) = h.version;
@@ -1004,16 +944,12 @@ impl crate::Format for Mcuboot {
                 let der_len = usize::from(sig[1]) + 2;
                 sig = sig.get(..der_len).unwrap_or(sig);
             }
-            match influxion_verify::verify(key.key_type, &key.public_key_der, &digest, sig) {
-                Ok(true) => {
-                    checks.push(format!(
-                        "{} signature verifies with the key's public key",
-                        p.name
-                    ));
-                    return Ok(checks);
-                }
-                Ok(false) => {}
-                Err(e) => return Err(FormatError::Verify(e.to_string())),
+            if crate::signature_verifies(key, &digest, sig)? {
+                checks.push(format!(
+                    "{} signature verifies with the key's public key",
+                    p.name
+                ));
+                return Ok(checks);
             }
         }
         Err(FormatError::Verify(if found {
@@ -1036,6 +972,7 @@ mod tests {
 
     use super::*;
     use crate::Format;
+    use influxion_core::key::HashAlg;
     use proptest::prelude::*;
     use std::io::Cursor;
     use std::sync::OnceLock;

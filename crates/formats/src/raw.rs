@@ -26,10 +26,6 @@ impl Prepared for PreparedRaw {
     }
 }
 
-fn open(path: &Path) -> Result<std::fs::File, FormatError> {
-    std::fs::File::open(path).map_err(|e| FormatError::io(path, e))
-}
-
 impl crate::Format for Raw {
     fn name(&self) -> &'static str {
         "raw"
@@ -41,13 +37,8 @@ impl crate::Format for Raw {
         key: &SignerKey,
         progress: &dyn Fn(u64),
     ) -> Result<Box<dyn Prepared>, FormatError> {
-        if !key.key_type.allows(self.algorithm) {
-            return Err(FormatError::KeyUnfit(format!(
-                "a {} key cannot sign with {}",
-                key.key_type, self.algorithm
-            )));
-        }
-        let digest = crate::hash_reader(open(input)?, self.algorithm, input, progress)?;
+        crate::check_allows(key, self.algorithm)?;
+        let digest = crate::hash_reader(crate::open(input)?, self.algorithm, input, progress)?;
         Ok(Box::new(PreparedRaw { digest }))
     }
 
@@ -62,21 +53,21 @@ impl crate::Format for Raw {
             .map(Path::to_path_buf)
             .ok_or_else(|| FormatError::Invalid("a raw signature needs the signed file".into()))?;
         let sig = std::fs::read(signed).map_err(|e| FormatError::io(signed, e))?;
-        let digest = crate::hash_reader(open(&content)?, self.algorithm, &content, progress)?;
-        match influxion_verify::verify(key.key_type, &key.public_key_der, &digest, &sig) {
-            Ok(true) => Ok(vec![format!(
-                "{} signature over the {} of {} ({}) verifies with the key's public key",
-                self.algorithm,
-                self.algorithm.hash().as_str(),
-                content.display(),
-                hex::encode(digest.as_bytes())
-            )]),
-            Ok(false) => Err(FormatError::Verify(format!(
+        let digest =
+            crate::hash_reader(crate::open(&content)?, self.algorithm, &content, progress)?;
+        if !crate::signature_verifies(key, &digest, &sig)? {
+            return Err(FormatError::Verify(format!(
                 "the {} signature does not match {} and the key",
                 self.algorithm,
                 content.display()
-            ))),
-            Err(e) => Err(FormatError::Verify(e.to_string())),
+            )));
         }
+        Ok(vec![format!(
+            "{} signature over the {} of {} ({}) verifies with the key's public key",
+            self.algorithm,
+            self.algorithm.hash().as_str(),
+            content.display(),
+            hex::encode(digest.as_bytes())
+        )])
     }
 }

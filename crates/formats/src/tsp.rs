@@ -5,20 +5,21 @@
 //! and RFC 3161 appendix A (CMS) embed as an unsigned attribute. No HTTP here: the
 //! CLI posts the request.
 
-use cms::cert::CertificateChoices;
 use cms::content_info::ContentInfo;
-use cms::signed_data::{SignedData, SignerIdentifier, SignerInfo, UnsignedAttributes};
+use cms::signed_data::{SignedData, SignerInfo, UnsignedAttributes};
 use const_oid::db::{rfc5911, rfc5912};
 use der::asn1::{AnyRef, BitString, Int, OctetString, SetOfVec};
 use der::{Any, Decode, Encode, Reader, Tag, TagNumber, Tagged};
 use influxion_core::key::HashAlg;
 use spki::{AlgorithmIdentifierOwned, ObjectIdentifier};
 use x509_cert::ext::pkix::name::GeneralName;
-use x509_cert::ext::pkix::SubjectKeyIdentifier;
 use x509_cert::ext::Extensions;
 use x509_cert::Certificate;
 
-use crate::{FormatError, Hasher};
+use crate::signed_data::{
+    attr_value, attribute, der_err, hash_alg_with_null, hash_of, signer_cert, RSA_PKCS1,
+};
+use crate::{hash_bytes, FormatError};
 
 /// The largest TSA answer taken: a token with a certificate chain is a few kilobytes.
 pub const MAX_RESPONSE: usize = 64 * 1024;
@@ -100,29 +101,6 @@ struct TstInfo {
     extensions: Option<Extensions>,
 }
 
-fn hash_oid(hash: HashAlg) -> ObjectIdentifier {
-    match hash {
-        HashAlg::Sha256 => rfc5912::ID_SHA_256,
-        HashAlg::Sha384 => rfc5912::ID_SHA_384,
-        HashAlg::Sha512 => rfc5912::ID_SHA_512,
-    }
-}
-
-fn hash_of(oid: ObjectIdentifier) -> Option<HashAlg> {
-    match oid {
-        o if o == rfc5912::ID_SHA_256 => Some(HashAlg::Sha256),
-        o if o == rfc5912::ID_SHA_384 => Some(HashAlg::Sha384),
-        o if o == rfc5912::ID_SHA_512 => Some(HashAlg::Sha512),
-        _ => None,
-    }
-}
-
-fn digest(hash: HashAlg, data: &[u8]) -> Vec<u8> {
-    let mut h = Hasher::new(hash);
-    h.update(data);
-    h.finish()
-}
-
 /// A DER TimeStampReq for the `hash` of `signature` (a SignerInfo's signature value),
 /// with `nonce`, asking for the TSA's certificate in the token. The hash algorithm has
 /// NULL parameters, as `openssl ts -query` writes them.
@@ -131,11 +109,8 @@ pub fn request(hash: HashAlg, signature: &[u8], nonce: u64) -> Result<Vec<u8>, F
     TimeStampReq {
         version: 1,
         message_imprint: MessageImprint {
-            hash_algorithm: AlgorithmIdentifierOwned {
-                oid: hash_oid(hash),
-                parameters: Some(Any::from(der::asn1::Null)),
-            },
-            hashed_message: OctetString::new(digest(hash, signature)).map_err(enc)?,
+            hash_algorithm: hash_alg_with_null(hash),
+            hashed_message: OctetString::new(hash_bytes(hash, signature)).map_err(enc)?,
         },
         req_policy: None,
         // An unsigned INTEGER encoding is a valid (positive) signed one.
@@ -279,7 +254,7 @@ pub fn check_token(token: &[u8], signature: &[u8]) -> Result<Timestamp, String> 
             imprint.hash_algorithm.oid
         )
     })?;
-    if imprint.hashed_message.as_bytes() != digest(hash, signature).as_slice() {
+    if imprint.hashed_message.as_bytes() != hash_bytes(hash, signature).as_slice() {
         return Err(format!(
             "is over another signature: its {} imprint is not the signature value's",
             hash.as_str()
@@ -311,11 +286,9 @@ pub(crate) fn unsigned_attrs(
     };
     check_token(token, signature)
         .map_err(|e| FormatError::Invalid(format!("the timestamp token {e}")))?;
-    let value = Any::from_der(token).map_err(crate::cms::der_err)?;
+    let value = Any::from_der(token).map_err(der_err)?;
     let mut attrs = SetOfVec::new();
-    attrs
-        .insert(crate::cms::attribute(oid, value)?)
-        .map_err(crate::cms::der_err)?;
+    attrs.insert(attribute(oid, value)?).map_err(der_err)?;
     Ok(Some(attrs))
 }
 
@@ -425,30 +398,6 @@ fn gen_time(t: &Any) -> Result<String, String> {
     ))
 }
 
-/// The certificate `sid` names among the token's certificates.
-fn signer_cert<'a>(sd: &'a SignedData, sid: &SignerIdentifier) -> Option<&'a Certificate> {
-    sd.certificates.as_ref()?.0.iter().find_map(|c| {
-        let CertificateChoices::Certificate(c) = c else {
-            return None;
-        };
-        let tbs = &c.tbs_certificate;
-        let matches = match sid {
-            SignerIdentifier::IssuerAndSerialNumber(i) => {
-                tbs.issuer == i.issuer && tbs.serial_number == i.serial_number
-            }
-            SignerIdentifier::SubjectKeyIdentifier(ski) => tbs
-                .extensions
-                .iter()
-                .flatten()
-                .filter(|e| e.extn_id == rfc5912::ID_CE_SUBJECT_KEY_IDENTIFIER)
-                .any(|e| {
-                    SubjectKeyIdentifier::from_der(e.extn_value.as_bytes()).is_ok_and(|k| k == *ski)
-                }),
-        };
-        matches.then_some(c)
-    })
-}
-
 /// The DER of the first SignerInfo's signed attributes as the TSA encoded them (what
 /// it signed), whatever their order: the cms types sort a SET OF when they decode it.
 fn raw_signed_attrs(token: &[u8]) -> Result<Vec<u8>, der::Error> {
@@ -497,20 +446,14 @@ fn tsa_signature<'a>(
         .signed_attrs
         .as_ref()
         .ok_or("has no signed attributes")?;
-    let find = |oid: ObjectIdentifier| {
-        attrs
-            .iter()
-            .find(|a| a.oid == oid)
-            .and_then(|a| a.values.get(0))
-    };
-    let ct: ObjectIdentifier = find(rfc5911::ID_CONTENT_TYPE)
+    let ct: ObjectIdentifier = attr_value(attrs, rfc5911::ID_CONTENT_TYPE)
         .ok_or("has no content-type attribute")?
         .decode_as()
         .map_err(|_| "has a content-type attribute that does not parse")?;
     if ct != ID_CT_TST_INFO {
         return Err("has a content-type attribute other than TSTInfo".into());
     }
-    let md: OctetString = find(rfc5911::ID_MESSAGE_DIGEST)
+    let md: OctetString = attr_value(attrs, rfc5911::ID_MESSAGE_DIGEST)
         .ok_or("has no message-digest attribute")?
         .decode_as()
         .map_err(|_| "has a message-digest attribute that does not parse")?;
@@ -523,13 +466,13 @@ fn tsa_signature<'a>(
             ),
         ));
     };
-    if md.as_bytes() != digest(hash, &t.tst_der).as_slice() {
+    if md.as_bytes() != hash_bytes(hash, &t.tst_der).as_slice() {
         return Err("has a message digest that is not the hash of its TSTInfo".into());
     }
     let cert = cert.ok_or("does not include the TSA's certificate")?;
     let raw = raw_signed_attrs(token)
         .map_err(|e| format!("has signed attributes that do not parse ({e})"))?;
-    let hashed = digest(hash, &raw);
+    let hashed = hash_bytes(hash, &raw);
     let spki = &cert.tbs_certificate.subject_public_key_info;
     let spki_der = spki
         .to_der()
@@ -561,15 +504,7 @@ fn tsa_signature<'a>(
                 ));
             }
         }
-        o if o == rfc5912::RSA_ENCRYPTION
-            && [
-                rfc5912::RSA_ENCRYPTION,
-                rfc5912::SHA_256_WITH_RSA_ENCRYPTION,
-                rfc5912::SHA_384_WITH_RSA_ENCRYPTION,
-                rfc5912::SHA_512_WITH_RSA_ENCRYPTION,
-            ]
-            .contains(&sig_oid) =>
-        {
+        o if o == rfc5912::RSA_ENCRYPTION && RSA_PKCS1.contains(&sig_oid) => {
             use rsa::pkcs8::DecodePublicKey;
             let k = rsa::RsaPublicKey::from_public_key_der(&spki_der)
                 .map_err(|e| format!("has a TSA RSA key that does not parse ({e})"))?;
@@ -608,7 +543,7 @@ pub(crate) mod test_tsa {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use cms::cert::IssuerAndSerialNumber;
+    use cms::cert::CertificateChoices;
     use cms::content_info::CmsVersion;
     use cms::signed_data::{
         CertificateSet, EncapsulatedContentInfo, SignedAttributes, SignerInfos,
@@ -622,7 +557,8 @@ pub(crate) mod test_tsa {
         cert: Certificate,
     }
 
-    struct Public(Vec<u8>);
+    /// A P-256 public key (its point) for rcgen to certify.
+    pub(crate) struct Public(pub(crate) Vec<u8>);
 
     impl rcgen::PublicKeyData for Public {
         fn der_bytes(&self) -> &[u8] {
@@ -693,21 +629,21 @@ pub(crate) mod test_tsa {
         let tst_der = tst.to_der().unwrap();
         let mut attrs = SignedAttributes::new();
         for a in [
-            crate::cms::attribute(
+            attribute(
                 rfc5911::ID_CONTENT_TYPE,
                 Any::encode_from(&ID_CT_TST_INFO).unwrap(),
             )
             .unwrap(),
-            crate::cms::attribute(
+            attribute(
                 rfc5911::ID_MESSAGE_DIGEST,
-                Any::encode_from(&OctetString::new(digest(HashAlg::Sha256, &tst_der)).unwrap())
+                Any::encode_from(&OctetString::new(hash_bytes(HashAlg::Sha256, &tst_der)).unwrap())
                     .unwrap(),
             )
             .unwrap(),
         ] {
             attrs.insert(a).unwrap();
         }
-        let hashed = digest(HashAlg::Sha256, &attrs.to_der().unwrap());
+        let hashed = hash_bytes(HashAlg::Sha256, &attrs.to_der().unwrap());
         let sig: p256::ecdsa::Signature = tsa.key.sign_prehash(&hashed).unwrap();
         let sha256 = AlgorithmIdentifierOwned {
             oid: rfc5912::ID_SHA_256,
@@ -715,10 +651,7 @@ pub(crate) mod test_tsa {
         };
         let signer = SignerInfo {
             version: CmsVersion::V1,
-            sid: SignerIdentifier::IssuerAndSerialNumber(IssuerAndSerialNumber {
-                issuer: tsa.cert.tbs_certificate.issuer.clone(),
-                serial_number: tsa.cert.tbs_certificate.serial_number.clone(),
-            }),
+            sid: crate::signed_data::issuer_and_serial(&tsa.cert),
             digest_alg: sha256.clone(),
             signed_attrs: Some(attrs),
             signature_algorithm: AlgorithmIdentifierOwned {
@@ -808,7 +741,7 @@ mod tests {
             assert_eq!(back.message_imprint.hash_algorithm.oid, oid);
             assert_eq!(
                 back.message_imprint.hashed_message.as_bytes(),
-                digest(hash, SIG).as_slice()
+                hash_bytes(hash, SIG).as_slice()
             );
             assert_eq!(
                 back.nonce.unwrap().as_bytes(),
@@ -863,7 +796,7 @@ mod tests {
         refused(&response(0, Some(&token(&tst))), &req, "nonce");
         let mut tst = tst_for(&req);
         tst.message_imprint.hashed_message =
-            OctetString::new(digest(HashAlg::Sha256, b"other")).unwrap();
+            OctetString::new(hash_bytes(HashAlg::Sha256, b"other")).unwrap();
         refused(
             &response(0, Some(&token(&tst))),
             &req,

@@ -576,26 +576,6 @@ fn a_format_signs_through_an_approval() {
     assert_eq!(quorum["detail"]["format"], "mcuboot", "{audit}");
 }
 
-/// `name` compiled by mingw-w64 from `source` with `flags`: test PE files are built,
-/// not downloaded.
-fn mingw(d: &Path, name: &str, source: &str, flags: &[&str]) {
-    let c = format!("{name}.c");
-    std::fs::write(d.join(&c), source).unwrap();
-    let out = std::process::Command::new("x86_64-w64-mingw32-gcc")
-        .args(["-O2", "-o", name, &c])
-        .args(flags)
-        .current_dir(d)
-        .output()
-        .expect(
-            "x86_64-w64-mingw32-gcc (Debian gcc-mingw-w64-x86-64; scripts/test.sh installs it)",
-        );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 #[test]
 fn authenticode_signatures_verify_with_osslsigncode_and_sbverify() {
     if !prerequisites() {

@@ -232,6 +232,26 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     ));
     let (verified, said) = imgtool_verifies(d, "hsm.pem", "fw.signed");
     assert!(verified, "{said}");
+    mingw(d, "hello.exe", "int main(void) { return 0; }\n", &[]);
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "hsm-fw",
+            "--format",
+            "authenticode",
+            "hello.exe",
+            "-o",
+            "hsm.exe",
+        ],
+        d,
+    ));
+    let (verified, said) = tool(
+        d,
+        "osslsigncode",
+        &["verify", "-CAfile", "hroot.pem", "-in", "hsm.exe"],
+    );
+    assert!(verified, "{said}");
 
     // Keys made outside Influxion, bound by label or id. One the token would let out is
     // refused unless the operator accepts it, and that is audited.

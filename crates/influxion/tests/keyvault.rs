@@ -134,6 +134,26 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
     ));
     let (verified, said) = openssl_cms_verifies(d, "fw.p7s", "fw.bin", "cs-root.pem");
     assert!(verified, "{said}");
+    mingw(d, "hello.exe", "int main(void) { return 0; }\n", &[]);
+    ok(&ks.signer(
+        &[
+            "sign",
+            "--key",
+            "kv-fw",
+            "--format",
+            "authenticode",
+            "hello.exe",
+            "-o",
+            "kv.exe",
+        ],
+        d,
+    ));
+    let (verified, said) = tool(
+        d,
+        "osslsigncode",
+        &["verify", "-CAfile", "cs-root.pem", "-in", "kv.exe"],
+    );
+    assert!(verified, "{said}");
 
     // With approvals: the approver's completing vote signs in the vault, and the
     // quorum's record names the vault key and version.

@@ -808,3 +808,23 @@ pub(crate) fn tool(d: &Path, prog: impl AsRef<std::ffi::OsStr>, args: &[&str]) -
 pub(crate) fn imgtool_verifies(d: &Path, public: &str, image: &str) -> (bool, String) {
     tool(d, imgtool(), &["verify", "-k", public, image])
 }
+
+/// `name` compiled by mingw-w64 from `source` with `flags`: test PE files are built,
+/// not downloaded.
+pub(crate) fn mingw(d: &Path, name: &str, source: &str, flags: &[&str]) {
+    let c = format!("{name}.c");
+    std::fs::write(d.join(&c), source).unwrap();
+    let out = Command::new("x86_64-w64-mingw32-gcc")
+        .args(["-O2", "-o", name, &c])
+        .args(flags)
+        .current_dir(d)
+        .output()
+        .expect(
+            "x86_64-w64-mingw32-gcc (Debian gcc-mingw-w64-x86-64; scripts/test.sh installs it)",
+        );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -369,15 +369,7 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     // again by itself.
     ok(&ks.admin(&["keys", "create", "sw-fw", "--backend", "software"], d));
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ready = || {
-        rt.block_on(async {
-            let r = reqwest::get(format!("{}/readyz", ks.url)).await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
-        })
-    };
+    let ready = || readyz(&rt, &ks.url);
     let (status, body) = ready();
     assert_eq!(
         (status, &body["backends"]["pkcs11"]),
@@ -399,17 +391,33 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     ok(&ks.signer(&["sign", "--key", "sw-fw", "fw.bin", "-o", "sw.sig"], d));
 
     std::fs::rename(d.join("tokens-away"), &tokens).unwrap();
+    wait_ready(&rt, &ks.url, "the token did not come back");
+    ok(&ks.signer(&["sign", "--key", "hsm-fw", "fw.bin", "-o", "back.sig"], d));
+    assert_sha256_verifies(d, "hsm.pem", "back.sig", "fw.bin");
+}
+
+/// `GET /readyz`: its status and body.
+fn readyz(rt: &tokio::runtime::Runtime, url: &str) -> (u16, serde_json::Value) {
+    rt.block_on(async {
+        let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    })
+}
+
+/// Wait (up to a minute) until `/readyz` answers 200: a token reconnected by itself.
+fn wait_ready(rt: &tokio::runtime::Runtime, url: &str, what: &str) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while ready().0 != 200 {
+    while readyz(rt, url).0 != 200 {
         assert!(
             std::time::Instant::now() < deadline,
-            "the token did not come back: {}",
-            ready().1
+            "{what}: {}",
+            readyz(rt, url).1
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
     }
-    ok(&ks.signer(&["sign", "--key", "hsm-fw", "fw.bin", "-o", "back.sig"], d));
-    assert_sha256_verifies(d, "hsm.pem", "back.sig", "fw.bin");
 }
 
 /// The token directory of SoftHSM's token `label` (a directory per token, its label in
@@ -586,15 +594,7 @@ fn several_named_tokens_are_backends_of_their_own() {
 
     // line-b goes away: its keys answer 503, line-a's keep signing, /readyz names it.
     let rt = tokio::runtime::Runtime::new().unwrap();
-    let ready = || {
-        rt.block_on(async {
-            let r = reqwest::get(format!("{}/readyz", ks.url)).await.unwrap();
-            (
-                r.status().as_u16(),
-                r.json::<serde_json::Value>().await.unwrap(),
-            )
-        })
-    };
+    let ready = || readyz(&rt, &ks.url);
     let b_dir = token_dir(d, "line-b");
     std::fs::rename(&b_dir, d.join("line-b-away")).unwrap();
     let away = ks.signer(&["sign", "--key", "b-fw", "fw.bin", "-o", "away.sig"], d);
@@ -611,15 +611,7 @@ fn several_named_tokens_are_backends_of_their_own() {
     assert_eq!(body["backends"]["pkcs11:line-a"], "ok", "{body}");
 
     std::fs::rename(d.join("line-b-away"), &b_dir).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
-    while ready().0 != 200 {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "line-b did not come back: {}",
-            ready().1
-        );
-        std::thread::sleep(std::time::Duration::from_millis(200));
-    }
+    wait_ready(&rt, &ks.url, "line-b did not come back");
     ok(&ks.signer(&["sign", "--key", "b-fw", "fw.bin", "-o", "b2.sig"], d));
     assert_sha256_verifies(d, "b-fw.pem", "b2.sig", "fw.bin");
 }

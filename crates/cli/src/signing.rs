@@ -449,18 +449,12 @@ pub async fn sign(mut c: Client, args: SignArgs) -> Result<ExitCode> {
             .set_timestamp(token)
             .map_err(|e| failed(e.into()))?;
     }
-    // Written beside the output and renamed into place, so a failure leaves nothing.
-    let partial = {
-        let mut s = out.as_os_str().to_owned();
-        s.push(".partial");
-        PathBuf::from(s)
-    };
+    // Every format writes a new file beside the output (created exclusively, so never
+    // through a link planted there) and renames it into place: a failure leaves nothing.
     let name = format.name();
-    if let Err(e) = prepared.assemble(&sig, &partial) {
-        let _ = std::fs::remove_file(&partial);
-        return Err(anyhow::Error::new(e).context(format!("writing the {name} output")));
-    }
-    std::fs::rename(&partial, &out).with_context(|| format!("writing {}", out.display()))?;
+    prepared
+        .assemble(&sig, &out)
+        .with_context(|| format!("writing the {name} output"))?;
     let alg = digest.algorithm();
     if output::json() {
         println!(

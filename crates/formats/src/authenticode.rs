@@ -736,9 +736,12 @@ impl Prepared for PreparedAuthenticode {
         file.seek(SeekFrom::Start(self.layout.checksum_off))
             .and_then(|_| file.write_all(&checksum.to_le_bytes()))
             .map_err(|e| FormatError::io(out, e))?;
-        // An executable stays executable.
+        // An executable stays executable; nothing else carries over (no setuid or
+        // setgid, nothing writable by others).
         if let Ok(meta) = std::fs::metadata(&self.input) {
-            let _ = file.set_permissions(meta.permissions());
+            use std::os::unix::fs::PermissionsExt as _;
+            let mode = 0o644 | (meta.permissions().mode() & 0o111);
+            let _ = file.set_permissions(std::fs::Permissions::from_mode(mode));
         }
         tmp.persist(file, out)
     }

@@ -120,7 +120,7 @@ impl Prepared for PreparedCms {
             timestamp: self.timestamp.as_deref(),
         }
         .encode(signature)?;
-        std::fs::write(out, der).map_err(|e| FormatError::io(out, e))
+        crate::write_atomically(out, &der)
     }
 }
 

@@ -178,6 +178,15 @@ pub(crate) fn temp_next_to(out: &Path) -> Result<(TempOut, File), FormatError> {
     Ok((TempOut { path, done: false }, file))
 }
 
+/// Write `bytes` to `out` through a new file beside it (never through a file or link
+/// already there), synced and renamed into place.
+pub(crate) fn write_atomically(out: &Path, bytes: &[u8]) -> Result<(), FormatError> {
+    use std::io::Write as _;
+    let (tmp, mut file) = temp_next_to(out)?;
+    file.write_all(bytes).map_err(|e| FormatError::io(out, e))?;
+    tmp.persist(file, out)
+}
+
 /// Refuse a key whose type cannot sign with `alg`.
 pub(crate) fn check_allows(key: &SignerKey, alg: SignAlgorithm) -> Result<(), FormatError> {
     if !key.key_type.allows(alg) {

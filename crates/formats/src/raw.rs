@@ -22,7 +22,7 @@ impl Prepared for PreparedRaw {
     }
 
     fn assemble(self: Box<Self>, signature: &[u8], out: &Path) -> Result<(), FormatError> {
-        std::fs::write(out, signature).map_err(|e| FormatError::io(out, e))
+        crate::write_atomically(out, signature)
     }
 }
 

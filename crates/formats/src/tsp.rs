@@ -457,13 +457,11 @@ fn tsa_signature<'a>(
         .ok_or("has no message-digest attribute")?
         .decode_as()
         .map_err(|_| "has a message-digest attribute that does not parse")?;
+    // A timestamp whose signature cannot be checked is refused, not passed on.
     let Some(hash) = hash_of(signer.digest_alg.oid) else {
-        return Ok((
-            cert,
-            format!(
-                "the TSA's signature (digest {}) is not checked here",
-                signer.digest_alg.oid
-            ),
+        return Err(format!(
+            "is signed with digest {}, which Influxion does not check (SHA-2 only)",
+            signer.digest_alg.oid
         ));
     };
     if md.as_bytes() != hash_bytes(hash, &t.tst_der).as_slice() {
@@ -496,12 +494,11 @@ fn tsa_signature<'a>(
                         .is_ok_and(|s| k.verify_prehash(&hashed, &s).is_ok()),
                 )
             } else {
-                return Ok((
-                    Some(cert),
-                    "the TSA's signature (an elliptic curve other than P-256 and P-384) is \
-                     not checked here"
+                return Err(
+                    "is signed on an elliptic curve other than P-256 and P-384, which \
+                     Influxion does not check"
                         .into(),
-                ));
+                );
             }
         }
         o if o == rfc5912::RSA_ENCRYPTION && RSA_PKCS1.contains(&sig_oid) => {
@@ -516,9 +513,9 @@ fn tsa_signature<'a>(
             ("RSA PKCS#1 v1.5", k.verify(scheme, &hashed, sig).is_ok())
         }
         o => {
-            return Ok((
-                Some(cert),
-                format!("the TSA's signature (key {o}, algorithm {sig_oid}) is not checked here"),
+            return Err(format!(
+                "is signed with key {o} and algorithm {sig_oid}, which Influxion does not \
+                 check (ECDSA P-256/P-384, RSA PKCS#1 v1.5)"
             ))
         }
     };

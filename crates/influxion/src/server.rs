@@ -37,10 +37,21 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
     if let Some(vault) = &cfg.vault {
         backends = backends.with(Arc::new(key_vault(vault)?));
     }
+    let mut tokens: Vec<(String, String)> = Vec::new();
     for p in &cfg.pkcs11 {
         let token = influxion_pkcs11::Pkcs11Backend::open(p.clone()).with_context(|| {
             format!("opening {} (backend {}) with {}", p.token, p.name, p.module)
         })?;
+        // Two backends on one token would share its login: the second PIN would never
+        // be checked, and keys would have two names.
+        let serial = token.token_serial().to_owned();
+        if let Some((other, _)) = tokens.iter().find(|(_, s)| *s == serial) {
+            anyhow::bail!(
+                "backends {other} and {} name the same PKCS#11 token (serial {serial}); configure it once",
+                p.name
+            );
+        }
+        tokens.push((p.name.clone(), serial));
         backends = backends.with(Arc::new(token));
     }
     check_backends(&store, &backends).await?;

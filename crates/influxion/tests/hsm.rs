@@ -483,6 +483,38 @@ fn several_named_tokens_are_backends_of_their_own() {
     assert!(out.contains("[pkcs11.line-b]\n"), "{out}");
     assert!(!out.contains("user-pin-1"), "{out}");
 
+    // Two tables on one token would share its login (the second PIN never checked):
+    // the keyserver does not start.
+    std::fs::write(
+        d.join("twice.toml"),
+        format!(
+            "[pkcs11.one]\nmodule = {MODULE:?}\ntoken = \"line-a\"\n\n\
+             [pkcs11.two]\nmodule = {MODULE:?}\ntoken = \"line-a\"\n"
+        ),
+    )
+    .unwrap();
+    let twice = d.join("twice.toml").display().to_string();
+    let mut serve = Command::new(BIN);
+    serve.arg("serve").current_dir(d);
+    server_env(
+        &mut serve,
+        &provider.issuer,
+        &d.join("data-twice"),
+        free_port(),
+    );
+    let out = serve
+        .envs([
+            ("SOFTHSM2_CONF", conf_s.as_str()),
+            ("INFLUXION_CONFIG", twice.as_str()),
+            ("INFLUXION_PKCS11_ONE_PIN", "user-pin-1"),
+            ("INFLUXION_PKCS11_TWO_PIN", "not-the-pin"),
+        ])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("name the same PKCS#11 token"), "{err}");
+
     let ks = start_keyserver_env(d, &provider.issuer, AUDIENCE, &env);
     write_firmware(d, "fw.bin", 5_000);
     // With two tokens, `pkcs11` alone does not say which.

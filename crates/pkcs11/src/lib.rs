@@ -113,6 +113,9 @@ struct Inner {
     cfg: TokenConfig,
     /// The token's label, read at start: handles record it, reconnection finds it.
     label: String,
+    /// The token's serial number, read at start: reconnection finds only this token,
+    /// never another one that carries the same label.
+    serial: String,
     /// The live connection; `None` while the token is away.
     current: RwLock<Option<Arc<Connection>>>,
     reconnecting: AtomicBool,
@@ -246,9 +249,10 @@ impl Pkcs11Backend {
     pub fn open(cfg: TokenConfig) -> Result<Self, OpenError> {
         let mut cfg = cfg;
         cfg.pool = cfg.pool.clamp(1, 64);
-        let (connection, label) = connect(
+        let (connection, label, serial) = connect(
             &cfg.module,
             &cfg.token,
+            None,
             &cfg.pin,
             &cfg.pin_setting,
             cfg.pool,
@@ -256,6 +260,7 @@ impl Pkcs11Backend {
         let inner = Arc::new(Inner {
             cfg,
             label,
+            serial,
             current: RwLock::new(None),
             reconnecting: AtomicBool::new(false),
             away: Mutex::new(String::new()),
@@ -273,6 +278,12 @@ impl Pkcs11Backend {
     /// The token's label (read from the token at start when it was chosen by slot).
     pub fn token_label(&self) -> &str {
         &self.inner.label
+    }
+
+    /// The token's serial number, read at start: two backends on one token are a
+    /// configuration error the caller can see.
+    pub fn token_serial(&self) -> &str {
+        &self.inner.serial
     }
 
     /// Run `f` on a session of the pool, off the async workers (tokens block). A token
@@ -379,12 +390,13 @@ fn load_module(path: &str) -> Result<Arc<Module>, OpenError> {
 fn connect(
     module_path: &str,
     token: &TokenSelector,
+    serial: Option<&str>,
     pin: &Zeroizing<String>,
     pin_setting: &str,
     pool: usize,
-) -> Result<(Connection, String), OpenError> {
+) -> Result<(Connection, String, String), OpenError> {
     let module = load_module(module_path)?;
-    let (slot, label) = find_token(&module.context, token)?;
+    let (slot, label, serial) = find_token(&module.context, token, serial)?;
     let mut sessions = Vec::with_capacity(pool);
     for i in 0..pool {
         let s = module
@@ -429,6 +441,7 @@ fn connect(
             keys: Mutex::new(HashMap::new()),
         },
         label,
+        serial,
     ))
 }
 
@@ -501,11 +514,21 @@ impl Inner {
         let by_label = TokenSelector::Label(self.label.clone());
         loop {
             let c = &self.cfg;
-            match connect(&c.module, &by_label, &c.pin, &c.pin_setting, c.pool) {
-                Ok((conn, _)) => {
+            match connect(
+                &c.module,
+                &by_label,
+                Some(&self.serial),
+                &c.pin,
+                &c.pin_setting,
+                c.pool,
+            ) {
+                Ok((conn, _, _)) => {
+                    // Cleared before the connection is live: a fault on it from then on
+                    // starts a new reconnection instead of finding this one still running.
+                    self.reconnecting.store(false, Ordering::SeqCst);
                     self.attach(conn);
                     tracing::info!(backend = %c.name, token = %self.label, "PKCS#11 token back; logged in again");
-                    break;
+                    return;
                 }
                 Err(e @ OpenError::Pin { .. }) => {
                     tracing::error!(backend = %c.name, token = %self.label, error = %e, "the token refused the PIN on reconnection; not retrying");
@@ -553,23 +576,42 @@ impl Inner {
     }
 }
 
-fn find_token(context: &Pkcs11, token: &TokenSelector) -> Result<(Slot, String), OpenError> {
+/// The token `token` names, and (when reconnecting) whose serial number is `serial`:
+/// its slot, label and serial number. Two tokens matching a label is an error, not a
+/// choice: keys must never land on a token nobody named.
+fn find_token(
+    context: &Pkcs11,
+    token: &TokenSelector,
+    serial: Option<&str>,
+) -> Result<(Slot, String, String), OpenError> {
     let slots = context
         .get_slots_with_token()
         .map_err(|e| OpenError::Token(e.to_string()))?;
+    let mut hits = Vec::new();
     for slot in slots {
         if let Ok(info) = context.get_token_info(slot) {
             let label = info.label().trim_end().to_owned();
-            let hit = match token {
+            let number = info.serial_number().trim_end().to_owned();
+            let named = match token {
                 TokenSelector::Label(l) => *l == label,
                 TokenSelector::Slot(id) => slot.id() == *id,
             };
-            if hit {
-                return Ok((slot, label));
+            if named && serial.is_none_or(|s| s == number) {
+                hits.push((slot, label, number));
             }
         }
     }
-    Err(OpenError::NoToken(token.to_string()))
+    match hits.len() {
+        0 => Err(OpenError::NoToken(token.to_string())),
+        1 => Ok(hits.remove(0)),
+        _ => Err(OpenError::Token(format!(
+            "several tokens are {token} (slots {}): name one by its slot id",
+            hits.iter()
+                .map(|(s, _, _)| s.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
 }
 
 /// The private key object with `CKA_ID` `id` and `CKA_LABEL` `label`: both, so a
@@ -913,66 +955,78 @@ impl KeyBackend for Pkcs11Backend {
         if !key_type.allows(alg) {
             return Err(BackendError::AlgorithmMismatch);
         }
-        let id = hex::decode(&h.id).map_err(|_| crypto("the PKCS#11 handle's id is not hex"))?;
-        let d = digest.as_bytes().to_vec();
-        let label = h.label.clone();
-        let raw = self
-            .with_session(move |s, conn| {
-                let key = conn.key_handle(s, &id, &label)?;
-                let sign = |m: &Mechanism, data: &[u8]| match s.sign(m, key, data) {
-                    // The object was replaced since its handle was cached: find it again.
-                    Err(cryptoki::error::Error::Pkcs11(
-                        cryptoki::error::RvError::ObjectHandleInvalid
-                        | cryptoki::error::RvError::KeyHandleInvalid,
-                        _,
-                    )) => {
-                        conn.forget_key(&id, &label);
-                        let key = conn.key_handle(s, &id, &label)?;
-                        s.sign(m, key, data).map_err(token_error)
-                    }
-                    r => r.map_err(token_error),
-                };
-                match (key_type, alg) {
-                    (KeyType::EcP256 | KeyType::EcP384, _) => sign(&Mechanism::Ecdsa, &d),
-                    (KeyType::Ed25519, _) => {
-                        let params = cryptoki::mechanism::eddsa::EddsaParams::new(
-                            cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
-                        );
-                        sign(&Mechanism::Eddsa(params), &d)
-                    }
-                    (_, alg) => match (digest_info_prefix(alg), hash_mechanism(alg)) {
-                        (Some(prefix), _) => {
-                            let mut info = prefix.to_vec();
-                            info.extend_from_slice(&d);
-                            sign(&Mechanism::RsaPkcs, &info)
+        let key_id =
+            hex::decode(&h.id).map_err(|_| crypto("the PKCS#11 handle's id is not hex"))?;
+        for attempt in 0..2 {
+            let id = key_id.clone();
+            let d = digest.as_bytes().to_vec();
+            let label = h.label.clone();
+            let raw = self
+                .with_session(move |s, conn| {
+                    let key = conn.key_handle(s, &id, &label)?;
+                    let sign = |m: &Mechanism, data: &[u8]| match s.sign(m, key, data) {
+                        // The object was replaced since its handle was cached: find it again.
+                        Err(cryptoki::error::Error::Pkcs11(
+                            cryptoki::error::RvError::ObjectHandleInvalid
+                            | cryptoki::error::RvError::KeyHandleInvalid,
+                            _,
+                        )) => {
+                            conn.forget_key(&id, &label);
+                            let key = conn.key_handle(s, &id, &label)?;
+                            s.sign(m, key, data).map_err(token_error)
                         }
-                        (None, Some((hash_alg, mgf, s_len))) => {
-                            let params = PkcsPssParams {
-                                hash_alg,
-                                mgf,
-                                s_len: s_len.into(),
-                            };
-                            sign(&Mechanism::RsaPkcsPss(params), &d)
+                        r => r.map_err(token_error),
+                    };
+                    match (key_type, alg) {
+                        (KeyType::EcP256 | KeyType::EcP384, _) => sign(&Mechanism::Ecdsa, &d),
+                        (KeyType::Ed25519, _) => {
+                            let params = cryptoki::mechanism::eddsa::EddsaParams::new(
+                                cryptoki::mechanism::eddsa::EddsaSignatureScheme::Pure,
+                            );
+                            sign(&Mechanism::Eddsa(params), &d)
                         }
-                        _ => Err(BackendError::AlgorithmMismatch),
-                    },
+                        (_, alg) => match (digest_info_prefix(alg), hash_mechanism(alg)) {
+                            (Some(prefix), _) => {
+                                let mut info = prefix.to_vec();
+                                info.extend_from_slice(&d);
+                                sign(&Mechanism::RsaPkcs, &info)
+                            }
+                            (None, Some((hash_alg, mgf, s_len))) => {
+                                let params = PkcsPssParams {
+                                    hash_alg,
+                                    mgf,
+                                    s_len: s_len.into(),
+                                };
+                                sign(&Mechanism::RsaPkcsPss(params), &d)
+                            }
+                            _ => Err(BackendError::AlgorithmMismatch),
+                        },
+                    }
+                })
+                .await?;
+            let sig = match key_type {
+                KeyType::EcP256 | KeyType::EcP384 => {
+                    influxion_verify::ecdsa_raw_to_der(key_type, &raw).ok_or_else(|| {
+                        crypto("the token's ECDSA signature is not r‖s of the curve's size")
+                    })?
                 }
-            })
-            .await?;
-        let sig = match key_type {
-            KeyType::EcP256 | KeyType::EcP384 => influxion_verify::ecdsa_raw_to_der(key_type, &raw)
-                .ok_or_else(|| {
-                    crypto("the token's ECDSA signature is not r‖s of the curve's size")
-                })?,
-            _ => raw,
-        };
-        match influxion_verify::verify(key_type, &spki, digest, &sig) {
-            Ok(true) => Ok(sig),
-            _ => Err(crypto(format!(
-                "the signature from token {} key {} does not verify with the key's public key",
-                h.token, h.id
-            ))),
+                _ => raw,
+            };
+            if let Ok(true) = influxion_verify::verify(key_type, &spki, digest, &sig) {
+                return Ok(sig);
+            }
+            // A cached handle may name another object by now (the key deleted and made
+            // again under the same id and label): forget it and find the key once more.
+            if attempt == 0 {
+                if let Some(conn) = self.inner.connection() {
+                    conn.forget_key(&key_id, &h.label);
+                }
+            }
         }
+        Err(crypto(format!(
+            "the signature from token {} key {} does not verify with the key's public key",
+            h.token, h.id
+        )))
     }
 
     async fn check(

@@ -61,8 +61,20 @@ async fn tokens_of_one_module_share_it() {
     by_slot.token = TokenSelector::Slot(slot);
     let s = Pkcs11Backend::open(by_slot).unwrap();
     assert_eq!(s.token_label(), "line-b");
+    assert_eq!(s.token_serial(), b.token_serial());
     let sig = influxion_core::KeyBackend::sign(&s, "k", KeyType::EcP256, &kb.handle, &digest)
         .await
         .unwrap();
     assert!(influxion_verify::verify(KeyType::EcP256, &kb.public_key_der, &digest, &sig).unwrap());
+
+    // A label two tokens carry names neither: refused, pointing to the slot. (The
+    // module is loaded afresh once no backend holds it, and then sees the new token.)
+    drop((b, s));
+    init_token("line-b");
+    match Pkcs11Backend::open(config("pkcs11:twice", "line-b", PIN, 1)) {
+        Err(influxion_pkcs11::OpenError::Token(m)) => {
+            assert!(m.contains("several tokens") && m.contains("slot"), "{m}")
+        }
+        other => panic!("a label two tokens carry: {:?}", other.err()),
+    }
 }

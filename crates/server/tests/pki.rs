@@ -1098,3 +1098,75 @@ async fn ca_revocation_is_admin_only_and_refusals_are_exact() {
     assert_eq!(text.matches("Serial Number:").count(), 1, "{text}");
     assert!(crl_number >= 2, "reissued after the revocation");
 }
+
+/// `keys certify` issues from a profile's CA: the caller needs key-admin on the key and
+/// provisioner on the profile; the profile must give codeSigning; the refusals are
+/// exact problems.
+#[tokio::test]
+async fn certifying_a_key_needs_the_profile_and_code_signing() {
+    let w = world().await;
+    w.h.add_subject(
+        "team-a",
+        SubjectRules {
+            app_id: Some("team-a".into()),
+            ..Default::default()
+        },
+        &[(Role::KeyAdmin, "team-a-*")],
+    )
+    .await;
+    let team_a = app_token(&w._idp, "team-a", 9);
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/profiles/code",
+            Some(&w.admin),
+            Some(
+                json!({"ca": "devices", "extended_key_usage": ["code_signing"],
+                        "subject": {"common_name": "{device_id}"}}),
+            ),
+        )
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text);
+    assert_eq!(
+        w.h.create_key(&team_a, "team-a-fw", "ec-p256").await.status,
+        201
+    );
+    let certify = |who: &str, key: &str, profile: &str| {
+        let (who, key, profile) = (who.to_owned(), key.to_owned(), profile.to_owned());
+        let h = &w.h;
+        async move {
+            h.call(
+                "POST",
+                &format!("/v1/keys/{key}/certify"),
+                Some(&who),
+                Some(json!({"profile": profile})),
+            )
+            .await
+        }
+    };
+    // Key-admin on the key, but not provisioner on the profile: refused.
+    certify(&team_a, "team-a-fw", "code")
+        .await
+        .assert_problem(403, "forbidden");
+    // A profile without codeSigning: refused.
+    certify(&w.admin, "team-a-fw", "device")
+        .await
+        .assert_problem(400, "invalid-profile");
+    certify(&w.admin, "team-a-fw", "nope")
+        .await
+        .assert_problem(404, "unknown-profile");
+    let r = certify(&w.admin, "team-a-fw", "code").await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert_eq!(r.json["has_certificate"], true);
+    // A chain for another key is refused.
+    let ca = ca_pem(&w, "devices").await;
+    let r =
+        w.h.call(
+            "PUT",
+            "/v1/keys/team-a-fw/certificate",
+            Some(&w.admin),
+            Some(json!({"chain": ca})),
+        )
+        .await;
+    r.assert_problem(422, "bad-key-certificate");
+}

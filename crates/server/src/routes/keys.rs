@@ -321,12 +321,8 @@ pub(crate) async fn set_certificate(
 ) -> Result<Json<KeyView>, ApiError> {
     require(&st, &c, Role::KeyAdmin, &name, "key.certificate").await?;
     audited(&st, &c.actor, "key.certificate", &name, async {
+        // The body limit (16 KiB) bounds the chain.
         let JsonBody(req) = body?;
-        if req.chain.len() > 64 * 1024 {
-            return Err(ApiError::InvalidRequest(
-                "chain is at most 64 KiB of PEM".into(),
-            ));
-        }
         let chain = influxion_pki::encode::certs_from_pem_or_der(req.chain.as_bytes())
             .map_err(|e| ApiError::BadKeyCertificate(e.to_string()))?;
         let key = lookup(&st, &name).await?;
@@ -354,6 +350,17 @@ pub(crate) async fn certify(
     require(&st, &c, Role::KeyAdmin, &name, "key.certify").await?;
     audited(&st, &c.actor, "key.certify", &name, async {
         let JsonBody(req) = body?;
+        // The profile's CA issues the certificate: as for any issuance, the caller
+        // needs the provisioner role on the profile, not only on the key.
+        if !c.perms.allows(Role::Provisioner, &req.profile) {
+            return Err(super::forbidden(
+                &c.perms,
+                &format!(
+                    "certifying with profile {} needs the provisioner role on it",
+                    req.profile
+                ),
+            ));
+        }
         let key = lookup(&st, &name).await?;
         let key = crate::service::pki::certify_key(&st, &c.actor, key, &req.profile).await?;
         Ok(Json(key_view(&st, &key)?))

@@ -46,7 +46,7 @@ pub async fn ensure_dev_ca(st: &AppState) -> Result<(), ApiError> {
         let spec: ProfileSpec = serde_json::from_value(serde_json::json!({
             "ca": DEV_CA,
             "validity_days": 365,
-            "key_types": ["ec-p256", "ec-p384", "rsa-3072", "rsa-4096"],
+            "key_types": ["ec-p256", "ec-p384", "rsa-2048", "rsa-3072", "rsa-4096"],
             "extended_key_usage": ["code_signing"],
             "subject": {"common_name": "{device_id}", "organization": "Influxion development code signing"},
             "max_per_device": 0,

@@ -130,12 +130,45 @@ struct Module {
     /// The tokens using it: when one cannot find its token here, the others check
     /// theirs, so a module whose tokens all went away is released and loaded afresh.
     users: Mutex<Vec<Weak<Inner>>>,
+    /// Declared after `context`, so dropped after it: says the module is finalized.
+    _finalized: Finalized,
+}
+
+/// Set once a module's context has been dropped, that is finalized: `C_Initialize` of
+/// the same library must wait for it, or the old context's `C_Finalize` (which runs
+/// after the last reference is gone, outside any lock) would finalize the new one.
+#[derive(Clone, Default)]
+struct Finalized(Arc<(Mutex<bool>, std::sync::Condvar)>);
+
+impl Drop for Finalized {
+    fn drop(&mut self) {
+        // Only the module's own copy signals; the registry's copy just waits.
+        if Arc::strong_count(&self.0) > 1 {
+            if let Ok(mut done) = self.0 .0.lock() {
+                *done = true;
+                self.0 .1.notify_all();
+            }
+        }
+    }
+}
+
+impl Finalized {
+    /// Wait (up to 10 s) until the module this belonged to is finalized.
+    fn wait(&self) {
+        let (lock, cvar) = &*self.0;
+        if let Ok(done) = lock.lock() {
+            let _ = cvar.wait_timeout_while(done, Duration::from_secs(10), |d| !*d);
+        }
+    }
 }
 
 /// The modules loaded in this process, by canonical path. Process-wide because
 /// `C_Initialize` is: a module loaded twice would be initialized twice and finalized
 /// under its other users.
-static MODULES: LazyLock<Mutex<HashMap<String, Weak<Module>>>> = LazyLock::new(Default::default);
+static MODULES: LazyLock<Mutex<Registry>> = LazyLock::new(Default::default);
+
+/// Each module: the live one, if any, and the signal of its finalization.
+type Registry = HashMap<String, (Weak<Module>, Finalized)>;
 
 /// The token's slot and the sessions logged in on it.
 struct Connection {
@@ -363,8 +396,12 @@ fn load_module(path: &str) -> Result<Arc<Module>, OpenError> {
     let mut modules = MODULES
         .lock()
         .map_err(|_| OpenError::Token("the module registry is poisoned".into()))?;
-    if let Some(m) = modules.get(&key).and_then(Weak::upgrade) {
-        return Ok(m);
+    if let Some((weak, finalized)) = modules.get(&key) {
+        if let Some(m) = weak.upgrade() {
+            return Ok(m);
+        }
+        // The last user is gone; its C_Finalize may still be running.
+        finalized.wait();
     }
     let context = Pkcs11::new(path).map_err(|e| OpenError::Module {
         module: path.to_owned(),
@@ -376,12 +413,14 @@ fn load_module(path: &str) -> Result<Arc<Module>, OpenError> {
             module: path.to_owned(),
             why: format!("C_Initialize: {e}"),
         })?;
+    let finalized = Finalized::default();
     let module = Arc::new(Module {
         context,
         users: Mutex::new(Vec::new()),
+        _finalized: finalized.clone(),
     });
-    modules.retain(|_, m| m.strong_count() > 0);
-    modules.insert(key, Arc::downgrade(&module));
+    modules.retain(|_, (m, _)| m.strong_count() > 0);
+    modules.insert(key, (Arc::downgrade(&module), finalized));
     Ok(module)
 }
 
@@ -560,7 +599,7 @@ impl Inner {
                 let key = std::fs::canonicalize(&self.cfg.module)
                     .map(|p| p.display().to_string())
                     .unwrap_or_else(|_| self.cfg.module.clone());
-                m.get(&key).and_then(Weak::upgrade)
+                m.get(&key).and_then(|(weak, _)| weak.upgrade())
             })
             .and_then(|module| {
                 module
@@ -1109,5 +1148,29 @@ fn uuid_bytes(key_id: &str) -> Vec<u8> {
     match hex::decode(&hexed) {
         Ok(b) if !b.is_empty() && hexed.len() == key_id.chars().filter(|c| *c != '-').count() => b,
         _ => key_id.as_bytes().to_vec(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_module_signals_its_finalization_when_its_context_is_gone() {
+        let registry = Finalized::default();
+        let held_by_module = registry.clone();
+        let done = |f: &Finalized| f.0 .0.lock().map(|d| *d).unwrap_or(false);
+        assert!(!done(&registry));
+        drop(held_by_module);
+        assert!(
+            done(&registry),
+            "the module's copy signals when it is dropped"
+        );
+        registry.wait(); // returns at once
+                         // The registry's own copy, dropped alone, signals nothing.
+        let lone = Finalized::default();
+        let probe = Arc::downgrade(&lone.0);
+        drop(lone);
+        assert!(probe.upgrade().is_none());
     }
 }

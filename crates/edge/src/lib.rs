@@ -9,6 +9,9 @@
 //! optional; its handshake has the header timeout too.
 
 mod body;
+mod request_id;
+
+pub use request_id::{request_id, valid_request_id, REQUEST_ID};
 
 use std::convert::Infallible;
 use std::future::Future;

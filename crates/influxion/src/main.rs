@@ -124,13 +124,29 @@ enum ConfigCommand {
     Path,
 }
 
+/// Logs on standard error: text, or with `INFLUXION_LOG_FORMAT=json` one JSON object
+/// per line with the request's span (its `request_id`) for log pipelines.
 fn init_tracing() {
     let filter = tracing_subscriber::EnvFilter::try_from_env("INFLUXION_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    tracing_subscriber::fmt()
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
+        .with_writer(std::io::stderr);
+    match std::env::var("INFLUXION_LOG_FORMAT").as_deref() {
+        Ok("json") => builder
+            .json()
+            .with_current_span(true)
+            .with_span_list(true)
+            .init(),
+        Ok("text") | Err(_) => builder.init(),
+        Ok(other) => {
+            builder.init();
+            tracing::warn!(
+                value = other,
+                "INFLUXION_LOG_FORMAT is text or json; logging text"
+            );
+        }
+    }
 }
 
 #[tokio::main]

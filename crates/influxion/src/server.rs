@@ -171,7 +171,7 @@ pub(crate) async fn serve(cfg: ServerConfig) -> Result<()> {
     tracing::info!(listen = %cfg.listen, metadata = %cfg.auth.metadata_url, "keyserver listening");
     influxion_edge::serve(
         listener,
-        influxion_server::app(state),
+        influxion_server::app(state).layer(axum::middleware::from_fn(influxion_edge::request_id)),
         cfg.http,
         None,
         shutdown_signal(),
@@ -446,7 +446,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     );
     influxion_edge::serve(
         api_listener,
-        influxion_server::app(state),
+        influxion_server::app(state).layer(axum::middleware::from_fn(influxion_edge::request_id)),
         limits,
         None,
         shutdown_signal(),

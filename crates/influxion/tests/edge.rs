@@ -86,3 +86,89 @@ fn keyserver_ends_stalled_and_idle_connections() {
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&o.stdout), "ok");
 }
+
+/// Every answer carries a request id (the caller's when it is a plain token, else a new
+/// one), and `INFLUXION_LOG_FORMAT=json` writes one JSON object per line whose spans
+/// carry it; the bearer token is in no log line, even at debug level.
+#[test]
+fn request_ids_in_answers_and_json_logs() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let port = free_port();
+    let log = d.join("keyserver.log");
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("serve").current_dir(d);
+    server_env(&mut cmd, &provider.issuer, &d.join("data"), port);
+    let child = cmd
+        .env("INFLUXION_LOG_FORMAT", "json")
+        .env("INFLUXION_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(&log).unwrap())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        healthy_or_exited(&mut proc, &url),
+        "the keyserver did not start"
+    );
+    let ks = Keyserver {
+        proc: Some(proc),
+        url: url.clone(),
+        data: d.join("data"),
+        issuer: provider.issuer.clone(),
+        audience: AUDIENCE.to_owned(),
+    };
+    let token = access_token(&ks, "ci-admin", "admin-secret-1234567890");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let get = |id: Option<&str>| {
+        rt.block_on(async {
+            let mut r = reqwest::Client::new()
+                .get(format!("{url}/v1/keys"))
+                .bearer_auth(&token);
+            if let Some(id) = id {
+                r = r.header("x-request-id", id);
+            }
+            let resp = r.send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            resp.headers()["x-request-id"].to_str().unwrap().to_owned()
+        })
+    };
+    assert_eq!(get(Some("trace-4711.a_b")), "trace-4711.a_b");
+    // A UUID, 8-4-4-4-12 hex digits.
+    let is_uuid = |s: &str| {
+        s.len() == 36
+            && s.char_indices().all(|(i, c)| {
+                if matches!(i, 8 | 13 | 18 | 23) {
+                    c == '-'
+                } else {
+                    c.is_ascii_hexdigit()
+                }
+            })
+    };
+    let made = get(None);
+    assert!(is_uuid(&made), "{made}");
+    let forged = get(Some("x\", \"level\":\"ERROR"));
+    assert!(is_uuid(&forged), "{forged}");
+
+    drop(ks);
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}")))
+        .collect();
+    let with_id = |id: &str| {
+        lines.iter().any(|l| {
+            l["spans"]
+                .as_array()
+                .is_some_and(|s| s.iter().any(|s| s["request_id"] == id))
+        })
+    };
+    assert!(with_id("trace-4711.a_b"), "{text}");
+    assert!(with_id(&made), "{text}");
+    assert!(!text.contains(&token), "the bearer token is in the log");
+}

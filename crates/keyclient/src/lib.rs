@@ -177,6 +177,9 @@ fn router(state: AppState, callback_path: &str, tls: bool) -> Router {
                 },
             ),
         )
+        // Outermost: every request has its id before anything logs; the proxy
+        // forwards it to the keyserver.
+        .layer(axum::middleware::from_fn(influxion_edge::request_id))
 }
 
 async fn purge_loop(sessions: SessionStore) {

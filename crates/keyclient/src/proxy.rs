@@ -1,7 +1,7 @@
 //! `/api/*` → the keyserver's `/v1/*`, with the session's access token.
 //!
 //! Forwards only what the web app needs: the routes it calls (an allowlist of method
-//! and path), the query, a JSON body and `Accept`; back come the status,
+//! and path), the query, a JSON body, `Accept` and the request id; back come the status,
 //! `Content-Type`, `Content-Disposition` and the body, each with a size limit. Signing,
 //! key creation, policy changes and server-side key generation are not reachable from
 //! the browser at all: those belong to the CLI and pipelines, with their own tokens.
@@ -127,6 +127,10 @@ pub(crate) async fn api(
         .request(method, url)
         .bearer_auth(token.as_str())
         .header(header::ACCEPT, accept);
+    // The id the edge gave this request (checked there), so the keyserver logs the same.
+    if let Some(id) = headers.get(&influxion_edge::REQUEST_ID) {
+        req = req.header(influxion_edge::REQUEST_ID, id.clone());
+    }
     if !body.is_empty() {
         let json = headers
             .get(header::CONTENT_TYPE)

@@ -9,8 +9,10 @@
 //! optional; its handshake has the header timeout too.
 
 mod body;
+mod reload;
 mod request_id;
 
+pub use reload::ReloadingCert;
 pub use request_id::{request_id, valid_request_id, REQUEST_ID};
 
 use std::convert::Infallible;

@@ -168,16 +168,42 @@ pub(crate) async fn serve(cfg: ServerConfig) -> Result<()> {
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("binding {}", cfg.listen))?;
-    tracing::info!(listen = %cfg.listen, metadata = %cfg.auth.metadata_url, "keyserver listening");
+    let tls = match &cfg.tls {
+        Some((cert, key)) => {
+            let certs = influxion_edge::ReloadingCert::new(cert, key)
+                .context("tls.cert_file / INFLUXION_TLS_CERT_FILE")?;
+            tokio::spawn(reload_on_sighup(certs.clone()));
+            Some(certs.server_config())
+        }
+        None => None,
+    };
+    tracing::info!(listen = %cfg.listen, tls = tls.is_some(), metadata = %cfg.auth.metadata_url, "keyserver listening");
     influxion_edge::serve(
         listener,
         influxion_server::app(state).layer(axum::middleware::from_fn(influxion_edge::request_id)),
         cfg.http,
-        None,
+        tls,
         shutdown_signal(),
     )
     .await?;
     Ok(())
+}
+
+/// Read the TLS certificate and key again on each SIGHUP (a renewed certificate); a
+/// pair that does not load is logged and the one in use stays.
+async fn reload_on_sighup(certs: std::sync::Arc<influxion_edge::ReloadingCert>) {
+    let Ok(mut hup) = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) else {
+        tracing::warn!("cannot listen for SIGHUP: the TLS certificate is not reloaded");
+        return;
+    };
+    while hup.recv().await.is_some() {
+        match certs.reload() {
+            Ok(()) => tracing::info!("TLS certificate reloaded"),
+            Err(e) => {
+                tracing::error!(error = %e, "TLS certificate not reloaded; the previous one stays")
+            }
+        }
+    }
 }
 
 /// Write a file readable only by its owner, unless it exists.
@@ -337,6 +363,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         est_profile: Some("device".into()),
         bootstrap_admin: None,
         http: limits,
+        tls: None,
     };
     let state = build_state(&cfg, cfg.kek.load()?).await?;
     ensure_dev_subjects(&state.store).await?;

@@ -172,3 +172,119 @@ fn request_ids_in_answers_and_json_logs() {
     assert!(with_id(&made), "{text}");
     assert!(!text.contains(&token), "the bearer token is in the log");
 }
+
+/// `influxion serve` with its own TLS (`INFLUXION_TLS_CERT_FILE`/`_KEY_FILE`): HTTPS
+/// only, and a renewed certificate is taken on SIGHUP without a restart; a broken pair
+/// on SIGHUP leaves the one in use.
+#[test]
+fn native_tls_and_certificate_reload_on_sighup() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    for name in ["a", "b"] {
+        let out = openssl(
+            &[
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                &format!("{name}.key"),
+                "-out",
+                &format!("{name}.pem"),
+                "-subj",
+                &format!("/CN=keyserver-{name}"),
+                "-days",
+                "2",
+                "-addext",
+                "subjectAltName=IP:127.0.0.1",
+            ],
+            d,
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let install = |name: &str| {
+        std::fs::copy(d.join(format!("{name}.pem")), d.join("tls.pem")).unwrap();
+        std::fs::copy(d.join(format!("{name}.key")), d.join("tls.key")).unwrap();
+    };
+    install("a");
+    let provider = start_provider(d);
+    let port = free_port();
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("serve").current_dir(d);
+    server_env(&mut cmd, &provider.issuer, &d.join("data"), port);
+    let child = cmd
+        .env("INFLUXION_TLS_CERT_FILE", d.join("tls.pem"))
+        .env("INFLUXION_TLS_KEY_FILE", d.join("tls.key"))
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let proc = Proc(child);
+    let pid = proc.0.id().to_string();
+    let https = format!("https://127.0.0.1:{port}/healthz");
+    let trusted_by = |ca: &str| {
+        std::process::Command::new("curl")
+            .args(["-fsS", "--max-time", "5", "--cacert", ca, &https])
+            .current_dir(d)
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    let until = |what: &str, ok: &dyn Fn() -> bool| {
+        let deadline = std::time::Instant::now() + BOUND;
+        while !ok() {
+            assert!(std::time::Instant::now() < deadline, "{what}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    until(
+        "the keyserver did not answer HTTPS with certificate a",
+        &|| trusted_by("a.pem"),
+    );
+    let plain = std::process::Command::new("curl")
+        .args([
+            "-fsS",
+            "--max-time",
+            "5",
+            &format!("http://127.0.0.1:{port}/healthz"),
+        ])
+        .output()
+        .unwrap();
+    assert!(!plain.status.success(), "plain HTTP answered");
+
+    // A renewed certificate: taken on SIGHUP, for new connections.
+    install("b");
+    let hup = || {
+        assert!(std::process::Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success())
+    };
+    hup();
+    until("certificate b was not taken on SIGHUP", &|| {
+        trusted_by("b.pem")
+    });
+    assert!(
+        !trusted_by("a.pem"),
+        "the old certificate is still presented"
+    );
+
+    // A broken pair on SIGHUP: the certificate in use stays, the keyserver keeps going.
+    std::fs::write(d.join("tls.pem"), "not a certificate").unwrap();
+    hup();
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        trusted_by("b.pem"),
+        "a broken reload replaced the certificate"
+    );
+    drop(proc);
+}

@@ -43,6 +43,16 @@ pub(crate) struct FileConfig {
     pub pki: FilePki,
     #[serde(default)]
     pub http: FileHttp,
+    #[serde(default)]
+    pub tls: FileTls,
+}
+
+/// The keyserver's own TLS (`influxion serve` without a reverse proxy).
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct FileTls {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
 }
 
 impl FileConfig {

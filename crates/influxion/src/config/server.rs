@@ -62,6 +62,8 @@ pub(crate) struct ServerConfig {
     pub public_url: Option<String>,
     pub est_profile: Option<String>,
     pub http: influxion_edge::Limits,
+    /// TLS certificate chain and key files (PEM), read again on SIGHUP.
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 #[derive(Clone)]
@@ -169,6 +171,7 @@ impl ServerConfig {
             public_url,
             est_profile,
             http: http_limits(&file.http)?,
+            tls: tls_files(file)?,
         })
     }
 
@@ -190,7 +193,7 @@ impl ServerConfig {
     pub(crate) fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n",
+            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
             self.listen.to_string(),
             self.data_dir.display().to_string(),
             self.database_url,
@@ -223,7 +226,33 @@ impl ServerConfig {
             self.http.body_read_timeout.as_secs(),
             self.http.idle_timeout.as_secs(),
             self.http.max_connections,
+            self.tls
+                .as_ref()
+                .map(|(c, _)| c.display().to_string())
+                .unwrap_or_default(),
+            self.tls
+                .as_ref()
+                .map(|(_, k)| k.display().to_string())
+                .unwrap_or_default(),
         )
+    }
+}
+
+/// `INFLUXION_TLS_CERT_FILE` and `INFLUXION_TLS_KEY_FILE` (or `[tls]`), both or neither.
+fn tls_files(file: &FileConfig) -> Result<Option<(PathBuf, PathBuf)>, ConfigError> {
+    let cert = env("INFLUXION_TLS_CERT_FILE")
+        .map(PathBuf::from)
+        .or_else(|| file.tls.cert_file.clone());
+    let key = env("INFLUXION_TLS_KEY_FILE")
+        .map(PathBuf::from)
+        .or_else(|| file.tls.key_file.clone());
+    match (cert, key) {
+        (Some(c), Some(k)) => Ok(Some((c, k))),
+        (None, None) => Ok(None),
+        _ => Err(err(
+            "tls.cert_file / INFLUXION_TLS_CERT_FILE",
+            "set both the certificate and the key file (tls.key_file / INFLUXION_TLS_KEY_FILE), or neither",
+        )),
     }
 }
 
@@ -711,6 +740,21 @@ mod tests {
         assert_eq!(e.setting, "pkcs11.<name>.pool");
         // The PIN is never a setting of the file.
         assert!(toml::from_str::<FileConfig>("[pkcs11.x]\npin = \"1234\"\n").is_err());
+    }
+
+    #[test]
+    fn tls_takes_both_files_or_neither() {
+        let file = |t: &str| toml::from_str::<FileConfig>(t).unwrap();
+        assert!(tls_files(&file("")).unwrap().is_none());
+        let both = tls_files(&file(
+            "[tls]\ncert_file = \"c.pem\"\nkey_file = \"k.pem\"\n",
+        ));
+        assert_eq!(
+            both.unwrap(),
+            Some((PathBuf::from("c.pem"), PathBuf::from("k.pem")))
+        );
+        let e = tls_files(&file("[tls]\ncert_file = \"c.pem\"\n")).unwrap_err();
+        assert_eq!(e.setting, "tls.cert_file / INFLUXION_TLS_CERT_FILE");
     }
 
     #[test]

@@ -125,6 +125,11 @@ impl JwksCache {
         (set.fetched.elapsed() <= self.max_age).then_some(set)
     }
 
+    /// Whether a key set no older than the maximum age is held: tokens can be checked.
+    pub(crate) fn usable(&self) -> bool {
+        self.current().is_some()
+    }
+
     pub(crate) fn issuer(&self) -> Option<String> {
         self.current().map(|s| s.issuer.clone())
     }

@@ -110,6 +110,12 @@ impl Validator {
         &self.cfg
     }
 
+    /// Whether the provider's signing keys are held (fetched and not older than the
+    /// maximum age), so that tokens can be checked: part of readiness.
+    pub fn keys_usable(&self) -> bool {
+        self.jwks.usable()
+    }
+
     /// Fetch the metadata and keys now, and keep them fresh in the background.
     pub fn start_background_refresh(self: &Arc<Self>) {
         let me = Arc::downgrade(self);

@@ -288,3 +288,42 @@ fn native_tls_and_certificate_reload_on_sighup() {
     );
     drop(proc);
 }
+
+/// Readiness includes the identity provider's signing keys: a keyserver whose provider
+/// cannot be reached is alive (`/healthz`) but not ready, and says why.
+#[test]
+fn not_ready_without_the_providers_keys() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    // Nothing listens there.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.arg("serve").current_dir(d);
+    server_env(&mut cmd, &nowhere, &d.join("data"), port);
+    let child = cmd
+        .env("INFLUXION_ALLOW_INSECURE_HTTP", "true")
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut proc = Proc(child);
+    let url = format!("http://127.0.0.1:{port}");
+    assert!(
+        healthy_or_exited(&mut proc, &url),
+        "the keyserver did not start"
+    );
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (status, body) = rt.block_on(async {
+        let r = reqwest::get(format!("{url}/readyz")).await.unwrap();
+        (
+            r.status().as_u16(),
+            r.json::<serde_json::Value>().await.unwrap(),
+        )
+    });
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["jwks"], "unavailable", "{body}");
+    assert_eq!(body["database"], "ok", "{body}");
+}

@@ -383,6 +383,7 @@ fn keys_in_key_vault_sign_through_the_keyserver() {
     let (status, body) = ready(ks.url.clone());
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["backends"]["azure-keyvault"], "ok");
+    assert_eq!(body["jwks"], "ok", "{body}");
     assert_eq!(body["backends"]["software"], "ok");
     vault.forbid("get");
     let (status, body) = ready(ks.url.clone());

@@ -20,8 +20,9 @@ pub(crate) async fn healthz() -> &'static str {
     "ok"
 }
 
-/// Ready to serve: the database answers and every configured key backend can use a
-/// key it holds (one stored key each, as at start). Unauthenticated, for load
+/// Ready to serve: the database answers, the identity provider's signing keys are held
+/// (tokens can be checked) and every configured key backend can use a key it holds (one
+/// stored key each, as at start). Unauthenticated, for load
 /// balancers: states only; the reasons go to the log. `/healthz` stays process-only.
 pub(crate) async fn readyz(
     axum::extract::State(st): axum::extract::State<AppState>,
@@ -60,9 +61,17 @@ pub(crate) async fn readyz(
         backends.insert(name.to_owned(), serde_json::Value::from(state));
     }
     let database = if keys.is_some() { "ok" } else { "unavailable" };
+    // Without the provider's keys no token can be checked; cached keys keep counting
+    // while the provider is down, up to their maximum age.
+    let jwks = if st.validator.keys_usable() {
+        "ok"
+    } else {
+        tracing::warn!("readiness: the identity provider's signing keys are not held");
+        ready = false;
+        "unavailable"
+    };
     if ready {
-        let body =
-            serde_json::json!({"status": "ready", "database": database, "backends": backends});
+        let body = serde_json::json!({"status": "ready", "database": database, "jwks": jwks, "backends": backends});
         return (StatusCode::OK, Json(body)).into_response();
     }
     // Every error answer is a problem document; the states are extension members.
@@ -70,8 +79,9 @@ pub(crate) async fn readyz(
         "type": "https://influxion.dev/problems/not-ready",
         "title": "Not ready",
         "status": 503,
-        "detail": "the database or a key backend is not usable (the keyserver's log says why)",
+        "detail": "the database, the identity provider's keys or a key backend is not usable (the keyserver's log says why)",
         "database": database,
+        "jwks": jwks,
         "backends": backends,
     });
     (

@@ -510,10 +510,7 @@ async fn main() -> Result<std::process::ExitCode> {
     let (lat, elapsed, errors) = drive(args.concurrency, args.seconds, make).await?;
     let rps = lat.len() as f64 / elapsed;
     let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
-    let audit = Command::new(&args.influxion)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(&dir)
-        .output()?;
+    let audit = audit_verify(&args.influxion, &dir)?;
     drop(server);
     let _ = std::fs::remove_dir_all(&dir);
 
@@ -667,24 +664,12 @@ async fn vault_mode(
         args.concurrency, args.seconds
     );
     let (client, url) = (http.clone(), format!("{base}/v1/keys/vault-demo/sign"));
-    let e2e: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
-        client
-            .post(url.as_str())
-            .bearer_auth(token.as_str())
-            .header("content-type", "application/json")
-            .body(format!(
-                r#"{{"digest":"{}"}}"#,
-                hex::encode(random_digest())
-            ))
-    });
+    let e2e = sign_requests(client, url, token);
     let (lat, elapsed, errors, returned) =
         drive_counting(args.concurrency, args.seconds, e2e).await?;
     let calls = vault_signs(&vault) - signs_before;
     let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
-    let audit = Command::new(&args.influxion)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(dir)
-        .output()?;
+    let audit = audit_verify(&args.influxion, dir)?;
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
     let d_rps = d_lat.len() as f64 / d_elapsed;
@@ -707,14 +692,7 @@ async fn vault_mode(
     );
     println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!("ratio end-to-end / vault direct: {:.3}", rps / d_rps);
-    match openssl_p256_limit(args.seconds.min(5)) {
-        Some(limit) => println!(
-            "machine limit (openssl speed -multi {} ecdsap256): {limit:.0} signatures/s; vault stand-in direct / limit: {:.3}",
-            cores(),
-            d_rps / limit
-        ),
-        None => println!("machine limit: openssl speed did not run"),
-    }
+    print_machine_limit(args.seconds, "vault stand-in direct", d_rps);
     println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
     Ok(())
 }
@@ -755,22 +733,10 @@ async fn pkcs11_mode(
         args.concurrency, args.seconds, args.pool
     );
     let (client, url) = (http.clone(), format!("{base}/v1/keys/hsm-demo/sign"));
-    let e2e: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
-        client
-            .post(url.as_str())
-            .bearer_auth(token.as_str())
-            .header("content-type", "application/json")
-            .body(format!(
-                r#"{{"digest":"{}"}}"#,
-                hex::encode(random_digest())
-            ))
-    });
+    let e2e = sign_requests(client, url, token);
     let (lat, elapsed, errors) = drive(args.concurrency, args.seconds, e2e).await?;
     let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
-    let audit = Command::new(&args.influxion)
-        .args(["audit", "verify", "--data-dir"])
-        .arg(dir)
-        .output()?;
+    let audit = audit_verify(&args.influxion, dir)?;
     drop(server);
     let _ = std::fs::remove_dir_all(dir);
     let rps = lat.len() as f64 / elapsed;
@@ -788,16 +754,50 @@ async fn pkcs11_mode(
     );
     println!("keyserver peak RSS: {:.1} MiB", rss as f64 / 1024.0);
     println!("ratio end-to-end / SoftHSM direct: {:.3}", rps / direct);
-    match openssl_p256_limit(args.seconds.min(5)) {
+    print_machine_limit(args.seconds, "SoftHSM direct", direct);
+    println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
+    Ok(())
+}
+
+/// `POST {url}` with a fresh random digest each time, as `token`.
+fn sign_requests(
+    client: reqwest::Client,
+    url: String,
+    token: Arc<String>,
+) -> Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> {
+    Arc::new(move || {
+        client
+            .post(url.as_str())
+            .bearer_auth(token.as_str())
+            .header("content-type", "application/json")
+            .body(format!(
+                r#"{{"digest":"{}"}}"#,
+                hex::encode(random_digest())
+            ))
+    })
+}
+
+/// `influxion audit verify` of the bench's data directory: the chain after the run.
+fn audit_verify(
+    influxion: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<std::process::Output> {
+    Ok(Command::new(influxion)
+        .args(["audit", "verify", "--data-dir"])
+        .arg(dir)
+        .output()?)
+}
+
+/// `openssl speed` measured now, and `direct` (what `what` did) as a share of it.
+fn print_machine_limit(seconds: u64, what: &str, direct: f64) {
+    match openssl_p256_limit(seconds.min(5)) {
         Some(limit) => println!(
-            "machine limit (openssl speed -multi {} ecdsap256): {limit:.0} signatures/s; SoftHSM direct / limit: {:.3}",
+            "machine limit (openssl speed -multi {} ecdsap256): {limit:.0} signatures/s; {what} / limit: {:.3}",
             cores(),
             direct / limit
         ),
         None => println!("machine limit: openssl speed did not run"),
     }
-    println!("{}", String::from_utf8_lossy(&audit.stdout).trim());
-    Ok(())
 }
 
 /// The machine's limit for ECDSA P-256 signing: `openssl speed -multi <cores>

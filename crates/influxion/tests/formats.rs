@@ -50,15 +50,21 @@ fn code_signing_keys(ks: &Keyserver, d: &Path, keys: &[(&str, &str)]) {
     }
 }
 
-fn sign_records(ks: &Keyserver, d: &Path, key: &str) -> usize {
-    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
+/// The `sign` audit records of `key`, newest first, as `audit list --output json`.
+fn sign_audit(ks: &Keyserver, d: &Path, key: &str) -> serde_json::Value {
+    serde_json::from_str(&ok(&ks.admin(
         &[
             "--output", "json", "audit", "list", "--action", "sign", "--key", key,
         ],
         d,
     )))
-    .unwrap();
-    audit["records"].as_array().map_or(0, Vec::len)
+    .unwrap()
+}
+
+fn sign_records(ks: &Keyserver, d: &Path, key: &str) -> usize {
+    sign_audit(ks, d, key)["records"]
+        .as_array()
+        .map_or(0, Vec::len)
 }
 
 #[test]
@@ -115,13 +121,7 @@ fn cms_signatures_verify_with_openssl() {
         assert!(checked.contains("message digest is the sha"), "{checked}");
     }
     // The audit record names the format.
-    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
-        &[
-            "--output", "json", "audit", "list", "--action", "sign", "--key", "fw-p256",
-        ],
-        d,
-    )))
-    .unwrap();
+    let audit = sign_audit(&ks, d, "fw-p256");
     assert_eq!(audit["records"][0]["detail"]["format"], "cms", "{audit}");
 
     // One byte of the firmware changed: openssl and influxion verify both refuse.
@@ -390,13 +390,7 @@ fn mcuboot_images_verify_with_imgtool() {
             assert!(checked.contains("image hash"), "{checked}");
         }
     }
-    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
-        &[
-            "--output", "json", "audit", "list", "--action", "sign", "--key", "mcu-ed",
-        ],
-        d,
-    )))
-    .unwrap();
+    let audit = sign_audit(&ks, d, "mcu-ed");
     assert_eq!(
         audit["records"][0]["detail"]["format"], "mcuboot",
         "{audit}"
@@ -564,13 +558,7 @@ fn a_format_signs_through_an_approval() {
     ok(&ks.signer(&["keys", "public", "rel-mcu", "-o", "rel.pem"], d));
     let (verified, said) = imgtool_verifies(d, "rel.pem", "rel.signed");
     assert!(verified, "{said}");
-    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
-        &[
-            "--output", "json", "audit", "list", "--action", "sign", "--key", "rel-mcu",
-        ],
-        d,
-    )))
-    .unwrap();
+    let audit = sign_audit(&ks, d, "rel-mcu");
     let quorum = &audit["records"][0];
     assert_eq!(quorum["actor"]["id"], "system:quorum", "{audit}");
     assert_eq!(quorum["detail"]["format"], "mcuboot", "{audit}");
@@ -649,13 +637,7 @@ fn authenticode_signatures_verify_with_osslsigncode_and_sbverify() {
         let (verified, said) = tool(d, "sbverify", &["--cert", "leaf.pem", &efi]);
         assert!(verified, "sbverify {key}: {said}");
     }
-    let audit: serde_json::Value = serde_json::from_str(&ok(&ks.admin(
-        &[
-            "--output", "json", "audit", "list", "--action", "sign", "--key", "win-rsa",
-        ],
-        d,
-    )))
-    .unwrap();
+    let audit = sign_audit(&ks, d, "win-rsa");
     assert_eq!(
         audit["records"][0]["detail"]["format"], "authenticode",
         "{audit}"

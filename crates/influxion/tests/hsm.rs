@@ -255,37 +255,8 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
 
     // Keys made outside Influxion, bound by label or id. One the token would let out is
     // refused unless the operator accepts it, and that is audited.
-    let keygen = |label: &str, id: &str, extra: &str| {
-        let out = Command::new("pkcs11-tool")
-            .env("SOFTHSM2_CONF", &conf_s)
-            .args([
-                "--module",
-                MODULE,
-                "--token-label",
-                "line-1",
-                "--login",
-                "--pin",
-                "user-pin-1",
-                "--keypairgen",
-                "--key-type",
-                "EC:prime256v1",
-                "--usage-sign",
-                "--label",
-                label,
-                "--id",
-                id,
-                extra,
-            ])
-            .output()
-            .expect("pkcs11-tool (Debian opensc)");
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    keygen("made-outside", "0a0b0c", "--sensitive");
-    keygen("let-out", "0d0e", "--extractable");
+    keygen(&conf_s, "line-1", "made-outside", "0a0b0c", "--sensitive");
+    keygen(&conf_s, "line-1", "let-out", "0d0e", "--extractable");
     let imported = ok(&ks.admin(
         &[
             "keys",
@@ -394,6 +365,38 @@ fn keys_on_a_softhsm_token_sign_through_the_keyserver() {
     wait_ready(&rt, &ks.url, "the token did not come back");
     ok(&ks.signer(&["sign", "--key", "hsm-fw", "fw.bin", "-o", "back.sig"], d));
     assert_sha256_verifies(d, "hsm.pem", "back.sig", "fw.bin");
+}
+
+/// A P-256 key pair made on `token` by pkcs11-tool (outside Influxion), with `CKA_LABEL`
+/// `label`, `CKA_ID` `id` and `extra` (`--sensitive`, `--extractable`).
+fn keygen(conf: &str, token: &str, label: &str, id: &str, extra: &str) {
+    let out = Command::new("pkcs11-tool")
+        .env("SOFTHSM2_CONF", conf)
+        .args([
+            "--module",
+            MODULE,
+            "--token-label",
+            token,
+            "--login",
+            "--pin",
+            "user-pin-1",
+            "--keypairgen",
+            "--key-type",
+            "EC:prime256v1",
+            "--usage-sign",
+            "--label",
+            label,
+            "--id",
+            id,
+            extra,
+        ])
+        .output()
+        .expect("pkcs11-tool (Debian opensc)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// `GET /readyz`: its status and body.
@@ -550,33 +553,7 @@ fn several_named_tokens_are_backends_of_their_own() {
     assert_eq!(detail["token"], "line-b", "{audit}");
 
     // An existing key is imported from the token named; without a name it is ambiguous.
-    let out = Command::new("pkcs11-tool")
-        .env("SOFTHSM2_CONF", &conf_s)
-        .args([
-            "--module",
-            MODULE,
-            "--token-label",
-            "line-b",
-            "--login",
-            "--pin",
-            "user-pin-1",
-            "--keypairgen",
-            "--key-type",
-            "EC:prime256v1",
-            "--usage-sign",
-            "--sensitive",
-            "--label",
-            "made-on-b",
-            "--id",
-            "0b0b",
-        ])
-        .output()
-        .expect("pkcs11-tool (Debian opensc)");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    keygen(&conf_s, "line-b", "made-on-b", "0b0b", "--sensitive");
     let vague = ks.admin(
         &["keys", "import", "from-b", "--pkcs11-label", "made-on-b"],
         d,

@@ -387,12 +387,17 @@ impl Pkcs11Backend {
     }
 }
 
+/// The registry's key for the library at `path`: two spellings of one library (a
+/// symlink) are one module to the dynamic loader.
+fn module_key(path: &str) -> String {
+    std::fs::canonicalize(path)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| path.to_owned())
+}
+
 /// The module at `path`, loaded and initialized once for the process and shared.
 fn load_module(path: &str) -> Result<Arc<Module>, OpenError> {
-    // Two spellings of one library (a symlink) are one module to the dynamic loader.
-    let key = std::fs::canonicalize(path)
-        .map(|p| p.display().to_string())
-        .unwrap_or_else(|_| path.to_owned());
+    let key = module_key(path);
     let mut modules = MODULES
         .lock()
         .map_err(|_| OpenError::Token("the module registry is poisoned".into()))?;
@@ -596,10 +601,8 @@ impl Inner {
             .lock()
             .ok()
             .and_then(|m| {
-                let key = std::fs::canonicalize(&self.cfg.module)
-                    .map(|p| p.display().to_string())
-                    .unwrap_or_else(|_| self.cfg.module.clone());
-                m.get(&key).and_then(|(weak, _)| weak.upgrade())
+                m.get(&module_key(&self.cfg.module))
+                    .and_then(|(weak, _)| weak.upgrade())
             })
             .and_then(|module| {
                 module

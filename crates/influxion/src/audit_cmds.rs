@@ -106,7 +106,7 @@ pub(crate) async fn audit(
                 Some(audit_key(file, &db)?)
             };
             let url = db.url(file);
-            let report = influxion_store::Store::verify_database(&url, key.as_ref())
+            let report = influxion_store::Store::verify_database(&url, key.as_ref(), None)
                 .await
                 .with_context(|| format!("opening {url} read-only"))?;
             match report {

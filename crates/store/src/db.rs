@@ -95,6 +95,67 @@ pub(crate) struct CertValidity {
     pub not_after: String,
 }
 
+/// What a committed batch changed, for the caches of every process on the database.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Change {
+    pub subjects: bool,
+    pub pki: bool,
+    /// The last audit record the batch appended, if any.
+    pub tip: Option<u64>,
+}
+
+/// The signals the facade's caches follow: bumped by this process's writer after each
+/// commit, and by the database's change feed when another process commits (replicas
+/// on one PostgreSQL database).
+#[derive(Clone)]
+pub(crate) struct Signals {
+    pub subjects: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub pki: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub tip: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
+}
+
+impl Signals {
+    pub(crate) fn new(tip: u64) -> (Self, tokio::sync::watch::Receiver<u64>) {
+        use std::sync::atomic::AtomicU64;
+        use std::sync::Arc;
+        let (tx, rx) = tokio::sync::watch::channel(tip);
+        let s = Self {
+            subjects: Arc::new(AtomicU64::new(1)),
+            pki: Arc::new(AtomicU64::new(1)),
+            tip: Arc::new(tx),
+        };
+        (s, rx)
+    }
+
+    pub(crate) fn changed(&self, c: &Change) {
+        use std::sync::atomic::Ordering;
+        if c.subjects {
+            self.subjects.fetch_add(1, Ordering::AcqRel);
+        }
+        if c.pki {
+            self.pki.fetch_add(1, Ordering::AcqRel);
+        }
+        if let Some(last) = c.tip {
+            self.tip.send_if_modified(|t| {
+                let newer = last > *t;
+                if newer {
+                    *t = last;
+                }
+                newer
+            });
+        }
+    }
+
+    /// Everything may have changed (a change feed that lost its connection).
+    pub(crate) fn all_changed(&self, tip: Option<u64>) {
+        self.changed(&Change {
+            subjects: true,
+            pki: true,
+            tip,
+        });
+    }
+}
+
 /// Reads outside the writer, and the connections the writer and verification use.
 #[async_trait]
 pub(crate) trait Database: Send + Sync {
@@ -145,6 +206,11 @@ pub(crate) trait Database: Send + Sync {
     /// Revoked certificates and intermediate CAs under `ca`, oldest first.
     async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>>;
 
+    /// Follow the commits of other processes on this database and bump `signals` for
+    /// them, for the life of the store. A database only one process writes (SQLite)
+    /// has nothing to follow.
+    fn follow(&self, _signals: Signals) {}
+
     /// Raw access for tests that damage the log on purpose.
     #[cfg(feature = "test-helpers")]
     fn tamper(&self) -> &dyn crate::test_helpers::Tamper;
@@ -161,6 +227,11 @@ pub(crate) trait Conn: Send {
     async fn savepoint(&mut self) -> Result<()>;
     async fn release_savepoint(&mut self) -> Result<()>;
     async fn rollback_to_savepoint(&mut self) -> Result<()>;
+    /// Tell the other processes on this database what the open transaction changed,
+    /// delivered when it commits (nothing to do where only one process writes).
+    async fn announce(&mut self, _change: &Change) -> Result<()> {
+        Ok(())
+    }
 
     // The audit log.
     /// Whether the log has the keyed schema (a read-only copy of an old file may not).

@@ -19,6 +19,12 @@ pub enum StoreError {
     Commit(#[source] Arc<StoreError>),
     #[error("the store writer has stopped")]
     Closed,
+    /// The database's password (an access token, a file) could not be obtained.
+    #[error("database password unavailable: {0}")]
+    Password(String),
+    /// A password source was given for a database that takes none (SQLite).
+    #[error("{0}")]
+    Unsupported(String),
     #[error("the audit chain head disagrees with the log ({0}); refusing to write until an operator investigates")]
     ChainHeadMismatch(String),
     #[error("refusing to re-seal the audit log: {0}")]

@@ -24,7 +24,10 @@ mod keys;
 mod ops;
 pub mod pki;
 pub mod policy_changes;
+mod postgres;
+mod rows;
 mod rules;
+mod sql;
 mod sqlite;
 #[cfg(feature = "test-helpers")]
 pub mod test_helpers;
@@ -57,9 +60,9 @@ type SubjectCache = Arc<RwLock<Option<(u64, Arc<Vec<SubjectRecord>>)>>>;
 pub struct Store {
     db: Arc<dyn Database>,
     writer: mpsc::Sender<Job>,
-    /// Bumped by the writer whenever subjects or grants change; the cache below is
-    /// reloaded when it differs. (One process per SQLite file; PostgreSQL replicas
-    /// will need a shared signal.)
+    /// Bumped by the writer whenever subjects or grants change, and by the database's
+    /// change feed when another replica changes them; the cache below is reloaded
+    /// when it differs.
     subjects_gen: Arc<AtomicU64>,
     subjects: SubjectCache,
     /// Bumped by the writer whenever CAs, profiles, certificates' CRLs or key status
@@ -79,11 +82,22 @@ impl Store {
     /// Open (creating if needed) the database at `url` (e.g. `sqlite:///var/lib/influxion/db.sqlite`)
     /// and run migrations. `audit_key` (derived from the KEK) seals the audit chain.
     pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self, StoreError> {
+        Self::open_with(url, audit_key, None).await
+    }
+
+    /// [`Store::open`] with the password of a PostgreSQL database supplied by
+    /// `password` (fetched for new connections and again before it expires) rather
+    /// than the URL or the `PG*` variables.
+    pub async fn open_with(
+        url: &str,
+        audit_key: AuditKey,
+        password: Option<Arc<dyn DatabasePassword>>,
+    ) -> Result<Self, StoreError> {
         let db::Opened {
             db,
             writer: mut conn,
             keying,
-        } = databases::open(url).await?;
+        } = databases::open(url, password).await?;
         let audit_key = Arc::new(audit_key);
         if let Some(fresh) = keying {
             // Keyed just now: seal the log once, before anything else writes to it.
@@ -97,24 +111,16 @@ impl Store {
             }
         }
         let last = u64::try_from(db.audit_last_seq().await?).unwrap_or(0);
-        let (tip_tx, audit_tip) = tokio::sync::watch::channel(last);
+        let (signals, audit_tip) = db::Signals::new(last);
+        db.follow(signals.clone());
         let (tx, rx) = mpsc::channel(4096);
-        let subjects_gen = Arc::new(AtomicU64::new(1));
-        let pki_gen = Arc::new(AtomicU64::new(1));
-        tokio::spawn(writer::run(
-            conn,
-            rx,
-            subjects_gen.clone(),
-            pki_gen.clone(),
-            audit_key.clone(),
-            tip_tx,
-        ));
+        tokio::spawn(writer::run(conn, rx, signals.clone(), audit_key.clone()));
         Ok(Self {
             db,
             writer: tx,
-            subjects_gen,
+            subjects_gen: signals.subjects,
             subjects: Arc::new(RwLock::new(None)),
-            pki_gen,
+            pki_gen: signals.pki,
             audit_key,
             audit_checkpoint: Arc::new(RwLock::new(None)),
             audit_checked: Arc::new(AtomicU64::new(0)),
@@ -424,8 +430,9 @@ impl Store {
     pub async fn verify_database(
         url: &str,
         key: Option<&AuditKey>,
+        password: Option<Arc<dyn DatabasePassword>>,
     ) -> Result<ChainReport, StoreError> {
-        let db = databases::open_read_only(url).await?;
+        let db = databases::open_read_only(url, password).await?;
         let report = chain::verify(db.as_ref(), key, None, &AtomicU64::new(0)).await;
         db.close().await;
         report.map(|(r, _)| r)
@@ -436,6 +443,26 @@ impl Store {
     pub fn tamper(&self) -> &dyn test_helpers::Tamper {
         self.db.tamper()
     }
+}
+
+/// Whether `url` names a database several keyserver replicas can share (PostgreSQL).
+pub fn is_shared_database(url: &str) -> bool {
+    databases::is_shared(url)
+}
+
+/// A database password obtained at run time: an Entra access token for Azure Database
+/// for PostgreSQL, or a file's content. Never logged.
+pub struct Secret {
+    pub value: zeroize::Zeroizing<String>,
+    /// How long it stays valid; `None`: until replaced (it is read again every few
+    /// minutes).
+    pub valid_for: Option<std::time::Duration>,
+}
+
+/// Where new database connections get their password.
+#[async_trait::async_trait]
+pub trait DatabasePassword: Send + Sync {
+    async fn password(&self) -> Result<Secret, String>;
 }
 
 /// The current time as an RFC 3339 UTC timestamp.

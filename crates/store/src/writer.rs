@@ -1,6 +1,5 @@
 //! The single writer: group commit of operations with their audit records.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -9,7 +8,7 @@ use crate::access::RequestOutcome;
 use crate::apply::apply;
 use crate::audit::{AuditEvent, AuditKey};
 use crate::chain;
-use crate::db::{Conn, Lock};
+use crate::db::{Change, Conn, Lock, Signals};
 use crate::ops::Op;
 use crate::StoreError;
 
@@ -33,36 +32,15 @@ pub(crate) struct Job {
 pub(crate) async fn run(
     mut conn: Box<dyn Conn>,
     mut rx: mpsc::Receiver<Job>,
-    subjects_gen: Arc<AtomicU64>,
-    pki_gen: Arc<AtomicU64>,
+    signals: Signals,
     key: Arc<AuditKey>,
-    tip: tokio::sync::watch::Sender<u64>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
         match commit_batch(conn.as_mut(), &jobs, &key).await {
-            Ok(results) => {
-                if jobs.iter().any(|j| j.op.changes_subjects()) {
-                    subjects_gen.fetch_add(1, Ordering::AcqRel);
-                }
-                if jobs.iter().any(|j| j.op.changes_pki()) {
-                    pki_gen.fetch_add(1, Ordering::AcqRel);
-                }
-                if let Some(last) = results
-                    .iter()
-                    .filter_map(|r| r.as_ref().ok())
-                    .map(|a| a.seq)
-                    .max()
-                {
-                    tip.send_if_modified(|t| {
-                        let newer = last > *t;
-                        if newer {
-                            *t = last;
-                        }
-                        newer
-                    });
-                }
+            Ok((results, change)) => {
+                signals.changed(&change);
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(result);
                 }
@@ -91,7 +69,7 @@ async fn commit_batch(
     conn: &mut dyn Conn,
     jobs: &[Job],
     key: &AuditKey,
-) -> Result<Vec<Result<Applied, StoreError>>, StoreError> {
+) -> Result<(Vec<Result<Applied, StoreError>>, Change), StoreError> {
     // The write lock up front, so the chain tip read below cannot be stale (another
     // process writing the same database waits).
     conn.begin(Lock::Write).await?;
@@ -118,6 +96,20 @@ async fn commit_batch(
     if tip.seq > 0 {
         chain::set_head(conn, &tip, key).await?;
     }
+    // Only what committed counts: a job rolled back to its savepoint changed nothing.
+    let done = || jobs.iter().zip(&results).filter(|(_, r)| r.is_ok());
+    let change = Change {
+        subjects: done().any(|(j, _)| j.op.changes_subjects()),
+        pki: done().any(|(j, _)| j.op.changes_pki()),
+        tip: results
+            .iter()
+            .filter_map(|r| r.as_ref().ok())
+            .map(|a| a.seq)
+            .max(),
+    };
+    if change != Change::default() {
+        conn.announce(&change).await?;
+    }
     conn.commit().await?;
-    Ok(results)
+    Ok((results, change))
 }

@@ -69,7 +69,7 @@ async fn unkeyed_records_verify_and_reseal_keys_them() {
     downgrade(s, &url(&dir)).await;
     // An old file verifies as before, and says it is not keyed.
     assert!(matches!(
-        Store::verify_database(&url(&dir), Some(&key()))
+        Store::verify_database(&url(&dir), Some(&key()), None)
             .await
             .unwrap(),
         ChainReport::Intact {
@@ -281,7 +281,7 @@ async fn databases_from_before_labels_upgrade_and_still_verify() {
     .await;
     // Read-only, unmigrated: the old file verifies.
     assert!(matches!(
-        Store::verify_database(&url(&dir), Some(&key()))
+        Store::verify_database(&url(&dir), Some(&key()), None)
             .await
             .unwrap(),
         ChainReport::Intact { records: 3, .. }

@@ -6,12 +6,13 @@ use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqliteConnection};
 
-use super::{inserted, rows, tables};
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
 use crate::db::{CaState, CertValidity, Conn, Inserted, Lock, PendingKind, Result, VoteRow};
 use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use crate::policy_changes::PolicyChange;
+use crate::rows;
+use crate::sql::{inserted, tables};
 use crate::KeyRecord;
 
 enum Inner {

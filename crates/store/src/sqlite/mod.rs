@@ -3,7 +3,7 @@
 //! (its single writer); `BEGIN IMMEDIATE` keeps a second process from interleaving.
 
 mod conn;
-mod rows;
+
 #[cfg(feature = "test-helpers")]
 mod tamper;
 
@@ -23,62 +23,14 @@ use crate::pki::{CaRecord, CertQuery, CertRecord, ProfileRecord, RevokedRow};
 use crate::policy_changes::PolicyChange;
 use crate::{KeyRecord, StoreError};
 
+use crate::rows;
+use crate::sql::{like_escape, tables, Bind};
 pub(crate) use conn::SqliteConn;
+
+crate::rows::impl_cols!(sqlx::sqlite::SqliteRow);
 
 /// Migration that keys the audit chain (docs/audit.md).
 const KEYED_AUDIT_MIGRATION: i64 = 7;
-
-/// The tables of a kind of pending item. Constants, never input, so building SQL from
-/// them is safe.
-struct PendingTables {
-    items: &'static str,
-    votes: &'static str,
-    /// The column of `votes` naming the item voted on.
-    votes_item: &'static str,
-}
-
-fn tables(kind: PendingKind) -> PendingTables {
-    match kind {
-        PendingKind::SigningRequest => PendingTables {
-            items: "signing_requests",
-            votes: "approvals",
-            votes_item: "request_id",
-        },
-        PendingKind::PolicyChange => PendingTables {
-            items: "policy_changes",
-            votes: "policy_change_approvals",
-            votes_item: "change_id",
-        },
-    }
-}
-
-enum Bind {
-    Text(String),
-    Int(i64),
-}
-
-/// `%`, `_` and the escape character itself taken literally in a LIKE pattern.
-fn like_escape(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    for c in s.chars() {
-        if matches!(c, '%' | '_' | '\\') {
-            out.push('\\');
-        }
-        out.push(c);
-    }
-    out
-}
-
-/// Map a unique violation to [`Inserted::Duplicate`](crate::db::Inserted).
-fn inserted<T>(r: std::result::Result<T, sqlx::Error>) -> Result<crate::db::Inserted> {
-    match r {
-        Ok(_) => Ok(crate::db::Inserted::Yes),
-        Err(sqlx::Error::Database(e)) if e.is_unique_violation() => {
-            Ok(crate::db::Inserted::Duplicate)
-        }
-        Err(e) => Err(e.into()),
-    }
-}
 
 pub(crate) struct SqliteDb {
     pool: SqlitePool,

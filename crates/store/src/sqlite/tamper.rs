@@ -5,7 +5,8 @@ use std::ops::RangeInclusive;
 use async_trait::async_trait;
 use sqlx::Row;
 
-use super::{rows, SqliteDb};
+use super::SqliteDb;
+use crate::rows;
 use crate::test_helpers::{HeadRow, Tamper};
 use crate::{AuditRecord, StoreError};
 

@@ -265,11 +265,15 @@ pub(crate) async fn verifying_without_the_key_checks_links_only<B: Backend>() {
     .await
     .unwrap();
     let other = AuditKey::new(zeroize::Zeroizing::new([8u8; 32]));
-    let (seq, reason) = broken(Store::verify_database(&db.url, Some(&other)).await.unwrap());
+    let (seq, reason) = broken(
+        Store::verify_database(&db.url, Some(&other), None)
+            .await
+            .unwrap(),
+    );
     assert_eq!(seq, 1);
     assert!(reason.contains("MAC"), "{reason}");
     assert!(matches!(
-        Store::verify_database(&db.url, None).await.unwrap(),
+        Store::verify_database(&db.url, None, None).await.unwrap(),
         ChainReport::Intact {
             records: 1,
             keyed: false,
@@ -277,7 +281,9 @@ pub(crate) async fn verifying_without_the_key_checks_links_only<B: Backend>() {
         }
     ));
     assert!(matches!(
-        Store::verify_database(&db.url, Some(&key())).await.unwrap(),
+        Store::verify_database(&db.url, Some(&key()), None)
+            .await
+            .unwrap(),
         ChainReport::Intact {
             records: 1,
             keyed: true,

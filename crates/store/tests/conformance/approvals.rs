@@ -8,7 +8,7 @@ use influxion_store::{
 
 use super::{ev, Backend, TestDb};
 
-async fn store<B: Backend>() -> (TestDb, Store) {
+pub(crate) async fn store<B: Backend>() -> (TestDb, Store) {
     let db = B::fresh().await;
     let s = db.open().await;
     let key = KeyRecord {
@@ -29,7 +29,7 @@ async fn store<B: Backend>() -> (TestDb, Store) {
     (db, s)
 }
 
-async fn request(s: &Store, id: &str, quorum: u32, expires_at: i64) {
+pub(crate) async fn request(s: &Store, id: &str, quorum: u32, expires_at: i64) {
     let r = SigningRequest {
         id: id.into(),
         key_id: "k1".into(),
@@ -53,9 +53,9 @@ async fn request(s: &Store, id: &str, quorum: u32, expires_at: i64) {
         .unwrap();
 }
 
-const FUTURE: i64 = i64::MAX / 2;
+pub(crate) const FUTURE: i64 = i64::MAX / 2;
 
-fn vote(id: &str, approver: &str, approve: bool, sig: bool) -> Decision {
+pub(crate) fn vote(id: &str, approver: &str, approve: bool, sig: bool) -> Decision {
     Decision {
         request_id: id.into(),
         approver: influxion_store::Actor::id_only(approver),
@@ -67,7 +67,7 @@ fn vote(id: &str, approver: &str, approve: bool, sig: bool) -> Decision {
     }
 }
 
-async fn signed_records(s: &Store) -> usize {
+pub(crate) async fn signed_records(s: &Store) -> usize {
     s.recent_audit(10_000)
         .await
         .unwrap()

@@ -21,6 +21,8 @@ missing=()
 for pair in openssl:openssl curl:curl node:nodejs npm:npm sqlite3:sqlite3 python3:python3 softhsm2-util:softhsm2 pkcs11-tool:opensc osslsigncode:osslsigncode sbverify:sbsigntool x86_64-w64-mingw32-gcc:gcc-mingw-w64-x86-64; do
   command -v "${pair%%:*}" >/dev/null 2>&1 || missing+=("${pair##*:}")
 done
+# PostgreSQL's server: the store, server and replica tests run against a real one.
+ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || missing+=(postgresql)
 # Debian's Chromium for the browser tests of the web app (driven by playwright-core;
 # no browser is downloaded).
 [ -x /usr/bin/chromium ] || missing+=(chromium fonts-dejavu-core)
@@ -70,9 +72,23 @@ cargo machete
 step "cargo clippy -D warnings"
 cargo clippy --workspace --all-targets --quiet -- -D warnings
 
+step "PostgreSQL test server (scripts/postgres.sh, 127.0.0.1, unprivileged)"
+pgdir=$(mktemp -d /tmp/influxion-test-pg.XXXXXX)
+# Stopped and removed however the run ends.
+trap 'scripts/postgres.sh stop "$pgdir/data"; rm -rf "$pgdir"' EXIT
+# The server runs as an unprivileged user, who must reach its data directory.
+chmod 755 "$pgdir"
+pgport=${INFLUXION_TEST_POSTGRES_PORT:-55433}
+INFLUXION_TEST_POSTGRES_URL=$(scripts/postgres.sh start "$pgdir/data" "$pgport")
+export INFLUXION_TEST_POSTGRES_URL
+echo "postgres: $INFLUXION_TEST_POSTGRES_URL"
+
 step "cargo test (unit, property, integration, end-to-end)"
 # A test whose tool is missing fails (in CI and in a newcomer's run alike); nothing skips.
 cargo test --workspace
+
+step "cargo test: the server suite again, on PostgreSQL"
+INFLUXION_TEST_DATABASE=postgres cargo test -p influxion-server --tests
 
 step "oidc-provider smoke test"
 tests/oidc-provider/smoke.sh

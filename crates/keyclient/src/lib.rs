@@ -31,7 +31,7 @@ use zeroize::Zeroizing;
 
 pub use error::{KcError, PROBLEM_BASE};
 pub use oidc::OidcSettings;
-pub use session::Timeouts;
+pub use session::{supported_database_url, Timeouts};
 use session::{SessionData, SessionStore, UserData};
 
 /// The one cookie: `__Host-` pins it to this origin, path `/`, Secure.
@@ -62,7 +62,8 @@ pub struct KeyclientConfig {
     /// Base URL of the keyserver API.
     pub keyserver_url: Url,
     pub oidc: OidcSettings,
-    /// SQLite URL of the session database.
+    /// URL of the session database: `sqlite:` (one host) or `postgres:` /
+    /// `postgresql:` (replicas on several hosts sharing sessions).
     pub database_url: String,
     /// AES-256-GCM key sealing sessions at rest (shared by all replicas).
     pub session_key: Zeroizing<[u8; 32]>,

@@ -127,6 +127,14 @@ pub(crate) fn keyclient(
         .unwrap_or_else(|| PathBuf::from("./data"));
     let database_url = env("INFLUXION_KEYCLIENT_DATABASE_URL")
         .unwrap_or_else(|| format!("sqlite://{}/keyclient.db", data_dir.display()));
+    // PostgreSQL for replicas on several hosts; its password from the URL or the PG*
+    // variables (docs/keyclient.md).
+    if !influxion_keyclient::supported_database_url(&database_url) {
+        return Err(err(
+            "INFLUXION_KEYCLIENT_DATABASE_URL",
+            "must be a sqlite:, postgres: or postgresql: URL",
+        ));
+    }
     let key_text = match env_secret(
         "INFLUXION_KEYCLIENT_SESSION_KEY",
         "INFLUXION_KEYCLIENT_SESSION_KEY_FILE",

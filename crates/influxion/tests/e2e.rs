@@ -382,6 +382,10 @@ fn invalid_configuration_names_the_setting() {
             "http://evil.example/login/oauth2/code/keyserver-client",
         ),
         ("INFLUXION_KEYCLIENT_TLS_CERT", "/nonexistent.pem"),
+        (
+            "INFLUXION_KEYCLIENT_DATABASE_URL",
+            "mysql://db.example/sessions",
+        ),
     ] {
         let mut env = kc.clone();
         env.push((setting, value));

@@ -806,6 +806,135 @@ fn keyclient_ends_stalled_connections_and_caps_them() {
     }
 }
 
+/// A new, empty PostgreSQL database on the test server (`INFLUXION_TEST_POSTGRES_URL`,
+/// which scripts/test.sh starts and exports); its URL.
+async fn fresh_postgres_database() -> String {
+    use sqlx::Connection as _;
+    let admin = std::env::var("INFLUXION_TEST_POSTGRES_URL").expect(
+        "INFLUXION_TEST_POSTGRES_URL is not set: run the tests through scripts/test.sh, \
+         or start a server with `scripts/postgres.sh start DIR` and export its URL",
+    );
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos();
+    let name = format!("kc_{}_{nanos}", std::process::id());
+    let mut c = sqlx::PgConnection::connect(&admin).await.unwrap();
+    sqlx::query(&format!("CREATE DATABASE {name}"))
+        .execute(&mut c)
+        .await
+        .unwrap();
+    c.close().await.unwrap();
+    // postgres://user@host:port/database?query: the database is after the third slash.
+    let mut url = url::Url::parse(&admin).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+/// Keyclient replicas on different hosts, sharing nothing but a PostgreSQL database
+/// (each has a data directory of its own): a browser signed in through one is signed
+/// in on the other, its callback is spent on both, refreshes through both never spend
+/// one rotating refresh token twice, and signing out on one ends the session on both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keyclient_replicas_share_sessions_on_postgres() {
+    use sqlx::Connection as _;
+    if !prerequisites() {
+        return;
+    }
+    let database = fresh_postgres_database().await;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let port = free_port();
+    // Access tokens shorter-lived than the refresh margin: every API call refreshes.
+    let provider = start_provider_with(d, Some(port), 30);
+    let ks = start_keyserver(d, &provider.issuer);
+    ok(&ks.admin(
+        &[
+            "subjects",
+            "create",
+            "alice",
+            "--object-id",
+            &user_oid("alice"),
+            "--grant",
+            "approver:rel-*",
+        ],
+        d,
+    ));
+    let replica = |port: u16| {
+        let own = d.join(format!("replica-{port}"));
+        std::fs::create_dir_all(&own).unwrap();
+        let mut cmd = keyclient_command(d, port, &ks);
+        cmd.env("INFLUXION_KEYCLIENT_DATABASE_URL", &database)
+            .env("INFLUXION_DATA_DIR", &own);
+        let mut child = Proc(cmd.spawn().unwrap());
+        let url = format!("http://127.0.0.1:{port}");
+        assert!(
+            healthy_or_exited(&mut child, &url),
+            "the keyclient did not start: {}",
+            std::fs::read_to_string(log_of(d, port)).unwrap_or_default()
+        );
+        (child, url, own)
+    };
+    let port2 = free_port();
+    let (_kc1, url1, own1) = replica(port);
+    let (_kc2, url2, own2) = replica(port2);
+    let (b1, b2) = (Browser::new(&url1), Browser::new(&url2));
+    let logs = || {
+        [port, port2]
+            .map(|p| std::fs::read_to_string(log_of(d, p)).unwrap_or_default())
+            .join("\n----\n")
+    };
+
+    // Signed in through the first (the provider redirects there).
+    let (pre, user, callback) = b1.sign_in("alice").await;
+    let r = b2.get("/session", Some(&user)).await;
+    let s: serde_json::Value = serde_json::from_str(&r.body).unwrap();
+    assert_eq!(s["authenticated"], true, "{}\n{}", r.body, logs());
+    assert_eq!(s["user"]["username"], "alice");
+    // The callback is spent on the other replica too.
+    let r = b2.callback(&callback, Some(&pre), None).await;
+    assert_eq!((r.status, r.slug().as_str()), (400, "invalid-state"));
+
+    // Every call refreshes first; the replicas take turns through the lease.
+    let calls = (0..12).map(|i| {
+        let b = if i % 2 == 0 { &b1 } else { &b2 };
+        b.get("/api/v1/me", Some(&user))
+    });
+    for r in futures::future::join_all(calls).await {
+        assert_eq!(r.status, 200, "{}\n{}", r.body, logs());
+        assert!(r.body.contains("approver"), "{}", r.body);
+    }
+    for p in [port, port2] {
+        let log = std::fs::read_to_string(log_of(d, p)).unwrap();
+        assert!(log.contains("refreshed the access token"), "{log}");
+    }
+
+    // Signing out on the second ends the session on the first.
+    let r = b2
+        .send(
+            b2.req(reqwest::Method::POST, "/logout", Some(&user))
+                .header("x-influxion-csrf", "1")
+                .header("origin", &url2),
+        )
+        .await;
+    assert_eq!(r.status, 200, "{}", r.body);
+    let r = b1.get("/api/v1/me", Some(&user)).await;
+    assert_eq!((r.status, r.slug().as_str()), (401, "not-signed-in"));
+
+    // Nothing went to a file: the sessions are in PostgreSQL.
+    for own in [own1, own2] {
+        assert!(!own.join("keyclient.db").exists(), "{}", own.display());
+    }
+    let mut c = sqlx::PgConnection::connect(&database).await.unwrap();
+    let (sessions, logins): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT COUNT(*) FROM web_sessions), (SELECT COUNT(*) FROM completed_logins)",
+    )
+    .fetch_one(&mut c)
+    .await
+    .unwrap();
+    assert_eq!((sessions, logins), (0, 1));
+}
+
 /// `influxion dev` runs the keyclient too: a person signs in at the development
 /// issuer's login page and reaches the keyserver through the web app's proxy.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -95,7 +95,9 @@ pub(crate) async fn verify(
     r
 }
 
-async fn verify_in(
+/// [`verify`] in the transaction the caller holds on `conn` (a migration verifies the
+/// copy before it commits).
+pub(crate) async fn verify_in(
     conn: &mut dyn Conn,
     key: Option<&AuditKey>,
     from: Option<&Checkpoint>,

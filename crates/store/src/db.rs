@@ -156,6 +156,46 @@ impl Signals {
     }
 }
 
+/// A column's type, the same in every database's schema: TEXT, a 64-bit INTEGER
+/// (BIGINT), BLOB (BYTEA), and a flag (INTEGER 0/1 in SQLite, BOOLEAN in PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Text,
+    Int,
+    Blob,
+    Bool,
+}
+
+/// One stored value, as rows are copied from one database to another.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SqlValue {
+    Null,
+    Int(i64),
+    Text(String),
+    Blob(Vec<u8>),
+    Bool(bool),
+}
+
+/// A table read and written as plain rows (`migrate.rs`). Its name and columns are
+/// constants there, never input, so building SQL from them is safe.
+#[derive(Debug)]
+pub(crate) struct Table {
+    pub name: &'static str,
+    /// Every column, in the order row values are given.
+    pub columns: &'static [(&'static str, Kind)],
+    /// The primary key's columns: rows are read in its order, in pages after a key.
+    pub key: &'static [&'static str],
+}
+
+impl Table {
+    pub(crate) fn kind(&self, column: &str) -> Kind {
+        self.columns
+            .iter()
+            .find(|(c, _)| *c == column)
+            .map_or(Kind::Text, |(_, k)| *k)
+    }
+}
+
 /// Reads outside the writer, and the connections the writer and verification use.
 #[async_trait]
 pub(crate) trait Database: Send + Sync {
@@ -332,4 +372,20 @@ pub(crate) trait Conn: Send {
     async fn insert_certificate(&mut self, c: &CertRecord) -> Result<Inserted>;
     async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>>;
     async fn revoke_certificate(&mut self, serial: &str, at: &str, reason: &str) -> Result<()>;
+
+    // Plain rows, for copying a database into another (`migrate.rs`).
+    /// The names of `table`'s columns (none: there is no such table).
+    async fn table_columns(&mut self, table: &'static str) -> Result<Vec<String>>;
+    async fn count_rows(&mut self, t: &Table) -> Result<u64>;
+    /// Up to `limit` rows of `t`, each its values in the order of `t.columns`, in the
+    /// order of the primary key (bytewise for text, in every database), starting after
+    /// the row whose key is `after` (the values of `t.key`), or at the first row.
+    async fn table_rows(
+        &mut self,
+        t: &Table,
+        after: Option<&[SqlValue]>,
+        limit: u32,
+    ) -> Result<Vec<Vec<SqlValue>>>;
+    /// Insert `rows` (values in the order of `t.columns`) in one statement.
+    async fn insert_rows(&mut self, t: &Table, rows: &[Vec<SqlValue>]) -> Result<()>;
 }

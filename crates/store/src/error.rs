@@ -31,6 +31,16 @@ pub enum StoreError {
     Reseal(String),
     #[error("stored data is invalid: {0}")]
     Corrupt(String),
+    /// A migration that would copy into a database holding data: nothing was written.
+    #[error("the target database is not empty ({table} has rows): a migration copies into an empty database only")]
+    TargetNotEmpty { table: String },
+    /// A migration that cannot start (the source's schema or audit chain); nothing
+    /// was written.
+    #[error("not migrating: {0}")]
+    MigrationRefused(String),
+    /// The copy differs from the source; it was rolled back, nothing was written.
+    #[error("the copy differs from the source, nothing was written: {0}")]
+    MigrationMismatch(String),
     #[error("stored data is invalid: the recorded serial of CA {ca} is not its certificate's")]
     CaSerialMismatch { ca: String },
 

@@ -21,6 +21,7 @@ mod databases;
 mod db;
 mod error;
 mod keys;
+mod migrate;
 mod ops;
 pub mod pki;
 pub mod policy_changes;
@@ -47,6 +48,7 @@ pub use audit_read::{AuditFilter, AuditPlace, PlaceChecks};
 pub use error::StoreError;
 pub use influxion_core::Actor;
 pub use keys::{KeyPurpose, KeyRecord, Rebind};
+pub use migrate::{MigrationReport, TableRows};
 pub use policy_changes::PolicyChange;
 pub use writer::Applied;
 
@@ -436,6 +438,24 @@ impl Store {
         let report = chain::verify(db.as_ref(), key, None, &AtomicU64::new(0)).await;
         db.close().await;
         report.map(|(r, _)| r)
+    }
+
+    /// Copy the database at `source` (read-only, one consistent snapshot) into the
+    /// empty database at `target` (migrated first), in one transaction, and verify the
+    /// copy before it commits: row counts of every table, the audit chain with `key`
+    /// ending at the source's head, and a few rows of each table field by field. A
+    /// target holding any row is refused ([`StoreError::TargetNotEmpty`]); a
+    /// difference rolls everything back ([`StoreError::MigrationMismatch`]). For
+    /// `influxion db migrate-to` (SQLite to PostgreSQL). The passwords are the two
+    /// databases' (PostgreSQL only), as for [`Store::open_with`].
+    pub async fn migrate_to(
+        source: &str,
+        target: &str,
+        key: &AuditKey,
+        source_password: Option<Arc<dyn DatabasePassword>>,
+        target_password: Option<Arc<dyn DatabasePassword>>,
+    ) -> Result<MigrationReport, StoreError> {
+        migrate::run(source, source_password, target, target_password, key).await
     }
 
     /// Raw access to the database for tests that damage it on purpose.

@@ -1,7 +1,8 @@
 //! What every database's SQL shares: the tables of pending items, LIKE escaping,
-//! bound values of built queries, and unique violations read as facts.
+//! bound values of built queries, unique violations read as facts, and the statements
+//! over plain rows that copy a database (`migrate.rs`).
 
-use crate::db::{Inserted, PendingKind, Result};
+use crate::db::{Inserted, Kind, PendingKind, Result, Table};
 
 /// The tables of a kind of pending item. Constants, never input, so building SQL from
 /// them is safe.
@@ -50,5 +51,121 @@ pub(crate) fn inserted<T>(r: std::result::Result<T, sqlx::Error>) -> Result<Inse
         Ok(_) => Ok(Inserted::Yes),
         Err(sqlx::Error::Database(e)) if e.is_unique_violation() => Ok(Inserted::Duplicate),
         Err(e) => Err(e.into()),
+    }
+}
+
+/// How a database spells what the plain-row statements need.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Dialect {
+    Sqlite,
+    Postgres,
+}
+
+impl Dialect {
+    /// The `n`th bound parameter (from 1).
+    fn param(self, n: usize) -> String {
+        match self {
+            Dialect::Sqlite => "?".to_owned(),
+            Dialect::Postgres => format!("${n}"),
+        }
+    }
+
+    /// A key column as rows are ordered and compared by it: text bytewise (SQLite's
+    /// BINARY collation, PostgreSQL's "C"), so both databases page in the same order.
+    fn key(self, t: &Table, column: &str) -> String {
+        match (self, t.kind(column)) {
+            (Dialect::Postgres, Kind::Text) => format!("{column} COLLATE \"C\""),
+            _ => column.to_owned(),
+        }
+    }
+}
+
+fn column_list(t: &Table) -> String {
+    t.columns
+        .iter()
+        .map(|(c, _)| *c)
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Rows of `t` in key order, after a key (bound first, when `after`), then the limit.
+pub(crate) fn select_rows(d: Dialect, t: &Table, after: bool) -> String {
+    let keys = t
+        .key
+        .iter()
+        .map(|k| d.key(t, k))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut sql = format!("SELECT {} FROM {}", column_list(t), t.name);
+    let mut n = 0;
+    if after {
+        let params = t
+            .key
+            .iter()
+            .map(|_| {
+                n += 1;
+                d.param(n)
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        sql.push_str(&format!(" WHERE ({keys}) > ({params})"));
+    }
+    sql.push_str(&format!(" ORDER BY {keys} LIMIT {}", d.param(n + 1)));
+    sql
+}
+
+/// One INSERT of `rows` rows of `t`, every column bound.
+pub(crate) fn insert_rows(d: Dialect, t: &Table, rows: usize) -> String {
+    let mut n = 0;
+    let values = (0..rows)
+        .map(|_| {
+            let row = t
+                .columns
+                .iter()
+                .map(|_| {
+                    n += 1;
+                    d.param(n)
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            format!("({row})")
+        })
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "INSERT INTO {} ({}) VALUES {values}",
+        t.name,
+        column_list(t)
+    )
+}
+
+pub(crate) fn count_rows(t: &Table) -> String {
+    format!("SELECT COUNT(*) FROM {}", t.name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const T: Table = Table {
+        name: "votes",
+        columns: &[("item", Kind::Text), ("who", Kind::Text), ("n", Kind::Int)],
+        key: &["item", "who"],
+    };
+
+    #[test]
+    fn plain_row_statements() {
+        assert_eq!(
+            select_rows(Dialect::Sqlite, &T, true),
+            "SELECT item, who, n FROM votes WHERE (item, who) > (?, ?) ORDER BY item, who LIMIT ?"
+        );
+        assert_eq!(
+            select_rows(Dialect::Postgres, &T, false),
+            "SELECT item, who, n FROM votes ORDER BY item COLLATE \"C\", who COLLATE \"C\" LIMIT $1"
+        );
+        assert_eq!(
+            insert_rows(Dialect::Postgres, &T, 2),
+            "INSERT INTO votes (item, who, n) VALUES ($1, $2, $3), ($4, $5, $6)"
+        );
     }
 }

@@ -10,12 +10,13 @@ use super::{CHANGES_CHANNEL, WRITE_LOCK};
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
 use crate::db::{
-    CaState, CertValidity, Change, Conn, Inserted, Lock, PendingKind, Result, VoteRow,
+    CaState, CertValidity, Change, Conn, Inserted, Kind, Lock, PendingKind, Result, SqlValue,
+    Table, VoteRow,
 };
 use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use crate::policy_changes::PolicyChange;
 use crate::rows;
-use crate::sql::{inserted, tables};
+use crate::sql::{inserted, tables, Dialect};
 use crate::KeyRecord;
 
 /// A connection taken from the pool when a transaction begins and kept while it
@@ -763,4 +764,98 @@ impl Conn for PgConn {
         .await?;
         Ok(())
     }
+
+    async fn table_columns(&mut self, table: &'static str) -> Result<Vec<String>> {
+        Ok(sqlx::query_scalar(
+            "SELECT column_name::TEXT FROM information_schema.columns
+             WHERE table_schema = current_schema() AND table_name = $1",
+        )
+        .bind(table)
+        .fetch_all(self.connect().await?)
+        .await?)
+    }
+
+    async fn count_rows(&mut self, t: &Table) -> Result<u64> {
+        let n: i64 = sqlx::query_scalar(&crate::sql::count_rows(t))
+            .fetch_one(self.connect().await?)
+            .await?;
+        u64::try_from(n).map_err(|_| crate::StoreError::Corrupt("row count".into()))
+    }
+
+    async fn table_rows(
+        &mut self,
+        t: &Table,
+        after: Option<&[SqlValue]>,
+        limit: u32,
+    ) -> Result<Vec<Vec<SqlValue>>> {
+        let sql = crate::sql::select_rows(Dialect::Postgres, t, after.is_some());
+        let mut q = sqlx::query(&sql);
+        for (v, k) in after.unwrap_or_default().iter().zip(t.key) {
+            q = bind(q, v, t.kind(k));
+        }
+        let rows = q
+            .bind(i64::from(limit))
+            .fetch_all(self.connect().await?)
+            .await?;
+        rows.iter()
+            .map(|r| {
+                t.columns
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (_, kind))| value(r, i, *kind))
+                    .collect()
+            })
+            .collect()
+    }
+
+    async fn insert_rows(&mut self, t: &Table, rows: &[Vec<SqlValue>]) -> Result<()> {
+        if rows.is_empty() {
+            return Ok(());
+        }
+        let sql = crate::sql::insert_rows(Dialect::Postgres, t, rows.len());
+        let mut q = sqlx::query(&sql);
+        for row in rows {
+            for (v, (_, kind)) in row.iter().zip(t.columns) {
+                q = bind(q, v, *kind);
+            }
+        }
+        q.execute(self.connect().await?).await?;
+        Ok(())
+    }
+}
+
+type Query<'q> = sqlx::query::Query<'q, Postgres, sqlx::postgres::PgArguments>;
+
+/// Bind `v`; a NULL as the column's type (PostgreSQL checks it).
+fn bind<'q>(q: Query<'q>, v: &'q SqlValue, kind: Kind) -> Query<'q> {
+    match v {
+        SqlValue::Int(i) => q.bind(*i),
+        SqlValue::Text(s) => q.bind(s.as_str()),
+        SqlValue::Blob(b) => q.bind(b.as_slice()),
+        SqlValue::Bool(b) => q.bind(*b),
+        SqlValue::Null => match kind {
+            Kind::Text => q.bind(None::<String>),
+            Kind::Int => q.bind(None::<i64>),
+            Kind::Blob => q.bind(None::<Vec<u8>>),
+            Kind::Bool => q.bind(None::<bool>),
+        },
+    }
+}
+
+/// Column `i` of `r`, read as the schema declares it.
+fn value(r: &sqlx::postgres::PgRow, i: usize, kind: Kind) -> Result<SqlValue> {
+    Ok(match kind {
+        Kind::Text => r
+            .try_get::<Option<String>, _>(i)?
+            .map_or(SqlValue::Null, SqlValue::Text),
+        Kind::Int => r
+            .try_get::<Option<i64>, _>(i)?
+            .map_or(SqlValue::Null, SqlValue::Int),
+        Kind::Blob => r
+            .try_get::<Option<Vec<u8>>, _>(i)?
+            .map_or(SqlValue::Null, SqlValue::Blob),
+        Kind::Bool => r
+            .try_get::<Option<bool>, _>(i)?
+            .map_or(SqlValue::Null, SqlValue::Bool),
+    })
 }

@@ -278,7 +278,12 @@ pub(crate) async fn a_policy_change_decided_against_a_stale_policy_writes_nothin
     assert!(matches!(r, Err(StoreError::NoSuchKey(_))), "{r:?}");
 }
 
-fn change(id: &str, base: &KeyPolicy, policy: KeyPolicy, expires_at: i64) -> PolicyChange {
+pub(crate) fn change(
+    id: &str,
+    base: &KeyPolicy,
+    policy: KeyPolicy,
+    expires_at: i64,
+) -> PolicyChange {
     PolicyChange {
         id: id.into(),
         key_id: "k1".into(),

@@ -7,9 +7,9 @@ use influxion_store::{KeyPurpose, KeyRecord, Store, StoreError};
 
 use super::{ev, store_with, Backend};
 
-const LATER: &str = "2999-01-01T00:00:00Z";
+pub(crate) const LATER: &str = "2999-01-01T00:00:00Z";
 
-fn ca_key(id: &str) -> KeyRecord {
+pub(crate) fn ca_key(id: &str) -> KeyRecord {
     KeyRecord {
         id: id.into(),
         name: format!("ca-{id}").parse().unwrap(),
@@ -26,7 +26,7 @@ fn ca_key(id: &str) -> KeyRecord {
     }
 }
 
-fn ca(name: &str, key_id: &str, parent: Option<&str>) -> CaRecord {
+pub(crate) fn ca(name: &str, key_id: &str, parent: Option<&str>) -> CaRecord {
     let pending = parent.is_some();
     CaRecord {
         name: name.into(),
@@ -53,7 +53,7 @@ fn ca(name: &str, key_id: &str, parent: Option<&str>) -> CaRecord {
     }
 }
 
-fn cert(serial: &str, device: &str) -> CertRecord {
+pub(crate) fn cert(serial: &str, device: &str) -> CertRecord {
     CertRecord {
         serial: serial.into(),
         ca: "root".into(),
@@ -73,7 +73,7 @@ fn cert(serial: &str, device: &str) -> CertRecord {
     }
 }
 
-async fn root_with_profile(s: &Store) {
+pub(crate) async fn root_with_profile(s: &Store) {
     s.create_ca(
         ca_key("k-root"),
         ca("root", "k-root", None),

@@ -55,8 +55,16 @@ pub(crate) struct AuditDatabase {
 }
 
 impl AuditDatabase {
+    /// The database of `data_dir`, or `database_url`, or (neither) the configured one.
+    pub(crate) fn new(data_dir: Option<PathBuf>, database_url: Option<String>) -> Self {
+        Self {
+            data_dir,
+            database_url,
+        }
+    }
+
     /// Only the database location is needed, not the whole server configuration.
-    fn url(self, file: &FileConfig) -> String {
+    pub(crate) fn url(self, file: &FileConfig) -> String {
         match (self.database_url, self.data_dir) {
             (Some(u), _) => u,
             (None, Some(d)) => format!("sqlite://{}/influxion.db", d.display()),
@@ -73,7 +81,10 @@ impl AuditDatabase {
     }
 }
 
-fn audit_key(file: &FileConfig, db: &AuditDatabase) -> Result<influxion_store::AuditKey> {
+pub(crate) fn audit_key(
+    file: &FileConfig,
+    db: &AuditDatabase,
+) -> Result<influxion_store::AuditKey> {
     // `influxion dev` keeps its KEK in the data directory; use it when nothing is configured.
     let dev_kek = db
         .data_dir

@@ -2,6 +2,7 @@
 
 mod audit_cmds;
 mod config;
+mod db_cmds;
 mod server;
 
 use std::path::PathBuf;
@@ -67,6 +68,9 @@ enum Command {
     /// Audit log tools.
     #[command(subcommand)]
     Audit(audit_cmds::AuditCommand),
+    /// Database tools: copy the keyserver's SQLite database into PostgreSQL.
+    #[command(subcommand)]
+    Db(db_cmds::DbCommand),
     /// Sign in as a person: Authorization Code + PKCE in the browser, or --device-code.
     Login(session_cmds::LoginArgs),
     /// Forget the profile's sign-in (and revoke its refresh token where possible).
@@ -231,6 +235,7 @@ async fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Audit(cmd) => {
             return audit_cmds::audit(&file, cmd, || client::Client::new(client_cfg()?)).await
         }
+        Command::Db(cmd) => return db_cmds::db(&file, cmd).await,
         Command::Whoami => return access_cmds::whoami(client::Client::new(client_cfg()?)?).await,
         Command::Subjects(cmd) => {
             return access_cmds::subjects(client::Client::new(client_cfg()?)?, cmd).await

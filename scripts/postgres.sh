@@ -38,10 +38,11 @@ fsync = on
 synchronous_commit = on
 shared_buffers = 64MB
 CONF
-      # The Entra test sets a role's password and connects with it: scram on loopback
-      # for that role's database, trust for the rest.
+      # Members of entra_users must give a password (SCRAM), as Azure Database for
+      # PostgreSQL asks for an Entra token: the tests of INFLUXION_DATABASE_AUTH=azure
+      # and of password files make such roles. Everyone else is trusted on loopback.
       cat >"$dir/pg_hba.conf" <<CONF
-host all azure_role 127.0.0.1/32 scram-sha-256
+host all +entra_users 127.0.0.1/32 scram-sha-256
 host all all 127.0.0.1/32 trust
 CONF
     fi

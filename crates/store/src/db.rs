@@ -246,6 +246,9 @@ pub(crate) trait Database: Send + Sync {
     /// Revoked certificates and intermediate CAs under `ca`, oldest first.
     async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>>;
 
+    /// Connections open in the pool, and how many of them are idle.
+    fn pool_status(&self) -> crate::PoolStatus;
+
     /// Follow the commits of other processes on this database and bump `signals` for
     /// them, for the life of the store. A database only one process writes (SQLite)
     /// has nothing to follow.

@@ -121,6 +121,36 @@ pub enum StoreError {
     ProfileInUse(String),
 }
 
+impl StoreError {
+    /// Whether the database could not be reached (down, restarting, the network, no
+    /// free connection in time), as opposed to a fault in what was asked or stored:
+    /// the caller may retry shortly (503).
+    pub fn is_unavailable(&self) -> bool {
+        match self {
+            StoreError::Db(e) => db_unavailable(e),
+            StoreError::Commit(inner) => inner.is_unavailable(),
+            StoreError::Password(_) => true,
+            _ => false,
+        }
+    }
+}
+
+fn db_unavailable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // SQLSTATE class 08: connection exceptions; 57P01-57P03: the server is
+        // shutting down, was terminated by an administrator, or is starting up.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        _ => false,
+    }
+}
+
 /// An audit sequence number as stored (INTEGER, from 1) to the unsigned form reports use.
 pub(crate) fn seq_u64(seq: i64) -> Result<u64, StoreError> {
     u64::try_from(seq).map_err(|_| StoreError::Corrupt("audit sequence number".into()))

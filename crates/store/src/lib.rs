@@ -78,6 +78,7 @@ pub struct Store {
     audit_checked: Arc<AtomicU64>,
     /// The last committed audit record's sequence number, for readers that wait.
     audit_tip: tokio::sync::watch::Receiver<u64>,
+    commit_observer: Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>,
 }
 
 impl Store {
@@ -116,7 +117,14 @@ impl Store {
         let (signals, audit_tip) = db::Signals::new(last);
         db.follow(signals.clone());
         let (tx, rx) = mpsc::channel(4096);
-        tokio::spawn(writer::run(conn, rx, signals.clone(), audit_key.clone()));
+        let commit_observer = Arc::new(std::sync::OnceLock::new());
+        tokio::spawn(writer::run(
+            conn,
+            rx,
+            signals.clone(),
+            audit_key.clone(),
+            commit_observer.clone(),
+        ));
         Ok(Self {
             db,
             writer: tx,
@@ -127,7 +135,19 @@ impl Store {
             audit_checkpoint: Arc::new(RwLock::new(None)),
             audit_checked: Arc::new(AtomicU64::new(0)),
             audit_tip,
+            commit_observer,
         })
+    }
+
+    /// Connections of the read pool.
+    pub fn pool_status(&self) -> PoolStatus {
+        self.db.pool_status()
+    }
+
+    /// Report every committed batch to `observer` from now on (one observer; a second
+    /// call replaces nothing and returns false).
+    pub fn observe_commits(&self, observer: Arc<dyn CommitObserver>) -> bool {
+        self.commit_observer.set(observer).is_ok()
     }
 
     /// Generation of CA, profile and key-status data; changes after every commit that
@@ -468,6 +488,20 @@ impl Store {
 /// Whether `url` names a database several keyserver replicas can share (PostgreSQL).
 pub fn is_shared_database(url: &str) -> bool {
     databases::is_shared(url)
+}
+
+/// The connection pool of the store's reads (the writer's connection is apart on
+/// SQLite, from the pool on PostgreSQL).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub open: u32,
+    pub idle: usize,
+}
+
+/// Told of every batch the writer commits: how many operations it held and how long
+/// the transaction took (begin to commit), for metrics.
+pub trait CommitObserver: Send + Sync {
+    fn batch_committed(&self, operations: usize, took: std::time::Duration);
 }
 
 /// A database password obtained at run time: an Entra access token for Azure Database

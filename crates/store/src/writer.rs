@@ -6,7 +6,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::access::RequestOutcome;
 use crate::apply::apply;
-use crate::audit::{AuditEvent, AuditKey};
+use crate::audit::{AuditEvent, AuditKey, ChainTip, Outcome};
 use crate::chain;
 use crate::db::{Change, Conn, Lock, Signals};
 use crate::ops::Op;
@@ -34,13 +34,19 @@ pub(crate) async fn run(
     mut rx: mpsc::Receiver<Job>,
     signals: Signals,
     key: Arc<AuditKey>,
+    observer: Arc<std::sync::OnceLock<Arc<dyn crate::CommitObserver>>>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
+    let mut in_doubt: Vec<InDoubt> = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
-        match commit_batch(conn.as_mut(), &jobs, &key).await {
+        let started = std::time::Instant::now();
+        match commit_batch(conn.as_mut(), &jobs, &key, &mut in_doubt).await {
             Ok((results, change)) => {
                 signals.changed(&change);
+                if let Some(o) = observer.get() {
+                    o.batch_committed(jobs.len(), started.elapsed());
+                }
                 for (job, result) in jobs.into_iter().zip(results) {
                     let _ = job.done.send(result);
                 }
@@ -63,17 +69,67 @@ pub(crate) async fn run(
     }
 }
 
+/// A batch whose COMMIT was sent but whose answer never came (the connection to the
+/// database broke at that moment): it may have committed while its callers were told
+/// it failed. The next batch finds out and, if it did commit, says so in the log.
+struct InDoubt {
+    /// The tip the batch would have left.
+    tip: ChainTip,
+    first: u64,
+}
+
+/// Append an `audit.unacknowledged` record for each batch in doubt that did commit:
+/// its records stand, but their callers were answered with an error.
+async fn resolve_in_doubt(
+    conn: &mut dyn Conn,
+    in_doubt: &[InDoubt],
+    mut tip: ChainTip,
+    key: &AuditKey,
+) -> Result<ChainTip, StoreError> {
+    for d in in_doubt {
+        let seq = i64::try_from(d.tip.seq)
+            .map_err(|_| StoreError::Corrupt("audit sequence number".into()))?;
+        if conn.audit_hash(seq).await?.as_deref() != Some(d.tip.hash.as_str()) {
+            // It did not commit: nothing of it exists, and its callers were right.
+            continue;
+        }
+        tracing::warn!(
+            first = d.first,
+            last = d.tip.seq,
+            "records committed while their callers were told the commit failed"
+        );
+        let marker = AuditEvent::new(
+            crate::Actor::id_only("system:store"),
+            "audit.unacknowledged",
+            Outcome::Ok,
+        )
+        .detail(serde_json::json!({
+            "first_seq": d.first,
+            "last_seq": d.tip.seq,
+            "why": "the database connection broke while the commit was acknowledged; these records committed, but their callers were answered with an error",
+        }));
+        tip = apply(conn, &crate::ops::Op::None, &marker, &tip, key)
+            .await?
+            .0;
+    }
+    Ok(tip)
+}
+
 /// Apply every job in one transaction; each job sits in a savepoint so that one failed
 /// operation (say, a duplicate key name) neither aborts the others nor leaves a record.
 async fn commit_batch(
     conn: &mut dyn Conn,
     jobs: &[Job],
     key: &AuditKey,
+    in_doubt: &mut Vec<InDoubt>,
 ) -> Result<(Vec<Result<Applied, StoreError>>, Change), StoreError> {
     // The write lock up front, so the chain tip read below cannot be stale (another
     // process writing the same database waits).
     conn.begin(Lock::Write).await?;
     let mut tip = chain::tip(conn, key).await?;
+    if !in_doubt.is_empty() {
+        tip = resolve_in_doubt(conn, in_doubt, tip, key).await?;
+    }
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
         conn.savepoint().await?;
@@ -110,6 +166,119 @@ async fn commit_batch(
     if change != Change::default() {
         conn.announce(&change).await?;
     }
-    conn.commit().await?;
+    let first = results
+        .iter()
+        .filter_map(|r| r.as_ref().ok())
+        .map(|a| a.seq)
+        .min();
+    match conn.commit().await {
+        Ok(()) => in_doubt.clear(),
+        Err(e) => {
+            // Whether the server committed is unknown until it can be asked.
+            if let Some(first) = first {
+                in_doubt.push(InDoubt {
+                    tip: tip.clone(),
+                    first,
+                });
+            }
+            return Err(e);
+        }
+    }
     Ok((results, change))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+
+    fn job(action: &str) -> (Job, oneshot::Receiver<Result<Applied, StoreError>>) {
+        let (done, rx) = oneshot::channel();
+        let audit = AuditEvent::new(crate::Actor::id_only("t"), action, Outcome::Ok);
+        (
+            Job {
+                op: Op::None,
+                audit,
+                done,
+            },
+            rx,
+        )
+    }
+
+    async fn actions(conn: &mut dyn Conn) -> Vec<String> {
+        conn.audit_records_after(0, 100, true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.action)
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_in_doubt_that_committed_is_marked_and_one_that_did_not_is_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let url = format!("sqlite://{}/w.db", dir.path().display());
+        let opened = crate::sqlite::open(&url).await.unwrap();
+        let key = AuditKey::new(zeroize::Zeroizing::new([3u8; 32]));
+        let mut conn = opened.writer;
+        conn.begin(Lock::Write).await.unwrap();
+        chain::key_on_upgrade(conn.as_mut(), &key, true)
+            .await
+            .unwrap();
+        conn.commit().await.unwrap();
+
+        // Batch a commits, but (say) its answer was lost: the writer holds it in doubt.
+        let (a, _rx) = job("a");
+        let mut in_doubt = Vec::new();
+        let (results, _) = commit_batch(conn.as_mut(), &[a], &key, &mut in_doubt)
+            .await
+            .unwrap();
+        let seq = results[0].as_ref().unwrap().seq;
+        let committed_tip = ChainTip {
+            seq,
+            hash: conn.audit_hash(1).await.unwrap().unwrap(),
+        };
+        in_doubt.push(InDoubt {
+            tip: committed_tip,
+            first: seq,
+        });
+        // And a batch that never committed (another writer's record holds its place).
+        in_doubt.push(InDoubt {
+            tip: ChainTip {
+                seq: 1,
+                hash: "not-what-was-committed".into(),
+            },
+            first: 1,
+        });
+        let (b, _rx) = job("b");
+        commit_batch(conn.as_mut(), &[b], &key, &mut in_doubt)
+            .await
+            .unwrap();
+        assert!(in_doubt.is_empty());
+        assert_eq!(
+            actions(conn.as_mut()).await,
+            ["a", "audit.unacknowledged", "b"]
+        );
+        let marker = &conn.audit_records_after(1, 1, true).await.unwrap()[0];
+        let detail: serde_json::Value = serde_json::from_str(&marker.detail).unwrap();
+        assert_eq!(
+            (detail["first_seq"].as_u64(), detail["last_seq"].as_u64()),
+            (Some(1), Some(1))
+        );
+        // The chain stays intact with the marker in it.
+        let db = opened.db;
+        let (report, _) = chain::verify(
+            db.as_ref(),
+            Some(&key),
+            None,
+            &std::sync::atomic::AtomicU64::new(0),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(report, crate::ChainReport::Intact { records: 3, .. }),
+            "{report:?}"
+        );
+    }
 }

@@ -6,7 +6,7 @@ use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
 use sqlx::pool::PoolConnection;
 use sqlx::{PgConnection, PgPool, Postgres, Row};
 
-use super::{CHANGES_CHANNEL, WRITE_LOCK};
+use super::{Breaker, CHANGES_CHANNEL, WRITE_LOCK};
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
 use crate::db::{
@@ -25,28 +25,48 @@ use crate::KeyRecord;
 /// batch begins on a new one, so the writer recovers without a restart.
 pub(crate) struct PgConn {
     pool: PgPool,
+    breaker: Breaker,
     conn: Option<PoolConnection<Postgres>>,
 }
 
 impl PgConn {
-    pub(super) fn new(pool: PgPool) -> Self {
-        Self { pool, conn: None }
-    }
-
-    pub(super) fn pooled(pool: PgPool, c: PoolConnection<Postgres>) -> Self {
+    pub(super) fn new(pool: PgPool, breaker: Breaker) -> Self {
         Self {
             pool,
+            breaker,
+            conn: None,
+        }
+    }
+
+    pub(super) fn pooled(pool: PgPool, breaker: Breaker, c: PoolConnection<Postgres>) -> Self {
+        Self {
+            pool,
+            breaker,
             conn: Some(c),
         }
     }
 
     async fn connect(&mut self) -> Result<&mut PgConnection> {
         if self.conn.is_none() {
-            self.conn = Some(self.pool.acquire().await?);
+            self.conn = Some(self.breaker.acquire(&self.pool).await?);
         }
         match self.conn.as_deref_mut() {
             Some(c) => Ok(c),
             None => Err(crate::StoreError::Closed),
+        }
+    }
+
+    /// `BEGIN` on the connection held, or on a new one if the held one died while idle
+    /// (the server restarted between two batches of the writer).
+    async fn begin_fresh(&mut self, sql: &str) -> Result<()> {
+        match self.exec(sql).await {
+            Err(e) if e.is_unavailable() && self.conn.is_some() => {
+                if let Some(c) = self.conn.take() {
+                    c.detach();
+                }
+                self.exec(sql).await
+            }
+            r => r,
         }
     }
 
@@ -64,7 +84,7 @@ impl Conn for PgConn {
             // One snapshot for every read of the transaction (verification walks the
             // log in pages and must see one state of it).
             Lock::Read => {
-                self.exec("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+                self.begin_fresh("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
                     .await
             }
             // Every writer of the database, in every replica, takes the same
@@ -75,7 +95,8 @@ impl Conn for PgConn {
             // latest state. READ COMMITTED: each statement after the lock sees every
             // commit made before it. Released by COMMIT or ROLLBACK.
             Lock::Write => {
-                self.exec("BEGIN ISOLATION LEVEL READ COMMITTED").await?;
+                self.begin_fresh("BEGIN ISOLATION LEVEL READ COMMITTED")
+                    .await?;
                 let c = self.connect().await?;
                 sqlx::query("SELECT pg_advisory_xact_lock($1)")
                     .bind(WRITE_LOCK)

@@ -48,7 +48,7 @@ pub(crate) const CHANGES_CHANNEL: &str = "influxion_changes";
 const FULL_REFRESH: Duration = Duration::from_secs(30);
 /// How long a request waits for a connection before it fails (503) rather than hang
 /// while the database is away.
-const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(3);
+const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections per replica: the writer, the change listener and concurrent reads.
 const POOL_SIZE: u32 = 16;
 
@@ -75,6 +75,79 @@ fn parse_change(payload: &str) -> Change {
 
 pub(crate) struct PgDb {
     pool: PgPool,
+    breaker: Breaker,
+}
+
+/// Fail fast while the database is away. Once an acquisition failed because the
+/// server cannot be reached, one caller at a time tries again (at most every
+/// [`Breaker::RETRY_EVERY`]) and every other caller gets the same answer at once (503),
+/// instead of each waiting [`ACQUIRE_TIMEOUT`]. The first success closes it. Shared by
+/// the reads and the writer of one store.
+#[derive(Clone, Default)]
+pub(crate) struct Breaker(Arc<std::sync::Mutex<BreakerState>>);
+
+#[derive(Default)]
+enum BreakerState {
+    #[default]
+    Closed,
+    Open {
+        retry_at: std::time::Instant,
+        probing: bool,
+    },
+}
+
+impl Breaker {
+    const RETRY_EVERY: Duration = Duration::from_millis(250);
+
+    fn state(&self) -> std::sync::MutexGuard<'_, BreakerState> {
+        self.0
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Whether this caller may try the database now.
+    fn admit(&self) -> bool {
+        let mut s = self.state();
+        match &mut *s {
+            BreakerState::Closed => true,
+            BreakerState::Open { retry_at, probing } => {
+                if *probing || std::time::Instant::now() < *retry_at {
+                    false
+                } else {
+                    *probing = true;
+                    true
+                }
+            }
+        }
+    }
+
+    /// A connection from `pool`, unless the database is known to be away.
+    pub(crate) async fn acquire(
+        &self,
+        pool: &PgPool,
+    ) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        if !self.admit() {
+            return Err(StoreError::Db(sqlx::Error::PoolTimedOut));
+        }
+        let r = pool.acquire().await.map_err(StoreError::Db);
+        let mut s = self.state();
+        match &r {
+            Ok(_) => *s = BreakerState::Closed,
+            Err(e) if e.is_unavailable() => {
+                *s = BreakerState::Open {
+                    retry_at: std::time::Instant::now() + Self::RETRY_EVERY,
+                    probing: false,
+                }
+            }
+            // Anything else says nothing about reachability; a probe ends.
+            Err(_) => {
+                if let BreakerState::Open { probing, .. } = &mut *s {
+                    *probing = false;
+                }
+            }
+        }
+        r
+    }
 }
 
 async fn options(url: &str, password: Option<&dyn DatabasePassword>) -> Result<PgConnectOptions> {
@@ -122,9 +195,13 @@ pub(crate) async fn open(url: &str, password: Option<Arc<dyn DatabasePassword>>)
     if let Some(p) = password {
         tokio::spawn(refresh_password(pool.clone(), url.to_owned(), p));
     }
+    let breaker = Breaker::default();
     Ok(Opened {
-        db: Arc::new(PgDb { pool: pool.clone() }),
-        writer: Box::new(PgConn::new(pool)),
+        db: Arc::new(PgDb {
+            pool: pool.clone(),
+            breaker: breaker.clone(),
+        }),
+        writer: Box::new(PgConn::new(pool, breaker)),
         // Keyed from the first migration: a new database is sealed at once. (Another
         // replica may have created it a moment ago; sealing an empty log twice
         // writes the same head.)
@@ -146,7 +223,10 @@ pub(crate) async fn open_read_only(
         .acquire_timeout(ACQUIRE_TIMEOUT)
         .connect_with(opts)
         .await?;
-    Ok(Arc::new(PgDb { pool }))
+    Ok(Arc::new(PgDb {
+        pool,
+        breaker: Breaker::default(),
+    }))
 }
 
 /// Keep the pool's password fresh: fetched again a while before it expires (an access
@@ -235,13 +315,20 @@ async fn last_seq(pool: &PgPool) -> Option<u64> {
 }
 
 impl PgDb {
+    async fn acquire(&self) -> Result<sqlx::pool::PoolConnection<sqlx::Postgres>> {
+        self.breaker.acquire(&self.pool).await
+    }
+
     async fn approvals_of(&self, kind: PendingKind, id: &str) -> Result<Vec<ApprovalRecord>> {
         let t = tables(kind);
         let sql = format!(
             "SELECT approver, approver_label, decision, comment, at FROM {} WHERE {} = $1 ORDER BY at COLLATE \"C\"",
             t.votes, t.votes_item
         );
-        let rows = sqlx::query(&sql).bind(id).fetch_all(&self.pool).await?;
+        let rows = sqlx::query(&sql)
+            .bind(id)
+            .fetch_all(&mut *self.acquire().await?)
+            .await?;
         rows.iter().map(rows::approval).collect()
     }
 
@@ -261,7 +348,7 @@ impl PgDb {
                 sqlx::query(&sql)
                     .bind(s)
                     .bind(limit as i64)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.acquire().await?)
                     .await?
             }
             None => {
@@ -271,7 +358,7 @@ impl PgDb {
                 );
                 sqlx::query(&sql)
                     .bind(limit as i64)
-                    .fetch_all(&self.pool)
+                    .fetch_all(&mut *self.acquire().await?)
                     .await?
             }
         })
@@ -285,17 +372,25 @@ impl PgDb {
         let sql = format!("SELECT * FROM {} WHERE id = $1", tables(kind).items);
         Ok(sqlx::query(&sql)
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?)
     }
 }
 
 #[async_trait]
 impl Database for PgDb {
+    fn pool_status(&self) -> crate::PoolStatus {
+        crate::PoolStatus {
+            open: self.pool.size(),
+            idle: self.pool.num_idle(),
+        }
+    }
+
     async fn conn(&self) -> Result<Box<dyn crate::db::Conn>> {
         Ok(Box::new(PgConn::pooled(
             self.pool.clone(),
-            self.pool.acquire().await?,
+            self.breaker.clone(),
+            self.acquire().await?,
         )))
     }
 
@@ -305,7 +400,7 @@ impl Database for PgDb {
 
     async fn subjects(&self) -> Result<Vec<SubjectRecord>> {
         let rows = sqlx::query("SELECT * FROM subjects ORDER BY name COLLATE \"C\"")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?;
         let mut subjects = rows
             .iter()
@@ -313,7 +408,7 @@ impl Database for PgDb {
             .collect::<std::result::Result<Vec<_>, _>>()?;
         let grants =
             sqlx::query("SELECT id, subject_id, role, pattern FROM grants ORDER BY role COLLATE \"C\", pattern COLLATE \"C\"")
-                .fetch_all(&self.pool)
+                .fetch_all(&mut *self.acquire().await?)
                 .await?;
         for g in grants {
             let subject_id: String = g.try_get("subject_id")?;
@@ -335,7 +430,7 @@ impl Database for PgDb {
     async fn key(&self, name: &KeyName) -> Result<Option<KeyRecord>> {
         let row = sqlx::query("SELECT * FROM keys WHERE name = $1")
             .bind(name.as_str())
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?;
         row.as_ref().map(rows::key).transpose()
     }
@@ -343,14 +438,14 @@ impl Database for PgDb {
     async fn key_by_id(&self, id: &str) -> Result<Option<KeyRecord>> {
         let row = sqlx::query("SELECT * FROM keys WHERE id = $1")
             .bind(id)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?;
         row.as_ref().map(rows::key).transpose()
     }
 
     async fn keys(&self) -> Result<Vec<KeyRecord>> {
         let rows = sqlx::query("SELECT * FROM keys ORDER BY name COLLATE \"C\"")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?;
         rows.iter().map(rows::key).collect()
     }
@@ -477,7 +572,7 @@ impl Database for PgDb {
                 Bind::Int(i) => q.bind(i),
             };
         }
-        let rows = q.fetch_all(&self.pool).await?;
+        let rows = q.fetch_all(&mut *self.acquire().await?).await?;
         Ok(rows
             .iter()
             .map(rows::audit_record)
@@ -490,7 +585,7 @@ impl Database for PgDb {
             rows::AUDIT_COLUMNS
         ))
         .bind(seq)
-        .fetch_optional(&self.pool)
+        .fetch_optional(&mut *self.acquire().await?)
         .await?;
         Ok(row.as_ref().map(rows::audit_record).transpose()?)
     }
@@ -498,7 +593,7 @@ impl Database for PgDb {
     async fn audit_last_seq(&self) -> Result<i64> {
         Ok(
             sqlx::query_scalar("SELECT COALESCE(MAX(seq), 0) FROM audit_log")
-                .fetch_one(&self.pool)
+                .fetch_one(&mut *self.acquire().await?)
                 .await?,
         )
     }
@@ -506,7 +601,7 @@ impl Database for PgDb {
     async fn ca(&self, name: &str) -> Result<Option<CaRecord>> {
         sqlx::query("SELECT * FROM cas WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?
             .as_ref()
             .map(rows::ca)
@@ -515,7 +610,7 @@ impl Database for PgDb {
 
     async fn cas(&self) -> Result<Vec<CaRecord>> {
         sqlx::query("SELECT * FROM cas ORDER BY name COLLATE \"C\"")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(rows::ca)
@@ -527,7 +622,7 @@ impl Database for PgDb {
             "SELECT status, COUNT(*) AS n FROM certificates WHERE ca = $1 GROUP BY status",
         )
         .bind(ca)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter()
             .map(|r| Ok((r.try_get("status")?, r.try_get("n")?)))
@@ -537,7 +632,7 @@ impl Database for PgDb {
     async fn profile(&self, name: &str) -> Result<Option<ProfileRecord>> {
         sqlx::query("SELECT * FROM profiles WHERE name = $1")
             .bind(name)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?
             .as_ref()
             .map(rows::profile)
@@ -546,7 +641,7 @@ impl Database for PgDb {
 
     async fn profiles(&self) -> Result<Vec<ProfileRecord>> {
         sqlx::query("SELECT * FROM profiles ORDER BY name COLLATE \"C\"")
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(rows::profile)
@@ -556,7 +651,7 @@ impl Database for PgDb {
     async fn certificate(&self, serial: &str) -> Result<Option<CertRecord>> {
         sqlx::query("SELECT * FROM certificates WHERE serial = $1")
             .bind(serial)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?
             .as_ref()
             .map(rows::cert)
@@ -571,7 +666,7 @@ impl Database for PgDb {
         sqlx::query("SELECT * FROM certificates WHERE profile = $1 AND request_key = $2")
             .bind(profile)
             .bind(request_key)
-            .fetch_optional(&self.pool)
+            .fetch_optional(&mut *self.acquire().await?)
             .await?
             .as_ref()
             .map(rows::cert)
@@ -623,7 +718,7 @@ impl Database for PgDb {
             query = query.bind(like_escape(p).replace('*', "%"));
         }
         query
-            .fetch_all(&self.pool)
+            .fetch_all(&mut *self.acquire().await?)
             .await?
             .iter()
             .map(rows::cert)
@@ -638,7 +733,7 @@ impl Database for PgDb {
                 SELECT revoked_at AS t FROM cas WHERE parent = $1 AND revoked_at IS NOT NULL) AS r",
         )
         .bind(ca)
-        .fetch_one(&self.pool)
+        .fetch_one(&mut *self.acquire().await?)
         .await?)
     }
 
@@ -653,7 +748,7 @@ impl Database for PgDb {
              ORDER BY revoked_at COLLATE \"C\", serial COLLATE \"C\"",
         )
         .bind(ca)
-        .fetch_all(&self.pool)
+        .fetch_all(&mut *self.acquire().await?)
         .await?;
         rows.iter()
             .map(|r| {

@@ -146,6 +146,13 @@ impl SqliteDb {
 
 #[async_trait]
 impl Database for SqliteDb {
+    fn pool_status(&self) -> crate::PoolStatus {
+        crate::PoolStatus {
+            open: self.pool.size(),
+            idle: self.pool.num_idle(),
+        }
+    }
+
     async fn conn(&self) -> Result<Box<dyn crate::db::Conn>> {
         Ok(Box::new(SqliteConn::pooled(self.pool.acquire().await?)))
     }

@@ -73,6 +73,15 @@ struct RefreshTimes {
 /// provider is asked again, so an outage is not turned into a request storm.
 const FAILURE_BACKOFF: Duration = Duration::from_secs(5);
 
+/// How many fetches of the provider's metadata and keys succeeded and failed since the
+/// start: a snapshot for metrics, read at scrape time (this crate knows nothing of
+/// Prometheus). Fetches skipped by single flight or the refresh limits are not counted.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JwksRefreshes {
+    pub ok: u64,
+    pub failed: u64,
+}
+
 pub struct JwksCache {
     metadata_url: String,
     http: reqwest::Client,
@@ -83,6 +92,8 @@ pub struct JwksCache {
     /// Serialises fetches so that a burst of unknown-kid tokens causes one request.
     refresh: tokio::sync::Mutex<RefreshTimes>,
     generation: AtomicU64,
+    fetched_ok: AtomicU64,
+    fetched_failed: AtomicU64,
 }
 
 fn check_url(url: &str, allow_http: bool) -> Result<(), AuthError> {
@@ -112,6 +123,8 @@ impl JwksCache {
             current: RwLock::new(None),
             refresh: tokio::sync::Mutex::new(RefreshTimes::default()),
             generation: AtomicU64::new(0),
+            fetched_ok: AtomicU64::new(0),
+            fetched_failed: AtomicU64::new(0),
         })
     }
 
@@ -123,6 +136,14 @@ impl JwksCache {
     fn current(&self) -> Option<Arc<KeySet>> {
         let set = self.current.read().ok()?.clone()?;
         (set.fetched.elapsed() <= self.max_age).then_some(set)
+    }
+
+    /// Fetches of the provider's keys so far, by outcome.
+    pub(crate) fn refreshes(&self) -> JwksRefreshes {
+        JwksRefreshes {
+            ok: self.fetched_ok.load(Ordering::Relaxed),
+            failed: self.fetched_failed.load(Ordering::Relaxed),
+        }
     }
 
     /// Whether a key set no older than the maximum age is held: tokens can be checked.
@@ -208,10 +229,12 @@ impl JwksCache {
         let set = match fetched {
             Ok(set) => set,
             Err(e) => {
+                self.fetched_failed.fetch_add(1, Ordering::Relaxed);
                 times.last_failure = times.completed;
                 return Err(e);
             }
         };
+        self.fetched_ok.fetch_add(1, Ordering::Relaxed);
         tracing::info!(keys = set.keys.len(), issuer = %set.issuer, "installed provider signing keys");
         if let Ok(mut cur) = self.current.write() {
             *cur = Some(Arc::new(set));

@@ -18,7 +18,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use sha2::{Digest, Sha256};
 
 pub use error::AuthError;
-pub use jwks::JwksCache;
+pub use jwks::{JwksCache, JwksRefreshes};
 pub use unverified::UnverifiedToken;
 
 use claims::Claims;
@@ -114,6 +114,11 @@ impl Validator {
     /// maximum age), so that tokens can be checked: part of readiness.
     pub fn keys_usable(&self) -> bool {
         self.jwks.usable()
+    }
+
+    /// How often the provider's keys were fetched, successfully or not (metrics).
+    pub fn jwks_refreshes(&self) -> JwksRefreshes {
+        self.jwks.refreshes()
     }
 
     /// Fetch the metadata and keys now, and keep them fresh in the background.

@@ -96,6 +96,7 @@ impl FromRequestParts<AppState> for Authenticated {
         match result {
             Ok(p) => Ok(Authenticated(p)),
             Err(e) => {
+                state.metrics.token_refused(e.slug());
                 // Refusals are audited too (rate-limited); the token itself never is.
                 match state.refusals.admit() {
                     Some(suppressed) => {

@@ -6,6 +6,7 @@
 
 mod auth;
 mod extract;
+pub mod metrics;
 pub mod problem;
 mod refusals;
 mod routes;
@@ -22,6 +23,7 @@ use influxion_store::Store;
 use tower_http::trace::TraceLayer;
 
 pub use auth::{Authenticated, Caller};
+pub use metrics::Metrics;
 pub use problem::ApiError;
 pub use routes::pki::{ensure_dev_ca, ensure_dev_code_signing, PkiCache};
 pub use service::pki::PkiSettings;
@@ -44,12 +46,15 @@ pub struct AppState {
     pub pki_cache: Arc<PkiCache>,
     /// Export readers of the audit log and the waits in progress.
     pub feed: Arc<AuditFeed>,
+    /// The Prometheus metric families (served on their own listener, [`metrics::router`]).
+    pub metrics: Metrics,
 }
 
 pub use refusals::{Admitted, RefusalLimiter};
 pub use routes::audit::AuditFeed;
 
 pub fn app(state: AppState) -> Router {
+    let metrics = state.metrics.clone();
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
@@ -174,6 +179,11 @@ pub fn app(state: AppState) -> Router {
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(axum::middleware::from_fn(problem::framework_rejections))
+        // Outside the problem layer, so it counts the status the client gets.
+        .layer(axum::middleware::from_fn_with_state(
+            metrics,
+            metrics::track,
+        ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
 }

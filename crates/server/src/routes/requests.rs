@@ -251,6 +251,7 @@ async fn decide(
         // Sign ahead only when this vote may complete the quorum of a live request;
         // the store still decides, and discards the signature if another vote won.
         let live = r.status == "pending" && now_unix() <= r.expires_at;
+        let started = std::time::Instant::now();
         let mut signature = if approve && live && r.approvals_count() + 1 >= r.quorum {
             Some(sign_for(st, &r).await?)
         } else {
@@ -285,6 +286,8 @@ async fn decide(
         };
         if let Some(Signed { signature: sig, .. }) = &signature {
             let stored = matches!(&result, Ok(a) if a.outcome == Some(RequestOutcome::Signed));
+            // The quorum's signature and its record: a sign operation like any other.
+            st.metrics.sign(stored, started.elapsed());
             if !stored {
                 record_discarded_signature(st, c, &r, sig, &result).await;
             }

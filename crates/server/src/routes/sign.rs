@@ -103,7 +103,6 @@ pub(crate) async fn sign(
     Path(name): Path<String>,
     body: Result<JsonBody<SignRequest>, ApiError>,
 ) -> Result<SignOutcome, ApiError> {
-    let p = &c.principal;
     audited(&st, &c.actor, "sign", &name, async {
         if !c.perms.allows(Role::Signer, &name) {
             return Err(super::forbidden(
@@ -129,13 +128,13 @@ pub(crate) async fn sign(
                 "reason is at most 1000 characters".into(),
             ));
         }
+        if key.policy.approvals_required > 0 && reason.trim().is_empty() {
+            return Err(ApiError::InvalidRequest(format!(
+                "key {} needs approval: give a reason for the approvers",
+                key.name
+            )));
+        }
         if key.policy.approvals_required > 0 {
-            if reason.trim().is_empty() {
-                return Err(ApiError::InvalidRequest(format!(
-                    "key {} needs approval: give a reason for the approvers",
-                    key.name
-                )));
-            }
             // Approvers see the format beside the file's facts; the quorum's sign
             // record carries it.
             metadata.insert("format".into(), format.into());
@@ -143,32 +142,10 @@ pub(crate) async fn sign(
                 .await
                 .map(SignOutcome::Pending);
         }
-        let signature = st.backends.sign(&key, &digest).await?;
-        // The signature is returned only after its audit record is durable.
-        let mut detail = serde_json::json!({
-            "algorithm": digest.algorithm().as_str(),
-            "digest": digest.to_hex(),
-            "app_id": p.app_id,
-            "format": format,
-        });
-        // Where the key lives (backend, vault, key, version): part of the record.
-        for (k, v) in st.backends.describe(&key) {
-            detail[k] = v;
-        }
-        if !reason.is_empty() {
-            detail["reason"] = reason.into();
-        }
-        let event = AuditEvent::new(c.actor.clone(), "sign", Outcome::Ok)
-            .target(key.name.to_string())
-            .detail(detail);
-        let audit_seq = match st.store.audit_key_use(&key.id, event).await {
-            Ok(seq) => seq,
-            // Disabled while we signed: the signature is dropped, never returned.
-            Err(influxion_store::StoreError::KeyNotActive(_)) => {
-                return Err(ApiError::KeyDisabled(key.name.to_string()))
-            }
-            Err(e) => return Err(e.into()),
-        };
+        let started = std::time::Instant::now();
+        let signed = sign_and_record(&st, &c, &key, &digest, format, reason).await;
+        st.metrics.sign(signed.is_ok(), started.elapsed());
+        let (signature, audit_seq) = signed?;
         Ok(SignOutcome::Signed(SignResponse {
             key: key.name.to_string(),
             algorithm: digest.algorithm(),
@@ -178,6 +155,43 @@ pub(crate) async fn sign(
         }))
     })
     .await
+}
+
+/// The key's signature and its audit record: the sign operation whose latency is
+/// measured. The signature is returned only after its record is durable.
+async fn sign_and_record(
+    st: &AppState,
+    c: &Caller,
+    key: &KeyRecord,
+    digest: &Digest,
+    format: &str,
+    reason: String,
+) -> Result<(Vec<u8>, u64), ApiError> {
+    let signature = st.backends.sign(key, digest).await?;
+    let mut detail = serde_json::json!({
+        "algorithm": digest.algorithm().as_str(),
+        "digest": digest.to_hex(),
+        "app_id": c.principal.app_id,
+        "format": format,
+    });
+    // Where the key lives (backend, vault, key, version): part of the record.
+    for (k, v) in st.backends.describe(key) {
+        detail[k] = v;
+    }
+    if !reason.is_empty() {
+        detail["reason"] = reason.into();
+    }
+    let event = AuditEvent::new(c.actor.clone(), "sign", Outcome::Ok)
+        .target(key.name.to_string())
+        .detail(detail);
+    match st.store.audit_key_use(&key.id, event).await {
+        Ok(seq) => Ok((signature, seq)),
+        // Disabled while we signed: the signature is dropped, never returned.
+        Err(influxion_store::StoreError::KeyNotActive(_)) => {
+            Err(ApiError::KeyDisabled(key.name.to_string()))
+        }
+        Err(e) => Err(e.into()),
+    }
 }
 
 pub(crate) async fn verify(

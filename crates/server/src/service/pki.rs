@@ -387,6 +387,22 @@ pub(crate) async fn issue_certificate(
     request_key: Option<String>,
     key_generated: bool,
 ) -> Result<(CertRecord, Vec<Vec<u8>>), ApiError> {
+    let started = std::time::Instant::now();
+    let issued = sign_and_record(st, actor, profile, ctx, cert, request_key, key_generated).await;
+    st.metrics.issue(issued.is_ok(), started.elapsed());
+    issued
+}
+
+/// The CA key's signature and the certificate's record (the issuance latency).
+async fn sign_and_record(
+    st: &AppState,
+    actor: &Actor,
+    profile: &str,
+    ctx: &IssuanceContext,
+    cert: CertSpec,
+    request_key: Option<String>,
+    key_generated: bool,
+) -> Result<(CertRecord, Vec<Vec<u8>>), ApiError> {
     let (ca, key, spec) = (&ctx.ca, &ctx.key, &ctx.spec);
     let serial = build::random_serial();
     let crl_url = st.pki.crl_url(&ca.name);

@@ -299,6 +299,7 @@ impl Harness {
             }),
             pki_cache: Default::default(),
             feed: Default::default(),
+            metrics: Default::default(),
         };
         let h = Self {
             router: influxion_server::app(state.clone()),
@@ -410,6 +411,7 @@ impl Harness {
                 .map(|v| v.to_str().unwrap().to_owned()),
             json,
             text: String::from_utf8_lossy(&bytes).into_owned(),
+            headers,
         }
     }
 
@@ -436,6 +438,7 @@ pub(crate) struct Resp {
     pub content_type: Option<String>,
     pub json: Value,
     pub text: String,
+    pub headers: axum::http::HeaderMap,
 }
 
 impl Resp {

@@ -72,6 +72,7 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
         pki_cache: Default::default(),
         feed: Default::default(),
         metrics: Default::default(),
+        rate_limits: Default::default(),
     })
 }
 

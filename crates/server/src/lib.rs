@@ -8,6 +8,7 @@ mod auth;
 mod extract;
 pub mod metrics;
 pub mod problem;
+mod rate_limit;
 mod refusals;
 mod routes;
 pub mod service;
@@ -25,6 +26,7 @@ use tower_http::trace::TraceLayer;
 pub use auth::{Authenticated, Caller};
 pub use metrics::Metrics;
 pub use problem::ApiError;
+pub use rate_limit::{PerMinute, RateLimits, SubjectLimiter};
 pub use routes::pki::{ensure_dev_ca, ensure_dev_code_signing, PkiCache};
 pub use service::pki::PkiSettings;
 
@@ -48,6 +50,8 @@ pub struct AppState {
     pub feed: Arc<AuditFeed>,
     /// The Prometheus metric families (served on their own listener, [`metrics::router`]).
     pub metrics: Metrics,
+    /// Signatures and certificates per minute, per subject.
+    pub rate_limits: Arc<SubjectLimiter>,
 }
 
 pub use refusals::{Admitted, RefusalLimiter};

@@ -60,6 +60,11 @@ struct ReasonLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct OperationLabels {
+    operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct StateLabels {
     state: &'static str,
 }
@@ -96,6 +101,7 @@ struct Inner {
     sign_duration: Histograms<OutcomeLabels>,
     issue_duration: Histograms<OutcomeLabels>,
     token_refusals: Family<ReasonLabels, Counter>,
+    rate_limited: Family<OperationLabels, Counter>,
     audit_append: Histogram,
     audit_batch: Histogram,
     db_pool: Family<StateLabels, Gauge>,
@@ -154,6 +160,12 @@ impl Metrics {
             "Bearer tokens refused, by reason (the problem type's slug)",
             token_refusals.clone(),
         );
+        let rate_limited = Family::<OperationLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a per-subject rate limit, by operation",
+            rate_limited.clone(),
+        );
         let audit_append = latency();
         registry.register_with_unit(
             "audit_append_duration",
@@ -180,6 +192,7 @@ impl Metrics {
             sign_duration,
             issue_duration,
             token_refusals,
+            rate_limited,
             audit_append,
             audit_batch,
             db_pool,
@@ -229,6 +242,14 @@ impl Metrics {
         self.0
             .token_refusals
             .get_or_create(&ReasonLabels { reason })
+            .inc();
+    }
+
+    /// A request refused by a per-subject rate limit (`sign` or `certificate`).
+    pub(crate) fn rate_limited(&self, operation: &'static str) {
+        self.0
+            .rate_limited
+            .get_or_create(&OperationLabels { operation })
             .inc();
     }
 
@@ -411,6 +432,7 @@ mod tests {
         m.issue(false, Duration::from_millis(2));
         m.token_refused("token-expired");
         m.token_refused("token-expired");
+        m.rate_limited("sign");
         m.store_batch(3, Duration::from_millis(1));
         m.db_pool(2, 3);
         let text = m
@@ -447,6 +469,7 @@ mod tests {
             r#"influxion_token_refusals_total{reason="token-expired"}"#,
             "2",
         );
+        has(r#"influxion_rate_limited_total{operation="sign"}"#, "1");
         has("influxion_audit_batch_size_count", "1");
         has("influxion_audit_batch_size_sum", "3.0");
         has("influxion_audit_append_duration_seconds_count", "1");

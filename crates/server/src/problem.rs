@@ -109,6 +109,14 @@ pub enum ApiError {
     ProfileInUse(String),
     #[error("key {0} belongs to a certificate authority and signs only its certificates and CRLs")]
     CaKey(String),
+    /// A per-subject rate limit: come back after `retry_after_secs`.
+    #[error("subject {subject} may make {per_minute} {counted} per minute; retry in {retry_after_secs} s")]
+    RateLimited {
+        subject: String,
+        counted: &'static str,
+        per_minute: u32,
+        retry_after_secs: u64,
+    },
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -219,6 +227,7 @@ impl ApiError {
             | ApiError::RequestKeyConflict(_)
             | ApiError::ProfileInUse(_)
             | ApiError::CaKey(_) => StatusCode::CONFLICT,
+            ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Backend(BackendError::Refused(_)) => StatusCode::BAD_GATEWAY,
@@ -287,6 +296,7 @@ impl ApiError {
             ApiError::RequestKeyConflict(_) => "request-key-conflict",
             ApiError::ProfileInUse(_) => "profile-in-use",
             ApiError::CaKey(_) => "ca-key",
+            ApiError::RateLimited { .. } => "rate-limited",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
             ApiError::Backend(BackendError::Refused(_)) => "backend-refused",
             ApiError::Backend(BackendError::Unfit(_)) => "unfit-key",
@@ -307,6 +317,7 @@ impl ApiError {
             StatusCode::SERVICE_UNAVAILABLE => "Temporarily unavailable",
             StatusCode::BAD_GATEWAY => "Refused by the key backend",
             StatusCode::UNPROCESSABLE_ENTITY => "Cannot be processed",
+            StatusCode::TOO_MANY_REQUESTS => "Too many requests",
             _ => "Internal error",
         }
     }
@@ -420,6 +431,12 @@ impl IntoResponse for ApiError {
             .and_then(|c| HeaderValue::from_str(&c).ok())
         {
             h.insert(header::WWW_AUTHENTICATE, c);
+        }
+        if let ApiError::RateLimited {
+            retry_after_secs, ..
+        } = &self
+        {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
         }
         resp
     }

@@ -14,6 +14,7 @@ use influxion_core::{Actor, Permissions, Principal, Role};
 use influxion_store::{AuditEvent, Outcome};
 use serde::Serialize;
 
+use crate::rate_limit::Operation;
 use crate::{ApiError, AppState, Caller};
 
 pub(crate) async fn healthz() -> &'static str {
@@ -175,6 +176,40 @@ pub(crate) fn forbidden(perms: &Permissions, what: &str) -> ApiError {
             perms.subjects.join(", ")
         ))
     }
+}
+
+/// Take one `op` from the rate limits of the caller's subjects that allow it (`role`
+/// on `name`, or admin). Called after authentication and the permission check, before
+/// the key is used; a refusal is a 429 `rate-limited`, audited by the caller's
+/// `audited` block through the refusal budget like any other.
+pub(crate) async fn rate_limit(
+    st: &AppState,
+    c: &Caller,
+    op: Operation,
+    role: Role,
+    name: &str,
+) -> Result<(), ApiError> {
+    if !st.rate_limits.limits(op) {
+        return Ok(());
+    }
+    let subjects = st.store.subjects().await?;
+    let charged = subjects.iter().filter(|s| {
+        c.perms.subjects.contains(&s.name)
+            && Permissions {
+                subjects: Vec::new(),
+                grants: s.grants.clone(),
+            }
+            .allows(role, name)
+    });
+    st.rate_limits.check(op, charged).map_err(|l| {
+        st.metrics.rate_limited(op.as_str());
+        ApiError::RateLimited {
+            subject: l.subject,
+            counted: op.counted(),
+            per_minute: l.per_minute,
+            retry_after_secs: l.retry_after_secs,
+        }
+    })
 }
 
 /// Append a refusal to the audit log.

@@ -13,8 +13,9 @@ use influxion_store::{AuditEvent, KeyRecord, Outcome};
 use influxion_verify as public;
 
 use super::keys::lookup;
-use super::{audited, require_any};
+use super::{audited, rate_limit, require_any};
 use crate::extract::JsonBody;
+use crate::rate_limit::Operation;
 use crate::{ApiError, AppState, Caller};
 
 pub(crate) enum SignOutcome {
@@ -134,6 +135,8 @@ pub(crate) async fn sign(
                 key.name
             )));
         }
+        // A signing request counts as a signature: each may become one.
+        rate_limit(&st, &c, Operation::Sign, Role::Signer, &name).await?;
         if key.policy.approvals_required > 0 {
             // Approvers see the format beside the file's facts; the quorum's sign
             // record carries it.

@@ -300,6 +300,7 @@ impl Harness {
             pki_cache: Default::default(),
             feed: Default::default(),
             metrics: Default::default(),
+            rate_limits: Default::default(),
         };
         let h = Self {
             router: influxion_server::app(state.clone()),
@@ -332,6 +333,14 @@ impl Harness {
     /// restart with another backend configuration.
     pub(crate) fn with_backends(mut self, backends: influxion_core::Backends) -> Self {
         self.state.backends = backends;
+        self.router = influxion_server::app(self.state.clone());
+        self
+    }
+
+    /// The same store and identity provider with per-subject rate limits, as after a
+    /// restart with a `[rate_limits]` table.
+    pub(crate) fn with_rate_limits(mut self, limits: influxion_server::RateLimits) -> Self {
+        self.state.rate_limits = Arc::new(influxion_server::SubjectLimiter::new(limits));
         self.router = influxion_server::app(self.state.clone());
         self
     }

@@ -10,7 +10,8 @@ use influxion_pki::encode;
 
 use super::cache::issuance_context;
 use crate::extract::RawBody;
-use crate::routes::{audited, require};
+use crate::rate_limit::Operation;
+use crate::routes::{audited, rate_limit, require};
 use crate::service::pki::{chain_ders, corrupt, issue_certificate, lookup_ca, lookup_profile};
 use crate::{ApiError, AppState, Caller};
 
@@ -101,6 +102,7 @@ async fn enroll_for(
         let ctx = issuance_context(st, profile).await?;
         let csr = influxion_pki::csr::parse(&der)?;
         let cert = ctx.spec.enforce(&csr, None)?;
+        rate_limit(st, c, Operation::Certificate, Role::Provisioner, profile).await?;
         let (record, _) = issue_certificate(st, &c.actor, profile, &ctx, cert, None, false).await?;
         Ok(est_body(
             encode::pkcs7_certs_only(&[record.der]).map_err(|e| corrupt(&e.to_string()))?,

@@ -14,7 +14,8 @@ use serde::Deserialize;
 use super::cache::issuance_context;
 use super::{issued_response, FormatQuery, IssuedView};
 use crate::extract::JsonBody;
-use crate::routes::{audited, require};
+use crate::rate_limit::Operation;
+use crate::routes::{audited, rate_limit, require};
 use crate::service::pki::{chain_ders, corrupt, issue_certificate, lookup_ca, pem_all};
 use crate::{ApiError, AppState, Caller};
 
@@ -93,6 +94,7 @@ pub(crate) async fn from_csr(
                 return replay(&st, existing, &cert, format).await;
             }
         }
+        rate_limit(&st, &c, Operation::Certificate, Role::Provisioner, &profile).await?;
         let (record, chain) = match issue_certificate(
             &st,
             &c.actor,
@@ -194,6 +196,7 @@ pub(crate) async fn with_new_key(
         // Check the device id and quota-independent policy before spending a key.
         let probe = spec.spec_for(&req.device_id, Vec::new())?;
         drop(probe);
+        rate_limit(&st, &c, Operation::Certificate, Role::Provisioner, &profile).await?;
         // RSA key generation takes up to seconds of CPU: at most two at a time.
         static KEYGEN: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
         let _permit = KEYGEN

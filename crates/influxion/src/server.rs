@@ -60,6 +60,16 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
     }
     let validator = Validator::new(cfg.auth.clone())?;
     validator.start_background_refresh();
+    let rate_limits = influxion_server::SubjectLimiter::new(cfg.rate_limits.clone());
+    for k in rate_limits.unmatched(&store.subjects().await?) {
+        tracing::warn!(
+            subject = k,
+            "[rate_limits.subjects] names no subject (by id or name) yet: it applies once one is created with it"
+        );
+    }
+    // The writer's batches feed the audit append and batch size histograms.
+    let metrics = influxion_server::Metrics::new();
+    store.observe_commits(Arc::new(metrics.clone()));
     Ok(AppState {
         store,
         backends,
@@ -71,8 +81,8 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
         }),
         pki_cache: Default::default(),
         feed: Default::default(),
-        metrics: Default::default(),
-        rate_limits: Default::default(),
+        metrics,
+        rate_limits: Arc::new(rate_limits),
     })
 }
 
@@ -179,6 +189,22 @@ pub(crate) async fn serve(cfg: ServerConfig) -> Result<()> {
         }
         None => None,
     };
+    if let Some(addr) = cfg.metrics_listen {
+        let metrics = TcpListener::bind(addr).await.with_context(|| {
+            format!("binding {addr} (metrics_listen / INFLUXION_METRICS_LISTEN)")
+        })?;
+        let router = influxion_server::metrics::router(state.clone());
+        let limits = cfg.http;
+        tracing::info!(listen = %addr, "metrics listening (unauthenticated: keep it private)");
+        // Plain HTTP, no token: Prometheus on a private network. It ends with the process.
+        tokio::spawn(async move {
+            if let Err(e) =
+                influxion_edge::serve(metrics, router, limits, None, std::future::pending()).await
+            {
+                tracing::error!(error = %e, "metrics listener stopped");
+            }
+        });
+    }
     tracing::info!(listen = %cfg.listen, tls = tls.is_some(), metadata = %cfg.auth.metadata_url, "keyserver listening");
     influxion_edge::serve(
         listener,
@@ -366,6 +392,8 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         bootstrap_admin: None,
         http: limits,
         tls: None,
+        metrics_listen: None,
+        rate_limits: Default::default(),
     };
     let state = build_state(&cfg, cfg.kek.load()?).await?;
     ensure_dev_subjects(&state.store).await?;

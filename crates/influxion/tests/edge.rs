@@ -1,7 +1,9 @@
 //! The keyserver's HTTP edge against clients that stall, over real sockets to the real
 //! binary: slow headers, a chunked body that never ends, a body shorter than its
 //! Content-Length, and more idle connections than the cap. Each must end in a 408 or a
-//! closed connection; the limits are set short here (`INFLUXION_HTTP_*`).
+//! closed connection; the limits are set short here (`INFLUXION_HTTP_*`). Beside them,
+//! what operators see of the edge: request ids, native TLS, readiness, the metrics
+//! listener and per-subject rate limits.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)] // test helpers: a panic is a test failure
 
@@ -326,4 +328,161 @@ fn not_ready_without_the_providers_keys() {
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["jwks"], "unavailable", "{body}");
     assert_eq!(body["database"], "ok", "{body}");
+}
+
+/// Prometheus metrics on their own listener (`INFLUXION_METRICS_LISTEN`), and a
+/// per-subject rate limit from the configuration file: a signature, a refused token and
+/// a rate-limited signature are counted with their labels, `/metrics` is not on the
+/// API's port, and `config check` shows both settings.
+#[test]
+fn metrics_listener_and_rate_limits() {
+    if !prerequisites() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let provider = start_provider(d);
+    let config = d.join("influxion.toml");
+    std::fs::write(
+        &config,
+        "[rate_limits]\ncertificates_per_minute = 100\n\n\
+         [rate_limits.subjects.ci]\nsignatures_per_minute = 1\n",
+    )
+    .unwrap();
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let settings = [
+        ("INFLUXION_METRICS_LISTEN", metrics.as_str()),
+        ("INFLUXION_CONFIG", config.to_str().unwrap()),
+    ];
+
+    // config check names both.
+    let mut check = std::process::Command::new(BIN);
+    check.args(["config", "check"]).current_dir(d);
+    server_env(&mut check, &provider.issuer, &d.join("data"), free_port());
+    let out = ok(&check.envs(settings).output().unwrap());
+    assert!(
+        out.contains(&format!("metrics_listen = {metrics:?}\n")),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "[rate_limits]\nsignatures_per_minute = \"unlimited\"\ncertificates_per_minute = 100\n"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("[rate_limits.subjects.\"ci\"]\nsignatures_per_minute = 1\ncertificates_per_minute = 100\n"),
+        "{out}"
+    );
+
+    let ks = start_keyserver_env(d, &provider.issuer, AUDIENCE, &settings);
+    ok(&ks.admin(&["keys", "create", "fw", "--type", "ec-p256"], d));
+    let signer = access_token(&ks, "ci-signer", "s3cret-value-1234567890");
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let http = reqwest::Client::new();
+    let sign = || {
+        rt.block_on(async {
+            let r = http
+                .post(format!("{}/v1/keys/fw/sign", ks.url))
+                .bearer_auth(&signer)
+                .json(&serde_json::json!({"digest": "ab".repeat(32)}))
+                .send()
+                .await
+                .unwrap();
+            let retry = r
+                .headers()
+                .get("retry-after")
+                .map(|v| v.to_str().unwrap().to_owned());
+            (r.status().as_u16(), retry, r.text().await.unwrap())
+        })
+    };
+    let get = |url: String, token: Option<&str>| {
+        rt.block_on(async {
+            let mut r = http.get(url);
+            if let Some(t) = token {
+                r = r.bearer_auth(t);
+            }
+            let r = r.send().await.unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        })
+    };
+
+    let (status, _, body) = sign();
+    assert_eq!(status, 200, "{body}");
+    // The subject ci may sign once a minute.
+    let (status, retry, body) = sign();
+    assert_eq!(status, 429, "{body}");
+    assert!(
+        body.contains("https://influxion.dev/problems/rate-limited"),
+        "{body}"
+    );
+    let retry: u64 = retry.expect("Retry-After").parse().unwrap();
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    let (status, _) = get(format!("{}/v1/keys", ks.url), Some("not-a-token"));
+    assert_eq!(status, 401);
+    // Not on the API's port.
+    let (status, body) = get(format!("{}/metrics", ks.url), None);
+    assert_eq!(status, 404, "{body}");
+    assert!(
+        body.contains("https://influxion.dev/problems/not-found"),
+        "{body}"
+    );
+
+    let (status, text) = get(format!("http://{metrics}/metrics"), None);
+    assert_eq!(status, 200, "{text}");
+    let value = |series: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .map(|v| v.parse::<f64>().unwrap())
+    };
+    for (series, want) in [
+        (
+            r#"influxion_http_requests_total{route="/v1/keys/{name}/sign",method="POST",status="200"}"#,
+            1.0,
+        ),
+        (
+            r#"influxion_http_requests_total{route="/v1/keys/{name}/sign",method="POST",status="429"}"#,
+            1.0,
+        ),
+        (
+            r#"influxion_http_requests_total{route="/v1/keys",method="GET",status="401"}"#,
+            1.0,
+        ),
+        (
+            r#"influxion_http_requests_total{route="unmatched",method="GET",status="404"}"#,
+            1.0,
+        ),
+        (
+            r#"influxion_token_refusals_total{reason="token-malformed"}"#,
+            1.0,
+        ),
+        (
+            r#"influxion_sign_duration_seconds_count{outcome="ok"}"#,
+            1.0,
+        ),
+        (r#"influxion_rate_limited_total{operation="sign"}"#, 1.0),
+        (
+            r#"influxion_approval_queue_depth{kind="signing_request"}"#,
+            0.0,
+        ),
+    ] {
+        assert_eq!(value(series), Some(want), "{series} in\n{text}");
+    }
+    assert!(
+        value(r#"influxion_jwks_refreshes_total{outcome="ok"}"#).is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    // The store's writer reports its batches, and the read pool its connections.
+    assert!(
+        value("influxion_audit_batch_size_count").is_some_and(|n| n >= 1.0),
+        "{text}"
+    );
+    assert!(
+        value(r#"influxion_db_pool_connections{state="idle"}"#).is_some(),
+        "{text}"
+    );
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    // Nothing but /metrics there.
+    let (status, _) = get(format!("http://{metrics}/v1/keys"), Some(&signer));
+    assert_eq!(status, 404);
 }

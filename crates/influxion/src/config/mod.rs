@@ -6,6 +6,7 @@
 
 mod http;
 mod keyclient;
+mod rate_limits;
 mod server;
 
 use std::path::{Path, PathBuf};
@@ -24,6 +25,8 @@ pub(crate) use server::{pkcs11_config, vault_config, KekSource, ServerConfig, Va
 #[serde(deny_unknown_fields)]
 pub(crate) struct FileConfig {
     pub listen: Option<String>,
+    /// Where Prometheus scrapes `/metrics`; none when unset.
+    pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
     #[serde(default)]
@@ -45,6 +48,8 @@ pub(crate) struct FileConfig {
     pub http: FileHttp,
     #[serde(default)]
     pub tls: FileTls,
+    #[serde(default)]
+    pub rate_limits: rate_limits::FileRateLimits,
 }
 
 /// The keyserver's own TLS (`influxion serve` without a reverse proxy).

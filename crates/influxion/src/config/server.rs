@@ -45,6 +45,8 @@ pub(super) fn parse_rules(text: &str) -> Result<influxion_core::SubjectRules, Co
 #[derive(Debug, Clone)]
 pub(crate) struct ServerConfig {
     pub listen: std::net::SocketAddr,
+    /// The Prometheus `/metrics` listener (unauthenticated: a private address).
+    pub metrics_listen: Option<std::net::SocketAddr>,
     pub data_dir: PathBuf,
     pub database_url: String,
     pub auth: AuthConfig,
@@ -64,6 +66,8 @@ pub(crate) struct ServerConfig {
     pub http: influxion_edge::Limits,
     /// TLS certificate chain and key files (PEM), read again on SIGHUP.
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Signatures and certificates per minute, per subject (`[rate_limits]`).
+    pub rate_limits: influxion_server::RateLimits,
 }
 
 #[derive(Clone)]
@@ -136,6 +140,7 @@ impl ServerConfig {
     /// listens and stores, whom it trusts, its keys, and what it publishes.
     pub(crate) fn resolve(file: &FileConfig) -> Result<Self, ConfigError> {
         let listen = listen(file)?;
+        let metrics_listen = metrics_listen(file, listen)?;
         let data_dir = env("INFLUXION_DATA_DIR")
             .map(PathBuf::from)
             .or_else(|| file.data_dir.clone())
@@ -157,6 +162,7 @@ impl ServerConfig {
         let est_profile = env("INFLUXION_EST_PROFILE").or_else(|| file.pki.est_profile.clone());
         Ok(Self {
             listen,
+            metrics_listen,
             data_dir,
             database_url,
             auth,
@@ -172,6 +178,7 @@ impl ServerConfig {
             est_profile,
             http: http_limits(&file.http)?,
             tls: tls_files(file)?,
+            rate_limits: super::rate_limits::rate_limits(&file.rate_limits)?,
         })
     }
 
@@ -193,8 +200,11 @@ impl ServerConfig {
     pub(crate) fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n",
+            "listen = {:?}\nmetrics_listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n\n{}",
             self.listen.to_string(),
+            self.metrics_listen
+                .map(|a| a.to_string())
+                .unwrap_or_default(),
             self.data_dir.display().to_string(),
             self.database_url,
             a.metadata_url,
@@ -234,6 +244,7 @@ impl ServerConfig {
                 .as_ref()
                 .map(|(_, k)| k.display().to_string())
                 .unwrap_or_default(),
+            super::rate_limits::describe(&self.rate_limits),
         )
     }
 }
@@ -266,6 +277,28 @@ fn listen(file: &FileConfig) -> Result<std::net::SocketAddr, ConfigError> {
             format!("{listen_text:?} is not an address:port"),
         )
     })
+}
+
+/// `INFLUXION_METRICS_LISTEN` or `metrics_listen`: none when unset. Not the API's
+/// address: `/metrics` is never served beside the API.
+fn metrics_listen(
+    file: &FileConfig,
+    api: std::net::SocketAddr,
+) -> Result<Option<std::net::SocketAddr>, ConfigError> {
+    let setting = "metrics_listen / INFLUXION_METRICS_LISTEN";
+    let Some(text) = env("INFLUXION_METRICS_LISTEN").or_else(|| file.metrics_listen.clone()) else {
+        return Ok(None);
+    };
+    let addr: std::net::SocketAddr = text
+        .parse()
+        .map_err(|_| err(setting, format!("{text:?} is not an address:port")))?;
+    if addr == api {
+        return Err(err(
+            setting,
+            format!("{addr} is the API's address (listen); give metrics a port of their own"),
+        ));
+    }
+    Ok(Some(addr))
 }
 
 fn database_url(file: &FileConfig, data_dir: &Path) -> Result<String, ConfigError> {
@@ -755,6 +788,20 @@ mod tests {
         );
         let e = tls_files(&file("[tls]\ncert_file = \"c.pem\"\n")).unwrap_err();
         assert_eq!(e.setting, "tls.cert_file / INFLUXION_TLS_CERT_FILE");
+    }
+
+    #[test]
+    fn metrics_listen_is_optional_and_apart_from_the_api() {
+        let file = |t: &str| toml::from_str::<FileConfig>(t).unwrap();
+        let api: std::net::SocketAddr = "127.0.0.1:8400".parse().unwrap();
+        assert_eq!(metrics_listen(&file(""), api).unwrap(), None);
+        assert_eq!(
+            metrics_listen(&file("metrics_listen = \"10.0.0.5:9464\"\n"), api).unwrap(),
+            Some("10.0.0.5:9464".parse().unwrap())
+        );
+        let e = metrics_listen(&file("metrics_listen = \"127.0.0.1:8400\"\n"), api).unwrap_err();
+        assert_eq!(e.setting, "metrics_listen / INFLUXION_METRICS_LISTEN");
+        assert!(metrics_listen(&file("metrics_listen = \"9464\"\n"), api).is_err());
     }
 
     #[test]

@@ -11,6 +11,9 @@ pub use credential::{AccessToken, Credential, CredentialError, Retry, Settings, 
 
 /// The resource (audience) of Key Vault tokens in the public cloud.
 pub const KEY_VAULT_RESOURCE: &str = "https://vault.azure.net";
+/// Azure Database for PostgreSQL with Entra authentication: an access token for this
+/// resource is the password (`https://ossrdbms-aad.database.windows.net/.default`).
+pub const POSTGRES_RESOURCE: &str = "https://ossrdbms-aad.database.windows.net";
 
 /// The HTTP client for the authority, the identity endpoints and the vault: the
 /// system's trust roots plus, with `extra_roots` (`INFLUXION_VAULT_CA_FILE`), the PEM

@@ -2,6 +2,7 @@
 
 mod audit_cmds;
 mod config;
+mod database;
 mod db_cmds;
 mod server;
 

@@ -25,12 +25,13 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
         .mode(0o700)
         .create(&cfg.data_dir)
         .with_context(|| format!("creating data directory {}", cfg.data_dir.display()))?;
-    let store = Store::open(
+    let store = Store::open_with(
         &cfg.database_url,
         influxion_store::AuditKey::new(kek.audit_mac_key()),
+        crate::database::password_source(&cfg.database_auth)?,
     )
     .await
-    .with_context(|| format!("opening {}", cfg.database_url))?;
+    .with_context(|| format!("opening {}", crate::config::redact_url(&cfg.database_url)))?;
     // One registration line per key backend; keys name theirs, the first is where new
     // keys go.
     let mut backends = Backends::new(Arc::new(SoftwareKeystore::new(kek)));
@@ -143,7 +144,7 @@ async fn bootstrap_admin(store: &Store, rules: influxion_core::SubjectRules) -> 
     if !store.subjects().await?.is_empty() {
         return Ok(());
     }
-    influxion_server::service::subjects::create(
+    match influxion_server::service::subjects::create(
         store,
         &influxion_core::Actor::id_only("system:bootstrap"),
         "bootstrap-admin",
@@ -151,8 +152,13 @@ async fn bootstrap_admin(store: &Store, rules: influxion_core::SubjectRules) -> 
         rules,
         vec![grant(Role::Admin, "*")],
     )
-    .await?;
-    tracing::info!("created the bootstrap admin subject");
+    .await
+    {
+        Ok(_) => tracing::info!("created the bootstrap admin subject"),
+        // Replicas starting together on one database: another one made it first.
+        Err(influxion_server::ApiError::SubjectExists(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
     Ok(())
 }
 
@@ -373,6 +379,7 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
     let cfg = ServerConfig {
         listen: ([127, 0, 0, 1], port).into(),
         data_dir: data_dir.to_path_buf(),
+        database_auth: crate::config::DatabaseAuth::Url,
         database_url: format!("sqlite://{}/influxion.db", data_dir.display()),
         auth: influxion_devidp::validator_config(&issuer, DEV_AUDIENCE),
         admin_role: "Influxion.Admin".into(),

@@ -117,6 +117,10 @@ pub enum ApiError {
         per_minute: u32,
         retry_after_secs: u64,
     },
+    /// The database cannot be reached (down, restarting, no connection in time):
+    /// nothing was done; retry shortly.
+    #[error("the database is unavailable; retry shortly")]
+    DatabaseUnavailable,
     #[error(transparent)]
     Store(StoreError),
     #[error(transparent)]
@@ -161,6 +165,10 @@ impl From<StoreError> for ApiError {
             StoreError::NoSuchCa(s) => ApiError::UnknownCa(s),
             StoreError::CaAlreadyRevoked(s) => ApiError::CaAlreadyRevoked(s),
             StoreError::CaWithoutParent(s) => ApiError::CaWithoutParent(s),
+            e if e.is_unavailable() => {
+                tracing::warn!(error = %e, "database unavailable");
+                ApiError::DatabaseUnavailable
+            }
             e => ApiError::Store(e),
         }
     }
@@ -230,6 +238,7 @@ impl ApiError {
             ApiError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             ApiError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Backend(BackendError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::DatabaseUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Backend(BackendError::Refused(_)) => StatusCode::BAD_GATEWAY,
             ApiError::Backend(BackendError::Unfit(_)) => StatusCode::UNPROCESSABLE_ENTITY,
             ApiError::Backend(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -298,6 +307,7 @@ impl ApiError {
             ApiError::CaKey(_) => "ca-key",
             ApiError::RateLimited { .. } => "rate-limited",
             ApiError::Backend(BackendError::Unavailable(_)) => "backend-unavailable",
+            ApiError::DatabaseUnavailable => "database-unavailable",
             ApiError::Backend(BackendError::Refused(_)) => "backend-refused",
             ApiError::Backend(BackendError::Unfit(_)) => "unfit-key",
             ApiError::Store(_) | ApiError::Backend(_) => "internal",
@@ -437,6 +447,9 @@ impl IntoResponse for ApiError {
         } = &self
         {
             h.insert(header::RETRY_AFTER, HeaderValue::from(*retry_after_secs));
+        }
+        if matches!(self, ApiError::DatabaseUnavailable) {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(1u64));
         }
         resp
     }

@@ -18,7 +18,9 @@ pub(crate) use influxion_cli::config::{
     entra_metadata_url, env, err, is_loopback_url, ConfigError, DEV_AUDIENCE, DEV_SERVER,
 };
 pub(crate) use keyclient::{keyclient, session_key};
-pub(crate) use server::{pkcs11_config, vault_config, KekSource, ServerConfig, VaultConfig};
+pub(crate) use server::{
+    pkcs11_config, redact_url, vault_config, DatabaseAuth, KekSource, ServerConfig, VaultConfig,
+};
 
 /// The TOML file, every field optional. Unknown fields are an error, so typos surface.
 #[derive(Debug, Default, Deserialize, Serialize)]
@@ -29,6 +31,9 @@ pub(crate) struct FileConfig {
     pub metrics_listen: Option<String>,
     pub data_dir: Option<PathBuf>,
     pub database_url: Option<String>,
+    /// `password` (the URL, a password file, `PG*` variables) or `azure` (Entra).
+    pub database_auth: Option<String>,
+    pub database_password_file: Option<PathBuf>,
     #[serde(default)]
     pub auth: FileAuth,
     #[serde(default)]

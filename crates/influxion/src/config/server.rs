@@ -49,6 +49,7 @@ pub(crate) struct ServerConfig {
     pub metrics_listen: Option<std::net::SocketAddr>,
     pub data_dir: PathBuf,
     pub database_url: String,
+    pub database_auth: DatabaseAuth,
     pub auth: AuthConfig,
     pub admin_role: String,
     pub sign_role: String,
@@ -146,6 +147,7 @@ impl ServerConfig {
             .or_else(|| file.data_dir.clone())
             .unwrap_or_else(|| PathBuf::from("./data"));
         let database_url = database_url(file, &data_dir)?;
+        let database_auth = database_auth(file, &database_url)?;
         let (auth, roles) = auth(file)?;
         let kek = KekSource::configured(file).ok_or_else(|| {
             err(
@@ -165,6 +167,7 @@ impl ServerConfig {
             metrics_listen,
             data_dir,
             database_url,
+            database_auth,
             auth,
             admin_role: roles.admin,
             sign_role: roles.sign,
@@ -200,13 +203,14 @@ impl ServerConfig {
     pub(crate) fn describe(&self) -> String {
         let a = &self.auth;
         format!(
-            "listen = {:?}\nmetrics_listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n\n{}",
+            "listen = {:?}\nmetrics_listen = {:?}\ndata_dir = {:?}\ndatabase_url = {:?}\ndatabase_auth = {:?}\n\n[auth]\nmetadata_url = {:?}\naudiences = {:?}\ntenant_id = {:?}\nallowed_tenants = {:?}\nextra_issuers = {:?}\nrequired_scope = {:?}\napp_role = {:?}\nadmin_role = {:?}\naccepted_versions = {:?}\nalgorithms = {:?}\nclock_skew_secs = {}\njwks_refresh_secs = {}\njwks_min_refresh_secs = {}\njwks_max_age_secs = {}\nallow_insecure_http = {}\n\n[keystore]\nkek = {:?}\n\n[vault]\nurl = {:?}\ncredential = {:?}\n\n{}\n[bootstrap]\nadmin = {}\n\n[pki]\npublic_url = {:?}\nest_profile = {:?}\n\n[http]\nheader_timeout_secs = {}\nbody_timeout_secs = {}\nidle_timeout_secs = {}\nmax_connections = {}\n\n[tls]\ncert_file = {:?}\nkey_file = {:?}\n\n{}",
             self.listen.to_string(),
             self.metrics_listen
                 .map(|a| a.to_string())
                 .unwrap_or_default(),
             self.data_dir.display().to_string(),
-            self.database_url,
+            redact_url(&self.database_url),
+            self.database_auth.describe(),
             a.metadata_url,
             a.audiences,
             a.tenant_id.as_deref().unwrap_or(""),
@@ -311,13 +315,105 @@ fn database_url(file: &FileConfig, data_dir: &Path) -> Result<String, ConfigErro
             "an in-memory database would lose the audit log",
         ));
     }
-    if !database_url.starts_with("sqlite:") {
+    let postgres = influxion_store::is_shared_database(&database_url);
+    if !postgres && !database_url.starts_with("sqlite:") {
         return Err(err(
             "database_url / INFLUXION_DATABASE_URL",
-            "only sqlite: URLs are supported in this version",
+            "a sqlite: or postgres: URL",
         ));
     }
+    if postgres {
+        url::Url::parse(&database_url).map_err(|e| {
+            err(
+                "database_url / INFLUXION_DATABASE_URL",
+                format!("not a URL ({e})"),
+            )
+        })?;
+    }
     Ok(database_url)
+}
+
+/// Where the password of a PostgreSQL database comes from, besides its URL and the
+/// standard `PG*` variables.
+#[derive(Clone)]
+pub(crate) enum DatabaseAuth {
+    /// The URL, `PGPASSWORD` or `~/.pgpass` (libpq's rules); SQLite needs none.
+    Url,
+    /// `INFLUXION_DATABASE_PASSWORD_FILE`: read at start and every few minutes, so an
+    /// operator can rotate it.
+    PasswordFile(PathBuf),
+    /// `INFLUXION_DATABASE_AUTH=azure`: an Entra access token for Azure Database for
+    /// PostgreSQL from the same credential chain as Key Vault, renewed before expiry.
+    Azure {
+        credential: influxion_azure::Source,
+        ca_file: Option<PathBuf>,
+    },
+}
+
+impl std::fmt::Debug for DatabaseAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.describe())
+    }
+}
+
+impl DatabaseAuth {
+    /// For `config check`: where the password comes from, never the password.
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            DatabaseAuth::Url => "url".into(),
+            DatabaseAuth::PasswordFile(p) => format!("password file {}", p.display()),
+            DatabaseAuth::Azure { credential, .. } => {
+                format!("azure (Entra token: {})", credential.describe())
+            }
+        }
+    }
+}
+
+fn database_auth(file: &FileConfig, database_url: &str) -> Result<DatabaseAuth, ConfigError> {
+    let auth = env("INFLUXION_DATABASE_AUTH").or_else(|| file.database_auth.clone());
+    let password_file = env("INFLUXION_DATABASE_PASSWORD_FILE")
+        .map(PathBuf::from)
+        .or_else(|| file.database_password_file.clone());
+    let chosen =
+        match (auth.as_deref(), password_file) {
+            (None | Some("password"), None) => DatabaseAuth::Url,
+            (None | Some("password"), Some(p)) => DatabaseAuth::PasswordFile(p),
+            (Some("azure"), None) => {
+                let settings = influxion_azure::Settings::from_vars(env).map_err(azure_err)?;
+                DatabaseAuth::Azure {
+                    credential: influxion_azure::Source::select(&settings).map_err(azure_err)?,
+                    ca_file: env("INFLUXION_AZURE_CA_FILE").map(PathBuf::from),
+                }
+            }
+            (Some("azure"), Some(_)) => return Err(err(
+                "database_auth / INFLUXION_DATABASE_AUTH",
+                "azure takes its password from Entra ID: unset INFLUXION_DATABASE_PASSWORD_FILE",
+            )),
+            (Some(_), _) => {
+                return Err(err(
+                    "database_auth / INFLUXION_DATABASE_AUTH",
+                    "password or azure",
+                ))
+            }
+        };
+    if !matches!(chosen, DatabaseAuth::Url) && !influxion_store::is_shared_database(database_url) {
+        return Err(err(
+            "database_auth / INFLUXION_DATABASE_PASSWORD_FILE",
+            "a password file or Entra token applies to a postgres: database only",
+        ));
+    }
+    Ok(chosen)
+}
+
+/// `url` with its password, if any, replaced: for messages and `config check`.
+pub(crate) fn redact_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("redacted"));
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 /// The app roles of signers and admins.

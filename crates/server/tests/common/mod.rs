@@ -269,6 +269,17 @@ pub(crate) struct Harness {
     _dir: tempfile::TempDir,
 }
 
+/// The database the suite runs on: SQLite in `dir`, or a new database on the test
+/// PostgreSQL server when `INFLUXION_TEST_DATABASE=postgres` (scripts/test.sh runs the
+/// suite both ways).
+pub(crate) async fn database_url(dir: &tempfile::TempDir) -> String {
+    match std::env::var("INFLUXION_TEST_DATABASE").as_deref() {
+        Ok("postgres") => influxion_pgtest::fresh_database().await,
+        Ok("sqlite") | Err(_) => format!("sqlite://{}/t.db", dir.path().display()),
+        Ok(other) => panic!("INFLUXION_TEST_DATABASE={other}: expected sqlite or postgres"),
+    }
+}
+
 impl Harness {
     pub(crate) async fn new(cfg: AuthConfig) -> Self {
         Self::with_backend(cfg, Arc::new(SoftwareKeystore::new(Kek::generate()))).await
@@ -283,7 +294,7 @@ impl Harness {
         let dir = tempfile::tempdir().unwrap();
         let kek = Kek::generate();
         let store = Store::open(
-            &format!("sqlite://{}/t.db", dir.path().display()),
+            &database_url(&dir).await,
             influxion_store::AuditKey::new(kek.audit_mac_key()),
         )
         .await

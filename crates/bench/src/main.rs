@@ -42,6 +42,7 @@
 
 mod formats;
 mod pkcs11;
+mod reliability;
 
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -72,7 +73,10 @@ struct Args {
     /// with the development device CA (software CA key); `web`: GET /v1/me directly vs
     /// through the keyclient with a session cookie; `vault`: a Key Vault key through the
     /// stand-in vault, beside the stand-in's own sign rate; `pkcs11`: a
-    /// SoftHSM2 key, beside SoftHSM's own sign rate.
+    /// SoftHSM2 key, beside SoftHSM's own sign rate; `reliability`: two replicas on one
+    /// PostgreSQL under load through a crash, a provider outage and rotation, and a
+    /// database restart (`--seconds` per phase), then every response checked against the
+    /// database.
     #[arg(long, default_value = "sign")]
     mode: String,
     /// With `--mode pkcs11`: the keyserver's session pool (INFLUXION_PKCS11_POOL).
@@ -345,14 +349,23 @@ fn random_digest() -> Vec<u8> {
 
 /// Raw in-process signing with the same key on all cores.
 async fn raw_rate(data: &std::path::Path, seconds: u64) -> Result<f64> {
-    let kek = Kek::from_text(&std::fs::read_to_string(data.join("kek"))?)?;
-    let store = influxion_store::Store::open(
-        &format!("sqlite://{}/influxion.db", data.display()),
-        influxion_store::AuditKey::new(kek.audit_mac_key()),
-    )
-    .await?;
-    let name: KeyName = "demo".parse()?;
-    let key = store.get_key(&name).await?.context("demo key missing")?;
+    let kek = std::fs::read_to_string(data.join("kek"))?;
+    let url = format!("sqlite://{}/influxion.db", data.display());
+    raw_rate_of(&url, &kek, "demo", seconds).await
+}
+
+/// Raw in-process signing on all cores with the software key `name` of the store at
+/// `url` (unwrapped with `kek`): the keystore's own rate, no HTTP, no database.
+async fn raw_rate_of(url: &str, kek: &str, name: &str, seconds: u64) -> Result<f64> {
+    let kek = Kek::from_text(kek)?;
+    let store =
+        influxion_store::Store::open(url, influxion_store::AuditKey::new(kek.audit_mac_key()))
+            .await?;
+    let name: KeyName = name.parse()?;
+    let key = store
+        .get_key(&name)
+        .await?
+        .with_context(|| format!("key {name} missing"))?;
     let ks = Arc::new(SoftwareKeystore::new(kek));
     on_every_core(seconds, move |_, stop| {
         let digest =
@@ -383,6 +396,20 @@ async fn main() -> Result<std::process::ExitCode> {
     let args = Args::parse();
     if !args.rss_of.is_empty() {
         return formats::rss_of(&args.rss_of);
+    }
+    if args.mode == "reliability" || args.mode == "replicas" {
+        let o = reliability::Options {
+            influxion: args.influxion.clone(),
+            concurrency: args.concurrency,
+            phase_secs: args.seconds,
+            port: args.port,
+            repo: std::env::current_dir()?,
+        };
+        return if args.mode == "reliability" {
+            reliability::run(&o).await
+        } else {
+            reliability::bench(&o).await
+        };
     }
     let dir = std::env::temp_dir().join(format!("influxion-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

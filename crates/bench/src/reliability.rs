@@ -667,7 +667,11 @@ async fn worker(
     while !load.stop.load(Ordering::Relaxed) {
         n += 1;
         let replica = (w + n) % urls.len();
-        let op = if n.is_multiple_of(5) { Op::Cert } else { Op::Sign };
+        let op = if n.is_multiple_of(5) {
+            Op::Cert
+        } else {
+            Op::Sign
+        };
         let token = load.token.read().map(|t| t.clone()).unwrap_or_default();
         let (id, req) = match op {
             Op::Sign => {

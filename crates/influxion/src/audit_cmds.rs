@@ -117,7 +117,11 @@ pub(crate) async fn audit(
                 Some(audit_key(file, &db)?)
             };
             let url = db.url(file);
-            let report = influxion_store::Store::verify_database(&url, key.as_ref(), None)
+            // A PostgreSQL database's password as the keyserver gets it (password file,
+            // Entra token), unless the URL or PG* variables carry it.
+            let password =
+                crate::database::password_source(&crate::config::database_auth(file, &url)?)?;
+            let report = influxion_store::Store::verify_database(&url, key.as_ref(), password)
                 .await
                 .with_context(|| format!("opening {url} read-only"))?;
             match report {

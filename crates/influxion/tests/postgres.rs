@@ -125,6 +125,15 @@ fn the_keyserver_on_postgres_with_an_entra_token_or_a_password_file() {
     let listed = ok(&ks.admin(&["keys", "list"], d));
     assert!(listed.contains("pg-fw"), "{listed}");
     ks.stop();
+    // An auditor verifies the chain in the database with the same password source.
+    let verified = ok(&Command::new(BIN)
+        .args(["audit", "verify"])
+        .env("INFLUXION_KEK", KEK)
+        .env("INFLUXION_DATABASE_URL", &user_url)
+        .env("INFLUXION_DATABASE_PASSWORD_FILE", &pw_path)
+        .output()
+        .unwrap());
+    assert!(verified.contains("intact"), "{verified}");
 
     // A wrong password in the URL: the start fails, naming the database, without the
     // password.

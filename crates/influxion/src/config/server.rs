@@ -369,7 +369,10 @@ impl DatabaseAuth {
     }
 }
 
-fn database_auth(file: &FileConfig, database_url: &str) -> Result<DatabaseAuth, ConfigError> {
+pub(crate) fn database_auth(
+    file: &FileConfig,
+    database_url: &str,
+) -> Result<DatabaseAuth, ConfigError> {
     let auth = env("INFLUXION_DATABASE_AUTH").or_else(|| file.database_auth.clone());
     let password_file = env("INFLUXION_DATABASE_PASSWORD_FILE")
         .map(PathBuf::from)

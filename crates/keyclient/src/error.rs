@@ -34,6 +34,10 @@ pub enum KcError {
     NotFound,
     #[error("this method is not allowed on this resource")]
     MethodNotAllowed,
+    /// The session store's database cannot be reached (down, restarting, no connection
+    /// in time): answered at once with 503, never after a hang.
+    #[error("the session database is unavailable; retry shortly")]
+    SessionStoreUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -51,6 +55,7 @@ impl KcError {
             Self::Provider(_) | Self::Upstream => StatusCode::BAD_GATEWAY,
             Self::NotFound => StatusCode::NOT_FOUND,
             Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::SessionStoreUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -69,6 +74,7 @@ impl KcError {
             Self::Upstream => "keyserver-unavailable",
             Self::NotFound => "not-found",
             Self::MethodNotAllowed => "method-not-allowed",
+            Self::SessionStoreUnavailable(_) => "session-store-unavailable",
             Self::Internal(_) => "internal",
         }
     }
@@ -87,6 +93,7 @@ impl KcError {
             Self::Upstream => "Keyserver unavailable",
             Self::NotFound => "Not found",
             Self::MethodNotAllowed => "Method not allowed",
+            Self::SessionStoreUnavailable(_) => "Temporarily unavailable",
             Self::Internal(_) => "Internal error",
         }
     }
@@ -102,6 +109,9 @@ impl KcError {
             Self::InvalidIdToken(_) => {
                 "the ID token from the identity provider is not acceptable; see the keyclient log"
             }
+            Self::SessionStoreUnavailable(_) => {
+                "the session database cannot be reached; retry shortly"
+            }
             _ => "see the keyclient log",
         }
     }
@@ -109,7 +119,24 @@ impl KcError {
 
 impl From<sqlx::Error> for KcError {
     fn from(e: sqlx::Error) -> Self {
-        Self::Internal(format!("session store: {e}"))
+        let unreachable = match &e {
+            sqlx::Error::Io(_)
+            | sqlx::Error::Tls(_)
+            | sqlx::Error::PoolTimedOut
+            | sqlx::Error::PoolClosed
+            | sqlx::Error::WorkerCrashed => true,
+            // SQLSTATE 08xxx: connection exceptions; 57P01-57P03: shutting down,
+            // terminated by an administrator, starting up.
+            sqlx::Error::Database(d) => d
+                .code()
+                .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+            _ => false,
+        };
+        if unreachable {
+            Self::SessionStoreUnavailable(format!("session store: {e}"))
+        } else {
+            Self::Internal(format!("session store: {e}"))
+        }
     }
 }
 
@@ -120,7 +147,9 @@ impl IntoResponse for KcError {
         // provider or the OIDC library (URLs, addresses, library internals): it goes to
         // the log, and the browser gets a generic detail, as the keyserver does.
         let detail = match &self {
-            Self::Internal(detail) | Self::Provider(detail) => {
+            Self::Internal(detail)
+            | Self::Provider(detail)
+            | Self::SessionStoreUnavailable(detail) => {
                 tracing::error!(slug = self.slug(), %detail, "request failed");
                 self.public_detail().to_owned()
             }
@@ -141,6 +170,10 @@ impl IntoResponse for KcError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/problem+json"),
         );
+        if matches!(self, Self::SessionStoreUnavailable(_)) {
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
         r
     }
 }

@@ -887,18 +887,18 @@ mod tests {
                 open.push(conn);
             }
         });
-        let start = std::time::Instant::now();
+        // No timing is asserted: a hang would leave this test hanging, which fails the
+        // run; the acquire timeout is what ends the wait.
         let r = SessionStore::open(
             &format!("postgres://influxion@127.0.0.1:{port}/none"),
             &Zeroizing::new([9; 32]),
             Timeouts::default(),
         )
         .await;
-        assert!(matches!(r, Err(KcError::Internal(_))));
-        let took = start.elapsed();
         assert!(
-            took < PG_ACQUIRE_TIMEOUT + Duration::from_secs(2),
-            "{took:?}"
+            matches!(r, Err(KcError::SessionStoreUnavailable(_))),
+            "{:?}",
+            r.err()
         );
         held.abort();
     }

@@ -145,13 +145,16 @@ impl Replica {
     async fn healthy(&self, http: &reqwest::Client) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if let Ok(r) = http.get(format!("{}/healthz", self.url())).send().await {
+            // Ready, not only alive: the database, the key backends and the
+            // provider's signing keys are usable (a replica that has not fetched the
+            // JWKS yet would fail every request once the provider stops).
+            if let Ok(r) = http.get(format!("{}/readyz", self.url())).send().await {
                 if r.status().is_success() {
                     return Ok(());
                 }
             }
             if Instant::now() > deadline {
-                bail!("replica {} did not become healthy", self.name);
+                bail!("replica {} did not become ready", self.name);
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
@@ -255,6 +258,10 @@ pub(crate) async fn run(o: &Options) -> Result<std::process::ExitCode> {
     });
     let csrs = Arc::new(crate::csr_pool(256)?);
     let urls = Arc::new(replicas.iter().map(Replica::url).collect::<Vec<_>>());
+    // The subject was made through replica a; b learns of it from the change feed.
+    let token_now = load.token.read().map(|t| t.clone()).unwrap_or_default();
+    let converged = converge(&http, &urls, &token_now).await?;
+    eprintln!("replica b saw the new subject after {converged:?}");
     let mut workers = Vec::new();
     for w in 0..o.concurrency {
         workers.push(tokio::spawn(worker(
@@ -305,7 +312,7 @@ pub(crate) async fn run(o: &Options) -> Result<std::process::ExitCode> {
     eprintln!("PostgreSQL stopped");
     let not_ready = watch_ready(&http, &urls, phase, false).await;
     notes.push(format!(
-        "database down: /readyz answered 503 on {} (a: {}, b: {})",
+        "database down: /readyz answered 503 to every poll on {} (a: {}, b: {})",
         if not_ready.iter().all(|x| *x) {
             "both replicas"
         } else {
@@ -358,6 +365,10 @@ pub(crate) async fn run(o: &Options) -> Result<std::process::ExitCode> {
         println!("{n}");
     }
     println!("{}", check.report);
+    println!(
+        "database phases: every error a 503 database-unavailable, every request answered: {}",
+        database_phases_answer_503(&sent)
+    );
     let ok = check.passed
         && not_ready.iter().all(|x| *x)
         && ready_again.iter().all(|x| *x)
@@ -365,6 +376,7 @@ pub(crate) async fn run(o: &Options) -> Result<std::process::ExitCode> {
         && survivor_ok(&sent, 1, 0)
         && phase_ok(&sent, 2)
         && phase_ok(&sent, 3)
+        && database_phases_answer_503(&sent)
         && recovered(&sent, 5);
     println!("reliability: {}", if ok { "PASSED" } else { "FAILED" });
     Ok(if ok {
@@ -654,6 +666,29 @@ async fn setup(http: &reqwest::Client, base: &str, admin: &str) -> Result<()> {
     Ok(())
 }
 
+/// Wait until every replica lets the load's token read the key: the subject made
+/// through one replica has reached the others' caches. How long it took.
+async fn converge(http: &reqwest::Client, urls: &[String], token: &str) -> Result<Duration> {
+    let start = Instant::now();
+    for u in urls {
+        loop {
+            let r = http
+                .get(format!("{u}/v1/keys/{KEY}"))
+                .bearer_auth(token)
+                .send()
+                .await?;
+            if r.status().is_success() {
+                break;
+            }
+            if start.elapsed() > Duration::from_secs(40) {
+                bail!("{u} never granted the load's subject: {}", r.status());
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    Ok(start.elapsed())
+}
+
 /// One unit of concurrency: alternates between replicas, one certificate in five.
 async fn worker(
     w: usize,
@@ -741,15 +776,18 @@ async fn worker(
     }
 }
 
-/// Poll /readyz of every replica for `span`: for each, whether it was ever
-/// `want_ready` (true: answered 200; false: answered 503).
+/// Poll /readyz of every replica for `span`. For each replica: with `want_ready`,
+/// whether it answered 200 at least once (it came back); without, whether every poll
+/// answered 503 (it never claimed to be ready while the database was away).
 async fn watch_ready(
     http: &reqwest::Client,
     urls: &[String],
     span: Duration,
     want_ready: bool,
 ) -> Vec<bool> {
-    let mut seen = vec![false; urls.len()];
+    let mut ready_once = vec![false; urls.len()];
+    let mut always_503 = vec![true; urls.len()];
+    let mut polled = vec![0u32; urls.len()];
     let end = Instant::now() + span;
     while Instant::now() < end {
         for (i, u) in urls.iter().enumerate() {
@@ -759,14 +797,38 @@ async fn watch_ready(
                 .send()
                 .await
                 .map(|r| r.status().as_u16());
-            match (status, want_ready) {
-                (Ok(200), true) | (Ok(503), false) => seen[i] = true,
-                _ => {}
+            polled[i] += 1;
+            match status {
+                Ok(200) => {
+                    ready_once[i] = true;
+                    always_503[i] = false;
+                }
+                Ok(503) => {}
+                _ => always_503[i] = false,
             }
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    seen
+    if want_ready {
+        ready_once
+    } else {
+        always_503
+            .iter()
+            .zip(&polled)
+            .map(|(a, n)| *a && *n > 0)
+            .collect()
+    }
+}
+
+/// While the database is away and as it comes back, a request either succeeds or is
+/// answered 503 `database-unavailable`: never left without an answer, never another
+/// error.
+fn database_phases_answer_503(sent: &[Sent]) -> bool {
+    sent.iter().filter(|s| s.phase >= 4).all(|s| match &s.got {
+        Got::Ok(_) => true,
+        Got::Refused(503, kind) => kind == "database-unavailable",
+        _ => false,
+    })
 }
 
 fn percentile_ms(sorted: &[u32], p: f64) -> String {
@@ -915,6 +977,7 @@ async fn check(db_url: &str, kek: &str, sent: &[Sent]) -> Result<Check> {
 
     let (mut acked, mut lost, mut refused_but_committed, mut unacknowledged) = (0, 0, 0, 0);
     let mut marked_in_doubt = 0;
+    let mut unanswered_elsewhere = 0;
     let mut received_serials: HashMap<String, usize> = HashMap::new();
     let sent_ids: HashSet<&str> = sent.iter().map(|s| s.id.as_str()).collect();
     for s in sent {
@@ -955,7 +1018,15 @@ async fn check(db_url: &str, kek: &str, sent: &[Sent]) -> Result<Check> {
                     );
                 }
             }
-            Got::NoAnswer if committed => unacknowledged += 1,
+            // Only a killed replica may commit and then not answer.
+            Got::NoAnswer if committed && s.phase == 1 && s.replica == 1 => unacknowledged += 1,
+            Got::NoAnswer if committed => {
+                unanswered_elsewhere += 1;
+                eprintln!(
+                    "committed but not answered by a live replica: {:?} in phase {:?} on replica {}",
+                    s.op, PHASES[s.phase], s.replica
+                );
+            }
             _ => {}
         }
     }
@@ -975,6 +1046,7 @@ async fn check(db_url: &str, kek: &str, sent: &[Sent]) -> Result<Check> {
 
     let passed = lost == 0
         && refused_but_committed == 0
+        && unanswered_elsewhere == 0
         && unknown == 0
         && dup_received == 0
         && dup_audited == 0
@@ -985,7 +1057,7 @@ async fn check(db_url: &str, kek: &str, sent: &[Sent]) -> Result<Check> {
          records of requests answered with an error, unmarked: {refused_but_committed} (must be 0)\n\
          records of requests answered with an error, marked audit.unacknowledged (commit answer lost): {marked_in_doubt}\n\
          records of requests never sent: {unknown} (must be 0)\n\
-         committed, not acknowledged (the client's connection dropped): {unacknowledged}\n\
+         committed, not acknowledged: replica b killed before answering: {unacknowledged}; a live replica: {unanswered_elsewhere} (must be 0)\n\
          duplicate serials received: {dup_received}, duplicate records: {dup_audited} (must be 0)\n\
          audit chain: {chain:?}"
     );

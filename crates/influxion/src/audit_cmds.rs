@@ -123,7 +123,9 @@ pub(crate) async fn audit(
                 crate::database::password_source(&crate::config::database_auth(file, &url)?)?;
             let report = influxion_store::Store::verify_database(&url, key.as_ref(), password)
                 .await
-                .with_context(|| format!("opening {url} read-only"))?;
+                .with_context(|| {
+                    format!("opening {} read-only", crate::config::redact_url(&url))
+                })?;
             match report {
                 influxion_store::ChainReport::Intact {
                     records,
@@ -157,9 +159,11 @@ pub(crate) async fn audit(
         AuditCommand::Reseal { db, from } => {
             let key = audit_key(file, &db)?;
             let url = db.url(file);
-            let store = influxion_store::Store::open(&url, key)
+            let password =
+                crate::database::password_source(&crate::config::database_auth(file, &url)?)?;
+            let store = influxion_store::Store::open_with(&url, key, password)
                 .await
-                .with_context(|| format!("opening {url}"))?;
+                .with_context(|| format!("opening {}", crate::config::redact_url(&url)))?;
             let user = crate::config::env("USER").unwrap_or_else(|| "unknown".into());
             let event = influxion_store::AuditEvent::new(
                 influxion_core::Actor::id_only(format!("cli:{user}")),

@@ -121,13 +121,7 @@ async fn migrate_to(file: &FileConfig, a: MigrateArgs) -> Result<ExitCode> {
 
 /// `url` with its password, if any, replaced: what is printed.
 fn redact(url: &str) -> String {
-    match url::Url::parse(url) {
-        Ok(mut u) if u.password().is_some() => {
-            let _ = u.set_password(Some("redacted"));
-            u.to_string()
-        }
-        _ => url.to_owned(),
-    }
+    crate::config::redact_url(url)
 }
 
 /// The PostgreSQL URL `url` with the password read from `file` (its first line).
@@ -157,6 +151,13 @@ mod tests {
             "postgres://u:redacted@db.example.com/x?sslmode=require"
         );
         assert_eq!(redact("sqlite:///var/lib/x.db"), "sqlite:///var/lib/x.db");
+        // sqlx also takes the password as a query parameter.
+        let q = redact("postgres://u@db.example.com/x?password=s3cret&sslmode=require");
+        assert!(!q.contains("s3cret"), "{q}");
+        assert!(
+            q.contains("password=redacted") && q.contains("sslmode=require"),
+            "{q}"
+        );
         let dir = std::env::temp_dir().join(format!("influxion-pw-{}", std::process::id()));
         std::fs::write(&dir, "p@ss word\n").unwrap();
         let url = with_password("postgres://u@db/x", &dir).unwrap();

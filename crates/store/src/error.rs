@@ -143,10 +143,11 @@ fn db_unavailable(e: &sqlx::Error) -> bool {
         | sqlx::Error::PoolClosed
         | sqlx::Error::WorkerCrashed => true,
         // SQLSTATE class 08: connection exceptions; 57P01-57P03: the server is
-        // shutting down, was terminated by an administrator, or is starting up.
-        sqlx::Error::Database(d) => d
-            .code()
-            .is_some_and(|c| c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03")),
+        // shutting down, was terminated by an administrator, or is starting up;
+        // 55P03 and 57014: a lock or statement timeout (the store's bounds) ran out.
+        sqlx::Error::Database(d) => d.code().is_some_and(|c| {
+            c.starts_with("08") || matches!(&*c, "57P01" | "57P02" | "57P03" | "55P03" | "57014")
+        }),
         _ => false,
     }
 }

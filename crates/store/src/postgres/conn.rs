@@ -27,6 +27,22 @@ pub(crate) struct PgConn {
     pool: PgPool,
     breaker: Breaker,
     conn: Option<PoolConnection<Postgres>>,
+    /// A transaction is open on `conn` (BEGIN sent, no COMMIT or ROLLBACK since).
+    in_tx: bool,
+}
+
+/// A connection dropped inside a transaction (its caller gave up: an HTTP client went
+/// away during verification) must not go back to the pool with the transaction open:
+/// the next user would read an old snapshot, or fail to write in a read-only one.
+/// Closing it makes the server roll the transaction back.
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if self.in_tx {
+            if let Some(c) = self.conn.take() {
+                drop(c.detach());
+            }
+        }
+    }
 }
 
 impl PgConn {
@@ -35,6 +51,7 @@ impl PgConn {
             pool,
             breaker,
             conn: None,
+            in_tx: false,
         }
     }
 
@@ -43,6 +60,7 @@ impl PgConn {
             pool,
             breaker,
             conn: Some(c),
+            in_tx: false,
         }
     }
 
@@ -59,7 +77,7 @@ impl PgConn {
     /// `BEGIN` on the connection held, or on a new one if the held one died while idle
     /// (the server restarted between two batches of the writer).
     async fn begin_fresh(&mut self, sql: &str) -> Result<()> {
-        match self.exec(sql).await {
+        let r = match self.exec(sql).await {
             Err(e) if e.is_unavailable() && self.conn.is_some() => {
                 if let Some(c) = self.conn.take() {
                     c.detach();
@@ -67,7 +85,9 @@ impl PgConn {
                 self.exec(sql).await
             }
             r => r,
-        }
+        };
+        self.in_tx = r.is_ok();
+        r
     }
 
     async fn exec(&mut self, sql: &str) -> Result<()> {
@@ -108,14 +128,20 @@ impl Conn for PgConn {
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.exec("COMMIT").await
+        let r = self.exec("COMMIT").await;
+        if r.is_ok() {
+            self.in_tx = false;
+        }
+        r
     }
 
     async fn rollback(&mut self) -> Result<()> {
         let Some(c) = self.conn.as_deref_mut() else {
             return Ok(());
         };
-        if let Err(e) = sqlx::query("ROLLBACK").execute(c).await {
+        let r = sqlx::query("ROLLBACK").execute(c).await;
+        self.in_tx = false;
+        if let Err(e) = r {
             // The connection is gone or broken: the server rolls its transaction back
             // when it notices. Let it go; the next transaction takes a new one.
             if let Some(c) = self.conn.take() {

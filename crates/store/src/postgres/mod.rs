@@ -129,11 +129,18 @@ impl Breaker {
         if !self.admit() {
             return Err(StoreError::Db(sqlx::Error::PoolTimedOut));
         }
+        // A caller that gives up while waiting (its HTTP client went away) must not
+        // leave the breaker believing a probe is still out: the guard ends the probe.
+        let mut probe = ProbeGuard(Some(self));
         let r = pool.acquire().await.map_err(StoreError::Db);
+        probe.0 = None;
         let mut s = self.state();
         match &r {
             Ok(_) => *s = BreakerState::Closed,
-            Err(e) if e.is_unavailable() => {
+            // No connection could be opened within the timeout while the pool had room
+            // for one: the server is away. (A full pool is load, not an outage: it
+            // answers 503 too, but leaves the breaker as it was.)
+            Err(e) if e.is_unavailable() && pool.size() < POOL_SIZE => {
                 *s = BreakerState::Open {
                     retry_at: std::time::Instant::now() + Self::RETRY_EVERY,
                     probing: false,
@@ -147,6 +154,19 @@ impl Breaker {
             }
         }
         r
+    }
+}
+
+/// Ends a probe if its future is dropped before the answer.
+struct ProbeGuard<'a>(Option<&'a Breaker>);
+
+impl Drop for ProbeGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(b) = self.0 {
+            if let BreakerState::Open { probing, .. } = &mut *b.state() {
+                *probing = false;
+            }
+        }
     }
 }
 
@@ -167,6 +187,17 @@ fn pool_options() -> PgPoolOptions {
         .acquire_timeout(ACQUIRE_TIMEOUT)
         // A connection the server closed (a restart) is found before it is used.
         .test_before_acquire(true)
+}
+
+/// Server-side bounds for the store's own connections, so nothing waits forever: a
+/// writer stuck on the advisory lock (another replica's session hung), a statement
+/// that never ends, or a transaction left open by a connection nobody uses.
+fn bounded(opts: PgConnectOptions) -> PgConnectOptions {
+    opts.options([
+        ("lock_timeout", "10s"),
+        ("statement_timeout", "60s"),
+        ("idle_in_transaction_session_timeout", "60s"),
+    ])
 }
 
 /// Open the database at `url` (it must exist) and run migrations. `password`, when
@@ -191,7 +222,7 @@ pub(crate) async fn open(url: &str, password: Option<Arc<dyn DatabasePassword>>)
         .run(&mut setup)
         .await?;
     sqlx::Connection::close(setup).await?;
-    let pool = pool_options().connect_with(opts).await?;
+    let pool = pool_options().connect_with(bounded(opts)).await?;
     if let Some(p) = password {
         tokio::spawn(refresh_password(pool.clone(), url.to_owned(), p));
     }
@@ -247,9 +278,9 @@ async fn refresh_password(pool: PgPool, url: String, source: Arc<dyn DatabasePas
                     (v * 4 / 5).max(Duration::from_secs(10))
                 });
                 match PgConnectOptions::from_str(&url) {
-                    Ok(o) => pool.set_connect_options(
+                    Ok(o) => pool.set_connect_options(bounded(
                         o.application_name("influxion").password(&secret.value),
-                    ),
+                    )),
                     Err(e) => tracing::error!(error = %e, "database URL no longer parses"),
                 }
             }
@@ -293,8 +324,12 @@ async fn follow_changes(pool: PgPool, signals: Signals) {
         tokio::select! {
             n = l.try_recv() => match n {
                 Ok(Some(n)) => signals.changed(&parse_change(n.payload())),
-                // The connection was lost: listen again on a new one.
-                Ok(None) | Err(_) => listener = None,
+                // The connection was lost: listen again on a new one, never in a
+                // tight loop should new connections fail at once.
+                Ok(None) | Err(_) => {
+                    listener = None;
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                }
             },
             _ = refresh.tick() => {
                 if pool.is_closed() {

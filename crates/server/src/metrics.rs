@@ -32,10 +32,6 @@ pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; cha
 /// Every metric name starts with this (and `_`).
 const PREFIX: &str = "influxion";
 
-/// Pending signing requests and policy changes counted per scrape, at most: a queue
-/// deeper than this is an incident whatever its exact depth.
-pub const QUEUE_DEPTH_CAP: u32 = 1000;
-
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct HttpLabels {
     route: String,
@@ -332,21 +328,11 @@ pub struct Scraped {
 impl Scraped {
     async fn gather(st: &AppState) -> Self {
         let now = crate::routes::now_unix();
-        let requests = st
-            .store
-            .list_requests(Some("pending"), QUEUE_DEPTH_CAP)
-            .await
-            .map(|rs| rs.iter().filter(|r| r.expires_at >= now).count());
-        let changes = st
-            .store
-            .list_policy_changes(Some("pending"), QUEUE_DEPTH_CAP)
-            .await
-            .map(|cs| cs.iter().filter(|c| c.expires_at >= now).count());
-        let count = |r: Result<usize, influxion_store::StoreError>| match r {
-            Ok(n) => u64::try_from(n).ok(),
+        let (pending_requests, pending_policy_changes) = match st.store.pending_counts(now).await {
+            Ok((r, c)) => (Some(r), Some(c)),
             Err(e) => {
                 tracing::warn!(error = %e, "metrics: the approval queue could not be read");
-                None
+                (None, None)
             }
         };
         let pool = st.store.pool_status();
@@ -355,8 +341,8 @@ impl Scraped {
             .db_pool(u64::from(pool.open).saturating_sub(idle), idle);
         Self {
             jwks: st.validator.jwks_refreshes(),
-            pending_requests: count(requests),
-            pending_policy_changes: count(changes),
+            pending_requests,
+            pending_policy_changes,
         }
     }
 }

@@ -246,6 +246,10 @@ pub(crate) trait Database: Send + Sync {
     /// Revoked certificates and intermediate CAs under `ca`, oldest first.
     async fn revoked_for_ca(&self, ca: &str) -> Result<Vec<RevokedRow>>;
 
+    /// Pending items of `kind` that expire at or after `now` (Unix seconds): one count
+    /// query, for metrics.
+    async fn pending_count(&self, kind: PendingKind, now: i64) -> Result<i64>;
+
     /// Connections open in the pool, and how many of them are idle.
     fn pool_status(&self) -> crate::PoolStatus;
 

@@ -139,6 +139,21 @@ impl Store {
         })
     }
 
+    /// Signing requests and policy changes waiting for approvals (pending, not yet
+    /// expired at `now`, Unix seconds), counted in the database.
+    pub async fn pending_counts(&self, now: i64) -> Result<(u64, u64), StoreError> {
+        let count = |n: i64| u64::try_from(n).map_err(|_| StoreError::Corrupt("count".into()));
+        let requests = self
+            .db
+            .pending_count(db::PendingKind::SigningRequest, now)
+            .await?;
+        let changes = self
+            .db
+            .pending_count(db::PendingKind::PolicyChange, now)
+            .await?;
+        Ok((count(requests)?, count(changes)?))
+    }
+
     /// Connections of the read pool.
     pub fn pool_status(&self) -> PoolStatus {
         self.db.pool_status()

@@ -399,6 +399,17 @@ pub(crate) fn database_auth(
                 ))
             }
         };
+    if matches!(chosen, DatabaseAuth::Azure { .. })
+        && influxion_store::is_shared_database(database_url)
+        && !verified_tls(database_url)
+    {
+        return Err(err(
+            "database_url / INFLUXION_DATABASE_URL",
+            "an Entra token is a bearer credential: with database_auth = azure the URL needs \
+             sslmode=verify-full (or verify-ca), so the token only goes to the server the \
+             certificate names",
+        ));
+    }
     if !matches!(chosen, DatabaseAuth::Url) && !influxion_store::is_shared_database(database_url) {
         return Err(err(
             "database_auth / INFLUXION_DATABASE_PASSWORD_FILE",
@@ -406,6 +417,33 @@ pub(crate) fn database_auth(
         ));
     }
     Ok(chosen)
+}
+
+/// Whether a PostgreSQL URL makes the client check the server's certificate, or names a
+/// loopback host (nothing leaves the machine).
+fn verified_tls(url: &str) -> bool {
+    let Ok(u) = url::Url::parse(url) else {
+        return false;
+    };
+    let loopback = match u.host() {
+        Some(url::Host::Ipv4(a)) => a.is_loopback(),
+        Some(url::Host::Ipv6(a)) => a.is_loopback(),
+        // postgres: is not a scheme the URL standard knows, so its host stays text.
+        Some(url::Host::Domain(d)) => {
+            d == "localhost"
+                || d.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .parse::<std::net::IpAddr>()
+                    .is_ok_and(|a| a.is_loopback())
+        }
+        None => false,
+    };
+    let mode = u
+        .query_pairs()
+        .find(|(k, _)| k == "sslmode")
+        .map(|(_, v)| v.into_owned())
+        .or_else(|| env("PGSSLMODE"));
+    loopback || matches!(mode.as_deref(), Some("verify-full" | "verify-ca"))
 }
 
 /// `url` with its password, if any, replaced: for messages and `config check`. Both
@@ -862,6 +900,35 @@ fn public_url(file: &FileConfig) -> Result<Option<String>, ConfigError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn database_urls_are_redacted_and_tls_checked() {
+        assert_eq!(
+            redact_url("postgres://u:s3cret@db.example.com:5432/x?sslmode=verify-full"),
+            "postgres://u:redacted@db.example.com:5432/x?sslmode=verify-full"
+        );
+        let q = redact_url("postgres://u@db.example.com/x?password=s3cret");
+        assert!(
+            !q.contains("s3cret") && q.contains("password=redacted"),
+            "{q}"
+        );
+        assert_eq!(
+            redact_url("sqlite:///var/lib/x.db"),
+            "sqlite:///var/lib/x.db"
+        );
+        // An Entra token only goes where the certificate is checked, or to loopback.
+        assert!(verified_tls(
+            "postgres://u@db.example.com/x?sslmode=verify-full"
+        ));
+        assert!(verified_tls(
+            "postgres://u@db.example.com/x?sslmode=verify-ca"
+        ));
+        assert!(!verified_tls(
+            "postgres://u@db.example.com/x?sslmode=require"
+        ));
+        assert!(verified_tls("postgres://u@127.0.0.1:5432/x"));
+        assert!(verified_tls("postgres://u@[::1]:5432/x"));
+    }
 
     #[test]
     fn guids() {

@@ -414,6 +414,18 @@ impl PgDb {
 
 #[async_trait]
 impl Database for PgDb {
+    async fn pending_count(&self, kind: PendingKind, now: i64) -> Result<i64> {
+        // The table name is a constant of `tables`, never input.
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE status = 'pending' AND expires_at >= $1",
+            tables(kind).items
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(now)
+            .fetch_one(&mut *self.acquire().await?)
+            .await?)
+    }
+
     fn pool_status(&self) -> crate::PoolStatus {
         crate::PoolStatus {
             open: self.pool.size(),

@@ -146,6 +146,18 @@ impl SqliteDb {
 
 #[async_trait]
 impl Database for SqliteDb {
+    async fn pending_count(&self, kind: PendingKind, now: i64) -> Result<i64> {
+        // The table name is a constant of `tables`, never input.
+        let sql = format!(
+            "SELECT COUNT(*) FROM {} WHERE status = 'pending' AND expires_at >= $1",
+            tables(kind).items
+        );
+        Ok(sqlx::query_scalar(&sql)
+            .bind(now)
+            .fetch_one(&self.pool)
+            .await?)
+    }
+
     fn pool_status(&self) -> crate::PoolStatus {
         crate::PoolStatus {
             open: self.pool.size(),

@@ -132,6 +132,25 @@ async fn commit_batch(
     }
     let mut results = Vec::with_capacity(jobs.len());
     for job in jobs {
+        // A key use (every signature) or a plain record writes only its audit record,
+        // after its one check: when the check refuses, nothing was written, so it needs
+        // no savepoint (two round trips fewer per signature on PostgreSQL). Any other
+        // failure of such a job fails the whole batch: on PostgreSQL a failed statement
+        // aborts the transaction, and a COMMIT then rolls back without an error.
+        if matches!(job.op, Op::None | Op::KeyUse(_)) {
+            match apply(conn, &job.op, &job.audit, &tip, key).await {
+                Ok((next, outcome)) => {
+                    results.push(Ok(Applied {
+                        seq: next.seq,
+                        outcome,
+                    }));
+                    tip = next;
+                }
+                Err(e @ StoreError::KeyNotActive(_)) => results.push(Err(e)),
+                Err(e) => return Err(e),
+            }
+            continue;
+        }
         conn.savepoint().await?;
         match apply(conn, &job.op, &job.audit, &tip, key).await {
             Ok((next, outcome)) => {

@@ -12,68 +12,82 @@ mod envelope;
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
+use aws_lc_rs::digest as lcd;
+use aws_lc_rs::encoding::{AsDer, Pkcs8V1Der};
+use aws_lc_rs::rsa::KeySize;
+use aws_lc_rs::signature::{self as sig, KeyPair as _};
 use influxion_core::{BackendError, Digest, GeneratedKey, KeyBackend, KeyType, SignAlgorithm};
-use p256::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey};
-use rand::rngs::OsRng;
 use zeroize::Zeroizing;
 
 pub use envelope::{Kek, KekError};
 
-/// A parsed private key. Every variant zeroizes its secret on drop.
+/// A parsed private key, held by AWS-LC (aws-lc-rs): its memory is wiped when freed.
+/// AWS-LC signs a digest computed elsewhere (the keyserver receives digests, never
+/// files), for ECDSA and RSA as for Ed25519, at the speed of the machine's own
+/// OpenSSL-class code.
 enum PrivateKey {
-    P256(p256::ecdsa::SigningKey),
-    P384(p384::ecdsa::SigningKey),
-    Ed25519(ed25519_dalek::SigningKey),
-    Rsa(Box<rsa::RsaPrivateKey>),
+    P256(sig::EcdsaKeyPair),
+    P384(sig::EcdsaKeyPair),
+    Ed25519(sig::Ed25519KeyPair),
+    Rsa(sig::RsaKeyPair),
+}
+
+fn crypto(what: &str) -> impl Fn(aws_lc_rs::error::Unspecified) -> BackendError + '_ {
+    move |_| BackendError::Crypto(format!("{what} failed"))
 }
 
 impl PrivateKey {
     fn generate(key_type: KeyType) -> Result<Self, BackendError> {
-        let crypto = |e: rsa::Error| BackendError::Crypto(e.to_string());
+        let e = crypto("key generation");
         Ok(match key_type {
-            KeyType::EcP256 => PrivateKey::P256(p256::ecdsa::SigningKey::random(&mut OsRng)),
-            KeyType::EcP384 => PrivateKey::P384(p384::ecdsa::SigningKey::random(&mut OsRng)),
-            KeyType::Ed25519 => {
-                PrivateKey::Ed25519(ed25519_dalek::SigningKey::generate(&mut OsRng))
+            KeyType::EcP256 => PrivateKey::P256(
+                sig::EcdsaKeyPair::generate(&sig::ECDSA_P256_SHA256_ASN1_SIGNING).map_err(e)?,
+            ),
+            KeyType::EcP384 => PrivateKey::P384(
+                sig::EcdsaKeyPair::generate(&sig::ECDSA_P384_SHA384_ASN1_SIGNING).map_err(e)?,
+            ),
+            KeyType::Ed25519 => PrivateKey::Ed25519(sig::Ed25519KeyPair::generate().map_err(e)?),
+            KeyType::Rsa2048 => {
+                PrivateKey::Rsa(sig::RsaKeyPair::generate(KeySize::Rsa2048).map_err(e)?)
             }
-            KeyType::Rsa2048 => PrivateKey::Rsa(Box::new(
-                rsa::RsaPrivateKey::new(&mut OsRng, 2048).map_err(crypto)?,
-            )),
-            KeyType::Rsa3072 => PrivateKey::Rsa(Box::new(
-                rsa::RsaPrivateKey::new(&mut OsRng, 3072).map_err(crypto)?,
-            )),
-            KeyType::Rsa4096 => PrivateKey::Rsa(Box::new(
-                rsa::RsaPrivateKey::new(&mut OsRng, 4096).map_err(crypto)?,
-            )),
+            KeyType::Rsa3072 => {
+                PrivateKey::Rsa(sig::RsaKeyPair::generate(KeySize::Rsa3072).map_err(e)?)
+            }
+            KeyType::Rsa4096 => {
+                PrivateKey::Rsa(sig::RsaKeyPair::generate(KeySize::Rsa4096).map_err(e)?)
+            }
         })
     }
 
+    /// Keys written by earlier versions (RustCrypto's PKCS#8: v2 for Ed25519) load
+    /// unchanged.
     fn from_pkcs8(key_type: KeyType, der: &[u8]) -> Result<Self, BackendError> {
         let bad = |_| BackendError::Unwrap;
         Ok(match key_type {
-            KeyType::EcP256 => {
-                PrivateKey::P256(p256::ecdsa::SigningKey::from_pkcs8_der(der).map_err(bad)?)
-            }
-            KeyType::EcP384 => {
-                PrivateKey::P384(p384::ecdsa::SigningKey::from_pkcs8_der(der).map_err(bad)?)
-            }
+            KeyType::EcP256 => PrivateKey::P256(
+                sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P256_SHA256_ASN1_SIGNING, der)
+                    .map_err(bad)?,
+            ),
+            KeyType::EcP384 => PrivateKey::P384(
+                sig::EcdsaKeyPair::from_pkcs8(&sig::ECDSA_P384_SHA384_ASN1_SIGNING, der)
+                    .map_err(bad)?,
+            ),
             KeyType::Ed25519 => {
-                PrivateKey::Ed25519(ed25519_dalek::SigningKey::from_pkcs8_der(der).map_err(bad)?)
+                PrivateKey::Ed25519(sig::Ed25519KeyPair::from_pkcs8(der).map_err(bad)?)
             }
-            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => PrivateKey::Rsa(Box::new(
-                rsa::RsaPrivateKey::from_pkcs8_der(der).map_err(bad)?,
-            )),
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096 => {
+                PrivateKey::Rsa(sig::RsaKeyPair::from_pkcs8(der).map_err(bad)?)
+            }
         })
     }
 
     /// The key type this key is, whatever its record says.
     fn key_type(&self) -> Option<KeyType> {
-        use rsa::traits::PublicKeyParts;
         Some(match self {
             PrivateKey::P256(_) => KeyType::EcP256,
             PrivateKey::P384(_) => KeyType::EcP384,
             PrivateKey::Ed25519(_) => KeyType::Ed25519,
-            PrivateKey::Rsa(k) => match k.size() * 8 {
+            PrivateKey::Rsa(k) => match k.public_modulus_len() * 8 {
                 2048 => KeyType::Rsa2048,
                 3072 => KeyType::Rsa3072,
                 4096 => KeyType::Rsa4096,
@@ -82,56 +96,84 @@ impl PrivateKey {
         })
     }
 
+    /// PKCS#8 v1, the form every earlier version reads too.
     fn to_pkcs8(&self) -> Result<Zeroizing<Vec<u8>>, BackendError> {
-        let e = |e: p256::pkcs8::Error| BackendError::Crypto(e.to_string());
-        let doc = match self {
-            PrivateKey::P256(k) => k.to_pkcs8_der().map_err(e)?,
-            PrivateKey::P384(k) => k.to_pkcs8_der().map_err(e)?,
-            PrivateKey::Ed25519(k) => k.to_pkcs8_der().map_err(e)?,
-            PrivateKey::Rsa(k) => k.to_pkcs8_der().map_err(e)?,
-        };
-        Ok(Zeroizing::new(doc.as_bytes().to_vec()))
+        let e = crypto("PKCS#8 encoding");
+        Ok(Zeroizing::new(match self {
+            PrivateKey::P256(k) | PrivateKey::P384(k) => {
+                k.to_pkcs8v1().map_err(e)?.as_ref().to_vec()
+            }
+            PrivateKey::Ed25519(k) => k.to_pkcs8v1().map_err(e)?.as_ref().to_vec(),
+            PrivateKey::Rsa(k) => {
+                let der: Pkcs8V1Der<'static> = k.as_der().map_err(e)?;
+                der.as_ref().to_vec()
+            }
+        }))
     }
 
     fn public_key_der(&self) -> Result<Vec<u8>, BackendError> {
-        let e = |e: p256::pkcs8::spki::Error| BackendError::Crypto(e.to_string());
-        let doc = match self {
-            PrivateKey::P256(k) => k.verifying_key().to_public_key_der().map_err(e)?,
-            PrivateKey::P384(k) => k.verifying_key().to_public_key_der().map_err(e)?,
-            PrivateKey::Ed25519(k) => k.verifying_key().to_public_key_der().map_err(e)?,
-            PrivateKey::Rsa(k) => k.to_public_key().to_public_key_der().map_err(e)?,
-        };
-        Ok(doc.into_vec())
+        let e = crypto("public key encoding");
+        Ok(match self {
+            PrivateKey::P256(k) | PrivateKey::P384(k) => {
+                k.public_key().as_der().map_err(e)?.as_ref().to_vec()
+            }
+            PrivateKey::Ed25519(k) => k.public_key().as_der().map_err(e)?.as_ref().to_vec(),
+            PrivateKey::Rsa(k) => k.public_key().as_der().map_err(e)?.as_ref().to_vec(),
+        })
     }
 
     fn sign(&self, digest: &Digest) -> Result<Vec<u8>, BackendError> {
-        use signature::hazmat::PrehashSigner;
-        use signature::Signer;
-        let crypto = |e: signature::Error| BackendError::Crypto(e.to_string());
+        let e = crypto("signing");
         let d = digest.as_bytes();
+        // The digest as computed by the client, of the hash the algorithm names (its
+        // length was checked when the Digest was made).
+        let imported = |h: &'static lcd::Algorithm| {
+            lcd::Digest::import_less_safe(d, h).map_err(crypto("digest import"))
+        };
         match (self, digest.algorithm()) {
-            (PrivateKey::P256(k), SignAlgorithm::Es256) => {
-                let sig: p256::ecdsa::Signature = k.sign_prehash(d).map_err(crypto)?;
-                Ok(sig.to_der().as_bytes().to_vec())
+            (PrivateKey::P256(k), SignAlgorithm::Es256) => Ok(k
+                .sign_digest(&imported(&lcd::SHA256)?)
+                .map_err(e)?
+                .as_ref()
+                .to_vec()),
+            (PrivateKey::P384(k), SignAlgorithm::Es384) => Ok(k
+                .sign_digest(&imported(&lcd::SHA384)?)
+                .map_err(e)?
+                .as_ref()
+                .to_vec()),
+            // Ed25519 signs the digest bytes themselves, as it always did here.
+            (PrivateKey::Ed25519(k), SignAlgorithm::EdDsa) => {
+                Ok(k.try_sign(d).map_err(e)?.as_ref().to_vec())
             }
-            (PrivateKey::P384(k), SignAlgorithm::Es384) => {
-                let sig: p384::ecdsa::Signature = k.sign_prehash(d).map_err(crypto)?;
-                Ok(sig.to_der().as_bytes().to_vec())
+            (PrivateKey::Rsa(k), alg) => {
+                // AWS-LC blinds the private operation. PSS salt length = hash length:
+                // what openssl and JOSE expect.
+                let (enc, h): (&'static dyn sig::RsaEncoding, &'static lcd::Algorithm) = match alg {
+                    SignAlgorithm::Rs256 => (&sig::RSA_PKCS1_SHA256, &lcd::SHA256),
+                    SignAlgorithm::Rs384 => (&sig::RSA_PKCS1_SHA384, &lcd::SHA384),
+                    SignAlgorithm::Rs512 => (&sig::RSA_PKCS1_SHA512, &lcd::SHA512),
+                    SignAlgorithm::Ps256 => (&sig::RSA_PSS_SHA256, &lcd::SHA256),
+                    SignAlgorithm::Ps384 => (&sig::RSA_PSS_SHA384, &lcd::SHA384),
+                    SignAlgorithm::Ps512 => (&sig::RSA_PSS_SHA512, &lcd::SHA512),
+                    _ => return Err(BackendError::AlgorithmMismatch),
+                };
+                let mut out = vec![0u8; k.public_modulus_len()];
+                k.sign_digest(enc, &imported(h)?, &mut out).map_err(e)?;
+                Ok(out)
             }
-            (PrivateKey::Ed25519(k), SignAlgorithm::EdDsa) => Ok(k.sign(d).to_bytes().to_vec()),
-            (PrivateKey::Rsa(k), alg) => rsa_sign(k, alg, d),
             _ => Err(BackendError::AlgorithmMismatch),
         }
     }
 }
 
 /// A private key held in memory only, for backends that receive key material from
-/// elsewhere (a Key Vault certificate's secret) and must never store it. Zeroized on
-/// drop, like the keystore's own cached keys.
+/// elsewhere (a Key Vault certificate's secret) and must never store it. Wiped when
+/// dropped, like the keystore's own cached keys.
 pub struct MemoryKey(PrivateKey);
 
 impl MemoryKey {
-    /// Parse a PKCS#8 private key of whatever supported type it is.
+    /// Parse a PKCS#8 private key of whatever supported type it is. RSA keys under
+    /// 2048 bits and curves other than P-256 and P-384 are refused.
     pub fn from_pkcs8(der: &[u8]) -> Result<Self, BackendError> {
         for kt in [
             KeyType::EcP256,
@@ -146,7 +188,8 @@ impl MemoryKey {
         Err(BackendError::Unwrap)
     }
 
-    /// `None` for a key of a type Influxion has no use for (RSA-1024, P-521).
+    /// `None` for a key of a type Influxion has no use for (an RSA size other than
+    /// 2048, 3072 or 4096 bits).
     pub fn key_type(&self) -> Option<KeyType> {
         self.0.key_type()
     }
@@ -158,28 +201,6 @@ impl MemoryKey {
     pub fn sign(&self, digest: &Digest) -> Result<Vec<u8>, BackendError> {
         self.0.sign(digest)
     }
-}
-
-fn rsa_sign(
-    key: &rsa::RsaPrivateKey,
-    alg: SignAlgorithm,
-    d: &[u8],
-) -> Result<Vec<u8>, BackendError> {
-    use rsa::{Pkcs1v15Sign, Pss};
-    use sha2::{Sha256, Sha384, Sha512};
-    let r = match alg {
-        // sign_with_rng blinds the private operation (the plain `sign` does not), which
-        // matters when callers choose the digest.
-        SignAlgorithm::Rs256 => key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha256>(), d),
-        SignAlgorithm::Rs384 => key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha384>(), d),
-        SignAlgorithm::Rs512 => key.sign_with_rng(&mut OsRng, Pkcs1v15Sign::new::<Sha512>(), d),
-        // Salt length equals the digest length: what openssl and JOSE expect.
-        SignAlgorithm::Ps256 => key.sign_with_rng(&mut OsRng, Pss::new::<Sha256>(), d),
-        SignAlgorithm::Ps384 => key.sign_with_rng(&mut OsRng, Pss::new::<Sha384>(), d),
-        SignAlgorithm::Ps512 => key.sign_with_rng(&mut OsRng, Pss::new::<Sha512>(), d),
-        _ => return Err(BackendError::AlgorithmMismatch),
-    };
-    r.map_err(|e| BackendError::Crypto(e.to_string()))
 }
 
 /// The envelope-encrypted software keystore.
@@ -308,6 +329,67 @@ impl KeyBackend for SoftwareKeystore {
 mod tests {
     use super::*;
     use influxion_backend_conformance as conformance;
+
+    /// Keys stored by versions before AWS-LC (RustCrypto's PKCS#8, v2 for Ed25519)
+    /// load, keep their public key byte for byte, and sign what the verifier accepts.
+    #[test]
+    fn keys_written_by_earlier_versions_load_and_sign() {
+        use p256::pkcs8::{EncodePrivateKey, EncodePublicKey};
+        let mut rng = rand::rngs::OsRng;
+        let p256k = p256::ecdsa::SigningKey::random(&mut rng);
+        let p384k = p384::ecdsa::SigningKey::random(&mut rng);
+        let edk = ed25519_dalek::SigningKey::generate(&mut rng);
+        let rsak = rsa::RsaPrivateKey::new(&mut rng, 2048).unwrap();
+        let cases: Vec<(KeyType, Vec<u8>, Vec<u8>, SignAlgorithm)> = vec![
+            (
+                KeyType::EcP256,
+                p256k.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+                p256k
+                    .verifying_key()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+                SignAlgorithm::Es256,
+            ),
+            (
+                KeyType::EcP384,
+                p384k.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+                p384k
+                    .verifying_key()
+                    .to_public_key_der()
+                    .unwrap()
+                    .into_vec(),
+                SignAlgorithm::Es384,
+            ),
+            (
+                KeyType::Ed25519,
+                edk.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+                edk.verifying_key().to_public_key_der().unwrap().into_vec(),
+                SignAlgorithm::EdDsa,
+            ),
+            (
+                KeyType::Rsa2048,
+                rsak.to_pkcs8_der().unwrap().as_bytes().to_vec(),
+                rsak.to_public_key().to_public_key_der().unwrap().into_vec(),
+                SignAlgorithm::Ps256,
+            ),
+        ];
+        for (kt, pkcs8, spki, alg) in cases {
+            let k = PrivateKey::from_pkcs8(kt, &pkcs8).unwrap();
+            assert_eq!(k.key_type(), Some(kt));
+            assert_eq!(k.public_key_der().unwrap(), spki, "{kt:?}");
+            let len = if alg == SignAlgorithm::Es384 { 48 } else { 32 };
+            let digest = Digest::new(alg, vec![0x5a; len]).unwrap();
+            let signature = k.sign(&digest).unwrap();
+            assert!(
+                influxion_verify::verify(kt, &spki, &digest, &signature).unwrap(),
+                "{kt:?}"
+            );
+            // And what AWS-LC writes back reads as the same key.
+            let again = PrivateKey::from_pkcs8(kt, &k.to_pkcs8().unwrap()).unwrap();
+            assert_eq!(again.public_key_der().unwrap(), spki);
+        }
+    }
 
     #[tokio::test]
     async fn software_keystore_conforms() {

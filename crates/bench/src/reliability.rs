@@ -142,7 +142,7 @@ impl Replica {
         }
     }
 
-    async fn healthy(&self, http: &reqwest::Client) -> Result<()> {
+    async fn ready(&self, http: &reqwest::Client) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             // Ready, not only alive: the database, the key backends and the
@@ -240,7 +240,7 @@ pub(crate) async fn run(o: &Options) -> Result<std::process::ExitCode> {
         r.spawn()?;
     }
     for r in &replicas {
-        r.healthy(&http).await?;
+        r.ready(&http).await?;
     }
     eprintln!(
         "replicas a ({}) and b ({}) on one database",
@@ -288,7 +288,7 @@ pub(crate) async fn run(o: &Options) -> Result<std::process::ExitCode> {
     eprintln!("replica b killed (-9)");
     tokio::time::sleep(phase / 2).await;
     replicas[1].spawn()?;
-    replicas[1].healthy(&http).await?;
+    replicas[1].ready(&http).await?;
     eprintln!("replica b restarted");
     // 2: the provider stops.
     load.phase.store(2, Ordering::SeqCst);
@@ -493,7 +493,7 @@ pub(crate) async fn bench(o: &Options) -> Result<std::process::ExitCode> {
         s.spawn()?;
     }
     for s in &servers {
-        s.healthy(&http).await?;
+        s.ready(&http).await?;
     }
     let admin = token(&http, &issuer, &clients[0]).await?;
     setup(&http, &servers[0].url(), &admin).await?;

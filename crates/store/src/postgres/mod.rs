@@ -14,8 +14,6 @@
 //!   bounds a stale read should a notification ever be missed.
 
 mod conn;
-#[cfg(feature = "test-helpers")]
-mod tamper;
 
 use std::str::FromStr;
 use std::sync::Arc;
@@ -821,3 +819,6 @@ impl Database for PgDb {
         self
     }
 }
+
+#[cfg(feature = "test-helpers")]
+crate::test_helpers::impl_tamper!(PgDb);

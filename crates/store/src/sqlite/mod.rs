@@ -4,9 +4,6 @@
 
 mod conn;
 
-#[cfg(feature = "test-helpers")]
-mod tamper;
-
 use std::str::FromStr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -547,3 +544,6 @@ impl Database for SqliteDb {
         self
     }
 }
+
+#[cfg(feature = "test-helpers")]
+crate::test_helpers::impl_tamper!(SqliteDb);

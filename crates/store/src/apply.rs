@@ -24,10 +24,8 @@ pub(crate) async fn apply(
 ) -> Result<Done> {
     match op {
         Op::None => {}
-        Op::KeyUse(key_id) => {
-            if !rules::key_usable(conn.key_status(key_id).await?) {
-                return Err(StoreError::KeyNotActive(key_id.clone()));
-            }
+        Op::KeyUse { key_id, handle } => {
+            rules::direct_use(key_id, handle, conn.key_use_state(key_id).await?)?;
         }
         Op::InsertKey(k) => insert_key(conn, k).await?,
         Op::Pki(op) => apply_pki(conn, op).await?,

@@ -95,11 +95,22 @@ pub(crate) struct CertValidity {
     pub not_after: String,
 }
 
+/// A key's row as a signature made without approval is checked against when its
+/// record commits.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct KeyUseState {
+    pub status: KeyStatus,
+    pub approvals_required: i64,
+    pub handle: Vec<u8>,
+}
+
 /// What a committed batch changed, for the caches of every process on the database.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Change {
     pub subjects: bool,
     pub pki: bool,
+    /// A key record (status, policy, binding, certificate) or a new key.
+    pub keys: bool,
     /// The last audit record the batch appended, if any.
     pub tip: Option<u64>,
 }
@@ -111,6 +122,7 @@ pub(crate) struct Change {
 pub(crate) struct Signals {
     pub subjects: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub pki: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    pub keys: std::sync::Arc<std::sync::atomic::AtomicU64>,
     pub tip: std::sync::Arc<tokio::sync::watch::Sender<u64>>,
 }
 
@@ -122,6 +134,7 @@ impl Signals {
         let s = Self {
             subjects: Arc::new(AtomicU64::new(1)),
             pki: Arc::new(AtomicU64::new(1)),
+            keys: Arc::new(AtomicU64::new(1)),
             tip: Arc::new(tx),
         };
         (s, rx)
@@ -134,6 +147,9 @@ impl Signals {
         }
         if c.pki {
             self.pki.fetch_add(1, Ordering::AcqRel);
+        }
+        if c.keys {
+            self.keys.fetch_add(1, Ordering::AcqRel);
         }
         if let Some(last) = c.tip {
             self.tip.send_if_modified(|t| {
@@ -151,6 +167,7 @@ impl Signals {
         self.changed(&Change {
             subjects: true,
             pki: true,
+            keys: true,
             tip,
         });
     }
@@ -303,6 +320,8 @@ pub(crate) trait Conn: Send {
     async fn insert_key(&mut self, k: &KeyRecord) -> Result<Inserted>;
     async fn key_by_id(&mut self, id: &str) -> Result<Option<KeyRecord>>;
     async fn key_status(&mut self, id: &str) -> Result<Option<KeyStatus>>;
+    /// What a direct signature is checked against at commit time.
+    async fn key_use_state(&mut self, id: &str) -> Result<Option<KeyUseState>>;
     async fn set_key_status(&mut self, name: &KeyName, status: KeyStatus) -> Result<u64>;
     async fn set_key_policy(&mut self, id: &str, p: &KeyPolicy) -> Result<u64>;
     /// Rows changed: 0 when the key no longer has `r.expected_handle`.

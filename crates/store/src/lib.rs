@@ -57,6 +57,8 @@ use ops::Op;
 use writer::Job;
 
 type SubjectCache = Arc<RwLock<Option<(u64, Arc<Vec<SubjectRecord>>)>>>;
+/// Key records by name, valid for one generation of [`db::Signals::keys`].
+type KeyCache = Arc<RwLock<(u64, std::collections::HashMap<KeyName, Arc<KeyRecord>>)>>;
 
 #[derive(Clone)]
 pub struct Store {
@@ -70,6 +72,10 @@ pub struct Store {
     /// Bumped by the writer whenever CAs, profiles, certificates' CRLs or key status
     /// change, so callers may cache what issuance reads.
     pki_gen: Arc<AtomicU64>,
+    /// Bumped whenever a key record changes (here or, through the change feed, on
+    /// another replica): every signature reads its key from the cache below.
+    keys_gen: Arc<AtomicU64>,
+    keys: KeyCache,
     audit_key: Arc<AuditKey>,
     /// The verified prefix of the audit chain, so `GET /v1/audit` verifies only what
     /// was appended since (a lost checkpoint only costs a full walk).
@@ -131,6 +137,8 @@ impl Store {
             subjects_gen: signals.subjects,
             subjects: Arc::new(RwLock::new(None)),
             pki_gen: signals.pki,
+            keys_gen: signals.keys,
+            keys: Arc::new(RwLock::new((0, std::collections::HashMap::new()))),
             audit_key,
             audit_checkpoint: Arc::new(RwLock::new(None)),
             audit_checked: Arc::new(AtomicU64::new(0)),
@@ -360,10 +368,20 @@ impl Store {
         self.submit(Op::None, event).await
     }
 
-    /// Record a use of key `key_id` (a signature); fails, writing nothing, if the key
-    /// is no longer active when the record commits.
-    pub async fn audit_key_use(&self, key_id: &str, event: AuditEvent) -> Result<u64, StoreError> {
-        self.submit(Op::KeyUse(key_id.to_owned()), event).await
+    /// Record a use of `key` (a signature made without approval); fails, writing
+    /// nothing, if when the record commits the key is no longer active
+    /// (`KeyNotActive`), or needs approval or was rebound since `key` was read
+    /// (`KeyChanged`).
+    pub async fn audit_key_use(
+        &self,
+        key: &KeyRecord,
+        event: AuditEvent,
+    ) -> Result<u64, StoreError> {
+        let op = Op::KeyUse {
+            key_id: key.id.clone(),
+            handle: key.handle.clone(),
+        };
+        self.submit(op, event).await
     }
 
     /// Insert a key and its audit record in one transaction.
@@ -388,8 +406,34 @@ impl Store {
             .await
     }
 
+    /// The key named `name`, from the cache while no key changed. A change made
+    /// through this process is seen by its next read; one made on another replica once
+    /// its notification arrives. What a stale record could allow is refused when the
+    /// signature's record commits ([`Store::audit_key_use`]).
+    pub async fn key(&self, name: &KeyName) -> Result<Option<Arc<KeyRecord>>, StoreError> {
+        let generation = self.keys_gen.load(Ordering::Acquire);
+        if let Ok(c) = self.keys.read() {
+            if c.0 == generation {
+                if let Some(k) = c.1.get(name) {
+                    return Ok(Some(k.clone()));
+                }
+            }
+        }
+        let loaded = self.db.key(name).await?.map(Arc::new);
+        if let (Some(k), Ok(mut c)) = (&loaded, self.keys.write()) {
+            // Read after `generation` was: current for it, at worst reloaded once
+            // more. Only keys that exist are kept, so the cache is bounded by them.
+            if c.0 != generation {
+                *c = (generation, std::collections::HashMap::new());
+            }
+            c.1.insert(name.clone(), k.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// [`Store::key`], as a record of the caller's own.
     pub async fn get_key(&self, name: &KeyName) -> Result<Option<KeyRecord>, StoreError> {
-        self.db.key(name).await
+        Ok(self.key(name).await?.map(|k| (*k).clone()))
     }
 
     pub async fn get_key_by_id(&self, id: &str) -> Result<Option<KeyRecord>, StoreError> {

@@ -517,6 +517,7 @@ async fn copy(
     dst.announce(&Change {
         subjects: true,
         pki: true,
+        keys: true,
         tip: (head_seq > 0).then_some(head_seq),
     })
     .await?;

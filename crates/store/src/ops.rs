@@ -11,9 +11,15 @@ use crate::{KeyRecord, Rebind};
 
 pub(crate) enum Op {
     None,
-    /// A key was used: commit only if the key is still active at commit time, so a
-    /// signature made while a `key.disable` committed is never handed out.
-    KeyUse(String),
+    /// A key was used without approval: commit only if, at commit time, the key is
+    /// still active, still needs no approval and is still bound to the backend key
+    /// that signed. So a signature made while a `key.disable`, a policy change or a
+    /// rotation committed (or from a cached record another replica has since changed)
+    /// is never handed out.
+    KeyUse {
+        key_id: String,
+        handle: Vec<u8>,
+    },
     InsertKey(Box<KeyRecord>),
     Pki(Box<PkiOp>),
     SetKeyStatus(KeyName, KeyStatus),
@@ -83,6 +89,30 @@ impl Op {
             Op::SetKeyStatus(..) | Op::RebindKey(_) => true,
             Op::Pki(op) => !matches!(**op, PkiOp::Issue { .. } | PkiOp::Revoke { .. }),
             _ => false,
+        }
+    }
+
+    /// Key records are cached by every reader ([`crate::Store::get_key`]): any
+    /// operation not known to leave them alone invalidates the cache.
+    pub(crate) fn changes_keys(&self) -> bool {
+        match self {
+            Op::None
+            | Op::KeyUse { .. }
+            | Op::CreateSubject(_)
+            | Op::UpdateSubject(_)
+            | Op::DeleteSubject(_)
+            | Op::AddGrant(..)
+            | Op::RemoveGrant(..)
+            | Op::CreateRequest(_)
+            | Op::CreatePolicyChange(_)
+            | Op::Decide(_)
+            | Op::Cancel { .. } => false,
+            Op::Pki(op) => matches!(**op, PkiOp::CreateCa(..)),
+            Op::InsertKey(_)
+            | Op::SetKeyStatus(..)
+            | Op::RebindKey(_)
+            | Op::SetKeyPolicy(..)
+            | Op::DecidePolicyChange(_) => true,
         }
     }
 

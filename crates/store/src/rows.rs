@@ -71,6 +71,17 @@ fn parse<T: serde::de::DeserializeOwned>(r: &impl Cols, col: &str) -> Result<T> 
     serde_json::from_str(&s).map_err(|_| corrupt(col))
 }
 
+pub(crate) fn key_use_state(r: &impl Cols) -> Result<crate::db::KeyUseState> {
+    Ok(crate::db::KeyUseState {
+        status: r
+            .text("status")?
+            .parse()
+            .map_err(|_| corrupt("key status"))?,
+        approvals_required: r.int("approvals_required")?,
+        handle: r.blob("handle")?,
+    })
+}
+
 pub(crate) fn key(r: &impl Cols) -> Result<KeyRecord> {
     Ok(KeyRecord {
         id: r.text("id")?,

@@ -91,6 +91,22 @@ pub(crate) fn key_usable(status: Option<KeyStatus>) -> bool {
     status == Some(KeyStatus::Active)
 }
 
+/// A signature made without approval keeps its record only if the key is, at commit,
+/// what the signer saw: active, needing no approval, bound to the same backend key.
+pub(crate) fn direct_use(
+    key_id: &str,
+    signed_with: &[u8],
+    now: Option<crate::db::KeyUseState>,
+) -> Result<()> {
+    let Some(now) = now.filter(|k| k.status == KeyStatus::Active) else {
+        return Err(StoreError::KeyNotActive(key_id.to_owned()));
+    };
+    if now.approvals_required > 0 || now.handle != signed_with {
+        return Err(StoreError::KeyChanged(key_id.to_owned()));
+    }
+    Ok(())
+}
+
 /// A policy change applies only over the policy it was decided against: if another
 /// change committed since, that decision is stale.
 pub(crate) fn policy_unchanged(

@@ -137,7 +137,7 @@ async fn commit_batch(
         // no savepoint (two round trips fewer per signature on PostgreSQL). Any other
         // failure of such a job fails the whole batch: on PostgreSQL a failed statement
         // aborts the transaction, and a COMMIT then rolls back without an error.
-        if matches!(job.op, Op::None | Op::KeyUse(_)) {
+        if matches!(job.op, Op::None | Op::KeyUse { .. }) {
             match apply(conn, &job.op, &job.audit, &tip, key).await {
                 Ok((next, outcome)) => {
                     results.push(Ok(Applied {
@@ -146,7 +146,9 @@ async fn commit_batch(
                     }));
                     tip = next;
                 }
-                Err(e @ StoreError::KeyNotActive(_)) => results.push(Err(e)),
+                Err(e @ (StoreError::KeyNotActive(_) | StoreError::KeyChanged(_))) => {
+                    results.push(Err(e))
+                }
                 Err(e) => return Err(e),
             }
             continue;
@@ -176,6 +178,7 @@ async fn commit_batch(
     let change = Change {
         subjects: done().any(|(j, _)| j.op.changes_subjects()),
         pki: done().any(|(j, _)| j.op.changes_pki()),
+        keys: done().any(|(j, _)| j.op.changes_keys()),
         tip: results
             .iter()
             .filter_map(|r| r.as_ref().ok())

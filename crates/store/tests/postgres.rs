@@ -170,7 +170,11 @@ async fn caches_follow_changes_made_by_another_replica() {
         .unwrap();
     assert!(sees(&b, "ci").await, "replica b never saw the new subject");
 
-    // Disabling a key moves the PKI generation (what issuance caches) everywhere.
+    // Disabling a key moves the PKI generation (what issuance caches) everywhere, and
+    // replaces the key record b cached.
+    let prod = "prod".parse().unwrap();
+    let cached = b.key(&prod).await.unwrap().unwrap();
+    assert_eq!(cached.status, influxion_core::KeyStatus::Active);
     let before = b.pki_generation();
     a.set_key_status(
         &"prod".parse().unwrap(),
@@ -190,6 +194,18 @@ async fn caches_follow_changes_made_by_another_replica() {
     assert!(
         moved,
         "replica b kept its PKI cache after a key was disabled"
+    );
+    let mut disabled = false;
+    for _ in 0..100 {
+        if b.key(&prod).await.unwrap().unwrap().status == influxion_core::KeyStatus::Disabled {
+            disabled = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        disabled,
+        "replica b kept its cached record of a disabled key"
     );
 
     a.delete_subject("id-ci", conformance::ev("subject.delete"))

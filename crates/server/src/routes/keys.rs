@@ -1,5 +1,7 @@
 //! Key management: list, show, export, create, disable, policy.
 
+use std::sync::Arc;
+
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -60,9 +62,14 @@ pub(crate) async fn list(State(st): State<AppState>, c: Caller) -> Result<Json<K
 }
 
 pub(crate) async fn lookup(st: &AppState, name: &str) -> Result<KeyRecord, ApiError> {
+    Ok((*lookup_shared(st, name).await?).clone())
+}
+
+/// [`lookup`] without copying the record: the signing path's.
+pub(crate) async fn lookup_shared(st: &AppState, name: &str) -> Result<Arc<KeyRecord>, ApiError> {
     let name: KeyName = name.parse()?;
     st.store
-        .get_key(&name)
+        .key(&name)
         .await?
         .ok_or_else(|| ApiError::UnknownKey(name.to_string()))
 }

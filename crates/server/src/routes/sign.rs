@@ -12,7 +12,7 @@ use influxion_core::{Digest, KeyStatus, Role, SignAlgorithm};
 use influxion_store::{AuditEvent, KeyRecord, Outcome};
 use influxion_verify as public;
 
-use super::keys::lookup;
+use super::keys::lookup_shared;
 use super::{audited, rate_limit, require_any};
 use crate::extract::JsonBody;
 use crate::rate_limit::Operation;
@@ -112,7 +112,7 @@ pub(crate) async fn sign(
             ));
         }
         let JsonBody(req) = body?;
-        let key = lookup(&st, &name).await?;
+        let key = lookup_shared(&st, &name).await?;
         if key.status != KeyStatus::Active {
             return Err(ApiError::KeyDisabled(key.name.to_string()));
         }
@@ -187,7 +187,7 @@ async fn sign_and_record(
     let event = AuditEvent::new(c.actor.clone(), "sign", Outcome::Ok)
         .target(key.name.to_string())
         .detail(detail);
-    match st.store.audit_key_use(&key.id, event).await {
+    match st.store.audit_key_use(key, event).await {
         Ok(seq) => Ok((signature, seq)),
         // Disabled while we signed: the signature is dropped, never returned.
         Err(influxion_store::StoreError::KeyNotActive(_)) => {
@@ -205,7 +205,7 @@ pub(crate) async fn verify(
 ) -> Result<Json<VerifyResponse>, ApiError> {
     require_any(&c)?;
     let JsonBody(req) = body?;
-    let key = lookup(&st, &name).await?;
+    let key = lookup_shared(&st, &name).await?;
     let digest = parse_digest(&key, req.algorithm.as_deref(), &req.digest)?;
     let sig = B64
         .decode(req.signature.as_bytes())

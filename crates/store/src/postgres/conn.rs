@@ -10,8 +10,8 @@ use super::{Breaker, CHANGES_CHANNEL, WRITE_LOCK};
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
 use crate::db::{
-    CaState, CertValidity, Change, Conn, Inserted, Kind, Lock, PendingKind, Result, SqlValue,
-    Table, VoteRow,
+    CaState, CertValidity, Change, Conn, Inserted, KeyUseState, Kind, Lock, PendingKind, Result,
+    SqlValue, Table, VoteRow,
 };
 use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use crate::policy_changes::PolicyChange;
@@ -311,6 +311,14 @@ impl Conn for PgConn {
             .fetch_optional(self.connect().await?)
             .await?;
         row.as_ref().map(rows::key).transpose()
+    }
+
+    async fn key_use_state(&mut self, id: &str) -> Result<Option<KeyUseState>> {
+        let row = sqlx::query("SELECT status, approvals_required, handle FROM keys WHERE id = $1")
+            .bind(id)
+            .fetch_optional(self.connect().await?)
+            .await?;
+        row.as_ref().map(rows::key_use_state).transpose()
     }
 
     async fn key_status(&mut self, id: &str) -> Result<Option<KeyStatus>> {

@@ -50,7 +50,7 @@ const ACQUIRE_TIMEOUT: Duration = Duration::from_secs(1);
 /// Connections per replica: the writer, the change listener and concurrent reads.
 const POOL_SIZE: u32 = 16;
 
-/// `s` subjects, `p` device CA, then the audit tip: "sp:42".
+/// `s` subjects, `p` device CA, `k` keys, then the audit tip: "spk:42".
 fn change_payload(c: &Change) -> String {
     let mut flags = String::new();
     if c.subjects {
@@ -58,6 +58,9 @@ fn change_payload(c: &Change) -> String {
     }
     if c.pki {
         flags.push('p');
+    }
+    if c.keys {
+        flags.push('k');
     }
     format!("{flags}:{}", c.tip.unwrap_or(0))
 }
@@ -67,6 +70,7 @@ fn parse_change(payload: &str) -> Change {
     Change {
         subjects: flags.contains('s'),
         pki: flags.contains('p'),
+        keys: flags.contains('k'),
         tip: tip.parse().ok().filter(|t| *t > 0),
     }
 }

@@ -9,8 +9,8 @@ use sqlx::{Row, Sqlite, SqliteConnection};
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
 use crate::db::{
-    CaState, CertValidity, Conn, Inserted, Kind, Lock, PendingKind, Result, SqlValue, Table,
-    VoteRow,
+    CaState, CertValidity, Conn, Inserted, KeyUseState, Kind, Lock, PendingKind, Result, SqlValue,
+    Table, VoteRow,
 };
 use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use crate::policy_changes::PolicyChange;
@@ -224,6 +224,14 @@ impl Conn for SqliteConn {
             .fetch_optional(self.c())
             .await?;
         row.as_ref().map(rows::key).transpose()
+    }
+
+    async fn key_use_state(&mut self, id: &str) -> Result<Option<KeyUseState>> {
+        let row = sqlx::query("SELECT status, approvals_required, handle FROM keys WHERE id = ?")
+            .bind(id)
+            .fetch_optional(self.c())
+            .await?;
+        row.as_ref().map(rows::key_use_state).transpose()
     }
 
     async fn key_status(&mut self, id: &str) -> Result<Option<KeyStatus>> {

@@ -71,8 +71,13 @@ pub(crate) async fn deleted_record_is_pinpointed<B: Backend>() {
     }
 }
 
-pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
-    let (_d, s) = store_with::<B>(0).await;
+fn sign_event() -> AuditEvent {
+    AuditEvent::new(influxion_store::Actor::id_only("t"), "sign", Outcome::Ok)
+}
+
+/// A key `fw` (id `k1`), active and needing no approval, in a fresh store.
+async fn store_with_a_key<B: Backend>() -> (super::TestDb, Store, KeyRecord) {
+    let (d, s) = store_with::<B>(0).await;
     let key = KeyRecord {
         id: "k1".into(),
         name: "fw".parse().unwrap(),
@@ -87,45 +92,86 @@ pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
         purpose: Default::default(),
         certificate_pem: None,
     };
-    s.insert_key(
-        key,
-        AuditEvent::new(
-            influxion_store::Actor::id_only("t"),
-            "key.create",
-            Outcome::Ok,
-        ),
-    )
-    .await
-    .unwrap();
-    assert_eq!(
-        s.audit_key_use(
-            "k1",
-            AuditEvent::new(influxion_store::Actor::id_only("t"), "sign", Outcome::Ok)
-        )
-        .await
-        .unwrap(),
-        2
-    );
+    s.insert_key(key.clone(), ev("key.create")).await.unwrap();
+    (d, s, key)
+}
+
+pub(crate) async fn key_use_of_a_disabled_key_writes_nothing<B: Backend>() {
+    let (_d, s, key) = store_with_a_key::<B>().await;
+    assert_eq!(s.audit_key_use(&key, sign_event()).await.unwrap(), 2);
     let name = "fw".parse().unwrap();
-    s.set_key_status(
-        &name,
-        KeyStatus::Disabled,
-        AuditEvent::new(
-            influxion_store::Actor::id_only("t"),
-            "key.disable",
-            Outcome::Ok,
-        ),
-    )
-    .await
-    .unwrap();
-    let r = s
-        .audit_key_use(
-            "k1",
-            AuditEvent::new(influxion_store::Actor::id_only("t"), "sign", Outcome::Ok),
-        )
-        .await;
+    s.set_key_status(&name, KeyStatus::Disabled, ev("key.disable"))
+        .await
+        .unwrap();
+    let r = s.audit_key_use(&key, sign_event()).await;
     assert!(matches!(r, Err(StoreError::KeyNotActive(_))), "{r:?}");
     assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.disable");
+}
+
+/// A signature made from a record read before a rotation or before the key came to
+/// need approval (a stale cache on another replica) is refused when it would commit.
+pub(crate) async fn key_use_of_a_changed_key_writes_nothing<B: Backend>() {
+    let (_d, s, key) = store_with_a_key::<B>().await;
+    let rebind = influxion_store::Rebind {
+        key_id: key.id.clone(),
+        expected_handle: key.handle.clone(),
+        handle: vec![3],
+        public_key: vec![4],
+        certificate_pem: None,
+    };
+    s.rebind_key(rebind, ev("key.rotate")).await.unwrap();
+    let r = s.audit_key_use(&key, sign_event()).await;
+    assert!(matches!(r, Err(StoreError::KeyChanged(_))), "{r:?}");
+    let rotated = s.key(&key.name).await.unwrap().unwrap();
+    assert_eq!(rotated.handle, [3]);
+    s.audit_key_use(&rotated, sign_event()).await.unwrap();
+
+    let policy = influxion_store::KeyPolicy {
+        approvals_required: 1,
+        ..Default::default()
+    };
+    s.set_key_policy(&key.id, &rotated.policy, policy, ev("key.policy"))
+        .await
+        .unwrap();
+    let r = s.audit_key_use(&rotated, sign_event()).await;
+    assert!(matches!(r, Err(StoreError::KeyChanged(_))), "{r:?}");
+    assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.policy");
+}
+
+/// Key records are cached; every change through the store is seen by the next read.
+pub(crate) async fn the_key_cache_sees_every_change<B: Backend>() {
+    let (_d, s, key) = store_with_a_key::<B>().await;
+    let name = key.name.clone();
+    let first = s.key(&name).await.unwrap().unwrap();
+    assert_eq!(first.status, KeyStatus::Active);
+    let again = s.key(&name).await.unwrap().unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "read from the cache"
+    );
+    s.set_key_status(&name, KeyStatus::Disabled, ev("key.disable"))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.key(&name).await.unwrap().unwrap().status,
+        KeyStatus::Disabled
+    );
+    s.set_key_status(&name, KeyStatus::Active, ev("key.enable"))
+        .await
+        .unwrap();
+    let policy = influxion_store::KeyPolicy {
+        approvals_required: 2,
+        ..Default::default()
+    };
+    s.set_key_policy(&key.id, &key.policy, policy, ev("key.policy"))
+        .await
+        .unwrap();
+    let now = s.get_key(&name).await.unwrap().unwrap();
+    assert_eq!(
+        (now.status, now.policy.approvals_required),
+        (KeyStatus::Active, 2)
+    );
+    assert!(s.key(&"nope".parse().unwrap()).await.unwrap().is_none());
 }
 
 pub(crate) async fn writes_stop_after_the_tail_was_deleted<B: Backend>() {

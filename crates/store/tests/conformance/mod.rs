@@ -86,6 +86,8 @@ macro_rules! conformance_suite {
             audit::altered_record_is_pinpointed,
             audit::deleted_record_is_pinpointed,
             audit::key_use_of_a_disabled_key_writes_nothing,
+            audit::key_use_of_a_changed_key_writes_nothing,
+            audit::the_key_cache_sees_every_change,
             audit::writes_stop_after_the_tail_was_deleted,
             audit::deleted_tail_is_detected,
             audit::fresh_empty_log_is_intact_and_keyed,

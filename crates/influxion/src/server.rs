@@ -71,7 +71,7 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
     // The writer's batches feed the audit append and batch size histograms.
     let metrics = influxion_server::Metrics::new();
     store.observe_commits(Arc::new(metrics.clone()));
-    Ok(AppState {
+    Ok(AppState::new(influxion_server::Services {
         store,
         backends,
         validator,
@@ -84,7 +84,7 @@ pub(crate) async fn build_state(cfg: &ServerConfig, kek: Kek) -> Result<AppState
         feed: Default::default(),
         metrics,
         rate_limits: Arc::new(rate_limits),
-    })
+    }))
 }
 
 /// The Azure Key Vault backend of `vault.url`, reached with the configured credential.

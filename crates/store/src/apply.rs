@@ -24,6 +24,7 @@ pub(crate) async fn apply(
 ) -> Result<Done> {
     match op {
         Op::None => {}
+        // The writer checks key uses itself (once per key and batch).
         Op::KeyUse { key_id, handle } => {
             rules::direct_use(key_id, handle, conn.key_use_state(key_id).await?)?;
         }

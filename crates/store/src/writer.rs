@@ -1,5 +1,6 @@
 //! The single writer: group commit of operations with their audit records.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -8,9 +9,9 @@ use crate::access::RequestOutcome;
 use crate::apply::apply;
 use crate::audit::{AuditEvent, AuditKey, ChainTip, Outcome};
 use crate::chain;
-use crate::db::{Change, Conn, Lock, Signals};
+use crate::db::{Change, Conn, KeyUseState, Lock, Signals};
 use crate::ops::Op;
-use crate::StoreError;
+use crate::{rules, StoreError};
 
 /// Most operations gathered into one transaction.
 const MAX_BATCH: usize = 512;
@@ -131,27 +132,47 @@ async fn commit_batch(
         tip = resolve_in_doubt(conn, in_doubt, tip, key).await?;
     }
     let mut results = Vec::with_capacity(jobs.len());
+    // Key rows as read in this transaction, which holds the write lock: they change
+    // only through a job of this batch, which clears them. A batch of signatures with
+    // one key reads its row once, not once per signature.
+    let mut key_rows: HashMap<&str, Option<KeyUseState>> = HashMap::new();
     for job in jobs {
         // A key use (every signature) or a plain record writes only its audit record,
         // after its one check: when the check refuses, nothing was written, so it needs
         // no savepoint (two round trips fewer per signature on PostgreSQL). Any other
         // failure of such a job fails the whole batch: on PostgreSQL a failed statement
         // aborts the transaction, and a COMMIT then rolls back without an error.
-        if matches!(job.op, Op::None | Op::KeyUse { .. }) {
-            match apply(conn, &job.op, &job.audit, &tip, key).await {
-                Ok((next, outcome)) => {
+        if let Op::KeyUse { key_id, handle } = &job.op {
+            let row = match key_rows.get(key_id.as_str()) {
+                Some(row) => row.clone(),
+                None => {
+                    let row = conn.key_use_state(key_id).await?;
+                    key_rows.insert(key_id, row.clone());
+                    row
+                }
+            };
+            match rules::direct_use(key_id, handle, row) {
+                Ok(()) => {
+                    tip = chain::append(conn, &job.audit, &tip, key).await?;
                     results.push(Ok(Applied {
-                        seq: next.seq,
-                        outcome,
+                        seq: tip.seq,
+                        outcome: None,
                     }));
-                    tip = next;
                 }
-                Err(e @ (StoreError::KeyNotActive(_) | StoreError::KeyChanged(_))) => {
-                    results.push(Err(e))
-                }
-                Err(e) => return Err(e),
+                Err(e) => results.push(Err(e)),
             }
             continue;
+        }
+        if matches!(job.op, Op::None) {
+            tip = chain::append(conn, &job.audit, &tip, key).await?;
+            results.push(Ok(Applied {
+                seq: tip.seq,
+                outcome: None,
+            }));
+            continue;
+        }
+        if job.op.changes_keys() {
+            key_rows.clear();
         }
         conn.savepoint().await?;
         match apply(conn, &job.op, &job.audit, &tip, key).await {

@@ -299,7 +299,7 @@ impl Harness {
         )
         .await
         .unwrap();
-        let state = AppState {
+        let state = AppState::new(influxion_server::Services {
             store,
             backends: influxion_core::Backends::new(backend),
             validator: Validator::new(cfg).unwrap(),
@@ -312,7 +312,7 @@ impl Harness {
             feed: Default::default(),
             metrics: Default::default(),
             rate_limits: Default::default(),
-        };
+        });
         let h = Self {
             router: influxion_server::app(state.clone()),
             state,
@@ -343,7 +343,9 @@ impl Harness {
     /// The same store and identity provider behind other key backends, as after a
     /// restart with another backend configuration.
     pub(crate) fn with_backends(mut self, backends: influxion_core::Backends) -> Self {
-        self.state.backends = backends;
+        let mut services = (*self.state).clone();
+        services.backends = backends;
+        self.state = AppState::new(services);
         self.router = influxion_server::app(self.state.clone());
         self
     }
@@ -351,7 +353,9 @@ impl Harness {
     /// The same store and identity provider with per-subject rate limits, as after a
     /// restart with a `[rate_limits]` table.
     pub(crate) fn with_rate_limits(mut self, limits: influxion_server::RateLimits) -> Self {
-        self.state.rate_limits = Arc::new(influxion_server::SubjectLimiter::new(limits));
+        let mut services = (*self.state).clone();
+        services.rate_limits = Arc::new(influxion_server::SubjectLimiter::new(limits));
+        self.state = AppState::new(services);
         self.router = influxion_server::app(self.state.clone());
         self
     }

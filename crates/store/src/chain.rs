@@ -36,12 +36,24 @@ pub(crate) async fn append(
     tip: &ChainTip,
     key: &AuditKey,
 ) -> Result<ChainTip> {
-    let r = audit::extend(tip, e, crate::now_rfc3339(), key)?;
+    let (r, next) = extend(e, tip, key)?;
     conn.audit_insert(&r).await?;
-    Ok(ChainTip {
+    Ok(next)
+}
+
+/// The record that extends the chain at `tip` with `e`, and the new tip; written by
+/// the caller (the writer gathers a batch's records into a few statements).
+pub(crate) fn extend(
+    e: &AuditEvent,
+    tip: &ChainTip,
+    key: &AuditKey,
+) -> Result<(audit::AuditRecord, ChainTip)> {
+    let r = audit::extend(tip, e, crate::now_rfc3339(), key)?;
+    let next = ChainTip {
         seq: crate::error::seq_u64(r.seq)?,
-        hash: r.hash,
-    })
+        hash: r.hash.clone(),
+    };
+    Ok((r, next))
 }
 
 /// Seal the head at `tip` (seq 0 and the genesis hash for an empty log).

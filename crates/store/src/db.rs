@@ -313,6 +313,8 @@ pub(crate) trait Conn: Send {
         keyed: bool,
     ) -> Result<Vec<AuditRecord>>;
     async fn audit_insert(&mut self, r: &AuditRecord) -> Result<()>;
+    /// Several consecutive records, in a few multi-row statements.
+    async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()>;
     async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()>;
     async fn audit_set_mac(&mut self, seq: i64, mac: &str) -> Result<()>;
 

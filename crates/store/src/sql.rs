@@ -169,3 +169,34 @@ mod tests {
         );
     }
 }
+
+/// `rows` in runs of 64, 16, 4 and 1 (largest first), so that a multi-row INSERT has one
+/// of four shapes: each connection's statement cache keeps four prepared statements,
+/// not one per batch size.
+pub(crate) fn insert_runs<T>(mut rows: &[T]) -> impl Iterator<Item = &[T]> {
+    std::iter::from_fn(move || {
+        let n = [64, 16, 4, 1].into_iter().find(|n| *n <= rows.len())?;
+        let (run, rest) = rows.split_at(n);
+        rows = rest;
+        Some(run)
+    })
+}
+
+#[cfg(test)]
+mod insert_run_tests {
+    use super::insert_runs;
+
+    #[test]
+    fn runs_cover_every_row_once_in_order_with_four_shapes() {
+        for n in 0..300usize {
+            let rows: Vec<usize> = (0..n).collect();
+            let runs: Vec<&[usize]> = insert_runs(&rows).collect();
+            assert_eq!(runs.concat(), rows);
+            assert!(runs.iter().all(|r| [64, 16, 4, 1].contains(&r.len())));
+            // Never more than three runs of each smaller size.
+            for size in [16, 4, 1] {
+                assert!(runs.iter().filter(|r| r.len() == size).count() <= 3, "{n}");
+            }
+        }
+    }
+}

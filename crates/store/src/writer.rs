@@ -7,7 +7,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::access::RequestOutcome;
 use crate::apply::apply;
-use crate::audit::{AuditEvent, AuditKey, ChainTip, Outcome};
+use crate::audit::{AuditEvent, AuditKey, AuditRecord, ChainTip, Outcome};
 use crate::chain;
 use crate::db::{Change, Conn, KeyUseState, Lock, Signals};
 use crate::ops::Op;
@@ -136,6 +136,9 @@ async fn commit_batch(
     // only through a job of this batch, which clears them. A batch of signatures with
     // one key reads its row once, not once per signature.
     let mut key_rows: HashMap<&str, Option<KeyUseState>> = HashMap::new();
+    // Records of key uses and plain records, made in order but written together, in a
+    // few multi-row statements, before any other operation and before the head.
+    let mut unwritten: Vec<AuditRecord> = Vec::new();
     for job in jobs {
         // A key use (every signature) or a plain record writes only its audit record,
         // after its one check: when the check refuses, nothing was written, so it needs
@@ -153,7 +156,9 @@ async fn commit_batch(
             };
             match rules::direct_use(key_id, handle, row) {
                 Ok(()) => {
-                    tip = chain::append(conn, &job.audit, &tip, key).await?;
+                    let (record, next) = chain::extend(&job.audit, &tip, key)?;
+                    unwritten.push(record);
+                    tip = next;
                     results.push(Ok(Applied {
                         seq: tip.seq,
                         outcome: None,
@@ -164,13 +169,17 @@ async fn commit_batch(
             continue;
         }
         if matches!(job.op, Op::None) {
-            tip = chain::append(conn, &job.audit, &tip, key).await?;
+            let (record, next) = chain::extend(&job.audit, &tip, key)?;
+            unwritten.push(record);
+            tip = next;
             results.push(Ok(Applied {
                 seq: tip.seq,
                 outcome: None,
             }));
             continue;
         }
+        conn.audit_insert_many(&std::mem::take(&mut unwritten))
+            .await?;
         if job.op.changes_keys() {
             key_rows.clear();
         }
@@ -191,6 +200,7 @@ async fn commit_batch(
             }
         }
     }
+    conn.audit_insert_many(&unwritten).await?;
     if tip.seq > 0 {
         chain::set_head(conn, &tip, key).await?;
     }

@@ -174,6 +174,29 @@ impl Conn for SqliteConn {
         Ok(())
     }
 
+    async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()> {
+        for run in crate::sql::insert_runs(rs) {
+            let mut q = sqlx::QueryBuilder::<Sqlite>::new(
+                "INSERT INTO audit_log (seq, at, actor, actor_label, action, target, outcome, detail, prev_hash, hash, mac) ",
+            );
+            q.push_values(run, |mut b, r| {
+                b.push_bind(r.seq)
+                    .push_bind(&r.at)
+                    .push_bind(&r.actor)
+                    .push_bind(&r.actor_label)
+                    .push_bind(&r.action)
+                    .push_bind(&r.target)
+                    .push_bind(&r.outcome)
+                    .push_bind(&r.detail)
+                    .push_bind(&r.prev_hash)
+                    .push_bind(&r.hash)
+                    .push_bind(&r.mac);
+            });
+            q.build().execute(self.c()).await?;
+        }
+        Ok(())
+    }
+
     async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()> {
         sqlx::query(
             "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)

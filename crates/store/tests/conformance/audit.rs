@@ -144,11 +144,10 @@ pub(crate) async fn the_key_cache_sees_every_change<B: Backend>() {
     let name = key.name.clone();
     let first = s.key(&name).await.unwrap().unwrap();
     assert_eq!(first.status, KeyStatus::Active);
+    // (Whether the second read came from the cache is not observable here: on
+    // PostgreSQL the store's own change notification may arrive between the reads.)
     let again = s.key(&name).await.unwrap().unwrap();
-    assert!(
-        std::sync::Arc::ptr_eq(&first, &again),
-        "read from the cache"
-    );
+    assert_eq!(again.handle, first.handle);
     s.set_key_status(&name, KeyStatus::Disabled, ev("key.disable"))
         .await
         .unwrap();

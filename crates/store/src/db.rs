@@ -28,6 +28,9 @@ pub(crate) struct Opened {
     /// `Some(fresh)` when this open created the keyed audit schema: the log must be
     /// keyed now, before anything else writes (`fresh`: the database was new).
     pub keying: Option<bool>,
+    /// The writer connection is not tied to the runtime that opened it (SQLite's runs
+    /// on a thread of its own), so the writer may run on a thread of its own too.
+    pub writer_thread: bool,
 }
 
 /// Which lock a transaction takes when it begins.

@@ -106,6 +106,7 @@ impl Store {
             db,
             writer: mut conn,
             keying,
+            writer_thread,
         } = databases::open(url, password).await?;
         let audit_key = Arc::new(audit_key);
         if let Some(fresh) = keying {
@@ -124,13 +125,29 @@ impl Store {
         db.follow(signals.clone());
         let (tx, rx) = mpsc::channel(4096);
         let commit_observer = Arc::new(std::sync::OnceLock::new());
-        tokio::spawn(writer::run(
+        let writer = writer::run(
             conn,
             rx,
             signals.clone(),
             audit_key.clone(),
             commit_observer.clone(),
-        ));
+        );
+        if writer_thread {
+            // Under load the request tasks fill the runtime's queues, and the writer,
+            // which awaits its connection a dozen times per batch, waited behind them
+            // at every step. On a thread of its own it is scheduled by the kernel
+            // alone. It ends when the last handle to the store is dropped.
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+            std::thread::Builder::new()
+                .name("influxion-writer".into())
+                .spawn(move || rt.block_on(writer))
+                .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        } else {
+            tokio::spawn(writer);
+        }
         Ok(Self {
             db,
             writer: tx,

@@ -239,6 +239,8 @@ pub(crate) async fn open(url: &str, password: Option<Arc<dyn DatabasePassword>>)
         // replica may have created it a moment ago; sealing an empty log twice
         // writes the same head.)
         keying: applied.is_empty().then_some(true),
+        // Its connections belong to the pool's runtime.
+        writer_thread: false,
     })
 }
 

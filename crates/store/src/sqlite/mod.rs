@@ -76,6 +76,7 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
         db: Arc::new(SqliteDb { pool }),
         writer: Box::new(SqliteConn::own(writer)),
         keying: (!applied.contains(&KEYED_AUDIT_MIGRATION)).then_some(applied.is_empty()),
+        writer_thread: true,
     })
 }
 

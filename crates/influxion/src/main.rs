@@ -154,6 +154,13 @@ fn init_tracing() {
     }
 }
 
+/// jemalloc rather than glibc's malloc: the request path allocates and frees small
+/// buffers across threads, and glibc spent a tenth of the sign path's CPU in malloc,
+/// free and consolidation (BENCHMARKS.md, issue 19). mimalloc was as fast but held
+/// 46 MiB idle against jemalloc's 28 MiB.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();

@@ -5,10 +5,12 @@
 use crate::access::{Decision, RequestOutcome};
 use crate::audit::{AuditEvent, AuditKey, ChainTip, Outcome};
 use crate::chain;
-use crate::db::{Conn, Inserted, PendingKind, VoteRow};
+use crate::db::{CaState, Conn, Inserted, PendingKind, VoteRow};
 use crate::ops::{Op, PkiOp};
+use crate::pki::CertRecord;
 use crate::rules::{self, Open, Tally};
 use crate::{KeyRecord, StoreError};
+use influxion_core::KeyStatus;
 
 type Result<T> = std::result::Result<T, StoreError>;
 
@@ -423,19 +425,7 @@ async fn apply_pki(conn: &mut dyn Conn, op: &PkiOp) -> Result<()> {
             ca_key_id,
             max_per_device,
         } => {
-            let state = conn.ca_state(&cert.ca).await?;
-            let key_status = conn.key_status(ca_key_id).await?;
-            rules::ca_may_issue(&cert.ca, state.as_ref(), ca_key_id, key_status)?;
-            serial_unused(conn, &cert.serial).await?;
-            if *max_per_device > 0 {
-                let held = conn
-                    .device_certificates(&cert.profile, &cert.device_id)
-                    .await?;
-                rules::device_quota(&held, &cert.issued_at, &cert.device_id, *max_per_device)?;
-            }
-            conn.insert_certificate(cert)
-                .await?
-                .or(|| StoreError::DuplicateCertificate(cert.serial.clone()))?;
+            issue(conn, cert, ca_key_id, *max_per_device, &mut CaRows::new()).await??;
         }
         PkiOp::Revoke { serial, at, reason } => {
             let status = conn.certificate_status(serial).await?;
@@ -468,6 +458,55 @@ async fn apply_pki(conn: &mut dyn Conn, op: &PkiOp) -> Result<()> {
 
 /// Serials are unique across device and CA certificates: both kinds appear on a
 /// parent's CRL, so a shared serial would revoke the wrong one.
+/// CA rows (the CA's state, its key's status) as read in the writer's transaction,
+/// by CA name: valid until a job that changes PKI data.
+pub(crate) type CaRows = std::collections::HashMap<String, (Option<CaState>, Option<KeyStatus>)>;
+
+/// Issue `cert`: the checks first, then the one insert, so a refusal (the inner
+/// error) has written nothing and needs no savepoint. The outer error is the
+/// database's.
+pub(crate) async fn issue(
+    conn: &mut dyn Conn,
+    cert: &CertRecord,
+    ca_key_id: &str,
+    max_per_device: u32,
+    cas: &mut CaRows,
+) -> Result<Result<()>> {
+    let (state, key_status) = match cas.get(&cert.ca) {
+        Some(row) => row.clone(),
+        None => {
+            let row = (
+                conn.ca_state(&cert.ca).await?,
+                conn.key_status(ca_key_id).await?,
+            );
+            cas.insert(cert.ca.clone(), row.clone());
+            row
+        }
+    };
+    if let Err(e) = rules::ca_may_issue(&cert.ca, state.as_ref(), ca_key_id, key_status) {
+        return Ok(Err(e));
+    }
+    if conn.serial_taken(&cert.serial).await? {
+        return Ok(Err(StoreError::DuplicateCertificate(cert.serial.clone())));
+    }
+    if max_per_device > 0 {
+        let held = conn
+            .device_certificates(&cert.profile, &cert.device_id)
+            .await?;
+        if let Err(e) = rules::device_quota(&held, &cert.issued_at, &cert.device_id, max_per_device)
+        {
+            return Ok(Err(e));
+        }
+    }
+    // The serial was just found free under the write lock. Should the insert fail
+    // anyway, on PostgreSQL the transaction is aborted and the whole batch fails:
+    // nothing is acknowledged that did not commit.
+    Ok(conn
+        .insert_certificate(cert)
+        .await?
+        .or(|| StoreError::DuplicateCertificate(cert.serial.clone())))
+}
+
 async fn serial_unused(conn: &mut dyn Conn, serial: &str) -> Result<()> {
     if conn.serial_taken(serial).await? {
         return Err(StoreError::DuplicateCertificate(serial.to_owned()));

@@ -6,11 +6,11 @@ use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::access::RequestOutcome;
-use crate::apply::apply;
+use crate::apply::{self, apply};
 use crate::audit::{AuditEvent, AuditKey, AuditRecord, ChainTip, Outcome};
 use crate::chain;
 use crate::db::{Change, Conn, KeyUseState, Lock, Signals};
-use crate::ops::Op;
+use crate::ops::{Op, PkiOp};
 use crate::{rules, StoreError};
 
 /// Most operations gathered into one transaction.
@@ -139,6 +139,8 @@ async fn commit_batch(
     // Records of key uses and plain records, made in order but written together, in a
     // few multi-row statements, before any other operation and before the head.
     let mut unwritten: Vec<AuditRecord> = Vec::new();
+    // The same for the CAs certificates are issued under.
+    let mut ca_rows = apply::CaRows::new();
     for job in jobs {
         // A key use (every signature) or a plain record writes only its audit record,
         // after its one check: when the check refuses, nothing was written, so it needs
@@ -168,6 +170,29 @@ async fn commit_batch(
             }
             continue;
         }
+        // A certificate: its checks, then its one insert; its record joins the others.
+        if let Op::Pki(pki) = &job.op {
+            if let PkiOp::Issue {
+                cert,
+                ca_key_id,
+                max_per_device,
+            } = &**pki
+            {
+                match apply::issue(conn, cert, ca_key_id, *max_per_device, &mut ca_rows).await? {
+                    Ok(()) => {
+                        let (record, next) = chain::extend(&job.audit, &tip, key)?;
+                        unwritten.push(record);
+                        tip = next;
+                        results.push(Ok(Applied {
+                            seq: tip.seq,
+                            outcome: None,
+                        }));
+                    }
+                    Err(e) => results.push(Err(e)),
+                }
+                continue;
+            }
+        }
         if matches!(job.op, Op::None) {
             let (record, next) = chain::extend(&job.audit, &tip, key)?;
             unwritten.push(record);
@@ -182,6 +207,9 @@ async fn commit_batch(
             .await?;
         if job.op.changes_keys() {
             key_rows.clear();
+        }
+        if job.op.changes_pki() {
+            ca_rows.clear();
         }
         conn.savepoint().await?;
         match apply(conn, &job.op, &job.audit, &tip, key).await {

@@ -138,6 +138,44 @@ pub(crate) async fn key_use_of_a_changed_key_writes_nothing<B: Backend>() {
     assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.policy");
 }
 
+/// Key uses queued behind a `key.disable` (one writer batch, most likely, reading the
+/// key's row once) are refused, and those ahead of it keep their records.
+pub(crate) async fn key_uses_queued_behind_a_disable_are_refused<B: Backend>() {
+    let (_d, s, key) = store_with_a_key::<B>().await;
+    let name = key.name.clone();
+    // join_all polls in order, and each submission is queued on its first poll: the
+    // writer sees 100 uses, the disable, 100 uses, in that order.
+    let uses = |n| {
+        (0..n)
+            .map(|_| {
+                let (s, key) = (s.clone(), key.clone());
+                async move { s.audit_key_use(&key, sign_event()).await }
+            })
+            .collect::<Vec<_>>()
+    };
+    let disable = async {
+        s.set_key_status(&name, KeyStatus::Disabled, ev("key.disable"))
+            .await
+    };
+    let (before, disabled, after) = futures::join!(
+        futures::future::join_all(uses(100)),
+        disable,
+        futures::future::join_all(uses(100))
+    );
+    let disabled = disabled.unwrap();
+    for r in before {
+        assert!(r.unwrap() < disabled);
+    }
+    for r in after {
+        assert!(matches!(r, Err(StoreError::KeyNotActive(_))), "{r:?}");
+    }
+    assert_eq!(s.recent_audit(1).await.unwrap()[0].action, "key.disable");
+    assert!(matches!(
+        s.verify_audit_chain().await.unwrap(),
+        ChainReport::Intact { records: 102, .. }
+    ));
+}
+
 /// Key records are cached; every change through the store is seen by the next read.
 pub(crate) async fn the_key_cache_sees_every_change<B: Backend>() {
     let (_d, s, key) = store_with_a_key::<B>().await;

@@ -88,6 +88,7 @@ macro_rules! conformance_suite {
             audit::key_use_of_a_disabled_key_writes_nothing,
             audit::key_use_of_a_changed_key_writes_nothing,
             audit::the_key_cache_sees_every_change,
+            audit::key_uses_queued_behind_a_disable_are_refused,
             audit::writes_stop_after_the_tail_was_deleted,
             audit::deleted_tail_is_detected,
             audit::fresh_empty_log_is_intact_and_keyed,

@@ -273,6 +273,13 @@ pub(crate) trait Database: Send + Sync {
     /// Connections open in the pool, and how many of them are idle.
     fn pool_status(&self) -> crate::PoolStatus;
 
+    /// Whether a write may be queued for the writer now. False while the database is
+    /// known to be away and no new attempt is due: the caller is answered at once,
+    /// rather than waiting behind the writer's attempt to reach it.
+    fn accepts_writes(&self) -> bool {
+        true
+    }
+
     /// Follow the commits of other processes on this database and bump `signals` for
     /// them, for the life of the store. A database only one process writes (SQLite)
     /// has nothing to follow.

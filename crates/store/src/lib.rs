@@ -197,6 +197,13 @@ impl Store {
     }
 
     pub(crate) async fn submit_op(&self, op: Op, audit: AuditEvent) -> Result<Applied, StoreError> {
+        // While the database is away, only the job that carries the next attempt to
+        // reach it waits for the writer; the others are refused at once (503), as
+        // reads are. (Signatures read their key from the cache, so without this they
+        // queued behind each attempt, up to the acquire timeout.)
+        if !self.db.accepts_writes() {
+            return Err(StoreError::Db(sqlx::Error::PoolTimedOut));
+        }
         let (done, wait) = oneshot::channel();
         self.writer
             .send(Job { op, audit, done })

@@ -123,6 +123,17 @@ impl Breaker {
         }
     }
 
+    /// Whether [`Breaker::acquire`] would try the database now (without claiming the
+    /// attempt): closed, or open with an attempt due and none out.
+    fn attempt_due(&self) -> bool {
+        match &*self.state() {
+            BreakerState::Closed => true,
+            BreakerState::Open { retry_at, probing } => {
+                !*probing && std::time::Instant::now() >= *retry_at
+            }
+        }
+    }
+
     /// A connection from `pool`, unless the database is known to be away.
     pub(crate) async fn acquire(
         &self,
@@ -435,6 +446,10 @@ impl Database for PgDb {
             open: self.pool.size(),
             idle: self.pool.num_idle(),
         }
+    }
+
+    fn accepts_writes(&self) -> bool {
+        self.breaker.attempt_due()
     }
 
     async fn conn(&self) -> Result<Box<dyn crate::db::Conn>> {
@@ -828,3 +843,34 @@ impl Database for PgDb {
 
 #[cfg(feature = "test-helpers")]
 crate::test_helpers::impl_tamper!(PgDb);
+
+#[cfg(test)]
+mod breaker_tests {
+    use super::{Breaker, BreakerState};
+    use std::time::{Duration, Instant};
+
+    fn open(b: &Breaker, retry_at: Instant, probing: bool) {
+        *b.state() = BreakerState::Open { retry_at, probing };
+    }
+
+    /// Writes are queued while the database is reachable, and while it is away only
+    /// when an attempt is due and none is out: every other write is refused at once.
+    #[test]
+    fn writes_queue_only_when_an_attempt_is_due() {
+        let b = Breaker::default();
+        assert!(b.attempt_due());
+        let later = Instant::now() + Duration::from_secs(3600);
+        open(&b, later, false);
+        assert!(!b.attempt_due());
+        assert!(!b.admit());
+        let past = Instant::now() - Duration::from_millis(1);
+        open(&b, past, false);
+        assert!(b.attempt_due());
+        // The first caller claims the attempt; from then on nobody else is due.
+        assert!(b.admit());
+        assert!(!b.attempt_due());
+        assert!(!b.admit());
+        open(&b, past, true);
+        assert!(!b.attempt_due());
+    }
+}

@@ -97,28 +97,6 @@ pub trait KeyBackend: Send + Sync {
         digest: &Digest,
     ) -> Result<Vec<u8>, BackendError>;
 
-    /// Whether [`KeyBackend::sign_now`] signs keys of `key_type`: only a backend that
-    /// signs in memory in microseconds, waiting for nothing (the software keystore's
-    /// EC and Ed25519 keys). Certificate building then signs on the caller's thread
-    /// rather than handing the work to a blocking thread and back.
-    fn signs_now(&self, _key_type: KeyType) -> bool {
-        false
-    }
-
-    /// [`KeyBackend::sign`], synchronously, where [`KeyBackend::signs_now`] says so.
-    fn sign_now(
-        &self,
-        _key_id: &str,
-        _key_type: KeyType,
-        _handle: &[u8],
-        _digest: &Digest,
-    ) -> Result<Vec<u8>, BackendError> {
-        Err(BackendError::Unfit(format!(
-            "the {} key backend does not sign synchronously",
-            self.name()
-        )))
-    }
-
     /// Prove the backend can use a stored key: run at start, so a wrong key-encryption
     /// key, a missing token or a refused credential fails there, naming the setting,
     /// rather than as an error on the first signature.

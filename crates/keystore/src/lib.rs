@@ -314,24 +314,6 @@ impl KeyBackend for SoftwareKeystore {
         }
     }
 
-    fn signs_now(&self, key_type: KeyType) -> bool {
-        // RSA private operations take milliseconds: those stay off the caller's thread.
-        !matches!(
-            key_type,
-            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096
-        )
-    }
-
-    fn sign_now(
-        &self,
-        key_id: &str,
-        key_type: KeyType,
-        handle: &[u8],
-        digest: &Digest,
-    ) -> Result<Vec<u8>, BackendError> {
-        self.sign_blocking(key_id, key_type, handle, digest)
-    }
-
     /// The key-encryption key opens the stored key (and the key is of its type).
     async fn check(
         &self,
@@ -432,29 +414,6 @@ mod tests {
                 "{kt}"
             );
             ks.evict("k1");
-        }
-    }
-
-    /// EC and Ed25519 keys sign synchronously (CA keys building certificates); RSA keys
-    /// only through the async path, off the caller's thread.
-    #[tokio::test]
-    async fn ec_and_ed25519_keys_sign_now_rsa_keys_do_not() {
-        let ks = SoftwareKeystore::new(Kek::generate());
-        for kt in KeyType::ALL {
-            let rsa = matches!(kt, KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096);
-            assert_eq!(ks.signs_now(kt), !rsa, "{kt}");
-        }
-        for kt in [KeyType::EcP256, KeyType::EcP384, KeyType::Ed25519] {
-            let g = ks.generate("k", kt).await.unwrap();
-            ks.evict("k");
-            let d = conformance::digest_for(kt.default_algorithm(), b"certificate");
-            let sig = ks.sign_now("k", kt, &g.handle, &d).unwrap();
-            assert_eq!(
-                influxion_verify::verify(kt, &g.public_key_der, &d, &sig).ok(),
-                Some(true),
-                "{kt}"
-            );
-            ks.evict("k");
         }
     }
 

@@ -67,8 +67,7 @@ fn ca_alg(kt: KeyType) -> Option<(CaKeyAlg, SignAlgorithm)> {
     }
 }
 
-/// Run `f` with the CA key, on a blocking thread unless the backend signs at once
-/// ([`influxion_core::KeyBackend::signs_now`]); the key's signatures go through the
+/// Run `f` with the CA key on a blocking thread; the key's signatures go through the
 /// key backend, so the private key never leaves it. The one place a CA key signs.
 pub(crate) async fn with_ca_key<T: Send + 'static>(
     st: &AppState,
@@ -80,18 +79,6 @@ pub(crate) async fn with_ca_key<T: Send + 'static>(
     })?;
     // Resolved once, before the blocking task: an unconfigured backend is a 503 here.
     let backend = st.backends.for_key(key)?.clone();
-    if backend.signs_now(key.key_type) {
-        // A software EC key signs in microseconds: a trip to a blocking thread and
-        // back cost more than the signature (seen in the issuance profile).
-        let signer = |digest: &[u8]| {
-            let d = Digest::new(sign_alg, digest.to_vec()).map_err(|e| e.to_string())?;
-            backend
-                .sign_now(&key.id, key.key_type, &key.handle, &d)
-                .map_err(|e| e.to_string())
-        };
-        let ca_key = CaKey::new(alg, &key.public_key, signer).map_err(build_err)?;
-        return f(&ca_key).map_err(build_err);
-    }
     let key = key.clone();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {

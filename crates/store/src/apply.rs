@@ -5,7 +5,9 @@
 use crate::access::{Decision, RequestOutcome};
 use crate::audit::{AuditEvent, AuditKey, ChainTip, Outcome};
 use crate::chain;
-use crate::db::{CaState, Conn, Inserted, PendingKind, VoteRow};
+use std::collections::HashMap;
+
+use crate::db::{CaState, Conn, Inserted, KeyUseState, PendingKind, VoteRow};
 use crate::ops::{Op, PkiOp};
 use crate::pki::CertRecord;
 use crate::rules::{self, Open, Tally};
@@ -26,9 +28,10 @@ pub(crate) async fn apply(
 ) -> Result<Done> {
     match op {
         Op::None => {}
-        // The writer checks key uses itself (once per key and batch).
+        // The writer takes key uses and certificates through `checked_write` itself,
+        // reading each row once per batch.
         Op::KeyUse { key_id, handle } => {
-            rules::direct_use(key_id, handle, conn.key_use_state(key_id).await?)?;
+            key_use(conn, key_id, handle, &mut BatchRows::default()).await??;
         }
         Op::InsertKey(k) => insert_key(conn, k).await?,
         Op::Pki(op) => apply_pki(conn, op).await?,
@@ -425,7 +428,14 @@ async fn apply_pki(conn: &mut dyn Conn, op: &PkiOp) -> Result<()> {
             ca_key_id,
             max_per_device,
         } => {
-            issue(conn, cert, ca_key_id, *max_per_device, &mut CaRows::new()).await??;
+            issue(
+                conn,
+                cert,
+                ca_key_id,
+                *max_per_device,
+                &mut BatchRows::default(),
+            )
+            .await??;
         }
         PkiOp::Revoke { serial, at, reason } => {
             let status = conn.certificate_status(serial).await?;
@@ -458,28 +468,84 @@ async fn apply_pki(conn: &mut dyn Conn, op: &PkiOp) -> Result<()> {
 
 /// Serials are unique across device and CA certificates: both kinds appear on a
 /// parent's CRL, so a shared serial would revoke the wrong one.
-/// CA rows (the CA's state, its key's status) as read in the writer's transaction,
-/// by CA name: valid until a job that changes PKI data.
-pub(crate) type CaRows = std::collections::HashMap<String, (Option<CaState>, Option<KeyStatus>)>;
+/// Rows a writer batch reads once, in its transaction (which holds the write lock):
+/// signing keys as a signature is checked against them, and the CAs certificates are
+/// issued under (state, key status). Valid until a job of the batch changes them.
+#[derive(Default)]
+pub(crate) struct BatchRows {
+    keys: HashMap<String, Option<KeyUseState>>,
+    cas: HashMap<String, (Option<CaState>, Option<KeyStatus>)>,
+}
 
-/// Issue `cert`: the checks first, then the one insert, so a refusal (the inner
-/// error) has written nothing and needs no savepoint. The outer error is the
-/// database's.
-pub(crate) async fn issue(
+impl BatchRows {
+    /// Drop what `op` may change, before it applies.
+    pub(crate) fn forget(&mut self, op: &Op) {
+        if op.changes_keys() {
+            self.keys.clear();
+        }
+        if op.changes_pki() {
+            self.cas.clear();
+        }
+    }
+}
+
+/// The operations that check, then write at most one row of their own besides their
+/// audit record: a key use (every signature), a certificate, a plain record. Their
+/// check and row, and `None` for any other operation. A refusal (the inner error) has
+/// written nothing, so these need no savepoint; the outer error is the database's.
+pub(crate) async fn checked_write(
+    conn: &mut dyn Conn,
+    op: &Op,
+    rows: &mut BatchRows,
+) -> Result<Option<Result<()>>> {
+    Ok(Some(match op {
+        Op::None => Ok(()),
+        Op::KeyUse { key_id, handle } => key_use(conn, key_id, handle, rows).await?,
+        Op::Pki(pki) => match &**pki {
+            PkiOp::Issue {
+                cert,
+                ca_key_id,
+                max_per_device,
+            } => issue(conn, cert, ca_key_id, *max_per_device, rows).await?,
+            _ => return Ok(None),
+        },
+        _ => return Ok(None),
+    }))
+}
+
+async fn key_use(
+    conn: &mut dyn Conn,
+    key_id: &str,
+    handle: &[u8],
+    rows: &mut BatchRows,
+) -> Result<Result<()>> {
+    let row = match rows.keys.get(key_id) {
+        Some(row) => row.clone(),
+        None => {
+            let row = conn.key_use_state(key_id).await?;
+            rows.keys.insert(key_id.to_owned(), row.clone());
+            row
+        }
+    };
+    Ok(rules::direct_use(key_id, handle, row))
+}
+
+/// Issue `cert`: the checks first, then the one insert.
+async fn issue(
     conn: &mut dyn Conn,
     cert: &CertRecord,
     ca_key_id: &str,
     max_per_device: u32,
-    cas: &mut CaRows,
+    rows: &mut BatchRows,
 ) -> Result<Result<()>> {
-    let (state, key_status) = match cas.get(&cert.ca) {
+    let (state, key_status) = match rows.cas.get(&cert.ca) {
         Some(row) => row.clone(),
         None => {
             let row = (
                 conn.ca_state(&cert.ca).await?,
                 conn.key_status(ca_key_id).await?,
             );
-            cas.insert(cert.ca.clone(), row.clone());
+            rows.cas.insert(cert.ca.clone(), row.clone());
             row
         }
     };

@@ -170,6 +170,35 @@ mod tests {
     }
 }
 
+/// The multi-row INSERT of `run`, consecutive audit records, in `DB`'s placeholders.
+pub(crate) fn audit_insert<'a, DB>(
+    run: &'a [crate::audit::AuditRecord],
+) -> sqlx::QueryBuilder<'a, DB>
+where
+    DB: sqlx::Database,
+    i64: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a String: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+    &'a Option<String>: sqlx::Encode<'a, DB> + sqlx::Type<DB>,
+{
+    let mut q = sqlx::QueryBuilder::new(
+        "INSERT INTO audit_log (seq, at, actor, actor_label, action, target, outcome, detail, prev_hash, hash, mac) ",
+    );
+    q.push_values(run, |mut b, r| {
+        b.push_bind(r.seq)
+            .push_bind(&r.at)
+            .push_bind(&r.actor)
+            .push_bind(&r.actor_label)
+            .push_bind(&r.action)
+            .push_bind(&r.target)
+            .push_bind(&r.outcome)
+            .push_bind(&r.detail)
+            .push_bind(&r.prev_hash)
+            .push_bind(&r.hash)
+            .push_bind(&r.mac);
+    });
+    q
+}
+
 /// `rows` in runs of 64, 16, 4 and 1 (largest first), so that a multi-row INSERT has one
 /// of four shapes: each connection's statement cache keeps four prepared statements,
 /// not one per batch size.

@@ -1,6 +1,5 @@
 //! The single writer: group commit of operations with their audit records.
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use tokio::sync::{mpsc, oneshot};
@@ -9,9 +8,9 @@ use crate::access::RequestOutcome;
 use crate::apply::{self, apply};
 use crate::audit::{AuditEvent, AuditKey, AuditRecord, ChainTip, Outcome};
 use crate::chain;
-use crate::db::{Change, Conn, KeyUseState, Lock, Signals};
-use crate::ops::{Op, PkiOp};
-use crate::{rules, StoreError};
+use crate::db::{Change, Conn, Lock, Signals};
+use crate::ops::Op;
+use crate::StoreError;
 
 /// Most operations gathered into one transaction.
 const MAX_BATCH: usize = 512;
@@ -132,85 +131,35 @@ async fn commit_batch(
         tip = resolve_in_doubt(conn, in_doubt, tip, key).await?;
     }
     let mut results = Vec::with_capacity(jobs.len());
-    // Key rows as read in this transaction, which holds the write lock: they change
-    // only through a job of this batch, which clears them. A batch of signatures with
-    // one key reads its row once, not once per signature.
-    let mut key_rows: HashMap<&str, Option<KeyUseState>> = HashMap::new();
-    // Records of key uses and plain records, made in order but written together, in a
-    // few multi-row statements, before any other operation and before the head.
+    let mut rows = apply::BatchRows::default();
+    // Records of key uses, certificates and plain records, made in order but written
+    // together, in a few multi-row statements, before any other operation and before
+    // the head.
     let mut unwritten: Vec<AuditRecord> = Vec::new();
-    // The same for the CAs certificates are issued under.
-    let mut ca_rows = apply::CaRows::new();
     for job in jobs {
-        // A key use (every signature) or a plain record writes only its audit record,
-        // after its one check: when the check refuses, nothing was written, so it needs
-        // no savepoint (two round trips fewer per signature on PostgreSQL). Any other
-        // failure of such a job fails the whole batch: on PostgreSQL a failed statement
-        // aborts the transaction, and a COMMIT then rolls back without an error.
-        if let Op::KeyUse { key_id, handle } = &job.op {
-            let row = match key_rows.get(key_id.as_str()) {
-                Some(row) => row.clone(),
-                None => {
-                    let row = conn.key_use_state(key_id).await?;
-                    key_rows.insert(key_id, row.clone());
-                    row
-                }
-            };
-            match rules::direct_use(key_id, handle, row) {
+        // A key use (every signature), a certificate or a plain record: its check, its
+        // one row, and its record, without a savepoint (two round trips fewer per job
+        // on PostgreSQL). Any other failure of such a job fails the whole batch: on
+        // PostgreSQL a failed statement aborts the transaction, and a COMMIT then rolls
+        // back without an error.
+        if let Some(check) = apply::checked_write(conn, &job.op, &mut rows).await? {
+            results.push(match check {
                 Ok(()) => {
                     let (record, next) = chain::extend(&job.audit, &tip, key)?;
                     unwritten.push(record);
                     tip = next;
-                    results.push(Ok(Applied {
+                    Ok(Applied {
                         seq: tip.seq,
                         outcome: None,
-                    }));
+                    })
                 }
-                Err(e) => results.push(Err(e)),
-            }
-            continue;
-        }
-        // A certificate: its checks, then its one insert; its record joins the others.
-        if let Op::Pki(pki) = &job.op {
-            if let PkiOp::Issue {
-                cert,
-                ca_key_id,
-                max_per_device,
-            } = &**pki
-            {
-                match apply::issue(conn, cert, ca_key_id, *max_per_device, &mut ca_rows).await? {
-                    Ok(()) => {
-                        let (record, next) = chain::extend(&job.audit, &tip, key)?;
-                        unwritten.push(record);
-                        tip = next;
-                        results.push(Ok(Applied {
-                            seq: tip.seq,
-                            outcome: None,
-                        }));
-                    }
-                    Err(e) => results.push(Err(e)),
-                }
-                continue;
-            }
-        }
-        if matches!(job.op, Op::None) {
-            let (record, next) = chain::extend(&job.audit, &tip, key)?;
-            unwritten.push(record);
-            tip = next;
-            results.push(Ok(Applied {
-                seq: tip.seq,
-                outcome: None,
-            }));
+                Err(e) => Err(e),
+            });
             continue;
         }
         conn.audit_insert_many(&std::mem::take(&mut unwritten))
             .await?;
-        if job.op.changes_keys() {
-            key_rows.clear();
-        }
-        if job.op.changes_pki() {
-            ca_rows.clear();
-        }
+        rows.forget(&job.op);
         conn.savepoint().await?;
         match apply(conn, &job.op, &job.audit, &tip, key).await {
             Ok((next, outcome)) => {

@@ -263,23 +263,10 @@ impl Conn for PgConn {
 
     async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()> {
         for run in crate::sql::insert_runs(rs) {
-            let mut q = sqlx::QueryBuilder::<sqlx::Postgres>::new(
-                "INSERT INTO audit_log (seq, at, actor, actor_label, action, target, outcome, detail, prev_hash, hash, mac) ",
-            );
-            q.push_values(run, |mut b, r| {
-                b.push_bind(r.seq)
-                    .push_bind(&r.at)
-                    .push_bind(&r.actor)
-                    .push_bind(&r.actor_label)
-                    .push_bind(&r.action)
-                    .push_bind(&r.target)
-                    .push_bind(&r.outcome)
-                    .push_bind(&r.detail)
-                    .push_bind(&r.prev_hash)
-                    .push_bind(&r.hash)
-                    .push_bind(&r.mac);
-            });
-            q.build().execute(self.connect().await?).await?;
+            crate::sql::audit_insert::<sqlx::Postgres>(run)
+                .build()
+                .execute(self.connect().await?)
+                .await?;
         }
         Ok(())
     }

@@ -5,6 +5,7 @@ use async_trait::async_trait;
 use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
 use sqlx::pool::PoolConnection;
 use sqlx::{Row, Sqlite, SqliteConnection};
+use tokio::sync::mpsc;
 
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
@@ -19,15 +20,16 @@ use crate::sql::{inserted, tables, Dialect};
 use crate::KeyRecord;
 
 enum Inner {
-    Own(SqliteConnection),
+    /// The writer's connection, and the checkpointer it tells of each commit.
+    Own(SqliteConnection, mpsc::Sender<()>),
     Pooled(PoolConnection<Sqlite>),
 }
 
 pub(crate) struct SqliteConn(Inner);
 
 impl SqliteConn {
-    pub(super) fn own(c: SqliteConnection) -> Self {
-        Self(Inner::Own(c))
+    pub(super) fn own(c: SqliteConnection, commits: mpsc::Sender<()>) -> Self {
+        Self(Inner::Own(c, commits))
     }
 
     pub(super) fn pooled(c: PoolConnection<Sqlite>) -> Self {
@@ -36,7 +38,7 @@ impl SqliteConn {
 
     fn c(&mut self) -> &mut SqliteConnection {
         match &mut self.0 {
-            Inner::Own(c) => c,
+            Inner::Own(c, _) => c,
             Inner::Pooled(c) => c,
         }
     }
@@ -60,7 +62,12 @@ impl Conn for SqliteConn {
     }
 
     async fn commit(&mut self) -> Result<()> {
-        self.exec("COMMIT").await
+        self.exec("COMMIT").await?;
+        if let Inner::Own(_, commits) = &self.0 {
+            // Full: a checkpoint is already due, and will copy this commit too.
+            let _ = commits.try_send(());
+        }
+        Ok(())
     }
 
     async fn rollback(&mut self) -> Result<()> {

@@ -71,13 +71,43 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
         .test_before_acquire(false)
         .connect_with(opts.clone())
         .await?;
-    let writer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
+    // The writer does not checkpoint: a checkpoint (copy the WAL's pages into the
+    // database file, fsync it) inside a commit stalled every request of that batch.
+    // A connection of its own checkpoints after commits instead, beside the writer.
+    let writer: sqlx::SqliteConnection =
+        sqlx::ConnectOptions::connect(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
+    let checkpointer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
+    let (commits, committed) = tokio::sync::mpsc::channel(1);
+    tokio::spawn(checkpoints(checkpointer, committed));
     Ok(Opened {
         db: Arc::new(SqliteDb { pool }),
-        writer: Box::new(SqliteConn::own(writer)),
+        writer: Box::new(SqliteConn::own(writer, commits)),
         keying: (!applied.contains(&KEYED_AUDIT_MIGRATION)).then_some(applied.is_empty()),
         writer_thread: true,
     })
+}
+
+/// How long the checkpointer lets commits gather before it copies them: pages written
+/// again and again (the chain head, the newest index pages) are copied once.
+const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// Checkpoint the WAL after commits, until the writer's connection is dropped. PASSIVE:
+/// it never waits for the writer or for readers, and copies what no reader still needs;
+/// the writer starts the WAL over once all of it has been copied.
+async fn checkpoints(
+    mut conn: sqlx::SqliteConnection,
+    mut committed: tokio::sync::mpsc::Receiver<()>,
+) {
+    while committed.recv().await.is_some() {
+        tokio::time::sleep(CHECKPOINT_EVERY).await;
+        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
+            .execute(&mut conn)
+            .await
+        {
+            tracing::warn!(error = %e, "WAL checkpoint failed; retried after the next commit");
+        }
+    }
+    let _ = sqlx::Connection::close(conn).await;
 }
 
 /// Open an existing database read-only: not created, no migrations.

@@ -41,6 +41,7 @@
 //! concurrency, the end-to-end figure is `POST /v1/keys/hsm-demo/sign`.
 
 mod formats;
+mod lean;
 mod pkcs11;
 mod reliability;
 
@@ -514,27 +515,29 @@ async fn main() -> Result<std::process::ExitCode> {
         "end to end: concurrency {} for {}s (after 2s warm-up)",
         args.concurrency, args.seconds
     );
-    let url = if certs {
-        format!("{base}/v1/profiles/device/certificates")
+    let path = if certs {
+        "/v1/profiles/device/certificates"
     } else {
-        format!("{base}/v1/keys/demo/sign")
+        "/v1/keys/demo/sign"
     };
-    let next = std::sync::atomic::AtomicUsize::new(0);
-    let client = http.clone();
-    let make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync> = Arc::new(move || {
-        let body = if csrs.is_empty() {
-            format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest()))
-        } else {
-            let i = next.fetch_add(1, Ordering::Relaxed) % csrs.len();
-            serde_json::json!({"csr": csrs[i]}).to_string()
-        };
-        client
-            .post(url.as_str())
-            .bearer_auth(token.as_str())
-            .header("content-type", "application/json")
-            .body(body)
+    // Bodies made before the run: certificate requests cycle through the CSR pool,
+    // signatures through 8192 random digests.
+    let bodies = if certs {
+        csrs.iter()
+            .map(|csr| serde_json::json!({ "csr": csr }).to_string().into())
+            .collect()
+    } else {
+        (0..8192)
+            .map(|_| format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest())).into())
+            .collect()
+    };
+    let requests = Arc::new(lean::Requests {
+        addr: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
+        path: path.to_owned(),
+        authorization: format!("Bearer {token}"),
+        bodies,
     });
-    let (lat, elapsed, errors) = drive(args.concurrency, args.seconds, make).await?;
+    let (lat, elapsed, errors) = lean::drive(args.concurrency, args.seconds, requests).await?;
     let rps = lat.len() as f64 / elapsed;
     let rss = peak_rss_kib(server.0.id()).unwrap_or(0);
     let audit = audit_verify(&args.influxion, &dir)?;

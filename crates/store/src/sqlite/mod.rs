@@ -91,23 +91,43 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
 /// again and again (the chain head, the newest index pages) are copied once.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
 
-/// Checkpoint the WAL after commits, until the writer's connection is dropped. PASSIVE:
-/// it never waits for the writer or for readers, and copies what no reader still needs;
-/// the writer starts the WAL over once all of it has been copied.
+/// WAL frames (pages) after which the checkpointer makes the writer start the WAL over
+/// from its beginning. 2,000 frames is 8 MiB with 4 KiB pages.
+const RESTART_AFTER_FRAMES: i64 = 2000;
+
+/// Checkpoint the WAL after commits, until the writer's connection is dropped.
+///
+/// PASSIVE first: it never waits for the writer or for readers, and copies what no
+/// reader still needs. But the writer starts the WAL over only if, when it begins, every
+/// frame has been copied, and under a steady stream of commits there is always a newer
+/// one: the WAL would grow without end. So once it holds [`RESTART_AFTER_FRAMES`], a
+/// RESTART checkpoint follows, which holds the writer back for the few frames the
+/// PASSIVE one left (and for readers still on the WAL), so that the next commit writes
+/// from the WAL's start.
 async fn checkpoints(
     mut conn: sqlx::SqliteConnection,
     mut committed: tokio::sync::mpsc::Receiver<()>,
 ) {
     while committed.recv().await.is_some() {
         tokio::time::sleep(CHECKPOINT_EVERY).await;
-        if let Err(e) = sqlx::query("PRAGMA wal_checkpoint(PASSIVE)")
-            .execute(&mut conn)
-            .await
-        {
+        if let Err(e) = checkpoint(&mut conn).await {
             tracing::warn!(error = %e, "WAL checkpoint failed; retried after the next commit");
         }
     }
     let _ = sqlx::Connection::close(conn).await;
+}
+
+async fn checkpoint(conn: &mut sqlx::SqliteConnection) -> Result<()> {
+    // (busy, frames in the WAL, frames copied)
+    let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+        .fetch_one(&mut *conn)
+        .await?;
+    if frames >= RESTART_AFTER_FRAMES {
+        sqlx::query("PRAGMA wal_checkpoint(RESTART)")
+            .execute(&mut *conn)
+            .await?;
+    }
+    Ok(())
 }
 
 /// Open an existing database read-only: not created, no migrations.

@@ -14,7 +14,12 @@ type Result<T> = std::result::Result<T, StoreError>;
 const PAGE: u32 = 1024;
 
 async fn last_record(conn: &mut dyn Conn) -> Result<ChainTip> {
-    Ok(match conn.audit_last().await? {
+    tip_at(conn.audit_last().await?)
+}
+
+/// The tip a last record (seq, hash) makes; genesis for an empty log.
+fn tip_at(last: Option<(i64, String)>) -> Result<ChainTip> {
+    Ok(match last {
         Some((seq, hash)) => ChainTip {
             seq: crate::error::seq_u64(seq)?,
             hash,
@@ -23,11 +28,28 @@ async fn last_record(conn: &mut dyn Conn) -> Result<ChainTip> {
     })
 }
 
-/// The chain tip to append after, inside the writer's transaction (see [`audit::check_tip`]).
-pub(crate) async fn tip(conn: &mut dyn Conn, key: &AuditKey) -> Result<ChainTip> {
-    let last = last_record(conn).await?;
-    let head = conn.audit_head(true).await?;
-    audit::check_tip(last, head.as_ref(), key)
+/// Open the writer's batch: its write transaction (taken up front, so the tip cannot
+/// be stale: another process writing the same database waits), and the tip to append
+/// after (see [`audit::check_tip`]).
+pub(crate) async fn begin(conn: &mut dyn Conn, key: &AuditKey) -> Result<ChainTip> {
+    let (last, head) = conn.begin_append().await?;
+    audit::check_tip(tip_at(last)?, head.as_ref(), key)
+}
+
+/// Close the writer's batch (see [`Conn::finish_append`]): the head is sealed at `tip`
+/// unless the log is still empty.
+pub(crate) async fn finish(
+    conn: &mut dyn Conn,
+    records: &[audit::AuditRecord],
+    tip: &ChainTip,
+    key: &AuditKey,
+    change: &crate::db::Change,
+) -> Result<()> {
+    let mac = audit::head_mac(tip, key)?;
+    let seq =
+        i64::try_from(tip.seq).map_err(|_| StoreError::Corrupt("audit sequence number".into()))?;
+    let head = (tip.seq > 0).then_some((seq, tip.hash.as_str(), mac.as_str()));
+    conn.finish_append(records, head, change).await
 }
 
 pub(crate) async fn append(

@@ -326,6 +326,31 @@ pub(crate) trait Conn: Send {
     /// Several consecutive records, in a few multi-row statements.
     async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()>;
     async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()>;
+    /// The writer's batch opens: the write transaction, then the last record and the
+    /// head (keyed). One round trip where the database can do it in one.
+    async fn begin_append(&mut self) -> Result<(Option<(i64, String)>, Option<Head>)> {
+        self.begin(Lock::Write).await?;
+        Ok((self.audit_last().await?, self.audit_head(true).await?))
+    }
+    /// The writer's batch closes: its remaining records, the sealed head (`None`: the
+    /// log is empty), the announcement of `change`, the commit. One round trip where the
+    /// database can do it in one. An error may come from the commit itself: whether
+    /// the transaction committed is then unknown (see `writer::InDoubt`).
+    async fn finish_append(
+        &mut self,
+        records: &[AuditRecord],
+        head: Option<(i64, &str, &str)>,
+        change: &Change,
+    ) -> Result<()> {
+        self.audit_insert_many(records).await?;
+        if let Some((seq, hash, mac)) = head {
+            self.audit_set_head(seq, hash, mac).await?;
+        }
+        if *change != Change::default() {
+            self.announce(change).await?;
+        }
+        self.commit().await
+    }
     async fn audit_set_mac(&mut self, seq: i64, mac: &str) -> Result<()>;
 
     // Keys.

@@ -8,7 +8,7 @@ use crate::access::RequestOutcome;
 use crate::apply::{self, apply};
 use crate::audit::{AuditEvent, AuditKey, AuditRecord, ChainTip, Outcome};
 use crate::chain;
-use crate::db::{Change, Conn, Lock, Signals};
+use crate::db::{Change, Conn, Signals};
 use crate::ops::Op;
 use crate::StoreError;
 
@@ -125,8 +125,7 @@ async fn commit_batch(
 ) -> Result<(Vec<Result<Applied, StoreError>>, Change), StoreError> {
     // The write lock up front, so the chain tip read below cannot be stale (another
     // process writing the same database waits).
-    conn.begin(Lock::Write).await?;
-    let mut tip = chain::tip(conn, key).await?;
+    let mut tip = chain::begin(conn, key).await?;
     if !in_doubt.is_empty() {
         tip = resolve_in_doubt(conn, in_doubt, tip, key).await?;
     }
@@ -177,10 +176,6 @@ async fn commit_batch(
             }
         }
     }
-    conn.audit_insert_many(&unwritten).await?;
-    if tip.seq > 0 {
-        chain::set_head(conn, &tip, key).await?;
-    }
     // Only what committed counts: a job rolled back to its savepoint changed nothing.
     let done = || jobs.iter().zip(&results).filter(|(_, r)| r.is_ok());
     let change = Change {
@@ -193,15 +188,14 @@ async fn commit_batch(
             .map(|a| a.seq)
             .max(),
     };
-    if change != Change::default() {
-        conn.announce(&change).await?;
-    }
     let first = results
         .iter()
         .filter_map(|r| r.as_ref().ok())
         .map(|a| a.seq)
         .min();
-    match conn.commit().await {
+    // The records left, the head and the commit, in one round trip where the database
+    // allows it.
+    match chain::finish(conn, &unwritten, &tip, key, &change).await {
         Ok(()) => in_doubt.clear(),
         Err(e) => {
             // Whether the server committed is unknown until it can be asked.
@@ -222,6 +216,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
+    use crate::db::Lock;
 
     fn job(action: &str) -> (Job, oneshot::Receiver<Result<Applied, StoreError>>) {
         let (done, rx) = oneshot::channel();

@@ -31,7 +31,15 @@ pub(crate) struct Opened {
     /// The writer connection is not tied to the runtime that opened it (SQLite's runs
     /// on a thread of its own), so the writer may run on a thread of its own too.
     pub writer_thread: bool,
+    /// Where commits on the writer's connection are not durable when they return
+    /// (SQLite: the writer commits with `synchronous=NORMAL`), what makes them so: it
+    /// syncs everything committed before the call. The writer answers a batch only
+    /// after it, and overlaps it with the next batch (`writer::Syncer`).
+    pub wal_sync: Option<WalSync>,
 }
+
+/// Makes every commit made before the call durable (see [`Opened::wal_sync`]).
+pub(crate) type WalSync = Box<dyn Fn() -> std::io::Result<()> + Send>;
 
 /// Which lock a transaction takes when it begins.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

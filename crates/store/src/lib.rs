@@ -107,13 +107,19 @@ impl Store {
             writer: mut conn,
             keying,
             writer_thread,
+            wal_sync,
         } = databases::open(url, password).await?;
         let audit_key = Arc::new(audit_key);
         if let Some(fresh) = keying {
             // Keyed just now: seal the log once, before anything else writes to it.
             conn.begin(Lock::Write).await?;
             match chain::key_on_upgrade(conn.as_mut(), &audit_key, fresh).await {
-                Ok(()) => conn.commit().await?,
+                Ok(()) => {
+                    conn.commit().await?;
+                    if let Some(sync) = &wal_sync {
+                        sync().map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+                    }
+                }
                 Err(e) => {
                     let _ = conn.rollback().await;
                     return Err(e);
@@ -125,12 +131,17 @@ impl Store {
         db.follow(signals.clone());
         let (tx, rx) = mpsc::channel(4096);
         let commit_observer = Arc::new(std::sync::OnceLock::new());
+        let syncer = wal_sync
+            .map(|sync| writer::Syncer::start(sync, signals.clone()))
+            .transpose()
+            .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
         let writer = writer::run(
             conn,
             rx,
             signals.clone(),
             audit_key.clone(),
             commit_observer.clone(),
+            syncer,
         );
         if writer_thread {
             // Under load the request tasks fill the runtime's queues, and the writer,

@@ -8,7 +8,7 @@ use crate::access::RequestOutcome;
 use crate::apply::{self, apply};
 use crate::audit::{AuditEvent, AuditKey, AuditRecord, ChainTip, Outcome};
 use crate::chain;
-use crate::db::{Change, Conn, Signals};
+use crate::db::{Change, Conn, Signals, WalSync};
 use crate::ops::Op;
 use crate::StoreError;
 
@@ -35,20 +35,34 @@ pub(crate) async fn run(
     signals: Signals,
     key: Arc<AuditKey>,
     observer: Arc<std::sync::OnceLock<Arc<dyn crate::CommitObserver>>>,
+    syncer: Option<Syncer>,
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     let mut in_doubt: Vec<InDoubt> = Vec::new();
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let jobs = std::mem::take(&mut batch);
+        if let Some(e) = syncer.as_ref().and_then(|s| s.failed.get()) {
+            // Nothing written can be made durable: refuse rather than answer for
+            // records a power cut could take back.
+            for job in jobs {
+                let _ = job.done.send(Err(StoreError::Commit(e.clone())));
+            }
+            continue;
+        }
         let started = std::time::Instant::now();
         match commit_batch(conn.as_mut(), &jobs, &key, &mut in_doubt).await {
             Ok((results, change)) => {
-                signals.changed(&change);
                 if let Some(o) = observer.get() {
                     o.batch_committed(jobs.len(), started.elapsed());
                 }
-                for (job, result) in jobs.into_iter().zip(results) {
-                    let _ = job.done.send(result);
+                let committed = Committed {
+                    jobs,
+                    results,
+                    change,
+                };
+                match &syncer {
+                    Some(s) => s.answer_when_durable(committed),
+                    None => committed.answer(&signals),
                 }
             }
             Err(e) => {
@@ -66,6 +80,71 @@ pub(crate) async fn run(
                 }
             }
         }
+    }
+}
+
+/// A committed batch, not yet answered.
+struct Committed {
+    jobs: Vec<Job>,
+    results: Vec<Result<Applied, StoreError>>,
+    change: Change,
+}
+
+impl Committed {
+    /// The caches learn of the change before any caller hears of its result.
+    fn answer(self, signals: &Signals) {
+        signals.changed(&self.change);
+        for (job, result) in self.jobs.into_iter().zip(self.results) {
+            let _ = job.done.send(result);
+        }
+    }
+}
+
+/// Answers committed batches once they are durable, on a thread of its own, while the
+/// writer goes on with the next batch (SQLite; see `Opened::wal_sync`). One sync covers
+/// every batch committed before it, so batches that wait together are synced once.
+pub(crate) struct Syncer {
+    tx: std::sync::mpsc::Sender<Committed>,
+    /// Set when a sync failed. After a failed fsync the kernel may have dropped the
+    /// unwritten pages, and a later fsync would not report it: the writer refuses every
+    /// batch from then on, until the process is restarted (and SQLite recovers the WAL).
+    failed: Arc<std::sync::OnceLock<Arc<StoreError>>>,
+}
+
+impl Syncer {
+    pub(crate) fn start(sync: WalSync, signals: Signals) -> std::io::Result<Self> {
+        let (tx, rx) = std::sync::mpsc::channel::<Committed>();
+        let failed = Arc::new(std::sync::OnceLock::new());
+        let failure = failed.clone();
+        std::thread::Builder::new()
+            .name("influxion-walsync".into())
+            .spawn(move || {
+                while let Ok(first) = rx.recv() {
+                    let mut group = vec![first];
+                    group.extend(rx.try_iter());
+                    if let Err(e) = sync() {
+                        tracing::error!(error = %e, "the write-ahead log could not be synced; refusing every write until restarted");
+                        let e: &Arc<StoreError> = failure
+                            .get_or_init(|| Arc::new(StoreError::Db(sqlx::Error::Io(e))));
+                        for c in &mut group {
+                            for r in &mut c.results {
+                                *r = Err(StoreError::Commit(e.clone()));
+                            }
+                        }
+                    }
+                    for c in group {
+                        // Rows that committed are visible whether or not the sync
+                        // held: the caches must follow them either way.
+                        c.answer(&signals);
+                    }
+                }
+            })?;
+        Ok(Self { tx, failed })
+    }
+
+    fn answer_when_durable(&self, c: Committed) {
+        // The thread ends only when this sender is dropped, with the writer.
+        let _ = self.tx.send(c);
     }
 }
 
@@ -305,5 +384,77 @@ mod tests {
             matches!(report, crate::ChainReport::Intact { records: 3, .. }),
             "{report:?}"
         );
+    }
+
+    /// A writer on a fresh SQLite file whose WAL sync is `sync`; its job queue.
+    async fn writer_with(
+        dir: &tempfile::TempDir,
+        sync: WalSync,
+    ) -> (mpsc::Sender<Job>, Arc<dyn crate::db::Database>) {
+        let url = format!("sqlite://{}/w.db", dir.path().display());
+        let opened = crate::sqlite::open(&url).await.unwrap();
+        let key = AuditKey::new(zeroize::Zeroizing::new([3u8; 32]));
+        let mut conn = opened.writer;
+        conn.begin(Lock::Write).await.unwrap();
+        chain::key_on_upgrade(conn.as_mut(), &key, true)
+            .await
+            .unwrap();
+        conn.commit().await.unwrap();
+        let (signals, _) = Signals::new(0);
+        let syncer = Syncer::start(sync, signals.clone()).unwrap();
+        let (tx, rx) = mpsc::channel(16);
+        tokio::spawn(run(
+            conn,
+            rx,
+            signals,
+            Arc::new(key),
+            Arc::new(std::sync::OnceLock::new()),
+            Some(syncer),
+        ));
+        (tx, opened.db)
+    }
+
+    #[tokio::test]
+    async fn a_batch_is_answered_only_after_a_sync_that_followed_its_commit() {
+        let dir = tempfile::tempdir().unwrap();
+        let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = syncs.clone();
+        let (tx, db) = writer_with(
+            &dir,
+            Box::new(move || {
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(())
+            }),
+        )
+        .await;
+        for n in 1..=3u64 {
+            let (j, rx) = job("a");
+            tx.send(j).await.unwrap();
+            assert_eq!(rx.await.unwrap().unwrap().seq, n);
+            // The answer came after this batch's own sync.
+            assert!(syncs.load(std::sync::atomic::Ordering::SeqCst) >= n);
+        }
+        assert_eq!(db.audit_last_seq().await.unwrap(), 3);
+    }
+
+    #[tokio::test]
+    async fn after_a_failed_sync_every_write_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, db) = writer_with(
+            &dir,
+            Box::new(|| Err(std::io::Error::other("EIO from the disk"))),
+        )
+        .await;
+        // The batch committed, but its sync failed: its caller hears of the failure.
+        let (a, rx) = job("a");
+        tx.send(a).await.unwrap();
+        assert!(matches!(rx.await.unwrap(), Err(StoreError::Commit(_))));
+        assert_eq!(db.audit_last_seq().await.unwrap(), 1);
+        // From then on nothing is written.
+        let (b, rx) = job("b");
+        tx.send(b).await.unwrap();
+        let e = rx.await.unwrap().unwrap_err();
+        assert!(e.to_string().contains("EIO from the disk"), "{e}");
+        assert_eq!(db.audit_last_seq().await.unwrap(), 1);
     }
 }

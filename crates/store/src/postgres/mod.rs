@@ -252,6 +252,7 @@ pub(crate) async fn open(url: &str, password: Option<Arc<dyn DatabasePassword>>)
         keying: applied.is_empty().then_some(true),
         // Its connections belong to the pool's runtime.
         writer_thread: false,
+        wal_sync: None,
     })
 }
 

@@ -74,8 +74,22 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
     // The writer does not checkpoint: a checkpoint (copy the WAL's pages into the
     // database file, fsync it) inside a commit stalled every request of that batch.
     // A connection of its own checkpoints after commits instead, beside the writer.
-    let writer: sqlx::SqliteConnection =
-        sqlx::ConnectOptions::connect(&opts.clone().pragma("wal_autocheckpoint", "0")).await?;
+    // Nor does its COMMIT wait for the fsync (synchronous=NORMAL): the writer syncs
+    // the WAL itself, on another thread, while it writes the next batch, and answers a
+    // batch only once that sync is done (writer::Syncer). NORMAL keeps the file
+    // consistent across a crash; the sync makes each answered commit durable.
+    // (A database in memory has no WAL to sync, and nothing to make durable.)
+    let in_memory = opts.get_filename() == std::path::Path::new(":memory:");
+    let mut writer_opts = opts.clone().pragma("wal_autocheckpoint", "0");
+    if !in_memory {
+        writer_opts = writer_opts.synchronous(SqliteSynchronous::Normal);
+    }
+    let wal = {
+        let mut p = writer_opts.get_filename().as_os_str().to_owned();
+        p.push("-wal");
+        std::path::PathBuf::from(p)
+    };
+    let writer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&writer_opts).await?;
     let checkpointer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
     let (commits, committed) = tokio::sync::mpsc::channel(1);
     tokio::spawn(checkpoints(checkpointer, committed));
@@ -84,6 +98,11 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
         writer: Box::new(SqliteConn::own(writer, commits)),
         keying: (!applied.contains(&KEYED_AUDIT_MIGRATION)).then_some(applied.is_empty()),
         writer_thread: true,
+        // Opened anew for each sync: the file is the one SQLite writes now, even if it
+        // was removed and made again while every connection was closed.
+        wal_sync: (!in_memory).then(|| -> crate::db::WalSync {
+            Box::new(move || std::fs::File::open(&wal)?.sync_all())
+        }),
     })
 }
 

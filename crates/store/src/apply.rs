@@ -552,9 +552,6 @@ async fn issue(
     if let Err(e) = rules::ca_may_issue(&cert.ca, state.as_ref(), ca_key_id, key_status) {
         return Ok(Err(e));
     }
-    if conn.serial_taken(&cert.serial).await? {
-        return Ok(Err(StoreError::DuplicateCertificate(cert.serial.clone())));
-    }
     if max_per_device > 0 {
         let held = conn
             .device_certificates(&cert.profile, &cert.device_id)
@@ -564,9 +561,10 @@ async fn issue(
             return Ok(Err(e));
         }
     }
-    // The serial was just found free under the write lock. Should the insert fail
-    // anyway, on PostgreSQL the transaction is aborted and the whole batch fails:
-    // nothing is acknowledged that did not commit.
+    // A serial already taken is refused by the insert itself (it changes no row), so
+    // it is not looked up first. Should the insert fail otherwise, on PostgreSQL the
+    // transaction is aborted and the whole batch fails: nothing is acknowledged that
+    // did not commit.
     Ok(conn
         .insert_certificate(cert)
         .await?

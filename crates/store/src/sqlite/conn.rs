@@ -814,7 +814,9 @@ impl Conn for SqliteConn {
         let r = sqlx::query(
             "INSERT INTO certificates (serial, ca, profile, device_id, subject, not_before, not_after, der,
                 requested_by, requested_by_label, issued_at, key_generated, request_key, status)
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, 'valid')",
+             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'valid'
+             WHERE NOT EXISTS (SELECT 1 FROM cas WHERE serial = ?1)
+             ON CONFLICT (serial) DO NOTHING",
         )
         .bind(&c.serial)
         .bind(&c.ca)
@@ -830,8 +832,14 @@ impl Conn for SqliteConn {
         .bind(c.key_generated)
         .bind(&c.request_key)
         .execute(self.c())
-        .await;
-        inserted(r)
+        .await?;
+        // A serial already taken (by a certificate or a CA) changes no row and, unlike
+        // a failed INSERT, leaves a PostgreSQL transaction usable: no look-up first.
+        Ok(if r.rows_affected() == 0 {
+            Inserted::Duplicate
+        } else {
+            Inserted::Yes
+        })
     }
 
     async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>> {

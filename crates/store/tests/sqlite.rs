@@ -461,3 +461,25 @@ async fn any_text_is_stored_exactly_as_hashed() {
         ChainReport::Intact { records: 8, .. }
     ));
 }
+
+/// Another process disables the key between two signatures (here another connection to
+/// the file, which the store's caches know nothing of): the writer trusts no row it
+/// read in an earlier batch once anyone else has written, and refuses the second.
+#[tokio::test]
+async fn a_key_disabled_by_another_process_is_refused_at_the_next_commit() {
+    let (d, s, key) = conformance::audit::store_with_a_key::<Sqlite>().await;
+    for _ in 0..3 {
+        s.audit_key_use(&key, conformance::audit::sign_event())
+            .await
+            .unwrap();
+    }
+    exec(
+        &d.url,
+        &["UPDATE keys SET status = 'disabled' WHERE id = 'k1'"],
+    )
+    .await;
+    let r = s
+        .audit_key_use(&key, conformance::audit::sign_event())
+        .await;
+    assert!(matches!(r, Err(StoreError::KeyNotActive(_))), "{r:?}");
+}

@@ -71,12 +71,12 @@ pub(crate) async fn deleted_record_is_pinpointed<B: Backend>() {
     }
 }
 
-fn sign_event() -> AuditEvent {
+pub(crate) fn sign_event() -> AuditEvent {
     AuditEvent::new(influxion_store::Actor::id_only("t"), "sign", Outcome::Ok)
 }
 
 /// A key `fw` (id `k1`), active and needing no approval, in a fresh store.
-async fn store_with_a_key<B: Backend>() -> (super::TestDb, Store, KeyRecord) {
+pub(crate) async fn store_with_a_key<B: Backend>() -> (super::TestDb, Store, KeyRecord) {
     let (d, s) = store_with::<B>(0).await;
     let key = KeyRecord {
         id: "k1".into(),

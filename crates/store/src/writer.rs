@@ -122,7 +122,14 @@ impl Syncer {
                 while let Ok(first) = rx.recv() {
                     let mut group = vec![first];
                     group.extend(rx.try_iter());
-                    if let Err(e) = sync() {
+                    // After a failed sync nothing later is synced: frames the kernel
+                    // dropped would break the WAL before them, and a later fsync
+                    // would not say so.
+                    let synced = match failure.get() {
+                        Some(_) => Err(std::io::Error::other("an earlier sync failed")),
+                        None => sync(),
+                    };
+                    if let Err(e) = synced {
                         tracing::error!(error = %e, "the write-ahead log could not be synced; refusing every write until restarted");
                         let e: &Arc<StoreError> = failure
                             .get_or_init(|| Arc::new(StoreError::Db(sqlx::Error::Io(e))));
@@ -456,5 +463,41 @@ mod tests {
         let e = rx.await.unwrap().unwrap_err();
         assert!(e.to_string().contains("EIO from the disk"), "{e}");
         assert_eq!(db.audit_last_seq().await.unwrap(), 1);
+    }
+
+    /// A batch committed while an earlier batch's sync was failing is not answered Ok
+    /// by a later sync that succeeds: the frames lost before it break the WAL.
+    #[tokio::test]
+    async fn nothing_committed_behind_a_failed_sync_is_answered_ok() {
+        let dir = tempfile::tempdir().unwrap();
+        let (release, held) = std::sync::mpsc::channel::<()>();
+        let held = std::sync::Mutex::new(held);
+        let calls = std::sync::atomic::AtomicU64::new(0);
+        let (tx, db) = writer_with(
+            &dir,
+            Box::new(move || {
+                if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                    // The first sync waits until the test lets it fail.
+                    let _ = held.lock().unwrap().recv();
+                    return Err(std::io::Error::other("EIO from the disk"));
+                }
+                Ok(())
+            }),
+        )
+        .await;
+        let (a, a_rx) = job("a");
+        tx.send(a).await.unwrap();
+        while db.audit_last_seq().await.unwrap() < 1 {
+            tokio::task::yield_now().await;
+        }
+        // b commits while a's sync is still under way.
+        let (b, b_rx) = job("b");
+        tx.send(b).await.unwrap();
+        while db.audit_last_seq().await.unwrap() < 2 {
+            tokio::task::yield_now().await;
+        }
+        release.send(()).unwrap();
+        assert!(matches!(a_rx.await.unwrap(), Err(StoreError::Commit(_))));
+        assert!(matches!(b_rx.await.unwrap(), Err(StoreError::Commit(_))));
     }
 }

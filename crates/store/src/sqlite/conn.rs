@@ -816,7 +816,7 @@ impl Conn for SqliteConn {
                 requested_by, requested_by_label, issued_at, key_generated, request_key, status)
              SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'valid'
              WHERE NOT EXISTS (SELECT 1 FROM cas WHERE serial = ?1)
-             ON CONFLICT (serial) DO NOTHING",
+             ON CONFLICT DO NOTHING",
         )
         .bind(&c.serial)
         .bind(&c.ca)
@@ -833,8 +833,9 @@ impl Conn for SqliteConn {
         .bind(&c.request_key)
         .execute(self.c())
         .await?;
-        // A serial already taken (by a certificate or a CA) changes no row and, unlike
-        // a failed INSERT, leaves a PostgreSQL transaction usable: no look-up first.
+        // A serial already taken (by a certificate or a CA), or a request key already
+        // used in the profile, changes no row and, unlike a failed INSERT, leaves a
+        // PostgreSQL transaction usable: no look-up first.
         Ok(if r.rows_affected() == 0 {
             Inserted::Duplicate
         } else {

@@ -78,19 +78,22 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
     // the WAL itself, on another thread, while it writes the next batch, and answers a
     // batch only once that sync is done (writer::Syncer). NORMAL keeps the file
     // consistent across a crash; the sync makes each answered commit durable.
-    // (A database in memory has no WAL to sync, and nothing to make durable.)
-    let in_memory = opts.get_filename() == std::path::Path::new(":memory:");
-    let mut writer_opts = opts.clone().pragma("wal_autocheckpoint", "0");
-    if !in_memory {
-        writer_opts = writer_opts.synchronous(SqliteSynchronous::Normal);
-    }
-    let wal = {
-        let mut p = writer_opts.get_filename().as_os_str().to_owned();
-        p.push("-wal");
-        std::path::PathBuf::from(p)
-    };
-    let writer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&writer_opts).await?;
-    let checkpointer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&opts).await?;
+    let writer_opts = opts
+        .clone()
+        .pragma("wal_autocheckpoint", "0")
+        .synchronous(SqliteSynchronous::Normal);
+    let mut writer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&writer_opts).await?;
+    // The file as SQLite opened it (symbolic links resolved: its WAL is beside the
+    // target); empty for a database in memory, which has no WAL to sync.
+    let file: String =
+        sqlx::query_scalar("SELECT file FROM pragma_database_list WHERE name = 'main'")
+            .fetch_one(&mut writer)
+            .await?;
+    let wal = (!file.is_empty()).then(|| std::path::PathBuf::from(format!("{file}-wal")));
+    // A RESTART checkpoint holds the write lock while it waits for readers: the
+    // checkpointer waits briefly, and tries again after later commits.
+    let checkpointer: sqlx::SqliteConnection =
+        sqlx::ConnectOptions::connect(&opts.clone().busy_timeout(CHECKPOINT_BUSY_TIMEOUT)).await?;
     let (commits, committed) = tokio::sync::mpsc::channel(1);
     tokio::spawn(checkpoints(checkpointer, committed));
     Ok(Opened {
@@ -100,7 +103,7 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
         writer_thread: true,
         // Opened anew for each sync: the file is the one SQLite writes now, even if it
         // was removed and made again while every connection was closed.
-        wal_sync: (!in_memory).then(|| -> crate::db::WalSync {
+        wal_sync: wal.map(|wal| -> crate::db::WalSync {
             Box::new(move || std::fs::File::open(&wal)?.sync_all())
         }),
     })
@@ -109,6 +112,10 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
 /// How long the checkpointer lets commits gather before it copies them: pages written
 /// again and again (the chain head, the newest index pages) are copied once.
 const CHECKPOINT_EVERY: Duration = Duration::from_millis(50);
+
+/// How long a checkpoint waits for the writer or for readers before it gives up (to
+/// be tried again after later commits): the writer waits on a RESTART checkpoint.
+const CHECKPOINT_BUSY_TIMEOUT: Duration = Duration::from_millis(20);
 
 /// WAL frames (pages) after which the checkpointer makes the writer start the WAL over
 /// from its beginning. 2,000 frames is 8 MiB with 4 KiB pages.
@@ -138,10 +145,12 @@ async fn checkpoints(
 
 async fn checkpoint(conn: &mut sqlx::SqliteConnection) -> Result<()> {
     // (busy, frames in the WAL, frames copied)
-    let (_, frames, _): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
+    let (busy, frames, copied): (i64, i64, i64) = sqlx::query_as("PRAGMA wal_checkpoint(PASSIVE)")
         .fetch_one(&mut *conn)
         .await?;
-    if frames >= RESTART_AFTER_FRAMES {
+    // Only once everything was copied: frames a reader still needs would make RESTART
+    // wait for that reader while it holds the write lock.
+    if busy == 0 && copied == frames && frames >= RESTART_AFTER_FRAMES {
         sqlx::query("PRAGMA wal_checkpoint(RESTART)")
             .execute(&mut *conn)
             .await?;

@@ -107,6 +107,7 @@ macro_rules! conformance_suite {
             approvals::a_policy_change_decided_against_a_stale_policy_writes_nothing,
             approvals::a_policy_change_applies_at_quorum_and_only_over_its_base_policy,
             pki::issuance_is_checked_at_commit,
+            pki::a_request_key_issues_once,
             pki::ca_lifecycle_and_crl_numbers,
         );
     };

@@ -95,6 +95,29 @@ pub(crate) async fn root_with_profile(s: &Store) {
     assert!(matches!(r, Err(StoreError::DuplicateProfile(_))), "{r:?}");
 }
 
+/// Two certificates for one request key of a profile (two replicas answering the same
+/// retried request): the second is refused as a duplicate, alone; the batch it shares
+/// with other certificates commits.
+pub(crate) async fn a_request_key_issues_once<B: Backend>() {
+    let (_d, s) = store_with::<B>(0).await;
+    root_with_profile(&s).await;
+    let keyed = |serial: &str, device: &str| CertRecord {
+        request_key: Some("retry-1".into()),
+        ..cert(serial, device)
+    };
+    let (a, b, c) = futures::join!(
+        s.record_certificate(keyed("11", "d1"), "k-root", 0, ev("issue")),
+        s.record_certificate(keyed("12", "d2"), "k-root", 0, ev("issue")),
+        s.record_certificate(cert("13", "d3"), "k-root", 0, ev("issue")),
+    );
+    a.unwrap();
+    assert!(
+        matches!(b, Err(StoreError::DuplicateCertificate(_))),
+        "{b:?}"
+    );
+    c.unwrap();
+}
+
 pub(crate) async fn issuance_is_checked_at_commit<B: Backend>() {
     let (_d, s) = store_with::<B>(0).await;
     root_with_profile(&s).await;

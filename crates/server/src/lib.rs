@@ -79,6 +79,7 @@ pub use routes::audit::AuditFeed;
 
 pub fn app(state: AppState) -> Router {
     let metrics = state.metrics.clone();
+    let reads = state.clone();
     Router::new()
         .route("/healthz", get(routes::healthz))
         .route("/readyz", get(routes::readyz))
@@ -202,6 +203,7 @@ pub fn app(state: AppState) -> Router {
         .fallback(routes::not_found)
         .method_not_allowed_fallback(routes::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn_with_state(reads, durable_reads))
         .layer(axum::middleware::from_fn(problem::framework_rejections))
         // Outside the problem layer, so it counts the status the client gets.
         .layer(axum::middleware::from_fn_with_state(
@@ -210,4 +212,25 @@ pub fn app(state: AppState) -> Router {
         ))
         .layer(TraceLayer::new_for_http())
         .with_state(state)
+}
+
+/// A read waits until every commit it may see is durable (`Store::durable`): on SQLite
+/// a batch is visible a moment before its fsync is done, and what a read hands out (a
+/// signing request's signature, a certificate) must not be taken back by a power cut.
+/// Writes are answered only after their own sync already.
+async fn durable_reads(
+    axum::extract::State(st): axum::extract::State<AppState>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    if matches!(
+        *req.method(),
+        axum::http::Method::GET | axum::http::Method::HEAD
+    ) {
+        if let Err(e) = st.store.durable().await {
+            return problem::ApiError::from(e).into_response();
+        }
+    }
+    next.run(req).await
 }

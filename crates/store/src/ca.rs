@@ -168,6 +168,8 @@ impl Store {
         profile: &str,
         request_key: &str,
     ) -> Result<Option<CertRecord>, StoreError> {
+        // A replay hands the certificate out again: not before it is durable.
+        self.durable().await?;
         self.db
             .certificate_by_request_key(profile, request_key)
             .await

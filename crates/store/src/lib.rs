@@ -85,9 +85,24 @@ pub struct Store {
     /// The last committed audit record's sequence number, for readers that wait.
     audit_tip: tokio::sync::watch::Receiver<u64>,
     commit_observer: Arc<std::sync::OnceLock<Arc<dyn CommitObserver>>>,
+    /// Where commits become durable after other connections can see them (SQLite):
+    /// how far the writer's syncer has got.
+    progress: Option<Arc<writer::Progress>>,
 }
 
 impl Store {
+    /// Wait until every commit other connections may already see is durable. On
+    /// SQLite the writer's COMMIT returns before its fsync, which follows on another
+    /// thread; a read that hands out what a batch wrote (a signature, a certificate)
+    /// waits here first, so that a power cut cannot take it back. Immediate where a
+    /// commit is durable when it returns (PostgreSQL). An error if a sync failed.
+    pub async fn durable(&self) -> Result<(), StoreError> {
+        match &self.progress {
+            Some(p) => p.wait().await,
+            None => Ok(()),
+        }
+    }
+
     /// Open (creating if needed) the database at `url` (e.g. `sqlite:///var/lib/influxion/db.sqlite`)
     /// and run migrations. `audit_key` (derived from the KEK) seals the audit chain.
     pub async fn open(url: &str, audit_key: AuditKey) -> Result<Self, StoreError> {
@@ -135,6 +150,7 @@ impl Store {
             .map(|sync| writer::Syncer::start(sync, signals.clone()))
             .transpose()
             .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
+        let progress = syncer.as_ref().map(|s| s.progress.clone());
         let writer = writer::run(
             conn,
             rx,
@@ -160,6 +176,7 @@ impl Store {
             tokio::spawn(writer);
         }
         Ok(Self {
+            progress,
             db,
             writer: tx,
             subjects_gen: signals.subjects,

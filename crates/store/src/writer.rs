@@ -49,6 +49,12 @@ pub(crate) async fn run(
             }
             continue;
         }
+        if let Some(s) = &syncer {
+            // From its COMMIT on, other connections may see the batch.
+            s.progress
+                .started
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
         let started = std::time::Instant::now();
         match commit_batch(conn.as_mut(), &jobs, &key, &mut in_doubt).await {
             Ok((results, change)) => {
@@ -68,6 +74,14 @@ pub(crate) async fn run(
             Err(e) => {
                 tracing::error!(error = %e, "audit batch failed to commit");
                 let _ = conn.rollback().await;
+                if let Some(s) = &syncer {
+                    // Nothing of it is visible, but its count must be synced past.
+                    s.answer_when_durable(Committed {
+                        jobs: Vec::new(),
+                        results: Vec::new(),
+                        change: Change::default(),
+                    });
+                }
                 let e = Arc::new(e);
                 for job in jobs {
                     let err = match &*e {
@@ -109,6 +123,33 @@ pub(crate) struct Syncer {
     /// unwritten pages, and a later fsync would not report it: the writer refuses every
     /// batch from then on, until the process is restarted (and SQLite recovers the WAL).
     failed: Arc<std::sync::OnceLock<Arc<StoreError>>>,
+    pub(crate) progress: Arc<Progress>,
+}
+
+/// How far the syncer has got, for readers: a batch is counted as started before its
+/// COMMIT (from then on other connections may see it) and as synced once a sync after
+/// that COMMIT is done, or failed. Reads wait until every started batch is synced
+/// ([`crate::Store::durable`]), so nothing they hand out can be taken back by a power
+/// cut.
+pub(crate) struct Progress {
+    pub(crate) started: std::sync::atomic::AtomicU64,
+    pub(crate) synced: tokio::sync::watch::Sender<u64>,
+    pub(crate) failed: Arc<std::sync::OnceLock<Arc<StoreError>>>,
+}
+
+impl Progress {
+    /// Until every batch started so far is synced; an error if a sync failed.
+    pub(crate) async fn wait(&self) -> Result<(), StoreError> {
+        let target = self.started.load(std::sync::atomic::Ordering::SeqCst);
+        let mut synced = self.synced.subscribe();
+        if synced.wait_for(|n| *n >= target).await.is_err() {
+            return Err(StoreError::Closed);
+        }
+        match self.failed.get() {
+            Some(e) => Err(StoreError::Commit(e.clone())),
+            None => Ok(()),
+        }
+    }
 }
 
 impl Syncer {
@@ -116,6 +157,12 @@ impl Syncer {
         let (tx, rx) = std::sync::mpsc::channel::<Committed>();
         let failed = Arc::new(std::sync::OnceLock::new());
         let failure = failed.clone();
+        let progress = Arc::new(Progress {
+            started: std::sync::atomic::AtomicU64::new(0),
+            synced: tokio::sync::watch::Sender::new(0),
+            failed: failed.clone(),
+        });
+        let reached = progress.clone();
         std::thread::Builder::new()
             .name("influxion-walsync".into())
             .spawn(move || {
@@ -139,14 +186,20 @@ impl Syncer {
                             }
                         }
                     }
+                    let batches = group.len() as u64;
                     for c in group {
                         // Rows that committed are visible whether or not the sync
                         // held: the caches must follow them either way.
                         c.answer(&signals);
                     }
+                    reached.synced.send_modify(|n| *n += batches);
                 }
             })?;
-        Ok(Self { tx, failed })
+        Ok(Self {
+            tx,
+            failed,
+            progress,
+        })
     }
 
     fn answer_when_durable(&self, c: Committed) {
@@ -397,7 +450,11 @@ mod tests {
     async fn writer_with(
         dir: &tempfile::TempDir,
         sync: WalSync,
-    ) -> (mpsc::Sender<Job>, Arc<dyn crate::db::Database>) {
+    ) -> (
+        mpsc::Sender<Job>,
+        Arc<dyn crate::db::Database>,
+        Arc<Progress>,
+    ) {
         let url = format!("sqlite://{}/w.db", dir.path().display());
         let opened = crate::sqlite::open(&url).await.unwrap();
         let key = AuditKey::new(zeroize::Zeroizing::new([3u8; 32]));
@@ -409,6 +466,7 @@ mod tests {
         conn.commit().await.unwrap();
         let (signals, _) = Signals::new(0);
         let syncer = Syncer::start(sync, signals.clone()).unwrap();
+        let progress = syncer.progress.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run(
             conn,
@@ -418,7 +476,7 @@ mod tests {
             Arc::new(std::sync::OnceLock::new()),
             Some(syncer),
         ));
-        (tx, opened.db)
+        (tx, opened.db, progress)
     }
 
     #[tokio::test]
@@ -426,7 +484,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let syncs = Arc::new(std::sync::atomic::AtomicU64::new(0));
         let counted = syncs.clone();
-        let (tx, db) = writer_with(
+        let (tx, db, progress) = writer_with(
             &dir,
             Box::new(move || {
                 counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
@@ -442,12 +500,14 @@ mod tests {
             assert!(syncs.load(std::sync::atomic::Ordering::SeqCst) >= n);
         }
         assert_eq!(db.audit_last_seq().await.unwrap(), 3);
+        // Everything started is synced: a read need not wait.
+        assert!(futures::poll!(Box::pin(progress.wait())).is_ready());
     }
 
     #[tokio::test]
     async fn after_a_failed_sync_every_write_is_refused() {
         let dir = tempfile::tempdir().unwrap();
-        let (tx, db) = writer_with(
+        let (tx, db, _) = writer_with(
             &dir,
             Box::new(|| Err(std::io::Error::other("EIO from the disk"))),
         )
@@ -473,7 +533,7 @@ mod tests {
         let (release, held) = std::sync::mpsc::channel::<()>();
         let held = std::sync::Mutex::new(held);
         let calls = std::sync::atomic::AtomicU64::new(0);
-        let (tx, db) = writer_with(
+        let (tx, db, progress) = writer_with(
             &dir,
             Box::new(move || {
                 if calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
@@ -490,6 +550,9 @@ mod tests {
         while db.audit_last_seq().await.unwrap() < 1 {
             tokio::task::yield_now().await;
         }
+        // Other connections see a, but a read must wait for its sync.
+        let mut read = Box::pin(progress.wait());
+        assert!(futures::poll!(&mut read).is_pending());
         // b commits while a's sync is still under way.
         let (b, b_rx) = job("b");
         tx.send(b).await.unwrap();
@@ -499,5 +562,7 @@ mod tests {
         release.send(()).unwrap();
         assert!(matches!(a_rx.await.unwrap(), Err(StoreError::Commit(_))));
         assert!(matches!(b_rx.await.unwrap(), Err(StoreError::Commit(_))));
+        // The read ends with the failure: what it would read is not durable.
+        assert!(matches!(read.await, Err(StoreError::Commit(_))));
     }
 }

@@ -6,9 +6,8 @@
 //! much per request as this (see BENCHMARKS.md, issue 19).
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use anyhow::Result;
 use bytes::Bytes;
@@ -16,9 +15,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::client::conn::http1;
 use hyper_util::rt::TokioIo;
 
+use crate::Phase;
+
 /// One request's parts: the bodies are cycled through, the rest is the same for all.
 pub(crate) struct Requests {
     pub(crate) addr: SocketAddr,
+    /// The Host header: `addr` as text.
+    pub(crate) host: String,
     pub(crate) path: String,
     pub(crate) authorization: String,
     pub(crate) bodies: Vec<Bytes>,
@@ -28,7 +31,7 @@ impl Requests {
     fn build(&self, i: usize) -> Result<hyper::Request<Full<Bytes>>> {
         let body = self.bodies[i % self.bodies.len()].clone();
         Ok(hyper::Request::post(self.path.as_str())
-            .header(hyper::header::HOST, self.addr.to_string())
+            .header(hyper::header::HOST, self.host.as_str())
             .header(hyper::header::AUTHORIZATION, self.authorization.as_str())
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .body(Full::new(body))?)
@@ -51,56 +54,28 @@ pub(crate) async fn drive(
     seconds: u64,
     requests: Arc<Requests>,
 ) -> Result<(Vec<u32>, f64, u64)> {
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
+    let phase = Phase::default();
     let mut tasks = Vec::new();
     for client in 0..concurrency {
-        let (requests, stop, measuring, errors) = (
-            requests.clone(),
-            stop.clone(),
-            measuring.clone(),
-            errors.clone(),
-        );
+        let (requests, phase) = (requests.clone(), phase.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(200_000);
             let mut send = None;
             // Each client starts at its own place in the bodies.
             let mut i = client * 7919;
-            while !stop.load(Ordering::Relaxed) {
+            while phase.running() {
                 i += 1;
                 let t = Instant::now();
-                let ok = match one(&mut send, &requests, i).await {
-                    Ok(ok) => ok,
-                    Err(_) => {
-                        send = None;
-                        false
-                    }
-                };
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                let ok = one(&mut send, &requests, i).await.unwrap_or_else(|_| {
+                    send = None;
+                    false
+                });
+                phase.record(ok, t, &mut lat);
             }
             lat
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
-    }
-    lat.sort_unstable();
-    Ok((lat, elapsed, errors.load(Ordering::Relaxed)))
+    phase.run(seconds, tasks).await
 }
 
 /// Send request `i` on the client's connection (made first if there is none): whether

@@ -110,21 +110,13 @@ async fn drive_counting(
     make: Arc<dyn Fn() -> reqwest::RequestBuilder + Send + Sync>,
 ) -> Result<(Vec<u32>, f64, u64, u64)> {
     let all_ok = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let errors = Arc::new(AtomicU64::new(0));
+    let phase = Phase::default();
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (make, stop, measuring, errors, all_ok) = (
-            make.clone(),
-            stop.clone(),
-            measuring.clone(),
-            errors.clone(),
-            all_ok.clone(),
-        );
+        let (make, phase, all_ok) = (make.clone(), phase.clone(), all_ok.clone());
         tasks.push(tokio::spawn(async move {
             let mut lat = Vec::with_capacity(100_000);
-            while !stop.load(Ordering::Relaxed) {
+            while phase.running() {
                 let t = Instant::now();
                 let ok = match make().send().await {
                     Ok(resp) if resp.status().is_success() => resp.bytes().await.is_ok(),
@@ -133,35 +125,63 @@ async fn drive_counting(
                 if ok {
                     all_ok.fetch_add(1, Ordering::Relaxed);
                 }
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
-                    } else {
-                        errors.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
+                phase.record(ok, t, &mut lat);
             }
             lat
         }));
     }
-    tokio::time::sleep(Duration::from_secs(2)).await;
-    measuring.store(true, Ordering::Relaxed);
-    let start = Instant::now();
-    tokio::time::sleep(Duration::from_secs(seconds)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = start.elapsed().as_secs_f64();
-    stop.store(true, Ordering::Relaxed);
-    let mut lat = Vec::new();
-    for t in tasks {
-        lat.extend(t.await?);
+    let (lat, elapsed, errors) = phase.run(seconds, tasks).await?;
+    Ok((lat, elapsed, errors, all_ok.load(Ordering::Relaxed)))
+}
+
+/// What the concurrent clients of one load phase share: when to stop, whether the
+/// measured window is open, and the errors counted in it.
+#[derive(Clone, Default)]
+struct Phase {
+    stop: Arc<AtomicBool>,
+    measuring: Arc<AtomicBool>,
+    errors: Arc<AtomicU64>,
+}
+
+impl Phase {
+    fn running(&self) -> bool {
+        !self.stop.load(Ordering::Relaxed)
     }
-    lat.sort_unstable();
-    Ok((
-        lat,
-        elapsed,
-        errors.load(Ordering::Relaxed),
-        all_ok.load(Ordering::Relaxed),
-    ))
+
+    /// One request that started at `t`: its latency if it succeeded, an error if not,
+    /// and nothing outside the measured window.
+    fn record(&self, ok: bool, t: Instant, lat: &mut Vec<u32>) {
+        if !self.measuring.load(Ordering::Relaxed) {
+            return;
+        }
+        if ok {
+            lat.push(u32::try_from(t.elapsed().as_micros()).unwrap_or(u32::MAX));
+        } else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// 2 s of warm-up, `seconds` measured, then stop the clients (`tasks`) and gather
+    /// their latencies in µs, sorted; the elapsed seconds; the errors.
+    async fn run(
+        &self,
+        seconds: u64,
+        tasks: Vec<tokio::task::JoinHandle<Vec<u32>>>,
+    ) -> Result<(Vec<u32>, f64, u64)> {
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        self.measuring.store(true, Ordering::Relaxed);
+        let start = Instant::now();
+        tokio::time::sleep(Duration::from_secs(seconds)).await;
+        self.measuring.store(false, Ordering::Relaxed);
+        let elapsed = start.elapsed().as_secs_f64();
+        self.stop.store(true, Ordering::Relaxed);
+        let mut lat = Vec::new();
+        for t in tasks {
+            lat.extend(t.await?);
+        }
+        lat.sort_unstable();
+        Ok((lat, elapsed, self.errors.load(Ordering::Relaxed)))
+    }
 }
 
 /// Sign `user` in at the keyclient through the development issuer's user picker;
@@ -531,8 +551,10 @@ async fn main() -> Result<std::process::ExitCode> {
             .map(|_| format!(r#"{{"digest":"{}"}}"#, hex::encode(random_digest())).into())
             .collect()
     };
+    let addr = std::net::SocketAddr::from(([127, 0, 0, 1], args.port));
     let requests = Arc::new(lean::Requests {
-        addr: std::net::SocketAddr::from(([127, 0, 0, 1], args.port)),
+        addr,
+        host: addr.to_string(),
         path: path.to_owned(),
         authorization: format!("Bearer {token}"),
         bodies,

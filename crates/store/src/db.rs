@@ -331,7 +331,7 @@ pub(crate) trait Conn: Send {
         keyed: bool,
     ) -> Result<Vec<AuditRecord>>;
     async fn audit_insert(&mut self, r: &AuditRecord) -> Result<()>;
-    /// Several consecutive records, in a few multi-row statements.
+    /// Several consecutive records, in as few statements as the database allows.
     async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()>;
     async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()>;
     /// The writer's batch opens: the write transaction, then the last record and the

@@ -170,7 +170,8 @@ mod tests {
     }
 }
 
-/// The multi-row INSERT of `run`, consecutive audit records, in `DB`'s placeholders.
+/// The multi-row INSERT of `run`, consecutive audit records, in `DB`'s placeholders
+/// (PostgreSQL; SQLite takes a batch as one JSON array, see `sqlite/conn.rs`).
 pub(crate) fn audit_insert<'a, DB>(
     run: &'a [crate::audit::AuditRecord],
 ) -> sqlx::QueryBuilder<'a, DB>

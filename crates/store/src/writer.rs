@@ -379,18 +379,23 @@ mod tests {
             .collect()
     }
 
+    /// A fresh SQLite file whose log is keyed (sealed, empty), and its key.
+    async fn keyed(dir: &tempfile::TempDir) -> (crate::db::Opened, AuditKey) {
+        let url = format!("sqlite://{}/w.db", dir.path().display());
+        let mut opened = crate::sqlite::open(&url).await.unwrap();
+        let key = AuditKey::new(zeroize::Zeroizing::new([3u8; 32]));
+        let conn = opened.writer.as_mut();
+        conn.begin(Lock::Write).await.unwrap();
+        chain::key_on_upgrade(conn, &key, true).await.unwrap();
+        conn.commit().await.unwrap();
+        (opened, key)
+    }
+
     #[tokio::test]
     async fn a_batch_in_doubt_that_committed_is_marked_and_one_that_did_not_is_not() {
         let dir = tempfile::tempdir().unwrap();
-        let url = format!("sqlite://{}/w.db", dir.path().display());
-        let opened = crate::sqlite::open(&url).await.unwrap();
-        let key = AuditKey::new(zeroize::Zeroizing::new([3u8; 32]));
+        let (opened, key) = keyed(&dir).await;
         let mut conn = opened.writer;
-        conn.begin(Lock::Write).await.unwrap();
-        chain::key_on_upgrade(conn.as_mut(), &key, true)
-            .await
-            .unwrap();
-        conn.commit().await.unwrap();
 
         // Batch a commits, but (say) its answer was lost: the writer holds it in doubt.
         let (a, _rx) = job("a");
@@ -455,21 +460,13 @@ mod tests {
         Arc<dyn crate::db::Database>,
         Arc<Progress>,
     ) {
-        let url = format!("sqlite://{}/w.db", dir.path().display());
-        let opened = crate::sqlite::open(&url).await.unwrap();
-        let key = AuditKey::new(zeroize::Zeroizing::new([3u8; 32]));
-        let mut conn = opened.writer;
-        conn.begin(Lock::Write).await.unwrap();
-        chain::key_on_upgrade(conn.as_mut(), &key, true)
-            .await
-            .unwrap();
-        conn.commit().await.unwrap();
+        let (opened, key) = keyed(dir).await;
         let (signals, _) = Signals::new(0);
         let syncer = Syncer::start(sync, signals.clone()).unwrap();
         let progress = syncer.progress.clone();
         let (tx, rx) = mpsc::channel(16);
         tokio::spawn(run(
-            conn,
+            opened.writer,
             rx,
             signals,
             Arc::new(key),

@@ -97,6 +97,29 @@ pub trait KeyBackend: Send + Sync {
         digest: &Digest,
     ) -> Result<Vec<u8>, BackendError>;
 
+    /// Whether [`KeyBackend::sign_inline`] signs keys of `key_type`: only where a
+    /// signature takes microseconds of CPU and no I/O (the software keystore's EC and
+    /// Ed25519 keys). A caller whose signer cannot await (the certificate builder's)
+    /// then signs on its own thread instead of a blocking thread, two thread hand-offs
+    /// fewer per certificate.
+    fn signs_inline(&self, _key_type: KeyType) -> bool {
+        false
+    }
+
+    /// Sign on the calling thread; for keys [`KeyBackend::signs_inline`] accepts.
+    fn sign_inline(
+        &self,
+        _key_id: &str,
+        key_type: KeyType,
+        _handle: &[u8],
+        _digest: &Digest,
+    ) -> Result<Vec<u8>, BackendError> {
+        Err(BackendError::Unfit(format!(
+            "the {} key backend does not sign {key_type} keys inline",
+            self.name()
+        )))
+    }
+
     /// Prove the backend can use a stored key: run at start, so a wrong key-encryption
     /// key, a missing token or a refused credential fails there, naming the setting,
     /// rather than as an error on the first signature.

@@ -302,6 +302,9 @@ impl KeyBackend for SoftwareKeystore {
         handle: &[u8],
         digest: &Digest,
     ) -> Result<Vec<u8>, BackendError> {
+        if self.signs_inline(key_type) {
+            return self.sign_inline(key_id, key_type, handle, digest);
+        }
         let key = self.unwrap_key(key_id, key_type, handle)?;
         if matches!(*key, PrivateKey::Rsa(_)) {
             // An RSA private operation takes milliseconds; do not stall the reactor.
@@ -312,6 +315,24 @@ impl KeyBackend for SoftwareKeystore {
         } else {
             key.sign(digest)
         }
+    }
+
+    /// EC and Ed25519 signatures take tens of microseconds; RSA ones milliseconds.
+    fn signs_inline(&self, key_type: KeyType) -> bool {
+        !matches!(
+            key_type,
+            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096
+        )
+    }
+
+    fn sign_inline(
+        &self,
+        key_id: &str,
+        key_type: KeyType,
+        handle: &[u8],
+        digest: &Digest,
+    ) -> Result<Vec<u8>, BackendError> {
+        self.unwrap_key(key_id, key_type, handle)?.sign(digest)
     }
 
     /// The key-encryption key opens the stored key (and the key is of its type).

@@ -491,8 +491,10 @@ impl BatchRows {
 
 /// The operations that check, then write at most one row of their own besides their
 /// audit record: a key use (every signature), a certificate, a plain record. Their
-/// check and row, and `None` for any other operation. A refusal (the inner error) has
-/// written nothing, so these need no savepoint; the outer error is the database's.
+/// check, and `None` for any other operation. A certificate that passes is left for
+/// the caller to insert ([`Conn::insert_certificates`], with the batch's others). A
+/// refusal (the inner error) has written nothing, so these need no savepoint; the outer
+/// error is the database's.
 pub(crate) async fn checked_write(
     conn: &mut dyn Conn,
     op: &Op,
@@ -506,7 +508,7 @@ pub(crate) async fn checked_write(
                 cert,
                 ca_key_id,
                 max_per_device,
-            } => issue(conn, cert, ca_key_id, *max_per_device, rows).await?,
+            } => may_issue(conn, cert, ca_key_id, *max_per_device, rows).await?,
             _ => return Ok(None),
         },
         _ => return Ok(None),
@@ -538,6 +540,30 @@ async fn issue(
     max_per_device: u32,
     rows: &mut BatchRows,
 ) -> Result<Result<()>> {
+    if let Err(e) = may_issue(conn, cert, ca_key_id, max_per_device, rows).await? {
+        return Ok(Err(e));
+    }
+    // A serial already taken is refused by the insert itself (it changes no row), so
+    // it is not looked up first. Should the insert fail otherwise, on PostgreSQL the
+    // transaction is aborted and the whole batch fails: nothing is acknowledged that
+    // did not commit.
+    Ok(conn
+        .insert_certificate(cert)
+        .await?
+        .or(|| StoreError::DuplicateCertificate(cert.serial.clone())))
+}
+
+/// The checks of an issuance: the CA may issue, and the device is under its quota.
+/// The writer's batch inserts the certificates that pass together (see
+/// [`checked_write`]); the quota counts only inserted ones, so the batch inserts those
+/// it holds before it checks a quota.
+async fn may_issue(
+    conn: &mut dyn Conn,
+    cert: &CertRecord,
+    ca_key_id: &str,
+    max_per_device: u32,
+    rows: &mut BatchRows,
+) -> Result<Result<()>> {
     let (state, key_status) = match rows.cas.get(&cert.ca) {
         Some(row) => row.clone(),
         None => {
@@ -561,14 +587,7 @@ async fn issue(
             return Ok(Err(e));
         }
     }
-    // A serial already taken is refused by the insert itself (it changes no row), so
-    // it is not looked up first. Should the insert fail otherwise, on PostgreSQL the
-    // transaction is aborted and the whole batch fails: nothing is acknowledged that
-    // did not commit.
-    Ok(conn
-        .insert_certificate(cert)
-        .await?
-        .or(|| StoreError::DuplicateCertificate(cert.serial.clone())))
+    Ok(Ok(()))
 }
 
 async fn serial_unused(conn: &mut dyn Conn, serial: &str) -> Result<()> {

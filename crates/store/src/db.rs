@@ -441,6 +441,15 @@ pub(crate) trait Conn: Send {
         device_id: &str,
     ) -> Result<Vec<CertValidity>>;
     async fn insert_certificate(&mut self, c: &CertRecord) -> Result<Inserted>;
+    /// Insert `certs` in this order, as many [`Conn::insert_certificate`] calls would;
+    /// whether each went in. The writer's batches insert their certificates this way.
+    async fn insert_certificates(&mut self, certs: &[&CertRecord]) -> Result<Vec<bool>> {
+        let mut inserted = Vec::with_capacity(certs.len());
+        for c in certs {
+            inserted.push(self.insert_certificate(c).await? == Inserted::Yes);
+        }
+        Ok(inserted)
+    }
     async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>>;
     async fn revoke_certificate(&mut self, serial: &str, at: &str, reason: &str) -> Result<()>;
 

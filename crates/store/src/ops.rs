@@ -82,6 +82,22 @@ pub(crate) enum PkiOp {
 }
 
 impl Op {
+    /// The certificate an issuance inserts, and the per-device quota it is checked
+    /// against (0: none).
+    pub(crate) fn certificate(&self) -> Option<(&CertRecord, u32)> {
+        match self {
+            Op::Pki(op) => match &**op {
+                PkiOp::Issue {
+                    cert,
+                    max_per_device,
+                    ..
+                } => Some((cert, *max_per_device)),
+                _ => None,
+            },
+            _ => None,
+        }
+    }
+
     /// Issuance caches CA, profile and key records; certificates themselves (Issue,
     /// Revoke) do not change them.
     pub(crate) fn changes_pki(&self) -> bool {

@@ -254,6 +254,104 @@ async fn resolve_in_doubt(
     Ok(tip)
 }
 
+/// Records of checked writes (key uses, certificates, plain records) made in order but
+/// not yet written, and the certificates among them not yet inserted. They go to the
+/// database together, in a few multi-row statements, before any other operation and
+/// before the head.
+struct Unwritten {
+    /// The chain tip before `records[0]`.
+    base: ChainTip,
+    records: Vec<AuditRecord>,
+    /// The job of each record.
+    jobs: Vec<usize>,
+    /// Jobs whose certificate waits to be inserted.
+    certs: Vec<usize>,
+}
+
+impl Unwritten {
+    fn new(base: ChainTip) -> Self {
+        Self {
+            base,
+            records: Vec::new(),
+            jobs: Vec::new(),
+            certs: Vec::new(),
+        }
+    }
+
+    /// Insert the waiting certificates in one call. One refused meanwhile (its serial
+    /// or request key taken, as by another of the batch) fails its job, and the
+    /// records after it are chained afresh without its record.
+    async fn insert_certificates(
+        &mut self,
+        conn: &mut dyn Conn,
+        jobs: &[Job],
+        results: &mut [Result<Applied, StoreError>],
+        tip: &mut ChainTip,
+        key: &AuditKey,
+    ) -> Result<(), StoreError> {
+        if self.certs.is_empty() {
+            return Ok(());
+        }
+        let certs = self
+            .certs
+            .iter()
+            .map(|&j| jobs[j].op.certificate().map(|(c, _)| c))
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| StoreError::Corrupt("a waiting certificate".into()))?;
+        let inserted = conn.insert_certificates(&certs).await?;
+        let refused: Vec<usize> = std::mem::take(&mut self.certs)
+            .into_iter()
+            .zip(inserted)
+            .filter(|(_, ok)| !ok)
+            .map(|(j, _)| j)
+            .collect();
+        if refused.is_empty() {
+            return Ok(());
+        }
+        let mut t = self.base.clone();
+        self.records.clear();
+        for j in std::mem::take(&mut self.jobs) {
+            if refused.contains(&j) {
+                let serial = jobs[j]
+                    .op
+                    .certificate()
+                    .map(|(c, _)| c.serial.clone())
+                    .unwrap_or_default();
+                results[j] = Err(StoreError::DuplicateCertificate(serial));
+                continue;
+            }
+            let (record, next) = chain::extend(&jobs[j].audit, &t, key)?;
+            self.records.push(record);
+            self.jobs.push(j);
+            results[j] = Ok(Applied {
+                seq: next.seq,
+                outcome: None,
+            });
+            t = next;
+        }
+        *tip = t;
+        Ok(())
+    }
+
+    /// Write the records (certificates first); the chain then starts at `tip`.
+    async fn write(
+        &mut self,
+        conn: &mut dyn Conn,
+        jobs: &[Job],
+        results: &mut [Result<Applied, StoreError>],
+        tip: &mut ChainTip,
+        key: &AuditKey,
+    ) -> Result<(), StoreError> {
+        self.insert_certificates(conn, jobs, results, tip, key)
+            .await?;
+        conn.audit_insert_many(&std::mem::take(&mut self.records))
+            .await?;
+        self.jobs.clear();
+        self.base = tip.clone();
+        Ok(())
+    }
+}
+
 /// Apply every job in one transaction; each job sits in a savepoint so that one failed
 /// operation (say, a duplicate key name) neither aborts the others nor leaves a record.
 async fn commit_batch(
@@ -270,11 +368,14 @@ async fn commit_batch(
     }
     let mut results = Vec::with_capacity(jobs.len());
     let mut rows = apply::BatchRows::default();
-    // Records of key uses, certificates and plain records, made in order but written
-    // together, in a few multi-row statements, before any other operation and before
-    // the head.
-    let mut unwritten: Vec<AuditRecord> = Vec::new();
-    for job in jobs {
+    let mut unwritten = Unwritten::new(tip.clone());
+    for (i, job) in jobs.iter().enumerate() {
+        // A quota counts the certificates in the database: the batch's own go in first.
+        if matches!(job.op.certificate(), Some((_, quota)) if quota > 0) {
+            unwritten
+                .insert_certificates(conn, jobs, &mut results, &mut tip, key)
+                .await?;
+        }
         // A key use (every signature), a certificate or a plain record: its check, its
         // one row, and its record, without a savepoint (two round trips fewer per job
         // on PostgreSQL). Any other failure of such a job fails the whole batch: on
@@ -284,7 +385,11 @@ async fn commit_batch(
             results.push(match check {
                 Ok(()) => {
                     let (record, next) = chain::extend(&job.audit, &tip, key)?;
-                    unwritten.push(record);
+                    unwritten.records.push(record);
+                    unwritten.jobs.push(i);
+                    if job.op.certificate().is_some() {
+                        unwritten.certs.push(i);
+                    }
                     tip = next;
                     Ok(Applied {
                         seq: tip.seq,
@@ -295,7 +400,8 @@ async fn commit_batch(
             });
             continue;
         }
-        conn.audit_insert_many(&std::mem::take(&mut unwritten))
+        unwritten
+            .write(conn, jobs, &mut results, &mut tip, key)
             .await?;
         rows.forget(&job.op);
         conn.savepoint().await?;
@@ -314,7 +420,11 @@ async fn commit_batch(
                 results.push(Err(e));
             }
         }
+        unwritten.base = tip.clone();
     }
+    unwritten
+        .insert_certificates(conn, jobs, &mut results, &mut tip, key)
+        .await?;
     // Only what committed counts: a job rolled back to its savepoint changed nothing.
     let done = || jobs.iter().zip(&results).filter(|(_, r)| r.is_ok());
     let change = Change {
@@ -334,7 +444,7 @@ async fn commit_batch(
         .min();
     // The records left, the head and the commit, in one round trip where the database
     // allows it.
-    match chain::finish(conn, &unwritten, &tip, key, &change).await {
+    match chain::finish(conn, &unwritten.records, &tip, key, &change).await {
         Ok(()) => in_doubt.clear(),
         Err(e) => {
             // Whether the server committed is unknown until it can be asked.
@@ -447,6 +557,161 @@ mod tests {
         .unwrap();
         assert!(
             matches!(report, crate::ChainReport::Intact { records: 3, .. }),
+            "{report:?}"
+        );
+    }
+
+    fn issuance(
+        serial: &str,
+        device: &str,
+        request_key: Option<&str>,
+        quota: u32,
+    ) -> (Job, oneshot::Receiver<Result<Applied, StoreError>>) {
+        let (mut j, rx) = job("cert.issue");
+        let cert = crate::pki::CertRecord {
+            serial: serial.into(),
+            ca: "root".into(),
+            profile: "dev".into(),
+            device_id: device.into(),
+            subject: format!("CN={device}"),
+            not_before: crate::now_rfc3339(),
+            not_after: "2999-01-01T00:00:00Z".into(),
+            // Unique per certificate, as a signed one's is.
+            der: format!("{serial}/{device}").into_bytes(),
+            requested_by: crate::Actor::id_only("t"),
+            issued_at: crate::now_rfc3339(),
+            key_generated: false,
+            request_key: request_key.map(Into::into),
+            status: "valid".into(),
+            revoked_at: None,
+            revocation_reason: None,
+        };
+        j.op = Op::Pki(Box::new(crate::ops::PkiOp::Issue {
+            cert: Box::new(cert),
+            ca_key_id: "k-root".into(),
+            max_per_device: quota,
+        }));
+        (j, rx)
+    }
+
+    /// A batch inserts its certificates together. One the insert refuses (its serial or
+    /// request key taken by another of the batch) fails alone; the records after it are
+    /// chained without it; a quota counts the batch's certificates before it.
+    #[tokio::test]
+    async fn a_certificate_refused_by_the_batch_insert_fails_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opened, key) = keyed(&dir).await;
+        let mut conn = opened.writer;
+        let (mut create, _rx) = job("ca.create");
+        let now = crate::now_rfc3339();
+        create.op = Op::Pki(Box::new(crate::ops::PkiOp::CreateCa(
+            Box::new(crate::KeyRecord {
+                id: "k-root".into(),
+                name: "ca.root".parse().unwrap(),
+                key_type: influxion_core::KeyType::EcP256,
+                backend: "software".into(),
+                status: influxion_core::KeyStatus::Active,
+                public_key: vec![1],
+                handle: vec![2],
+                created_at: now.clone(),
+                created_by: crate::Actor::id_only("t"),
+                policy: Default::default(),
+                purpose: crate::KeyPurpose::Ca,
+                certificate_pem: None,
+            }),
+            Box::new(crate::pki::CaRecord {
+                name: "root".into(),
+                key_id: "k-root".into(),
+                status: crate::pki::CaStatus::Active,
+                subject: "{}".into(),
+                parent: None,
+                csr_pem: None,
+                certificate: Some(vec![0x30]),
+                chain_pem: String::new(),
+                not_after: Some("2999-01-01T00:00:00Z".into()),
+                crl_number: 0,
+                crl: None,
+                crl_next_update: None,
+                created_at: now,
+                created_by: crate::Actor::id_only("t"),
+                serial: None,
+                revoked_at: None,
+                revocation_reason: None,
+            }),
+        )));
+        let mut in_doubt = Vec::new();
+        let (r, _) = commit_batch(conn.as_mut(), &[create], &key, &mut in_doubt)
+            .await
+            .unwrap();
+        r[0].as_ref().unwrap();
+
+        let jobs: Vec<Job> = [
+            issuance("11", "d1", Some("retry"), 0),
+            issuance("12", "d2", Some("retry"), 0),
+            job("plain"),
+            issuance("11", "d3", None, 0),
+            issuance("13", "d4", None, 0),
+            issuance("14", "d5", None, 1),
+            issuance("15", "d5", None, 1),
+        ]
+        .into_iter()
+        .map(|(j, _)| j)
+        .collect();
+        let (results, change) = commit_batch(conn.as_mut(), &jobs, &key, &mut in_doubt)
+            .await
+            .unwrap();
+        let seqs: Vec<_> = results.iter().map(|r| r.as_ref().map(|a| a.seq)).collect();
+        assert!(matches!(seqs[0], Ok(2)), "{seqs:?}");
+        assert!(
+            matches!(&results[1], Err(StoreError::DuplicateCertificate(s)) if s == "12"),
+            "{results:?}"
+        );
+        assert!(matches!(seqs[2], Ok(3)), "{seqs:?}");
+        assert!(
+            matches!(&results[3], Err(StoreError::DuplicateCertificate(s)) if s == "11"),
+            "{results:?}"
+        );
+        assert!(matches!(seqs[4], Ok(4)), "{seqs:?}");
+        assert!(matches!(seqs[5], Ok(5)), "{seqs:?}");
+        assert!(
+            matches!(&results[6], Err(StoreError::DeviceQuota { max: 1, .. })),
+            "{results:?}"
+        );
+        assert_eq!(change.tip, Some(5));
+        for (serial, device) in [
+            ("11", Some("d1")),
+            ("12", None),
+            ("13", Some("d4")),
+            ("14", Some("d5")),
+            ("15", None),
+        ] {
+            let held = opened.db.certificate(serial).await.unwrap();
+            assert_eq!(
+                held.map(|c| c.device_id).as_deref(),
+                device,
+                "serial {serial}"
+            );
+        }
+        assert_eq!(
+            actions(conn.as_mut()).await,
+            [
+                "ca.create",
+                "cert.issue",
+                "plain",
+                "cert.issue",
+                "cert.issue"
+            ]
+        );
+        let (report, _) = chain::verify(
+            opened.db.as_ref(),
+            Some(&key),
+            None,
+            &std::sync::atomic::AtomicU64::new(0),
+        )
+        .await
+        .unwrap();
+        assert!(
+            matches!(report, crate::ChainReport::Intact { records: 5, .. }),
             "{report:?}"
         );
     }

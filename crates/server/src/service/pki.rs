@@ -79,6 +79,18 @@ pub(crate) async fn with_ca_key<T: Send + 'static>(
     })?;
     // Resolved once, before the blocking task: an unconfigured backend is a 503 here.
     let backend = st.backends.for_key(key)?.clone();
+    if backend.signs_inline(key.key_type) {
+        // Microseconds of CPU (a software EC key): here, as a signature is made on the
+        // signing route, rather than through a blocking thread and back.
+        let signer = |digest: &[u8]| {
+            let d = Digest::new(sign_alg, digest.to_vec()).map_err(|e| e.to_string())?;
+            backend
+                .sign_inline(&key.id, key.key_type, &key.handle, &d)
+                .map_err(|e| e.to_string())
+        };
+        let ca_key = CaKey::new(alg, &key.public_key, signer).map_err(build_err)?;
+        return f(&ca_key).map_err(build_err);
+    }
     let key = key.clone();
     let rt = tokio::runtime::Handle::current();
     tokio::task::spawn_blocking(move || {

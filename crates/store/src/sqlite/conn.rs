@@ -108,6 +108,44 @@ fn records_json(rs: &[AuditRecord]) -> Result<String> {
         .map_err(|e| crate::StoreError::Corrupt(format!("audit records: {e}")))
 }
 
+/// A batch's certificates in one statement, taken apart from a JSON array of rows like
+/// [`INSERT_RECORDS`]' (the DER as hex). Rows go in array order, so of two certificates
+/// with the same request key the first wins, as with one INSERT each.
+const INSERT_CERTIFICATES: &str = "INSERT INTO certificates (serial, ca, profile, device_id,
+        subject, not_before, not_after, der, requested_by, requested_by_label, issued_at,
+        key_generated, request_key, status)
+    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
+           value ->> 6, unhex(value ->> 7), value ->> 8, value ->> 9, value ->> 10,
+           value ->> 11, value ->> 12, 'valid'
+    FROM json_each(?)
+    WHERE NOT EXISTS (SELECT 1 FROM cas WHERE serial = value ->> 0)
+    ON CONFLICT DO NOTHING";
+
+fn certificates_json(certs: &[&CertRecord]) -> Result<String> {
+    let rows: Vec<_> = certs
+        .iter()
+        .map(|c| {
+            (
+                &c.serial,
+                &c.ca,
+                &c.profile,
+                &c.device_id,
+                &c.subject,
+                &c.not_before,
+                &c.not_after,
+                hex::encode(&c.der),
+                &c.requested_by.id,
+                c.requested_by.stored_label(),
+                &c.issued_at,
+                i64::from(c.key_generated),
+                &c.request_key,
+            )
+        })
+        .collect();
+    serde_json::to_string(&rows)
+        .map_err(|e| crate::StoreError::Corrupt(format!("certificate rows: {e}")))
+}
+
 #[async_trait]
 impl Conn for SqliteConn {
     async fn begin(&mut self, lock: Lock) -> Result<()> {
@@ -841,6 +879,32 @@ impl Conn for SqliteConn {
         } else {
             Inserted::Yes
         })
+    }
+
+    async fn insert_certificates(&mut self, certs: &[&CertRecord]) -> Result<Vec<bool>> {
+        if certs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let r = sqlx::query(INSERT_CERTIFICATES)
+            .bind(certificates_json(certs)?)
+            .execute(self.c())
+            .await?;
+        if r.rows_affected() == certs.len() as u64 {
+            return Ok(vec![true; certs.len()]);
+        }
+        // Some were refused (a serial or request key taken). A certificate went in if
+        // the row of its serial holds its DER, which no other certificate has: the DER
+        // carries the serial and the CA's fresh signature.
+        let mut inserted = Vec::with_capacity(certs.len());
+        for c in certs {
+            let der: Option<Vec<u8>> =
+                sqlx::query_scalar("SELECT der FROM certificates WHERE serial = ?")
+                    .bind(&c.serial)
+                    .fetch_optional(self.c())
+                    .await?;
+            inserted.push(der.as_deref() == Some(c.der.as_slice()));
+        }
+        Ok(inserted)
     }
 
     async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>> {

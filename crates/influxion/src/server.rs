@@ -180,6 +180,28 @@ async fn shutdown_signal() {
     tracing::info!("shutting down");
 }
 
+/// `/metrics` on its own listener, when `metrics_listen` is set. Plain HTTP, no token:
+/// Prometheus on a private network. It ends with the process.
+async fn serve_metrics(cfg: &ServerConfig, state: &influxion_server::AppState) -> Result<()> {
+    let Some(addr) = cfg.metrics_listen else {
+        return Ok(());
+    };
+    let metrics = TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr} (metrics_listen / INFLUXION_METRICS_LISTEN)"))?;
+    let router = influxion_server::metrics::router(state.clone());
+    let limits = cfg.http;
+    tracing::info!(listen = %addr, "metrics listening (unauthenticated: keep it private)");
+    tokio::spawn(async move {
+        if let Err(e) =
+            influxion_edge::serve(metrics, router, limits, None, std::future::pending()).await
+        {
+            tracing::error!(error = %e, "metrics listener stopped");
+        }
+    });
+    Ok(())
+}
+
 pub(crate) async fn serve(cfg: ServerConfig) -> Result<()> {
     let kek = cfg.kek.load()?;
     let state = build_state(&cfg, kek).await?;
@@ -195,22 +217,7 @@ pub(crate) async fn serve(cfg: ServerConfig) -> Result<()> {
         }
         None => None,
     };
-    if let Some(addr) = cfg.metrics_listen {
-        let metrics = TcpListener::bind(addr).await.with_context(|| {
-            format!("binding {addr} (metrics_listen / INFLUXION_METRICS_LISTEN)")
-        })?;
-        let router = influxion_server::metrics::router(state.clone());
-        let limits = cfg.http;
-        tracing::info!(listen = %addr, "metrics listening (unauthenticated: keep it private)");
-        // Plain HTTP, no token: Prometheus on a private network. It ends with the process.
-        tokio::spawn(async move {
-            if let Err(e) =
-                influxion_edge::serve(metrics, router, limits, None, std::future::pending()).await
-            {
-                tracing::error!(error = %e, "metrics listener stopped");
-            }
-        });
-    }
+    serve_metrics(&cfg, &state).await?;
     tracing::info!(listen = %cfg.listen, tls = tls.is_some(), metadata = %cfg.auth.metadata_url, "keyserver listening");
     influxion_edge::serve(
         listener,
@@ -399,10 +406,15 @@ pub(crate) async fn dev(data_dir: &Path, port: u16) -> Result<()> {
         bootstrap_admin: None,
         http: limits,
         tls: None,
-        metrics_listen: None,
+        // As for `serve` (the benchmark reads the writer's batch sizes there).
+        metrics_listen: crate::config::metrics_listen(
+            &Default::default(),
+            ([127, 0, 0, 1], port).into(),
+        )?,
         rate_limits: Default::default(),
     };
     let state = build_state(&cfg, cfg.kek.load()?).await?;
+    serve_metrics(&cfg, &state).await?;
     ensure_dev_subjects(&state.store).await?;
     ensure_key(&state, "demo", 0).await?;
     ensure_key(&state, "demo-release", 2).await?;

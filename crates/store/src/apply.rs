@@ -478,6 +478,14 @@ pub(crate) struct BatchRows {
 }
 
 impl BatchRows {
+    /// The key-use states read as the batch opened, for keys `ids` (`found`: those
+    /// that exist; any other is known missing).
+    pub(crate) fn preload_keys(&mut self, ids: &[&str], mut found: HashMap<String, KeyUseState>) {
+        for &id in ids {
+            self.keys.insert(id.to_owned(), found.remove(id));
+        }
+    }
+
     /// Drop what `op` may change, before it applies.
     pub(crate) fn forget(&mut self, op: &Op) {
         if op.changes_keys() {

@@ -1,11 +1,12 @@
 //! The audit chain's rules (`audit.rs`) run over a database connection: find the tip,
 //! append, seal the head, key an old log, verify, re-seal. Database-independent.
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
 
 use crate::audit::{self, AuditEvent, AuditKey, Broken, ChainReport, ChainTip, Checkpoint};
 use crate::audit::{Outcome, ResealReport, Walk, HEAD_MAC};
-use crate::db::{Conn, Database, Lock};
+use crate::db::{Conn, Database, KeyUseState, Lock};
 use crate::StoreError;
 
 type Result<T> = std::result::Result<T, StoreError>;
@@ -31,9 +32,15 @@ fn tip_at(last: Option<(i64, String)>) -> Result<ChainTip> {
 /// Open the writer's batch: its write transaction (taken up front, so the tip cannot
 /// be stale: another process writing the same database waits), and the tip to append
 /// after (see [`audit::check_tip`]).
-pub(crate) async fn begin(conn: &mut dyn Conn, key: &AuditKey) -> Result<ChainTip> {
-    let (last, head) = conn.begin_append().await?;
-    audit::check_tip(tip_at(last)?, head.as_ref(), key)
+/// Also the key-use states of `keys` that exist, read in the same call.
+pub(crate) async fn begin(
+    conn: &mut dyn Conn,
+    key: &AuditKey,
+    keys: &[&str],
+) -> Result<(ChainTip, HashMap<String, KeyUseState>)> {
+    let begun = conn.begin_append(keys).await?;
+    let tip = audit::check_tip(tip_at(begun.last)?, begun.head.as_ref(), key)?;
+    Ok((tip, begun.keys))
 }
 
 /// Close the writer's batch (see [`Conn::finish_append`]): the head is sealed at `tip`

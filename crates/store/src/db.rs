@@ -9,6 +9,8 @@
 //! it loads. Both traits are object-safe (`async-trait`), so the facade holds
 //! `Arc<dyn Database>` and never names a driver.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
 
@@ -104,6 +106,15 @@ pub(crate) struct CaState {
 pub(crate) struct CertValidity {
     pub status: String,
     pub not_after: String,
+}
+
+/// What the writer's batch reads as it opens ([`Conn::begin_append`]).
+pub(crate) struct Begun {
+    /// The last record's sequence number and hash.
+    pub last: Option<(i64, String)>,
+    pub head: Option<Head>,
+    /// Key-use states by key id, of the asked keys that exist.
+    pub keys: HashMap<String, KeyUseState>,
 }
 
 /// A key's row as a signature made without approval is checked against when its
@@ -334,11 +345,24 @@ pub(crate) trait Conn: Send {
     /// Several consecutive records, in as few statements as the database allows.
     async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()>;
     async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()>;
-    /// The writer's batch opens: the write transaction, then the last record and the
-    /// head (keyed). One round trip where the database can do it in one.
-    async fn begin_append(&mut self) -> Result<(Option<(i64, String)>, Option<Head>)> {
+    /// The writer's batch opens: the write transaction, then the last record, the head
+    /// (keyed), and what the batch's key uses are checked against (the keys of `keys`
+    /// that exist). One round trip where the database can do it in one.
+    async fn begin_append(&mut self, keys: &[&str]) -> Result<Begun> {
         self.begin(Lock::Write).await?;
-        Ok((self.audit_last().await?, self.audit_head(true).await?))
+        let last = self.audit_last().await?;
+        let head = self.audit_head(true).await?;
+        let mut states = HashMap::with_capacity(keys.len());
+        for &id in keys {
+            if let Some(state) = self.key_use_state(id).await? {
+                states.insert(id.to_owned(), state);
+            }
+        }
+        Ok(Begun {
+            last,
+            head,
+            keys: states,
+        })
     }
     /// The writer's batch closes: its remaining records, the sealed head (`None`: the
     /// log is empty), the announcement of `change`, the commit. One round trip where the

@@ -362,12 +362,22 @@ async fn commit_batch(
 ) -> Result<(Vec<Result<Applied, StoreError>>, Change), StoreError> {
     // The write lock up front, so the chain tip read below cannot be stale (another
     // process writing the same database waits).
-    let mut tip = chain::begin(conn, key).await?;
+    // With the keys the batch signs with, read in the same call.
+    let mut signing_keys: Vec<&str> = Vec::new();
+    for job in jobs {
+        if let Op::KeyUse { key_id, .. } = &job.op {
+            if !signing_keys.contains(&key_id.as_str()) {
+                signing_keys.push(key_id);
+            }
+        }
+    }
+    let (mut tip, keys) = chain::begin(conn, key, &signing_keys).await?;
+    let mut rows = apply::BatchRows::default();
+    rows.preload_keys(&signing_keys, keys);
     if !in_doubt.is_empty() {
         tip = resolve_in_doubt(conn, in_doubt, tip, key).await?;
     }
     let mut results = Vec::with_capacity(jobs.len());
-    let mut rows = apply::BatchRows::default();
     let mut unwritten = Unwritten::new(tip.clone());
     for (i, job) in jobs.iter().enumerate() {
         // A quota counts the certificates in the database: the batch's own go in first.

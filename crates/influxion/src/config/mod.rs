@@ -19,8 +19,8 @@ pub(crate) use influxion_cli::config::{
 };
 pub(crate) use keyclient::{keyclient, session_key};
 pub(crate) use server::{
-    database_auth, pkcs11_config, redact_url, vault_config, DatabaseAuth, KekSource, ServerConfig,
-    VaultConfig,
+    database_auth, metrics_listen, pkcs11_config, redact_url, vault_config, DatabaseAuth,
+    KekSource, ServerConfig, VaultConfig,
 };
 
 /// The TOML file, every field optional. Unknown fields are an error, so typos surface.

@@ -285,7 +285,7 @@ fn listen(file: &FileConfig) -> Result<std::net::SocketAddr, ConfigError> {
 
 /// `INFLUXION_METRICS_LISTEN` or `metrics_listen`: none when unset. Not the API's
 /// address: `/metrics` is never served beside the API.
-fn metrics_listen(
+pub(crate) fn metrics_listen(
     file: &FileConfig,
     api: std::net::SocketAddr,
 ) -> Result<Option<std::net::SocketAddr>, ConfigError> {

@@ -1,6 +1,8 @@
 //! One SQLite connection: the writer's own, or one from the pool (verification,
 //! re-sealing), with the statements the rules are applied with.
 
+use std::collections::HashMap;
+
 use async_trait::async_trait;
 use influxion_core::{Grant, KeyName, KeyPolicy, KeyStatus};
 use sqlx::pool::PoolConnection;
@@ -10,8 +12,8 @@ use tokio::sync::mpsc;
 use crate::access::{SigningRequest, SubjectRecord};
 use crate::audit::{AuditRecord, Head};
 use crate::db::{
-    CaState, CertValidity, Change, Conn, Inserted, KeyUseState, Kind, Lock, PendingKind, Result,
-    SqlValue, Table, VoteRow,
+    Begun, CaState, CertValidity, Change, Conn, Inserted, KeyUseState, Kind, Lock, PendingKind,
+    Result, SqlValue, Table, VoteRow,
 };
 use crate::pki::{CaRecord, CaStatus, CertRecord, ProfileRecord};
 use crate::policy_changes::PolicyChange;
@@ -296,33 +298,49 @@ impl Conn for SqliteConn {
         Ok(())
     }
 
-    async fn begin_append(&mut self) -> Result<(Option<(i64, String)>, Option<Head>)> {
+    async fn begin_append(&mut self, keys: &[&str]) -> Result<Begun> {
         // The batch's first call waits for the connection's thread to be scheduled
-        // (under load, a third of a batch's time went to BEGIN alone): BEGIN and both
-        // reads go in one call. The bound 1 makes sqlx keep the statement prepared.
-        let row = sqlx::query(
+        // (under load, a third of a batch's time went to BEGIN alone): BEGIN, the tip
+        // and the keys the batch signs with go in one call, as one row for the tip (no
+        // `id`) and one per key.
+        let ids = serde_json::to_string(keys)
+            .map_err(|e| crate::StoreError::Corrupt(format!("key ids: {e}")))?;
+        let found = sqlx::query(
             "BEGIN IMMEDIATE;
-             SELECT l.seq AS last_seq, l.hash AS last_hash, h.seq, h.hash, h.mac
+             SELECT l.seq AS last_seq, l.hash AS last_hash, h.seq, h.hash, h.mac,
+                    NULL AS id, NULL AS status, NULL AS approvals_required, NULL AS handle
              FROM (SELECT 1)
              LEFT JOIN (SELECT seq, hash FROM audit_log ORDER BY seq DESC LIMIT 1) AS l ON 1
-             LEFT JOIN audit_head AS h ON h.id = ?",
+             LEFT JOIN audit_head AS h ON h.id = 1
+             UNION ALL
+             SELECT NULL, NULL, NULL, NULL, NULL, id, status, approvals_required, handle
+             FROM keys WHERE id IN (SELECT value FROM json_each(?))",
         )
-        .bind(1_i64)
-        .fetch_one(self.c())
+        .bind(ids)
+        .fetch_all(self.c())
         .await?;
-        let last = match row.try_get::<Option<i64>, _>("last_seq")? {
-            Some(seq) => Some((seq, row.try_get("last_hash")?)),
-            None => None,
+        let mut begun = Begun {
+            last: None,
+            head: None,
+            keys: HashMap::with_capacity(keys.len()),
         };
-        let head = match row.try_get::<Option<i64>, _>("seq")? {
-            Some(seq) => Some(Head {
-                seq,
-                hash: row.try_get("hash")?,
-                mac: row.try_get("mac")?,
-            }),
-            None => None,
-        };
-        Ok((last, head))
+        for row in &found {
+            if let Some(id) = row.try_get::<Option<String>, _>("id")? {
+                begun.keys.insert(id, rows::key_use_state(row)?);
+                continue;
+            }
+            if let Some(seq) = row.try_get::<Option<i64>, _>("last_seq")? {
+                begun.last = Some((seq, row.try_get("last_hash")?));
+            }
+            if let Some(seq) = row.try_get::<Option<i64>, _>("seq")? {
+                begun.head = Some(Head {
+                    seq,
+                    hash: row.try_get("hash")?,
+                    mac: row.try_get("mac")?,
+                });
+            }
+        }
+        Ok(begun)
     }
 
     async fn finish_append(
@@ -892,19 +910,25 @@ impl Conn for SqliteConn {
         if r.rows_affected() == certs.len() as u64 {
             return Ok(vec![true; certs.len()]);
         }
-        // Some were refused (a serial or request key taken). A certificate went in if
-        // the row of its serial holds its DER, which no other certificate has: the DER
-        // carries the serial and the CA's fresh signature.
-        let mut inserted = Vec::with_capacity(certs.len());
-        for c in certs {
-            let der: Option<Vec<u8>> =
-                sqlx::query_scalar("SELECT der FROM certificates WHERE serial = ?")
-                    .bind(&c.serial)
-                    .fetch_optional(self.c())
-                    .await?;
-            inserted.push(der.as_deref() == Some(c.der.as_slice()));
-        }
-        Ok(inserted)
+        // Some were refused (a serial or request key taken). Those that went in are the
+        // newest rows: this transaction alone writes, and SQLite gives a new row a
+        // rowid above every other. Matched in order by serial and DER, as a duplicate
+        // later in the batch shares the serial.
+        let mut new: Vec<(String, Vec<u8>)> = if r.rows_affected() == 0 {
+            Vec::new()
+        } else {
+            sqlx::query_as("SELECT serial, der FROM certificates ORDER BY rowid DESC LIMIT ?")
+                .bind(i64::try_from(r.rows_affected()).unwrap_or(i64::MAX))
+                .fetch_all(self.c())
+                .await?
+        };
+        Ok(certs
+            .iter()
+            .map(|c| {
+                let at = new.iter().position(|(s, d)| *s == c.serial && *d == c.der);
+                at.map(|i| new.swap_remove(i)).is_some()
+            })
+            .collect())
     }
 
     async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>> {

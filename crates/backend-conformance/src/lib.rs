@@ -84,6 +84,7 @@ pub async fn run(backend: Arc<dyn KeyBackend>, key_types: &[KeyType]) {
             .await
             .unwrap_or_else(|e| panic!("{}: check of a fresh {kt} key: {e}", backend.name()));
         signs_every_algorithm_and_verifies(&registry, &key).await;
+        signs_inline_as_it_says(backend.as_ref(), &key);
         refuses_digests_of_other_key_types(&registry, &key).await;
         refuses_a_damaged_handle(&registry, &key).await;
         keys.push(key);
@@ -100,6 +101,47 @@ fn public_key_is_the_key_type(key: &TestKey) {
         "{}: the public key of a {} key is a {} SubjectPublicKeyInfo",
         key.backend,
         key.key_type,
+        key.key_type
+    );
+}
+
+/// A backend that says it signs a key type inline makes, on the calling thread, the
+/// signatures `sign` would (and refuses a damaged handle there too); one that does not
+/// refuses to.
+fn signs_inline_as_it_says(backend: &dyn KeyBackend, key: &TestKey) {
+    let alg = key.key_type.default_algorithm();
+    let d = digest_for(alg, b"certificate to be");
+    let sig = backend.sign_inline(&key.id, key.key_type, &key.handle, &d);
+    if !backend.signs_inline(key.key_type) {
+        assert!(
+            sig.is_err(),
+            "{}: a {} key it does not sign inline is refused inline",
+            key.backend,
+            key.key_type
+        );
+        return;
+    }
+    let sig = sig.unwrap_or_else(|e| panic!("{}: {} inline: {e}", key.backend, key.key_type));
+    assert_eq!(
+        influxion_verify::verify(key.key_type, &key.public_key_der, &d, &sig).ok(),
+        Some(true),
+        "{}: an inline {} signature verifies with the public key",
+        key.backend,
+        key.key_type
+    );
+    // Under an id of its own: a backend may keep the opened key by id.
+    let mut damaged = key.handle.clone();
+    let mid = damaged.len() / 2;
+    if let Some(b) = damaged.get_mut(mid) {
+        *b ^= 0x5a;
+    }
+    let id = format!("{}-damaged-inline", key.id);
+    assert!(
+        backend
+            .sign_inline(&id, key.key_type, &damaged, &d)
+            .is_err(),
+        "{}: a damaged {} handle signs nothing inline",
+        key.backend,
         key.key_type
     );
 }

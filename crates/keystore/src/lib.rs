@@ -332,6 +332,11 @@ impl KeyBackend for SoftwareKeystore {
         handle: &[u8],
         digest: &Digest,
     ) -> Result<Vec<u8>, BackendError> {
+        if !self.signs_inline(key_type) {
+            return Err(BackendError::Unfit(format!(
+                "{key_type} keys sign on a blocking thread, not inline"
+            )));
+        }
         self.unwrap_key(key_id, key_type, handle)?.sign(digest)
     }
 

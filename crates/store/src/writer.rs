@@ -361,8 +361,8 @@ async fn commit_batch(
     in_doubt: &mut Vec<InDoubt>,
 ) -> Result<(Vec<Result<Applied, StoreError>>, Change), StoreError> {
     // The write lock up front, so the chain tip read below cannot be stale (another
-    // process writing the same database waits).
-    // With the keys the batch signs with, read in the same call.
+    // process writing the same database waits); with it, in the same call, the rows of
+    // the keys the batch signs with.
     let mut signing_keys: Vec<&str> = Vec::new();
     for job in jobs {
         if let Op::KeyUse { key_id, .. } = &job.op {

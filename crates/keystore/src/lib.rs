@@ -317,11 +317,12 @@ impl KeyBackend for SoftwareKeystore {
         }
     }
 
-    /// EC and Ed25519 signatures take tens of microseconds; RSA ones milliseconds.
+    /// EC and Ed25519 signatures take tens of microseconds; RSA ones milliseconds. A
+    /// key type added later signs on a blocking thread until it is listed here.
     fn signs_inline(&self, key_type: KeyType) -> bool {
-        !matches!(
+        matches!(
             key_type,
-            KeyType::Rsa2048 | KeyType::Rsa3072 | KeyType::Rsa4096
+            KeyType::EcP256 | KeyType::EcP384 | KeyType::Ed25519
         )
     }
 

@@ -67,11 +67,24 @@ fn ca_alg(kt: KeyType) -> Option<(CaKeyAlg, SignAlgorithm)> {
     }
 }
 
-/// Run `f` with the CA key on a blocking thread; the key's signatures go through the
-/// key backend, so the private key never leaves it. The one place a CA key signs.
+/// How much work `f` does around the CA key's one signature.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Work {
+    /// One certificate: a few microseconds of encoding, so it runs on the request's own
+    /// thread when the backend signs the key inline (a software EC key), as a
+    /// signature does on the signing route, instead of through a blocking thread.
+    OneCertificate,
+    /// Unbounded (a CRL lists every revoked serial) or rare (a CA's own certificate):
+    /// always on a blocking thread.
+    Blocking,
+}
+
+/// Run `f` with the CA key; the key's signatures go through the key backend, so the
+/// private key never leaves it. The one place a CA key signs.
 pub(crate) async fn with_ca_key<T: Send + 'static>(
     st: &AppState,
     key: &KeyRecord,
+    work: Work,
     f: impl FnOnce(&CaKey<'_>) -> Result<T, build::BuildError> + Send + 'static,
 ) -> Result<T, ApiError> {
     let (alg, sign_alg) = ca_alg(key.key_type).ok_or_else(|| {
@@ -79,9 +92,7 @@ pub(crate) async fn with_ca_key<T: Send + 'static>(
     })?;
     // Resolved once, before the blocking task: an unconfigured backend is a 503 here.
     let backend = st.backends.for_key(key)?.clone();
-    if backend.signs_inline(key.key_type) {
-        // Microseconds of CPU (a software EC key): here, as a signature is made on the
-        // signing route, rather than through a blocking thread and back.
+    if work == Work::OneCertificate && backend.signs_inline(key.key_type) {
         let signer = |digest: &[u8]| {
             let d = Digest::new(sign_alg, digest.to_vec()).map_err(|e| e.to_string())?;
             backend
@@ -277,7 +288,10 @@ pub(crate) async fn create_ca(
     .await?;
     let (status, certificate, chain_pem, csr_pem, mode) = if external {
         let s = subject.clone();
-        let csr = with_ca_key(st, &key, move |k| build::intermediate_csr(&s, k)).await?;
+        let csr = with_ca_key(st, &key, Work::Blocking, move |k| {
+            build::intermediate_csr(&s, k)
+        })
+        .await?;
         (
             CaStatus::Pending,
             None,
@@ -289,7 +303,7 @@ pub(crate) async fn create_ca(
         let s = subject.clone();
         let spki = key.public_key.clone();
         let pc = pcert.clone();
-        let cert = with_ca_key(st, pkey, move |k| {
+        let cert = with_ca_key(st, pkey, Work::Blocking, move |k| {
             build::intermediate_certificate(&s, validity, &spki, &pc, k)
         })
         .await?;
@@ -302,7 +316,10 @@ pub(crate) async fn create_ca(
         )
     } else {
         let s = subject.clone();
-        let cert = with_ca_key(st, &key, move |k| build::root_certificate(&s, validity, k)).await?;
+        let cert = with_ca_key(st, &key, Work::Blocking, move |k| {
+            build::root_certificate(&s, validity, k)
+        })
+        .await?;
         (CaStatus::Active, Some(cert), String::new(), None, "root")
     };
     let facts = certificate
@@ -421,7 +438,7 @@ async fn sign_and_record(
     let subject = cert.subject_line();
     let device_id = cert.device_id.clone();
     let ca_cert = ctx.ca_cert.clone();
-    let (der, facts) = with_ca_key(st, key, move |k| {
+    let (der, facts) = with_ca_key(st, key, Work::OneCertificate, move |k| {
         build::device_certificate(&cert, &serial, &ca_cert, k, crl_url.as_deref())
     })
     .await?;
@@ -563,7 +580,7 @@ pub(crate) async fn regenerate_crl(
         let number = ca.crl_number + 1;
         let crl_number = u64::try_from(number).map_err(|_| corrupt("CRL number"))?;
         let validity = time::Duration::days(CRL_VALIDITY_DAYS);
-        let der = with_ca_key(st, &key, move |k| {
+        let der = with_ca_key(st, &key, Work::Blocking, move |k| {
             build::crl(&cert, k, crl_number, &entries, validity)
         })
         .await?;

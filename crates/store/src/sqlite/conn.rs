@@ -121,6 +121,7 @@ const INSERT_CERTIFICATES: &str = "INSERT INTO certificates (serial, ca, profile
            value ->> 11, value ->> 12, 'valid'
     FROM json_each(?)
     WHERE NOT EXISTS (SELECT 1 FROM cas WHERE serial = value ->> 0)
+    ORDER BY key
     ON CONFLICT DO NOTHING";
 
 fn certificates_json(certs: &[&CertRecord]) -> Result<String> {
@@ -912,7 +913,9 @@ impl Conn for SqliteConn {
         }
         // Some were refused (a serial or request key taken). Those that went in are the
         // newest rows: this transaction alone writes, and SQLite gives a new row a
-        // rowid above every other. Matched in order by serial and DER, as a duplicate
+        // rowid above every other (while the table has rowids, and below 2^63 rows).
+        // Not `RETURNING`: it would send every inserted row back, one message each,
+        // where the usual case needs only the count. Matched in order by serial and DER, as a duplicate
         // later in the batch shares the serial.
         let mut new: Vec<(String, Vec<u8>)> = if r.rows_affected() == 0 {
             Vec::new()

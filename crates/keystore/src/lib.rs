@@ -257,7 +257,8 @@ impl SoftwareKeystore {
         }
     }
 
-    /// Sign synchronously; used by benchmarks to measure raw signing of the same key.
+    /// Sign on the calling thread, any key type: inline signing, and benchmarks
+    /// measuring raw signing of the same key.
     pub fn sign_blocking(
         &self,
         key_id: &str,
@@ -338,7 +339,7 @@ impl KeyBackend for SoftwareKeystore {
                 "{key_type} keys sign on a blocking thread, not inline"
             )));
         }
-        self.unwrap_key(key_id, key_type, handle)?.sign(digest)
+        self.sign_blocking(key_id, key_type, handle, digest)
     }
 
     /// The key-encryption key opens the stored key (and the key is of its type).

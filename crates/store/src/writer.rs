@@ -499,6 +499,15 @@ mod tests {
             .collect()
     }
 
+    /// The whole chain verified with `key`.
+    async fn verified(db: &Arc<dyn crate::db::Database>, key: &AuditKey) -> crate::ChainReport {
+        let progress = std::sync::atomic::AtomicU64::new(0);
+        chain::verify(db.as_ref(), Some(key), None, &progress)
+            .await
+            .unwrap()
+            .0
+    }
+
     /// A fresh SQLite file whose log is keyed (sealed, empty), and its key.
     async fn keyed(dir: &tempfile::TempDir) -> (crate::db::Opened, AuditKey) {
         let url = format!("sqlite://{}/w.db", dir.path().display());
@@ -556,15 +565,7 @@ mod tests {
             (Some(1), Some(1))
         );
         // The chain stays intact with the marker in it.
-        let db = opened.db;
-        let (report, _) = chain::verify(
-            db.as_ref(),
-            Some(&key),
-            None,
-            &std::sync::atomic::AtomicU64::new(0),
-        )
-        .await
-        .unwrap();
+        let report = verified(&opened.db, &key).await;
         assert!(
             matches!(report, crate::ChainReport::Intact { records: 3, .. }),
             "{report:?}"
@@ -712,14 +713,7 @@ mod tests {
                 "cert.issue"
             ]
         );
-        let (report, _) = chain::verify(
-            opened.db.as_ref(),
-            Some(&key),
-            None,
-            &std::sync::atomic::AtomicU64::new(0),
-        )
-        .await
-        .unwrap();
+        let report = verified(&opened.db, &key).await;
         assert!(
             matches!(report, crate::ChainReport::Intact { records: 5, .. }),
             "{report:?}"

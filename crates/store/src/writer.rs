@@ -520,6 +520,41 @@ mod tests {
         (opened, key)
     }
 
+    /// A batch's records go in INSERTs of at most 64 rows (SQLite): every size around
+    /// that bound stores each record once, in order, under an intact chain.
+    #[tokio::test]
+    async fn batches_of_any_size_store_every_record_in_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (opened, key) = keyed(&dir).await;
+        let mut conn = opened.writer;
+        let mut expected = Vec::new();
+        for size in [1usize, 63, 64, 65, 128, 129, 200] {
+            let batch: Vec<_> = (0..size)
+                .map(|i| {
+                    let action = format!("b{size}.{i}");
+                    expected.push(action.clone());
+                    job(&action).0
+                })
+                .collect();
+            let (results, _) = commit_batch(conn.as_mut(), &batch, &key, &mut Vec::new())
+                .await
+                .unwrap();
+            assert!(results.iter().all(Result::is_ok));
+        }
+        let stored: Vec<String> = conn
+            .audit_records_after(0, 1000, true)
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|r| r.action)
+            .collect();
+        assert_eq!(stored, expected);
+        assert!(matches!(
+            verified(&opened.db, &key).await,
+            crate::ChainReport::Intact { records: 650, .. }
+        ));
+    }
+
     #[tokio::test]
     async fn a_batch_in_doubt_that_committed_is_marked_and_one_that_did_not_is_not() {
         let dir = tempfile::tempdir().unwrap();

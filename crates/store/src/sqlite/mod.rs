@@ -78,10 +78,14 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
     // the WAL itself, on another thread, while it writes the next batch, and answers a
     // batch only once that sync is done (writer::Syncer). NORMAL keeps the file
     // consistent across a crash; the sync makes each answered commit durable.
+    // Its cache holds a shape of the batch's record INSERT per row count
+    // (conn::RECORDS_PER_INSERT of them, with and without the head and COMMIT after
+    // it) beside the writer's other statements.
     let writer_opts = opts
         .clone()
         .pragma("wal_autocheckpoint", "0")
-        .synchronous(SqliteSynchronous::Normal);
+        .synchronous(SqliteSynchronous::Normal)
+        .statement_cache_capacity(256);
     let mut writer: sqlx::SqliteConnection = sqlx::ConnectOptions::connect(&writer_opts).await?;
     // The file as SQLite opened it (symbolic links resolved: its WAL is beside the
     // target); empty for a database in memory, which has no WAL to sync.

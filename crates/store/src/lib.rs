@@ -164,8 +164,11 @@ impl Store {
             // which awaits its connection a dozen times per batch, waited behind them
             // at every step. On a thread of its own it is scheduled by the kernel
             // alone. It ends when the last handle to the store is dropped.
+            // No I/O driver: the writer's connection talks to its own thread over
+            // channels, and without one the runtime parks on a futex, not epoll, and is
+            // woken without an eventfd write (both were in the sign profile).
             let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
+                .enable_time()
                 .build()
                 .map_err(|e| StoreError::Db(sqlx::Error::Io(e)))?;
             std::thread::Builder::new()

@@ -171,7 +171,7 @@ mod tests {
 }
 
 /// The multi-row INSERT of `run`, consecutive audit records, in `DB`'s placeholders
-/// (PostgreSQL; SQLite takes a batch as one JSON array, see `sqlite/conn.rs`).
+/// (PostgreSQL; SQLite binds a batch's records into INSERTs of up to 64 rows, see `sqlite/conn.rs`).
 pub(crate) fn audit_insert<'a, DB>(
     run: &'a [crate::audit::AuditRecord],
 ) -> sqlx::QueryBuilder<'a, DB>

@@ -64,49 +64,30 @@ impl SqliteConn {
 /// of the statement (one per row count), however large the batch.
 const RECORDS_PER_INSERT: usize = 64;
 
-/// One INSERT of `rows` records, bound by [`bind_record`] row after row. Bound values,
-/// not one JSON array taken apart by SQLite: `json_each` renders each row back into
-/// JSON text for every column read from it, which was a tenth of the sign path's CPU
-/// (issue 19's profile). A bound string is stored byte for byte as hashed.
-fn insert_records_sql(rows: usize) -> String {
-    const ROW: &str = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)";
-    let mut sql = String::with_capacity(120 + rows * (ROW.len() + 2));
-    sql.push_str(
-        "INSERT INTO audit_log
-            (seq, at, actor, actor_label, action, target, outcome, detail, prev_hash, hash, mac)
-        VALUES ",
-    );
-    for i in 0..rows {
-        if i > 0 {
-            sql.push_str(", ");
-        }
-        sql.push_str(ROW);
-    }
-    sql
+// A batch's records are bound values in multi-row INSERTs (`sql::audit_insert`), not
+// one JSON array taken apart by SQLite: `json_each` renders each row back into JSON
+// text for every column read from it, which was a tenth of the sign path's CPU (issue
+// 19's profile). Runs of up to RECORDS_PER_INSERT rows, of any length, rather than
+// `sql::insert_runs`' four shapes: a batch of up to 64 records then goes with the head
+// and COMMIT in one call to the connection's thread, at the price of a cached shape per
+// row count (the writer's statement cache is sized for them).
+
+/// Append to `q` the statement that seals the head at (seq, hash, mac).
+fn set_head<'a>(q: &mut sqlx::QueryBuilder<'a, Sqlite>, seq: i64, hash: &'a str, mac: &'a str) {
+    q.push("INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ")
+        .push_bind(seq)
+        .push(", ")
+        .push_bind(hash)
+        .push(", ")
+        .push_bind(mac)
+        .push(
+            ") ON CONFLICT (id) DO UPDATE
+             SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac",
+        );
 }
 
-type SqliteQuery<'q> = sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>>;
-
-/// `r`'s values in [`insert_records_sql`]'s column order.
-fn bind_record<'q>(q: SqliteQuery<'q>, r: &'q AuditRecord) -> SqliteQuery<'q> {
-    q.bind(r.seq)
-        .bind(&r.at)
-        .bind(&r.actor)
-        .bind(&r.actor_label)
-        .bind(&r.action)
-        .bind(&r.target)
-        .bind(&r.outcome)
-        .bind(&r.detail)
-        .bind(&r.prev_hash)
-        .bind(&r.hash)
-        .bind(&r.mac)
-}
-
-/// Seal the head (seq, hash, mac).
-const SET_HEAD: &str = "INSERT INTO audit_head (id, seq, hash, mac) VALUES (1, ?, ?, ?)
-    ON CONFLICT (id) DO UPDATE SET seq = excluded.seq, hash = excluded.hash, mac = excluded.mac";
-
-/// A batch's certificates in one statement, taken apart from a JSON array of rows (the DER as hex). Rows go in array order, so of two certificates
+/// A batch's certificates in one statement, taken apart from a JSON array of rows (the
+/// DER as hex). Rows go in array order, so of two certificates
 /// with the same request key the first wins, as with one INSERT each.
 const INSERT_CERTIFICATES: &str = "INSERT INTO certificates (serial, ca, profile, device_id,
         subject, not_before, not_after, der, requested_by, requested_by_label, issued_at,
@@ -256,11 +237,9 @@ impl Conn for SqliteConn {
     }
 
     async fn audit_insert_many(&mut self, rs: &[AuditRecord]) -> Result<()> {
-        for chunk in rs.chunks(RECORDS_PER_INSERT) {
-            let sql = insert_records_sql(chunk.len());
-            chunk
-                .iter()
-                .fold(sqlx::query(&sql), bind_record)
+        for run in rs.chunks(RECORDS_PER_INSERT) {
+            crate::sql::audit_insert::<Sqlite>(run)
+                .build()
                 .execute(self.c())
                 .await?;
         }
@@ -268,12 +247,9 @@ impl Conn for SqliteConn {
     }
 
     async fn audit_set_head(&mut self, seq: i64, hash: &str, mac: &str) -> Result<()> {
-        sqlx::query(SET_HEAD)
-            .bind(seq)
-            .bind(hash)
-            .bind(mac)
-            .execute(self.c())
-            .await?;
+        let mut q = sqlx::QueryBuilder::new("");
+        set_head(&mut q, seq, hash, mac);
+        q.build().execute(self.c()).await?;
         Ok(())
     }
 
@@ -340,20 +316,16 @@ impl Conn for SqliteConn {
         let last = records.len().saturating_sub(1) / RECORDS_PER_INSERT * RECORDS_PER_INSERT;
         let (before, last) = records.split_at(last);
         self.audit_insert_many(before).await?;
-        let mut sql = String::new();
-        if !last.is_empty() {
-            sql = insert_records_sql(last.len());
-            sql.push_str(";\n");
-        }
-        sql.push_str(SET_HEAD);
-        sql.push_str(";\nCOMMIT");
-        last.iter()
-            .fold(sqlx::query(&sql), bind_record)
-            .bind(seq)
-            .bind(hash)
-            .bind(mac)
-            .execute(self.c())
-            .await?;
+        let mut q = if last.is_empty() {
+            sqlx::QueryBuilder::<Sqlite>::new("")
+        } else {
+            let mut q = crate::sql::audit_insert::<Sqlite>(last);
+            q.push(";\n");
+            q
+        };
+        set_head(&mut q, seq, hash, mac);
+        q.push(";\nCOMMIT");
+        q.build().execute(self.c()).await?;
         self.committed();
         Ok(())
     }

@@ -53,13 +53,42 @@ impl SqliteConn {
         }
     }
 
+    /// One INSERT of `certs` (at most [`RECORDS_PER_INSERT`]): which of them went in.
+    async fn insert_certificate_run(&mut self, certs: &[&CertRecord]) -> Result<Vec<bool>> {
+        let r = insert_certificates(certs).build().execute(self.c()).await?;
+        if r.rows_affected() == certs.len() as u64 {
+            return Ok(vec![true; certs.len()]);
+        }
+        // Some were refused (a serial or request key taken). Those that went in are the
+        // newest rows: this transaction alone writes, and SQLite gives a new row a
+        // rowid above every other (while the table has rowids, and below 2^63 rows).
+        // Not `RETURNING`: it would send every inserted row back, one message each,
+        // where the usual case needs only the count. Matched in order by serial and
+        // DER, as a duplicate later in the batch shares the serial.
+        let mut new: Vec<(String, Vec<u8>)> = if r.rows_affected() == 0 {
+            Vec::new()
+        } else {
+            sqlx::query_as("SELECT serial, der FROM certificates ORDER BY rowid DESC LIMIT ?")
+                .bind(i64::try_from(r.rows_affected()).unwrap_or(i64::MAX))
+                .fetch_all(self.c())
+                .await?
+        };
+        Ok(certs
+            .iter()
+            .map(|c| {
+                let at = new.iter().position(|(s, d)| *s == c.serial && *d == c.der);
+                at.map(|i| new.swap_remove(i)).is_some()
+            })
+            .collect())
+    }
+
     async fn exec(&mut self, sql: &str) -> Result<()> {
         sqlx::query(sql).execute(self.c()).await?;
         Ok(())
     }
 }
 
-/// Rows per audit-record INSERT. A batch's records go in statements of at most this
+/// Rows per audit-record or certificate INSERT. A batch's rows go in statements of at most this
 /// many rows, so the writer's connection prepares and caches at most this many shapes
 /// of the statement (one per row count), however large the batch.
 const RECORDS_PER_INSERT: usize = 64;
@@ -86,43 +115,43 @@ fn set_head<'a>(q: &mut sqlx::QueryBuilder<'a, Sqlite>, seq: i64, hash: &'a str,
         );
 }
 
-/// A batch's certificates in one statement, taken apart from a JSON array of rows (the
-/// DER as hex). Rows go in array order, so of two certificates
-/// with the same request key the first wins, as with one INSERT each.
-const INSERT_CERTIFICATES: &str = "INSERT INTO certificates (serial, ca, profile, device_id,
-        subject, not_before, not_after, der, requested_by, requested_by_label, issued_at,
-        key_generated, request_key, status)
-    SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5,
-           value ->> 6, unhex(value ->> 7), value ->> 8, value ->> 9, value ->> 10,
-           value ->> 11, value ->> 12, 'valid'
-    FROM json_each(?)
-    WHERE NOT EXISTS (SELECT 1 FROM cas WHERE serial = value ->> 0)
-    ORDER BY key
-    ON CONFLICT DO NOTHING";
-
-fn certificates_json(certs: &[&CertRecord]) -> Result<String> {
-    let rows: Vec<_> = certs
-        .iter()
-        .map(|c| {
-            (
-                &c.serial,
-                &c.ca,
-                &c.profile,
-                &c.device_id,
-                &c.subject,
-                &c.not_before,
-                &c.not_after,
-                hex::encode(&c.der),
-                &c.requested_by.id,
-                c.requested_by.stored_label(),
-                &c.issued_at,
-                i64::from(c.key_generated),
-                &c.request_key,
-            )
-        })
-        .collect();
-    serde_json::to_string(&rows)
-        .map_err(|e| crate::StoreError::Corrupt(format!("certificate rows: {e}")))
+/// The INSERT of a run of a batch's certificates, as bound values (not a JSON array:
+/// see the audit records above). Rows go in the batch's order (`n`), so of two
+/// certificates with the same request key the first wins, as with one INSERT each.
+fn insert_certificates<'a>(certs: &'a [&'a CertRecord]) -> sqlx::QueryBuilder<'a, Sqlite> {
+    let mut q = sqlx::QueryBuilder::new(
+        "WITH v (n, serial, ca, profile, device_id, subject, not_before, not_after, der,
+            requested_by, requested_by_label, issued_at, key_generated, request_key) AS (",
+    );
+    q.push_values(certs.iter().enumerate(), |mut b, (n, c)| {
+        b.push_bind(i64::try_from(n).unwrap_or(i64::MAX))
+            .push_bind(&c.serial)
+            .push_bind(&c.ca)
+            .push_bind(&c.profile)
+            .push_bind(&c.device_id)
+            .push_bind(&c.subject)
+            .push_bind(&c.not_before)
+            .push_bind(&c.not_after)
+            .push_bind(&c.der)
+            .push_bind(&c.requested_by.id)
+            .push_bind(c.requested_by.stored_label())
+            .push_bind(&c.issued_at)
+            .push_bind(i64::from(c.key_generated))
+            .push_bind(&c.request_key);
+    });
+    q.push(
+        ")
+        INSERT INTO certificates (serial, ca, profile, device_id, subject, not_before,
+            not_after, der, requested_by, requested_by_label, issued_at, key_generated,
+            request_key, status)
+        SELECT serial, ca, profile, device_id, subject, not_before, not_after, der,
+            requested_by, requested_by_label, issued_at, key_generated, request_key, 'valid'
+        FROM v
+        WHERE NOT EXISTS (SELECT 1 FROM cas WHERE cas.serial = v.serial)
+        ORDER BY n
+        ON CONFLICT DO NOTHING",
+    );
+    q
 }
 
 #[async_trait]
@@ -862,37 +891,11 @@ impl Conn for SqliteConn {
     }
 
     async fn insert_certificates(&mut self, certs: &[&CertRecord]) -> Result<Vec<bool>> {
-        if certs.is_empty() {
-            return Ok(Vec::new());
+        let mut went_in = Vec::with_capacity(certs.len());
+        for run in certs.chunks(RECORDS_PER_INSERT) {
+            went_in.extend(self.insert_certificate_run(run).await?);
         }
-        let r = sqlx::query(INSERT_CERTIFICATES)
-            .bind(certificates_json(certs)?)
-            .execute(self.c())
-            .await?;
-        if r.rows_affected() == certs.len() as u64 {
-            return Ok(vec![true; certs.len()]);
-        }
-        // Some were refused (a serial or request key taken). Those that went in are the
-        // newest rows: this transaction alone writes, and SQLite gives a new row a
-        // rowid above every other (while the table has rowids, and below 2^63 rows).
-        // Not `RETURNING`: it would send every inserted row back, one message each,
-        // where the usual case needs only the count. Matched in order by serial and DER, as a duplicate
-        // later in the batch shares the serial.
-        let mut new: Vec<(String, Vec<u8>)> = if r.rows_affected() == 0 {
-            Vec::new()
-        } else {
-            sqlx::query_as("SELECT serial, der FROM certificates ORDER BY rowid DESC LIMIT ?")
-                .bind(i64::try_from(r.rows_affected()).unwrap_or(i64::MAX))
-                .fetch_all(self.c())
-                .await?
-        };
-        Ok(certs
-            .iter()
-            .map(|c| {
-                let at = new.iter().position(|(s, d)| *s == c.serial && *d == c.der);
-                at.map(|i| new.swap_remove(i)).is_some()
-            })
-            .collect())
+        Ok(went_in)
     }
 
     async fn certificate_status(&mut self, serial: &str) -> Result<Option<String>> {

@@ -80,7 +80,8 @@ pub(crate) async fn open(url: &str) -> Result<Opened> {
     // consistent across a crash; the sync makes each answered commit durable.
     // Its cache holds a shape of the batch's record INSERT per row count
     // (conn::RECORDS_PER_INSERT of them, with and without the head and COMMIT after
-    // it) beside the writer's other statements.
+    // it), one of its certificate INSERT per row count, and the writer's other
+    // statements.
     let writer_opts = opts
         .clone()
         .pragma("wal_autocheckpoint", "0")

@@ -858,28 +858,8 @@ impl Conn for SqliteConn {
     }
 
     async fn insert_certificate(&mut self, c: &CertRecord) -> Result<Inserted> {
-        let r = sqlx::query(
-            "INSERT INTO certificates (serial, ca, profile, device_id, subject, not_before, not_after, der,
-                requested_by, requested_by_label, issued_at, key_generated, request_key, status)
-             SELECT ?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, 'valid'
-             WHERE NOT EXISTS (SELECT 1 FROM cas WHERE serial = ?1)
-             ON CONFLICT DO NOTHING",
-        )
-        .bind(&c.serial)
-        .bind(&c.ca)
-        .bind(&c.profile)
-        .bind(&c.device_id)
-        .bind(&c.subject)
-        .bind(&c.not_before)
-        .bind(&c.not_after)
-        .bind(&c.der)
-        .bind(&c.requested_by.id)
-        .bind(c.requested_by.stored_label())
-        .bind(&c.issued_at)
-        .bind(c.key_generated)
-        .bind(&c.request_key)
-        .execute(self.c())
-        .await?;
+        let one = [c];
+        let r = insert_certificates(&one).build().execute(self.c()).await?;
         // A serial already taken (by a certificate or a CA), or a request key already
         // used in the profile, changes no row and, unlike a failed INSERT, leaves a
         // PostgreSQL transaction usable: no look-up first.
